@@ -1,0 +1,1 @@
+"""The self-hosted model endpoint (SageMaker container contract)."""

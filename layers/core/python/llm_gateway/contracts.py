@@ -1,0 +1,291 @@
+"""Models that cross step boundaries.
+
+The OpenAI-compatible request and response, the streaming chunk, the OpenAI-style error body,
+`TenantContext`, one result model per step and `GatewayState`, the envelope every step receives.
+In Step Functions each task writes its result at `$.<step>`, so the envelope is the state itself.
+
+Unknown fields: the request rejects unknown top-level fields with a 400 naming the field, as the
+OpenAI API does ("Unrecognized request argument supplied"); nothing is silently dropped. Responses
+and chunks are built by the gateway and forbid extras too.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
+CacheStatus = Literal["exact", "semantic", "miss", "bypass"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Strict):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(_Strict):
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_required(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"content is required for role '{self.role}'")
+        return self
+
+    def text(self) -> str:
+        """The message's text, text parts joined; images contribute nothing."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+class JsonSchemaFormat(_Strict):
+    name: str
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Strict):
+    """OpenAI `POST /v1/chat/completions` body (the subset the gateway honours)."""
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: Literal[1] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    user: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    def output_limit(self) -> int | None:
+        """The caller's cap on generated tokens (`max_completion_tokens` wins over `max_tokens`)."""
+        return self.max_completion_tokens or self.max_tokens
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def generation_params(self) -> dict[str, Any]:
+        """Everything except messages/model/stream/user/metadata that shapes the answer."""
+        return self.model_dump(
+            exclude={"model", "messages", "stream", "stream_options", "user", "metadata"},
+            exclude_none=True,
+            by_alias=True,
+        )
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class Usage(_Strict):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+    cost_usd: float = 0.0
+
+    @classmethod
+    def of(cls, prompt: int, completion: int, cached: int = 0) -> Usage:
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        )
+
+
+class AssistantMessage(_Strict):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class Choice(_Strict):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletion(_Strict):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+    def text(self) -> str:
+        return self.choices[0].message.content or ""
+
+
+class ChunkDelta(_Strict):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(_Strict):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(_Strict):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ErrorDetail(_Strict):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(_Strict):
+    """OpenAI-style error envelope: `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: ErrorDetail
+
+
+# --------------------------------------------------------------------------- tenant and state
+
+
+class TenantContext(_Strict):
+    """Who is calling, as resolved by the guard from the API key."""
+
+    tenant: str
+    key_id: str
+    user: str | None = None
+
+
+class CallerContext(_Strict):
+    """What the edge (local server or API Gateway) knows before the chain runs.
+
+    The raw API key never enters the state: the edge hashes it.
+    """
+
+    api_key_sha256: str | None = None
+    client_ip: str | None = None
+    cache_control: str | None = None
+    body_bytes: int = 0
+
+
+class GuardResult(_Strict):
+    outcome: Literal["allowed", "blocked"]
+    tenant: TenantContext | None = None
+    layer: str | None = None
+    reason: str | None = None
+
+
+class CacheResult(_Strict):
+    status: CacheStatus
+    key: str | None = None
+    store: bool = True
+    response: ChatCompletion | None = None
+
+
+class RouteResult(_Strict):
+    route: str
+    candidates: list[str] = Field(min_length=1)
+
+
+class Attempt(_Strict):
+    model: str
+    outcome: Literal["ok", "throttled", "unavailable", "timeout", "bad_request"]
+    latency_ms: float
+
+
+class InvokeResult(_Strict):
+    model: str
+    provider: str
+    response: ChatCompletion
+    attempts: list[Attempt]
+    latency_ms: float
+
+
+class ModerateResult(_Strict):
+    outcome: Literal["passed", "filtered"]
+    layer: str | None = None
+    rule: str | None = None
+
+
+class FinishResult(_Strict):
+    cached: bool
+    cost_usd: float
+
+
+class GatewayState(_Strict):
+    """The envelope passed along the chain; each step's result lands under its own name."""
+
+    request_id: str
+    received_at: float
+    request: ChatCompletionRequest
+    caller: CallerContext
+    guard: GuardResult | None = None
+    cache: CacheResult | None = None
+    router: RouteResult | None = None
+    invoke: InvokeResult | None = None
+    moderate: ModerateResult | None = None
+    finish: FinishResult | None = None
+
+    def tenant(self) -> TenantContext:
+        if self.guard is None or self.guard.tenant is None:
+            raise RuntimeError("the guard step has not resolved a tenant")
+        return self.guard.tenant

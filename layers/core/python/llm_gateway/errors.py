@@ -1,0 +1,127 @@
+"""Typed exceptions of the gateway and their one mapping to HTTP.
+
+Step Functions Catch clauses match these class names (`pipeline.py`); the local server maps
+them with `to_http`. Messages are written for the client and never contain secrets or prompts.
+"""
+
+from __future__ import annotations
+
+from .contracts import ErrorBody, ErrorDetail
+
+
+class GatewayError(Exception):
+    """Base class: an error the client is told about."""
+
+    status: int = 500
+    type: str = "api_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(
+            error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        )
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class GuardrailBlocked(GatewayError):
+    """A guard refused the request; `code` names the layer (blocklist, pii, prompt_injection...)."""
+
+    status = 400
+    type = "guardrail"
+
+
+# Provider errors: raised by providers, handled by the invoke step's retry/fallback policy.
+
+
+class ProviderError(GatewayError):
+    status = 502
+    type = "upstream_error"
+
+
+class ProviderThrottled(ProviderError):
+    """429 from the provider: retried with backoff, then the next model."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "upstream_rate_limited"
+
+
+class ProviderUnavailable(ProviderError):
+    """5xx, connection failure or timeout: retried, then the next model."""
+
+    code = "upstream_unavailable"
+
+
+class ProviderTimeout(ProviderUnavailable):
+    status = 504
+    code = "upstream_timeout"
+
+
+class ProviderBadRequest(ProviderError):
+    """4xx other than 429: the request itself is wrong; never retried."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "upstream_bad_request"
+
+
+class AllModelsFailed(ProviderError):
+    """Every candidate model failed with retryable errors."""
+
+    status = 503
+    code = "all_models_failed"
+
+
+class ConfigError(Exception):
+    """The gateway configuration is invalid (raised at start-up, never per request)."""
+
+
+def to_http(error: GatewayError) -> tuple[int, dict[str, str], bytes]:
+    """Status, extra headers and JSON body for a gateway error."""
+    headers: dict[str, str] = {}
+    if error.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, int(error.retry_after_s + 0.999)))
+    return error.status, headers, error.body().model_dump_json().encode()
