@@ -6,6 +6,8 @@ them with `to_http`. Messages are written for the client and never contain secre
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from .contracts import ErrorBody, ErrorDetail
 
 
@@ -32,9 +34,7 @@ class GatewayError(Exception):
         self.retry_after_s = retry_after_s
 
     def body(self) -> ErrorBody:
-        return ErrorBody(
-            error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
-        )
+        return ErrorBody(error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code))
 
 
 class InvalidRequest(GatewayError):
@@ -125,3 +125,14 @@ def to_http(error: GatewayError) -> tuple[int, dict[str, str], bytes]:
     if error.retry_after_s is not None:
         headers["retry-after"] = str(max(1, int(error.retry_after_s + 0.999)))
     return error.status, headers, error.body().model_dump_json().encode()
+
+
+def from_validation_error(exc: ValidationError) -> InvalidRequest:
+    """A 400 naming the first offending field, worded like the OpenAI API."""
+    first = exc.errors(include_url=False)[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    if first["type"] == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
+    if first["type"] == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    return InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value")

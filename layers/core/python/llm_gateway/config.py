@@ -1,0 +1,194 @@
+"""Gateway configuration: models, tenants, routes, limits — one YAML file validated at start-up.
+
+API keys are stored as SHA-256 hex digests, never in clear. A tenant marked `demo: true` gets a
+fresh random key minted by `llm-gateway serve` at each start (printed once, hash kept in memory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+ProviderName = Literal["openai", "anthropic", "sagemaker", "echo"]
+LOCAL_ENDPOINT = "local"
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Config):
+    """USD per million tokens; cached input tokens are priced separately."""
+
+    input_per_mtok: float = Field(default=0.0, ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        cached_price = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        uncached = max(0, prompt_tokens - cached_tokens)
+        total = uncached * self.input_per_mtok + cached_tokens * cached_price
+        total += completion_tokens * self.output_per_mtok
+        return round(total / 1_000_000, 10)
+
+
+class ModelConfig(_Config):
+    """One pinned model version and how to reach it."""
+
+    provider: ProviderName
+    provider_model: str | None = None  # the provider's own name; defaults to the gateway's id
+    base_url: str | None = None  # OpenAI/Anthropic-compatible base URL override
+    api_key_env: str | None = None  # environment variable holding the provider key
+    endpoint: str | None = None  # sagemaker: endpoint name, a URL, or "local"
+    region: str | None = None
+    price: Price = Field(default_factory=Price)
+    timeout_s: float = Field(default=60.0, gt=0, le=900)
+    default_max_tokens: int = Field(default=512, ge=1)
+    max_output_tokens: int = Field(default=4096, ge=1)
+
+    @model_validator(mode="after")
+    def _endpoint_for_sagemaker(self) -> ModelConfig:
+        if self.provider == "sagemaker" and not self.endpoint:
+            raise ValueError("a sagemaker model needs `endpoint` (endpoint name, URL or 'local')")
+        return self
+
+
+class RouteConfig(_Config):
+    model: str
+    fallbacks: list[str] = Field(default_factory=list)
+
+    def candidates(self) -> list[str]:
+        return [self.model, *[m for m in self.fallbacks if m != self.model]]
+
+
+class RateLimit(_Config):
+    """Token bucket: `requests_per_minute` refill rate, `burst` bucket size."""
+
+    requests_per_minute: float = Field(gt=0)
+    burst: int = Field(default=0, ge=0)
+
+    def capacity(self) -> int:
+        return self.burst or max(1, int(self.requests_per_minute // 6))
+
+
+class Blocklist(_Config):
+    keywords: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(f"(?:{pattern})")  # as it will sit inside the combined regex
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
+        return patterns
+
+    def is_empty(self) -> bool:
+        return not self.keywords and not self.patterns
+
+
+class ApiKey(_Config):
+    id: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class TenantConfig(_Config):
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    demo: bool = False
+    routes: dict[str, RouteConfig] = Field(min_length=1)
+    allowed_models: list[str] = Field(default_factory=list)
+    rate_limit: RateLimit | None = None
+    user_rate_limit: RateLimit | None = None
+    input_blocklist: Blocklist = Field(default_factory=Blocklist)
+    output_blocklist: Blocklist = Field(default_factory=Blocklist)
+    cache_ttl_s: int | None = Field(default=None, ge=0)
+
+
+class Limits(_Config):
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_messages: int = Field(default=512, ge=1)
+    max_prompt_chars: int = Field(default=400_000, ge=1)
+
+
+class CacheSettings(_Config):
+    enabled: bool = True
+    ttl_s: int = Field(default=3600, ge=0)
+
+
+class GatewayConfig(_Config):
+    limits: Limits = Field(default_factory=Limits)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    storage_path: str = ".llm-gateway/gateway.db"
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    tenants: dict[str, TenantConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> GatewayConfig:
+        seen_keys: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            for route_name, route in tenant.routes.items():
+                for model in route.candidates():
+                    if model not in self.models:
+                        raise ValueError(f"tenants.{name}.routes.{route_name}: unknown model '{model}'")
+            for model in tenant.allowed_models:
+                if model not in self.models:
+                    raise ValueError(f"tenants.{name}.allowed_models: unknown model '{model}'")
+            for key in tenant.api_keys:
+                if key.sha256 in seen_keys:
+                    raise ValueError(f"tenants.{name}: API key '{key.id}' is also used by '{seen_keys[key.sha256]}'")
+                seen_keys[key.sha256] = name
+        return self
+
+    def with_tenant_keys(self, extra: dict[str, list[ApiKey]]) -> GatewayConfig:
+        """A copy with more keys added to tenants (used for minted demo keys)."""
+        tenants = {
+            name: tenant.model_copy(update={"api_keys": [*tenant.api_keys, *extra.get(name, [])]})
+            for name, tenant in self.tenants.items()
+        }
+        return self.model_copy(update={"tenants": tenants})
+
+    def uses_local_endpoint(self) -> bool:
+        return any(m.provider == "sagemaker" and m.endpoint == LOCAL_ENDPOINT for m in self.models.values())
+
+
+def hash_key(api_key: str) -> str:
+    """SHA-256 hex digest of an API key, the only form in which keys are stored."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
+    """Parse and validate YAML text; raise `ConfigError` with every problem listed by path."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: invalid configuration: {problems}") from exc
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
+    return parse_config(text, str(path))
+
+
+EXAMPLE_CONFIG = Path(__file__).parent / "local" / "example_config.yaml"

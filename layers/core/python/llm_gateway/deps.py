@@ -1,0 +1,37 @@
+"""Everything a step needs besides the state: configuration, ports, providers, clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import GatewayConfig
+from .moderation.blocklist import CompiledBlocklist
+from .ports import AuditLog, ExactCache, RateLimiter, UsageLedger
+from .providers.base import ProviderRegistry
+
+
+@dataclass
+class Deps:
+    config: GatewayConfig
+    cache: ExactCache
+    limiter: RateLimiter
+    usage: UsageLedger
+    audit: AuditLog
+    providers: ProviderRegistry
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    # Derived once from config: key digest -> (tenant, key id); compiled blocklists per tenant.
+    keys: dict[str, tuple[str, str]] = field(init=False)
+    input_blocklists: dict[str, CompiledBlocklist] = field(init=False)
+    output_blocklists: dict[str, CompiledBlocklist] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = {
+            key.sha256: (name, key.id) for name, tenant in self.config.tenants.items() for key in tenant.api_keys
+        }
+        self.input_blocklists = {name: CompiledBlocklist(t.input_blocklist) for name, t in self.config.tenants.items()}
+        self.output_blocklists = {
+            name: CompiledBlocklist(t.output_blocklist) for name, t in self.config.tenants.items()
+        }

@@ -1,0 +1,120 @@
+"""The last step on every path: cache store, usage record, audit record; and the final answer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .contracts import AssistantMessage, ChatCompletion, Choice, FinishResult, GatewayState
+from .identity import pseudonym
+from .ports import AuditRecord, Outcome, UsageRecord
+
+if TYPE_CHECKING:
+    from .deps import Deps
+    from .errors import GatewayError
+
+
+def final_response(state: GatewayState) -> ChatCompletion:
+    """What the client receives: the model's answer, the cached one, or the withheld one."""
+    if state.cache is not None and state.cache.response is not None:
+        cached = state.cache.response
+        usage = cached.usage.model_copy(update={"cost_usd": 0.0})
+        return cached.model_copy(
+            update={"id": f"chatcmpl-{state.request_id}", "created": int(state.received_at), "usage": usage}
+        )
+    if state.invoke is None:
+        raise RuntimeError("no answer to return: the chain ended before invoke")
+    response = state.invoke.response
+    if state.moderate is not None and state.moderate.outcome == "filtered":
+        withheld = Choice(message=AssistantMessage(content=None), finish_reason="content_filter")
+        return response.model_copy(update={"choices": [withheld]})
+    return response
+
+
+def _outcome(state: GatewayState) -> Outcome:
+    if state.guard is not None and state.guard.outcome == "blocked":
+        return "blocked"
+    if state.cache is not None and state.cache.response is not None:
+        return "cache_hit"
+    if state.moderate is not None and state.moderate.outcome == "filtered":
+        return "filtered"
+    return "ok"
+
+
+def _store_in_cache(state: GatewayState, deps: Deps) -> bool:
+    cache, invoke, router = state.cache, state.invoke, state.router
+    if cache is None or invoke is None or router is None or not cache.store or cache.key is None:
+        return False
+    # Only answers of the model the key names (not a fallback's), complete, and not filtered.
+    if invoke.model != router.candidates[0] or invoke.response.choices[0].finish_reason == "content_filter":
+        return False
+    if state.moderate is None or state.moderate.outcome != "passed":
+        return False
+    tenant = state.tenant().tenant
+    ttl = deps.config.tenants[tenant].cache_ttl_s
+    ttl = deps.config.cache.ttl_s if ttl is None else ttl
+    if ttl <= 0:
+        return False
+    deps.cache.put(cache.key, tenant, invoke.model, invoke.response, deps.clock() + ttl)
+    return True
+
+
+def _audit(state: GatewayState, deps: Deps, outcome: Outcome, error_code: str | None = None) -> AuditRecord:
+    tenant = state.guard.tenant if state.guard is not None else None
+    tenant_name = tenant.tenant if tenant else None
+    answer = None
+    if state.invoke is not None:
+        answer = state.invoke.response
+    elif state.cache is not None and state.cache.response is not None:
+        answer = state.cache.response
+    usage = answer.usage if answer is not None else None
+    return AuditRecord(
+        request_id=state.request_id,
+        ts=state.received_at,
+        tenant=tenant_name,
+        key_id=tenant.key_id if tenant else None,
+        user_hash=pseudonym(tenant_name or "", tenant.user) if tenant else None,
+        client_ip_hash=pseudonym(tenant_name or "", state.caller.client_ip),
+        route=state.router.route if state.router else None,
+        model=answer.model if answer is not None else None,
+        provider=state.invoke.provider if state.invoke else None,
+        cache=state.cache.status if state.cache else None,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        cached_tokens=usage.prompt_tokens_details.cached_tokens if usage else 0,
+        cost_usd=state.invoke.response.usage.cost_usd if state.invoke else 0.0,
+        latency_ms=round((deps.clock() - state.received_at) * 1000, 3),
+        attempts=len(state.invoke.attempts) if state.invoke else 0,
+        outcome=outcome,
+        error_code=error_code,
+    )
+
+
+def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
+    """Store the answer in the cache, record usage (when a model was paid) and the audit record."""
+    cached = _store_in_cache(state, deps)
+    cost = 0.0
+    if state.invoke is not None:
+        tenant = state.tenant()
+        usage = state.invoke.response.usage
+        cost = usage.cost_usd
+        deps.usage.record(
+            UsageRecord(
+                request_id=state.request_id,
+                ts=state.received_at,
+                tenant=tenant.tenant,
+                key_id=tenant.key_id,
+                user_hash=pseudonym(tenant.tenant, tenant.user),
+                model=state.invoke.model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=usage.prompt_tokens_details.cached_tokens,
+                cost_usd=cost,
+            )
+        )
+    deps.audit.record(_audit(state, deps, _outcome(state)))
+    return FinishResult(cached=cached, cost_usd=cost)
+
+
+def record_failure(state: GatewayState, deps: Deps, error: GatewayError) -> None:
+    """Record a request that ended in an error, so nothing goes unaccounted."""
+    deps.audit.record(_audit(state, deps, "error", error.code or type(error).__name__))

@@ -1,0 +1,1 @@
+"""The embedded runtime: in-process runner, ASGI app (OpenAI API), CLI."""

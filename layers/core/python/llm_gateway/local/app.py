@@ -1,0 +1,204 @@
+"""The OpenAI-compatible HTTP API (ASGI), served locally and by the streaming Lambda.
+
+Every response carries `x-request-id`, `x-gateway-model` and `x-gateway-cache`; errors have the
+OpenAI shape. The chain runs in a worker thread (steps are synchronous, as in Lambda).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import orjson
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..config import hash_key
+from ..contracts import CallerContext, ChatCompletionRequest, GatewayState
+from ..errors import (
+    AuthenticationFailed,
+    GatewayError,
+    GuardrailBlocked,
+    InvalidRequest,
+    PayloadTooLarge,
+    from_validation_error,
+    to_http,
+)
+from ..finish import final_response
+from ..runner import LocalRunner
+from ..streaming import StreamItem, start_stream
+from .openapi import openapi_document
+
+log = logging.getLogger("llm_gateway.http")
+JSON = "application/json"
+
+
+def _api_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def _error_response(error: GatewayError, request_id: str) -> Response:
+    status, headers, body = to_http(error)
+    headers["x-request-id"] = request_id
+    return Response(body, status_code=status, headers=headers, media_type=JSON)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+    return bytes(body)
+
+
+def _parse(body: bytes) -> ChatCompletionRequest:
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc.msg}.", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from exc
+
+
+def _decision_headers(state: GatewayState, model: str | None) -> dict[str, str]:
+    headers = {"x-request-id": state.request_id}
+    headers["x-gateway-cache"] = "miss" if state.cache is None or state.cache.status == "bypass" else state.cache.status
+    if state.cache is not None and state.cache.status == "bypass":
+        headers["x-gateway-cache-bypass"] = "true"
+    if model is not None:
+        headers["x-gateway-model"] = model
+    if state.router is not None:
+        headers["x-gateway-route"] = state.router.route
+    if state.invoke is not None:
+        headers["x-gateway-attempts"] = str(len(state.invoke.attempts))
+        headers["x-gateway-cost-usd"] = f"{state.invoke.response.usage.cost_usd:.8f}"
+    if state.moderate is not None:
+        headers["x-gateway-moderation"] = state.moderate.outcome
+    return headers
+
+
+def _sse(items: Iterator[StreamItem]) -> Iterator[bytes]:
+    for item in items:
+        yield b"data: " + item.model_dump_json(exclude_none=True).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+class GatewayApp:
+    """Routes of the OpenAI API over a `LocalRunner`."""
+
+    def __init__(self, runner: LocalRunner, max_threads: int = 256) -> None:
+        self.runner = runner
+        self.deps = runner.deps
+        self._max_threads = max_threads
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def _threads(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self._max_threads)
+        return self._limiter
+
+    async def chat_completions(self, request: Request) -> Response:
+        request_id = uuid.uuid4().hex
+        try:
+            body = await _read_body(request, self.deps.config.limits.max_body_bytes)
+            chat = _parse(body)
+            key = _api_key(request)
+            state = GatewayState(
+                request_id=request_id,
+                received_at=time.time(),
+                request=chat,
+                caller=CallerContext(
+                    api_key_sha256=hash_key(key) if key else None,
+                    client_ip=request.client.host if request.client else None,
+                    cache_control=request.headers.get("cache-control"),
+                    body_bytes=len(body),
+                ),
+            )
+            if chat.stream:
+                return await self._stream(state)
+            await anyio.to_thread.run_sync(self.runner.run, state, limiter=self._threads())
+            return self._answer(state)
+        except GatewayError as error:
+            return _error_response(error, request_id)
+        except Exception:
+            log.exception("unexpected error", extra={"request_id": request_id})
+            return _error_response(GatewayError("The gateway failed to process the request."), request_id)
+
+    def _refusal(self, state: GatewayState) -> GatewayError | None:
+        guard = state.guard
+        if guard is not None and guard.outcome == "blocked":
+            return GuardrailBlocked("The request was refused by the gateway's input policy.", code=guard.layer)
+        return None
+
+    def _answer(self, state: GatewayState) -> Response:
+        refusal = self._refusal(state)
+        if refusal is not None:
+            return _error_response(refusal, state.request_id)
+        answer = final_response(state)
+        return Response(answer.model_dump_json(), media_type=JSON, headers=_decision_headers(state, answer.model))
+
+    async def _stream(self, state: GatewayState) -> Response:
+        model, items = await anyio.to_thread.run_sync(start_stream, self.runner, state, limiter=self._threads())
+        refusal = self._refusal(state)
+        if refusal is not None:
+            return _error_response(refusal, state.request_id)
+        headers = _decision_headers(state, model)
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(_sse(items), media_type="text/event-stream", headers=headers)
+
+    async def models(self, request: Request) -> Response:
+        key = _api_key(request)
+        found = self.deps.keys.get(hash_key(key)) if key else None
+        if found is None:
+            return _error_response(AuthenticationFailed("Incorrect API key provided."), uuid.uuid4().hex)
+        tenant = self.deps.config.tenants[found[0]]
+        names = [*tenant.routes, *[m for m in tenant.allowed_models if m not in tenant.routes]]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-gateway"} for name in names]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(orjson.dumps(openapi_document()), media_type=JSON)
+
+
+def create_app(runner: LocalRunner) -> Starlette:
+    """The ASGI application."""
+    gateway = GatewayApp(runner)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        error = GatewayError(f"No route for {request.method} {request.url.path}.")
+        error.status, error.type = status, "invalid_request_error"
+        return _error_response(error, uuid.uuid4().hex)
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+            Route("/v1/models", gateway.models, methods=["GET"]),
+            Route("/healthz", gateway.healthz, methods=["GET"]),
+            Route("/openapi.json", gateway.openapi, methods=["GET"]),
+        ],
+        exception_handlers={404: not_found, 405: not_found},
+    )

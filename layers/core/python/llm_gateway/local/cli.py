@@ -1,0 +1,155 @@
+"""`llm-gateway` command line: serve the gateway (and the local model endpoint), hash keys."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import queue
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..config import EXAMPLE_CONFIG, LOCAL_ENDPOINT, ApiKey, GatewayConfig, hash_key, load_config
+from ..errors import ConfigError
+
+READY_TIMEOUT_S = 180.0
+
+
+def mint_demo_keys(config: GatewayConfig) -> tuple[GatewayConfig, dict[str, str]]:
+    """A fresh random key per demo tenant; only digests go into the running configuration."""
+    minted = {name: "sk-gw-" + secrets.token_urlsafe(24) for name, tenant in config.tenants.items() if tenant.demo}
+    extra = {name: [ApiKey(id="demo", sha256=hash_key(key))] for name, key in minted.items()}
+    return config.with_tenant_keys(extra), minted
+
+
+def with_endpoint_url(config: GatewayConfig, url: str) -> GatewayConfig:
+    """Point every model served by the local endpoint at `url`."""
+    models = {
+        name: model.model_copy(update={"endpoint": url}) if model.endpoint == LOCAL_ENDPOINT else model
+        for name, model in config.models.items()
+    }
+    return config.model_copy(update={"models": models})
+
+
+@contextlib.contextmanager
+def local_endpoint(host: str = "127.0.0.1") -> Iterator[str]:
+    """Start the model endpoint server as a child process; yield its base URL once it is ready."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpu_endpoint", "--host", host, "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = _await_ready(process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _await_ready(process: subprocess.Popen[str]) -> str:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def drain() -> None:  # keeps reading so the child never blocks on a full pipe
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            if process.poll() is not None:
+                raise ConfigError(f"the local model endpoint exited with status {process.returncode}") from None
+            continue
+        if line.startswith("ready "):
+            return line.split()[1]
+    raise ConfigError("the local model endpoint did not become ready in time")
+
+
+def serve(host: str, port: int, config_path: str | None) -> int:
+    import uvicorn
+
+    from ..adapters.local.memory import MemoryRateLimiter
+    from ..adapters.local.sqlite import SqliteStore
+    from ..deps import Deps
+    from ..providers.base import default_registry
+    from ..runner import LocalRunner
+    from .app import create_app
+
+    config = load_config(config_path or EXAMPLE_CONFIG)
+    config, minted = mint_demo_keys(config)
+    with contextlib.ExitStack() as stack:
+        if config.uses_local_endpoint():
+            config = with_endpoint_url(config, stack.enter_context(local_endpoint()))
+        store = SqliteStore(config.storage_path)
+        stack.callback(store.close)
+        deps = Deps(
+            config=config,
+            cache=store,
+            limiter=MemoryRateLimiter(),
+            usage=store,
+            audit=store,
+            providers=default_registry(),
+        )
+        app = create_app(LocalRunner(deps))
+
+        class AnnouncingServer(uvicorn.Server):
+            """Prints `ready <base_url>` and the demo keys once the socket listens."""
+
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets)
+                if self.should_exit:
+                    return
+                bound = self.servers[0].sockets[0].getsockname()
+                host_part = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+                print(f"ready http://{host_part}:{bound[1]}/v1", flush=True)
+                for name, key in minted.items():
+                    print(f"tenant {name} key={key}", flush=True)
+
+        config_ = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+        AnnouncingServer(config_).run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-gateway", description="An OpenAI-compatible LLM gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="serve the gateway (and the local model) over HTTP")
+    serve_cmd.add_argument("--host", default="127.0.0.1")
+    serve_cmd.add_argument("--port", type=int, default=8080)
+    serve_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
+    check_cmd = commands.add_parser("check-config", help="validate a configuration file and exit")
+    check_cmd.add_argument("config", type=Path)
+    hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
+    hash_cmd.add_argument("key")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args.host, args.port, args.config)
+        if args.command == "check-config":
+            config = load_config(args.config)
+            print(f"ok: {len(config.tenants)} tenants, {len(config.models)} models")
+            return 0
+        print(hash_key(args.key))
+        return 0
+    except ConfigError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Interfaces for every external store. Local adapters live in `adapters.local`, AWS ones in `adapters.aws`.
+
+Domain code depends on these protocols only; it never imports boto3 or momento.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from .config import RateLimit
+from .contracts import ChatCompletion
+
+Outcome = Literal["ok", "cache_hit", "blocked", "filtered", "error"]
+
+
+class UsageRecord(BaseModel):
+    """Tokens and money one request consumed, for billing and budgets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str
+    ts: float
+    tenant: str
+    key_id: str
+    user_hash: str | None
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
+
+
+class AuditRecord(BaseModel):
+    """Who did what, when, and how it ended. Holds no prompt, answer, key or raw user id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str
+    ts: float
+    tenant: str | None
+    key_id: str | None
+    user_hash: str | None
+    client_ip_hash: str | None
+    route: str | None
+    model: str | None
+    provider: str | None
+    cache: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
+    latency_ms: float
+    attempts: int
+    outcome: Outcome
+    error_code: str | None
+
+
+class ExactCache(Protocol):
+    """Exact-match response cache keyed by an opaque digest (see `cache.keys`)."""
+
+    def get(self, key: str, now: float) -> ChatCompletion | None:
+        """The stored response if present and not expired at `now`."""
+        ...
+
+    def put(self, key: str, tenant: str, model: str, response: ChatCompletion, expires_at: float) -> None:
+        """Store or replace an entry."""
+        ...
+
+    def purge(self, tenant: str, model: str | None = None) -> int:
+        """Delete a tenant's entries (optionally one model's); return how many went."""
+        ...
+
+
+class RateLimiter(Protocol):
+    """Token buckets shared by all gateway processes of a deployment."""
+
+    def acquire(self, bucket: str, limit: RateLimit, now: float) -> float:
+        """Take one token; return 0.0 if admitted, else the seconds until a token is available."""
+        ...
+
+
+class UsageLedger(Protocol):
+    def record(self, usage: UsageRecord) -> None:
+        """Append one usage record."""
+        ...
+
+
+class AuditLog(Protocol):
+    def record(self, entry: AuditRecord) -> None:
+        """Append one audit record."""
+        ...

@@ -1,0 +1,162 @@
+"""Anthropic Messages API through the official `anthropic` SDK.
+
+Mapping: system/developer messages become `system`; `stop` becomes `stop_sequences`;
+`response_format: json_object` becomes an instruction in `system`; JSON schemas, images, tool
+messages and temperature above 1 are refused as bad requests rather than silently altered.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+
+from ..config import ModelConfig
+from ..contracts import ChatCompletionRequest, FinishReason, TextPart
+from ..errors import (
+    ProviderBadRequest,
+    ProviderError,
+    ProviderThrottled,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from .base import ProviderReply, StreamDelta, output_limit
+
+_FINISH: dict[str | None, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "pause_turn": "stop",
+}
+_JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
+
+
+def map_error(exc: Exception, model_id: str) -> ProviderError:
+    """Translate an `anthropic` SDK exception into the gateway's provider errors."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return ProviderTimeout(f"model '{model_id}' timed out")
+    if isinstance(exc, anthropic.APIConnectionError):
+        return ProviderUnavailable(f"model '{model_id}' is unreachable")
+    if isinstance(exc, anthropic.RateLimitError):
+        retry_after = exc.response.headers.get("retry-after")
+        return ProviderThrottled(
+            f"model '{model_id}' is rate limited upstream",
+            retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        )
+    if isinstance(exc, anthropic.APIStatusError):
+        # 529 "overloaded" and every 5xx are worth another try; other 4xx are the request's fault.
+        if exc.status_code >= 500 or exc.status_code in (408, 409):
+            return ProviderUnavailable(f"model '{model_id}' failed upstream (HTTP {exc.status_code})")
+        return ProviderBadRequest(f"model '{model_id}' rejected the request (HTTP {exc.status_code})")
+    return ProviderUnavailable(f"model '{model_id}' failed: {type(exc).__name__}")
+
+
+def build_params(request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> dict[str, Any]:
+    """Map an OpenAI-style request onto Messages API parameters."""
+    system: list[str] = []
+    messages: list[dict[str, Any]] = []
+    for message in request.messages:
+        if isinstance(message.content, list) and not all(isinstance(p, TextPart) for p in message.content):
+            raise ProviderBadRequest(f"model '{model_id}' accepts text content only", param="messages")
+        if message.role in ("system", "developer"):
+            system.append(message.text())
+        elif message.role in ("user", "assistant"):
+            messages.append({"role": message.role, "content": message.text()})
+        else:
+            raise ProviderBadRequest(f"model '{model_id}' does not accept '{message.role}' messages")
+    if not messages:
+        raise ProviderBadRequest(f"model '{model_id}' needs at least one user message", param="messages")
+    if request.response_format is not None and request.response_format.type == "json_schema":
+        raise ProviderBadRequest(f"model '{model_id}' does not support json_schema", param="response_format")
+    if request.response_format is not None and request.response_format.type == "json_object":
+        system.append(_JSON_INSTRUCTION)
+    if request.temperature is not None and request.temperature > 1:
+        raise ProviderBadRequest(f"model '{model_id}' accepts temperature up to 1", param="temperature")
+    params: dict[str, Any] = {
+        "model": model.provider_model or model_id,
+        "max_tokens": output_limit(request, model),
+        "messages": messages,
+        "timeout": model.timeout_s,
+    }
+    if system:
+        params["system"] = "\n\n".join(system)
+    if request.temperature is not None:
+        params["temperature"] = request.temperature
+    if request.top_p is not None:
+        params["top_p"] = request.top_p
+    if request.stop_list():
+        params["stop_sequences"] = request.stop_list()
+    return params
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str | None, str], anthropic.Anthropic] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, model_id: str, model: ModelConfig) -> anthropic.Anthropic:
+        key_env = model.api_key_env or "ANTHROPIC_API_KEY"
+        api_key = os.environ.get(key_env)
+        if not api_key:
+            raise ProviderUnavailable(f"model '{model_id}' has no API key (set {key_env})")
+        with self._lock:
+            client = self._clients.get((model.base_url, api_key))
+            if client is None:
+                client = anthropic.Anthropic(api_key=api_key, base_url=model.base_url, max_retries=0)
+                self._clients[(model.base_url, api_key)] = client
+        return client
+
+    def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
+        params = build_params(request, model_id, model)
+        client = self._client(model_id, model)
+        try:
+            message = client.messages.create(**params)
+        except anthropic.AnthropicError as exc:
+            raise map_error(exc, model_id) from exc
+        usage = message.usage
+        cached = usage.cache_read_input_tokens or 0
+        written = usage.cache_creation_input_tokens or 0
+        return ProviderReply(
+            text="".join(block.text for block in message.content if block.type == "text"),
+            finish_reason=_FINISH.get(message.stop_reason, "stop"),
+            prompt_tokens=usage.input_tokens + cached + written,
+            completion_tokens=usage.output_tokens,
+            cached_tokens=cached,
+        )
+
+    def stream(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
+        params = build_params(request, model_id, model)
+        client = self._client(model_id, model)
+        try:
+            events = client.messages.create(stream=True, **params)
+        except anthropic.AnthropicError as exc:
+            raise map_error(exc, model_id) from exc
+        return self._deltas(events, model_id)
+
+    def _deltas(self, events: anthropic.Stream[Any], model_id: str) -> Iterator[StreamDelta]:
+        finish: FinishReason = "stop"
+        prompt = completion = cached = 0
+        try:
+            with events:
+                for event in events:
+                    if event.type == "message_start":
+                        usage = event.message.usage
+                        cached = usage.cache_read_input_tokens or 0
+                        prompt = usage.input_tokens + cached + (usage.cache_creation_input_tokens or 0)
+                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        yield StreamDelta(text=event.delta.text)
+                    elif event.type == "message_delta":
+                        finish = _FINISH.get(event.delta.stop_reason, "stop")
+                        completion = event.usage.output_tokens
+        except anthropic.AnthropicError as exc:
+            raise map_error(exc, model_id) from exc
+        yield StreamDelta(
+            finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
+        )

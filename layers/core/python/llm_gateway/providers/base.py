@@ -1,0 +1,101 @@
+"""What every provider implements, and the registry that finds one by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from ..config import ModelConfig
+from ..contracts import ChatCompletionRequest, FinishReason
+
+
+class ProviderReply(BaseModel):
+    """A provider's answer, normalised; cost is added by the invoke step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+class StreamDelta(BaseModel):
+    """One piece of a streamed answer; the last one carries the finish reason and usage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int = 0
+
+
+class Provider(Protocol):
+    """A model provider. Raises `ProviderThrottled`, `ProviderUnavailable` (incl. `ProviderTimeout`)
+    or `ProviderBadRequest`; never a provider SDK's own exception."""
+
+    name: str
+
+    def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
+        """Answer a chat request with one completion."""
+        ...
+
+    def stream(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
+        """Answer a chat request as a stream; errors before the first delta are raised eagerly."""
+        ...
+
+
+def output_limit(request: ChatCompletionRequest, model: ModelConfig) -> int:
+    """The max tokens to ask the provider for: the caller's cap, else the model's default, within its maximum."""
+    return min(request.output_limit() or model.default_max_tokens, model.max_output_tokens)
+
+
+class ProviderRegistry:
+    """Providers by name, built lazily so a Lambda imports only the SDK it uses."""
+
+    def __init__(self, factories: dict[str, Callable[[], Provider]] | None = None) -> None:
+        self._factories = dict(factories or {})
+        self._instances: dict[str, Provider] = {}
+
+    def register(self, name: str, factory: Callable[[], Provider]) -> None:
+        self._factories[name] = factory
+        self._instances.pop(name, None)
+
+    def get(self, name: str) -> Provider:
+        provider = self._instances.get(name)
+        if provider is None:
+            if name not in self._factories:
+                raise KeyError(f"no provider named '{name}'")
+            provider = self._instances[name] = self._factories[name]()
+        return provider
+
+
+def default_registry() -> ProviderRegistry:
+    """The built-in providers, each imported on first use."""
+
+    def openai() -> Provider:
+        from .openai import OpenAIProvider
+
+        return OpenAIProvider()
+
+    def anthropic() -> Provider:
+        from .anthropic import AnthropicProvider
+
+        return AnthropicProvider()
+
+    def sagemaker() -> Provider:
+        from .sagemaker import SageMakerProvider
+
+        return SageMakerProvider()
+
+    def echo() -> Provider:
+        from .echo import EchoProvider
+
+        return EchoProvider()
+
+    return ProviderRegistry({"openai": openai, "anthropic": anthropic, "sagemaker": sagemaker, "echo": echo})

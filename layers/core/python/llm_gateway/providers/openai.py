@@ -1,0 +1,138 @@
+"""OpenAI (and OpenAI-compatible servers) through the official `openai` SDK."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+
+from ..config import ModelConfig
+from ..contracts import ChatCompletionRequest, FinishReason
+from ..errors import (
+    ProviderBadRequest,
+    ProviderError,
+    ProviderThrottled,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from .base import ProviderReply, StreamDelta, output_limit
+
+_FINISH: dict[str | None, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+}
+
+
+def map_error(exc: Exception, model_id: str) -> ProviderError:
+    """Translate an `openai` SDK exception into the gateway's provider errors."""
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderTimeout(f"model '{model_id}' timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderUnavailable(f"model '{model_id}' is unreachable")
+    if isinstance(exc, openai.RateLimitError):
+        retry_after = exc.response.headers.get("retry-after")
+        return ProviderThrottled(
+            f"model '{model_id}' is rate limited upstream",
+            retry_after_s=float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None,
+        )
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code >= 500 or exc.status_code in (408, 409):
+            return ProviderUnavailable(f"model '{model_id}' failed upstream (HTTP {exc.status_code})")
+        return ProviderBadRequest(f"model '{model_id}' rejected the request: {_upstream_message(exc)}")
+    return ProviderUnavailable(f"model '{model_id}' failed: {type(exc).__name__}")
+
+
+def _upstream_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        message = body.get("message") or (body.get("error") or {}).get("message")
+        if isinstance(message, str):
+            return message[:500]
+    return f"HTTP {exc.status_code}"
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str | None, str], openai.OpenAI] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, model_id: str, model: ModelConfig) -> openai.OpenAI:
+        key_env = model.api_key_env or "OPENAI_API_KEY"
+        api_key = os.environ.get(key_env)
+        if not api_key:
+            raise ProviderUnavailable(f"model '{model_id}' has no API key (set {key_env})")
+        with self._lock:
+            client = self._clients.get((model.base_url, api_key))
+            if client is None:
+                client = openai.OpenAI(api_key=api_key, base_url=model.base_url, max_retries=0)
+                self._clients[(model.base_url, api_key)] = client
+        return client
+
+    def _params(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> dict[str, Any]:
+        params = request.generation_params()
+        params.pop("max_tokens", None)
+        params.pop("max_completion_tokens", None)
+        limit_field = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        params[limit_field] = output_limit(request, model)
+        params["model"] = model.provider_model or model_id
+        params["messages"] = [m.model_dump(exclude_none=True) for m in request.messages]
+        params["timeout"] = model.timeout_s
+        return params
+
+    def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
+        client = self._client(model_id, model)
+        try:
+            result = client.chat.completions.create(**self._params(request, model_id, model))
+        except openai.OpenAIError as exc:
+            raise map_error(exc, model_id) from exc
+        choice = result.choices[0]
+        usage = result.usage
+        cached = 0
+        if usage is not None and usage.prompt_tokens_details is not None:
+            cached = usage.prompt_tokens_details.cached_tokens or 0
+        return ProviderReply(
+            text=choice.message.content or "",
+            finish_reason=_FINISH.get(choice.finish_reason, "stop"),
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=cached,
+        )
+
+    def stream(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
+        client = self._client(model_id, model)
+        params = self._params(request, model_id, model)
+        params["stream_options"] = {"include_usage": True}
+        try:
+            chunks = client.chat.completions.create(stream=True, **params)
+        except openai.OpenAIError as exc:
+            raise map_error(exc, model_id) from exc
+        return self._deltas(chunks, model_id)
+
+    def _deltas(self, chunks: openai.Stream[Any], model_id: str) -> Iterator[StreamDelta]:
+        finish: FinishReason = "stop"
+        prompt = completion = cached = 0
+        try:
+            with chunks:
+                for chunk in chunks:
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            yield StreamDelta(text=choice.delta.content)
+                        if choice.finish_reason:
+                            finish = _FINISH.get(choice.finish_reason, "stop")
+                    if chunk.usage is not None:
+                        prompt, completion = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
+                        details = chunk.usage.prompt_tokens_details
+                        cached = (details.cached_tokens or 0) if details else 0
+        except openai.OpenAIError as exc:
+            raise map_error(exc, model_id) from exc
+        yield StreamDelta(
+            finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
+        )

@@ -1,0 +1,62 @@
+"""Runs `pipeline.STEPS` in-process: the same step functions the Lambdas call, no hops between them."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .contracts import GatewayState
+from .deps import Deps
+from .errors import GatewayError
+from .finish import finish_step, record_failure
+from .pipeline import STEPS, Step
+
+StepFunction = Callable[[GatewayState, Deps], Any]
+
+
+def load_step(step: Step) -> StepFunction:
+    """Import a step's function from its `module:function` path."""
+    module_name, _, function_name = step.function.partition(":")
+    function: StepFunction = getattr(importlib.import_module(module_name), function_name)
+    return function
+
+
+class LocalRunner:
+    """Walks the chain for one request; exits early on `blocked` and cache `hit`, then finishes."""
+
+    def __init__(self, deps: Deps, steps: tuple[Step, ...] = STEPS) -> None:
+        self.deps = deps
+        self._steps = [(step, load_step(step)) for step in steps]
+
+    def run(self, state: GatewayState, *, stop_before: str | None = None) -> GatewayState:
+        """Run the steps (all, or up to `stop_before`) and, for a full run, finish.
+
+        A `GatewayError` is recorded as a failed request and raised again for the caller to map.
+        """
+        try:
+            for step, function in self._steps:
+                if step.name == stop_before:
+                    return state
+                result = function(state, self.deps)
+                setattr(state, step.name, result)
+                if step.exit is not None and step.exit.taken(result):
+                    break
+            state.finish = finish_step(state, self.deps)
+        except GatewayError as error:
+            self.fail(state, error)
+            raise
+        return state
+
+    def fail(self, state: GatewayState, error: GatewayError) -> None:
+        record_failure(state, self.deps, error)
+
+    def steps_walked(self, state: GatewayState) -> list[str]:
+        """Names of the steps whose results are in `state`, in chain order (for tests and traces)."""
+        names = [step.name for step, _ in self._steps if getattr(state, step.name) is not None]
+        return [*names, "finish"] if state.finish is not None else names
+
+    def exits(self) -> Iterator[tuple[str, str]]:
+        for step, _ in self._steps:
+            if step.exit is not None:
+                yield step.name, step.exit.name

@@ -1,0 +1,170 @@
+"""The chain for `stream: true`: same steps, streamed invoke and incremental output moderation.
+
+Step Functions cannot stream, so this runs in the ASGI app (locally and in the streaming Lambda).
+guard, cache and router run as usual; errors up to the first model token become a normal HTTP
+error. The answer is then relayed with a hold-back window: text is released only once the
+blocklist has seen `HOLDBACK_CHARS` characters past it, so a blocked phrase split across deltas is
+caught before any of it leaves. Finish runs when the stream ends, whichever way it ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from .contracts import (
+    Attempt,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChunkChoice,
+    ChunkDelta,
+    ErrorBody,
+    FinishReason,
+    GatewayState,
+    InvokeResult,
+    ModerateResult,
+    Usage,
+)
+from .errors import GatewayError
+from .finish import final_response, finish_step
+from .invoke import build_completion, open_stream
+from .providers.base import ProviderReply, StreamDelta
+from .runner import LocalRunner
+
+HOLDBACK_CHARS = 64
+StreamItem = ChatCompletionChunk | ErrorBody
+
+
+def start_stream(runner: LocalRunner, state: GatewayState) -> tuple[str | None, Iterator[StreamItem]]:
+    """Run the chain up to the model; return the answering model and the chunk iterator.
+
+    Raises `GatewayError` (already recorded) when the request fails before any token; a blocked
+    request is finished and returned as is for the caller to refuse.
+    """
+    runner.run(state, stop_before="invoke")
+    if state.finish is not None:  # an exit was taken: blocked or cache hit
+        if state.cache is not None and state.cache.response is not None:
+            return state.cache.response.model, _replay(state)
+        return None, iter(())
+    try:
+        model_id, provider, deltas, attempts = open_stream(state, runner.deps)
+    except GatewayError as error:
+        runner.fail(state, error)
+        raise
+    return model_id, _relay(runner, state, model_id, provider.name, deltas, attempts)
+
+
+def _chunk(
+    state: GatewayState, model: str, delta: ChunkDelta, finish: FinishReason | None = None
+) -> ChatCompletionChunk:
+    return ChatCompletionChunk(
+        id=f"chatcmpl-{state.request_id}",
+        created=int(state.received_at),
+        model=model,
+        choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+    )
+
+
+def _usage_chunk(state: GatewayState, model: str, usage: Usage) -> ChatCompletionChunk:
+    return ChatCompletionChunk(
+        id=f"chatcmpl-{state.request_id}",
+        created=int(state.received_at),
+        model=model,
+        choices=[],
+        usage=usage,
+    )
+
+
+def _wants_usage(state: GatewayState) -> bool:
+    options = state.request.stream_options
+    return options is not None and options.include_usage
+
+
+def _replay(state: GatewayState) -> Iterator[StreamItem]:
+    answer = final_response(state)
+    yield _chunk(state, answer.model, ChunkDelta(role="assistant", content=""))
+    yield _chunk(state, answer.model, ChunkDelta(content=answer.text()))
+    yield _chunk(state, answer.model, ChunkDelta(), answer.choices[0].finish_reason)
+    if _wants_usage(state):
+        yield _usage_chunk(state, answer.model, answer.usage)
+
+
+def _relay(
+    runner: LocalRunner,
+    state: GatewayState,
+    model_id: str,
+    provider: str,
+    deltas: Iterator[StreamDelta],
+    attempts: list[Attempt],
+) -> Iterator[StreamItem]:
+    deps = runner.deps
+    blocklist = deps.output_blocklists[state.tenant().tenant]
+    t0 = time.monotonic()
+    text = ""
+    released = 0
+    pieces = 0
+    last: StreamDelta | None = None
+    rule: str | None = None
+    yield _chunk(state, model_id, ChunkDelta(role="assistant", content=""))
+    try:
+        for delta in deltas:
+            if delta.finish_reason is not None:
+                last = delta
+                break
+            if not delta.text:
+                continue
+            pieces += 1
+            text += delta.text
+            rule = blocklist.first_match(text[max(0, released - HOLDBACK_CHARS) :])
+            if rule is not None:
+                break
+            if len(text) - released > HOLDBACK_CHARS:
+                cut = len(text) - HOLDBACK_CHARS
+                yield _chunk(state, model_id, ChunkDelta(content=text[released:cut]))
+                released = cut
+    except GatewayError as error:
+        runner.fail(state, error)
+        yield error.body()
+        return
+    finally:
+        close = getattr(deltas, "close", None)
+        if close is not None:
+            close()  # stop generating (and paying) as soon as we stop reading
+    if rule is None and released < len(text):
+        yield _chunk(state, model_id, ChunkDelta(content=text[released:]))
+    finish: FinishReason = "content_filter" if rule is not None else (last.finish_reason if last else "stop") or "stop"
+    reply = _reply_from(state, text, finish, last, pieces)
+    response: ChatCompletion = build_completion(state, deps, model_id, reply)
+    state.invoke = InvokeResult(
+        model=model_id,
+        provider=provider,
+        response=response,
+        attempts=attempts,
+        latency_ms=round((time.monotonic() - t0) * 1000, 3),
+    )
+    state.moderate = (
+        ModerateResult(outcome="passed")
+        if rule is None
+        else ModerateResult(outcome="filtered", layer="blocklist", rule=rule)
+    )
+    state.finish = finish_step(state, deps)
+    yield _chunk(state, model_id, ChunkDelta(), finish)
+    if _wants_usage(state):
+        yield _usage_chunk(state, model_id, response.usage)
+
+
+def _reply_from(
+    state: GatewayState, text: str, finish: FinishReason, last: StreamDelta | None, pieces: int
+) -> ProviderReply:
+    """Usage from the provider's final delta; when the stream was cut (filtered), an estimate:
+    one token per delta received and four characters per prompt token."""
+    if last is not None and last.prompt_tokens is not None:
+        return ProviderReply(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens or 0,
+            cached_tokens=last.cached_tokens,
+        )
+    prompt_chars = sum(len(m.text()) for m in state.request.messages)
+    return ProviderReply(text=text, finish_reason=finish, prompt_tokens=prompt_chars // 4 + 1, completion_tokens=pieces)
