@@ -1,0 +1,1 @@
+"""What the Lambda functions share: settings, Powertools observability, dependencies built once."""

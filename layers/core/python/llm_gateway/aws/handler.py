@@ -1,0 +1,37 @@
+"""One way to turn a step function into a Lambda handler, so every function folder stays two lines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
+from ..contracts import GatewayState
+from ..deps import Deps
+from .observability import logger, metrics, tracer
+from .runtime import deps
+
+Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+
+
+def step_handler(step: Callable[[GatewayState, Deps], BaseModel], name: str) -> Handler:
+    """Parse the Step Functions state into `GatewayState`, run the step, return its result as JSON.
+
+    No try/except: a domain error propagates with its class name as the Lambda `errorType`,
+    which the state machine's Catch clauses match.
+    """
+
+    @logger.inject_lambda_context(correlation_id_path="request_id")
+    @metrics.log_metrics
+    @tracer.capture_lambda_handler(capture_response=False)
+    @event_parser(model=GatewayState)
+    def lambda_handler(state: GatewayState, context: LambdaContext) -> dict[str, Any]:
+        metrics.add_dimension(name="step", value=name)
+        metrics.add_metric(name="StepInvocations", unit=MetricUnit.Count, value=1)
+        return step(state, deps()).model_dump(mode="json")
+
+    return lambda_handler

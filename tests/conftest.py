@@ -1,0 +1,91 @@
+"""Shared builders: a configuration, dependencies on real SQLite, and request states."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_gateway.adapters.local.memory import MemoryRateLimiter
+from llm_gateway.adapters.local.sqlite import SqliteStore
+from llm_gateway.config import GatewayConfig, hash_key, parse_config
+from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
+from llm_gateway.deps import Deps
+from llm_gateway.providers.base import default_registry
+
+ACME_KEY = "sk-test-acme"
+GLOBEX_KEY = "sk-test-globex"
+
+BASE_CONFIG = f"""
+models:
+  echo:
+    provider: echo
+    price: {{input_per_mtok: 1.0, cached_input_per_mtok: 0.5, output_per_mtok: 2.0}}
+  echo-b:
+    provider: echo
+    price: {{input_per_mtok: 3.0, output_per_mtok: 4.0}}
+tenants:
+  acme:
+    api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
+    routes:
+      default: {{model: echo, fallbacks: [echo-b]}}
+    allowed_models: [echo-b]
+    rate_limit: {{requests_per_minute: 6000, burst: 1000}}
+  globex:
+    api_keys: [{{id: k1, sha256: {hash_key(GLOBEX_KEY)}}}]
+    routes:
+      default: {{model: echo}}
+    input_blocklist: {{keywords: [codename]}}
+    output_blocklist: {{keywords: [forbidden], patterns: ['\\b\\d{{3}}-\\d{{2}}-\\d{{4}}\\b']}}
+"""
+
+
+def make_config(extra_yaml: str = "") -> GatewayConfig:
+    return parse_config(BASE_CONFIG + extra_yaml)
+
+
+class RecordingSleep:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+def make_deps(config: GatewayConfig | None = None, db: str | Path = ":memory:", **kwargs: Any) -> Deps:
+    store = SqliteStore(db)
+    return Deps(
+        config=config or make_config(),
+        cache=store,
+        limiter=MemoryRateLimiter(),
+        usage=store,
+        audit=store,
+        providers=default_registry(),
+        sleep=kwargs.pop("sleep", RecordingSleep()),
+        **kwargs,
+    )
+
+
+def make_state(content: str = "hello gateway", key: str | None = ACME_KEY, **request: Any) -> GatewayState:
+    body: dict[str, Any] = {"model": "default", "messages": [{"role": "user", "content": content}]}
+    body.update(request)
+    return GatewayState(
+        request_id=uuid.uuid4().hex,
+        received_at=time.time(),
+        request=ChatCompletionRequest.model_validate(body),
+        caller=CallerContext(api_key_sha256=hash_key(key) if key else None, client_ip="198.51.100.4"),
+    )
+
+
+@pytest.fixture
+def deps() -> Deps:
+    return make_deps()
+
+
+@pytest.fixture
+def state_factory() -> Callable[..., GatewayState]:
+    return make_state

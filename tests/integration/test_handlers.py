@@ -1,0 +1,149 @@
+"""The Lambda handlers run the same step functions as the local runner, on Step Functions-shaped events."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from llm_gateway.aws import runtime
+from llm_gateway.contracts import (
+    CacheResult,
+    FinishResult,
+    GatewayState,
+    GuardResult,
+    InvokeResult,
+    ModerateResult,
+    RouteResult,
+)
+from llm_gateway.errors import AuthenticationFailed
+from llm_gateway.pipeline import FINISH, STEPS
+from llm_gateway.runner import load_step
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = ROOT / "tests" / "events"
+
+
+@dataclass
+class FakeLambdaContext:
+    function_name: str = "llm-gateway-test"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:llm-gateway-test"
+    aws_request_id: str = "c0ffee00-0000-4000-8000-000000000001"
+    log_group_name: str = "/aws/lambda/llm-gateway-test"
+    log_stream_name: str = "2026/11/27/[$LATEST]0123"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+def load_handler(folder: str) -> ModuleType:
+    path = ROOT / "functions" / folder / "handler.py"
+    spec = importlib.util.spec_from_file_location(f"handler_{folder}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def event(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((EVENTS / f"{name}.json").read_text())
+    return loaded
+
+
+@pytest.fixture(autouse=True)
+def lambda_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    monkeypatch.setenv("GATEWAY_CONFIG_PATH", str(EVENTS / "config.yaml"))
+    monkeypatch.setenv("GATEWAY_SQLITE_PATH", str(tmp_path / "lambda.db"))
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    runtime.settings.cache_clear()
+    runtime.deps.cache_clear()
+    yield
+    runtime.deps.cache_clear()
+    runtime.settings.cache_clear()
+
+
+def without_timings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k != "latency_ms"}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def run(folder: str, payload: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = load_handler(folder).lambda_handler(payload, FakeLambdaContext())
+    return result
+
+
+def test_every_pipeline_step_has_a_handler_folder() -> None:
+    """The state machine can find a function for each step of pipeline.py (and for finish)."""
+    for step in (*STEPS, FINISH):
+        assert (ROOT / "functions" / step.handler / "handler.py").is_file(), step.handler
+
+
+@pytest.mark.parametrize("step", [*STEPS, FINISH], ids=lambda s: s.handler)
+def test_handler_returns_exactly_what_the_step_function_returns(step: Any) -> None:
+    """No logic in handlers: the handler's output equals the step function called directly on the same state."""
+    payload = event(step.handler)
+    from_handler = run(step.handler, payload)
+    direct = load_step(step)(GatewayState.model_validate(payload), runtime.deps())
+    if step.name == "finish":  # finish writes records; compare the result model only
+        assert FinishResult.model_validate(from_handler) == direct
+    else:
+        assert without_timings(from_handler) == without_timings(direct.model_dump(mode="json"))
+
+
+def test_guard_handler_resolves_the_tenant_from_the_key_digest() -> None:
+    result = GuardResult.model_validate(run("guard", event("guard")))
+    assert result.outcome == "allowed"
+    assert result.tenant is not None and result.tenant.tenant == "globex"
+
+
+def test_guard_handler_raises_the_typed_error_step_functions_catches() -> None:
+    """An unknown key surfaces as AuthenticationFailed (the Lambda errorType the state machine's Catch matches)."""
+    payload = event("guard")
+    payload["caller"]["api_key_sha256"] = "0" * 64
+    with pytest.raises(AuthenticationFailed):
+        run("guard", payload)
+
+
+def test_cache_lookup_handler_misses_on_an_empty_cache() -> None:
+    result = CacheResult.model_validate(run("cache_lookup", event("cache_lookup")))
+    assert result.status == "miss"
+    assert result.key is not None and len(result.key) == 64
+
+
+def test_router_handler_returns_the_pinned_candidates() -> None:
+    assert RouteResult.model_validate(run("router", event("router"))).candidates == ["echo"]
+
+
+def test_invoke_handler_calls_the_model_and_prices_the_answer() -> None:
+    result = InvokeResult.model_validate(run("invoke", event("invoke")))
+    assert result.response.text() == "the forbidden word is here"
+    usage = result.response.usage
+    expected = (usage.prompt_tokens * 1.0 + usage.completion_tokens * 2.0) / 1_000_000
+    assert usage.cost_usd == pytest.approx(expected)
+
+
+def test_moderate_handler_filters_the_tenant_blocklist() -> None:
+    result = ModerateResult.model_validate(run("moderate", event("moderate")))
+    assert result.outcome == "filtered"
+    assert result.rule == "keyword[0]"
+
+
+def test_finish_handler_writes_usage_and_audit_without_the_prompt() -> None:
+    run("finish", event("finish"))
+    store = runtime.deps().audit
+    rows = store.query("SELECT tenant, outcome, model, client_ip_hash FROM audit")  # type: ignore[attr-defined]
+    assert rows == [("globex", "filtered", "echo", rows[0][3])]
+    assert rows[0][3] != "203.0.113.7"
+    dump = json.dumps(store.query("SELECT * FROM audit") + store.query("SELECT * FROM usage"))  # type: ignore[attr-defined]
+    assert "forbidden" not in dump and "203.0.113.7" not in dump

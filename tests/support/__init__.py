@@ -1,0 +1,1 @@
+"""Reusable test parts: real HTTP servers on loopback and wire-compatible fake model providers."""

@@ -1,0 +1,43 @@
+"""Token buckets and compiled blocklists."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_gateway.adapters.local.memory import MemoryRateLimiter
+from llm_gateway.config import Blocklist, RateLimit
+from llm_gateway.moderation.blocklist import CompiledBlocklist
+
+
+def test_bucket_admits_its_burst_then_says_how_long_to_wait() -> None:
+    limiter = MemoryRateLimiter()
+    limit = RateLimit(requests_per_minute=60, burst=3)
+    assert [limiter.acquire("t", limit, 100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.acquire("t", limit, 100.0) == pytest.approx(1.0)
+    assert limiter.acquire("t", limit, 100.5) == pytest.approx(0.5)
+    assert limiter.acquire("t", limit, 101.0) == 0.0  # one token refilled after a second
+
+
+def test_buckets_are_independent() -> None:
+    limiter = MemoryRateLimiter()
+    limit = RateLimit(requests_per_minute=60, burst=1)
+    assert limiter.acquire("a", limit, 0.0) == 0.0
+    assert limiter.acquire("b", limit, 0.0) == 0.0
+    assert limiter.acquire("a", limit, 0.0) > 0
+
+
+def test_keywords_match_whole_words_case_insensitively() -> None:
+    blocklist = CompiledBlocklist(Blocklist(keywords=["secret plan", "bomb"]))
+    assert blocklist.first_match("the SECRET PLAN is ready") == "keyword[0]"
+    assert blocklist.first_match("a bombastic speech") is None
+    assert blocklist.first_match("a bomb.") == "keyword[1]"
+
+
+def test_patterns_report_their_index_not_their_text() -> None:
+    blocklist = CompiledBlocklist(Blocklist(keywords=["x-ray"], patterns=[r"\b\d{3}-\d{2}-\d{4}\b"]))
+    assert blocklist.first_match("ssn 123-45-6789") == "pattern[0]"
+    assert blocklist.first_match("ssn 123-456-789") is None
+
+
+def test_empty_blocklist_matches_nothing() -> None:
+    assert CompiledBlocklist(Blocklist()).first_match("anything at all") is None

@@ -1,0 +1,121 @@
+"""Streaming: same chain, chunks relayed with a hold-back window, finish on completion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from llm_gateway.config import ModelConfig
+from llm_gateway.contracts import ChatCompletionChunk, ChatCompletionRequest, ErrorBody
+from llm_gateway.errors import ProviderUnavailable
+from llm_gateway.providers.base import ProviderReply, StreamDelta
+from llm_gateway.runner import LocalRunner
+from llm_gateway.streaming import HOLDBACK_CHARS, StreamItem, start_stream
+from tests.conftest import GLOBEX_KEY, make_deps, make_state
+
+
+class ScriptedStream:
+    """A provider that streams given pieces (and can fail before or after the first one)."""
+
+    name = "echo"
+
+    def __init__(self, pieces: list[str], fail_first: int = 0, fail_midway: bool = False) -> None:
+        self.pieces = pieces
+        self.fail_first = fail_first
+        self.fail_midway = fail_midway
+        self.closed = False
+
+    def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
+        raise NotImplementedError
+
+    def stream(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            raise ProviderUnavailable("model failed (HTTP 500)")
+        return self._deltas()
+
+    def _deltas(self) -> Iterator[StreamDelta]:
+        try:
+            for i, piece in enumerate(self.pieces):
+                if self.fail_midway and i == len(self.pieces) // 2:
+                    raise ProviderUnavailable("model failed mid-stream")
+                yield StreamDelta(text=piece)
+            yield StreamDelta(finish_reason="stop", prompt_tokens=11, completion_tokens=len(self.pieces))
+        finally:
+            self.closed = True
+
+
+def runner_for(provider: ScriptedStream) -> LocalRunner:
+    deps = make_deps()
+    deps.providers.register("echo", lambda: provider)
+    return LocalRunner(deps)
+
+
+def collect(items: Iterator[StreamItem]) -> tuple[str, list[ChatCompletionChunk], list[ErrorBody]]:
+    everything = list(items)
+    chunks = [i for i in everything if isinstance(i, ChatCompletionChunk)]
+    errors = [i for i in everything if isinstance(i, ErrorBody)]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, chunks, errors
+
+
+def test_stream_relays_all_text_and_ends_with_finish_reason_and_usage() -> None:
+    provider = ScriptedStream(["Hel", "lo ", "wor", "ld"])
+    runner = runner_for(provider)
+    state = make_state("hi", stream=True, stream_options={"include_usage": True})
+    model, items = start_stream(runner, state)
+    text, chunks, errors = collect(items)
+    assert model == "echo" and text == "Hello world" and not errors
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (11, 4)
+    assert state.finish is not None and state.finish.cached  # the assembled answer was stored
+
+
+def test_a_blocked_phrase_split_across_deltas_never_leaves_the_gateway() -> None:
+    prefix = "x" * (HOLDBACK_CHARS * 2) + " the number is "
+    provider = ScriptedStream([prefix, "123-", "45-", "67", "89", " and more text"])
+    runner = runner_for(provider)
+    state = make_state("hi", key=GLOBEX_KEY, stream=True)
+    _, items = start_stream(runner, state)
+    text, chunks, _ = collect(items)
+    assert "123-" not in text and "6789" not in text
+    assert text and prefix.startswith(text)  # what left before the match was clean prefix text
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+    assert provider.closed
+    assert state.moderate is not None and state.moderate.outcome == "filtered"
+
+
+def test_failure_before_the_first_token_is_retried() -> None:
+    provider = ScriptedStream(["ok"], fail_first=1)
+    runner = runner_for(provider)
+    _, items = start_stream(runner, make_state("hi", stream=True))
+    assert collect(items)[0] == "ok"
+
+
+def test_failure_mid_stream_ends_with_an_error_event_and_is_recorded() -> None:
+    provider = ScriptedStream(["a" * 100, "b" * 100, "c", "d"], fail_midway=True)
+    runner = runner_for(provider)
+    _, items = start_stream(runner, make_state("hi", stream=True))
+    _, _, errors = collect(items)
+    assert len(errors) == 1 and errors[0].error.code == "upstream_unavailable"
+    rows = runner.deps.audit.query("SELECT outcome FROM audit")  # type: ignore[attr-defined]
+    assert rows == [("error",)]
+
+
+def test_cached_answers_are_replayed_as_a_stream() -> None:
+    provider = ScriptedStream(["cached ", "answer"])
+    runner = runner_for(provider)
+    collect(start_stream(runner, make_state("same", stream=True))[1])
+    model, items = start_stream(runner, make_state("same", stream=True))
+    text, chunks, _ = collect(items)
+    assert (model, text) == ("echo", "cached answer")
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_blocked_request_produces_no_stream() -> None:
+    runner = runner_for(ScriptedStream(["never"]))
+    state = make_state("the codename please", key=GLOBEX_KEY, stream=True)
+    model, items = start_stream(runner, state)
+    assert model is None and list(items) == []
+    assert state.guard is not None and state.guard.outcome == "blocked" and state.guard.layer == "blocklist"
