@@ -1,0 +1,238 @@
+"""The OpenAI-compatible HTTP API over a real uvicorn server, driven by the official openai SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from llm_gateway.config import hash_key
+from llm_gateway.local.app import create_app
+from llm_gateway.runner import LocalRunner
+from tests.conftest import ACME_KEY, GLOBEX_KEY, make_config, make_deps
+from tests.support.servers import serve
+
+LIMITED_KEY = "sk-test-limited"
+EXTRA_TENANT = f"""  limited:
+    api_keys: [{{id: k1, sha256: {hash_key(LIMITED_KEY)}}}]
+    routes: {{default: {{model: echo}}}}
+    rate_limit: {{requests_per_minute: 60, burst: 2}}
+limits:
+  max_body_bytes: 4096
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, LocalRunner]]:
+    db: Path = tmp_path_factory.mktemp("gw") / "gateway.db"
+    runner = LocalRunner(make_deps(make_config(EXTRA_TENANT), db=db))
+    with serve(create_app(runner)) as url:
+        yield url + "/v1", runner
+
+
+@pytest.fixture
+def base_url(gateway: tuple[str, LocalRunner]) -> str:
+    return gateway[0]
+
+
+def client(base_url: str, key: str = ACME_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+
+
+def post(base_url: str, body: bytes | str, key: str = ACME_KEY) -> httpx.Response:
+    return httpx.post(
+        base_url + "/chat/completions",
+        content=body,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+
+
+def test_completion_carries_usage_cost_and_decision_headers(base_url: str) -> None:
+    raw = client(base_url).chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "price this answer"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "price this answer"
+    assert completion.usage is not None and completion.usage.completion_tokens == 3
+    assert completion.usage.model_extra is not None and completion.usage.model_extra["cost_usd"] > 0
+    assert raw.headers["x-gateway-model"] == "echo"
+    assert raw.headers["x-gateway-cache"] == "miss"
+    assert len(raw.headers["x-request-id"]) == 32
+
+
+def test_second_identical_request_hits_the_exact_cache_but_not_for_another_tenant(base_url: str) -> None:
+    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "cache across calls"}]
+    first = client(base_url).chat.completions.with_raw_response.create(model="default", messages=messages)  # type: ignore[arg-type]
+    second = client(base_url).chat.completions.with_raw_response.create(model="default", messages=messages)  # type: ignore[arg-type]
+    other = client(base_url, GLOBEX_KEY).chat.completions.with_raw_response.create(model="default", messages=messages)  # type: ignore[arg-type]
+    assert [r.headers["x-gateway-cache"] for r in (first, second, other)] == ["miss", "exact", "miss"]
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert second.headers["x-request-id"] != first.headers["x-request-id"]
+
+
+def test_cache_control_no_cache_bypasses_the_cache(base_url: str) -> None:
+    messages = [{"role": "user", "content": "bypass me"}]
+    client(base_url).chat.completions.create(model="default", messages=messages)  # type: ignore[arg-type]
+    raw = client(base_url).chat.completions.with_raw_response.create(
+        model="default",
+        messages=messages,  # type: ignore[arg-type]
+        extra_headers={"Cache-Control": "no-cache"},
+    )
+    assert raw.headers["x-gateway-cache"] == "miss"
+    assert raw.headers["x-gateway-cache-bypass"] == "true"
+
+
+def test_stream_through_the_sdk_ends_with_usage(base_url: str) -> None:
+    stream = client(base_url).chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "stream these four words"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "stream these four words"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+
+
+def test_raw_sse_ends_with_done(base_url: str) -> None:
+    with httpx.stream(
+        "POST",
+        base_url + "/chat/completions",
+        json={"model": "default", "messages": [{"role": "user", "content": "sse"}], "stream": True},
+        headers={"authorization": f"Bearer {ACME_KEY}"},
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-gateway-model"] == "echo"
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in lines)
+
+
+def test_unknown_key_is_401_with_an_openai_error(base_url: str) -> None:
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client(base_url, "sk-wrong").chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.status_code == 401
+    assert caught.value.code == "invalid_api_key"
+    missing = httpx.post(base_url + "/chat/completions", json={"model": "default", "messages": []})
+    assert missing.status_code in (400, 401)
+
+
+def test_malformed_json_is_400(base_url: str) -> None:
+    response = post(base_url, b'{"model": "default", "messages": [')
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_json"
+
+
+def test_schema_violation_is_400_naming_the_field(base_url: str) -> None:
+    response = post(base_url, '{"model": "default", "messages": [{"role": "robot", "content": "x"}]}')
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages.0.role"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(base_url).chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"frobnicate": True},
+        )
+    assert caught.value.param == "frobnicate"  # type: ignore[attr-defined]
+
+
+def test_body_over_the_limit_is_413(base_url: str) -> None:
+    big = '{"model": "default", "messages": [{"role": "user", "content": "' + "a" * 5000 + '"}]}'
+    response = post(base_url, big)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_rate_limit_is_429_with_retry_after(base_url: str) -> None:
+    body = '{"model": "default", "messages": [{"role": "user", "content": "limit"}]}'
+    statuses = [post(base_url, body, LIMITED_KEY) for _ in range(3)]
+    assert [r.status_code for r in statuses] == [200, 200, 429]
+    refused = statuses[-1]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_guardrail_refusal_is_400_with_type_guardrail_and_the_layer_as_code(base_url: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(base_url, GLOBEX_KEY).chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "what is the codename"}]
+        )
+    assert caught.value.type == "guardrail"  # type: ignore[attr-defined]
+    assert caught.value.code == "blocklist"
+
+
+def test_output_moderation_withholds_the_answer_as_content_filter(base_url: str) -> None:
+    completion = client(base_url, GLOBEX_KEY).chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "say the forbidden thing"}]
+    )
+    assert completion.choices[0].finish_reason == "content_filter"
+    assert not completion.choices[0].message.content
+
+
+def test_unknown_model_is_404(base_url: str) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client(base_url).chat.completions.create(model="gpt-nine", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b"null",
+        b'"text"',
+        b"\xff\xfe\x00garbage",
+        b'{"model": 1, "messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "default", "messages": "hello"}',
+        b'{"model": "default", "messages": [{"role": "user", "content": [{"type": "video"}]}]}',
+        b'{"model": "default", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}',
+        b'{"model": "default", "messages": [{"role": "user", "content": "x"}], "stream": "yes please"}',
+        b"[" * 5000 + b"]" * 5000,
+        b"",
+    ],
+)
+def test_bad_input_is_a_4xx_never_a_500(base_url: str, body: bytes) -> None:
+    response = post(base_url, body)
+    assert 400 <= response.status_code < 500
+    assert response.json()["error"]["message"]
+    assert response.headers["x-request-id"]
+
+
+def test_models_lists_the_tenants_routes_and_pinned_models(base_url: str) -> None:
+    names = [m.id for m in client(base_url).models.list()]
+    assert names == ["default", "echo-b"]
+    assert httpx.get(base_url + "/models").status_code == 401
+
+
+def test_health_openapi_and_unknown_paths(base_url: str) -> None:
+    root = base_url.removesuffix("/v1")
+    assert httpx.get(root + "/healthz").json() == {"status": "ok"}
+    document = httpx.get(root + "/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    assert "ChatCompletionRequest" in document["components"]["schemas"]
+    assert "/v1/chat/completions" in document["paths"]
+    missing = httpx.get(root + "/v2/nothing")
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_every_request_is_audited_without_keys_or_prompts(gateway: tuple[str, LocalRunner]) -> None:
+    url, runner = gateway
+    for _ in range(2):  # ok, then cache_hit
+        client(url).chat.completions.create(model="default", messages=[{"role": "user", "content": "audit canary 7731"}])
+    client(url, GLOBEX_KEY).chat.completions.create(model="default", messages=[{"role": "user", "content": "forbidden"}])
+    for model, words in (("default", "codename canary"), ("no-such-model", "canary")):
+        with pytest.raises(openai.APIStatusError):
+            client(url, GLOBEX_KEY).chat.completions.create(model=model, messages=[{"role": "user", "content": words}])
+    rows = runner.deps.audit.query("SELECT * FROM audit")  # type: ignore[attr-defined]
+    dump = repr(rows) + repr(runner.deps.usage.query("SELECT * FROM usage"))  # type: ignore[attr-defined]
+    assert "canary" not in dump and ACME_KEY not in dump and hash_key(ACME_KEY) not in dump
+    outcomes = {row[-2] for row in rows}
+    assert {"ok", "cache_hit", "blocked", "filtered", "error"} <= outcomes
