@@ -81,6 +81,12 @@ def make_state(content: str = "hello gateway", key: str | None = ACME_KEY, **req
     )
 
 
+def store_of(deps: Deps) -> SqliteStore:
+    """The SQLite store behind a Deps built by `make_deps` (for reading audit and usage rows)."""
+    assert isinstance(deps.audit, SqliteStore)
+    return deps.audit
+
+
 @pytest.fixture
 def deps() -> Deps:
     return make_deps()

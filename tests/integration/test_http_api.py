@@ -12,7 +12,7 @@ import pytest
 from llm_gateway.config import hash_key
 from llm_gateway.local.app import create_app
 from llm_gateway.runner import LocalRunner
-from tests.conftest import ACME_KEY, GLOBEX_KEY, make_config, make_deps
+from tests.conftest import ACME_KEY, GLOBEX_KEY, make_config, make_deps, store_of
 from tests.support.servers import serve
 
 LIMITED_KEY = "sk-test-limited"
@@ -226,13 +226,17 @@ def test_health_openapi_and_unknown_paths(base_url: str) -> None:
 def test_every_request_is_audited_without_keys_or_prompts(gateway: tuple[str, LocalRunner]) -> None:
     url, runner = gateway
     for _ in range(2):  # ok, then cache_hit
-        client(url).chat.completions.create(model="default", messages=[{"role": "user", "content": "audit canary 7731"}])
-    client(url, GLOBEX_KEY).chat.completions.create(model="default", messages=[{"role": "user", "content": "forbidden"}])
+        client(url).chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "audit canary 7731"}]
+        )
+    client(url, GLOBEX_KEY).chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "forbidden"}]
+    )
     for model, words in (("default", "codename canary"), ("no-such-model", "canary")):
         with pytest.raises(openai.APIStatusError):
             client(url, GLOBEX_KEY).chat.completions.create(model=model, messages=[{"role": "user", "content": words}])
-    rows = runner.deps.audit.query("SELECT * FROM audit")  # type: ignore[attr-defined]
-    dump = repr(rows) + repr(runner.deps.usage.query("SELECT * FROM usage"))  # type: ignore[attr-defined]
+    rows = store_of(runner.deps).query("SELECT * FROM audit")
+    dump = repr(rows) + repr(store_of(runner.deps).query("SELECT * FROM usage"))
     assert "canary" not in dump and ACME_KEY not in dump and hash_key(ACME_KEY) not in dump
     outcomes = {row[-2] for row in rows}
     assert {"ok", "cache_hit", "blocked", "filtered", "error"} <= outcomes

@@ -42,7 +42,10 @@ def test_one_key_shared_by_two_tenants_is_refused() -> None:
     [
         ("models: [", "not valid YAML"),
         ("- a\n- b\n", "top level must be a mapping"),
-        (MODELS + "tenants:\n  t: {routes: {default: {model: m1}}, output_blocklist: {patterns: ['(']}}\n", "bad regular"),
+        (
+            MODELS + "tenants:\n  t: {routes: {default: {model: m1}}, output_blocklist: {patterns: ['(']}}\n",
+            "bad regular",
+        ),
         (MODELS + "tenants:\n  t: {routes: {default: {model: m1}}, colour: blue}\n", "tenants.t.colour"),
         ("models:\n  s: {provider: sagemaker}\ntenants:\n  t: {routes: {default: {model: s}}}\n", "needs `endpoint`"),
         (MODELS + "tenants:\n  t: {routes: {default: {model: m1}}, api_keys: [{id: k, sha256: plain}]}\n", "sha256"),

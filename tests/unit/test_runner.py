@@ -15,7 +15,7 @@ from llm_gateway.pipeline import STEPS
 from llm_gateway.providers.base import ProviderReply, StreamDelta
 from llm_gateway.providers.echo import EchoProvider
 from llm_gateway.runner import LocalRunner
-from tests.conftest import GLOBEX_KEY, RecordingSleep, make_config, make_deps, make_state
+from tests.conftest import GLOBEX_KEY, RecordingSleep, make_config, make_deps, make_state, store_of
 
 
 class CountingEcho(EchoProvider):
@@ -43,7 +43,7 @@ def runner_with(provider: CountingEcho, deps: Deps | None = None) -> LocalRunner
 
 
 def audit_outcomes(runner: LocalRunner) -> list[tuple[object, ...]]:
-    return runner.deps.audit.query("SELECT tenant, outcome, error_code FROM audit ORDER BY ts")  # type: ignore[attr-defined]
+    return store_of(runner.deps).query("SELECT tenant, outcome, error_code FROM audit ORDER BY ts")
 
 
 def test_a_miss_walks_every_step_in_pipeline_order_then_finish() -> None:
@@ -179,11 +179,13 @@ def test_all_models_failing_is_503_and_recorded() -> None:
 def test_usage_is_recorded_with_cost_and_no_raw_identifiers() -> None:
     runner = runner_with(CountingEcho())
     runner.run(make_state("count my tokens", user="alice@example.com"))
-    rows = runner.deps.usage.query("SELECT tenant, model, prompt_tokens, completion_tokens, cost_usd, user_hash FROM usage")  # type: ignore[attr-defined]
+    rows = store_of(runner.deps).query(
+        "SELECT tenant, model, prompt_tokens, completion_tokens, cost_usd, user_hash FROM usage"
+    )
     assert len(rows) == 1
     tenant, model, prompt, completion, cost, user_hash = rows[0]
     assert (tenant, model, completion) == ("acme", "echo", 3)
     assert cost == pytest.approx((prompt * 1.0 + completion * 2.0) / 1e6)
     assert user_hash != "alice@example.com" and len(user_hash) == 16
-    everything = repr(runner.deps.audit.query("SELECT * FROM audit"))  # type: ignore[attr-defined]
+    everything = repr(store_of(runner.deps).query("SELECT * FROM audit"))
     assert "alice" not in everything and "count my tokens" not in everything and "198.51.100.4" not in everything

@@ -10,7 +10,7 @@ from llm_gateway.errors import ProviderUnavailable
 from llm_gateway.providers.base import ProviderReply, StreamDelta
 from llm_gateway.runner import LocalRunner
 from llm_gateway.streaming import HOLDBACK_CHARS, StreamItem, start_stream
-from tests.conftest import GLOBEX_KEY, make_deps, make_state
+from tests.conftest import GLOBEX_KEY, make_deps, make_state, store_of
 
 
 class ScriptedStream:
@@ -99,7 +99,7 @@ def test_failure_mid_stream_ends_with_an_error_event_and_is_recorded() -> None:
     _, items = start_stream(runner, make_state("hi", stream=True))
     _, _, errors = collect(items)
     assert len(errors) == 1 and errors[0].error.code == "upstream_unavailable"
-    rows = runner.deps.audit.query("SELECT outcome FROM audit")  # type: ignore[attr-defined]
+    rows = store_of(runner.deps).query("SELECT outcome FROM audit")
     assert rows == [("error",)]
 
 

@@ -1,0 +1,123 @@
+"""In-process chain overhead: the full chain with a zero-latency provider, no HTTP.
+
+Runs the local runner (real SQLite file in WAL mode for cache, usage and audit; in-process rate
+limiter) over N requests per scenario and prints p50/p99 per request. "Overhead" subtracts the
+provider's own time (the `echo` model's call, as recorded per attempt) from the total.
+
+    python bench/chain_overhead.py [--requests 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from llm_gateway.adapters.local.memory import MemoryRateLimiter
+from llm_gateway.adapters.local.sqlite import SqliteStore
+from llm_gateway.config import hash_key, parse_config
+from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
+from llm_gateway.deps import Deps
+from llm_gateway.providers.base import default_registry
+from llm_gateway.runner import LocalRunner
+
+KEY = "sk-bench"
+CONFIG = f"""
+models:
+  echo: {{provider: echo, price: {{input_per_mtok: 0.15, cached_input_per_mtok: 0.075, output_per_mtok: 0.6}}}}
+tenants:
+  bench:
+    api_keys: [{{id: k1, sha256: {hash_key(KEY)}}}]
+    routes: {{default: {{model: echo, fallbacks: []}}}}
+    rate_limit: {{requests_per_minute: 100000000, burst: 1000000}}
+    user_rate_limit: {{requests_per_minute: 100000000, burst: 1000000}}
+    input_blocklist: {{keywords: [codename, internal-only], patterns: ['\\b\\d{{3}}-\\d{{2}}-\\d{{4}}\\b']}}
+    output_blocklist: {{keywords: [forbidden], patterns: ['\\b\\d{{3}}-\\d{{2}}-\\d{{4}}\\b']}}
+"""
+SYSTEM = "You are a concise assistant for an online store. Answer in one short paragraph."
+
+
+def make_state(question: str, cache_control: str | None) -> GatewayState:
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "default",
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+            "max_tokens": 16,
+            "temperature": 0,
+            "user": "user-42",
+        }
+    )
+    return GatewayState(
+        request_id=uuid.uuid4().hex,
+        received_at=time.time(),
+        request=request,
+        caller=CallerContext(api_key_sha256=hash_key(KEY), client_ip="127.0.0.1", cache_control=cache_control),
+    )
+
+
+def measure(runner: LocalRunner, n: int, question: Callable[[int], str], cache_control: str | None) -> dict[str, float]:
+    totals: list[float] = []
+    overheads: list[float] = []
+    gc.collect()
+    for i in range(n):
+        state = make_state(question(i), cache_control)
+        t0 = time.perf_counter()
+        runner.run(state)
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        model_ms = sum(a.latency_ms for a in state.invoke.attempts) if state.invoke else 0.0
+        totals.append(elapsed_ms)
+        overheads.append(elapsed_ms - model_ms)
+    return {
+        "total_p50": statistics.median(totals),
+        "total_p99": statistics.quantiles(totals, n=100)[98],
+        "overhead_p50": statistics.median(overheads),
+        "overhead_p99": statistics.quantiles(overheads, n=100)[98],
+        "overhead_mean": statistics.fmean(overheads),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(Path(tmp) / "bench.db")
+        deps = Deps(
+            config=parse_config(CONFIG),
+            cache=store,
+            limiter=MemoryRateLimiter(),
+            usage=store,
+            audit=store,
+            providers=default_registry(),
+        )
+        runner = LocalRunner(deps)
+        n = args.requests
+        measure(runner, 300, lambda i: f"warm-up question {i}", "no-store")
+        scenarios = {
+            "miss, answer stored (unique questions)": measure(
+                runner, n, lambda i: f"Where is my order number {i}?", None
+            ),
+            "miss, no-store (cache lookup skipped)": measure(
+                runner, n, lambda i: f"Do you ship to country {i}?", "no-store"
+            ),
+            "exact cache hit": measure(runner, n, lambda i: f"Where is my order number {i % 100}?", None),
+        }
+    print(f"# chain overhead, {n} requests per scenario, {platform.python_version()}, {platform.machine()}")
+    print()
+    print("| scenario | overhead p50 ms | overhead p99 ms | overhead mean ms | total p50 ms | total p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for name, r in scenarios.items():
+        print(
+            f"| {name} | {r['overhead_p50']:.3f} | {r['overhead_p99']:.3f} | {r['overhead_mean']:.3f} "
+            f"| {r['total_p50']:.3f} | {r['total_p99']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

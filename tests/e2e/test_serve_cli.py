@@ -1,0 +1,126 @@
+"""A new user's path: `llm-gateway serve` on the shipped config, then the openai SDK against it.
+
+Runs the real CLI in a fresh working directory: it starts the local model endpoint (llama.cpp with
+the packaged SmolLM2-135M-Instruct) and the gateway, prints `ready <url>` and a key per demo tenant.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+pytestmark = pytest.mark.model
+
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], url: str, keys: dict[str, str]) -> None:
+        self.process, self.url, self.keys = process, url, keys
+
+    def client(self, tenant: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url, api_key=self.keys[tenant], max_retries=0, timeout=120)
+
+
+def read_announcement(process: subprocess.Popen[str], timeout_s: float = 180) -> tuple[str, dict[str, str]]:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    url = ""
+    keys: dict[str, str] = {}
+    for line in process.stdout:
+        if time.monotonic() > deadline:
+            break
+        if line.startswith("ready "):
+            url = line.split()[1]
+        elif (match := re.fullmatch(r"tenant (\S+) key=(\S+)\n", line)) is not None:
+            keys[match[1]] = match[2]
+        if url and len(keys) >= 2:
+            return url, keys
+    raise AssertionError(f"no ready line (exit code {process.poll()})")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    workdir: Path = tmp_path_factory.mktemp("fresh-user")
+    command = [sys.executable, "-m", "llm_gateway.local.cli", "serve", "--port", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "LLM_GATEWAY_CONFIG"}
+    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        url, keys = read_announcement(process)
+        yield Served(process, url, keys)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+
+
+def test_ready_line_names_a_v1_base_url_and_two_demo_tenants(served: Served) -> None:
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", served.url)
+    assert len(served.keys) >= 2
+    assert all(key.startswith("sk-gw-") for key in served.keys.values())
+
+
+def test_the_sdk_gets_a_completion_from_the_local_model_with_usage_and_cost(served: Served) -> None:
+    tenant = next(iter(served.keys))
+    raw = served.client(tenant).chat.completions.with_raw_response.create(
+        model="default",
+        messages=QUESTION,
+        max_tokens=12,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    assert "paris" in completion.choices[0].message.content.lower()
+    assert completion.model == "smollm2-135m-instruct-q4_1" == raw.headers["x-gateway-model"]
+    usage = completion.usage
+    assert usage is not None and usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 12
+    assert usage.model_extra is not None and usage.model_extra["cost_usd"] > 0
+
+
+def test_the_sdk_streams_from_the_local_model(served: Served) -> None:
+    tenant = next(iter(served.keys))
+    stream = served.client(tenant).chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_repeat_is_served_from_cache_and_other_tenant_is_not(served: Served) -> None:
+    first_tenant, second_tenant = list(served.keys)[:2]
+    messages = [{"role": "user", "content": "Say hello to the cache."}]
+    results = [
+        served.client(tenant).chat.completions.with_raw_response.create(
+            model="default",
+            messages=messages,
+            max_tokens=8,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        for tenant in (first_tenant, first_tenant, second_tenant)
+    ]
+    assert [r.headers["x-gateway-cache"] for r in results] == ["miss", "exact", "miss"]
+    assert results[1].parse().choices[0].message.content == results[0].parse().choices[0].message.content
+
+
+def test_wrong_key_is_refused(served: Served) -> None:
+    client = openai.OpenAI(base_url=served.url, api_key="sk-gw-not-a-real-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="default", messages=QUESTION)  # type: ignore[arg-type]
