@@ -326,19 +326,16 @@ def _anthropic_problem(body: Any) -> str | None:
     """What the real API would reject in this body (the subset that catches mapping mistakes)."""
     if not isinstance(body, dict):
         return "the body must be a JSON object"
-    for required in ("model", "max_tokens", "messages"):
-        if required not in body:
-            return f"{required}: Field required"
-    if not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1:
-        return "max_tokens: must be a positive integer"
-    if not body["messages"] or any(m.get("role") not in ("user", "assistant") for m in body["messages"]):
-        return "messages: roles must be 'user' or 'assistant'"
-    temperature = body.get("temperature")
+    problems = [f"{name}: Field required" for name in ("model", "max_tokens", "messages") if name not in body]
+    max_tokens, temperature = body.get("max_tokens", 1), body.get("temperature")
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        problems.append("max_tokens: must be a positive integer")
+    if not body.get("messages") or any(m.get("role") not in ("user", "assistant") for m in body["messages"]):
+        problems.append("messages: at least one, with roles 'user' or 'assistant' only")
     if temperature is not None and not 0 <= temperature <= 1:
-        return "temperature: must be between 0 and 1"
-    if "stop" in body:
-        return "stop: Extra inputs are not permitted"
-    return None
+        problems.append("temperature: must be between 0 and 1")
+    problems += [f"{name}: Extra inputs are not permitted" for name in ("stop", "response_format") if name in body]
+    return problems[0] if problems else None
 
 
 def _anthropic_usage(answer: Ok) -> dict[str, int]:

@@ -72,10 +72,10 @@ def call_with_fallback(
                 result = call(provider, model_id)
             except ProviderError as error:
                 attempts.append(Attempt(model=model_id, outcome=_outcome(error), latency_ms=_ms_since(t0)))
-                if type(error).__name__ in policy.never_retry or isinstance(error, ProviderBadRequest):
+                if isinstance(error, ProviderBadRequest) or _named_in(error, policy.never_retry):
                     raise
                 last_error = error
-                if attempt + 1 >= policy.max_attempts:
+                if attempt + 1 >= policy.max_attempts or not _named_in(error, policy.retry_on):
                     break
                 delay = backoff_delay(policy, attempt, error.retry_after_s, _rng)
                 if time.monotonic() - started + delay > policy.deadline_s:
@@ -87,6 +87,11 @@ def call_with_fallback(
     tried = ", ".join(f"{a.model}: {a.outcome}" for a in attempts)
     retry_after = last_error.retry_after_s if isinstance(last_error, ProviderThrottled) else None
     raise AllModelsFailed(f"No model could answer ({tried}).", retry_after_s=retry_after)
+
+
+def _named_in(error: ProviderError, names: tuple[str, ...]) -> bool:
+    """True when the error's class, or one of its bases, is named in `names`."""
+    return any(cls.__name__ in names for cls in type(error).__mro__)
 
 
 def _ms_since(t0: float) -> float:

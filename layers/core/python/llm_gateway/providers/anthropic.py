@@ -1,6 +1,7 @@
 """Anthropic Messages API through the official `anthropic` SDK.
 
 Mapping: system/developer messages become `system`; `stop` becomes `stop_sequences`;
+`temperature`/`top_p` are sent in the body as given;
 `response_format: json_object` becomes an instruction in `system`; JSON schemas, images, tool
 messages and temperature above 1 are refused as bad requests rather than silently altered.
 """
@@ -23,7 +24,7 @@ from ..errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from .base import ProviderReply, StreamDelta, output_limit
+from .base import ProviderReply, StreamDelta, output_limit, parse_retry_after
 
 _FINISH: dict[str | None, FinishReason] = {
     "end_turn": "stop",
@@ -43,10 +44,9 @@ def map_error(exc: Exception, model_id: str) -> ProviderError:
     if isinstance(exc, anthropic.APIConnectionError):
         return ProviderUnavailable(f"model '{model_id}' is unreachable")
     if isinstance(exc, anthropic.RateLimitError):
-        retry_after = exc.response.headers.get("retry-after")
         return ProviderThrottled(
             f"model '{model_id}' is rate limited upstream",
-            retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None,
+            retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
         )
     if isinstance(exc, anthropic.APIStatusError):
         # 529 "overloaded" and every 5xx are worth another try; other 4xx are the request's fault.
@@ -85,10 +85,11 @@ def build_params(request: ChatCompletionRequest, model_id: str, model: ModelConf
     }
     if system:
         params["system"] = "\n\n".join(system)
-    if request.temperature is not None:
-        params["temperature"] = request.temperature
-    if request.top_p is not None:
-        params["top_p"] = request.top_p
+    # The SDK no longer exposes sampling parameters; they travel in the body for the API to judge.
+    sampling = {"temperature": request.temperature, "top_p": request.top_p}
+    sampling = {name: value for name, value in sampling.items() if value is not None}
+    if sampling:
+        params["extra_body"] = sampling
     if request.stop_list():
         params["stop_sequences"] = request.stop_list()
     return params

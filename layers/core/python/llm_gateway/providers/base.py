@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.utils
+import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -53,6 +55,21 @@ class Provider(Protocol):
 def output_limit(request: ChatCompletionRequest, model: ModelConfig) -> int:
     """The max tokens to ask the provider for: the caller's cap, else the model's default, within its maximum."""
     return min(request.output_limit() or model.default_max_tokens, model.max_output_tokens)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 class ProviderRegistry:

@@ -18,7 +18,7 @@ from ..errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from .base import ProviderReply, StreamDelta, output_limit
+from .base import ProviderReply, StreamDelta, output_limit, parse_retry_after
 
 _FINISH: dict[str | None, FinishReason] = {
     "stop": "stop",
@@ -36,10 +36,9 @@ def map_error(exc: Exception, model_id: str) -> ProviderError:
     if isinstance(exc, openai.APIConnectionError):
         return ProviderUnavailable(f"model '{model_id}' is unreachable")
     if isinstance(exc, openai.RateLimitError):
-        retry_after = exc.response.headers.get("retry-after")
         return ProviderThrottled(
             f"model '{model_id}' is rate limited upstream",
-            retry_after_s=float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None,
+            retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
         )
     if isinstance(exc, openai.APIStatusError):
         if exc.status_code >= 500 or exc.status_code in (408, 409):

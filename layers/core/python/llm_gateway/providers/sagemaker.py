@@ -25,7 +25,7 @@ from ..errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from .base import ProviderReply, StreamDelta, output_limit
+from .base import ProviderReply, StreamDelta, output_limit, parse_retry_after
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -45,8 +45,9 @@ def build_invocation(request: ChatCompletionRequest, model_id: str, model: Model
     return InvocationRequest(
         messages=messages,
         max_tokens=output_limit(request, model),
-        temperature=request.temperature if request.temperature is not None else 0.7,
-        top_p=request.top_p if request.top_p is not None else 1.0,
+        # Unset sampling parameters take the endpoint's defaults (greedy decoding).
+        **({"temperature": request.temperature} if request.temperature is not None else {}),
+        **({"top_p": request.top_p} if request.top_p is not None else {}),
         stop=request.stop_list(),
         seed=request.seed,
         json_mode=request.response_format is not None and request.response_format.type == "json_object",
@@ -54,9 +55,9 @@ def build_invocation(request: ChatCompletionRequest, model_id: str, model: Model
     )
 
 
-def status_error(status: int, model_id: str) -> ProviderError:
+def status_error(status: int, model_id: str, retry_after: str | None = None) -> ProviderError:
     if status == 429:
-        return ProviderThrottled(f"model '{model_id}' is busy")
+        return ProviderThrottled(f"model '{model_id}' is busy", retry_after_s=parse_retry_after(retry_after))
     if status >= 500 or status == 408:
         return ProviderUnavailable(f"model '{model_id}' failed (HTTP {status})")
     return ProviderBadRequest(f"model '{model_id}' rejected the request (HTTP {status})")
@@ -142,7 +143,7 @@ class SageMakerProvider:
         except httpx.TransportError as exc:
             raise ProviderUnavailable(f"model '{model_id}' is unreachable") from exc
         if response.status_code != 200:
-            raise status_error(response.status_code, model_id)
+            raise status_error(response.status_code, model_id, response.headers.get("retry-after"))
         return response.content
 
     def _post_stream(self, url: str, payload: bytes, model_id: str, timeout_s: float) -> Iterator[bytes]:
@@ -155,7 +156,7 @@ class SageMakerProvider:
                 timeout=timeout_s,
             ) as response:
                 if response.status_code != 200:
-                    raise status_error(response.status_code, model_id)
+                    raise status_error(response.status_code, model_id, response.headers.get("retry-after"))
                 for line in response.iter_lines():
                     if line.strip():
                         yield line.encode()
