@@ -9,10 +9,11 @@ import httpx
 import openai
 import pytest
 
-from llm_gateway.config import hash_key
+from llm_gateway.config import ModelConfig, hash_key
 from llm_gateway.local.app import create_app
 from llm_gateway.runner import LocalRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, make_config, make_deps, store_of
+from tests.support.fake_providers import Script, fake_server, status
 from tests.support.servers import serve
 
 LIMITED_KEY = "sk-test-limited"
@@ -240,3 +241,36 @@ def test_every_request_is_audited_without_keys_or_prompts(gateway: tuple[str, Lo
     assert "canary" not in dump and ACME_KEY not in dump and hash_key(ACME_KEY) not in dump
     outcomes = {row[-2] for row in rows}
     assert {"ok", "cache_hit", "blocked", "filtered", "error"} <= outcomes
+
+
+def test_provider_errors_reach_the_client_as_clear_openai_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upstream 400: returned at once as 400 (no retry). Upstream 500 on every model: 503 naming each model."""
+    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-upstream")
+    script = Script()
+    with fake_server("openai", script) as upstream:
+        config = make_config().model_copy(
+            update={
+                "models": {
+                    **make_config().models,
+                    "echo": ModelConfig(provider="openai", base_url=upstream.base_url, api_key_env="FAKE_OPENAI_KEY"),
+                    "echo-b": ModelConfig(provider="openai", base_url=upstream.base_url, api_key_env="FAKE_OPENAI_KEY"),
+                }
+            }
+        )
+        runner = LocalRunner(make_deps(config, db=tmp_path / "gw.db"))
+        with serve(create_app(runner)) as url:
+            gateway = client(url + "/v1")
+            script.push(status(400, message="max_tokens is too large for this model"))
+            with pytest.raises(openai.BadRequestError) as bad:
+                gateway.chat.completions.create(model="default", messages=[{"role": "user", "content": "a"}])
+            assert "max_tokens is too large" in bad.value.message
+            assert len(script.requests) == 1
+            script.push(*[status(500)] * 6)
+            with pytest.raises(openai.InternalServerError) as failed:
+                gateway.chat.completions.create(model="default", messages=[{"role": "user", "content": "b"}])
+            assert failed.value.status_code == 503
+            assert failed.value.code == "all_models_failed"
+            assert "echo: unavailable" in failed.value.message and "echo-b: unavailable" in failed.value.message
+            assert len(script.requests) == 7
