@@ -142,10 +142,13 @@ def test_finish_reason_mapping(raw: str | None, mapped: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def engine() -> LlamaCppEngine:
-    loaded = load_engine("llamacpp", n_ctx=512)
+def engine() -> Iterator[LlamaCppEngine]:
+    # One thread: with every core busy, llama.cpp's spinning OpenMP barriers stall whenever another
+    # process takes a core (seconds per token on a shared 2-core runner); one thread never waits.
+    loaded = load_engine("llamacpp", n_ctx=512, n_threads=1)
     assert isinstance(loaded, LlamaCppEngine)
-    return loaded
+    yield loaded
+    loaded.close()
 
 
 def _request(content: str, **fields: object) -> InvocationRequest:
@@ -179,9 +182,7 @@ def test_engine_satisfies_the_protocol(engine: LlamaCppEngine) -> None:
         ("Tell me about the sea.", {"max_tokens": 12, "temperature": 0.9, "seed": 11}, "length"),
     ],
 )
-def test_stream_matches_generate(
-    engine: LlamaCppEngine, content: str, fields: dict[str, object], finish: str
-) -> None:
+def test_stream_matches_generate(engine: LlamaCppEngine, content: str, fields: dict[str, object], finish: str) -> None:
     req = _request(content, **fields)
     answer = engine.generate(req)
     text, last = _collect(engine.stream(req))

@@ -40,10 +40,14 @@ def with_endpoint_url(config: GatewayConfig, url: str) -> GatewayConfig:
 @contextlib.contextmanager
 def local_endpoint(host: str = "127.0.0.1") -> Iterator[str]:
     """Start the model endpoint server as a child process; yield its base URL once it is ready."""
+    # llama.cpp's worker threads spin while waiting for each other; on a small machine shared with
+    # the gateway a spinning thread that loses its core stalls every token. Passive waiting avoids it.
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
     process = subprocess.Popen(
         [sys.executable, "-m", "gpu_endpoint", "--host", host, "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
     )
     try:
         url = _await_ready(process)
