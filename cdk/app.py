@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cdk.config import load_stage  # noqa: E402
+from cdk.config import load_stage
 
 
 def main() -> None:
