@@ -65,9 +65,7 @@ def main() -> int:
     backend_port = 18001
     config = write_config(out_dir, backend_port)
     gateway = Path(sys.executable).parent / "llm-gateway"
-    extra_cmd = (
-        f"env BENCH_UPSTREAM_KEY=dummy {gateway} serve --host 127.0.0.1 --port {GATEWAY_PORT} --config {config}"
-    )
+    extra_cmd = f"env BENCH_UPSTREAM_KEY=dummy {gateway} serve --host 127.0.0.1 --port {GATEWAY_PORT} --config {config}"
     python = args.litellm_venv / "bin" / "python"
     command = [
         str(python),
