@@ -189,3 +189,18 @@ def test_usage_is_recorded_with_cost_and_no_raw_identifiers() -> None:
     assert user_hash != "alice@example.com" and len(user_hash) == 16
     everything = repr(store_of(runner.deps).query("SELECT * FROM audit"))
     assert "alice" not in everything and "count my tokens" not in everything and "198.51.100.4" not in everything
+
+
+class BrokenProvider(EchoProvider):
+    def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
+        raise RuntimeError("a bug, not a provider error")
+
+
+def test_an_unexpected_failure_is_still_recorded_as_failed() -> None:
+    """Nothing is lost: even a bug inside a step leaves an audit row before the error propagates."""
+    deps = make_deps()
+    deps.providers.register("echo", BrokenProvider)
+    runner = LocalRunner(deps)
+    with pytest.raises(RuntimeError):
+        runner.run(make_state("boom"))
+    assert audit_outcomes(runner) == [("acme", "error", "internal_error")]

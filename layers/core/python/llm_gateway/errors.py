@@ -115,6 +115,12 @@ class AllModelsFailed(ProviderError):
     code = "all_models_failed"
 
 
+class InternalError(GatewayError):
+    """An unexpected failure inside the gateway; recorded, then answered with a generic 500."""
+
+    code = "internal_error"
+
+
 class ConfigError(Exception):
     """The gateway configuration is invalid (raised at start-up, never per request)."""
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from .contracts import GatewayState
 from .deps import Deps
-from .errors import GatewayError
+from .errors import GatewayError, InternalError
 from .finish import finish_step, record_failure
 from .pipeline import STEPS, Step
 
@@ -45,6 +45,9 @@ class LocalRunner:
             state.finish = finish_step(state, self.deps)
         except GatewayError as error:
             self.fail(state, error)
+            raise
+        except Exception:
+            self.fail(state, InternalError("The gateway failed to process the request."))
             raise
         return state
 

@@ -9,6 +9,7 @@ caught before any of it leaves. Finish runs when the stream ends, whichever way 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -25,12 +26,13 @@ from .contracts import (
     ModerateResult,
     Usage,
 )
-from .errors import GatewayError
+from .errors import GatewayError, InternalError
 from .finish import final_response, finish_step
 from .invoke import build_completion, open_stream
 from .providers.base import ProviderReply, StreamDelta
 from .runner import LocalRunner
 
+log = logging.getLogger("llm_gateway.streaming")
 HOLDBACK_CHARS = 64
 StreamItem = ChatCompletionChunk | ErrorBody
 
@@ -125,6 +127,12 @@ def _relay(
     except GatewayError as error:
         runner.fail(state, error)
         yield error.body()
+        return
+    except Exception:
+        log.exception("stream failed", extra={"request_id": state.request_id})
+        internal = InternalError("The gateway failed while streaming the answer.")
+        runner.fail(state, internal)
+        yield internal.body()
         return
     finally:
         close = getattr(deltas, "close", None)

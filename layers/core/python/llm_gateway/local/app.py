@@ -27,6 +27,7 @@ from ..errors import (
     AuthenticationFailed,
     GatewayError,
     GuardrailBlocked,
+    InternalError,
     InvalidRequest,
     PayloadTooLarge,
     from_validation_error,
@@ -142,7 +143,7 @@ class GatewayApp:
             return _error_response(error, request_id)
         except Exception:
             log.exception("unexpected error", extra={"request_id": request_id})
-            return _error_response(GatewayError("The gateway failed to process the request."), request_id)
+            return _error_response(InternalError("The gateway failed to process the request."), request_id)
 
     def _refusal(self, state: GatewayState) -> GatewayError | None:
         guard = state.guard
