@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ..config import ModelConfig
 from ..contracts import ChatCompletionRequest, FinishReason
@@ -83,13 +84,19 @@ class OpenAIProvider:
         params[limit_field] = output_limit(request, model)
         params["model"] = model.provider_model or model_id
         params["messages"] = [m.model_dump(exclude_none=True) for m in request.messages]
-        params["timeout"] = model.timeout_s
         return params
 
     def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
         client = self._client(model_id, model)
         try:
-            result = client.chat.completions.create(**self._params(request, model_id, model))
+            # The SDK's low-level call: its transport, auth and typed errors, without re-validating
+            # parameters the gateway's contract has already validated (that costs ~1 ms per call).
+            result = client.post(
+                "/chat/completions",
+                body=self._params(request, model_id, model),
+                cast_to=ChatCompletion,
+                options={"timeout": model.timeout_s},
+            )
         except openai.OpenAIError as exc:
             raise map_error(exc, model_id) from exc
         choice = result.choices[0]
@@ -108,14 +115,22 @@ class OpenAIProvider:
     def stream(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
         client = self._client(model_id, model)
         params = self._params(request, model_id, model)
+        params["stream"] = True
         params["stream_options"] = {"include_usage": True}
         try:
-            chunks = client.chat.completions.create(stream=True, **params)
+            chunks = client.post(
+                "/chat/completions",
+                body=params,
+                cast_to=ChatCompletionChunk,
+                options={"timeout": model.timeout_s},
+                stream=True,
+                stream_cls=openai.Stream[ChatCompletionChunk],
+            )
         except openai.OpenAIError as exc:
             raise map_error(exc, model_id) from exc
         return self._deltas(chunks, model_id)
 
-    def _deltas(self, chunks: openai.Stream[Any], model_id: str) -> Iterator[StreamDelta]:
+    def _deltas(self, chunks: openai.Stream[ChatCompletionChunk], model_id: str) -> Iterator[StreamDelta]:
         finish: FinishReason = "stop"
         prompt = completion = cached = 0
         try:
