@@ -8,8 +8,6 @@ messages and temperature above 1 are refused as bad requests rather than silentl
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +22,7 @@ from ..errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from .base import ProviderReply, StreamDelta, output_limit, parse_retry_after
+from .base import ProviderReply, SdkClients, StreamDelta, output_limit, parse_retry_after
 
 _FINISH: dict[str | None, FinishReason] = {
     "end_turn": "stop",
@@ -99,24 +97,14 @@ class AnthropicProvider:
     name = "anthropic"
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[str | None, str], anthropic.Anthropic] = {}
-        self._lock = threading.Lock()
-
-    def _client(self, model_id: str, model: ModelConfig) -> anthropic.Anthropic:
-        key_env = model.api_key_env or "ANTHROPIC_API_KEY"
-        api_key = os.environ.get(key_env)
-        if not api_key:
-            raise ProviderUnavailable(f"model '{model_id}' has no API key (set {key_env})")
-        with self._lock:
-            client = self._clients.get((model.base_url, api_key))
-            if client is None:
-                client = anthropic.Anthropic(api_key=api_key, base_url=model.base_url, max_retries=0)
-                self._clients[(model.base_url, api_key)] = client
-        return client
+        self._clients = SdkClients(
+            "ANTHROPIC_API_KEY",
+            lambda key, base_url: anthropic.Anthropic(api_key=key, base_url=base_url, max_retries=0),
+        )
 
     def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
         params = build_params(request, model_id, model)
-        client = self._client(model_id, model)
+        client = self._clients.get(model_id, model)
         try:
             message = client.messages.create(**params)
         except anthropic.AnthropicError as exc:
@@ -134,7 +122,7 @@ class AnthropicProvider:
 
     def stream(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
         params = build_params(request, model_id, model)
-        client = self._client(model_id, model)
+        client = self._clients.get(model_id, model)
         try:
             events = client.messages.create(stream=True, **params)
         except anthropic.AnthropicError as exc:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import email.utils
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from ..config import ModelConfig
 from ..contracts import ChatCompletionRequest, FinishReason
+from ..errors import ProviderUnavailable
 
 
 class ProviderReply(BaseModel):
@@ -70,6 +73,35 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+C = TypeVar("C")
+
+
+class SdkClients(Generic[C]):
+    """SDK clients, one per (base URL, API key), built on first use and shared by threads.
+
+    The key is read from the model's `api_key_env` (else `default_key_env`) at call time, so a
+    rotated key takes effect without a restart; a missing key makes the model unavailable, which
+    lets the route fall back.
+    """
+
+    def __init__(self, default_key_env: str, build: Callable[[str, str | None], C]) -> None:
+        self._default_key_env = default_key_env
+        self._build = build
+        self._clients: dict[tuple[str | None, str], C] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model_id: str, model: ModelConfig) -> C:
+        key_env = model.api_key_env or self._default_key_env
+        api_key = os.environ.get(key_env)
+        if not api_key:
+            raise ProviderUnavailable(f"model '{model_id}' has no API key (set {key_env})")
+        with self._lock:
+            client = self._clients.get((model.base_url, api_key))
+            if client is None:
+                client = self._clients[(model.base_url, api_key)] = self._build(api_key, model.base_url)
+        return client
 
 
 class ProviderRegistry:

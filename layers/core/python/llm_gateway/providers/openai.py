@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +17,7 @@ from ..errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from .base import ProviderReply, StreamDelta, output_limit, parse_retry_after
+from .base import ProviderReply, SdkClients, StreamDelta, output_limit, parse_retry_after
 
 _FINISH: dict[str | None, FinishReason] = {
     "stop": "stop",
@@ -61,20 +59,9 @@ class OpenAIProvider:
     name = "openai"
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[str | None, str], openai.OpenAI] = {}
-        self._lock = threading.Lock()
-
-    def _client(self, model_id: str, model: ModelConfig) -> openai.OpenAI:
-        key_env = model.api_key_env or "OPENAI_API_KEY"
-        api_key = os.environ.get(key_env)
-        if not api_key:
-            raise ProviderUnavailable(f"model '{model_id}' has no API key (set {key_env})")
-        with self._lock:
-            client = self._clients.get((model.base_url, api_key))
-            if client is None:
-                client = openai.OpenAI(api_key=api_key, base_url=model.base_url, max_retries=0)
-                self._clients[(model.base_url, api_key)] = client
-        return client
+        self._clients = SdkClients(
+            "OPENAI_API_KEY", lambda key, base_url: openai.OpenAI(api_key=key, base_url=base_url, max_retries=0)
+        )
 
     def _params(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> dict[str, Any]:
         params = request.generation_params()
@@ -87,7 +74,7 @@ class OpenAIProvider:
         return params
 
     def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
-        client = self._client(model_id, model)
+        client = self._clients.get(model_id, model)
         try:
             # The SDK's low-level call: its transport, auth and typed errors, without re-validating
             # parameters the gateway's contract has already validated (that costs ~1 ms per call).
@@ -113,7 +100,7 @@ class OpenAIProvider:
         )
 
     def stream(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
-        client = self._client(model_id, model)
+        client = self._clients.get(model_id, model)
         params = self._params(request, model_id, model)
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}
