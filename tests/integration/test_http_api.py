@@ -274,3 +274,12 @@ def test_provider_errors_reach_the_client_as_clear_openai_errors(
             assert failed.value.code == "all_models_failed"
             assert "echo: unavailable" in failed.value.message and "echo-b: unavailable" in failed.value.message
             assert len(script.requests) == 7
+
+
+def test_requests_refused_before_the_chain_are_audited_too(gateway: tuple[str, LocalRunner]) -> None:
+    """Unreadable or oversized bodies never reach the chain, but still leave an audit row (with the tenant)."""
+    url, runner = gateway
+    before = len(store_of(runner.deps).query("SELECT 1 FROM audit WHERE error_code = 'invalid_json'"))
+    post(url, b'{"model": "default", "messages": [', GLOBEX_KEY)
+    rows = store_of(runner.deps).query("SELECT tenant, outcome FROM audit WHERE error_code = 'invalid_json'")
+    assert len(rows) == before + 1 and rows[-1] == ("globex", "error")

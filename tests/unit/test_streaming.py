@@ -119,3 +119,14 @@ def test_blocked_request_produces_no_stream() -> None:
     model, items = start_stream(runner, state)
     assert model is None and list(items) == []
     assert state.guard is not None and state.guard.outcome == "blocked" and state.guard.layer == "blocklist"
+
+
+def test_a_client_leaving_mid_stream_is_recorded_and_the_provider_stream_closed() -> None:
+    provider = ScriptedStream(["x" * 100, "y" * 100, "z" * 100])
+    runner = runner_for(provider)
+    _, items = start_stream(runner, make_state("hi", stream=True))
+    next(items), next(items)  # role chunk, first released text
+    items.close()  # type: ignore[attr-defined]
+    assert provider.closed
+    rows = store_of(runner.deps).query("SELECT outcome, error_code FROM audit")
+    assert rows == [("error", "client_closed_request")]

@@ -121,6 +121,13 @@ class InternalError(GatewayError):
     code = "internal_error"
 
 
+class ClientClosedRequest(GatewayError):
+    """The client went away before the answer was complete (recorded; nobody is left to answer)."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class ConfigError(Exception):
     """The gateway configuration is invalid (raised at start-up, never per request)."""
 

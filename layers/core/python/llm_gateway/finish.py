@@ -118,3 +118,35 @@ def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
 def record_failure(state: GatewayState, deps: Deps, error: GatewayError) -> None:
     """Record a request that ended in an error, so nothing goes unaccounted."""
     deps.audit.record(_audit(state, deps, "error", error.code or type(error).__name__))
+
+
+def refused_record(
+    request_id: str,
+    received_at: float,
+    tenant: str | None,
+    key_id: str | None,
+    client_ip: str | None,
+    error: GatewayError,
+    now: float,
+) -> AuditRecord:
+    """The audit record of a request refused at the edge, before a `GatewayState` could be built."""
+    return AuditRecord(
+        request_id=request_id,
+        ts=received_at,
+        tenant=tenant,
+        key_id=key_id,
+        user_hash=None,
+        client_ip_hash=pseudonym(tenant or "", client_ip),
+        route=None,
+        model=None,
+        provider=None,
+        cache=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        cached_tokens=0,
+        cost_usd=0.0,
+        latency_ms=round((now - received_at) * 1000, 3),
+        attempts=0,
+        outcome="error",
+        error_code=error.code or type(error).__name__,
+    )

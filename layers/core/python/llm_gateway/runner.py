@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from .contracts import GatewayState
@@ -58,8 +58,3 @@ class LocalRunner:
         """Names of the steps whose results are in `state`, in chain order (for tests and traces)."""
         names = [step.name for step, _ in self._steps if getattr(state, step.name) is not None]
         return [*names, "finish"] if state.finish is not None else names
-
-    def exits(self) -> Iterator[tuple[str, str]]:
-        for step, _ in self._steps:
-            if step.exit is not None:
-                yield step.name, step.exit.name

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from .contracts import (
     Attempt,
@@ -26,9 +27,10 @@ from .contracts import (
     ModerateResult,
     Usage,
 )
-from .errors import GatewayError, InternalError
+from .errors import ClientClosedRequest, GatewayError, InternalError
 from .finish import final_response, finish_step
 from .invoke import build_completion, open_stream
+from .moderation.blocklist import CompiledBlocklist
 from .providers.base import ProviderReply, StreamDelta
 from .runner import LocalRunner
 
@@ -91,6 +93,17 @@ def _replay(state: GatewayState) -> Iterator[StreamItem]:
         yield _usage_chunk(state, answer.model, answer.usage)
 
 
+@dataclass
+class _Progress:
+    """How far a relayed stream has got."""
+
+    text: str = ""
+    released: int = 0  # characters already sent to the client
+    pieces: int = 0
+    last: StreamDelta | None = None  # the provider's final delta (finish reason, usage)
+    rule: str | None = None  # the blocklist rule that stopped the stream
+
+
 def _relay(
     runner: LocalRunner,
     state: GatewayState,
@@ -99,35 +112,18 @@ def _relay(
     deltas: Iterator[StreamDelta],
     attempts: list[Attempt],
 ) -> Iterator[StreamItem]:
-    deps = runner.deps
-    blocklist = deps.output_blocklists[state.tenant().tenant]
     t0 = time.monotonic()
-    text = ""
-    released = 0
-    pieces = 0
-    last: StreamDelta | None = None
-    rule: str | None = None
-    yield _chunk(state, model_id, ChunkDelta(role="assistant", content=""))
+    progress = _Progress()
     try:
-        for delta in deltas:
-            if delta.finish_reason is not None:
-                last = delta
-                break
-            if not delta.text:
-                continue
-            pieces += 1
-            text += delta.text
-            rule = blocklist.first_match(text[max(0, released - HOLDBACK_CHARS) :])
-            if rule is not None:
-                break
-            if len(text) - released > HOLDBACK_CHARS:
-                cut = len(text) - HOLDBACK_CHARS
-                yield _chunk(state, model_id, ChunkDelta(content=text[released:cut]))
-                released = cut
+        yield _chunk(state, model_id, ChunkDelta(role="assistant", content=""))
+        yield from _release(state, model_id, deltas, runner.deps.output_blocklists[state.tenant().tenant], progress)
     except GatewayError as error:
         runner.fail(state, error)
         yield error.body()
         return
+    except GeneratorExit:
+        runner.fail(state, ClientClosedRequest("The client closed the stream."))
+        raise
     except Exception:
         log.exception("stream failed", extra={"request_id": state.request_id})
         internal = InternalError("The gateway failed while streaming the answer.")
@@ -138,11 +134,50 @@ def _relay(
         close = getattr(deltas, "close", None)
         if close is not None:
             close()  # stop generating (and paying) as soon as we stop reading
-    if rule is None and released < len(text):
-        yield _chunk(state, model_id, ChunkDelta(content=text[released:]))
-    finish: FinishReason = "content_filter" if rule is not None else (last.finish_reason if last else "stop") or "stop"
-    reply = _reply_from(state, text, finish, last, pieces)
-    response: ChatCompletion = build_completion(state, deps, model_id, reply)
+    yield from _settle(runner, state, model_id, provider, attempts, t0, progress)
+
+
+def _release(
+    state: GatewayState,
+    model_id: str,
+    deltas: Iterator[StreamDelta],
+    blocklist: CompiledBlocklist,
+    progress: _Progress,
+) -> Iterator[StreamItem]:
+    """Relay text once the blocklist has seen HOLDBACK_CHARS past it; stop at the first match."""
+    for delta in deltas:
+        if delta.finish_reason is not None:
+            progress.last = delta
+            return
+        if not delta.text:
+            continue
+        progress.pieces += 1
+        progress.text += delta.text
+        progress.rule = blocklist.first_match(progress.text[max(0, progress.released - HOLDBACK_CHARS) :])
+        if progress.rule is not None:
+            return
+        if len(progress.text) - progress.released > HOLDBACK_CHARS:
+            cut = len(progress.text) - HOLDBACK_CHARS
+            yield _chunk(state, model_id, ChunkDelta(content=progress.text[progress.released : cut]))
+            progress.released = cut
+
+
+def _settle(
+    runner: LocalRunner,
+    state: GatewayState,
+    model_id: str,
+    provider: str,
+    attempts: list[Attempt],
+    t0: float,
+    progress: _Progress,
+) -> Iterator[StreamItem]:
+    """Send what was held back, record the answer (moderation outcome, usage, audit), end the stream."""
+    rule, last = progress.rule, progress.last
+    if rule is None and progress.released < len(progress.text):
+        yield _chunk(state, model_id, ChunkDelta(content=progress.text[progress.released :]))
+    finish: FinishReason = "content_filter" if rule is not None else (last.finish_reason if last else None) or "stop"
+    reply = _reply_from(state, progress.text, finish, last, progress.pieces)
+    response: ChatCompletion = build_completion(state, runner.deps, model_id, reply)
     state.invoke = InvokeResult(
         model=model_id,
         provider=provider,
@@ -155,7 +190,7 @@ def _relay(
         if rule is None
         else ModerateResult(outcome="filtered", layer="blocklist", rule=rule)
     )
-    state.finish = finish_step(state, deps)
+    state.finish = finish_step(state, runner.deps)
     yield _chunk(state, model_id, ChunkDelta(), finish)
     if _wants_usage(state):
         yield _usage_chunk(state, model_id, response.usage)

@@ -33,7 +33,7 @@ from ..errors import (
     from_validation_error,
     to_http,
 )
-from ..finish import final_response
+from ..finish import final_response, refused_record
 from ..runner import LocalRunner
 from ..streaming import StreamItem, start_stream
 from .openapi import openapi_document
@@ -120,13 +120,18 @@ class GatewayApp:
 
     async def chat_completions(self, request: Request) -> Response:
         request_id = uuid.uuid4().hex
+        received_at = time.time()
+        key = _api_key(request)
         try:
-            body = await _read_body(request, self.deps.config.limits.max_body_bytes)
-            chat = _parse(body)
-            key = _api_key(request)
+            try:
+                body = await _read_body(request, self.deps.config.limits.max_body_bytes)
+                chat = _parse(body)
+            except GatewayError as error:
+                self._record_edge_refusal(request_id, received_at, key, request, error)
+                raise
             state = GatewayState(
                 request_id=request_id,
-                received_at=time.time(),
+                received_at=received_at,
                 request=chat,
                 caller=CallerContext(
                     api_key_sha256=hash_key(key) if key else None,
@@ -144,6 +149,15 @@ class GatewayApp:
         except Exception:
             log.exception("unexpected error", extra={"request_id": request_id})
             return _error_response(InternalError("The gateway failed to process the request."), request_id)
+
+    def _record_edge_refusal(
+        self, request_id: str, received_at: float, key: str | None, request: Request, error: GatewayError
+    ) -> None:
+        """Audit a request refused before the chain could run (unreadable, too large, invalid)."""
+        found = self.deps.keys.get(hash_key(key)) if key else None
+        tenant, key_id = found if found is not None else (None, None)
+        client_ip = request.client.host if request.client else None
+        self.deps.audit.record(refused_record(request_id, received_at, tenant, key_id, client_ip, error, time.time()))
 
     def _refusal(self, state: GatewayState) -> GatewayError | None:
         guard = state.guard
