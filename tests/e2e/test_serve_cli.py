@@ -31,6 +31,18 @@ class Served:
         return openai.OpenAI(base_url=self.url, api_key=self.keys[tenant], max_retries=0, timeout=120)
 
 
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def read_announcement(process: subprocess.Popen[str], timeout_s: float = 180) -> tuple[str, dict[str, str]]:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout_s
@@ -57,13 +69,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     try:
         url, keys = read_announcement(process)
         yield Served(process, url, keys)
+        endpoint_children = children_of(process.pid)
+        assert endpoint_children, "serve should run the model endpoint as a child process"
+        # SIGTERM (docker stop, systemd): a clean exit that takes the model endpoint down with it.
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert not [pid for pid in endpoint_children if Path(f"/proc/{pid}").exists()]
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        if process.poll() is None:
             process.kill()
-            raise
 
 
 def test_ready_line_names_a_v1_base_url_and_two_demo_tenants(served: Served) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import queue
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -82,6 +83,14 @@ def _await_ready(process: subprocess.Popen[str]) -> str:
     raise ConfigError("the local model endpoint did not become ready in time")
 
 
+class Shutdown(Exception):
+    """SIGINT/SIGTERM after the server drained: unwind so the model endpoint child is stopped too."""
+
+
+def _shutdown(signum: int, frame: object) -> None:
+    raise Shutdown(signum)
+
+
 def serve(host: str, port: int, config_path: str | None) -> int:
     import uvicorn
 
@@ -94,6 +103,10 @@ def serve(host: str, port: int, config_path: str | None) -> int:
 
     config = load_config(config_path or EXAMPLE_CONFIG)
     config, minted = mint_demo_keys(config)
+    # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler installed before it
+    # started: this one, which unwinds through the ExitStack instead of killing the process outright.
+    signal.signal(signal.SIGINT, _shutdown)
+    signal.signal(signal.SIGTERM, _shutdown)
     with contextlib.ExitStack() as stack:
         if config.uses_local_endpoint():
             config = with_endpoint_url(config, stack.enter_context(local_endpoint()))
@@ -137,16 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     check_cmd = commands.add_parser("check-config", help="validate a configuration file and exit")
     check_cmd.add_argument("config", type=Path)
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
-    hash_cmd.add_argument("key")
+    hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
-            return serve(args.host, args.port, args.config)
+            try:
+                return serve(args.host, args.port, args.config)
+            except Shutdown:
+                return 0
         if args.command == "check-config":
             config = load_config(args.config)
             print(f"ok: {len(config.tenants)} tenants, {len(config.models)} models")
             return 0
-        print(hash_key(args.key))
+        key = sys.stdin.readline().strip() if args.key == "-" else args.key
+        print(hash_key(key))
         return 0
     except ConfigError as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)

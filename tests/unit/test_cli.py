@@ -1,0 +1,49 @@
+"""The command line: configuration errors are explained, keys are hashed, demo keys are minted."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from llm_gateway.config import EXAMPLE_CONFIG, hash_key, load_config
+from llm_gateway.local.cli import main, mint_demo_keys, with_endpoint_url
+
+
+def test_serve_with_a_bad_config_exits_2_with_the_problem_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: {m: {provider: echo}}\ntenants: {t: {routes: {default: {model: missing}}}}\n")
+    assert main(["serve", "--port", "0", "--config", str(bad)]) == 2
+    assert "tenants.t.routes.default: unknown model 'missing'" in capsys.readouterr().err
+
+
+def test_check_config_accepts_the_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(EXAMPLE_CONFIG)]) == 0
+    assert capsys.readouterr().out.startswith("ok: 2 tenants")
+
+
+def test_hash_key_from_argument_or_stdin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["hash-key", "sk-one"]) == 0
+    assert capsys.readouterr().out.strip() == hash_key("sk-one")
+    monkeypatch.setattr("sys.stdin", io.StringIO("sk-two\n"))
+    assert main(["hash-key", "-"]) == 0
+    assert capsys.readouterr().out.strip() == hash_key("sk-two")
+
+
+def test_demo_tenants_get_fresh_keys_stored_only_as_digests() -> None:
+    config, minted = mint_demo_keys(load_config(EXAMPLE_CONFIG))
+    _, minted_again = mint_demo_keys(load_config(EXAMPLE_CONFIG))
+    assert set(minted) == {"acme", "globex"}
+    assert minted["acme"] != minted_again["acme"]
+    stored = [key.sha256 for key in config.tenants["acme"].api_keys]
+    assert stored == [hash_key(minted["acme"])]
+    assert minted["acme"] not in config.model_dump_json()
+
+
+def test_local_models_are_pointed_at_the_started_endpoint() -> None:
+    config = with_endpoint_url(load_config(EXAMPLE_CONFIG), "http://127.0.0.1:9999")
+    assert config.models["smollm2-135m-instruct-q4_1"].endpoint == "http://127.0.0.1:9999"
+    assert not config.uses_local_endpoint()
