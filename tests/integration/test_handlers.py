@@ -23,7 +23,7 @@ from llm_gateway.contracts import (
     RouteResult,
 )
 from llm_gateway.errors import AuthenticationFailed
-from llm_gateway.pipeline import FINISH, STEPS
+from llm_gateway.pipeline import FAILED, FINISH, STEPS
 from llm_gateway.runner import load_step
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,17 +85,17 @@ def run(folder: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_pipeline_step_has_a_handler_folder() -> None:
     """The state machine can find a function for each step of pipeline.py (and for finish)."""
-    for step in (*STEPS, FINISH):
+    for step in (*STEPS, FINISH, FAILED):
         assert (ROOT / "functions" / step.handler / "handler.py").is_file(), step.handler
 
 
-@pytest.mark.parametrize("step", [*STEPS, FINISH], ids=lambda s: s.handler)
+@pytest.mark.parametrize("step", [*STEPS, FINISH, FAILED], ids=lambda s: s.handler)
 def test_handler_returns_exactly_what_the_step_function_returns(step: Any) -> None:
     """No logic in handlers: the handler's output equals the step function called directly on the same state."""
     payload = event(step.handler)
     from_handler = run(step.handler, payload)
     direct = load_step(step)(GatewayState.model_validate(payload), runtime.deps())
-    if step.name == "finish":  # finish writes records; compare the result model only
+    if step.handler in ("finish", "record_failure"):  # they write records; compare the result model only
         assert FinishResult.model_validate(from_handler) == direct
     else:
         assert without_timings(from_handler) == without_timings(direct.model_dump(mode="json"))
@@ -147,3 +147,13 @@ def test_finish_handler_writes_usage_and_audit_without_the_prompt() -> None:
     assert rows[0][3] != "203.0.113.7"
     dump = json.dumps(store.query("SELECT * FROM audit") + store.query("SELECT * FROM usage"))  # type: ignore[attr-defined]
     assert "forbidden" not in dump and "203.0.113.7" not in dump
+
+
+def test_failure_handler_turns_a_caught_error_into_the_clients_answer() -> None:
+    """Step Functions' Catch output ($.error) becomes the OpenAI error, status and Retry-After; it is audited."""
+    result = FinishResult.model_validate(run("record_failure", event("record_failure")))
+    assert result.status == 429 and result.retry_after_s == 2.5
+    assert result.error is not None and result.error.error.code == "rate_limit_exceeded"
+    assert "stackTrace" not in result.model_dump_json() and "handler.py" not in result.model_dump_json()
+    rows = runtime.deps().audit.query("SELECT outcome, error_code FROM audit")  # type: ignore[attr-defined]
+    assert rows == [("error", "rate_limit_exceeded")]

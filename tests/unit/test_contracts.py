@@ -84,3 +84,21 @@ def test_generation_params_leave_out_what_does_not_shape_the_answer() -> None:
     )
     assert request.generation_params() == {"temperature": 0.2, "max_tokens": 9}
     assert request.output_limit() == 9
+
+
+def test_a_gateway_error_survives_the_trip_through_a_lambda_error() -> None:
+    """str(error) is what Lambda reports; from_step_error rebuilds the same error from Step Functions' Catch."""
+    import json
+
+    from llm_gateway.contracts import StepError
+    from llm_gateway.errors import InternalError, RateLimited, from_step_error
+
+    original = RateLimited("Rate limit reached for this user.", retry_after_s=1.5)
+    cause = json.dumps({"errorMessage": str(original), "errorType": "RateLimited"})
+    rebuilt = from_step_error(StepError(Error="RateLimited", Cause=cause))
+    assert isinstance(rebuilt, RateLimited)
+    assert (rebuilt.message, rebuilt.retry_after_s, rebuilt.status) == (original.message, 1.5, 429)
+    timeout = from_step_error(StepError(Error="Sandbox.Timedout", Cause="Task timed out after 30 seconds"))
+    assert isinstance(timeout, InternalError) and "30 seconds" not in timeout.message
+    garbled = from_step_error(StepError(Error="AuthenticationFailed", Cause="not json"))
+    assert garbled.status == 401

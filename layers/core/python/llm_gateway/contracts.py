@@ -267,8 +267,23 @@ class ModerateResult(_Strict):
 
 
 class FinishResult(_Strict):
-    cached: bool
-    cost_usd: float
+    """The end of every path: what was recorded and the HTTP answer (the API front returns it as is)."""
+
+    cached: bool = False
+    cost_usd: float = 0.0
+    status: int = 200
+    response: ChatCompletion | None = None
+    error: ErrorBody | None = None
+    retry_after_s: float | None = None
+
+
+class StepError(BaseModel):
+    """What a Step Functions Catch puts at `$.error` when a task raises."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    Error: str
+    Cause: str | None = None
 
 
 class GatewayState(_Strict):
@@ -284,6 +299,7 @@ class GatewayState(_Strict):
     invoke: InvokeResult | None = None
     moderate: ModerateResult | None = None
     finish: FinishResult | None = None
+    error: StepError | None = None
 
     def tenant(self) -> TenantContext:
         if self.guard is None or self.guard.tenant is None:

@@ -6,9 +6,12 @@ them with `to_http`. Messages are written for the client and never contain secre
 
 from __future__ import annotations
 
+import json
+import sys
+
 from pydantic import ValidationError
 
-from .contracts import ErrorBody, ErrorDetail
+from .contracts import ErrorBody, ErrorDetail, StepError
 
 
 class GatewayError(Exception):
@@ -32,6 +35,11 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
         self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        # Lambda reports str(exc) as errorMessage; JSON lets the failure step rebuild the error exactly.
+        fields = {"message": self.message, "param": self.param, "code": self.code, "retry_after_s": self.retry_after_s}
+        return json.dumps({k: v for k, v in fields.items() if v is not None})
 
     def body(self) -> ErrorBody:
         return ErrorBody(error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code))
@@ -149,3 +157,27 @@ def from_validation_error(exc: ValidationError) -> InvalidRequest:
     if first["type"] == "missing":
         return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
     return InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value")
+
+
+def from_step_error(step_error: StepError) -> GatewayError:
+    """Rebuild the gateway error a task raised from Step Functions' `{"Error", "Cause"}`.
+
+    Unknown error types (a Lambda timeout, a bug) become `InternalError`: the client learns nothing
+    about the inside of the gateway.
+    """
+    cls = getattr(sys.modules[__name__], step_error.Error, None)
+    if not (isinstance(cls, type) and issubclass(cls, GatewayError)):
+        return InternalError("The gateway failed to process the request.")
+    try:
+        cause = json.loads(step_error.Cause or "{}")
+        fields = json.loads(cause.get("errorMessage", "{}"))
+    except (json.JSONDecodeError, AttributeError):
+        fields = {}
+    if not isinstance(fields, dict) or not isinstance(fields.get("message"), str):
+        return cls("The request failed.")
+    return cls(
+        fields["message"],
+        param=fields.get("param"),
+        code=fields.get("code"),
+        retry_after_s=fields.get("retry_after_s"),
+    )

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .contracts import AssistantMessage, ChatCompletion, Choice, FinishResult, GatewayState
+from .errors import GatewayError, GuardrailBlocked, from_step_error
 from .identity import pseudonym
 from .ports import AuditRecord, Outcome, UsageRecord
 
 if TYPE_CHECKING:
     from .deps import Deps
-    from .errors import GatewayError
 
 
 def final_response(state: GatewayState) -> ChatCompletion:
@@ -112,12 +112,24 @@ def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
             )
         )
     deps.audit.record(_audit(state, deps, _outcome(state)))
-    return FinishResult(cached=cached, cost_usd=cost)
+    guard = state.guard
+    if guard is not None and guard.outcome == "blocked":
+        refusal = GuardrailBlocked("The request was refused by the gateway's input policy.", code=guard.layer)
+        return FinishResult(status=refusal.status, error=refusal.body())
+    return FinishResult(cached=cached, cost_usd=cost, response=final_response(state))
 
 
-def record_failure(state: GatewayState, deps: Deps, error: GatewayError) -> None:
-    """Record a request that ended in an error, so nothing goes unaccounted."""
+def record_failure(state: GatewayState, deps: Deps, error: GatewayError) -> FinishResult:
+    """Record a request that ended in an error, so nothing goes unaccounted; the error is the answer."""
     deps.audit.record(_audit(state, deps, "error", error.code or type(error).__name__))
+    return FinishResult(status=error.status, error=error.body(), retry_after_s=error.retry_after_s)
+
+
+def failure_step(state: GatewayState, deps: Deps) -> FinishResult:
+    """The state machine's Catch target: rebuild the task's error from `$.error`, record it, answer it."""
+    if state.error is None:
+        raise RuntimeError("failure_step runs only after a caught error")
+    return record_failure(state, deps, from_step_error(state.error))
 
 
 def refused_record(

@@ -73,7 +73,7 @@ STEPS: tuple[Step, ...] = (
     Step("moderate", "llm_gateway.moderation:moderate_step", "moderate"),
 )
 FINISH = Step("finish", "llm_gateway.finish:finish_step", "finish")
-FAILED = Step("failed", "llm_gateway.finish:record_failure", "finish")
+FAILED = Step("failed", "llm_gateway.finish:failure_step", "record_failure")
 
 INVOKE_POLICY = RetryPolicy()
 TASK_RETRY = TaskRetry()

@@ -26,14 +26,13 @@ from ..contracts import CallerContext, ChatCompletionRequest, GatewayState
 from ..errors import (
     AuthenticationFailed,
     GatewayError,
-    GuardrailBlocked,
     InternalError,
     InvalidRequest,
     PayloadTooLarge,
     from_validation_error,
     to_http,
 )
-from ..finish import final_response, refused_record
+from ..finish import refused_record
 from ..runner import LocalRunner
 from ..streaming import StreamItem, start_stream
 from .openapi import openapi_document
@@ -98,6 +97,17 @@ def _decision_headers(state: GatewayState, model: str | None) -> dict[str, str]:
     return headers
 
 
+def _finish_error(state: GatewayState) -> Response:
+    """The error answer finish decided on (a guard refusal)."""
+    finish = state.finish
+    if finish is None or finish.error is None:
+        raise RuntimeError("the chain ended without an answer")
+    headers = {"x-request-id": state.request_id}
+    if finish.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, int(finish.retry_after_s + 0.999)))
+    return Response(finish.error.model_dump_json(), status_code=finish.status, headers=headers, media_type=JSON)
+
+
 def _sse(items: Iterator[StreamItem]) -> Iterator[bytes]:
     for item in items:
         yield b"data: " + item.model_dump_json(exclude_none=True).encode() + b"\n\n"
@@ -159,24 +169,20 @@ class GatewayApp:
         client_ip = request.client.host if request.client else None
         self.deps.audit.record(refused_record(request_id, received_at, tenant, key_id, client_ip, error, time.time()))
 
-    def _refusal(self, state: GatewayState) -> GatewayError | None:
-        guard = state.guard
-        if guard is not None and guard.outcome == "blocked":
-            return GuardrailBlocked("The request was refused by the gateway's input policy.", code=guard.layer)
-        return None
-
     def _answer(self, state: GatewayState) -> Response:
-        refusal = self._refusal(state)
-        if refusal is not None:
-            return _error_response(refusal, state.request_id)
-        answer = final_response(state)
-        return Response(answer.model_dump_json(), media_type=JSON, headers=_decision_headers(state, answer.model))
+        finish = state.finish
+        if finish is None or finish.response is None:
+            return _finish_error(state)
+        return Response(
+            finish.response.model_dump_json(),
+            media_type=JSON,
+            headers=_decision_headers(state, finish.response.model),
+        )
 
     async def _stream(self, state: GatewayState) -> Response:
         model, items = await anyio.to_thread.run_sync(start_stream, self.runner, state, limiter=self._threads())
-        refusal = self._refusal(state)
-        if refusal is not None:
-            return _error_response(refusal, state.request_id)
+        if state.finish is not None and state.finish.error is not None:
+            return _finish_error(state)
         headers = _decision_headers(state, model)
         headers["cache-control"] = "no-cache"
         return StreamingResponse(_sse(items), media_type="text/event-stream", headers=headers)
