@@ -157,3 +157,20 @@ def test_failure_handler_turns_a_caught_error_into_the_clients_answer() -> None:
     assert "stackTrace" not in result.model_dump_json() and "handler.py" not in result.model_dump_json()
     rows = runtime.deps().audit.query("SELECT outcome, error_code FROM audit")  # type: ignore[attr-defined]
     assert rows == [("error", "rate_limit_exceeded")]
+
+
+def test_authorizer_passes_only_the_key_digest_on() -> None:
+    """The TOKEN authorizer allows the call and hands the chain the SHA-256 of the key, never the key."""
+    from llm_gateway.config import hash_key
+
+    result = run("authorizer", event("authorizer"))
+    assert result["context"] == {"api_key_sha256": hash_key("sk-test-globex")}
+    assert result["policyDocument"]["Statement"][0]["Effect"] == "Allow"
+    assert "sk-test-globex" not in json.dumps(result)
+
+
+def test_authorizer_refuses_a_missing_token_with_unauthorized() -> None:
+    payload = event("authorizer")
+    payload["authorizationToken"] = "Bearer "
+    with pytest.raises(Exception, match=r"^Unauthorized$"):
+        run("authorizer", payload)
