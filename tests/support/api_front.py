@@ -1,0 +1,127 @@
+"""A thin HTTP front doing what the REST API's StartSyncExecution integration does, on moto.
+
+API Gateway is not served by moto, so this plays its part for the deployed stack: the TOKEN
+authorizer Lambda turns the bearer key into a digest, the body is validated against the API's
+request model (JSON schema from the template), the execution input is built as the request
+mapping template builds it, and the output's `finish` becomes the status and body as the
+response mapping does. moto lacks StartSyncExecution, so the front starts a named execution and
+polls DescribeExecution.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import anyio.to_thread
+import jsonschema
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.support.local_aws import LocalAws
+
+EXECUTION_TIMEOUT_S = 120.0
+
+
+def _openai_error(status: int, message: str, type_: str, code: str | None = None) -> Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+class RestFront:
+    """Maps `POST /v1/chat/completions` onto the state machine like the deployed REST API."""
+
+    def __init__(
+        self,
+        aws: LocalAws,
+        state_machine_arn: str,
+        authorizer_function: str,
+        request_schema: dict[str, Any],
+    ) -> None:
+        self.aws = aws
+        self.state_machine_arn = state_machine_arn
+        self.authorizer_function = authorizer_function
+        self.validator = jsonschema.Draft4Validator(request_schema)
+        self.sfn = aws.client("stepfunctions")
+        self.lambda_ = aws.client("lambda")
+        self.executions: list[str] = []
+
+    def authorize(self, authorization: str | None) -> str | None:
+        event = {
+            "type": "TOKEN",
+            "authorizationToken": authorization or "",
+            "methodArn": "arn:aws:execute-api:eu-west-1:123456789012:local/prod/POST/v1/chat/completions",
+        }
+        answer = self.lambda_.invoke(FunctionName=self.authorizer_function, Payload=json.dumps(event).encode())
+        payload = json.loads(answer["Payload"].read())
+        if answer.get("FunctionError"):
+            return None
+        digest: str = payload["context"]["api_key_sha256"]
+        return digest
+
+    def execute(self, execution_input: dict[str, Any]) -> dict[str, Any]:
+        name = execution_input["request_id"]
+        arn = self.sfn.start_execution(
+            stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(execution_input)
+        )["executionArn"]
+        self.executions.append(arn)
+        deadline = time.monotonic() + EXECUTION_TIMEOUT_S
+        while time.monotonic() < deadline:
+            described: dict[str, Any] = self.sfn.describe_execution(executionArn=arn)
+            if described["status"] != "RUNNING":
+                return described
+            time.sleep(0.05)
+        return {"status": "TIMED_OUT"}
+
+    async def chat_completions(self, request: Request) -> Response:
+        digest = await anyio.to_thread.run_sync(self.authorize, request.headers.get("authorization"))
+        if digest is None:
+            return _openai_error(401, "Unauthorized", "authentication_error", "invalid_api_key")
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            return _openai_error(400, "Invalid request body", "invalid_request_error", "invalid_json")
+        problem = next(iter(self.validator.iter_errors(body)), None)
+        if problem is not None:
+            return _openai_error(400, "Invalid request body", "invalid_request_error", "invalid_value")
+        execution_input = {
+            "request_id": uuid.uuid4().hex,
+            "received_at": time.time(),
+            "request": body,
+            "caller": {
+                "api_key_sha256": digest,
+                "client_ip": request.client.host if request.client else None,
+                "cache_control": request.headers.get("cache-control"),
+                "body_bytes": len(raw),
+            },
+        }
+        described = await anyio.to_thread.run_sync(self.execute, execution_input)
+        if described["status"] != "SUCCEEDED":
+            return _openai_error(500, "The gateway failed to process the request.", "api_error")
+        output = json.loads(described["output"])
+        finish = output["finish"]
+        cache = output.get("cache") or {}
+        headers = {
+            "x-request-id": execution_input["request_id"],
+            "x-gateway-cache": cache.get("status") if cache.get("status") in ("exact", "semantic") else "miss",
+            "x-gateway-execution": described["executionArn"],
+        }
+        if finish.get("retry_after_s") is not None:
+            headers["retry-after"] = str(max(1, int(finish["retry_after_s"] + 0.999)))
+        if finish.get("response") is not None:
+            headers["x-gateway-model"] = finish["response"]["model"]
+            return JSONResponse(finish["response"], status_code=finish["status"], headers=headers)
+        return JSONResponse(finish["error"], status_code=finish["status"], headers=headers)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/chat/completions", self.chat_completions, methods=["POST"])])
+
+    def history(self, execution_arn: str) -> list[str]:
+        """Names of the states an execution entered, in order."""
+        events = self.sfn.get_execution_history(executionArn=execution_arn)["events"]
+        return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]

@@ -1,0 +1,246 @@
+"""Local AWS for end-to-end tests: moto's server, with Lambda code run in real subprocesses.
+
+moto executes Step Functions state machines (JSONPath) when told to, and calls Lambda through its
+own HTTP API, but it can only run Lambda code in Docker, which this machine lacks. The launcher
+replaces that one method: the uploaded zip (and the function's layers) are unpacked and the
+handler runs in a fresh Python process with the function's environment, the way Lambda would run
+it. Everything else — CloudFormation, S3, DynamoDB, IAM, Step Functions — is moto's.
+
+Known gaps worked around here, not hidden: no StartSyncExecution (the API front polls
+DescribeExecution), executions must be named, JSONata is not supported (the app uses JSONPath).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import boto3
+import requests
+from moto.awslambda import models as lambda_models
+from moto.server import ThreadedMotoServer
+
+from tests.support.servers import free_port
+
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"
+
+# The subprocess that plays the Lambda runtime: import the handler, call it, print one JSON line.
+_RUNTIME = r"""
+import importlib, json, sys, traceback
+event = json.loads(sys.stdin.read())
+module_name, _, function_name = sys.argv[1].rpartition(".")
+class Context:
+    function_name = sys.argv[2]
+    function_version = "$LATEST"
+    memory_limit_in_mb = 512
+    invoked_function_arn = sys.argv[3]
+    aws_request_id = sys.argv[4]
+    log_group_name = "/aws/lambda/" + sys.argv[2]
+    log_stream_name = "local"
+    def get_remaining_time_in_millis(self):
+        return 30000
+try:
+    handler = getattr(importlib.import_module(module_name), function_name)
+    result = {"ok": handler(event, Context())}
+except Exception as exc:
+    result = {"error": {"errorMessage": str(exc), "errorType": type(exc).__name__,
+                        "stackTrace": traceback.format_exc().splitlines()}}
+sys.stdout.write("\n@@RESULT@@" + json.dumps(result) + "\n")
+"""
+
+
+class SubprocessLambdas:
+    """Runs moto's Lambda functions as local processes; records every invocation for assertions."""
+
+    def __init__(self, workdir: Path, env_overrides: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.env_overrides = dict(env_overrides or {})
+        self.invocations: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._unpacked: dict[str, Path] = {}
+
+    def _unpack(self, name: str, code: bytes) -> Path:
+        key = f"{name}-{hash(code)}"
+        with self._lock:
+            target = self._unpacked.get(key)
+            if target is None:
+                target = Path(tempfile.mkdtemp(prefix=f"{name[:40]}-", dir=self.workdir))
+                with zipfile.ZipFile(io.BytesIO(code)) as archive:
+                    archive.extractall(target)
+                self._unpacked[key] = target
+        return target
+
+    def run(self, function: Any, event: Any) -> tuple[str, bool, str]:
+        """moto's `_invoke_lambda` contract: (payload, errored, logs)."""
+        code_dir = self._unpack(function.function_name, function.code_bytes)
+        paths = [str(code_dir)]
+        backend = lambda_models.lambda_backends[function.account_id][function.region]
+        for layer in getattr(function, "layers", []) or []:
+            version = backend.layers_versions_by_arn(layer["Arn"])
+            if version is not None and version.code_bytes:
+                layer_dir = self._unpack(f"layer-{version.name}", version.code_bytes)
+                paths.append(str(layer_dir / "python"))
+        env = {
+            **os.environ,
+            **{k: str(v) for k, v in (function.environment_vars or {}).items()},
+            **self.env_overrides,
+            "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]),
+            "AWS_LAMBDA_FUNCTION_NAME": function.function_name,
+            "AWS_REGION": function.region,
+            "AWS_DEFAULT_REGION": function.region,
+        }
+        request_id = base64.b32encode(os.urandom(10)).decode().lower()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _RUNTIME,
+                function.handler,
+                function.function_name,
+                function.function_arn,
+                request_id,
+            ],
+            input=json.dumps(event),
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=code_dir,
+            timeout=120,
+            check=False,
+        )
+        logs = done.stderr + done.stdout.split("\n@@RESULT@@")[0]
+        marker = done.stdout.rpartition("\n@@RESULT@@")[2].strip()
+        if not marker:
+            result: dict[str, Any] = {
+                "error": {"errorMessage": f"runtime exited {done.returncode}", "errorType": "Runtime.ExitError"}
+            }
+        else:
+            result = json.loads(marker)
+        with self._lock:
+            self.invocations.append((function.function_name, event, result))
+        if "error" in result:
+            return json.dumps(result["error"]), True, logs
+        return json.dumps(result["ok"]), False, logs
+
+
+class LocalAws:
+    """A running moto server with Step Functions execution on and subprocess Lambdas."""
+
+    def __init__(self, url: str, lambdas: SubprocessLambdas) -> None:
+        self.url = url
+        self.lambdas = lambdas
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+
+@contextmanager
+def local_aws(workdir: Path, env_overrides: dict[str, str] | None = None) -> Iterator[LocalAws]:
+    """Start moto's server on a free loopback port; Step Functions executes, Lambda runs locally."""
+    port = free_port()
+    lambdas = SubprocessLambdas(workdir, env_overrides)
+    original = lambda_models.LambdaFunction._invoke_lambda
+    saved_env = {k: os.environ.get(k) for k in ("MOTO_PORT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+
+    def invoke(self: Any, event: Any = None) -> tuple[str, bool, str]:
+        return lambdas.run(self, event if event is not None else {})
+
+    # Step Functions calls Lambda through boto3 at localhost:MOTO_PORT: point it at this server.
+    os.environ["MOTO_PORT"] = str(port)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    lambda_models.LambdaFunction._invoke_lambda = invoke  # type: ignore[method-assign]
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        requests.post(
+            f"{url}/moto-api/config", json={"stepfunctions": {"execute_state_machine": True}}, timeout=10
+        ).raise_for_status()
+        yield LocalAws(url, lambdas)
+    finally:
+        server.stop()
+        lambda_models.LambdaFunction._invoke_lambda = original  # type: ignore[method-assign]
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# --------------------------------------------------------------------------- deploying a cloud assembly
+
+ASSET_BUCKET = f"cdk-hnb659fds-assets-{ACCOUNT}-{REGION}"
+
+
+def _zip_dir(directory: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, path.relative_to(directory))
+    return buffer.getvalue()
+
+
+def prepare_template(template: dict[str, Any]) -> dict[str, Any]:
+    """What moto's CloudFormation is given: the synthesized template minus deploy-time machinery.
+
+    Dropped: the bootstrap-version rule and parameter (there is no bootstrap stack), CDK metadata,
+    and custom resources (their providers are Node.js Lambdas that only matter at deploy time).
+    """
+    prepared = json.loads(json.dumps(template))
+    prepared.pop("Rules", None)
+    prepared.get("Parameters", {}).pop("BootstrapVersion", None)
+    if not prepared.get("Parameters"):
+        prepared.pop("Parameters", None)
+    resources = prepared["Resources"]
+    for logical_id in [
+        k for k, v in resources.items() if v["Type"].startswith("Custom::") or v["Type"] == "AWS::CDK::Metadata"
+    ]:
+        del resources[logical_id]
+    return prepared
+
+
+def deploy_assembly(aws: LocalAws, assembly_dir: Path, stack_name: str) -> dict[str, str]:
+    """Upload the stack's file assets to the bootstrap bucket, create the stack, return logical -> physical ids."""
+    template = json.loads((assembly_dir / f"{stack_name}.template.json").read_text())
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket=ASSET_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    assets = json.loads((assembly_dir / f"{stack_name}.assets.json").read_text())
+    for asset in assets.get("files", {}).values():
+        source = assembly_dir / asset["source"]["path"]
+        body = _zip_dir(source) if source.is_dir() else source.read_bytes()
+        for destination in asset["destinations"].values():
+            if destination["objectKey"].endswith(".json"):
+                continue  # the template itself
+            s3.put_object(Bucket=ASSET_BUCKET, Key=destination["objectKey"], Body=body)
+    cloudformation = aws.client("cloudformation")
+    cloudformation.create_stack(
+        StackName=stack_name,
+        TemplateBody=json.dumps(prepare_template(template)),
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
+    )
+    waiter = cloudformation.get_waiter("stack_create_complete")
+    waiter.wait(StackName=stack_name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+    resources = cloudformation.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]
+    return {r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources}
