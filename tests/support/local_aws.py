@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -27,11 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import boto3
-import requests
 from moto.awslambda import models as lambda_models
-from moto.server import ThreadedMotoServer
 
+from tests.support.moto_server import MotoServer
 from tests.support.servers import free_port
 
 REGION = "eu-west-1"
@@ -139,53 +136,41 @@ class SubprocessLambdas:
 class LocalAws:
     """A running moto server with Step Functions execution on and subprocess Lambdas."""
 
-    def __init__(self, url: str, lambdas: SubprocessLambdas) -> None:
-        self.url = url
+    def __init__(self, moto: MotoServer, lambdas: SubprocessLambdas) -> None:
+        self.moto = moto
+        self.url = moto.url
         self.lambdas = lambdas
 
     def client(self, service: str) -> Any:
-        return boto3.client(
-            service,
-            endpoint_url=self.url,
-            region_name=REGION,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        return self.moto.client(service, region=REGION)
 
 
 @contextmanager
 def local_aws(workdir: Path, env_overrides: dict[str, str] | None = None) -> Iterator[LocalAws]:
     """Start moto's server on a free loopback port; Step Functions executes, Lambda runs locally."""
-    port = free_port()
+    moto = MotoServer(free_port())
     lambdas = SubprocessLambdas(workdir, env_overrides)
     original = lambda_models.LambdaFunction._invoke_lambda
-    saved_env = {k: os.environ.get(k) for k in ("MOTO_PORT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    saved_port = os.environ.get("MOTO_PORT")
 
     def invoke(self: Any, event: Any = None) -> tuple[str, bool, str]:
         return lambdas.run(self, event if event is not None else {})
 
-    # Step Functions calls Lambda through boto3 at localhost:MOTO_PORT: point it at this server.
-    os.environ["MOTO_PORT"] = str(port)
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     lambda_models.LambdaFunction._invoke_lambda = invoke  # type: ignore[method-assign]
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
     try:
-        requests.post(
-            f"{url}/moto-api/config", json={"stepfunctions": {"execute_state_machine": True}}, timeout=10
-        ).raise_for_status()
-        yield LocalAws(url, lambdas)
+        with moto:
+            # Step Functions calls Lambda through boto3 at localhost:MOTO_PORT: point it at this server.
+            os.environ["MOTO_PORT"] = moto.url.rsplit(":", 1)[1]
+            # Handlers' boto3 clients (DynamoDB adapters) reach the same server.
+            lambdas.env_overrides = {**moto.environment(REGION), **lambdas.env_overrides}
+            moto.configure({"stepfunctions": {"execute_state_machine": True}})
+            yield LocalAws(moto, lambdas)
     finally:
-        server.stop()
         lambda_models.LambdaFunction._invoke_lambda = original  # type: ignore[method-assign]
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if saved_port is None:
+            os.environ.pop("MOTO_PORT", None)
+        else:
+            os.environ["MOTO_PORT"] = saved_port
 
 
 # --------------------------------------------------------------------------- deploying a cloud assembly

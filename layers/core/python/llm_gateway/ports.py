@@ -69,7 +69,7 @@ class ExactCache(Protocol):
         ...
 
     def purge(self, tenant: str, model: str | None = None) -> int:
-        """Delete a tenant's entries (optionally one model's); return how many went."""
+        """Delete a tenant's entries (optionally one model's); return how many went, or 0 when the store cannot tell."""
         ...
 
 

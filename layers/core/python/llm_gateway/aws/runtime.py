@@ -1,15 +1,16 @@
 """Lambda settings (read once from the environment) and the dependencies built from them.
 
-Store adapters are chosen by `GATEWAY_STORE`. `sqlite` (a file under /tmp) serves single-function
-use and the handler tests; the DynamoDB/Momento adapters plug in here behind the same ports.
+`GATEWAY_STORE=aws` (deployed): DynamoDB for usage and audit, Momento for the exact cache and the
+rate-limit counters. `GATEWAY_STORE=sqlite`: one SQLite file (handler tests, single-function use).
 """
 
 from __future__ import annotations
 
+import os
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import load_config
 from ..deps import Deps
@@ -20,24 +21,62 @@ class LambdaSettings(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     config_path: str = Field(alias="GATEWAY_CONFIG_PATH")
-    store: Literal["sqlite"] = Field(default="sqlite", alias="GATEWAY_STORE")
+    store: Literal["sqlite", "aws"] = Field(default="sqlite", alias="GATEWAY_STORE")
     sqlite_path: str = Field(default="/tmp/llm-gateway.db", alias="GATEWAY_SQLITE_PATH")  # noqa: S108 - Lambda scratch
+    usage_table: str = Field(default="", alias="USAGE_TABLE")
+    audit_table: str = Field(default="", alias="AUDIT_TABLE")
+    momento_secret_arn: str = Field(default="", alias="MOMENTO_SECRET_ARN")
+    momento_endpoint: str = Field(default="", alias="MOMENTO_ENDPOINT")
+    momento_local_endpoint: str = Field(default="", alias="MOMENTO_LOCAL_ENDPOINT")  # tests: the stand-in
+    momento_cache: str = Field(default="llm-gateway", alias="MOMENTO_CACHE_NAME")
+
+    @model_validator(mode="after")
+    def _aws_stores_named(self) -> LambdaSettings:
+        if self.store == "aws":
+            if not (self.usage_table and self.audit_table):
+                raise ValueError("GATEWAY_STORE=aws needs USAGE_TABLE and AUDIT_TABLE")
+            if not (self.momento_local_endpoint or (self.momento_secret_arn and self.momento_endpoint)):
+                raise ValueError("GATEWAY_STORE=aws needs MOMENTO_SECRET_ARN and MOMENTO_ENDPOINT")
+        return self
 
 
 @cache
 def settings() -> LambdaSettings:
-    import os
-
     return LambdaSettings.model_validate(dict(os.environ))
 
 
 @cache
-def deps() -> Deps:
-    """Dependencies for this container, built on first use and reused across invocations."""
+def momento_client() -> Any:
+    """Built on first use, so functions without Momento access never read the key."""
+    from ..adapters.aws.momento import build_cache_client
+
+    current = settings()
+    if current.momento_local_endpoint:
+        return build_cache_client(local_endpoint=current.momento_local_endpoint)
+    from aws_lambda_powertools.utilities.parameters import get_secret
+
+    return build_cache_client(str(get_secret(current.momento_secret_arn)), current.momento_endpoint)
+
+
+def _aws_deps(current: LambdaSettings) -> Deps:
+    from ..adapters.aws.dynamodb import DynamoAuditLog, DynamoUsageLedger, default_client
+    from ..adapters.aws.momento import MomentoExactCache, MomentoRateLimiter
+
+    dynamodb = default_client()
+    return Deps(
+        config=load_config(current.config_path),
+        cache=MomentoExactCache(momento_client, current.momento_cache),
+        limiter=MomentoRateLimiter(momento_client, current.momento_cache),
+        usage=DynamoUsageLedger(current.usage_table, dynamodb),
+        audit=DynamoAuditLog(current.audit_table, dynamodb),
+        providers=default_registry(),
+    )
+
+
+def _sqlite_deps(current: LambdaSettings) -> Deps:
     from ..adapters.local.memory import MemoryRateLimiter
     from ..adapters.local.sqlite import SqliteStore
 
-    current = settings()
     store = SqliteStore(current.sqlite_path)
     return Deps(
         config=load_config(current.config_path),
@@ -47,3 +86,10 @@ def deps() -> Deps:
         audit=store,
         providers=default_registry(),
     )
+
+
+@cache
+def deps() -> Deps:
+    """Dependencies for this container, built on first use and reused across invocations."""
+    current = settings()
+    return _aws_deps(current) if current.store == "aws" else _sqlite_deps(current)
