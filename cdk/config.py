@@ -4,21 +4,70 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CDK_JSON = Path(__file__).resolve().parents[1] / "cdk.json"
 
+# The retention periods CloudWatch Logs accepts.
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
+
 
 class StageConfig(BaseModel):
+    """One deployment of the gateway: where it goes and how big it is."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    account: str | None = None
+    account: str | None = None  # None: the account of the CLI's credentials (CDK_DEFAULT_ACCOUNT)
     region: str = Field(min_length=1)
     log_retention_days: int = Field(default=30, ge=1)
-    reserved_concurrency: int | None = Field(default=None, ge=1)
+    reserved_concurrency: int | None = Field(default=None, ge=1)  # per chain function; None: unreserved
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    memory_mb: int = Field(default=1024, ge=128, le=10240)
+    # The gateway YAML (tenants, key digests, models, routes), relative to the repository root.
+    gateway_config: str = "layers/core/python/llm_gateway/local/example_config.yaml"
+    gateway_store: str = "aws"  # GATEWAY_STORE: which adapters the Lambdas build
+    # Momento (GATEWAY_STORE=aws): the endpoint that goes with the API key, e.g.
+    # cell-4-us-west-2-1.prod.a.momentohq.com, and the cache the gateway uses.
+    momento_endpoint: str = ""
+    momento_cache_name: str = Field(default="llm-gateway", min_length=1)
+    throttle_rate_limit: float = Field(default=50, gt=0)  # API requests per second (steady state)
+    throttle_burst_limit: int = Field(default=100, ge=1)
+    retain_data: bool = True  # keep tables, secret and logs when the stack is deleted
+    streaming: bool = True  # deploy the streaming function (Function URL, response streaming)
+    web_adapter_layer_arn: str | None = None  # None: the published arm64 Lambda Web Adapter layer
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _a_cloudwatch_period(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(f"log_retention_days must be one of {LOG_RETENTION_DAYS}")
+        return value
 
 
 def stage_config(context: dict[str, Any], stage: str | None = None) -> StageConfig:
@@ -30,6 +79,11 @@ def stage_config(context: dict[str, Any], stage: str | None = None) -> StageConf
     return StageConfig(name=name, **stages[name])
 
 
-def load_stage(stage: str | None = None) -> StageConfig:
+def cdk_json_context() -> dict[str, Any]:
+    """cdk.json's `context`: the stages and the CDK feature flags."""
     context: dict[str, Any] = json.loads(CDK_JSON.read_text())["context"]
-    return stage_config(context, stage)
+    return context
+
+
+def load_stage(stage: str | None = None) -> StageConfig:
+    return stage_config(cdk_json_context(), stage)

@@ -104,19 +104,19 @@ class RestFront:
         if described["status"] != "SUCCEEDED":
             return _openai_error(500, "The gateway failed to process the request.", "api_error")
         output = json.loads(described["output"])
-        finish = output["finish"]
+        finish, answer = output["finish"], output["http"]
         cache = output.get("cache") or {}
         headers = {
             "x-request-id": execution_input["request_id"],
             "x-gateway-cache": cache.get("status") if cache.get("status") in ("exact", "semantic") else "miss",
             "x-gateway-execution": described["executionArn"],
         }
-        if finish.get("retry_after_s") is not None:
-            headers["retry-after"] = str(max(1, int(finish["retry_after_s"] + 0.999)))
+        if answer.get("retry_after_s") is not None:
+            headers["retry-after"] = str(max(1, int(answer["retry_after_s"] + 0.999)))
         if finish.get("response") is not None:
             headers["x-gateway-model"] = finish["response"]["model"]
-            return JSONResponse(finish["response"], status_code=finish["status"], headers=headers)
-        return JSONResponse(finish["error"], status_code=finish["status"], headers=headers)
+        # `http.body` is the answer as JSON text, exactly what the response mapping template prints.
+        return Response(answer["body"], status_code=answer["status"], headers=headers, media_type="application/json")
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/chat/completions", self.chat_completions, methods=["POST"])])

@@ -187,11 +187,29 @@ def _zip_dir(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
+# Resource types moto's CloudFormation cannot take as synthesized (it crashes or rejects the stack):
+# the streaming Function URL (not on the REST path) and Secrets Manager secrets (their ARNs are
+# substituted; the test sets what the functions read from them through the environment).
+_DROPPED_TYPES = ("AWS::Lambda::Url", "AWS::SecretsManager::Secret", "AWS::CDK::Metadata")
+
+
+def _substitute(value: Any, replacements: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"Ref"} and value["Ref"] in replacements:
+            return replacements[value["Ref"]]
+        return {k: _substitute(v, replacements) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, replacements) for v in value]
+    return value
+
+
 def prepare_template(template: dict[str, Any]) -> dict[str, Any]:
     """What moto's CloudFormation is given: the synthesized template minus deploy-time machinery.
 
-    Dropped: the bootstrap-version rule and parameter (there is no bootstrap stack), CDK metadata,
-    and custom resources (their providers are Node.js Lambdas that only matter at deploy time).
+    Dropped: the bootstrap-version rule and parameter (there is no bootstrap stack), custom
+    resources (their providers are Node.js Lambdas that only matter at deploy time), and the
+    types in `_DROPPED_TYPES`, with references to dropped secrets replaced by fake ARNs and
+    outputs that name a dropped resource left out.
     """
     prepared = json.loads(json.dumps(template))
     prepared.pop("Rules", None)
@@ -199,11 +217,38 @@ def prepare_template(template: dict[str, Any]) -> dict[str, Any]:
     if not prepared.get("Parameters"):
         prepared.pop("Parameters", None)
     resources = prepared["Resources"]
-    for logical_id in [
-        k for k, v in resources.items() if v["Type"].startswith("Custom::") or v["Type"] == "AWS::CDK::Metadata"
-    ]:
+    dropped = [k for k, v in resources.items() if v["Type"].startswith("Custom::") or v["Type"] in _DROPPED_TYPES]
+    fake_arns = {
+        k: f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{k}-AbCdEf"
+        for k in dropped
+        if resources[k]["Type"] == "AWS::SecretsManager::Secret"
+    }
+    for logical_id in dropped:
         del resources[logical_id]
+    prepared["Resources"] = _substitute(resources, fake_arns)
+    outputs = prepared.get("Outputs", {})
+    for name in [n for n, o in outputs.items() if any(d in json.dumps(o) for d in dropped)]:
+        del outputs[name]
     return prepared
+
+
+def _recreate_state_machines(aws: LocalAws, resources: dict[str, str], template: dict[str, Any]) -> None:
+    """moto's CloudFormation creates state machines the executing Step Functions API cannot see:
+    create each again through the API from the definition CloudFormation resolved."""
+    from moto.stepfunctions.models import stepfunctions_backends
+
+    sfn = aws.client("stepfunctions")
+    created = {m.arn: m for m in stepfunctions_backends[ACCOUNT][REGION].state_machines}
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::StepFunctions::StateMachine":
+            continue
+        machine = created[resources[logical_id]]
+        resources[logical_id] = sfn.create_state_machine(
+            name=f"{machine.name}-api",
+            definition=machine.definition,
+            roleArn=machine.roleArn,
+            type=resource["Properties"].get("StateMachineType", "STANDARD"),
+        )["stateMachineArn"]
 
 
 def deploy_assembly(aws: LocalAws, assembly_dir: Path, stack_name: str) -> dict[str, str]:
@@ -227,5 +272,7 @@ def deploy_assembly(aws: LocalAws, assembly_dir: Path, stack_name: str) -> dict[
     )
     waiter = cloudformation.get_waiter("stack_create_complete")
     waiter.wait(StackName=stack_name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
-    resources = cloudformation.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]
-    return {r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources}
+    summaries = cloudformation.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]
+    resources = {r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in summaries}
+    _recreate_state_machines(aws, resources, template)
+    return resources

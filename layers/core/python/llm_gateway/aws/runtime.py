@@ -6,6 +6,7 @@ rate-limit counters. `GATEWAY_STORE=sqlite`: one SQLite file (handler tests, sin
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cache
 from typing import Any, Literal
@@ -29,6 +30,7 @@ class LambdaSettings(BaseModel):
     momento_endpoint: str = Field(default="", alias="MOMENTO_ENDPOINT")
     momento_local_endpoint: str = Field(default="", alias="MOMENTO_LOCAL_ENDPOINT")  # tests: the stand-in
     momento_cache: str = Field(default="llm-gateway", alias="MOMENTO_CACHE_NAME")
+    provider_keys_secret_arn: str = Field(default="", alias="PROVIDER_KEYS_SECRET_ARN")
 
     @model_validator(mode="after")
     def _aws_stores_named(self) -> LambdaSettings:
@@ -88,8 +90,21 @@ def _sqlite_deps(current: LambdaSettings) -> Deps:
     )
 
 
+def load_provider_keys(current: LambdaSettings) -> None:
+    """Put the provider API keys (a JSON object in Secrets Manager: variable name -> key) into the
+    environment, where the providers look for a model's `api_key_env`. Values already set win."""
+    if not current.provider_keys_secret_arn:
+        return
+    from aws_lambda_powertools.utilities.parameters import get_secret
+
+    keys = json.loads(str(get_secret(current.provider_keys_secret_arn)))
+    for name, value in keys.items():
+        os.environ.setdefault(str(name), str(value))
+
+
 @cache
 def deps() -> Deps:
     """Dependencies for this container, built on first use and reused across invocations."""
     current = settings()
+    load_provider_keys(current)
     return _aws_deps(current) if current.store == "aws" else _sqlite_deps(current)

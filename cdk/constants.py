@@ -1,0 +1,114 @@
+"""Every name the CDK app uses, in one place: paths, resource names, environment variables, policies.
+
+Plain values only (no aws_cdk import), so tests and tools can read them without starting jsii.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROJECT = "llm-gateway"
+STACK_PREFIX = "LlmGateway"  # stack name: LlmGateway-<stage>
+
+# Source folders (relative to ROOT).
+FUNCTIONS_DIR = "functions"
+CORE_LAYER_DIR = "layers/core"  # holds python/llm_gateway, mounted as /opt/python/llm_gateway
+PYPROJECT = "pyproject.toml"
+AUTHORIZER_FOLDER = "authorizer"  # functions/authorizer/handler.py: TOKEN authorizer
+STREAM_FOLDER = "stream"  # functions/stream/{run.sh,app.py}: the ASGI app behind Lambda Web Adapter
+ASSET_EXCLUDES = ("**/__pycache__", "**/*.pyc", "**/*.egg-info")
+
+# Lambda runtime: arm64, Python 3.12; the deps layer is built for exactly this platform.
+PYTHON_VERSION = "3.12"
+PIP_PLATFORM = "manylinux2014_aarch64"
+HANDLER = "handler.lambda_handler"
+STREAM_HANDLER = "run.sh"
+STEP_TIMEOUT_S = 30
+INVOKE_TIMEOUT_MARGIN_S = 10  # the invoke Lambda runs the policy's deadline plus this margin
+STREAM_TIMEOUT_S = 300
+AUTHORIZER_TIMEOUT_S = 5
+AUTHORIZER_MEMORY_MB = 256
+AUTHORIZER_CACHE_TTL_S = 300
+STATE_MACHINE_TIMEOUT_S = 300  # Express executions run at most 5 minutes
+
+# Third-party packages per bundled layer, beyond pyproject's base `dependencies`. boto3 is part of the
+# Lambda runtime; the web layer is what the ASGI app adds for the streaming function.
+DEPS_EXTRAS = ("aws-lambda-powertools[tracer,parser]", "momento")
+WEB_PACKAGES = ("starlette", "uvicorn", "orjson")
+
+# The gateway configuration file ships in its own small layer (see docs/deploy.md).
+CONFIG_LAYER_SUBDIR = "gateway"
+CONFIG_FILE_NAME = "config.yaml"
+CONFIG_PATH_IN_LAMBDA = f"/opt/{CONFIG_LAYER_SUBDIR}/{CONFIG_FILE_NAME}"
+
+# Lambda environment.
+ENV_CONFIG_PATH = "GATEWAY_CONFIG_PATH"
+ENV_STORE = "GATEWAY_STORE"
+ENV_USAGE_TABLE = "USAGE_TABLE"
+ENV_AUDIT_TABLE = "AUDIT_TABLE"
+ENV_MOMENTO_SECRET = "MOMENTO_SECRET_ARN"  # noqa: S105 - the variable's name, not a secret
+ENV_MOMENTO_ENDPOINT = "MOMENTO_ENDPOINT"
+ENV_MOMENTO_CACHE = "MOMENTO_CACHE_NAME"
+ENV_PROVIDER_KEYS_SECRET = "PROVIDER_KEYS_SECRET_ARN"  # noqa: S105 - the variable's name, not a secret
+POWERTOOLS_SERVICE_NAME = "llm-gateway"
+POWERTOOLS_METRICS_NAMESPACE = "LlmGateway"
+
+# Stores.
+TABLE_PARTITION_KEY = "tenant"
+TABLE_SORT_KEY = "sk"
+TABLE_TTL_ATTRIBUTE = "expires_at"
+TABLE_WRITE_ACTIONS = ("dynamodb:PutItem", "dynamodb:UpdateItem")  # records are written, never read back
+USAGE = "usage"
+AUDIT = "audit"
+MOMENTO = "momento"
+PROVIDER_KEYS = "provider_keys"  # JSON object: environment variable name -> provider API key
+
+# Least privilege: which function folder reaches which store. Folders not listed reach none.
+FUNCTION_ACCESS: dict[str, frozenset[str]] = {
+    "guard": frozenset({MOMENTO}),  # rate-limit counters
+    "cache_lookup": frozenset({MOMENTO}),  # exact and semantic cache reads
+    "invoke": frozenset({PROVIDER_KEYS}),  # OpenAI / Anthropic API keys
+    "finish": frozenset({MOMENTO, USAGE, AUDIT}),  # cache store, usage and audit records
+    "record_failure": frozenset({AUDIT}),  # the audit record of a failed request
+    STREAM_FOLDER: frozenset({MOMENTO, USAGE, AUDIT, PROVIDER_KEYS}),  # runs the whole chain in-process
+}
+
+# State machine states that are not steps of the chain, and where they put the HTTP answer.
+HTTP_RESULT = "http"  # $.http: {"status", "body" (JSON text), "retry_after_s"}
+RESPOND_CHOICE = "respond"
+RESPOND_OK = "respond_ok"
+RESPOND_ERROR = "respond_error"
+DONE = "done"
+
+# REST API.
+API_PATH = ("v1", "chat", "completions")
+AUTHORIZER_CONTEXT_KEY = "api_key_sha256"
+AUTHORIZER_HEADER = "Authorization"
+AUTHORIZER_HEADER_PATTERN = r"^[Bb]earer \S+$"
+
+# AWS Lambda Web Adapter (https://github.com/aws/aws-lambda-web-adapter): the published arm64 layer.
+WEB_ADAPTER_ACCOUNT = "753240598075"
+WEB_ADAPTER_LAYER = "LambdaAdapterLayerArm64"
+WEB_ADAPTER_LAYER_VERSION = 28
+WEB_ADAPTER_PORT = 8080
+
+# CDK context keys.
+CONTEXT_STAGE = "stage"
+CONTEXT_STAGES = "stages"
+CONTEXT_SKIP_BUNDLING = "skip_bundling"  # `-c skip_bundling=true`: synthesize without building layers
+BUNDLING_STACKS = "aws:cdk:bundling-stacks"
+
+
+def stack_name(stage: str) -> str:
+    return f"{STACK_PREFIX}-{stage}"
+
+
+def resource_name(stage: str, suffix: str) -> str:
+    """A physical name that is unique per stage: llm-gateway-<stage>-<suffix>."""
+    return f"{PROJECT}-{stage}-{suffix.replace('_', '-')}"
+
+
+def web_adapter_layer_arn(region: str) -> str:
+    return f"arn:aws:lambda:{region}:{WEB_ADAPTER_ACCOUNT}:layer:{WEB_ADAPTER_LAYER}:{WEB_ADAPTER_LAYER_VERSION}"

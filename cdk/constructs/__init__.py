@@ -1,0 +1,1 @@
+"""Constructs that build the gateway's resources; the stack only composes them."""

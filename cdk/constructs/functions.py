@@ -1,0 +1,141 @@
+"""The Lambda functions of the chain: one per step folder under functions/, all alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import aws_cdk as cdk
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from cdk import constants as c
+from cdk.config import StageConfig
+from cdk.constructs.common import ARCHITECTURE, RUNTIME, acknowledge, log_group
+from cdk.constructs.layers import GatewayLayers
+from cdk.constructs.storage import GatewayStores
+from llm_gateway.pipeline import FAILED, FINISH, INVOKE_POLICY, STEPS, Step
+
+_LAMBDA_LOG_LEVEL = {
+    "DEBUG": lambda_.ApplicationLogLevel.DEBUG,
+    "INFO": lambda_.ApplicationLogLevel.INFO,
+    "WARNING": lambda_.ApplicationLogLevel.WARN,
+    "ERROR": lambda_.ApplicationLogLevel.ERROR,
+}
+
+
+def function_code(folder: str, entry: str = "handler.py") -> lambda_.Code:
+    """The asset of one function: its folder under functions/ and nothing else."""
+    path = c.ROOT / c.FUNCTIONS_DIR / folder
+    if not (path / entry).is_file():
+        raise FileNotFoundError(f"{c.FUNCTIONS_DIR}/{folder}/{entry} is missing: every function ships from its folder")
+    return lambda_.Code.from_asset(str(path), exclude=list(c.ASSET_EXCLUDES))
+
+
+def powertools_environment(stage: StageConfig) -> dict[str, str]:
+    return {
+        "POWERTOOLS_SERVICE_NAME": c.POWERTOOLS_SERVICE_NAME,
+        "POWERTOOLS_METRICS_NAMESPACE": c.POWERTOOLS_METRICS_NAMESPACE,
+        "POWERTOOLS_LOG_LEVEL": stage.log_level,
+    }
+
+
+def gateway_function(
+    scope: Construct,
+    construct_id: str,
+    *,
+    stage: StageConfig,
+    name: str,
+    code: lambda_.Code,
+    layers: Sequence[lambda_.ILayerVersion],
+    environment: Mapping[str, str],
+    handler: str = c.HANDLER,
+    timeout_s: int = c.STEP_TIMEOUT_S,
+    memory_mb: int | None = None,
+    reserved_concurrency: int | None = None,
+) -> lambda_.Function:
+    """An arm64 Python 3.12 function with X-Ray tracing, JSON logs in its own log group, Powertools env."""
+    function = lambda_.Function(
+        scope,
+        construct_id,
+        function_name=c.resource_name(stage.name, name),
+        runtime=RUNTIME,
+        architecture=ARCHITECTURE,
+        code=code,
+        handler=handler,
+        layers=list(layers),
+        environment={**powertools_environment(stage), **environment},
+        timeout=cdk.Duration.seconds(timeout_s),
+        memory_size=memory_mb or stage.memory_mb,
+        reserved_concurrent_executions=reserved_concurrency,
+        tracing=lambda_.Tracing.ACTIVE,
+        logging_format=lambda_.LoggingFormat.JSON,
+        application_log_level_v2=_LAMBDA_LOG_LEVEL[stage.log_level],
+        system_log_level_v2=lambda_.SystemLogLevel.WARN,
+        log_group=log_group(scope, f"{construct_id}Logs", stage),
+    )
+    acknowledge(
+        function,
+        "L1",
+        "Python 3.12 is pinned on purpose: the deps layer's wheels are built for CPython 3.12 on arm64.",
+    )
+    acknowledge(
+        function,
+        "IAM4",
+        "AWSLambdaBasicExecutionRole is the AWS managed policy that only lets a function write its logs.",
+        findings=["Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"],
+    )
+    acknowledge(
+        function,
+        "IAM5",
+        "Active tracing: xray:PutTraceSegments and xray:PutTelemetryRecords take no resource ARN.",
+        findings=["Resource::*"],
+    )
+    return function
+
+
+def step_timeout_s(step: Step) -> int:
+    """The invoke step spends up to the policy's deadline on retries and fallbacks; the rest are quick."""
+    if step.name == "invoke":
+        return int(INVOKE_POLICY.deadline_s) + c.INVOKE_TIMEOUT_MARGIN_S
+    return c.STEP_TIMEOUT_S
+
+
+class ChainFunctions(Construct):
+    """One function per step of `llm_gateway.pipeline` (the steps, finish and the failure step)."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        stage: StageConfig,
+        layers: GatewayLayers,
+        stores: GatewayStores,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.environment = {
+            c.ENV_CONFIG_PATH: c.CONFIG_PATH_IN_LAMBDA,
+            c.ENV_STORE: stage.gateway_store,
+            c.ENV_MOMENTO_ENDPOINT: stage.momento_endpoint,
+            c.ENV_MOMENTO_CACHE: stage.momento_cache_name,
+            **stores.environment,
+        }
+        self.by_step: dict[str, lambda_.Function] = {}
+        for step in (*STEPS, FINISH, FAILED):
+            function = gateway_function(
+                self,
+                _pascal(step.handler),
+                stage=stage,
+                name=step.handler,
+                code=function_code(step.handler),
+                layers=[layers.core, layers.deps, layers.config],
+                environment=self.environment,
+                timeout_s=step_timeout_s(step),
+                reserved_concurrency=stage.reserved_concurrency,
+            )
+            stores.grant(function, c.FUNCTION_ACCESS.get(step.handler, frozenset()))
+            self.by_step[step.name] = function
+
+
+def _pascal(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))

@@ -1,0 +1,85 @@
+"""The stores the AWS adapters use: DynamoDB tables for usage and audit; the Momento and provider keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from cdk import constants as c
+from cdk.config import StageConfig
+from cdk.constructs.common import acknowledge, removal_policy
+
+
+class GatewayStores(Construct):
+    """Usage and audit tables (tenant partition, `sk` sort key, TTL) and two secrets the operator fills."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig) -> None:
+        super().__init__(scope, construct_id)
+        self.usage = self._table("Usage", stage)
+        self.audit = self._table("Audit", stage)
+        self.momento_secret = self._secret(
+            "MomentoApiKey",
+            stage,
+            "the Momento API key (cache, semantic index, rate-limit counters)",
+            "A Momento API key is issued by Momento, not by AWS: it is rotated in the Momento console and "
+            "put into this secret by the operator (docs/deploy.md); there is no rotation Lambda to attach.",
+        )
+        self.provider_keys = self._secret(
+            "ProviderKeys",
+            stage,
+            'the model providers\' API keys as JSON, e.g. {"OPENAI_API_KEY": "...", "ANTHROPIC_API_KEY": "..."}',
+            "Provider API keys are issued by OpenAI and Anthropic: they are rotated in those consoles and put "
+            "into this secret by the operator (docs/deploy.md); there is no rotation Lambda to attach.",
+        )
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """Where the stores are, for every function (permissions are granted separately, per function)."""
+        return {
+            c.ENV_USAGE_TABLE: self.usage.table_name,
+            c.ENV_AUDIT_TABLE: self.audit.table_name,
+            c.ENV_MOMENTO_SECRET: self.momento_secret.secret_arn,
+            c.ENV_PROVIDER_KEYS_SECRET: self.provider_keys.secret_arn,
+        }
+
+    def grant(self, grantee: iam.IGrantable, access: Iterable[str]) -> None:
+        """Least privilege: write the named tables, read the named secrets; nothing else."""
+        tables = {c.USAGE: self.usage, c.AUDIT: self.audit}
+        secrets = {c.MOMENTO: self.momento_secret, c.PROVIDER_KEYS: self.provider_keys}
+        for store in sorted(access):
+            if store in secrets:
+                secrets[store].grant_read(grantee)
+            else:
+                tables[store].grant(grantee, *c.TABLE_WRITE_ACTIONS)
+
+    def _table(self, construct_id: str, stage: StageConfig) -> dynamodb.Table:
+        return dynamodb.Table(
+            self,
+            construct_id,
+            partition_key=dynamodb.Attribute(name=c.TABLE_PARTITION_KEY, type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name=c.TABLE_SORT_KEY, type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            time_to_live_attribute=c.TABLE_TTL_ATTRIBUTE,
+            deletion_protection=stage.retain_data,
+            removal_policy=removal_policy(stage),
+        )
+
+    def _secret(self, construct_id: str, stage: StageConfig, holds: str, why_no_rotation: str) -> secretsmanager.Secret:
+        secret = secretsmanager.Secret(
+            self,
+            construct_id,
+            description=(
+                f"{c.PROJECT} {stage.name}: {holds}. Generated as a placeholder: put the real value with "
+                "`aws secretsmanager put-secret-value`."
+            ),
+            removal_policy=removal_policy(stage),
+        )
+        acknowledge(secret, "SMG4", why_no_rotation)
+        return secret

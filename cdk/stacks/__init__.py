@@ -1,0 +1,1 @@
+"""CDK stacks: compositions of the constructs in `cdk.constructs`."""

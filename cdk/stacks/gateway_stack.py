@@ -1,0 +1,50 @@
+"""The gateway stack: composes the constructs, builds nothing itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from cdk.config import StageConfig
+from cdk.constructs.api import GatewayApi
+from cdk.constructs.functions import ChainFunctions
+from cdk.constructs.layers import GatewayLayers
+from cdk.constructs.storage import GatewayStores
+from cdk.constructs.streaming import StreamingEndpoint
+from cdk.constructs.workflow import GatewayWorkflow
+
+
+class GatewayStack(cdk.Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, description=f"llm-gateway ({stage.name})", **kwargs)
+        self.layers = GatewayLayers(self, "Layers", stage=stage)
+        self.stores = GatewayStores(self, "Stores", stage=stage)
+        self.functions = ChainFunctions(self, "Chain", stage=stage, layers=self.layers, stores=self.stores)
+        self.workflow = GatewayWorkflow(self, "Workflow", stage=stage, functions=self.functions.by_step)
+        self.api = GatewayApi(self, "Api", stage=stage, state_machine=self.workflow.state_machine, layers=self.layers)
+        self.streaming = (
+            StreamingEndpoint(
+                self,
+                "Streaming",
+                stage=stage,
+                layers=self.layers,
+                stores=self.stores,
+                environment=self.functions.environment,
+            )
+            if stage.streaming
+            else None
+        )
+        cdk.CfnOutput(self, "ApiBaseUrl", value=f"{self.api.api.url}v1", description="OpenAI base URL")
+        if self.streaming is not None:
+            cdk.CfnOutput(self, "StreamingUrl", value=self.streaming.url.url, description="OpenAI base URL: <url>v1")
+        cdk.CfnOutput(self, "MomentoSecretArn", value=self.stores.momento_secret.secret_arn)
+        cdk.CfnOutput(self, "ProviderKeysSecretArn", value=self.stores.provider_keys.secret_arn)
+        cdk.CfnOutput(self, "StateMachineArn", value=self.workflow.state_machine.state_machine_arn)
+        if stage.gateway_store == "aws" and not stage.momento_endpoint:
+            cdk.Annotations.of(self).add_warning_v2(
+                "llm-gateway:momentoEndpoint",
+                f"stage {stage.name} has no momento_endpoint (cdk.json): with GATEWAY_STORE=aws the functions "
+                "refuse to start until it is set",
+            )

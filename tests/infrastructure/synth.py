@@ -1,0 +1,46 @@
+"""Synthesize the gateway stack in-process, the way `cdk synth` does, without building pip layers.
+
+`synth_template` is shared with the local-AWS end-to-end harness, which deploys the same template.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+
+from aws_cdk import Stack
+from aws_cdk.assertions import Template
+
+from cdk import constants as c
+from cdk.app import build_app
+
+# Bundling (pip downloading wheels for the deps and web layers) is skipped for every stack: the
+# template is complete, only those two layers' assets are not built.
+SKIP_BUNDLING: dict[str, Any] = {c.BUNDLING_STACKS: []}
+
+
+@dataclass(frozen=True)
+class Synthesized:
+    stack: Stack
+    template: Template
+    outdir: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.template.to_json())
+
+
+def synthesize(stage: str = "dev", outdir: str | Path | None = None) -> Synthesized:
+    """The stage's stack, synthesized with cdk-nag on (a finding not acknowledged raises here)."""
+    out = Path(outdir) if outdir is not None else Path(tempfile.mkdtemp(prefix="llm-gateway-synth-"))
+    _, stack = build_app({c.CONTEXT_STAGE: stage, **SKIP_BUNDLING}, outdir=str(out))
+    return Synthesized(stack=stack, template=Template.from_stack(stack), outdir=out)
+
+
+def synth_template(stage: str = "dev") -> dict[str, Any]:
+    """The stage's CloudFormation template as JSON (bundling skipped)."""
+    return synthesize(stage).to_json()

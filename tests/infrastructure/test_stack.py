@@ -1,0 +1,330 @@
+"""The synthesized stack: functions and layers, the state machine built from pipeline.py, the API,
+least-privilege IAM, and a clean cdk-nag report."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aws_cdk import aws_sqs as sqs
+from aws_cdk.assertions import Annotations, Match
+
+from cdk import constants as c
+from cdk.constructs.api import request_schema
+from llm_gateway.pipeline import CAUGHT_ERRORS, FAILED, FINISH, STEPS, TASK_RETRY
+from tests.infrastructure.cfn import (
+    actions,
+    flatten,
+    functions_by_folder,
+    resource_refs,
+    resources,
+    role_statements,
+    state_machine_definition,
+)
+from tests.infrastructure.synth import Synthesized, synthesize
+
+CHAIN_FOLDERS = [step.handler for step in (*STEPS, FINISH, FAILED)]
+
+
+@pytest.fixture(scope="module")
+def template(dev: Synthesized) -> dict[str, Any]:
+    return dev.to_json()
+
+
+@pytest.fixture(scope="module")
+def definition(template: dict[str, Any]) -> dict[str, Any]:
+    return state_machine_definition(template)
+
+
+def main_path(definition: dict[str, Any]) -> list[str]:
+    """Task states from StartAt, following Next and each Choice's Default (the no-exit path)."""
+    tasks, name = [], definition["StartAt"]
+    while name is not None:
+        state = definition["States"][name]
+        if state["Type"] == "Task":
+            tasks.append(name)
+        name = state.get("Default") if state["Type"] == "Choice" else state.get("Next")
+    return tasks
+
+
+def reachable(definition: dict[str, Any], start: str) -> list[dict[str, Any]]:
+    """Every state reachable from `start` (excluded) through Next, Choices and Default."""
+    seen, frontier = set(), [start]
+    while frontier:
+        state = definition["States"][frontier.pop()]
+        targets = [state.get("Next"), state.get("Default"), *(choice["Next"] for choice in state.get("Choices", []))]
+        for target in filter(None, targets):
+            if target not in seen:
+                seen.add(target)
+                frontier.append(target)
+    return [definition["States"][name] for name in seen]
+
+
+# ----------------------------------------------------------------------------- functions and layers
+
+
+def test_every_chain_step_has_an_arm64_python312_function_from_its_own_folder(template: dict[str, Any]) -> None:
+    functions = functions_by_folder(template)
+    assert set(CHAIN_FOLDERS) <= set(functions)
+    for folder in CHAIN_FOLDERS:
+        _, properties = functions[folder]
+        assert properties["Runtime"] == "python3.12"
+        assert properties["Architectures"] == ["arm64"]
+        assert properties["Handler"] == c.HANDLER
+        assert properties["TracingConfig"] == {"Mode": "Active"}
+        assert properties["LoggingConfig"]["LogFormat"] == "JSON"
+        assert "ReservedConcurrentExecutions" not in properties  # dev: unreserved
+        environment = properties["Environment"]["Variables"]
+        assert environment[c.ENV_CONFIG_PATH] == c.CONFIG_PATH_IN_LAMBDA
+        stores = {c.ENV_STORE, c.ENV_USAGE_TABLE, c.ENV_AUDIT_TABLE, c.ENV_PROVIDER_KEYS_SECRET}
+        momento = {c.ENV_MOMENTO_SECRET, c.ENV_MOMENTO_ENDPOINT, c.ENV_MOMENTO_CACHE}
+        assert stores | momento <= set(environment)
+        assert environment[c.ENV_STORE] == "aws"
+        assert environment["POWERTOOLS_SERVICE_NAME"] == c.POWERTOOLS_SERVICE_NAME
+        assert environment["POWERTOOLS_METRICS_NAMESPACE"] == c.POWERTOOLS_METRICS_NAMESPACE
+        assert environment["POWERTOOLS_LOG_LEVEL"] == "DEBUG"
+
+
+def test_function_code_is_its_folder_only(dev: Synthesized, template: dict[str, Any]) -> None:
+    # Given the assets CDK staged for the functions, each holds exactly its folder's files
+    for folder, (_, properties) in functions_by_folder(template).items():
+        asset = dev.outdir / f"asset.{properties['Code']['S3Key'].removesuffix('.zip')}"
+        source = c.ROOT / c.FUNCTIONS_DIR / folder
+        staged = sorted(p.relative_to(asset).as_posix() for p in asset.rglob("*"))
+        expected = sorted(
+            p.relative_to(source).as_posix()
+            for p in source.rglob("*")
+            if "__pycache__" not in p.parts and p.suffix != ".pyc"
+        )
+        assert staged == expected, folder
+
+
+def test_core_and_deps_layers_are_arm64_python312_and_on_every_chain_function(template: dict[str, Any]) -> None:
+    layers = resources(template, "AWS::Lambda::LayerVersion")
+    by_name = {name: [key for key in layers if key.startswith(f"Layers{name}")] for name in ("Core", "Deps")}
+    assert all(len(keys) == 1 for keys in by_name.values()), by_name
+    for layer in layers.values():
+        assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
+        assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    functions = functions_by_folder(template)
+    for folder in CHAIN_FOLDERS:
+        attached = functions[folder][1]["Layers"]
+        assert {"Ref": by_name["Core"][0]} in attached and {"Ref": by_name["Deps"][0]} in attached
+
+
+# ----------------------------------------------------------------------------- state machine
+
+
+def test_state_machine_is_express_jsonpath_traced_and_logged(template: dict[str, Any]) -> None:
+    (machine,) = resources(template, "AWS::StepFunctions::StateMachine").values()
+    properties = machine["Properties"]
+    assert properties["StateMachineType"] == "EXPRESS"
+    assert properties["TracingConfiguration"] == {"Enabled": True}
+    assert properties["LoggingConfiguration"]["Level"] in ("ALL", "ERROR")
+    assert properties["LoggingConfiguration"]["IncludeExecutionData"] is False
+    assert state_machine_definition(template)["QueryLanguage"] == "JSONPath"
+
+
+def test_task_states_are_the_pipeline_steps_in_order_then_finish(definition: dict[str, Any]) -> None:
+    assert main_path(definition) == [step.name for step in STEPS] + [FINISH.name]
+
+
+def test_each_task_invokes_its_steps_function_and_writes_its_result_path(
+    template: dict[str, Any], definition: dict[str, Any]
+) -> None:
+    functions = functions_by_folder(template)
+    for step in (*STEPS, FINISH, FAILED):
+        state = definition["States"][step.name]
+        assert state["Type"] == "Task"
+        assert state["Resource"] == f"<{functions[step.handler][0]}.Arn>"  # payload_response_only
+        assert "Parameters" not in state  # the whole state is the payload
+        expected = "$.finish" if step is FAILED else f"$.{step.name}"
+        assert state["ResultPath"] == expected
+
+
+def test_exits_go_to_finish(definition: dict[str, Any]) -> None:
+    names = [step.name for step in STEPS] + [FINISH.name]
+    for index, step in enumerate(STEPS):
+        following = definition["States"][definition["States"][step.name]["Next"]]
+        if step.exit is None:
+            assert definition["States"][step.name]["Next"] == names[index + 1]
+            continue
+        assert following["Type"] == "Choice"
+        assert following["Default"] == names[index + 1]
+        (choice,) = following["Choices"]
+        assert choice["Next"] == FINISH.name
+        rules = choice.get("Or", [choice])
+        assert {rule["Variable"] for rule in rules} == {f"$.{step.name}.{step.exit.field}"}
+        assert sorted(rule["StringEquals"] for rule in rules) == sorted(step.exit.values)
+
+
+def test_every_task_retries_lambda_service_faults(definition: dict[str, Any]) -> None:
+    for step in (*STEPS, FINISH, FAILED):
+        (retry,) = definition["States"][step.name]["Retry"]
+        assert retry["ErrorEquals"] == list(TASK_RETRY.errors)
+        assert retry["MaxAttempts"] == TASK_RETRY.max_attempts
+        assert retry["IntervalSeconds"] == TASK_RETRY.interval_s
+        assert retry["BackoffRate"] == TASK_RETRY.backoff_rate
+
+
+def test_domain_errors_and_anything_else_are_caught_into_record_failure(definition: dict[str, Any]) -> None:
+    for step in (*STEPS, FINISH):
+        catches = definition["States"][step.name]["Catch"]
+        assert catches[0]["ErrorEquals"] == list(CAUGHT_ERRORS)
+        assert catches[-1]["ErrorEquals"] == ["States.ALL"]
+        assert all(catch["Next"] == FAILED.name and catch["ResultPath"] == "$.error" for catch in catches)
+    assert "Catch" not in definition["States"][FAILED.name]
+
+
+def test_finish_and_failure_end_in_succeed_without_another_task(definition: dict[str, Any]) -> None:
+    for start in (FINISH.name, FAILED.name):
+        after = reachable(definition, start)
+        assert all(state["Type"] in ("Choice", "Pass", "Succeed") for state in after)
+        assert any(state["Type"] == "Succeed" for state in after)
+
+
+def test_execution_output_keeps_the_state_and_adds_what_the_response_template_reads(
+    definition: dict[str, Any],
+) -> None:
+    from cdk.api_mapping import RESPONSE_TEMPLATE
+
+    for name in (c.RESPOND_OK, c.RESPOND_ERROR):
+        state = definition["States"][name]
+        assert state["ResultPath"] == f"$.{c.HTTP_RESULT}"  # the state (finish, cache...) stays
+        keys = {key.removesuffix(".$") for key in state["Parameters"]}
+        assert keys == {"status", "body", "retry_after_s"}
+        assert f"#set($answer = $state.{c.HTTP_RESULT})" in RESPONSE_TEMPLATE
+        assert all(f"$answer.{key}" in RESPONSE_TEMPLATE for key in keys)
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def test_chat_completions_posts_to_start_sync_execution_with_authorizer_validator_and_model(
+    template: dict[str, Any],
+) -> None:
+    (method,) = resources(template, "AWS::ApiGateway::Method").values()
+    properties = method["Properties"]
+    assert properties["HttpMethod"] == "POST"
+    assert properties["AuthorizationType"] == "CUSTOM"
+    assert flatten(properties["Integration"]["Uri"]).endswith(":states:action/StartSyncExecution")
+    request_template = flatten(properties["Integration"]["RequestTemplates"]["application/json"])
+    (machine_id,) = resources(template, "AWS::StepFunctions::StateMachine")
+    assert f'"stateMachineArn": "<{machine_id}>"' in request_template
+
+    (validator_id, validator) = next(iter(resources(template, "AWS::ApiGateway::RequestValidator").items()))
+    assert validator["Properties"]["ValidateRequestBody"] is True
+    assert properties["RequestValidatorId"] == {"Ref": validator_id}
+    (model_id, model) = next(iter(resources(template, "AWS::ApiGateway::Model").items()))
+    assert properties["RequestModels"] == {"application/json": {"Ref": model_id}}
+    assert model["Properties"]["Schema"] == request_schema()
+
+    (authorizer,) = resources(template, "AWS::ApiGateway::Authorizer").values()
+    assert authorizer["Properties"]["Type"] == "TOKEN"
+    assert authorizer["Properties"]["IdentitySource"] == "method.request.header.Authorization"
+    path = [
+        resource["Properties"]["PathPart"] for resource in resources(template, "AWS::ApiGateway::Resource").values()
+    ]
+    assert path == list(c.API_PATH)
+
+
+def test_stage_has_access_logs_throttling_and_tracing(template: dict[str, Any]) -> None:
+    (stage,) = resources(template, "AWS::ApiGateway::Stage").values()
+    properties = stage["Properties"]
+    assert "DestinationArn" in properties["AccessLogSetting"]
+    (settings,) = properties["MethodSettings"]
+    assert (settings["ThrottlingRateLimit"], settings["ThrottlingBurstLimit"]) == (10, 20)
+    assert settings["DataTraceEnabled"] is False
+    assert properties["TracingEnabled"] is True
+
+
+def test_streaming_function_is_behind_a_response_stream_function_url(template: dict[str, Any]) -> None:
+    (url,) = resources(template, "AWS::Lambda::Url").values()
+    assert url["Properties"]["InvokeMode"] == "RESPONSE_STREAM"
+    _, stream = functions_by_folder(template)[c.STREAM_FOLDER]
+    assert stream["Handler"] == c.STREAM_HANDLER
+    assert stream["Environment"]["Variables"]["AWS_LWA_INVOKE_MODE"] == "response_stream"
+    assert c.web_adapter_layer_arn("eu-west-1") in stream["Layers"]
+
+
+# ----------------------------------------------------------------------------- IAM
+
+
+def test_only_finish_and_record_failure_write_the_tables(template: dict[str, Any]) -> None:
+    tables = resources(template, "AWS::DynamoDB::Table")
+    usage = next(key for key in tables if key.startswith("StoresUsage"))
+    audit = next(key for key in tables if key.startswith("StoresAudit"))
+    expected_tables = {"finish": {usage, audit}, "record_failure": {audit}, c.STREAM_FOLDER: {usage, audit}}
+    for folder, (_, properties) in functions_by_folder(template).items():
+        statements = role_statements(template, properties)
+        dynamodb = [s for s in statements if any(a.startswith("dynamodb:") for a in actions(s))]
+        touched = {ref.strip("<>").removesuffix(".Arn") for s in dynamodb for ref in resource_refs(s)}
+        assert touched == expected_tables.get(folder, set()), folder
+        assert all(set(actions(s)) <= set(c.TABLE_WRITE_ACTIONS) for s in dynamodb), folder
+
+
+@pytest.mark.parametrize(
+    ("secret", "readers"),
+    [
+        ("StoresMomentoApiKey", {"guard", "cache_lookup", "finish", c.STREAM_FOLDER}),
+        ("StoresProviderKeys", {"invoke", c.STREAM_FOLDER}),
+    ],
+)
+def test_only_the_functions_that_need_a_secret_read_it(
+    template: dict[str, Any], secret: str, readers: set[str]
+) -> None:
+    (secret_id,) = [key for key in resources(template, "AWS::SecretsManager::Secret") if key.startswith(secret)]
+    for folder, (_, properties) in functions_by_folder(template).items():
+        statements = role_statements(template, properties)
+        reads = any(
+            f"<{secret_id}>" in resource_refs(s) and "secretsmanager:GetSecretValue" in actions(s) for s in statements
+        )
+        assert reads == (folder in readers), folder
+
+
+def test_no_function_has_a_wildcard_resource_except_for_xray(template: dict[str, Any]) -> None:
+    for folder, (_, properties) in functions_by_folder(template).items():
+        for statement in role_statements(template, properties):
+            if "*" in resource_refs(statement):
+                assert all(a.startswith("xray:") for a in actions(statement)), folder
+
+
+# ----------------------------------------------------------------------------- cdk-nag
+
+
+def test_cdk_nag_reports_no_unacknowledged_error(dev: Synthesized) -> None:
+    errors = Annotations.from_stack(dev.stack).find_error("*", Match.string_like_regexp("AwsSolutions-.*"))
+    assert errors == []
+    # Synthesis raises on a violation anyway; the report may only hold the stack's own warnings.
+    report = json.loads((dev.outdir / "validation-report.json").read_text())
+    violations = [v for plugin in report["pluginReports"] for v in plugin["violations"]]
+    assert not [v for v in violations if "AwsSolutions" in v["ruleName"] or v["severity"] == "error"]
+
+
+def test_cdk_nag_is_on_in_every_synth(tmp_path: Any) -> None:
+    # Given the real app with one resource nobody acknowledged, synthesis fails on the finding
+    from cdk.app import build_app
+    from tests.infrastructure.synth import SKIP_BUNDLING
+
+    app, stack = build_app({c.CONTEXT_STAGE: "dev", **SKIP_BUNDLING}, outdir=str(tmp_path))
+    sqs.Queue(stack, "Unacknowledged")
+    with pytest.raises(RuntimeError, match="AwsSolutions-SQS3"):
+        app.synth()
+
+
+def test_prod_us_reserves_concurrency_retains_data_and_runs_in_us_east_1(tmp_path: Any) -> None:
+    template = synthesize("prod-us", outdir=tmp_path).to_json()
+    for folder in CHAIN_FOLDERS:
+        assert functions_by_folder(template, "prod-us")[folder][1]["ReservedConcurrentExecutions"] == 100
+    for table in resources(template, "AWS::DynamoDB::Table").values():
+        assert table["DeletionPolicy"] == "Retain"
+        assert table["Properties"]["DeletionProtectionEnabled"] is True
+    _, stream = functions_by_folder(template, "prod-us")[c.STREAM_FOLDER]
+    assert c.web_adapter_layer_arn("us-east-1") in stream["Layers"]
+
+
+def test_synthesis_is_deterministic(template: dict[str, Any], tmp_path: Any) -> None:
+    # Layer assets come from folders generated at synth time: their hashes (so the layer versions)
+    # must depend on content only, or every deploy would publish new layers.
+    assert synthesize("dev", outdir=tmp_path).to_json() == template
