@@ -18,11 +18,8 @@ from ..contracts import ChatCompletionRequest, FinishReason, TextPart
 from ..errors import (
     ProviderBadRequest,
     ProviderError,
-    ProviderThrottled,
-    ProviderTimeout,
-    ProviderUnavailable,
 )
-from .base import ProviderReply, SdkClients, StreamDelta, output_limit, parse_retry_after
+from .base import ProviderReply, SdkClients, StreamDelta, map_sdk_error, output_limit
 
 _FINISH: dict[str | None, FinishReason] = {
     "end_turn": "stop",
@@ -37,21 +34,7 @@ _JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
 
 def map_error(exc: Exception, model_id: str) -> ProviderError:
     """Translate an `anthropic` SDK exception into the gateway's provider errors."""
-    if isinstance(exc, anthropic.APITimeoutError):
-        return ProviderTimeout(f"model '{model_id}' timed out")
-    if isinstance(exc, anthropic.APIConnectionError):
-        return ProviderUnavailable(f"model '{model_id}' is unreachable")
-    if isinstance(exc, anthropic.RateLimitError):
-        return ProviderThrottled(
-            f"model '{model_id}' is rate limited upstream",
-            retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
-        )
-    if isinstance(exc, anthropic.APIStatusError):
-        # 529 "overloaded" and every 5xx are worth another try; other 4xx are the request's fault.
-        if exc.status_code >= 500 or exc.status_code in (408, 409):
-            return ProviderUnavailable(f"model '{model_id}' failed upstream (HTTP {exc.status_code})")
-        return ProviderBadRequest(f"model '{model_id}' rejected the request (HTTP {exc.status_code})")
-    return ProviderUnavailable(f"model '{model_id}' failed: {type(exc).__name__}")
+    return map_sdk_error(anthropic, exc, model_id)
 
 
 def build_params(request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> dict[str, Any]:

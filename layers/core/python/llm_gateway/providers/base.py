@@ -7,13 +7,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from ..config import ModelConfig
 from ..contracts import ChatCompletionRequest, FinishReason
-from ..errors import ProviderUnavailable
+from ..errors import ProviderBadRequest, ProviderError, ProviderThrottled, ProviderTimeout, ProviderUnavailable
 
 
 class ProviderReply(BaseModel):
@@ -73,6 +73,37 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def map_sdk_error(sdk: Any, exc: Exception, model_id: str) -> ProviderError:
+    """Translate an exception of the `openai` or `anthropic` SDK (both share these exception
+    classes) into the gateway's provider errors: timeouts and 5xx/408/409/529 are worth another try,
+    429 is throttling (with its Retry-After), any other 4xx is the request's fault."""
+    if isinstance(exc, sdk.APITimeoutError):
+        return ProviderTimeout(f"model '{model_id}' timed out")
+    if isinstance(exc, sdk.APIConnectionError):
+        return ProviderUnavailable(f"model '{model_id}' is unreachable")
+    if isinstance(exc, sdk.RateLimitError):
+        return ProviderThrottled(
+            f"model '{model_id}' is rate limited upstream",
+            retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
+        )
+    if isinstance(exc, sdk.APIStatusError):
+        status = exc.status_code
+        if status >= 500 or status in (408, 409):
+            return ProviderUnavailable(f"model '{model_id}' failed upstream (HTTP {status})")
+        return ProviderBadRequest(f"model '{model_id}' rejected the request: {_upstream_message(exc.body, status)}")
+    return ProviderUnavailable(f"model '{model_id}' failed: {type(exc).__name__}")
+
+
+def _upstream_message(body: object, status: int) -> str:
+    """The provider's own explanation from its error body (`{"error": {"message"}}` or `{"message"}`)."""
+    if isinstance(body, dict):
+        nested = body.get("error")
+        message = nested.get("message") if isinstance(nested, dict) else body.get("message")
+        if isinstance(message, str):
+            return message[:500]
+    return f"HTTP {status}"
 
 
 C = TypeVar("C")

@@ -11,13 +11,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from ..config import ModelConfig
 from ..contracts import ChatCompletionRequest, FinishReason
 from ..errors import (
-    ProviderBadRequest,
     ProviderError,
-    ProviderThrottled,
-    ProviderTimeout,
-    ProviderUnavailable,
 )
-from .base import ProviderReply, SdkClients, StreamDelta, output_limit, parse_retry_after
+from .base import ProviderReply, SdkClients, StreamDelta, map_sdk_error, output_limit
 
 _FINISH: dict[str | None, FinishReason] = {
     "stop": "stop",
@@ -30,29 +26,7 @@ _FINISH: dict[str | None, FinishReason] = {
 
 def map_error(exc: Exception, model_id: str) -> ProviderError:
     """Translate an `openai` SDK exception into the gateway's provider errors."""
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderTimeout(f"model '{model_id}' timed out")
-    if isinstance(exc, openai.APIConnectionError):
-        return ProviderUnavailable(f"model '{model_id}' is unreachable")
-    if isinstance(exc, openai.RateLimitError):
-        return ProviderThrottled(
-            f"model '{model_id}' is rate limited upstream",
-            retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
-        )
-    if isinstance(exc, openai.APIStatusError):
-        if exc.status_code >= 500 or exc.status_code in (408, 409):
-            return ProviderUnavailable(f"model '{model_id}' failed upstream (HTTP {exc.status_code})")
-        return ProviderBadRequest(f"model '{model_id}' rejected the request: {_upstream_message(exc)}")
-    return ProviderUnavailable(f"model '{model_id}' failed: {type(exc).__name__}")
-
-
-def _upstream_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        message = body.get("message") or (body.get("error") or {}).get("message")
-        if isinstance(message, str):
-            return message[:500]
-    return f"HTTP {exc.status_code}"
+    return map_sdk_error(openai, exc, model_id)
 
 
 class OpenAIProvider:
