@@ -9,7 +9,14 @@ construct) becomes the HTTP answer; an execution that did not succeed becomes a 
 from __future__ import annotations
 
 from cdk import constants as c
-from llm_gateway.errors import AuthenticationFailed, GatewayError, InternalError, InvalidRequest, RateLimited
+from llm_gateway.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RateLimited,
+)
 
 STATE_MACHINE_ARN = "@@STATE_MACHINE_ARN@@"  # replaced by the state machine's ARN (a CDK token)
 
@@ -137,12 +144,21 @@ $answer.body
     .replace("@@HTTP@@", c.HTTP_RESULT)
 )
 
-# Step Functions itself refused the call (throttled, misconfigured): a generic 500 as well.
-SERVICE_ERROR_TEMPLATE = (
-    """#set($context.responseOverride.header.x-request-id = "$context.requestId")
+# Step Functions itself refused the call. An execution input over its 256 KiB limit
+# (InvalidExecutionInput) is the client's too-large body: 413, as the local server answers.
+# Anything else (throttled, misconfigured) is a generic 500.
+SERVICE_ERROR_TEMPLATE = """#set($context.responseOverride.header.x-request-id = "$context.requestId")
+#set($type = "$!input.path('$.__type')")
+#if($type.contains("InvalidExecutionInput"))
+#set($context.responseOverride.status = 413)
+@@TOO_LARGE@@
+#else
+#set($context.responseOverride.status = 500)
 @@INTERNAL@@
-"""
-).replace("@@INTERNAL@@", INTERNAL_ERROR_BODY)
+#end
+""".replace("@@INTERNAL@@", INTERNAL_ERROR_BODY).replace(
+    "@@TOO_LARGE@@", _body(PayloadTooLarge("Request body exceeds what this deployment accepts (256 KiB)."))
+)
 
 _MESSAGE = "@@MESSAGE@@"
 
