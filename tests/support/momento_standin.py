@@ -31,7 +31,6 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import timedelta
-from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
@@ -39,6 +38,8 @@ from momento_wire_types import cacheclient_pb2 as pb
 from momento_wire_types import cacheclient_pb2_grpc as pb_grpc
 from momento_wire_types import controlclient_pb2 as control_pb
 from momento_wire_types import controlclient_pb2_grpc as control_grpc
+
+from tests.support.servers import Lifecycle
 
 HOST = "127.0.0.1"
 _Response = TypeVar("_Response")
@@ -283,7 +284,7 @@ class _ControlService(control_grpc.ScsControlServicer):
         return control_pb._FlushCacheResponse()
 
 
-class MomentoStandIn:
+class MomentoStandIn(Lifecycle):
     """The stand-in server: `start()` returns its port; `cache_client()` builds a real SDK client for it."""
 
     def __init__(self, caches: tuple[str, ...] = ("gateway",), *, max_workers: int = 8) -> None:
@@ -316,15 +317,6 @@ class MomentoStandIn:
 
     def stop(self) -> None:
         self._server.stop(grace=None).wait(5)
-
-    def __enter__(self) -> MomentoStandIn:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # --------------------------------------------------------------- the SDK side
 

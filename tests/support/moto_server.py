@@ -21,8 +21,9 @@ import json
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
+
+from tests.support.servers import Lifecycle
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -44,7 +45,7 @@ def aws_client(service: str, endpoint: str, region: str = REGION, **config: Any)
     return session.client(service, endpoint_url=endpoint, config=Config(**settings))
 
 
-class MotoServer:
+class MotoServer(Lifecycle):
     """One moto server; `.url` is its endpoint URL."""
 
     def __init__(self, port: int = 0) -> None:
@@ -78,15 +79,10 @@ class MotoServer:
             self._server.stop()
             self._url = None
 
-    def __enter__(self) -> MotoServer:
+    def __enter__(self) -> Self:
         if self._url is None:
             self.start()
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def client(self, service: str, region: str = REGION, **config: Any) -> Any:
         """`aws_client(service, self.url, region, **config)`."""

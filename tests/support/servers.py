@@ -15,14 +15,33 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
 HOST = "127.0.0.1"
 
 
-class ServerThread:
+class Lifecycle:
+    """`with x:` starts on entry and stops on exit, for anything with `start()` and `stop()`."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ServerThread(Lifecycle):
     """One uvicorn server bound to 127.0.0.1:<free port>, served from a daemon thread."""
 
     def __init__(
@@ -92,15 +111,6 @@ class ServerThread:
         if thread.is_alive():
             raise RuntimeError("the test server did not stop")
         self._thread = None
-
-    def __enter__(self) -> ServerThread:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 @contextmanager
