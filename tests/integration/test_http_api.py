@@ -11,25 +11,28 @@ import pytest
 
 from llm_gateway.config import ModelConfig, hash_key
 from llm_gateway.local.app import create_app
+from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.runner import LocalRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, make_config, make_deps, store_of
 from tests.support.fake_providers import Script, fake_server, status
 from tests.support.servers import serve
 
 LIMITED_KEY = "sk-test-limited"
+ADMIN_KEY = "sk-test-admin"
 EXTRA_TENANT = f"""  limited:
     api_keys: [{{id: k1, sha256: {hash_key(LIMITED_KEY)}}}]
     routes: {{default: {{model: echo}}}}
     rate_limit: {{requests_per_minute: 60, burst: 2}}
 limits:
   max_body_bytes: 4096
+admin_api_keys: [{{id: ops, sha256: {hash_key(ADMIN_KEY)}}}]
 """
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, LocalRunner]]:
     db: Path = tmp_path_factory.mktemp("gw") / "gateway.db"
-    runner = LocalRunner(make_deps(make_config(EXTRA_TENANT), db=db))
+    runner = LocalRunner(make_deps(make_config(EXTRA_TENANT), db=db, metrics=InMemoryMetrics()))
     with serve(create_app(runner)) as url:
         yield url + "/v1", runner
 
@@ -283,3 +286,32 @@ def test_requests_refused_before_the_chain_are_audited_too(gateway: tuple[str, L
     post(url, b'{"model": "default", "messages": [', GLOBEX_KEY)
     rows = store_of(runner.deps).query("SELECT tenant, outcome FROM audit WHERE error_code = 'invalid_json'")
     assert len(rows) == before + 1 and rows[-1] == ("globex", "error")
+
+
+def test_admin_purge_empties_the_tenants_cache_and_needs_an_admin_key(base_url: str) -> None:
+    """After a purge the same request misses again; only admin keys may purge; bad bodies are 400."""
+    root = base_url.removesuffix("/v1")
+    messages = [{"role": "user", "content": "purge me"}]
+    for _ in range(2):
+        client(base_url).chat.completions.create(model="default", messages=messages)  # type: ignore[arg-type]
+    refused = httpx.post(
+        root + "/admin/cache/purge", json={"tenant": "acme"}, headers={"authorization": f"Bearer {ACME_KEY}"}
+    )
+    assert refused.status_code == 401
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    assert httpx.post(root + "/admin/cache/purge", json={"tenant": "nope"}, headers=admin).status_code == 400
+    assert httpx.post(root + "/admin/cache/purge", json={"tenant": "acme", "x": 1}, headers=admin).status_code == 400
+    done = httpx.post(root + "/admin/cache/purge", json={"tenant": "acme"}, headers=admin)
+    assert done.status_code == 200 and done.json()["removed"] >= 1
+    again = client(base_url).chat.completions.with_raw_response.create(model="default", messages=messages)  # type: ignore[arg-type]
+    assert again.headers["x-gateway-cache"] == "miss"
+
+
+def test_metrics_count_cache_lookups_by_outcome(base_url: str) -> None:
+    messages = [{"role": "user", "content": "count my lookups"}]
+    for _ in range(2):
+        client(base_url).chat.completions.create(model="default", messages=messages)  # type: ignore[arg-type]
+    text = httpx.get(base_url.removesuffix("/v1") + "/metrics").text
+    counts = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("llm_gateway_cache_lookups"))
+    assert float(counts['llm_gateway_cache_lookups_total{status="exact"}']) >= 1
+    assert float(counts['llm_gateway_cache_lookups_total{status="miss"}']) >= 1

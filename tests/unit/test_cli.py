@@ -47,3 +47,28 @@ def test_local_models_are_pointed_at_the_started_endpoint() -> None:
     config = with_endpoint_url(load_config(EXAMPLE_CONFIG), "http://127.0.0.1:9999")
     assert config.models["smollm2-135m-instruct-q4_1"].endpoint == "http://127.0.0.1:9999"
     assert not config.uses_local_endpoint()
+
+
+def test_purge_command_removes_the_tenants_cached_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llm_gateway.adapters.local.sqlite import SqliteStore
+    from llm_gateway.contracts import AssistantMessage, ChatCompletion, Choice, Usage
+
+    db = tmp_path / "gw.db"
+    config = tmp_path / "gw.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text().replace(".llm-gateway/gateway.db", str(db)))
+    answer = ChatCompletion(
+        id="c",
+        created=0,
+        model="echo",
+        usage=Usage(),
+        choices=[Choice(message=AssistantMessage(content="x"), finish_reason="stop")],
+    )
+    store = SqliteStore(db)
+    store.put("k1", "acme", "echo", answer, expires_at=10**12)
+    store.put("k2", "globex", "echo", answer, expires_at=10**12)
+    store.close()
+    assert main(["purge", "--config", str(config), "--tenant", "acme"]) == 0
+    assert "purged 1 cached answers of tenant acme" in capsys.readouterr().out
+    store = SqliteStore(db)
+    assert store.get("k1", 0) is None and store.get("k2", 0) is not None
+    assert main(["purge", "--config", str(config), "--tenant", "nobody"]) == 2

@@ -101,6 +101,15 @@ class ApiKey(_Config):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class SemanticCache(_Config):
+    """Per-tenant semantic reuse: off unless enabled; a target precision, not a raw cosine."""
+
+    enabled: bool = False
+    target_precision: float = Field(default=0.95, gt=0.5, lt=1.0)
+    max_temperature: float = Field(default=0.7, ge=0, le=2)  # no reuse for more random requests
+    top_k: int = Field(default=5, ge=1, le=50)  # candidates the verifier looks at
+
+
 class TenantConfig(_Config):
     api_keys: list[ApiKey] = Field(default_factory=list)
     demo: bool = False
@@ -111,6 +120,7 @@ class TenantConfig(_Config):
     input_blocklist: Blocklist = Field(default_factory=Blocklist)
     output_blocklist: Blocklist = Field(default_factory=Blocklist)
     cache_ttl_s: int | None = Field(default=None, ge=0)
+    semantic_cache: SemanticCache = Field(default_factory=SemanticCache)
 
 
 class Limits(_Config):
@@ -126,6 +136,7 @@ class CacheSettings(_Config):
 
 class GatewayConfig(_Config):
     limits: Limits = Field(default_factory=Limits)
+    admin_api_keys: list[ApiKey] = Field(default_factory=list)  # may call /admin/* (cache purges)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     storage_path: str = ".llm-gateway/gateway.db"
     models: dict[str, ModelConfig] = Field(min_length=1)

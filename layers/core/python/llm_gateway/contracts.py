@@ -241,6 +241,8 @@ class GuardResult(_Strict):
 class CacheResult(_Strict):
     status: CacheStatus
     key: str | None = None
+    score: float | None = None  # semantic hits: the verifier's calibrated probability
+    similarity: float | None = None  # semantic hits: cosine between the query and the cached one
     store: bool = True
     response: ChatCompletion | None = None
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from .config import GatewayConfig
 from .moderation.blocklist import CompiledBlocklist
+from .observability import MetricsSink, NullMetrics
 from .ports import AuditLog, ExactCache, RateLimiter, UsageLedger
 from .providers.base import ProviderRegistry
 
@@ -20,6 +21,7 @@ class Deps:
     usage: UsageLedger
     audit: AuditLog
     providers: ProviderRegistry
+    metrics: MetricsSink = field(default_factory=NullMetrics)
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     # Derived once from config: key digest -> (tenant, key id); compiled blocklists per tenant.

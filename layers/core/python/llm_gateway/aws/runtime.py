@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..config import load_config
 from ..deps import Deps
 from ..providers.base import default_registry
+from .observability import PowertoolsMetrics
 
 
 class LambdaSettings(BaseModel):
@@ -72,6 +73,7 @@ def _aws_deps(current: LambdaSettings) -> Deps:
         usage=DynamoUsageLedger(current.usage_table, dynamodb),
         audit=DynamoAuditLog(current.audit_table, dynamodb),
         providers=default_registry(),
+        metrics=PowertoolsMetrics(),
     )
 
 
@@ -87,6 +89,7 @@ def _sqlite_deps(current: LambdaSettings) -> Deps:
         usage=store,
         audit=store,
         providers=default_registry(),
+        metrics=PowertoolsMetrics(),
     )
 
 

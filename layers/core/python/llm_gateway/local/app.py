@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..cache import PurgeRequest, purge_caches
 from ..config import hash_key
 from ..contracts import CallerContext, ChatCompletionRequest, GatewayState
 from ..errors import (
@@ -33,6 +34,7 @@ from ..errors import (
     to_http,
 )
 from ..finish import refused_record
+from ..observability import InMemoryMetrics
 from ..runner import LocalRunner
 from ..streaming import StreamItem, start_stream
 from .openapi import openapi_document
@@ -197,6 +199,30 @@ class GatewayApp:
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-gateway"} for name in names]
         return JSONResponse({"object": "list", "data": data})
 
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus text exposition of the in-process metrics (when the runtime keeps them)."""
+        sink = self.deps.metrics
+        text = sink.prometheus() if isinstance(sink, InMemoryMetrics) else ""
+        return Response(text, media_type="text/plain; version=0.0.4")
+
+    async def admin_purge(self, request: Request) -> Response:
+        """`POST /admin/cache/purge {"tenant": ..., "model": optional}` with an admin key."""
+        request_id = uuid.uuid4().hex
+        key = _api_key(request)
+        admins = {k.sha256 for k in self.deps.config.admin_api_keys}
+        if not key or hash_key(key) not in admins:
+            return _error_response(AuthenticationFailed("An admin API key is required."), request_id)
+        try:
+            body = orjson.loads(await request.body())
+            purge = PurgeRequest.model_validate(body)
+        except (orjson.JSONDecodeError, ValidationError) as exc:
+            detail = from_validation_error(exc) if isinstance(exc, ValidationError) else None
+            return _error_response(detail or InvalidRequest("The request body is not valid JSON."), request_id)
+        if purge.tenant not in self.deps.config.tenants:
+            return _error_response(InvalidRequest(f"Unknown tenant '{purge.tenant}'.", param="tenant"), request_id)
+        removed = await anyio.to_thread.run_sync(purge_caches, self.deps, purge.tenant, purge.model)
+        return JSONResponse({"tenant": purge.tenant, "model": purge.model, "removed": removed})
+
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -219,6 +245,8 @@ def create_app(runner: LocalRunner) -> Starlette:
             Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
             Route("/healthz", gateway.healthz, methods=["GET"]),
+            Route("/metrics", gateway.metrics, methods=["GET"]),
+            Route("/admin/cache/purge", gateway.admin_purge, methods=["POST"]),
             Route("/openapi.json", gateway.openapi, methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: not_found},

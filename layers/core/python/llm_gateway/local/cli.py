@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..config import EXAMPLE_CONFIG, LOCAL_ENDPOINT, ApiKey, GatewayConfig, hash_key, load_config
@@ -97,6 +97,7 @@ def serve(host: str, port: int, config_path: str | None) -> int:
     from ..adapters.local.memory import MemoryRateLimiter
     from ..adapters.local.sqlite import SqliteStore
     from ..deps import Deps
+    from ..observability import InMemoryMetrics
     from ..providers.base import default_registry
     from ..runner import LocalRunner
     from .app import create_app
@@ -119,6 +120,7 @@ def serve(host: str, port: int, config_path: str | None) -> int:
             usage=store,
             audit=store,
             providers=default_registry(),
+            metrics=InMemoryMetrics(),
         )
         app = create_app(LocalRunner(deps))
 
@@ -140,6 +142,21 @@ def serve(host: str, port: int, config_path: str | None) -> int:
     return 0
 
 
+def purge(config_path: str | None, tenant: str, model: str | None) -> int:
+    from ..adapters.local.sqlite import SqliteStore
+
+    config = load_config(config_path or EXAMPLE_CONFIG)
+    if tenant not in config.tenants:
+        raise ConfigError(f"unknown tenant '{tenant}'")
+    store = SqliteStore(config.storage_path)
+    try:
+        removed = store.purge(tenant, model)
+    finally:
+        store.close()
+    print(f"purged {removed} cached answers of tenant {tenant}" + (f", model {model}" if model else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-gateway", description="An OpenAI-compatible LLM gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -149,27 +166,39 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
     check_cmd = commands.add_parser("check-config", help="validate a configuration file and exit")
     check_cmd.add_argument("config", type=Path)
+    purge_cmd = commands.add_parser("purge", help="remove a tenant's cached answers from the local store")
+    purge_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
+    purge_cmd.add_argument("--tenant", required=True)
+    purge_cmd.add_argument("--model", help="only this pinned model version")
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
+    commands_by_name: dict[str, Callable[[], int]] = {
+        "serve": lambda: serve(args.host, args.port, args.config),
+        "purge": lambda: purge(args.config, args.tenant, args.model),
+        "check-config": lambda: check_config(args.config),
+        "hash-key": lambda: print_key_digest(args.key),
+    }
     try:
-        if args.command == "serve":
-            try:
-                return serve(args.host, args.port, args.config)
-            except Shutdown:
-                return 0
-        if args.command == "check-config":
-            config = load_config(args.config)
-            print(f"ok: {len(config.tenants)} tenants, {len(config.models)} models")
-            return 0
-        key = sys.stdin.readline().strip() if args.key == "-" else args.key
-        print(hash_key(key))
+        return commands_by_name[args.command]()
+    except Shutdown:
         return 0
     except ConfigError as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def check_config(path: Path) -> int:
+    config = load_config(path)
+    print(f"ok: {len(config.tenants)} tenants, {len(config.models)} models")
+    return 0
+
+
+def print_key_digest(key: str) -> int:
+    print(hash_key(sys.stdin.readline().strip() if key == "-" else key))
+    return 0
 
 
 if __name__ == "__main__":
