@@ -106,7 +106,7 @@ class SemanticCache(_Config):
 
     enabled: bool = False
     target_precision: float = Field(default=0.95, gt=0.5, lt=1.0)
-    max_temperature: float = Field(default=0.7, ge=0, le=2)  # no reuse for more random requests
+    max_temperature: float = Field(default=1.0, ge=0, le=2)  # no reuse for more random requests (unset = 1.0)
     top_k: int = Field(default=5, ge=1, le=50)  # candidates the verifier looks at
 
 

@@ -243,6 +243,10 @@ class CacheResult(_Strict):
     key: str | None = None
     score: float | None = None  # semantic hits: the verifier's calibrated probability
     similarity: float | None = None  # semantic hits: cosine between the query and the cached one
+    # On a miss that may be stored by meaning: the scope and the query's embedding (base64 float32,
+    # `semantic.index.encode_vector`), so finish stores it without embedding the query again.
+    semantic_scope: str | None = None
+    query_vector: str | None = None
     store: bool = True
     response: ChatCompletion | None = None
 

@@ -11,6 +11,7 @@ from .moderation.blocklist import CompiledBlocklist
 from .observability import MetricsSink, NullMetrics
 from .ports import AuditLog, ExactCache, RateLimiter, UsageLedger
 from .providers.base import ProviderRegistry
+from .semantic.index import SemanticIndex
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Deps:
     audit: AuditLog
     providers: ProviderRegistry
     metrics: MetricsSink = field(default_factory=NullMetrics)
+    semantic: SemanticIndex | None = None  # None: this deployment has no semantic index
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     # Derived once from config: key digest -> (tenant, key id); compiled blocklists per tenant.

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from .contracts import AssistantMessage, ChatCompletion, Choice, FinishResult, GatewayState
 from .errors import GatewayError, GuardrailBlocked, from_step_error
 from .identity import pseudonym
 from .ports import AuditRecord, Outcome, UsageRecord
+from .semantic.index import decode_vector
+from .semantic.scope import query_text
 
 if TYPE_CHECKING:
     from .deps import Deps
+
+log = logging.getLogger(__name__)
 
 
 def final_response(state: GatewayState) -> ChatCompletion:
@@ -54,8 +59,36 @@ def _store_in_cache(state: GatewayState, deps: Deps) -> bool:
     ttl = deps.config.cache.ttl_s if ttl is None else ttl
     if ttl <= 0:
         return False
-    deps.cache.put(cache.key, tenant, invoke.model, invoke.response, deps.clock() + ttl)
+    expires_at = deps.clock() + ttl
+    deps.cache.put(cache.key, tenant, invoke.model, invoke.response, expires_at)
+    _store_by_meaning(state, deps, tenant, expires_at)
     return True
+
+
+def _store_by_meaning(state: GatewayState, deps: Deps, tenant: str, expires_at: float) -> None:
+    """Index the answer by its query's embedding, when the lookup prepared one. Only complete
+    answers (`stop`): a truncated one may pass for exact reuse, not for a paraphrase. A failure
+    loses a future hit, never this answer."""
+    cache, invoke = state.cache, state.invoke
+    if deps.semantic is None or cache is None or invoke is None or cache.key is None:
+        return
+    if cache.semantic_scope is None or cache.query_vector is None:
+        return
+    if invoke.response.choices[0].finish_reason != "stop":
+        return
+    try:
+        deps.semantic.add(
+            cache.semantic_scope,
+            tenant,
+            invoke.model,
+            cache.key,
+            decode_vector(cache.query_vector),
+            query_text(state.request),
+            invoke.response.model_dump_json(),
+            expires_at,
+        )
+    except Exception:
+        log.exception("semantic index store failed")
 
 
 def _audit(state: GatewayState, deps: Deps, outcome: Outcome, error_code: str | None = None) -> AuditRecord:

@@ -64,12 +64,14 @@ def momento_client() -> Any:
 def _aws_deps(current: LambdaSettings) -> Deps:
     from ..adapters.aws.dynamodb import DynamoAuditLog, DynamoUsageLedger, default_client
     from ..adapters.aws.momento import MomentoExactCache, MomentoRateLimiter
+    from ..adapters.aws.momento_semantic import MomentoSemanticIndex
 
     dynamodb = default_client()
     return Deps(
         config=load_config(current.config_path),
         cache=MomentoExactCache(momento_client, current.momento_cache),
         limiter=MomentoRateLimiter(momento_client, current.momento_cache),
+        semantic=MomentoSemanticIndex(momento_client, current.momento_cache),
         usage=DynamoUsageLedger(current.usage_table, dynamodb),
         audit=DynamoAuditLog(current.audit_table, dynamodb),
         providers=default_registry(),
@@ -79,12 +81,14 @@ def _aws_deps(current: LambdaSettings) -> Deps:
 
 def _sqlite_deps(current: LambdaSettings) -> Deps:
     from ..adapters.local.memory import MemoryRateLimiter
+    from ..adapters.local.semantic import LocalSemanticIndex
     from ..adapters.local.sqlite import SqliteStore
 
     store = SqliteStore(current.sqlite_path)
     return Deps(
         config=load_config(current.config_path),
         cache=store,
+        semantic=LocalSemanticIndex(current.sqlite_path),
         limiter=MemoryRateLimiter(),
         usage=store,
         audit=store,

@@ -1,17 +1,31 @@
-"""Response cache lookup: exact match, scoped to tenant and resolved model version."""
+"""Response cache lookup: exact match, then by meaning; both scoped to tenant and resolved model version.
+
+Semantic lookup (when the tenant enables it and `semantic_allowed`): embed the last user message,
+search the semantic index within the request's scope (`semantic.scope`: tenant, model version,
+system prompt, conversation, response_format, parameters, kb version), and serve the best
+candidate the verifier accepts at the tenant's target precision. Any failure on that path is a
+miss: the semantic cache may lose hits, never fail a request.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..contracts import CacheResult, GatewayState
+from ..config import SemanticCache
+from ..contracts import CacheResult, ChatCompletion, GatewayState
 from ..routing import resolve_route
+from ..semantic.index import Vector, encode_vector
+from ..semantic.scope import query_text, semantic_allowed, semantic_scope
 from .keys import exact_key
 
 if TYPE_CHECKING:
     from ..deps import Deps
+
+log = logging.getLogger(__name__)
 
 
 def cache_directives(cache_control: str | None) -> tuple[bool, bool]:
@@ -32,15 +46,79 @@ def cache_lookup_step(state: GatewayState, deps: Deps) -> CacheResult:
     tenant = state.tenant().tenant
     model = resolve_route(deps.config, tenant, state.request.model).candidates[0]
     key = exact_key(tenant, model, state.request)
-    if not lookup:
-        deps.metrics.count("cache_lookups", status="bypass")
-        return CacheResult(status="bypass", key=key, store=store)
-    cached = deps.cache.get(key, deps.clock())
-    if cached is not None:
-        deps.metrics.count("cache_lookups", status="exact")
-        return CacheResult(status="exact", key=key, store=False, response=cached)
-    deps.metrics.count("cache_lookups", status="miss")
-    return CacheResult(status="miss", key=key, store=store)
+    if lookup:
+        cached = deps.cache.get(key, deps.clock())
+        if cached is not None:
+            deps.metrics.count("cache_lookups", status="exact")
+            return CacheResult(status="exact", key=key, store=False, response=cached)
+    settings = deps.config.tenants[tenant].semantic_cache
+    semantic = None
+    if deps.semantic is not None and settings.enabled and semantic_allowed(state.request, settings.max_temperature):
+        semantic = _embed_query(state, tenant, model)
+    if lookup and semantic is not None:
+        hit = _semantic_hit(state, deps, settings, key, *semantic)
+        if hit is not None:
+            deps.metrics.count("cache_lookups", status="semantic")
+            return hit
+    status = "miss" if lookup else "bypass"
+    deps.metrics.count("cache_lookups", status=status)
+    if semantic is None or not store:
+        return CacheResult(status=status, key=key, store=store)
+    scope, _query, vector = semantic
+    return CacheResult(status=status, key=key, store=store, semantic_scope=scope, query_vector=encode_vector(vector))
+
+
+def _embed_query(state: GatewayState, tenant: str, model: str) -> tuple[str, str, Vector] | None:
+    """(scope, query text, unit embedding), or None when the embedder fails (then: no semantic cache)."""
+    from ..semantic.embeddings import default_embedder
+
+    query = query_text(state.request)
+    try:
+        vector = np.asarray(default_embedder().embed([query])[0], dtype=np.float32)
+    except Exception:  # the embedder is an optimisation: a broken one must not fail requests
+        log.exception("query embedding failed; semantic cache skipped")
+        return None
+    return semantic_scope(tenant, model, state.request), query, vector
+
+
+def _semantic_hit(
+    state: GatewayState, deps: Deps, settings: SemanticCache, key: str, scope: str, query: str, vector: Vector
+) -> CacheResult | None:
+    """The best stored answer in this scope that the verifier accepts at the tenant's precision."""
+    from ..semantic.verifier import load_verifier
+
+    assert deps.semantic is not None
+    try:
+        candidates = deps.semantic.search(scope, vector, settings.top_k, deps.clock())
+        verifier = load_verifier()
+        threshold = verifier.threshold_for(settings.target_precision)
+        scored = [
+            (verifier.probability(query, c.text, c.cosine, query_vec=vector, candidate_vec=c.vector), c)
+            for c in candidates
+        ]
+    except Exception:  # as above: lose the hit, keep the request
+        log.exception("semantic lookup failed; treated as a miss")
+        return None
+    for probability, candidate in sorted(scored, key=lambda pair: -pair[0]):
+        if probability < threshold:
+            break
+        try:
+            response = ChatCompletion.model_validate_json(candidate.response_json)
+        except ValueError:  # stored by a release with another response schema
+            continue
+        deps.metrics.observe("semantic_hit_similarity", candidate.cosine)
+        deps.metrics.observe("semantic_hit_score", probability)
+        return CacheResult(
+            status="semantic",
+            key=key,
+            store=False,
+            response=response,
+            score=round(probability, 4),
+            similarity=round(candidate.cosine, 4),
+        )
+    if scored:  # candidates were found but the verifier accepted none of them
+        deps.metrics.count("semantic_verifier_rejected")
+    return None
 
 
 class PurgeRequest(BaseModel):
@@ -54,5 +132,7 @@ def purge_caches(deps: Deps, tenant: str, model: str | None = None) -> int:
     """Remove a tenant's cached answers (optionally one model version's); return how many went
     (0 when the store cannot count, e.g. Momento)."""
     removed = deps.cache.purge(tenant, model)
+    if deps.semantic is not None:
+        removed += deps.semantic.purge(tenant, model)
     deps.metrics.count("cache_purges", tenant=tenant)
     return removed

@@ -87,6 +87,8 @@ def _decision_headers(state: GatewayState, model: str | None) -> dict[str, str]:
     headers["x-gateway-cache"] = "miss" if state.cache is None or state.cache.status == "bypass" else state.cache.status
     if state.cache is not None and state.cache.status == "bypass":
         headers["x-gateway-cache-bypass"] = "true"
+    if state.cache is not None and state.cache.status == "semantic" and state.cache.score is not None:
+        headers["x-gateway-cache-score"] = f"{state.cache.score:.4f}"
     if model is not None:
         headers["x-gateway-model"] = model
     if state.router is not None:

@@ -95,6 +95,7 @@ def serve(host: str, port: int, config_path: str | None) -> int:
     import uvicorn
 
     from ..adapters.local.memory import MemoryRateLimiter
+    from ..adapters.local.semantic import LocalSemanticIndex
     from ..adapters.local.sqlite import SqliteStore
     from ..deps import Deps
     from ..observability import InMemoryMetrics
@@ -113,9 +114,12 @@ def serve(host: str, port: int, config_path: str | None) -> int:
             config = with_endpoint_url(config, stack.enter_context(local_endpoint()))
         store = SqliteStore(config.storage_path)
         stack.callback(store.close)
+        semantic = LocalSemanticIndex(config.storage_path)
+        stack.callback(semantic.close)
         deps = Deps(
             config=config,
             cache=store,
+            semantic=semantic,
             limiter=MemoryRateLimiter(),
             usage=store,
             audit=store,
@@ -143,15 +147,18 @@ def serve(host: str, port: int, config_path: str | None) -> int:
 
 
 def purge(config_path: str | None, tenant: str, model: str | None) -> int:
+    from ..adapters.local.semantic import LocalSemanticIndex
     from ..adapters.local.sqlite import SqliteStore
 
     config = load_config(config_path or EXAMPLE_CONFIG)
     if tenant not in config.tenants:
         raise ConfigError(f"unknown tenant '{tenant}'")
     store = SqliteStore(config.storage_path)
+    semantic = LocalSemanticIndex(config.storage_path)
     try:
-        removed = store.purge(tenant, model)
+        removed = store.purge(tenant, model) + semantic.purge(tenant, model)
     finally:
+        semantic.close()
         store.close()
     print(f"purged {removed} cached answers of tenant {tenant}" + (f", model {model}" if model else ""))
     return 0

@@ -36,6 +36,7 @@ def openapi_document() -> dict[str, Any]:
             "x-request-id": "Gateway request id (also in the audit log).",
             "x-gateway-model": "The pinned model version that answered.",
             "x-gateway-cache": "exact, semantic or miss.",
+            "x-gateway-cache-score": "semantic hits: the verifier's calibrated P(same meaning) of the served answer.",
             "x-gateway-route": "The route the request's model resolved through.",
         }.items()
     }

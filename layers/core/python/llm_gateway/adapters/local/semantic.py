@@ -1,0 +1,197 @@
+"""`SemanticIndex` in process: one numpy matrix per scope, exact cosine, persisted to SQLite.
+
+Each scope holds a float32 matrix of unit vectors, starting at one row (a scope is often a single
+conversation) and grown by doubling (amortised O(1) append); a search is one matrix-vector product
+over that scope's rows, masked by expiry. Every write goes to SQLite too (vectors as float32
+blobs), and a new index loads the unexpired rows back, so the index survives restarts. Rows are
+removed on purge, and expired rows are compacted away when a search finds them to be half of a
+scope (a scope that is never searched again keeps its memory until restart). One lock guards
+memory and the connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from ...semantic.index import DIMENSIONS, Candidate, Vector, as_unit_vector
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS semantic_index (
+    scope TEXT NOT NULL,
+    entry_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    text TEXT NOT NULL,
+    response TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (scope, entry_id)
+);
+CREATE INDEX IF NOT EXISTS semantic_index_tenant ON semantic_index (tenant, model);
+"""
+
+
+@dataclass
+class _Scope:
+    tenant: str
+    model: str
+    vectors: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((1, DIMENSIONS), np.float32))
+    expires: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(1, np.float64))
+    ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def put(self, entry_id: str, vector: Vector, text: str, response: str, expires_at: float) -> None:
+        row = self.rows.get(entry_id)
+        if row is None:
+            row = len(self.ids)
+            if row == len(self.vectors):
+                self.vectors = np.concatenate([self.vectors, np.zeros_like(self.vectors)])
+                self.expires = np.concatenate([self.expires, np.zeros_like(self.expires)])
+            self.ids.append(entry_id)
+            self.texts.append(text)
+            self.responses.append(response)
+            self.rows[entry_id] = row
+        else:
+            self.texts[row], self.responses[row] = text, response
+        self.vectors[row] = vector
+        self.expires[row] = expires_at
+
+    def live_count(self, now: float) -> int:
+        return int(np.count_nonzero(self.expires[: len(self.ids)] > now))
+
+    def compact(self, now: float) -> None:
+        """Drop expired rows (the lists and matrix shrink together)."""
+        keep = [i for i in range(len(self.ids)) if self.expires[i] > now]
+        vectors, expires = self.vectors[keep], self.expires[keep]
+        capacity = max(1, 2 * len(keep))
+        self.vectors = np.zeros((capacity, DIMENSIONS), np.float32)
+        self.vectors[: len(keep)] = vectors
+        self.expires = np.zeros(capacity, np.float64)
+        self.expires[: len(keep)] = expires
+        self.ids = [self.ids[i] for i in keep]
+        self.texts = [self.texts[i] for i in keep]
+        self.responses = [self.responses[i] for i in keep]
+        self.rows = {entry_id: row for row, entry_id in enumerate(self.ids)}
+
+
+class LocalSemanticIndex:
+    """`SemanticIndex` for the embedded runtime; `path=":memory:"` keeps nothing on disk."""
+
+    def __init__(self, path: str | Path = ":memory:", *, clock: Callable[[], float] = time.time) -> None:
+        """`clock` tells which rows have expired when loading and which purged rows were still live."""
+        self._clock = clock
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._scopes: dict[str, _Scope] = {}
+        self._load(clock())
+
+    def _load(self, now: float) -> None:
+        self._db.execute("DELETE FROM semantic_index WHERE expires_at <= ?", (now,))
+        rows = self._db.execute(
+            "SELECT scope, entry_id, tenant, model, vector, text, response, expires_at FROM semantic_index"
+            " ORDER BY rowid"
+        )
+        for scope, entry_id, tenant, model, blob, text, response, expires_at in rows:
+            vector = np.frombuffer(blob, dtype=np.float32)
+            if vector.shape != (DIMENSIONS,):
+                continue
+            self._scope(scope, tenant, model).put(entry_id, vector, text, response, expires_at)
+
+    def _scope(self, scope: str, tenant: str, model: str) -> _Scope:
+        found = self._scopes.get(scope)
+        if found is None:
+            found = self._scopes[scope] = _Scope(tenant, model)
+        return found
+
+    def add(
+        self,
+        scope: str,
+        tenant: str,
+        model: str,
+        entry_id: str,
+        vector: Vector,
+        text: str,
+        response_json: str,
+        expires_at: float,
+    ) -> None:
+        unit = as_unit_vector(vector)
+        with self._lock:
+            existing = self._scopes.get(scope)
+            if existing is not None and (existing.tenant, existing.model) != (tenant, model):
+                raise ValueError("a scope belongs to one tenant and model version")
+            self._scope(scope, tenant, model).put(entry_id, unit, text, response_json, expires_at)
+            self._db.execute(
+                "INSERT OR REPLACE INTO semantic_index VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (scope, entry_id, tenant, model, unit.tobytes(), text, response_json, expires_at),
+            )
+
+    def search(self, scope: str, vector: Vector, k: int, now: float) -> list[Candidate]:
+        query = as_unit_vector(vector)
+        with self._lock:
+            found = self._scopes.get(scope)
+            if found is None or k <= 0:
+                return []
+            count = len(found.ids)
+            live = found.expires[:count] > now
+            if 2 * int(np.count_nonzero(live)) < count:
+                self._drop_expired(scope, found, now)
+                count = len(found.ids)
+                live = found.expires[:count] > now
+            cosines = found.vectors[:count] @ query
+            cosines = np.where(live, cosines, -np.inf)
+            top = np.argsort(-cosines, kind="stable")[: min(k, int(np.count_nonzero(live)))]
+            return [
+                Candidate(
+                    found.ids[i],
+                    found.texts[i],
+                    found.responses[i],
+                    float(min(1.0, cosines[i])),
+                    found.vectors[i].copy(),
+                )
+                for i in top
+            ]
+
+    def _drop_expired(self, scope: str, found: _Scope, now: float) -> None:
+        found.compact(now)
+        self._db.execute("DELETE FROM semantic_index WHERE scope = ? AND expires_at <= ?", (scope, now))
+
+    def purge(self, tenant: str, model: str | None = None) -> int:
+        now = self._clock()
+        with self._lock:
+            doomed = [
+                name for name, s in self._scopes.items() if s.tenant == tenant and (model is None or s.model == model)
+            ]
+            removed = sum(self._scopes.pop(name).live_count(now) for name in doomed)
+            if model is None:
+                self._db.execute("DELETE FROM semantic_index WHERE tenant = ?", (tenant,))
+            else:
+                self._db.execute("DELETE FROM semantic_index WHERE tenant = ? AND model = ?", (tenant, model))
+            return removed
+
+    def purge_scope(self, tenant: str, scope: str) -> int:
+        with self._lock:
+            found = self._scopes.get(scope)
+            if found is None or found.tenant != tenant:
+                return 0
+            del self._scopes[scope]
+            self._db.execute("DELETE FROM semantic_index WHERE scope = ? AND tenant = ?", (scope, tenant))
+            return found.live_count(self._clock())
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

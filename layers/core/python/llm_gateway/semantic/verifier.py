@@ -1,0 +1,117 @@
+"""Pair verifier: decides whether a cosine-retrieved cache entry means the same as the query.
+
+A small MLP over `features.pair_features`, trained on the QQP dev split by scripts/train_verifier.py and
+shipped as `data/verifier.json`. Inference is numpy only. Its output is Platt-calibrated, and the artefact
+carries the precision curve of a held-out part of dev, so a tenant asks for a precision, not a cosine.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from llm_gateway.semantic.features import pair_features
+
+ARTEFACT_PATH = Path(__file__).parent / "data" / "verifier.json"
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def encode_array(array: npt.NDArray[Any]) -> dict[str, Any]:
+    """Pack a float array as base64 little-endian float32 with its shape (keeps the artefact small)."""
+    data = np.ascontiguousarray(array, dtype="<f4")
+    return {"shape": list(data.shape), "data": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def decode_array(packed: dict[str, Any]) -> FloatArray:
+    raw = np.frombuffer(base64.b64decode(packed["data"]), dtype="<f4")
+    return raw.reshape(packed["shape"]).astype(np.float32)
+
+
+class Verifier:
+    """Calibrated P(same meaning) for a (query, cached question) pair."""
+
+    def __init__(self, artefact: dict[str, Any]) -> None:
+        self._mean = decode_array(artefact["mean"])
+        self._scale = decode_array(artefact["scale"])
+        self._layers = [(decode_array(layer["weight"]), decode_array(layer["bias"])) for layer in artefact["layers"]]
+        self._platt_a = float(artefact["platt"]["a"])
+        self._platt_b = float(artefact["platt"]["b"])
+        curve = artefact["curve"]
+        self._thresholds = np.asarray(curve["threshold"], dtype=np.float64)
+        precision = np.asarray(curve["precision"], dtype=np.float64)
+        # Precision of "accept when p >= t" is not monotonic in t on finite data; use the guaranteed
+        # envelope (the worst precision at t or above), so a higher target never lowers the threshold.
+        self._precision_floor = np.minimum.accumulate(precision[::-1])[::-1]
+        self.metadata: dict[str, Any] = artefact.get("metadata", {})
+
+    def logits(self, features: FloatArray) -> npt.NDArray[np.float64]:
+        """Uncalibrated scores of a feature matrix from `pair_features`."""
+        h = (np.asarray(features, dtype=np.float32) - self._mean) / self._scale
+        for i, (weight, bias) in enumerate(self._layers):
+            h = h @ weight + bias
+            if i < len(self._layers) - 1:
+                h = np.maximum(h, 0.0)
+        return h[:, 0].astype(np.float64)
+
+    def calibrate(self, logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        z = np.clip(self._platt_a * logits + self._platt_b, -40.0, 40.0)
+        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+
+    def probabilities(
+        self,
+        queries: Sequence[str],
+        candidates: Sequence[str],
+        query_vecs: FloatArray,
+        candidate_vecs: FloatArray,
+    ) -> npt.NDArray[np.float64]:
+        """Calibrated P(same meaning) for aligned pairs whose unit embeddings are given."""
+        if len(queries) == 0:
+            return np.zeros(0, dtype=np.float64)
+        return self.calibrate(self.logits(pair_features(queries, candidates, query_vecs, candidate_vecs)))
+
+    def probability(
+        self,
+        query: str,
+        candidate: str,
+        cosine: float | None = None,
+        query_vec: FloatArray | None = None,
+        candidate_vec: FloatArray | None = None,
+    ) -> float:
+        """Calibrated P(same meaning); embeds whichever text has no vector given.
+
+        `cosine` is accepted for callers that already have it; it is recomputed from the vectors,
+        which the verifier needs anyway.
+        """
+        del cosine
+        if query_vec is None or candidate_vec is None:
+            from llm_gateway.semantic.embeddings import default_embedder
+
+            missing = [t for t, v in ((query, query_vec), (candidate, candidate_vec)) if v is None]
+            embedded = iter(default_embedder().embed(missing))
+            query_vec = next(embedded) if query_vec is None else query_vec
+            candidate_vec = next(embedded) if candidate_vec is None else candidate_vec
+        return float(
+            self.probabilities([query], [candidate], np.asarray(query_vec)[None], np.asarray(candidate_vec)[None])[0]
+        )
+
+    def threshold_for(self, target_precision: float) -> float:
+        """The lowest probability threshold whose held-out precision stays at or above the target.
+
+        Returns 1.0 (accept nothing) when no threshold reached that precision on the held-out data.
+        """
+        reached = np.nonzero(self._precision_floor >= target_precision)[0]
+        return float(self._thresholds[reached[0]]) if reached.size else 1.0
+
+
+@functools.lru_cache(maxsize=1)
+def load_verifier(path: Path = ARTEFACT_PATH) -> Verifier:
+    """The shipped verifier (loaded once per process); needs numpy only."""
+    return Verifier(json.loads(path.read_text(encoding="utf-8")))
