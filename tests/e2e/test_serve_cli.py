@@ -138,3 +138,23 @@ def test_wrong_key_is_refused(served: Served) -> None:
     client = openai.OpenAI(base_url=served.url, api_key="sk-gw-not-a-real-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="default", messages=QUESTION)  # type: ignore[arg-type]
+
+
+def test_a_paraphrase_is_served_from_the_semantic_cache_of_the_first_demo_tenant(served: Served) -> None:
+    """The shipped config turns the semantic cache on for the first demo tenant: a new user sees it at once."""
+    tenant = next(iter(served.keys))
+    brief = {"role": "system", "content": "Answer in a few words."}
+    first = served.client(tenant).chat.completions.with_raw_response.create(
+        model="default",
+        messages=[brief, {"role": "user", "content": "What is the capital of France?"}],  # type: ignore[list-item]
+        max_tokens=48,
+    )
+    assert first.parse().choices[0].finish_reason == "stop"  # only complete answers are reused by meaning
+    again = served.client(tenant).chat.completions.with_raw_response.create(
+        model="default",
+        messages=[brief, {"role": "user", "content": "What is France's capital?"}],  # type: ignore[list-item]
+        max_tokens=48,
+    )
+    assert again.headers["x-gateway-cache"] == "semantic"
+    assert float(again.headers["x-gateway-cache-score"]) >= 0.9
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content

@@ -44,7 +44,7 @@ class Embedder:
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token, not a secret
         self._tokenizer.enable_truncation(max_length=MAX_TOKENS)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads if threads is not None else int(os.environ.get(THREADS_ENV, "1"))
+        options.intra_op_num_threads = threads if threads is not None else int(os.environ.get(THREADS_ENV, str(min(2, os.cpu_count() or 1))))
         options.inter_op_num_threads = 1
         self._session: Any = ort.InferenceSession(
             str(model_path()), sess_options=options, providers=["CPUExecutionProvider"]
@@ -83,7 +83,7 @@ _default: Embedder | None = None
 
 
 def default_embedder() -> Embedder:
-    """The process-wide embedder, loaded on first use (threads from LLM_GATEWAY_EMBED_THREADS, default 1)."""
+    """The process-wide embedder, loaded on first use (threads from LLM_GATEWAY_EMBED_THREADS, default min(2, CPUs))."""
     global _default  # noqa: PLW0603 - one model per process is the point
     if _default is None:
         with _lock:
