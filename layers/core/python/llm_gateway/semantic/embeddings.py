@@ -46,6 +46,9 @@ class Embedder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads if threads is not None else int(os.environ.get(THREADS_ENV, str(min(2, os.cpu_count() or 1))))
         options.inter_op_num_threads = 1
+        # Idle intra-op threads would otherwise spin after each call and steal the CPU the index
+        # search and the rest of the request need next.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session: Any = ort.InferenceSession(
             str(model_path()), sess_options=options, providers=["CPUExecutionProvider"]
         )
