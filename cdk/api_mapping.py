@@ -84,6 +84,7 @@ ANSWER_HEADERS = (
     "Retry-After",
     "x-gateway-cache",
     "x-gateway-cache-bypass",
+    "x-gateway-cache-score",
     "x-gateway-model",
     "x-gateway-route",
     "x-gateway-attempts",
@@ -120,6 +121,9 @@ RESPONSE_TEMPLATE = (
 #end
 #if($state.cache && $state.cache.status == "bypass")
 #set($context.responseOverride.header.x-gateway-cache-bypass = "true")
+#end
+#if($state.cache && $state.cache.status == "semantic")
+#set($context.responseOverride.header.x-gateway-cache-score = "$state.cache.score")
 #end
 #if($state.finish.response)
 #set($context.responseOverride.header.x-gateway-model = $state.finish.response.model)

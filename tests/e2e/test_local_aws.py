@@ -88,6 +88,7 @@ tenants:
     routes: {{default: {{model: smollm2-135m-instruct-q4_1}}}}
     rate_limit: {{requests_per_minute: 600, burst: 50}}
     input_blocklist: {{keywords: [codename]}}
+    semantic_cache: {{enabled: true, target_precision: 0.95}}
 """
     )
     return path
@@ -170,6 +171,23 @@ def test_the_second_identical_call_is_a_cache_hit(deployed: Deployed) -> None:
     )
     assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "exact")
     assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert deployed.last_tasks() == ["guard", "cache", "finish"]
+
+
+def test_a_paraphrase_is_a_semantic_hit_through_momento(deployed: Deployed) -> None:
+    """The cache Lambda embeds and searches the Momento LSH index; finish stored the first answer there."""
+    brief = {"role": "system", "content": "Answer in a few words."}
+    asked = [
+        deployed.client().chat.completions.with_raw_response.create(
+            model="default",
+            messages=[brief, {"role": "user", "content": question}],  # type: ignore[list-item]
+            max_tokens=48,
+        )
+        for question in ("What is the capital of France?", "What is France's capital?")
+    ]
+    assert asked[0].parse().choices[0].finish_reason == "stop"
+    assert asked[1].headers["x-gateway-cache"] == "semantic"
+    assert float(asked[1].headers["x-gateway-cache-score"]) >= 0.9
     assert deployed.last_tasks() == ["guard", "cache", "finish"]
 
 

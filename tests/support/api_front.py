@@ -113,6 +113,8 @@ class RestFront:
         }
         if answer.get("retry_after_s") is not None:
             headers["retry-after"] = str(max(1, int(answer["retry_after_s"] + 0.999)))
+        if cache.get("status") == "semantic":
+            headers["x-gateway-cache-score"] = str(cache["score"])
         if finish.get("response") is not None:
             headers["x-gateway-model"] = finish["response"]["model"]
         # `http.body` is the answer as JSON text, exactly what the response mapping template prints.
