@@ -44,7 +44,9 @@ class Embedder:
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token, not a secret
         self._tokenizer.enable_truncation(max_length=MAX_TOKENS)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads if threads is not None else int(os.environ.get(THREADS_ENV, str(min(2, os.cpu_count() or 1))))
+        if threads is None:
+            threads = int(os.environ.get(THREADS_ENV, str(min(2, os.cpu_count() or 1))))
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         # Idle intra-op threads would otherwise spin after each call and steal the CPU the index
         # search and the rest of the request need next.
