@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import os
 import threading
@@ -15,7 +16,8 @@ EMBED_DIM = 384
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
 DEFAULT_BATCH = 64
 THREADS_ENV = "LLM_GATEWAY_EMBED_THREADS"
-TOKENIZER_PATH = Path(__file__).parent / "data" / "tokenizer.json"
+# Stored gzipped: the vocabulary is data, 3.5x smaller compressed.
+TOKENIZER_PATH = Path(__file__).parent / "data" / "tokenizer.json.gz"
 
 FloatMatrix = npt.NDArray[np.float32]
 
@@ -38,7 +40,7 @@ class Embedder:
         from tokenizers import Tokenizer
 
         self.batch_size = batch_size
-        self._tokenizer = Tokenizer.from_file(str(TOKENIZER_PATH))
+        self._tokenizer = Tokenizer.from_str(gzip.decompress(TOKENIZER_PATH.read_bytes()).decode("utf-8"))
         # The shipped tokenizer.json pads to a fixed 128 and truncates at 128: pad to the batch's
         # longest text instead, and truncate where the model was trained to.
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token, not a secret
