@@ -42,6 +42,11 @@ WEB_PACKAGES = ("starlette", "uvicorn", "orjson")
 CONFIG_LAYER_SUBDIR = "gateway"
 CONFIG_FILE_NAME = "config.yaml"
 CONFIG_PATH_IN_LAMBDA = f"/opt/{CONFIG_LAYER_SUBDIR}/{CONFIG_FILE_NAME}"
+# The prepared (quantised) embedding model ships prebuilt in a layer: Lambda's /opt is read-only.
+MODELS_LAYER_SUBDIR = "models"
+MODEL_DIR_IN_LAMBDA = f"/opt/{MODELS_LAYER_SUBDIR}"
+ENV_MODEL_DIR = "LLM_GATEWAY_MODEL_DIR"
+EMBEDDING_FUNCTIONS = frozenset({"cache_lookup"})  # the chain functions that embed queries (plus streaming)
 
 # Lambda environment.
 ENV_CONFIG_PATH = "GATEWAY_CONFIG_PATH"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -108,6 +109,36 @@ def pip_layer_code(scope: Construct, name: str, requirements: Sequence[str]) -> 
             local=LocalBuild(build),
         ),
     )
+
+
+def model_layer_code(scope: Construct, name: str, destination: str) -> lambda_.Code:
+    """A layer holding the prepared embedding model under `destination` (relative to /opt).
+
+    Built from this machine's copy (`prepare_model`, made once per machine); the asset's source is
+    a folder naming the model, so the layer changes exactly when the model id does.
+    """
+    from llm_gateway.semantic.embeddings import embedding_model_id
+
+    source = _input_dir(scope, name, {"MODEL": embedding_model_id() + "\n"})
+
+    return lambda_.Code.from_asset(
+        str(source),
+        bundling=cdk.BundlingOptions(
+            image=lambda_.Runtime.PYTHON_3_12.bundling_image,
+            local=LocalBuild(lambda output_dir: build_model_layer(output_dir, destination)),
+        ),
+    )
+
+
+def build_model_layer(output_dir: Path, destination: str) -> Path:
+    """Copy the prepared embedding model into `output_dir/destination`; return the copy's path."""
+    from llm_gateway.semantic.embeddings import prepare_model
+
+    prepared = prepare_model()
+    target = output_dir / destination / prepared.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(prepared, target)
+    return target
 
 
 def file_layer_code(scope: Construct, name: str, source: Path, destination: str) -> lambda_.Code:

@@ -118,6 +118,7 @@ class ChainFunctions(Construct):
             c.ENV_STORE: stage.gateway_store,
             c.ENV_MOMENTO_ENDPOINT: stage.momento_endpoint,
             c.ENV_MOMENTO_CACHE: stage.momento_cache_name,
+            c.ENV_MODEL_DIR: c.MODEL_DIR_IN_LAMBDA,
             **stores.environment,
         }
         self.by_step: dict[str, lambda_.Function] = {}
@@ -128,7 +129,8 @@ class ChainFunctions(Construct):
                 stage=stage,
                 name=step.handler,
                 code=function_code(step.handler),
-                layers=[layers.core, layers.deps, layers.config],
+                layers=[layers.core, layers.deps, layers.config]
+                + ([layers.models] if step.handler in c.EMBEDDING_FUNCTIONS else []),
                 environment=self.environment,
                 timeout_s=step_timeout_s(step),
                 reserved_concurrency=stage.reserved_concurrency,

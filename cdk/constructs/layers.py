@@ -7,14 +7,15 @@ from constructs import Construct
 
 from cdk import constants as c
 from cdk.config import StageConfig
-from cdk.constructs.bundling import file_layer_code, layer_requirements, pip_layer_code
+from cdk.constructs.bundling import file_layer_code, layer_requirements, model_layer_code, pip_layer_code
 from cdk.constructs.common import ARCHITECTURE, RUNTIME
 
 
 class GatewayLayers(Construct):
     """`core`: layers/core as is (/opt/python/llm_gateway). `deps`: the chain functions' third-party
     packages. `web`: deps plus the ASGI server, resolved together, for the streaming function.
-    `config`: the stage's gateway YAML at /opt/gateway/config.yaml.
+    `config`: the stage's gateway YAML at /opt/gateway/config.yaml. `models`: the prepared
+    embedding model of the semantic cache at /opt/models.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig) -> None:
@@ -39,6 +40,12 @@ class GatewayLayers(Construct):
             "Config",
             file_layer_code(self, "config", c.ROOT / stage.gateway_config, config_file),
             f"gateway configuration of stage {stage.name}",
+        )
+
+        self.models = self._layer(
+            "Models",
+            model_layer_code(self, "models", c.MODELS_LAYER_SUBDIR),
+            "the semantic cache's prepared embedding model",
         )
 
     def _layer(self, construct_id: str, code: lambda_.Code, description: str) -> lambda_.LayerVersion:

@@ -40,7 +40,7 @@ class StreamingEndpoint(Construct):
             name=c.STREAM_FOLDER,
             code=function_code(c.STREAM_FOLDER, entry=c.STREAM_HANDLER),
             handler=c.STREAM_HANDLER,
-            layers=[layers.core, layers.web, layers.config, adapter],
+            layers=[layers.core, layers.web, layers.config, layers.models, adapter],
             environment={
                 **environment,
                 "AWS_LAMBDA_EXEC_WRAPPER": "/opt/bootstrap",

@@ -8,6 +8,7 @@ limiter's refill) the contract states the bound both must meet.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from llm_gateway.adapters.aws.dynamodb import SORT_KEY, TTL_ATTRIBUTE, DynamoAud
 from llm_gateway.adapters.aws.momento import MomentoExactCache, MomentoRateLimiter
 from llm_gateway.adapters.local.memory import MemoryRateLimiter
 from llm_gateway.adapters.local.sqlite import SqliteStore
+from llm_gateway.cache.keys import kb_tag, prompt_tag
 from llm_gateway.config import RateLimit
 from llm_gateway.ports import AuditRecord, ExactCache, RateLimiter, UsageRecord
 from tests.contract.conftest import MOMENTO_CACHE
@@ -110,12 +112,60 @@ def test_entries_stored_after_a_purge_are_served(exact_cache: ExactCache) -> Non
     assert stored is not None and stored.text() == "new"
 
 
+def test_purge_by_tag_removes_only_entries_carrying_it(exact_cache: ExactCache) -> None:
+    # Given entries tagged with a system prompt and a knowledge-base version, for two tenants
+    now = time.time()
+    tags = {"a-v1": (prompt_tag("A"), kb_tag("v1")), "a-v2": (prompt_tag("A"), kb_tag("v2")), "b-v1": (kb_tag("v1"),)}
+    for tenant in ("acme", "globex"):
+        for name, entry_tags in tags.items():
+            exact_cache.put(f"{tenant}/{name}", tenant, "echo", completion(name), now + 60, entry_tags)
+    keys = [f"{tenant}/{name}" for tenant in ("acme", "globex") for name in tags]
+    untagged = "acme/plain"
+    exact_cache.put(untagged, "acme", "echo", completion(), now + 60)
+
+    removed = exact_cache.purge("acme", tag=kb_tag("v1"))
+
+    present = {k for k in [*keys, untagged] if exact_cache.get(k, now) is not None}
+    assert present == {"acme/a-v2", untagged, "globex/a-v1", "globex/a-v2", "globex/b-v1"}
+    assert removed == (2 if isinstance(exact_cache, SqliteStore) else 0)
+    exact_cache.purge("acme", tag=prompt_tag("A"))
+    assert {k for k in [*keys, untagged] if exact_cache.get(k, now) is not None} == {
+        untagged,
+        "globex/a-v1",
+        "globex/a-v2",
+        "globex/b-v1",
+    }
+    with pytest.raises(ValueError, match="not both"):
+        exact_cache.purge("acme", "echo", kb_tag("v2"))
+
+
 def test_purging_a_tenant_without_entries_touches_no_one_else(exact_cache: ExactCache) -> None:
     now = time.time()
     _fill(exact_cache, now)
     exact_cache.purge("initech")
     exact_cache.purge("initech", "echo")
     assert len(_present(exact_cache, now)) == 4
+
+
+def test_a_store_written_before_tags_existed_is_upgraded_in_place(tmp_path: Path) -> None:
+    # Given a cache table of an earlier release (no tags column) holding an entry
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE exact_cache (key TEXT PRIMARY KEY, tenant TEXT NOT NULL, model TEXT NOT NULL,"
+        " response TEXT NOT NULL, expires_at REAL NOT NULL)"
+    )
+    old.execute("INSERT INTO exact_cache VALUES ('k0', 'acme', 'echo', ?, ?)", (completion().model_dump_json(), 1e12))
+    old.commit()
+    old.close()
+
+    store = SqliteStore(path)
+    store.put("k1", "acme", "echo", completion(), 1e12, (kb_tag("v1"),))
+
+    assert store.get("k0", 0) is not None
+    assert store.purge("acme", tag=kb_tag("v1")) == 1
+    assert store.get("k0", 0) is not None and store.get("k1", 0) is None
+    store.close()
 
 
 # --------------------------------------------------------------------------- RateLimiter

@@ -18,6 +18,7 @@ import pytest
 
 from llm_gateway.adapters.aws.momento_semantic import MomentoSemanticIndex
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
+from llm_gateway.cache.keys import cache_tags, kb_tag, prompt_tag
 from llm_gateway.contracts import ChatCompletionRequest, ChatMessage
 from llm_gateway.semantic.index import DIMENSIONS, SemanticIndex, Vector, decode_vector, encode_vector
 from llm_gateway.semantic.scope import semantic_scope
@@ -75,9 +76,17 @@ def rng() -> np.random.Generator:
 
 
 def add(
-    index: SemanticIndex, scope_: str, tenant: str, model: str, entry_id: str, vector: Vector, ttl: float = 60
+    index: SemanticIndex,
+    scope_: str,
+    tenant: str,
+    model: str,
+    entry_id: str,
+    vector: Vector,
+    ttl: float = 60,
+    tags: tuple[str, ...] = (),
 ) -> None:
-    index.add(scope_, tenant, model, entry_id, vector, QUESTION, f'{{"answer":"{entry_id}"}}', time.time() + ttl)
+    answer = f'{{"answer":"{entry_id}"}}'
+    index.add(scope_, tenant, model, entry_id, vector, QUESTION, answer, time.time() + ttl, tags)
 
 
 def ids(index: SemanticIndex, scope_: str, vector: Vector, k: int = 10) -> list[str]:
@@ -199,6 +208,30 @@ def test_purge_scope_removes_one_system_prompt_version_only(index: SemanticIndex
     assert index.purge_scope("globex", stored["acme/m1/A"]) == 0  # another tenant cannot purge it
     assert index.purge_scope("acme", stored["acme/m1/A"]) in (0, 1)
     assert _present(index, stored, vector) == set(stored) - {"acme/m1/A"}
+
+
+def test_purge_by_system_prompt_or_kb_version_tag_removes_exactly_the_tagged_entries(
+    index: SemanticIndex, rng: np.random.Generator
+) -> None:
+    # Given entries of two system prompts x two knowledge-base versions, for two tenants
+    vector, stored = unit(rng), {}
+    for tenant in ("acme", "globex"):
+        for system in ("A", "B"):
+            for kb in ("v1", "v2"):
+                req = request(system, kb=kb)
+                s, entry_id = semantic_scope(tenant, "m1", req), f"{tenant}/{system}/{kb}"
+                add(index, s, tenant, "m1", entry_id, vector, tags=cache_tags(req))
+                stored[entry_id] = s
+
+    # When acme purges knowledge-base version v1, then system prompt B
+    assert index.purge("acme", tag=kb_tag("v1")) in (0, 2)
+    assert _present(index, stored, vector) == set(stored) - {"acme/A/v1", "acme/B/v1"}
+    assert index.purge("acme", tag=prompt_tag("B")) in (0, 1)
+
+    # Then only acme's entries with those tags went; globex's identical ones stay
+    assert _present(index, stored, vector) == set(stored) - {"acme/A/v1", "acme/B/v1", "acme/B/v2"}
+    with pytest.raises(ValueError, match="not both"):
+        index.purge("acme", "m1", kb_tag("v2"))
 
 
 def test_entries_added_after_a_purge_are_found(index: SemanticIndex, rng: np.random.Generator) -> None:

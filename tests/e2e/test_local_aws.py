@@ -88,7 +88,7 @@ tenants:
     routes: {{default: {{model: smollm2-135m-instruct-q4_1}}}}
     rate_limit: {{requests_per_minute: 600, burst: 50}}
     input_blocklist: {{keywords: [codename]}}
-    semantic_cache: {{enabled: true, target_precision: 0.95}}
+    semantic_cache: {{enabled: true, target_precision: 0.90}}
 """
     )
     return path
@@ -187,7 +187,7 @@ def test_a_paraphrase_is_a_semantic_hit_through_momento(deployed: Deployed) -> N
     ]
     assert asked[0].parse().choices[0].finish_reason == "stop"
     assert asked[1].headers["x-gateway-cache"] == "semantic"
-    assert float(asked[1].headers["x-gateway-cache-score"]) >= 0.9
+    assert float(asked[1].headers["x-gateway-cache-score"]) >= 0.8
     assert deployed.last_tasks() == ["guard", "cache", "finish"]
 
 

@@ -156,5 +156,5 @@ def test_a_paraphrase_is_served_from_the_semantic_cache_of_the_first_demo_tenant
         max_tokens=48,
     )
     assert again.headers["x-gateway-cache"] == "semantic"
-    assert float(again.headers["x-gateway-cache-score"]) >= 0.9
+    assert float(again.headers["x-gateway-cache-score"]) >= 0.8
     assert again.parse().choices[0].message.content == first.parse().choices[0].message.content

@@ -113,6 +113,18 @@ def test_core_and_deps_layers_are_arm64_python312_and_on_every_chain_function(te
         assert {"Ref": by_name["Core"][0]} in attached and {"Ref": by_name["Deps"][0]} in attached
 
 
+def test_models_layer_and_model_dir_reach_exactly_the_functions_that_embed(template: dict[str, Any]) -> None:
+    models = [key for key in resources(template, "AWS::Lambda::LayerVersion") if key.startswith("LayersModels")]
+    assert len(models) == 1
+    functions = functions_by_folder(template)
+    embedding = set(c.EMBEDDING_FUNCTIONS) | {c.STREAM_FOLDER}
+    for folder, (_, properties) in functions.items():
+        has_layer = {"Ref": models[0]} in properties.get("Layers", [])
+        assert has_layer == (folder in embedding), folder
+        if has_layer:
+            assert properties["Environment"]["Variables"][c.ENV_MODEL_DIR] == c.MODEL_DIR_IN_LAMBDA
+
+
 # ----------------------------------------------------------------------------- state machine
 
 

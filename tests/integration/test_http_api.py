@@ -307,6 +307,32 @@ def test_admin_purge_empties_the_tenants_cache_and_needs_an_admin_key(base_url: 
     assert again.headers["x-gateway-cache"] == "miss"
 
 
+def test_admin_purge_by_kb_version_or_system_prompt_echoes_no_prompt_text(base_url: str) -> None:
+    root = base_url.removesuffix("/v1")
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    messages = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "purge by tag"}]
+    for _ in range(2):
+        client(base_url).chat.completions.create(model="default", messages=messages, metadata={"kb_version": "v7"})  # type: ignore[arg-type]
+
+    by_kb = httpx.post(root + "/admin/cache/purge", json={"tenant": "acme", "kb_version": "v6"}, headers=admin)
+    assert by_kb.status_code == 200 and by_kb.json() == {"tenant": "acme", "kb_version": "v6", "removed": 0}
+    by_prompt = httpx.post(
+        root + "/admin/cache/purge", json={"tenant": "acme", "system_prompt": "Answer in French."}, headers=admin
+    )
+    assert by_prompt.status_code == 200 and by_prompt.json()["removed"] == 1
+    assert "French" not in by_prompt.text and by_prompt.json()["system_prompt_tag"].startswith("prompt:")
+    again = client(base_url).chat.completions.with_raw_response.create(
+        model="default",
+        messages=messages,  # type: ignore[arg-type]
+        metadata={"kb_version": "v7"},
+    )
+    assert again.headers["x-gateway-cache"] == "miss"
+    both = httpx.post(
+        root + "/admin/cache/purge", json={"tenant": "acme", "model": "m", "kb_version": "v6"}, headers=admin
+    )
+    assert both.status_code == 400 and both.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_metrics_count_cache_lookups_by_outcome(base_url: str) -> None:
     messages = [{"role": "user", "content": "count my lookups"}]
     for _ in range(2):

@@ -59,6 +59,8 @@ def test_lookalikes_with_another_meaning_miss(base_url: str, stored: str, lookal
 
 
 def test_another_tenant_never_gets_a_semantic_hit(base_url: str) -> None:
+    # Each globex question is its first one on the topic: a hit could only come from acme's entry
     ask(base_url, "Which laptop is best for students on a budget?")
-    assert ask(base_url, "Which laptop is best for students on a budget?", GLOBEX_KEY)[0] == "miss"
     assert ask(base_url, "What is the best laptop for a student on a budget?", GLOBEX_KEY)[0] == "miss"
+    ask(base_url, "Which tablet is best for drawing?")
+    assert ask(base_url, "Which tablet is best for drawing?", GLOBEX_KEY)[0] == "miss"

@@ -85,14 +85,15 @@ class SubprocessLambdas:
         code_dir = self._unpack(function.function_name, function.code_bytes)
         paths = [str(code_dir)]
         backend = lambda_models.lambda_backends[function.account_id][function.region]
+        layer_dirs = []
         for layer in getattr(function, "layers", []) or []:
             version = backend.layers_versions_by_arn(layer["Arn"])
             if version is not None and version.code_bytes:
-                layer_dir = self._unpack(f"layer-{version.name}", version.code_bytes)
-                paths.append(str(layer_dir / "python"))
+                layer_dirs.append(self._unpack(f"layer-{version.name}", version.code_bytes))
+                paths.append(str(layer_dirs[-1] / "python"))
         env = {
             **os.environ,
-            **{k: str(v) for k, v in (function.environment_vars or {}).items()},
+            **{k: _in_layers(str(v), layer_dirs) for k, v in (function.environment_vars or {}).items()},
             **self.env_overrides,
             "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]),
             "AWS_LAMBDA_FUNCTION_NAME": function.function_name,
@@ -131,6 +132,18 @@ class SubprocessLambdas:
         if "error" in result:
             return json.dumps(result["error"]), True, logs
         return json.dumps(result["ok"]), False, logs
+
+
+def _in_layers(value: str, layer_dirs: list[Path]) -> str:
+    """Lambda mounts layers at /opt: a `/opt/...` path in the environment becomes the unpacked
+    layer folder that holds it (the value is kept when none does)."""
+    if not value.startswith("/opt/"):
+        return value
+    relative = value.removeprefix("/opt/")
+    for layer_dir in reversed(layer_dirs):  # later layers win, as in Lambda
+        if (layer_dir / relative).exists():
+            return str(layer_dir / relative)
+    return value
 
 
 class LocalAws:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llm_gateway.cache import cache_directives
-from llm_gateway.cache.keys import exact_key
+from llm_gateway.cache.keys import cache_tags, exact_key, kb_tag, prompt_tag
 from llm_gateway.contracts import ChatCompletionRequest
 
 
@@ -36,6 +36,30 @@ def test_tenant_model_version_system_prompt_and_parameters_all_split_keys() -> N
 def test_streaming_user_and_metadata_do_not_split_keys() -> None:
     base = exact_key("a", "m@1", request())
     assert exact_key("a", "m@1", request(stream=True, user="u-9", metadata={"k": "v"})) == base
+
+
+def test_the_kb_version_splits_keys_so_a_new_index_never_gets_an_old_answer() -> None:
+    v1 = exact_key("a", "m@1", request(metadata={"kb_version": "v1"}))
+    assert exact_key("a", "m@1", request(metadata={"kb_version": "v2"})) != v1
+    assert exact_key("a", "m@1", request()) != v1
+    assert exact_key("a", "m@1", request(metadata={"kb_version": "v1", "trace": "x"})) == v1
+
+
+def test_tags_name_each_system_prompt_and_the_kb_version_by_digest() -> None:
+    body: dict[str, Any] = {
+        "model": "default",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "developer", "content": "use metric units"},
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"},
+        ],
+        "metadata": {"kb_version": "2026-11-01"},
+    }
+    tags = cache_tags(ChatCompletionRequest.model_validate(body))
+    assert tags == (prompt_tag("be brief"), prompt_tag("use metric units"), kb_tag("2026-11-01"))
+    assert all(" " not in t and "brief" not in t and "2026" not in t for t in tags)  # digests, not the text
+    assert cache_tags(request(system="x")) == (prompt_tag("x"),)
 
 
 def test_cache_control_directives() -> None:

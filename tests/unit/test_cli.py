@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_gateway.cache.keys import kb_tag, prompt_tag
 from llm_gateway.config import EXAMPLE_CONFIG, hash_key, load_config
 from llm_gateway.local.cli import main, mint_demo_keys, with_endpoint_url
 
@@ -72,3 +73,15 @@ def test_purge_command_removes_the_tenants_cached_answers(tmp_path: Path, capsys
     store = SqliteStore(db)
     assert store.get("k1", 0) is None and store.get("k2", 0) is not None
     assert main(["purge", "--config", str(config), "--tenant", "nobody"]) == 2
+    # By knowledge-base version and by system prompt: only the tagged entries go
+    store.put("kb1", "globex", "echo", answer, expires_at=10**12, tags=(kb_tag("v1"),))
+    store.put("sp1", "globex", "echo", answer, expires_at=10**12, tags=(prompt_tag("Be brief."),))
+    store.close()
+    assert main(["purge", "--config", str(config), "--tenant", "globex", "--kb-version", "v1"]) == 0
+    assert "purged 1 cached answers of tenant globex, knowledge-base version v1" in capsys.readouterr().out
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("Be brief.")
+    assert main(["purge", "--config", str(config), "--tenant", "globex", "--system-prompt-file", str(prompt_file)]) == 0
+    assert f"system prompt {prompt_tag('Be brief.')}" in capsys.readouterr().out
+    store = SqliteStore(db)
+    assert store.get("kb1", 0) is None and store.get("sp1", 0) is None and store.get("k2", 0) is not None

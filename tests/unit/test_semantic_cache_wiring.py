@@ -9,12 +9,14 @@ from typing import Any
 import pytest
 
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
-from llm_gateway.cache import purge_caches
+from llm_gateway.cache import PurgeRequest, purge_caches
+from llm_gateway.cache.keys import kb_tag, prompt_tag
 from llm_gateway.config import SemanticCache
 from llm_gateway.deps import Deps
 from llm_gateway.finish import final_response
 from llm_gateway.runner import LocalRunner
 from llm_gateway.semantic import verifier as verifier_module
+from llm_gateway.semantic.index import Candidate
 from tests.conftest import GLOBEX_KEY, make_config, make_deps, make_state
 
 QUESTION = "What is the capital of France?"
@@ -25,8 +27,9 @@ class CosineVerifier:
     def threshold_for(self, target_precision: float) -> float:
         return 0.5
 
-    def probability(self, query: str, candidate: str, cosine: float | None = None, **_: Any) -> float:
-        return 0.9 if cosine is not None and cosine >= 0.8 else 0.1
+    def rank(self, query: str, query_vec: Any, candidates: list[Candidate]) -> list[tuple[float, Candidate]]:
+        scored = [(0.9 if c.cosine >= 0.8 else 0.1, c) for c in candidates]
+        return sorted(scored, key=lambda pair: -pair[0])
 
 
 @pytest.fixture
@@ -65,5 +68,41 @@ def test_no_answer_crosses_tenants_system_prompts_or_the_temperature_limit(runne
 
 def test_a_purge_removes_semantic_entries_too(runner: LocalRunner) -> None:
     ask(runner, QUESTION, temperature=0)
-    assert purge_caches(runner.deps, "acme") == 2  # the exact entry and the semantic one
+    assert purge_caches(runner.deps, PurgeRequest(tenant="acme")) == 2  # the exact entry and the semantic one
     assert ask(runner, PARAPHRASE, temperature=0).cache.status == "miss"
+
+
+def test_a_kb_version_purge_removes_that_versions_answers_from_both_caches(runner: LocalRunner) -> None:
+    # Given the same question answered from knowledge-base versions v1 and v2
+    for kb in ("v1", "v2"):
+        assert ask(runner, QUESTION, temperature=0, metadata={"kb_version": kb}).cache.status == "miss"
+
+    # When v1 is purged
+    assert purge_caches(runner.deps, PurgeRequest(tenant="acme", kb_version="v1")) == 2
+
+    # Then v1 asks again (exact and paraphrased), v2 is still served
+    assert ask(runner, QUESTION, temperature=0, metadata={"kb_version": "v1"}).cache.status == "miss"
+    assert ask(runner, QUESTION, temperature=0, metadata={"kb_version": "v2"}).cache.status == "exact"
+    assert ask(runner, PARAPHRASE, temperature=0, metadata={"kb_version": "v2"}).cache.status == "semantic"
+
+
+def test_a_system_prompt_purge_removes_only_answers_given_under_it(runner: LocalRunner) -> None:
+    def messages(system: str, question: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+    for system in ("Be brief.", "Be thorough."):
+        ask(runner, QUESTION, messages=messages(system, QUESTION), temperature=0)
+
+    assert purge_caches(runner.deps, PurgeRequest(tenant="acme", system_prompt="Be brief.")) == 2
+
+    assert ask(runner, PARAPHRASE, messages=messages("Be brief.", PARAPHRASE), temperature=0).cache.status == "miss"
+    kept = ask(runner, PARAPHRASE, messages=messages("Be thorough.", PARAPHRASE), temperature=0)
+    assert kept.cache.status == "semantic"
+
+
+def test_a_purge_request_names_at_most_one_selector() -> None:
+    with pytest.raises(ValueError, match="not model and kb_version"):
+        PurgeRequest(tenant="acme", model="m", kb_version="v1")
+    assert PurgeRequest(tenant="acme", kb_version="v1").tag == kb_tag("v1")
+    assert PurgeRequest(tenant="acme", system_prompt="Be brief.").tag == prompt_tag("Be brief.")
+    assert PurgeRequest(tenant="acme", model="m").tag is None

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from llm_gateway.contracts import ChatCompletionRequest, ChatMessage
+from llm_gateway.semantic import scope as scope_module
 from llm_gateway.semantic.scope import query_text, semantic_allowed, semantic_scope
 
 QUESTION = "What is the capital of France?"
@@ -71,6 +72,12 @@ def test_a_different_kb_version_splits_but_other_metadata_and_user_do_not() -> N
     base = scope(req(metadata={"kb_version": "v1"}))
     assert scope(req(metadata={"kb_version": "v2"})) != base
     assert scope(req(metadata={"kb_version": "v1", "trace": "abc"}, user="u-1")) == base
+
+
+def test_another_embedding_model_splits_the_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = scope(req())
+    monkeypatch.setattr(scope_module, "embedding_model_id", lambda: "all-minilm-l6-v2@1.0.0+another-recipe")
+    assert scope(req()) != base
 
 
 def test_max_tokens_and_max_completion_tokens_are_one_exact_cap() -> None:

@@ -22,6 +22,7 @@ FALSE_HITS = [
 PARAPHRASES = [
     ("How can I lose weight fast?", "What is the fastest way to lose weight?"),
     ("How do I learn Python?", "What is the best way to learn Python?"),
+    ("What is the capital of France?", "what is the capital of france"),  # chat users type in lowercase
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -110,6 +110,47 @@ class SemanticCache(_Config):
     top_k: int = Field(default=5, ge=1, le=50)  # candidates the verifier looks at
 
 
+class InjectionGuard(_Config):
+    """Prompt-injection / jailbreak detection on user and tool messages (`guard.injection`)."""
+
+    enabled: bool = False
+    action: Literal["block", "flag"] = "block"  # flag: let it through, record the decision
+    # Default: the shipped classifier's threshold (benign false-positive rate <= 2 % on validation).
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+
+
+PiiAction = Literal["allow", "mask", "reject"]
+PII_ENTITY_TYPES = ("CREDIT_CARD", "US_SSN", "IBAN", "EMAIL", "PHONE", "IP_ADDRESS")
+
+
+class PiiGuard(_Config):
+    """PII in the conversation (`guard.pii`): per entity type allow it, mask it (the model sees a
+    placeholder such as `[EMAIL_1]`) or reject the request. System and developer prompts are the
+    tenant's own and are not scanned."""
+
+    enabled: bool = False
+    default: PiiAction = "mask"
+    entities: dict[str, PiiAction] = Field(default_factory=dict)  # per-type overrides of `default`
+    # Masked types whose original values are put back where the answer repeats their placeholder.
+    restore: list[str] = Field(default_factory=list)
+
+    @field_validator("entities", "restore")
+    @classmethod
+    def _known_types(cls, value: Any) -> Any:
+        unknown = sorted(set(value) - set(PII_ENTITY_TYPES))
+        if unknown:
+            raise ValueError(f"unknown PII entity types {unknown}; known: {list(PII_ENTITY_TYPES)}")
+        return value
+
+    def action(self, entity: str) -> PiiAction:
+        return self.entities.get(entity, self.default)
+
+
+class Guards(_Config):
+    injection: InjectionGuard = Field(default_factory=InjectionGuard)
+    pii: PiiGuard = Field(default_factory=PiiGuard)
+
+
 class TenantConfig(_Config):
     api_keys: list[ApiKey] = Field(default_factory=list)
     demo: bool = False
@@ -121,6 +162,7 @@ class TenantConfig(_Config):
     output_blocklist: Blocklist = Field(default_factory=Blocklist)
     cache_ttl_s: int | None = Field(default=None, ge=0)
     semantic_cache: SemanticCache = Field(default_factory=SemanticCache)
+    guards: Guards = Field(default_factory=Guards)
 
 
 class Limits(_Config):

@@ -231,11 +231,26 @@ class CallerContext(_Strict):
     body_bytes: int = 0
 
 
+class GuardDecision(_Strict):
+    """One guard layer's verdict on a request: what it decided, its score and why."""
+
+    layer: str
+    action: Literal["pass", "flag", "mask", "block"]
+    score: float | None = None
+    reason: str | None = None
+
+
 class GuardResult(_Strict):
     outcome: Literal["allowed", "blocked"]
     tenant: TenantContext | None = None
     layer: str | None = None
     reason: str | None = None
+    decisions: list[GuardDecision] = Field(default_factory=list)
+    # PII masking: the messages as the model and the caches must see them (None: unchanged), and
+    # the original values of the placeholders the tenant lets the answer restore. Request-scoped:
+    # never logged, never stored (Step Functions logs exclude execution data).
+    masked_messages: list[ChatMessage] | None = None
+    restorable: dict[str, str] = Field(default_factory=dict)
 
 
 class CacheResult(_Strict):
@@ -310,6 +325,12 @@ class GatewayState(_Strict):
     moderate: ModerateResult | None = None
     finish: FinishResult | None = None
     error: StepError | None = None
+
+    def model_request(self) -> ChatCompletionRequest:
+        """The request as the caches and the model see it: with the guard's PII masking applied."""
+        if self.guard is None or self.guard.masked_messages is None:
+            return self.request
+        return self.request.model_copy(update={"messages": self.guard.masked_messages})
 
     def tenant(self) -> TenantContext:
         if self.guard is None or self.guard.tenant is None:

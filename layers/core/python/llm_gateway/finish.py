@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from .cache.keys import cache_tags
 from .contracts import AssistantMessage, ChatCompletion, Choice, FinishResult, GatewayState
 from .errors import GatewayError, GuardrailBlocked, from_step_error
+from .guard.pii import restore
 from .identity import pseudonym
 from .ports import AuditRecord, Outcome, UsageRecord
 from .semantic.index import decode_vector
@@ -23,8 +25,11 @@ def final_response(state: GatewayState) -> ChatCompletion:
     if state.cache is not None and state.cache.response is not None:
         cached = state.cache.response
         usage = cached.usage.model_copy(update={"cost_usd": 0.0})
-        return cached.model_copy(
-            update={"id": f"chatcmpl-{state.request_id}", "created": int(state.received_at), "usage": usage}
+        return _restored(
+            state,
+            cached.model_copy(
+                update={"id": f"chatcmpl-{state.request_id}", "created": int(state.received_at), "usage": usage}
+            ),
         )
     if state.invoke is None:
         raise RuntimeError("no answer to return: the chain ended before invoke")
@@ -32,7 +37,24 @@ def final_response(state: GatewayState) -> ChatCompletion:
     if state.moderate is not None and state.moderate.outcome == "filtered":
         withheld = Choice(message=AssistantMessage(content=None), finish_reason="content_filter")
         return response.model_copy(update={"choices": [withheld]})
-    return response
+    return _restored(state, response)
+
+
+def _restored(state: GatewayState, response: ChatCompletion) -> ChatCompletion:
+    """The answer with the masked PII the tenant allows put back (caches keep the masked answer:
+    a cached answer is restored with the values of the request it serves)."""
+    values = state.guard.restorable if state.guard is not None else {}
+    if not values:
+        return response
+    choices = [
+        choice.model_copy(
+            update={"message": choice.message.model_copy(update={"content": restore(choice.message.content, values)})}
+        )
+        if isinstance(choice.message.content, str)
+        else choice
+        for choice in response.choices
+    ]
+    return response.model_copy(update={"choices": choices})
 
 
 def _outcome(state: GatewayState) -> Outcome:
@@ -60,12 +82,13 @@ def _store_in_cache(state: GatewayState, deps: Deps) -> bool:
     if ttl <= 0:
         return False
     expires_at = deps.clock() + ttl
-    deps.cache.put(cache.key, tenant, invoke.model, invoke.response, expires_at)
-    _store_by_meaning(state, deps, tenant, expires_at)
+    tags = cache_tags(state.model_request())
+    deps.cache.put(cache.key, tenant, invoke.model, invoke.response, expires_at, tags)
+    _store_by_meaning(state, deps, tenant, expires_at, tags)
     return True
 
 
-def _store_by_meaning(state: GatewayState, deps: Deps, tenant: str, expires_at: float) -> None:
+def _store_by_meaning(state: GatewayState, deps: Deps, tenant: str, expires_at: float, tags: tuple[str, ...]) -> None:
     """Index the answer by its query's embedding, when the lookup prepared one. Only complete
     answers (`stop`): a truncated one may pass for exact reuse, not for a paraphrase. A failure
     loses a future hit, never this answer."""
@@ -83,9 +106,10 @@ def _store_by_meaning(state: GatewayState, deps: Deps, tenant: str, expires_at: 
             invoke.model,
             cache.key,
             decode_vector(cache.query_vector),
-            query_text(state.request),
+            query_text(state.model_request()),
             invoke.response.model_dump_json(),
             expires_at,
+            tags,
         )
     except Exception:
         log.exception("semantic index store failed")

@@ -5,6 +5,7 @@ Domain code depends on these protocols only; it never imports boto3 or momento.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -64,12 +65,21 @@ class ExactCache(Protocol):
         """The stored response if present and not expired at `now`."""
         ...
 
-    def put(self, key: str, tenant: str, model: str, response: ChatCompletion, expires_at: float) -> None:
-        """Store or replace an entry."""
+    def put(
+        self,
+        key: str,
+        tenant: str,
+        model: str,
+        response: ChatCompletion,
+        expires_at: float,
+        tags: Sequence[str] = (),
+    ) -> None:
+        """Store or replace an entry; `tags` (`cache.keys.cache_tags`) are what `purge(tag=...)` matches."""
         ...
 
-    def purge(self, tenant: str, model: str | None = None) -> int:
-        """Delete a tenant's entries (optionally one model's); return how many went, or 0 when the store cannot tell."""
+    def purge(self, tenant: str, model: str | None = None, tag: str | None = None) -> int:
+        """Delete a tenant's entries, or only one model version's, or only those carrying `tag`
+        (at most one of the two); return how many went, or 0 when the store cannot tell."""
         ...
 
 

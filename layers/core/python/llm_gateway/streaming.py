@@ -29,6 +29,7 @@ from .contracts import (
 )
 from .errors import ClientClosedRequest, GatewayError, InternalError
 from .finish import final_response, finish_step
+from .guard.pii import restore, safe_cut
 from .invoke import build_completion, open_stream
 from .moderation.blocklist import CompiledBlocklist
 from .providers.base import ProviderReply, StreamDelta
@@ -157,9 +158,17 @@ def _release(
         if progress.rule is not None:
             return
         if len(progress.text) - progress.released > HOLDBACK_CHARS:
-            cut = len(progress.text) - HOLDBACK_CHARS
-            yield _chunk(state, model_id, ChunkDelta(content=progress.text[progress.released : cut]))
-            progress.released = cut
+            cut = safe_cut(progress.text, progress.released, len(progress.text) - HOLDBACK_CHARS)
+            if cut > progress.released:
+                yield _chunk(
+                    state, model_id, ChunkDelta(content=_visible(state, progress.text[progress.released : cut]))
+                )
+                progress.released = cut
+
+
+def _visible(state: GatewayState, text: str) -> str:
+    """Released text as the client sees it: masked PII the tenant allows put back."""
+    return restore(text, state.guard.restorable) if state.guard is not None else text
 
 
 def _settle(
@@ -174,7 +183,7 @@ def _settle(
     """Send what was held back, record the answer (moderation outcome, usage, audit), end the stream."""
     rule, last = progress.rule, progress.last
     if rule is None and progress.released < len(progress.text):
-        yield _chunk(state, model_id, ChunkDelta(content=progress.text[progress.released :]))
+        yield _chunk(state, model_id, ChunkDelta(content=_visible(state, progress.text[progress.released :])))
     finish: FinishReason = "content_filter" if rule is not None else (last.finish_reason if last else None) or "stop"
     reply = _reply_from(state, progress.text, finish, last, progress.pieces)
     response: ChatCompletion = build_completion(state, runner.deps, model_id, reply)
@@ -209,5 +218,5 @@ def _reply_from(
             completion_tokens=last.completion_tokens or 0,
             cached_tokens=last.cached_tokens,
         )
-    prompt_chars = sum(len(m.text()) for m in state.request.messages)
+    prompt_chars = sum(len(m.text()) for m in state.model_request().messages)
     return ProviderReply(text=text, finish_reason=finish, prompt_tokens=prompt_chars // 4 + 1, completion_tokens=pieces)

@@ -13,17 +13,19 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import SemanticCache
 from ..contracts import CacheResult, ChatCompletion, GatewayState
 from ..routing import resolve_route
 from ..semantic.index import Vector, encode_vector
 from ..semantic.scope import query_text, semantic_allowed, semantic_scope
-from .keys import exact_key
+from .keys import exact_key, kb_tag, prompt_tag
 
 if TYPE_CHECKING:
     from ..deps import Deps
+    from ..ports import ExactCache
+    from ..semantic.index import SemanticIndex
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def cache_lookup_step(state: GatewayState, deps: Deps) -> CacheResult:
     lookup, store = cache_directives(state.caller.cache_control)
     tenant = state.tenant().tenant
     model = resolve_route(deps.config, tenant, state.request.model).candidates[0]
-    key = exact_key(tenant, model, state.request)
+    key = exact_key(tenant, model, state.model_request())
     if lookup:
         cached = deps.cache.get(key, deps.clock())
         if cached is not None:
@@ -53,7 +55,11 @@ def cache_lookup_step(state: GatewayState, deps: Deps) -> CacheResult:
             return CacheResult(status="exact", key=key, store=False, response=cached)
     settings = deps.config.tenants[tenant].semantic_cache
     semantic = None
-    if deps.semantic is not None and settings.enabled and semantic_allowed(state.request, settings.max_temperature):
+    if (
+        deps.semantic is not None
+        and settings.enabled
+        and semantic_allowed(state.model_request(), settings.max_temperature)
+    ):
         semantic = _embed_query(state, tenant, model)
     if lookup and semantic is not None:
         hit = _semantic_hit(state, deps, settings, key, *semantic)
@@ -72,13 +78,13 @@ def _embed_query(state: GatewayState, tenant: str, model: str) -> tuple[str, str
     """(scope, query text, unit embedding), or None when the embedder fails (then: no semantic cache)."""
     from ..semantic.embeddings import default_embedder
 
-    query = query_text(state.request)
+    query = query_text(state.model_request())
     try:
         vector = np.asarray(default_embedder().embed([query])[0], dtype=np.float32)
     except Exception:  # the embedder is an optimisation: a broken one must not fail requests
         log.exception("query embedding failed; semantic cache skipped")
         return None
-    return semantic_scope(tenant, model, state.request), query, vector
+    return semantic_scope(tenant, model, state.model_request()), query, vector
 
 
 def _semantic_hit(
@@ -92,14 +98,11 @@ def _semantic_hit(
         candidates = deps.semantic.search(scope, vector, settings.top_k, deps.clock())
         verifier = load_verifier()
         threshold = verifier.threshold_for(settings.target_precision)
-        scored = [
-            (verifier.probability(query, c.text, c.cosine, query_vec=vector, candidate_vec=c.vector), c)
-            for c in candidates
-        ]
+        scored = verifier.rank(query, vector, candidates)
     except Exception:  # as above: lose the hit, keep the request
         log.exception("semantic lookup failed; treated as a miss")
         return None
-    for probability, candidate in sorted(scored, key=lambda pair: -pair[0]):
+    for probability, candidate in scored:
         if probability < threshold:
             break
         try:
@@ -122,17 +125,42 @@ def _semantic_hit(
 
 
 class PurgeRequest(BaseModel):
+    """What to purge: a tenant's whole cache, or only one model version's entries, or only those
+    answered from one knowledge-base version (`metadata.kb_version`), or only those answered under
+    one system prompt (its exact text)."""
+
     model_config = ConfigDict(extra="forbid")
 
     tenant: str = Field(min_length=1)
-    model: str | None = None
+    model: str | None = Field(default=None, min_length=1)
+    kb_version: str | None = Field(default=None, min_length=1)
+    system_prompt: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> PurgeRequest:
+        chosen = [name for name in ("model", "kb_version", "system_prompt") if getattr(self, name) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"purge by one of model, kb_version or system_prompt, not {' and '.join(chosen)}")
+        return self
+
+    @property
+    def tag(self) -> str | None:
+        if self.kb_version is not None:
+            return kb_tag(self.kb_version)
+        return None if self.system_prompt is None else prompt_tag(self.system_prompt)
 
 
-def purge_caches(deps: Deps, tenant: str, model: str | None = None) -> int:
-    """Remove a tenant's cached answers (optionally one model version's); return how many went
-    (0 when the store cannot count, e.g. Momento)."""
-    removed = deps.cache.purge(tenant, model)
-    if deps.semantic is not None:
-        removed += deps.semantic.purge(tenant, model)
-    deps.metrics.count("cache_purges", tenant=tenant)
+def purge_stores(cache: ExactCache, semantic: SemanticIndex | None, purge: PurgeRequest) -> int:
+    """Remove the cached answers `purge` selects from the exact cache and the semantic index;
+    return how many went (0 when the store cannot count, e.g. Momento)."""
+    removed = cache.purge(purge.tenant, purge.model, purge.tag)
+    if semantic is not None:
+        removed += semantic.purge(purge.tenant, purge.model, purge.tag)
+    return removed
+
+
+def purge_caches(deps: Deps, purge: PurgeRequest) -> int:
+    """`purge_stores` on the runtime's stores, counted in the metrics."""
+    removed = purge_stores(deps.cache, deps.semantic, purge)
+    deps.metrics.count("cache_purges", tenant=purge.tenant)
     return removed

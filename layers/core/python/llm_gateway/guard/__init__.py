@@ -1,12 +1,21 @@
-"""Input checks: API key -> tenant, request size limits, rate limits, input blocklist."""
+"""Input checks: API key -> tenant, request size limits, rate limits, input blocklist, then the
+tenant's guard layers (prompt injection, PII), each a typed `GuardDecision` with latency metrics."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..contracts import GatewayState, GuardResult, TenantContext
+from ..cache.keys import PROMPT_ROLES
+from ..config import InjectionGuard, PiiGuard
+from ..contracts import ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
 from ..routing import resolve_route
+from .injection import load_injection_classifier
+from .pii import STRUCTURED_TYPES as PII_TYPES
+from .pii import Vault, find_pii, mask, placeholder_entity
 
 if TYPE_CHECKING:
     from ..deps import Deps
@@ -63,4 +72,99 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         rule = blocklist.first_match(message.text())
         if rule is not None:
             return GuardResult(outcome="blocked", tenant=context, layer="blocklist", reason=rule)
-    return GuardResult(outcome="allowed", tenant=context)
+    decisions = []
+    policy = deps.config.tenants[context.tenant].guards
+    if policy.injection.enabled:
+        decision = timed_layer(deps, "prompt_injection", lambda: check_injection(state, policy.injection))
+        decisions.append(decision)
+        if decision.action == "block":
+            return GuardResult(
+                outcome="blocked", tenant=context, layer=decision.layer, reason=decision.reason, decisions=decisions
+            )
+    masked: list[ChatMessage] | None = None
+    restorable: dict[str, str] = {}
+    if policy.pii.enabled:
+        started = time.perf_counter()
+        decision, masked, restorable = check_pii(state, policy.pii)
+        deps.metrics.observe("guard_layer_ms", (time.perf_counter() - started) * 1000, layer="pii")
+        if decision.action != "pass":
+            deps.metrics.count("guard_triggers", layer="pii", action=decision.action)
+        decisions.append(decision)
+        if decision.action == "block":
+            return GuardResult(
+                outcome="blocked", tenant=context, layer="pii", reason=decision.reason, decisions=decisions
+            )
+    return GuardResult(
+        outcome="allowed",
+        tenant=context,
+        decisions=decisions,
+        masked_messages=masked,
+        restorable=restorable,
+    )
+
+
+def timed_layer(deps: Deps, layer: str, run: Callable[[], GuardDecision]) -> GuardDecision:
+    """Run one guard layer, with its latency and a trigger count (flag or block) as metrics."""
+    started = time.perf_counter()
+    decision = run()
+    deps.metrics.observe("guard_layer_ms", (time.perf_counter() - started) * 1000, layer=layer)
+    if decision.action != "pass":
+        deps.metrics.count("guard_triggers", layer=layer, action=decision.action)
+    return decision
+
+
+def check_injection(state: GatewayState, policy: InjectionGuard) -> GuardDecision:
+    """Score every user and tool message (tool results carry indirect injections); the highest
+    score decides. System and developer prompts are the tenant's own and are not scanned."""
+    classifier = load_injection_classifier()
+    threshold = policy.threshold if policy.threshold is not None else classifier.threshold
+    scanned = [m.text() for m in state.request.messages if m.role in ("user", "tool")]
+    score = max((classifier.score(text) for text in scanned if text), default=0.0)
+    if score < threshold:
+        return GuardDecision(layer="prompt_injection", action="pass", score=round(score, 4))
+    return GuardDecision(
+        layer="prompt_injection",
+        action=policy.action,
+        score=round(score, 4),
+        reason=f"injection score {score:.2f} >= {threshold:.2f}",
+    )
+
+
+def check_pii(state: GatewayState, policy: PiiGuard) -> tuple[GuardDecision, list[ChatMessage] | None, dict[str, str]]:
+    """Find PII in the conversation (not in system/developer prompts) and apply the tenant's policy:
+    reject (the decision blocks), or mask (the masked messages and the restorable values), or allow.
+    Decisions name entity types and counts, never values."""
+    watched = [entity for entity in PII_TYPES if policy.action(entity) != "allow"]
+    vault = Vault()
+    found: Counter[str] = Counter()
+    masked: list[ChatMessage] = []
+    for message in state.request.messages:
+        if message.role in PROMPT_ROLES or not watched:
+            masked.append(message)
+            continue
+        masked.append(_mask_message(message, watched, vault, found))
+    rejected = sorted(e for e in found if policy.action(e) == "reject")
+    if rejected:
+        return GuardDecision(layer="pii", action="block", reason=f"not allowed: {', '.join(rejected)}"), None, {}
+    if not found:
+        return GuardDecision(layer="pii", action="pass"), None, {}
+    summary = ", ".join(f"{entity} x{count}" for entity, count in sorted(found.items()))
+    restorable = {p: v for p, v in vault.values.items() if placeholder_entity(p) in policy.restore}
+    return GuardDecision(layer="pii", action="mask", reason=f"masked {summary}"), masked, restorable
+
+
+def _mask_message(message: ChatMessage, entities: list[str], vault: Vault, found: Counter[str]) -> ChatMessage:
+    def masked_text(text: str) -> str:
+        spans = find_pii(text, entities)
+        found.update(span.entity for span in spans)
+        return mask(text, spans, vault) if spans else text
+
+    if isinstance(message.content, str):
+        return message.model_copy(update={"content": masked_text(message.content)})
+    if isinstance(message.content, list):
+        parts = [
+            part.model_copy(update={"text": masked_text(part.text)}) if isinstance(part, TextPart) else part
+            for part in message.content
+        ]
+        return message.model_copy(update={"content": parts})
+    return message

@@ -117,7 +117,7 @@ def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
     """Call the chosen model (with retries and fallbacks) and price the answer."""
     t0 = time.monotonic()
     model_id, provider, reply, attempts = call_with_fallback(
-        state, deps, lambda p, m: p.complete(state.request, m, deps.config.models[m])
+        state, deps, lambda p, m: p.complete(state.model_request(), m, deps.config.models[m])
     )
     return InvokeResult(
         model=model_id,
@@ -132,7 +132,7 @@ def open_stream(state: GatewayState, deps: Deps) -> tuple[str, Provider, Iterato
     """Start a streamed answer; retries and fallbacks apply until the first delta is in hand."""
 
     def start(provider: Provider, model_id: str) -> Iterator[StreamDelta]:
-        deltas = provider.stream(state.request, model_id, deps.config.models[model_id])
+        deltas = provider.stream(state.model_request(), model_id, deps.config.models[model_id])
         first = next(deltas, None)
         return iter(() if first is None else _chain(first, deltas))
 

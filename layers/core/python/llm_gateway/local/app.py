@@ -208,7 +208,8 @@ class GatewayApp:
         return Response(text, media_type="text/plain; version=0.0.4")
 
     async def admin_purge(self, request: Request) -> Response:
-        """`POST /admin/cache/purge {"tenant": ..., "model": optional}` with an admin key."""
+        """`POST /admin/cache/purge` with an admin key: `{"tenant": ...}` and optionally one of
+        `"model"`, `"kb_version"` or `"system_prompt"` (see `cache.PurgeRequest`)."""
         request_id = uuid.uuid4().hex
         key = _api_key(request)
         admins = {k.sha256 for k in self.deps.config.admin_api_keys}
@@ -222,8 +223,11 @@ class GatewayApp:
             return _error_response(detail or InvalidRequest("The request body is not valid JSON."), request_id)
         if purge.tenant not in self.deps.config.tenants:
             return _error_response(InvalidRequest(f"Unknown tenant '{purge.tenant}'.", param="tenant"), request_id)
-        removed = await anyio.to_thread.run_sync(purge_caches, self.deps, purge.tenant, purge.model)
-        return JSONResponse({"tenant": purge.tenant, "model": purge.model, "removed": removed})
+        removed = await anyio.to_thread.run_sync(purge_caches, self.deps, purge)
+        selected = purge.model_dump(exclude_none=True, exclude={"system_prompt"})
+        if purge.system_prompt is not None:  # echo its tag, not the prompt text
+            selected["system_prompt_tag"] = purge.tag
+        return JSONResponse({**selected, "removed": removed})
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -112,6 +112,11 @@ def serve(host: str, port: int, config_path: str | None) -> int:
     with contextlib.ExitStack() as stack:
         if config.uses_local_endpoint():
             config = with_endpoint_url(config, stack.enter_context(local_endpoint()))
+        if any(t.semantic_cache.enabled for t in config.tenants.values()):
+            # Load (on a new machine: first prepare) the embedding model now, not on the first request.
+            from ..semantic.embeddings import default_embedder
+
+            default_embedder()
         store = SqliteStore(config.storage_path)
         stack.callback(store.close)
         semantic = LocalSemanticIndex(config.storage_path)
@@ -146,21 +151,36 @@ def serve(host: str, port: int, config_path: str | None) -> int:
     return 0
 
 
-def purge(config_path: str | None, tenant: str, model: str | None) -> int:
+def purge(config_path: str | None, selection: dict[str, str | None]) -> int:
+    from pydantic import ValidationError
+
     from ..adapters.local.semantic import LocalSemanticIndex
     from ..adapters.local.sqlite import SqliteStore
+    from ..cache import PurgeRequest, purge_stores
 
     config = load_config(config_path or EXAMPLE_CONFIG)
-    if tenant not in config.tenants:
-        raise ConfigError(f"unknown tenant '{tenant}'")
+    try:
+        request = PurgeRequest.model_validate({k: v for k, v in selection.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError("; ".join(str(e["msg"]) for e in exc.errors())) from exc
+    if request.tenant not in config.tenants:
+        raise ConfigError(f"unknown tenant '{request.tenant}'")
     store = SqliteStore(config.storage_path)
     semantic = LocalSemanticIndex(config.storage_path)
     try:
-        removed = store.purge(tenant, model) + semantic.purge(tenant, model)
+        removed = purge_stores(store, semantic, request)
     finally:
         semantic.close()
         store.close()
-    print(f"purged {removed} cached answers of tenant {tenant}" + (f", model {model}" if model else ""))
+    if request.model is not None:
+        which = f", model {request.model}"
+    elif request.kb_version is not None:
+        which = f", knowledge-base version {request.kb_version}"
+    elif request.system_prompt is not None:
+        which = f", system prompt {request.tag}"
+    else:
+        which = ""
+    print(f"purged {removed} cached answers of tenant {request.tenant}{which}")
     return 0
 
 
@@ -176,13 +196,26 @@ def main(argv: list[str] | None = None) -> int:
     purge_cmd = commands.add_parser("purge", help="remove a tenant's cached answers from the local store")
     purge_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
     purge_cmd.add_argument("--tenant", required=True)
-    purge_cmd.add_argument("--model", help="only this pinned model version")
+    only = purge_cmd.add_mutually_exclusive_group()
+    only.add_argument("--model", help="only this pinned model version")
+    only.add_argument("--kb-version", help="only answers given from this knowledge-base version (metadata.kb_version)")
+    only.add_argument("--system-prompt-file", type=Path, help="only answers given under the system prompt in this file")
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
     commands_by_name: dict[str, Callable[[], int]] = {
         "serve": lambda: serve(args.host, args.port, args.config),
-        "purge": lambda: purge(args.config, args.tenant, args.model),
+        "purge": lambda: purge(
+            args.config,
+            {
+                "tenant": args.tenant,
+                "model": args.model,
+                "kb_version": args.kb_version,
+                "system_prompt": args.system_prompt_file.read_text(encoding="utf-8")
+                if args.system_prompt_file
+                else None,
+            },
+        ),
         "check-config": lambda: check_config(args.config),
         "hash-key": lambda: print_key_digest(args.key),
     }

@@ -7,11 +7,15 @@ Each detector below turns one of those differences into a number the verifier ca
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from .embeddings import normalize_text
 
 FloatVector = npt.NDArray[np.float32]
 
@@ -302,7 +306,7 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def _jaccard(a: set[str], b: set[str]) -> float:
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     if not a and not b:
         return 1.0
     return len(a & b) / len(a | b)
@@ -313,7 +317,7 @@ def _char_ngrams(text: str, n: int = 3) -> set[str]:
     return {s[i : i + n] for i in range(max(len(s) - n + 1, 1))}
 
 
-def _differs(a: set[str], b: set[str]) -> float:
+def _differs(a: frozenset[str], b: frozenset[str]) -> float:
     """1 when the two texts mention different members of a category (one side empty counts too)."""
     return 1.0 if a != b else 0.0
 
@@ -334,13 +338,6 @@ def _direction(text: str) -> tuple[str, str] | None:
     return match.group(1).strip(), match.group(2).strip()
 
 
-def _direction_swap(a: str, b: str) -> float:
-    da, db = _direction(a), _direction(b)
-    if da is None or db is None:
-        return 0.0
-    return 1.0 if da[0] == db[1] and da[1] == db[0] and da[0] != da[1] else 0.0
-
-
 def _order_discordance(wa: list[str], wb: list[str]) -> float:
     """Share of pairs of shared content words whose order flips between the texts (X vs Y, Y vs X)."""
     pos_a = {w: i for i, w in enumerate(wa) if w not in STOPWORDS}
@@ -356,41 +353,82 @@ def _order_discordance(wa: list[str], wb: list[str]) -> float:
     return flips / total
 
 
+@dataclass(frozen=True)
+class _Text:
+    """What the detectors read from one text; computed once per text (see `_analyse`)."""
+
+    words: list[str]
+    word_set: frozenset[str]
+    content: frozenset[str]
+    char3: frozenset[str]
+    length: int
+    numbers: frozenset[str]
+    dates: frozenset[str]
+    negated: bool
+    entities: frozenset[str]
+    lowered: str
+    question_words: frozenset[str]
+    quantities: frozenset[str]
+    time_frame: frozenset[str]
+    direction: tuple[str, str] | None
+
+
+@functools.lru_cache(maxsize=4096)
+def _analyse(raw: str) -> _Text:
+    """Cached: a query is compared with several candidates, and popular entries with many queries."""
+    text = normalize_text(raw)  # what the embedder saw
+    words = _words(text)
+    word_set = frozenset(words)
+    numbers = frozenset(_NUMBER.findall(text))
+    return _Text(
+        words=words,
+        word_set=word_set,
+        content=word_set - STOPWORDS,
+        char3=frozenset(_char_ngrams(text)),
+        length=len(text),
+        numbers=numbers,
+        dates=(word_set & (MONTHS | WEEKDAYS)) | {n for n in numbers if len(n) == 4 and n[:2] in ("19", "20")},
+        negated=any(w in NEGATIONS or w.endswith("n't") for w in words),
+        entities=frozenset(_entities(text)),
+        lowered=text.lower(),
+        question_words=frozenset(w for w in words if w in QUESTION_WORDS),
+        quantities=word_set & QUANTITY_WORDS,
+        time_frame=word_set & TIME_FRAME,
+        direction=_direction(text),
+    )
+
+
+def _missing_entities(a: _Text, b: _Text) -> int:
+    """Entities of `a` that `b` does not mention at all, in any case: "France" vs "france" is the
+    same place, "France" vs "Spain" is not (chat users often type in lowercase)."""
+    return sum(1 for entity in a.entities if entity not in b.lowered)
+
+
 def lexical_features(a: str, b: str, cosine: float) -> list[float]:
     """The LEXICAL_FEATURES of one text pair, in that order; symmetric in a and b."""
-    wa, wb = _words(a), _words(b)
-    sa, sb = set(wa), set(wb)
-    ca, cb = sa - STOPWORDS, sb - STOPWORDS
-    only_a, only_b = ca - cb, cb - ca
-    nums_a, nums_b = set(_NUMBER.findall(a)), set(_NUMBER.findall(b))
-    dates_a = (sa & (MONTHS | WEEKDAYS)) | {n for n in nums_a if len(n) == 4 and n[:2] in ("19", "20")}
-    dates_b = (sb & (MONTHS | WEEKDAYS)) | {n for n in nums_b if len(n) == 4 and n[:2] in ("19", "20")}
-    neg_a, neg_b = (
-        sum(w in NEGATIONS or w.endswith("n't") for w in wa),
-        sum(w in NEGATIONS or w.endswith("n't") for w in wb),
-    )
-    ents_a, ents_b = _entities(a), _entities(b)
-    qa = {w for w in wa if w in QUESTION_WORDS}
-    qb = {w for w in wb if w in QUESTION_WORDS}
+    ta, tb = _analyse(a), _analyse(b)
+    only_a, only_b = ta.content - tb.content, tb.content - ta.content
+    da, db = ta.direction, tb.direction
+    swapped = da is not None and db is not None and da[0] == db[1] and da[1] == db[0] and da[0] != da[1]
     return [
         cosine,
-        _jaccard(sa, sb),
-        _jaccard(ca, cb),
-        _jaccard(_char_ngrams(a), _char_ngrams(b)),
-        min(len(a), len(b)) / max(len(a), len(b), 1),
-        (len(only_a) + len(only_b)) / max(len(ca | cb), 1),
+        _jaccard(ta.word_set, tb.word_set),
+        _jaccard(ta.content, tb.content),
+        _jaccard(ta.char3, tb.char3),
+        min(ta.length, tb.length) / max(ta.length, tb.length, 1),
+        (len(only_a) + len(only_b)) / max(len(ta.content | tb.content), 1),
         float(min(max(len(only_a), len(only_b)), 5)),
-        _differs(nums_a, nums_b),
-        float(min(len(nums_a ^ nums_b), 3)),
-        _differs(sa & QUANTITY_WORDS, sb & QUANTITY_WORDS),
-        _differs(dates_a, dates_b),
-        1.0 if (neg_a > 0) != (neg_b > 0) else 0.0,
-        float(min(len(ents_a ^ ents_b), 3)),
-        _direction_swap(a, b),
-        _order_discordance(wa, wb),
-        _differs(sa & TIME_FRAME, sb & TIME_FRAME),
-        _differs(qa, qb),
-        1.0 if (wa[:1] or [""])[0] != (wb[:1] or [""])[0] else 0.0,
+        _differs(ta.numbers, tb.numbers),
+        float(min(len(ta.numbers ^ tb.numbers), 3)),
+        _differs(ta.quantities, tb.quantities),
+        _differs(ta.dates, tb.dates),
+        1.0 if ta.negated != tb.negated else 0.0,
+        float(min(_missing_entities(ta, tb) + _missing_entities(tb, ta), 3)),
+        1.0 if swapped else 0.0,
+        _order_discordance(ta.words, tb.words),
+        _differs(ta.time_frame, tb.time_frame),
+        _differs(ta.question_words, tb.question_words),
+        1.0 if (ta.words[:1] or [""])[0] != (tb.words[:1] or [""])[0] else 0.0,
     ]
 
 

@@ -12,8 +12,9 @@ Invalidation:
 - TTL: every entry has `expires_at` and is never returned at or after it.
 - `purge(tenant)` / `purge(tenant, model)`: every entry of the tenant (of that model version).
 - System-prompt and knowledge-base versions are part of the scope, so a new version simply never
-  matches the old entries, which expire by TTL; `purge_scope(tenant, scope)` drops one scope at once
-  (e.g. when a prompt is withdrawn), and `purge(tenant)` removes them all. It takes the tenant
+  matches the old entries, which expire by TTL. To remove them at once: `purge(tenant, tag=...)`
+  with `cache.keys.prompt_tag(text)` or `kb_tag(version)` (entries carry the tags of their
+  request), or `purge_scope(tenant, scope)` for one scope. It takes the tenant
   because a Momento purge marker is per tenant, and so that a purge can only reach its own tenant.
 - Purge counts: the local index returns how many live entries went; Momento returns 0 (it cannot
   count what a replaced generation token invalidated).
@@ -22,6 +23,7 @@ Invalidation:
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,17 +61,20 @@ class SemanticIndex(Protocol):
         text: str,
         response_json: str,
         expires_at: float,
+        tags: Sequence[str] = (),
     ) -> None:
-        """Store an entry (replacing one with the same id in the same scope). `tenant` and `model`
-        must be the ones the scope was computed from: purges find entries by them."""
+        """Store an entry (replacing one with the same id in the same scope). `tenant`, `model` and
+        `tags` (`cache.keys.cache_tags`) must be those of the request the scope was computed from:
+        purges find entries by them (a scope has one tenant, model and set of tags)."""
         ...
 
     def search(self, scope: str, vector: Vector, k: int, now: float) -> list[Candidate]:
         """Up to `k` unexpired entries of exactly `scope`, highest cosine first."""
         ...
 
-    def purge(self, tenant: str, model: str | None = None) -> int:
-        """Remove a tenant's entries (optionally one model version's); return how many, or 0 when unknown."""
+    def purge(self, tenant: str, model: str | None = None, tag: str | None = None) -> int:
+        """Remove a tenant's entries, or one model version's, or those carrying `tag` (at most one
+        of the two); return how many, or 0 when unknown."""
         ...
 
     def purge_scope(self, tenant: str, scope: str) -> int:

@@ -19,6 +19,8 @@ Decisions:
 - `metadata["kb_version"]` (the knowledge-base version a RAG client answered from) is in the
   scope: a new version never matches older entries, which then expire by TTL. Other metadata and
   `user` are not: answers are shared within a tenant, as in the exact cache.
+- The embedding model's id is in the scope: after a model or quantisation change, old vectors
+  are never compared with new ones.
 - Images in the last user message are in the scope and also make `semantic_allowed` false: the
   query text would not describe them.
 """
@@ -30,6 +32,7 @@ import json
 from typing import Any
 
 from ..contracts import ChatCompletionRequest, ChatMessage, TextPart
+from .embeddings import embedding_model_id
 
 SCOPE_VERSION = 1
 KB_VERSION_FIELD = "kb_version"
@@ -61,7 +64,8 @@ def semantic_scope(tenant: str, model_version: str, request: ChatCompletionReque
     tenant, resolved model version, every message but the last user message's text (system and
     developer prompts, earlier turns), response_format and the answer-shaping generation
     parameters except temperature, and the knowledge-base version tag from
-    `metadata["kb_version"]`. See the module doc for why each is in or out."""
+    `metadata["kb_version"]`, and the embedding model (vectors of two models are not comparable).
+    See the module doc for why each is in or out."""
     last_user = _last_user_index(request)
     messages = [
         _placeholder(m) if i == last_user else m.model_dump(exclude_none=True) for i, m in enumerate(request.messages)
@@ -78,6 +82,7 @@ def semantic_scope(tenant: str, model_version: str, request: ChatCompletionReque
         "messages": messages,
         "params": params,
         "kb": (request.metadata or {}).get(KB_VERSION_FIELD),
+        "embedding": embedding_model_id(),
     }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,6 +1,6 @@
 """Pair verifier: decides whether a cosine-retrieved cache entry means the same as the query.
 
-A small MLP over `features.pair_features`, trained on the QQP dev split by scripts/train_verifier.py and
+A small ensemble of MLPs over `features.pair_features`, trained on the QQP dev split by scripts/train_verifier.py and
 shipped as `data/verifier.json`. Inference is numpy only. Its output is Platt-calibrated, and the artefact
 carries the precision curve of a held-out part of dev, so a tenant asks for a precision, not a cosine.
 """
@@ -18,20 +18,21 @@ import numpy as np
 import numpy.typing as npt
 
 from llm_gateway.semantic.features import pair_features
+from llm_gateway.semantic.index import Candidate
 
 ARTEFACT_PATH = Path(__file__).parent / "data" / "verifier.json"
 
 FloatArray = npt.NDArray[np.float32]
 
 
-def encode_array(array: npt.NDArray[Any]) -> dict[str, Any]:
-    """Pack a float array as base64 little-endian float32 with its shape (keeps the artefact small)."""
-    data = np.ascontiguousarray(array, dtype="<f4")
-    return {"shape": list(data.shape), "data": base64.b64encode(data.tobytes()).decode("ascii")}
+def encode_array(array: npt.NDArray[Any], dtype: str = "<f4") -> dict[str, Any]:
+    """Pack a float array as base64 little-endian float32 (or `dtype`, e.g. "<f2") with its shape."""
+    data = np.ascontiguousarray(array, dtype=dtype)
+    return {"shape": list(data.shape), "dtype": dtype, "data": base64.b64encode(data.tobytes()).decode("ascii")}
 
 
 def decode_array(packed: dict[str, Any]) -> FloatArray:
-    raw = np.frombuffer(base64.b64decode(packed["data"]), dtype="<f4")
+    raw = np.frombuffer(base64.b64decode(packed["data"]), dtype=packed.get("dtype", "<f4"))
     return raw.reshape(packed["shape"]).astype(np.float32)
 
 
@@ -41,7 +42,19 @@ class Verifier:
     def __init__(self, artefact: dict[str, Any]) -> None:
         self._mean = decode_array(artefact["mean"])
         self._scale = decode_array(artefact["scale"])
-        self._layers = [(decode_array(layer["weight"]), decode_array(layer["bias"])) for layer in artefact["layers"]]
+        # An ensemble of one-hidden-layer MLPs trained with different seeds; their logits are
+        # averaged. The members' hidden layers are packed side by side so that scoring is two
+        # matrix products whatever the ensemble size.
+        members = [
+            [(decode_array(layer["weight"]), decode_array(layer["bias"])) for layer in member["layers"]]
+            for member in artefact["members"]
+        ]
+        if not members or any(len(layers) != 2 or layers[1][0].shape[1] != 1 for layers in members):
+            raise ValueError("the verifier artefact must hold one-hidden-layer MLPs with one output")
+        self._w1 = np.ascontiguousarray(np.hstack([layers[0][0] for layers in members]))
+        self._b1 = np.concatenate([layers[0][1] for layers in members])
+        self._w2 = np.stack([layers[1][0][:, 0] for layers in members])  # (members, hidden)
+        self._b2 = np.array([layers[1][1][0] for layers in members], dtype=np.float32)
         self._platt_a = float(artefact["platt"]["a"])
         self._platt_b = float(artefact["platt"]["b"])
         curve = artefact["curve"]
@@ -51,15 +64,17 @@ class Verifier:
         # envelope (the worst precision at t or above), so a higher target never lowers the threshold.
         self._precision_floor = np.minimum.accumulate(precision[::-1])[::-1]
         self.metadata: dict[str, Any] = artefact.get("metadata", {})
+        # Candidates below this cosine are rejected without computing their features: 99.5 % of
+        # the held-out duplicates lie above it (see the training script).
+        self.cosine_floor = float(self.metadata.get("cosine_floor", -1.0))
 
     def logits(self, features: FloatArray) -> npt.NDArray[np.float64]:
         """Uncalibrated scores of a feature matrix from `pair_features`."""
-        h = (np.asarray(features, dtype=np.float32) - self._mean) / self._scale
-        for i, (weight, bias) in enumerate(self._layers):
-            h = h @ weight + bias
-            if i < len(self._layers) - 1:
-                h = np.maximum(h, 0.0)
-        return h[:, 0].astype(np.float64)
+        x = (np.asarray(features, dtype=np.float32) - self._mean) / self._scale
+        hidden = np.maximum(x @ self._w1 + self._b1, 0.0).reshape(len(x), *self._w2.shape)
+        per_member = np.einsum("nmh,mh->nm", hidden, self._w2) + self._b2
+        mean: npt.NDArray[np.float64] = per_member.mean(axis=1).astype(np.float64)
+        return mean
 
     def calibrate(self, logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         z = np.clip(self._platt_a * logits + self._platt_b, -40.0, 40.0)
@@ -101,6 +116,22 @@ class Verifier:
         return float(
             self.probabilities([query], [candidate], np.asarray(query_vec)[None], np.asarray(candidate_vec)[None])[0]
         )
+
+    def rank(self, query: str, query_vec: FloatArray, candidates: Sequence[Candidate]) -> list[tuple[float, Candidate]]:
+        """(calibrated P(same meaning), candidate) for the candidates at or above `cosine_floor`,
+        best first; one batched pass. Candidates without a stored vector are embedded."""
+        kept = [c for c in candidates if c.cosine >= self.cosine_floor]
+        if not kept:
+            return []
+        missing = [c.text for c in kept if c.vector is None]
+        if missing:
+            from llm_gateway.semantic.embeddings import default_embedder
+
+            embedded = iter(default_embedder().embed(missing))
+        vectors = np.stack([c.vector if c.vector is not None else next(embedded) for c in kept])
+        queries = np.repeat(np.asarray(query_vec, dtype=np.float32).reshape(1, -1), len(kept), axis=0)
+        probs = self.probabilities([query] * len(kept), [c.text for c in kept], queries, vectors)
+        return sorted(zip(probs.tolist(), kept, strict=True), key=lambda pair: -pair[0])
 
     def threshold_for(self, target_precision: float) -> float:
         """The lowest probability threshold whose held-out precision stays at or above the target.

@@ -2,10 +2,11 @@
 
 Exact cache. Momento cannot list keys, so `purge` cannot find entries to delete. Each tenant has a
 *purge marker* instead: a Momento dictionary `{prefix}:purge:{tenant}` whose field `*` (the whole
-tenant) and fields `m:{model}` hold random generation tokens. An entry is stored under
-`{prefix}:x:{key}` together with the two tokens that were current when it was written, and `get`
-returns it only while both are still current. `purge` replaces one token: every entry written
-under the old one becomes unreachable at once and expires by its own TTL.
+tenant), fields `m:{model}` and fields `t:{tag}` (`cache.keys.cache_tags`) hold random generation
+tokens. An entry is stored under `{prefix}:x:{key}` together with the tokens of its tenant, model
+and tags that were current when it was written, and `get` returns it only while all are still
+current. `purge` replaces one token: every entry written under the old one becomes unreachable at
+once and expires by its own TTL.
 
 - The tokens travel in the entry rather than in its key because the port's `get(key, now)` knows
   only the digest, not the tenant or model, so it could not compute a generation-folded key.
@@ -31,10 +32,10 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...config import RateLimit
 from ...contracts import ChatCompletion
@@ -104,10 +105,35 @@ class _Entry:
     tokens: tuple[str, str]
     expires_at: float
     body: bytes
+    # The entry's tags and the tokens of their marker fields `t:{tag}` when it was written ("" =
+    # unset: creating a field per tag would grow the marker; an unset token still guards, because
+    # a purge sets one and "" then no longer matches).
+    tags: tuple[str, ...] = ()
+    tag_tokens: tuple[str, ...] = ()
+
+    @property
+    def all_tokens(self) -> list[str]:
+        return [*self.tokens, *self.tag_tokens]
+
+
+def marker_fields(model: str, tags: Sequence[str]) -> list[str]:
+    """The purge-marker fields guarding an entry: the tenant's, its model's, one per tag."""
+    return [TENANT_FIELD, f"m:{model}", *(f"t:{tag}" for tag in tags)]
+
+
+def purge_field(model: str | None, tag: str | None) -> str:
+    """The marker field a purge replaces: the tenant's, a model's or a tag's."""
+    if model is not None and tag is not None:
+        raise ValueError("purge by model or by tag, not both")
+    if model is not None:
+        return f"m:{model}"
+    return TENANT_FIELD if tag is None else f"t:{tag}"
 
 
 def _encode(entry: _Entry) -> bytes:
-    header = {"t": entry.tenant, "m": entry.model, "g": list(entry.tokens), "e": entry.expires_at}
+    header: dict[str, Any] = {"t": entry.tenant, "m": entry.model, "g": list(entry.tokens), "e": entry.expires_at}
+    if entry.tags:
+        header["x"] = [list(pair) for pair in zip(entry.tags, entry.tag_tokens, strict=True)]
     return json.dumps(header, separators=(",", ":")).encode() + b"\n" + entry.body
 
 
@@ -116,13 +142,14 @@ def _decode(raw: bytes) -> _Entry | None:
     try:
         header = json.loads(head)
         tenant, model, (whole, per_model), expires_at = header["t"], header["m"], header["g"], header["e"]
+        tagged = [(tag, token) for tag, token in header.get("x", [])]
     except (ValueError, KeyError, TypeError):
         return None
-    if not all(isinstance(v, str) for v in (tenant, model, whole, per_model)):
+    strings = (tenant, model, whole, per_model, *(v for pair in tagged for v in pair))
+    if not all(isinstance(v, str) for v in strings) or not isinstance(expires_at, int | float):
         return None
-    if not isinstance(expires_at, int | float):
-        return None
-    return _Entry(tenant, model, (whole, per_model), float(expires_at), body)
+    tags, tag_tokens = tuple(t for t, _ in tagged), tuple(g for _, g in tagged)
+    return _Entry(tenant, model, (whole, per_model), float(expires_at), body, tags, tag_tokens)
 
 
 def _new_token() -> str:
@@ -158,8 +185,8 @@ class MomentoExactCache(_MomentoAdapter):
         entry = self._entry(key)
         if entry is None or entry.expires_at <= now:
             return None
-        tokens = self._tokens(entry.tenant, entry.model)
-        if tokens != entry.tokens:
+        tokens = self._tokens(entry.tenant, marker_fields(entry.model, entry.tags))
+        if tokens != entry.all_tokens:
             if tokens is not None:  # purged: free the memory early
                 self._client.delete(self._cache, self.entry_key(key))
             return None
@@ -178,27 +205,38 @@ class MomentoExactCache(_MomentoAdapter):
             log.warning("momento cache get failed: %s", answer.message)
         return None
 
-    def put(self, key: str, tenant: str, model: str, response: ChatCompletion, expires_at: float) -> None:
+    def put(
+        self,
+        key: str,
+        tenant: str,
+        model: str,
+        response: ChatCompletion,
+        expires_at: float,
+        tags: Sequence[str] = (),
+    ) -> None:
         from momento.responses import CacheSet
 
         ttl_s = expires_at - self._clock()
         if ttl_s < 0.001:  # Momento TTLs are whole milliseconds and must be positive
             return
-        tokens = self._tokens(tenant, model)
-        if tokens is not None and "" in tokens:
-            tokens = self._create_marker_fields(tenant, model, tokens)
+        tags = tuple(tags)
+        tokens = self._tokens(tenant, marker_fields(model, tags))
+        if tokens is not None and "" in tokens[:2]:
+            created = self._create_marker_fields(tenant, model, (tokens[0], tokens[1]))
+            tokens = None if created is None else [*created, *tokens[2:]]
         if tokens is None:
             return  # the marker could not be read or written: storing blind could outlive a purge
-        entry = _Entry(tenant, model, tokens, expires_at, response.model_dump_json().encode())
+        body = response.model_dump_json().encode()
+        entry = _Entry(tenant, model, (tokens[0], tokens[1]), expires_at, body, tags, tuple(tokens[2:]))
         answer = self._client.set(self._cache, self.entry_key(key), _encode(entry), ttl=timedelta(seconds=ttl_s))
         if not isinstance(answer, CacheSet.Success):
             log.warning("momento cache set failed: %s", getattr(answer, "message", answer))
 
-    def purge(self, tenant: str, model: str | None = None) -> int:
+    def purge(self, tenant: str, model: str | None = None, tag: str | None = None) -> int:
         from momento.requests import CollectionTtl
         from momento.responses import CacheDictionarySetField
 
-        field = TENANT_FIELD if model is None else f"m:{model}"
+        field = purge_field(model, tag)
         answer = self._client.dictionary_set_field(
             self._cache, self.marker_name(tenant), field, _new_token(), ttl=CollectionTtl.of(self._marker_ttl)
         )
@@ -206,20 +244,17 @@ class MomentoExactCache(_MomentoAdapter):
             raise StoreUnavailable(f"the cache purge for tenant {tenant!r} did not happen: {answer}")
         return 0
 
-    def _tokens(self, tenant: str, model: str) -> tuple[str, str] | None:
-        """The tenant's and the model's current tokens ("" where none is set); None on error."""
+    def _tokens(self, tenant: str, fields: list[str]) -> list[str] | None:
+        """The current tokens of these marker fields ("" where none is set); None on error."""
         from momento.responses import CacheDictionaryGetField, CacheDictionaryGetFields
 
-        answer = self._client.dictionary_get_fields(self._cache, self.marker_name(tenant), [TENANT_FIELD, f"m:{model}"])
+        answer = self._client.dictionary_get_fields(self._cache, self.marker_name(tenant), fields)
         if isinstance(answer, CacheDictionaryGetFields.Miss):
-            return "", ""
+            return [""] * len(fields)
         if not isinstance(answer, CacheDictionaryGetFields.Hit):
             log.warning("momento purge marker read failed: %s", getattr(answer, "message", answer))
             return None
-        whole, per_model = (
-            part.value_string if isinstance(part, CacheDictionaryGetField.Hit) else "" for part in answer.responses
-        )
-        return whole, per_model
+        return [part.value_string if isinstance(part, CacheDictionaryGetField.Hit) else "" for part in answer.responses]
 
     def _create_marker_fields(self, tenant: str, model: str, tokens: tuple[str, str]) -> tuple[str, str] | None:
         from momento.requests import CollectionTtl

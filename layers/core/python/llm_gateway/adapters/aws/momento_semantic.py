@@ -7,7 +7,8 @@ a field of a Momento dictionary, the *bucket*:
     {prefix}:sem:{lsh}:{scope}:{band}:{hash}   field = entry id, value = header + float16 vector
     {prefix}:sem:e:{scope}:{entry_id}          header (scope, tenant, model, tokens, expiry, text)
                                                + float32 vector + response JSON
-    {prefix}:sem:purge:{tenant}                purge marker: fields `*`, `m:{model}`, `s:{scope}`
+    {prefix}:sem:purge:{tenant}                purge marker: fields `*`, `m:{model}`, `s:{scope}`,
+                                               `t:{tag}`
 
 The scope is in every bucket key, so a search can only ever see its own scope's entries.
 
@@ -18,8 +19,8 @@ them ranked by the exact float32 cosine. Round trips: `bands` bucket reads + 1 m
 fetching their (large) entries; the entry's float32 vector makes the returned cosine exact.
 
 Purge works like the exact cache's (`adapters.aws.momento`): an entry records the generation
-tokens current when it was written (tenant `*`, model `m:{model}`, scope `s:{scope}`), and is
-returned only while all three are still current; `purge` replaces one token, and the invalidated
+tokens current when it was written (tenant `*`, model `m:{model}`, scope `s:{scope}`, and `t:{tag}`
+for each of its tags), and is returned only while all are still current; `purge` replaces one token, and the invalidated
 entries expire by their TTL. The tenant and model tokens are always created before a write, so
 a lost marker turns entries into misses, never revives them. The scope token may stay unset ("")
 until the scope is first purged: the marker would otherwise grow by one field per conversation,
@@ -35,7 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -46,7 +47,7 @@ import numpy as np
 from ...semantic.index import DIMENSIONS, Candidate, Vector, as_unit_vector
 from ...semantic.lsh import HyperplaneLSH
 from . import StoreUnavailable
-from .momento import TENANT_FIELD, _MomentoAdapter, _new_token
+from .momento import TENANT_FIELD, _MomentoAdapter, _new_token, purge_field
 
 if TYPE_CHECKING:
     from momento import CacheClient
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 _VECTOR16_BYTES = DIMENSIONS * 2
 _VECTOR32_BYTES = DIMENSIONS * 4
-Tokens = tuple[str, str, str]
+Tokens = tuple[str, ...]  # of the marker fields: tenant `*`, `m:{model}`, `s:{scope}`, then `t:{tag}` per tag
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -66,6 +67,7 @@ class _Posting:
 
     tenant: str
     model: str
+    tags: tuple[str, ...]
     tokens: Tokens
     expires_at: float
     vector: Vector
@@ -80,15 +82,27 @@ def _header(raw: bytes) -> tuple[dict[str, Any], bytes] | None:
     return (header, rest) if isinstance(header, dict) else None
 
 
-def _tokens(header: dict[str, Any]) -> Tokens | None:
-    tokens = header.get("g")
-    if not isinstance(tokens, list) or len(tokens) != 3 or not all(isinstance(t, str) for t in tokens):
+def _strings(value: Any) -> tuple[str, ...] | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return None
-    return tokens[0], tokens[1], tokens[2]
+    return tuple(value)
 
 
-def _encode_posting(tenant: str, model: str, tokens: Tokens, expires_at: float, vector: Vector) -> bytes:
-    header = {"t": tenant, "m": model, "g": list(tokens), "e": expires_at}
+def _tokens(header: dict[str, Any]) -> Tokens | None:
+    tokens, tags = _strings(header.get("g")), _strings(header.get("x", []))
+    if tokens is None or tags is None or len(tokens) != 3 + len(tags):
+        return None
+    return tokens
+
+
+def _marker_fields(model: str, scope: str, tags: tuple[str, ...]) -> list[str]:
+    return [TENANT_FIELD, f"m:{model}", f"s:{scope}", *(f"t:{tag}" for tag in tags)]
+
+
+def _encode_posting(
+    tenant: str, model: str, tags: tuple[str, ...], tokens: Tokens, expires_at: float, vector: Vector
+) -> bytes:
+    header = {"t": tenant, "m": model, "x": list(tags), "g": list(tokens), "e": expires_at}
     return json.dumps(header, separators=(",", ":")).encode() + b"\n" + vector.astype(np.float16).tobytes()
 
 
@@ -97,14 +111,14 @@ def _decode_posting(raw: bytes) -> _Posting | None:
     if parsed is None:
         return None
     header, body = parsed
-    tokens = _tokens(header)
+    tokens, tags = _tokens(header), _strings(header.get("x", []))
     tenant, model, expires_at = header.get("t"), header.get("m"), header.get("e")
-    if tokens is None or not isinstance(tenant, str) or not isinstance(model, str) or len(body) != _VECTOR16_BYTES:
+    if tokens is None or tags is None or not isinstance(tenant, str) or not isinstance(model, str):
         return None
-    if not isinstance(expires_at, int | float):
+    if len(body) != _VECTOR16_BYTES or not isinstance(expires_at, int | float):
         return None
     vector = np.frombuffer(body, dtype=np.float16).astype(np.float32)
-    return _Posting(tenant, model, tokens, float(expires_at), vector)
+    return _Posting(tenant, model, tags, tokens, float(expires_at), vector)
 
 
 class MomentoSemanticIndex(_MomentoAdapter):
@@ -159,6 +173,7 @@ class MomentoSemanticIndex(_MomentoAdapter):
         text: str,
         response_json: str,
         expires_at: float,
+        tags: Sequence[str] = (),
     ) -> None:
         from momento.requests import CollectionTtl
         from momento.responses import CacheDictionarySetField, CacheSet
@@ -167,19 +182,20 @@ class MomentoSemanticIndex(_MomentoAdapter):
         ttl_s = expires_at - self._clock()
         if ttl_s < 0.001:  # Momento TTLs are whole, positive milliseconds
             return
-        tokens = self._current_tokens(tenant, model, scope)
+        tags = tuple(tags)
+        tokens = self._current_tokens(tenant, model, scope, tags)
         if tokens is not None and "" in tokens[:2]:
             tokens = self._create_tokens(tenant, model, tokens)
         if tokens is None:
             return  # the marker could not be read or written: storing blind could outlive a purge
         ttl = timedelta(seconds=ttl_s)
-        header = {"s": scope, "t": tenant, "m": model, "g": list(tokens), "e": expires_at, "q": text}
+        header = {"s": scope, "t": tenant, "m": model, "x": list(tags), "g": list(tokens), "e": expires_at, "q": text}
         entry = json.dumps(header, separators=(",", ":")).encode() + b"\n" + unit.tobytes() + response_json.encode()
         stored = self._client.set(self._cache, self.entry_key(scope, entry_id), entry, ttl=ttl)
         if not isinstance(stored, CacheSet.Success):
             log.warning("momento semantic entry set failed: %s", getattr(stored, "message", stored))
             return
-        posting = _encode_posting(tenant, model, tokens, expires_at, unit)
+        posting = _encode_posting(tenant, model, tags, tokens, expires_at, unit)
         bucket_ttl = CollectionTtl.of(ttl)
         answers = self._map(
             lambda key: self._client.dictionary_set_field(self._cache, key, entry_id, posting, ttl=bucket_ttl),
@@ -207,14 +223,11 @@ class MomentoSemanticIndex(_MomentoAdapter):
             self._remove_stale(keys, buckets, set())
             return []
         first = next(iter(live.values()))
-        tokens = self._current_tokens(first.tenant, first.model, scope)
+        tokens = self._current_tokens(first.tenant, first.model, scope, first.tags)
         if tokens is None:
             return []  # cannot tell what was purged: fail closed
-        valid = {
-            entry_id: p
-            for entry_id, p in live.items()
-            if (p.tenant, p.model, p.tokens) == (first.tenant, first.model, tokens)
-        }
+        owner = (first.tenant, first.model, first.tags, tokens)
+        valid = {entry_id: p for entry_id, p in live.items() if (p.tenant, p.model, p.tags, p.tokens) == owner}
         self._remove_stale(keys, buckets, set(valid))
         if not valid:
             return []
@@ -274,8 +287,8 @@ class MomentoSemanticIndex(_MomentoAdapter):
 
     # ------------------------------------------------------------------ purge
 
-    def purge(self, tenant: str, model: str | None = None) -> int:
-        self._replace_token(tenant, TENANT_FIELD if model is None else f"m:{model}")
+    def purge(self, tenant: str, model: str | None = None, tag: str | None = None) -> int:
+        self._replace_token(tenant, purge_field(model, tag))
         return 0
 
     def purge_scope(self, tenant: str, scope: str) -> int:
@@ -292,21 +305,21 @@ class MomentoSemanticIndex(_MomentoAdapter):
         if not isinstance(answer, CacheDictionarySetField.Success):
             raise StoreUnavailable(f"the semantic index purge for tenant {tenant!r} did not happen: {answer}")
 
-    def _current_tokens(self, tenant: str, model: str, scope: str) -> Tokens | None:
-        """The tenant's, model's and scope's tokens ("" where unset); None when the marker cannot be read."""
+    def _current_tokens(self, tenant: str, model: str, scope: str, tags: tuple[str, ...]) -> Tokens | None:
+        """The tenant's, model's, scope's and tags' tokens ("" where unset); None when the marker
+        cannot be read."""
         from momento.responses import CacheDictionaryGetField, CacheDictionaryGetFields
 
-        fields = [TENANT_FIELD, f"m:{model}", f"s:{scope}"]
+        fields = _marker_fields(model, scope, tags)
         answer = self._client.dictionary_get_fields(self._cache, self.marker_name(tenant), fields)
         if isinstance(answer, CacheDictionaryGetFields.Miss):
-            return "", "", ""
+            return ("",) * len(fields)
         if not isinstance(answer, CacheDictionaryGetFields.Hit):
             log.warning("momento semantic purge marker read failed: %s", getattr(answer, "message", answer))
             return None
-        whole, per_model, per_scope = (
+        return tuple(
             part.value_string if isinstance(part, CacheDictionaryGetField.Hit) else "" for part in answer.responses
         )
-        return whole, per_model, per_scope
 
     def _create_tokens(self, tenant: str, model: str, tokens: Tokens) -> Tokens | None:
         from momento.requests import CollectionTtl
@@ -324,7 +337,7 @@ class MomentoSemanticIndex(_MomentoAdapter):
         if not isinstance(answer, CacheDictionarySetFields.Success):
             log.warning("momento semantic purge marker write failed: %s", getattr(answer, "message", answer))
             return None
-        return whole, per_model, tokens[2]
+        return (whole, per_model, *tokens[2:])
 
     def close(self) -> None:
         if self._pool is not None:

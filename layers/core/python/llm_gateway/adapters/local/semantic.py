@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ...semantic.index import DIMENSIONS, Candidate, Vector, as_unit_vector
+from .sqlite import add_missing_column, join_tags, purge_filter
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS semantic_index (
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS semantic_index (
     text TEXT NOT NULL,
     response TEXT NOT NULL,
     expires_at REAL NOT NULL,
+    tags TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (scope, entry_id)
 );
 CREATE INDEX IF NOT EXISTS semantic_index_tenant ON semantic_index (tenant, model);
@@ -43,6 +45,7 @@ CREATE INDEX IF NOT EXISTS semantic_index_tenant ON semantic_index (tenant, mode
 class _Scope:
     tenant: str
     model: str
+    tags: str  # as `join_tags` stores them
     vectors: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((1, DIMENSIONS), np.float32))
     expires: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(1, np.float64))
     ids: list[str] = field(default_factory=list)
@@ -95,6 +98,7 @@ class LocalSemanticIndex:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        add_missing_column(self._db, "semantic_index", "tags", "TEXT NOT NULL DEFAULT ''")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._scopes: dict[str, _Scope] = {}
@@ -103,19 +107,19 @@ class LocalSemanticIndex:
     def _load(self, now: float) -> None:
         self._db.execute("DELETE FROM semantic_index WHERE expires_at <= ?", (now,))
         rows = self._db.execute(
-            "SELECT scope, entry_id, tenant, model, vector, text, response, expires_at FROM semantic_index"
+            "SELECT scope, entry_id, tenant, model, vector, text, response, expires_at, tags FROM semantic_index"
             " ORDER BY rowid"
         )
-        for scope, entry_id, tenant, model, blob, text, response, expires_at in rows:
+        for scope, entry_id, tenant, model, blob, text, response, expires_at, tags in rows:
             vector = np.frombuffer(blob, dtype=np.float32)
             if vector.shape != (DIMENSIONS,):
                 continue
-            self._scope(scope, tenant, model).put(entry_id, vector, text, response, expires_at)
+            self._scope(scope, tenant, model, tags).put(entry_id, vector, text, response, expires_at)
 
-    def _scope(self, scope: str, tenant: str, model: str) -> _Scope:
+    def _scope(self, scope: str, tenant: str, model: str, tags: str) -> _Scope:
         found = self._scopes.get(scope)
         if found is None:
-            found = self._scopes[scope] = _Scope(tenant, model)
+            found = self._scopes[scope] = _Scope(tenant, model, tags)
         return found
 
     def add(
@@ -128,16 +132,21 @@ class LocalSemanticIndex:
         text: str,
         response_json: str,
         expires_at: float,
+        tags: Sequence[str] = (),
     ) -> None:
         unit = as_unit_vector(vector)
+        stored_tags = join_tags(tags)
         with self._lock:
             existing = self._scopes.get(scope)
-            if existing is not None and (existing.tenant, existing.model) != (tenant, model):
-                raise ValueError("a scope belongs to one tenant and model version")
-            self._scope(scope, tenant, model).put(entry_id, unit, text, response_json, expires_at)
+            owner = (tenant, model, stored_tags)
+            if existing is not None and (existing.tenant, existing.model, existing.tags) != owner:
+                raise ValueError("a scope belongs to one tenant, model version and set of tags")
+            self._scope(scope, tenant, model, stored_tags).put(entry_id, unit, text, response_json, expires_at)
             self._db.execute(
-                "INSERT OR REPLACE INTO semantic_index VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (scope, entry_id, tenant, model, unit.tobytes(), text, response_json, expires_at),
+                "INSERT OR REPLACE INTO semantic_index"
+                " (scope, entry_id, tenant, model, vector, text, response, expires_at, tags)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (scope, entry_id, tenant, model, unit.tobytes(), text, response_json, expires_at, stored_tags),
             )
 
     def search(self, scope: str, vector: Vector, k: int, now: float) -> list[Candidate]:
@@ -153,8 +162,13 @@ class LocalSemanticIndex:
                 count = len(found.ids)
                 live = found.expires[:count] > now
             cosines = found.vectors[:count] @ query
-            cosines = np.where(live, cosines, -np.inf)
-            top = np.argsort(-cosines, kind="stable")[: min(k, int(np.count_nonzero(live)))]
+            cosines[~live] = -np.inf
+            take = min(k, int(np.count_nonzero(live)))
+            if take == 0:
+                return []
+            # Partial selection, then a stable sort of the few chosen: ties keep insertion order.
+            chosen = np.argpartition(-cosines, take - 1)[:take] if take < count else np.arange(count)
+            top = chosen[np.lexsort((chosen, -cosines[chosen]))]
             return [
                 Candidate(
                     found.ids[i],
@@ -170,17 +184,17 @@ class LocalSemanticIndex:
         found.compact(now)
         self._db.execute("DELETE FROM semantic_index WHERE scope = ? AND expires_at <= ?", (scope, now))
 
-    def purge(self, tenant: str, model: str | None = None) -> int:
+    def purge(self, tenant: str, model: str | None = None, tag: str | None = None) -> int:
+        where, args = purge_filter(tenant, model, tag)
         now = self._clock()
         with self._lock:
             doomed = [
-                name for name, s in self._scopes.items() if s.tenant == tenant and (model is None or s.model == model)
+                name
+                for name, s in self._scopes.items()
+                if s.tenant == tenant and (model is None or s.model == model) and (tag is None or f" {tag} " in s.tags)
             ]
             removed = sum(self._scopes.pop(name).live_count(now) for name in doomed)
-            if model is None:
-                self._db.execute("DELETE FROM semantic_index WHERE tenant = ?", (tenant,))
-            else:
-                self._db.execute("DELETE FROM semantic_index WHERE tenant = ? AND model = ?", (tenant, model))
+            self._db.execute(f"DELETE FROM semantic_index WHERE {where}", args)  # noqa: S608 - fixed SQL
             return removed
 
     def purge_scope(self, tenant: str, scope: str) -> int:

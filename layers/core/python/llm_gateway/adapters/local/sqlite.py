@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from ...contracts import ChatCompletion
@@ -23,7 +24,8 @@ CREATE TABLE IF NOT EXISTS exact_cache (
     tenant TEXT NOT NULL,
     model TEXT NOT NULL,
     response TEXT NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    tags TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS exact_cache_tenant ON exact_cache (tenant, model);
 CREATE TABLE IF NOT EXISTS usage (
@@ -66,6 +68,33 @@ _USAGE_COLUMNS = tuple(UsageRecord.model_fields)
 _AUDIT_COLUMNS = tuple(AuditRecord.model_fields)
 
 
+def add_missing_column(db: sqlite3.Connection, table: str, column: str, definition: str) -> None:
+    """Bring a store written by an earlier release up to the current schema (SQLite has no
+    `ADD COLUMN IF NOT EXISTS`)."""
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    if exists and column not in columns:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def join_tags(tags: Sequence[str]) -> str:
+    """Tags as stored: space-delimited on both ends, so a tag matches whole (tags hold no spaces)."""
+    if any(not tag or " " in tag for tag in tags):
+        raise ValueError("cache tags are non-empty and hold no spaces")
+    return f" {' '.join(tags)} " if tags else ""
+
+
+def purge_filter(tenant: str, model: str | None, tag: str | None) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (and its arguments) of a purge by tenant, model or tag."""
+    if model is not None and tag is not None:
+        raise ValueError("purge by model or by tag, not both")
+    if model is not None:
+        return "tenant = ? AND model = ?", (tenant, model)
+    if tag is not None:
+        return "tenant = ? AND instr(tags, ?) > 0", (tenant, f" {tag} ")
+    return "tenant = ?", (tenant,)
+
+
 def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
     return f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608 - fixed names
 
@@ -80,6 +109,7 @@ class SqliteStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        add_missing_column(self._db, "exact_cache", "tags", "TEXT NOT NULL DEFAULT ''")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -101,19 +131,26 @@ class SqliteStore:
             ).fetchone()
         return None if row is None else ChatCompletion.model_validate_json(row[0])
 
-    def put(self, key: str, tenant: str, model: str, response: ChatCompletion, expires_at: float) -> None:
+    def put(
+        self,
+        key: str,
+        tenant: str,
+        model: str,
+        response: ChatCompletion,
+        expires_at: float,
+        tags: Sequence[str] = (),
+    ) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO exact_cache (key, tenant, model, response, expires_at) VALUES (?, ?, ?, ?, ?)",
-                (key, tenant, model, response.model_dump_json(), expires_at),
+                "INSERT OR REPLACE INTO exact_cache (key, tenant, model, response, expires_at, tags)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key, tenant, model, response.model_dump_json(), expires_at, join_tags(tags)),
             )
 
-    def purge(self, tenant: str, model: str | None = None) -> int:
+    def purge(self, tenant: str, model: str | None = None, tag: str | None = None) -> int:
+        where, args = purge_filter(tenant, model, tag)
         with self._lock:
-            if model is None:
-                cursor = self._db.execute("DELETE FROM exact_cache WHERE tenant = ?", (tenant,))
-            else:
-                cursor = self._db.execute("DELETE FROM exact_cache WHERE tenant = ? AND model = ?", (tenant, model))
+            cursor = self._db.execute(f"DELETE FROM exact_cache WHERE {where}", args)  # noqa: S608 - fixed SQL
         return cursor.rowcount
 
     def purge_expired(self, now: float) -> int:
