@@ -131,3 +131,29 @@ def test_a_blocked_injection_is_an_openai_style_400_and_is_audited() -> None:
     assert state.invoke is None  # the model was never called
     rows = store_of(runner.deps).query("SELECT outcome FROM audit")
     assert rows[-1] == ("blocked",)
+
+
+def test_scores_equal_a_direct_tfidf_computation_with_scikit_learns_analyzers(
+    classifier: InjectionClassifier,
+) -> None:
+    import gzip
+    import json
+    import math
+
+    from llm_gateway.guard.injection import ARTEFACT_PATH
+
+    artefact = json.loads(gzip.decompress(ARTEFACT_PATH.read_bytes()))
+    analyzers = {
+        "word": TfidfVectorizer(ngram_range=(1, 2)).build_analyzer(),
+        "char_wb": TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)).build_analyzer(),
+    }
+    for text in [*TEXTS, *ATTACKS, *BENIGN, " ".join(BENIGN) * 3]:
+        z = artefact["bias"]
+        for block in artefact["blocks"]:
+            terms = {t: (idf, w) for t, idf, w in block["terms"]}
+            counts = Counter(g for g in analyzers[block["analyzer"]](text) if g in terms)
+            values = {g: (1 + math.log(c)) * terms[g][0] for g, c in counts.items()}
+            norm = math.sqrt(sum(v * v for v in values.values()))
+            z += sum(v * terms[g][1] for g, v in values.items()) / norm if norm else 0.0
+        assert classifier.score(text) == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-9)
+        assert classifier.score(text) == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-9)  # memoised words

@@ -19,7 +19,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ def char_wb_ngrams(text: str, low: int, high: int) -> Iterable[str]:
                 yield padded[i : i + n]
 
 
+_WORD_MEMO_LIMIT = 50_000
+
+
 @dataclass(frozen=True)
 class _Vocabulary:
     """One TF-IDF block: sublinear tf x idf, L2-normalised, dotted with the model's weights."""
@@ -60,10 +63,25 @@ class _Vocabulary:
     low: int
     high: int
     terms: dict[str, tuple[float, float]]  # term -> (idf, weight)
+    # char_wb: a word's in-vocabulary n-grams, memoised (words repeat across prompts).
+    _memo: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def _grams(self, text: str) -> list[str]:
+        if self.analyzer == "word":
+            return [gram for gram in word_ngrams(text, self.low, self.high) if gram in self.terms]
+        grams: list[str] = []
+        for word in _WHITESPACE.sub(" ", text.lower()).split():
+            known = self._memo.get(word)
+            if known is None:
+                known = tuple(g for g in char_wb_ngrams(word, self.low, self.high) if g in self.terms)
+                if len(self._memo) >= _WORD_MEMO_LIMIT:
+                    self._memo.clear()
+                self._memo[word] = known
+            grams.extend(known)
+        return grams
 
     def contribution(self, text: str) -> float:
-        grams = word_ngrams if self.analyzer == "word" else char_wb_ngrams
-        counts = Counter(gram for gram in grams(text, self.low, self.high) if gram in self.terms)
+        counts = Counter(self._grams(text))
         norm_sq = dot = 0.0
         for term, count in counts.items():
             idf, weight = self.terms[term]

@@ -27,22 +27,43 @@ PHONE = "PHONE"
 IP_ADDRESS = "IP_ADDRESS"
 STRUCTURED_TYPES = (CREDIT_CARD, US_SSN, IBAN, EMAIL, PHONE, IP_ADDRESS)
 
-_CARD = re.compile(r"(?<![\w.-])(?:\d[ -]?){12,18}\d(?![\w-])")
+_CARD = re.compile(r"(?<![\w.-])\d(?:[ -]?\d){11,18}(?![\w-])")  # 12-19 digits
 _SSN = re.compile(r"(?<![\w-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\w-])")
 _IBAN = re.compile(r"(?<![A-Z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Z0-9])", re.IGNORECASE)
 _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?@"
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
 )
-# Three shapes: international (+CC ...), North American (415) 555-0132 / 415-555-0132, and national
-# numbers with a trunk 0 (020 7946 0958). A bare run of digit groups is more often an id or amount.
+# Three shapes: international (+CC or 00CC ...), North American ((415) 555-0132, 415.555.0132),
+# national numbers with a trunk 0 (020 7946 0958); each may carry an extension (x123, ext. 123).
+# A bare run of ten digits counts only after a phone word (see `_phones`).
+_EXTENSION = r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,6})?"
 _PHONE = re.compile(
     r"(?<![\w+])(?:"
-    r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"
+    r"(?:\+|00)\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"
     r"|(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}"
     r"|0\d{1,4}[ .-]\d{3,4}[ .-]?\d{3,4}"
-    r")(?![\w])"
+    r")" + _EXTENSION + r"(?![\w])",
+    re.IGNORECASE,
 )
+_BARE_PHONE = re.compile(r"(?<![\w+])[2-9]\d{9}(?![\w])")
+# Ambiguous shapes (a bare ten-digit run, a card number with a leading 0) count only next to a
+# word that names them, as presidio's context words do.
+_PHONE_CONTEXT = re.compile(
+    r"\b(?:phone|call|tel|telephone|mobile|cell|fax|number|contact|reach|text|sms|messages?|registered"
+    r"|office|desk|home|work|whatsapp)\b",
+    re.IGNORECASE,
+)
+_CARD_CONTEXT = re.compile(r"\b(?:card|cc|credit|debit|visa|mastercard|maestro|amex)\b", re.IGNORECASE)
+_CONTEXT_BEFORE, _CONTEXT_AFTER = 30, 12
+
+
+def _in_context(context: re.Pattern[str], text: str, start: int, end: int) -> bool:
+    before = text[max(0, start - _CONTEXT_BEFORE) : start]
+    after = text[end : end + _CONTEXT_AFTER]
+    return context.search(before) is not None or context.search(after) is not None
+
+
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 # IBAN lengths by country (ISO 13616); a candidate of another length is not an IBAN.
@@ -99,7 +120,10 @@ class Span:
 def _cards(text: str) -> Iterable[Span]:
     for m in _CARD.finditer(text):
         digits = re.sub(r"[ -]", "", m.group())
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+        if not (12 <= len(digits) <= 19 and luhn_valid(digits)):
+            continue
+        # Issuer prefixes start with 1-6; a leading 0 (some Maestro ranges) needs a card word nearby.
+        if digits[0] in "123456" or (digits[0] == "0" and _in_context(_CARD_CONTEXT, text, m.start(), m.end())):
             yield Span(CREDIT_CARD, m.start(), m.end(), m.group())
 
 
@@ -136,7 +160,10 @@ def _ips(text: str) -> Iterable[Span]:
 def _phones(text: str) -> Iterable[Span]:
     for m in _PHONE.finditer(text):
         digits = sum(ch.isdigit() for ch in m.group())
-        if 10 <= digits <= 15:  # E.164 allows 15
+        if 10 <= digits <= 20:  # E.164 allows 15, plus an extension
+            yield Span(PHONE, m.start(), m.end(), m.group())
+    for m in _BARE_PHONE.finditer(text):
+        if _in_context(_PHONE_CONTEXT, text, m.start(), m.end()):
             yield Span(PHONE, m.start(), m.end(), m.group())
 
 
