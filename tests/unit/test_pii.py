@@ -212,3 +212,69 @@ def test_ner_without_its_model_is_a_clear_config_error(monkeypatch: pytest.Monke
     monkeypatch.setattr(deps_module, "ner_available", lambda: False)
     with pytest.raises(ConfigError, match="needs the `ner` extra"):
         _deps(ner=True)
+
+
+LEAKY_ANSWER = "Sure. Our support line is +1 (415) 555-0199 and the admin's card is 4111 1111 1111 1111."
+
+
+def _leaky(**policy: Any) -> LocalRunner:
+    """A runner whose model streams LEAKY_ANSWER in 5-character pieces."""
+    deps = _deps(**policy)
+    pieces = [LEAKY_ANSWER[i : i + 5] for i in range(0, len(LEAKY_ANSWER), 5)]
+    deps.providers.register("echo", lambda: ScriptedStream(pieces))
+    return LocalRunner(deps)
+
+
+def test_pii_the_answer_itself_carries_is_redacted_and_not_cached() -> None:
+    # The user's own values come back as placeholders (masked on the way in), not as leaks ...
+    state = LocalRunner(_deps()).run(make_state(LEAKY_ANSWER))  # echo repeats the (masked) question
+    assert state.finish is not None and state.finish.response is not None
+    assert "[PHONE_1]" in state.finish.response.text()
+    assert state.moderate is not None and state.moderate.outcome == "passed"
+
+    # ... while values the model produces itself are redacted, in a stream too
+    stream_state = make_state("What is your support line?", stream=True)
+    _model, items = start_stream(_leaky(), stream_state)
+    text, _chunks, errors = collect(items)
+
+    assert not errors
+    assert text == "Sure. Our support line is [REDACTED_PHONE] and the admin's card is [REDACTED_CREDIT_CARD]."
+    assert stream_state.moderate is not None and stream_state.moderate.outcome == "redacted"
+    assert stream_state.moderate.rule == "CREDIT_CARD, PHONE"
+    assert stream_state.finish is not None and not stream_state.finish.cached  # a redacted answer is not reused
+
+
+def test_the_moderate_step_redacts_or_withholds_per_policy() -> None:
+    from llm_gateway.contracts import InvokeResult
+    from llm_gateway.invoke import build_completion
+    from llm_gateway.moderation import moderate_step
+    from llm_gateway.providers.base import ProviderReply
+
+    for answers, outcome in (("redact", "redacted"), ("withhold", "filtered"), ("allow", "passed")):
+        deps = _deps(answers=answers)
+        state = make_state("What is your support line?")
+        state.guard = guard_step(state, deps)
+        reply = ProviderReply(text=LEAKY_ANSWER, finish_reason="stop", prompt_tokens=5, completion_tokens=20)
+        state.invoke = InvokeResult(
+            model="echo",
+            provider="echo",
+            response=build_completion(state, deps, "echo", reply),
+            attempts=[],
+            latency_ms=1,
+        )
+        result = moderate_step(state, deps)
+        assert result.outcome == outcome, answers
+        if outcome == "redacted":
+            assert (
+                result.content is not None and "555-0199" not in result.content and "[REDACTED_PHONE]" in result.content
+            )
+
+
+def test_a_withholding_tenant_stops_the_stream_before_the_value_leaves() -> None:
+    state = make_state("What is your support line?", stream=True)
+    _model, items = start_stream(_leaky(answers="withhold"), state)
+    text, chunks, errors = collect(items)
+
+    assert not errors and "555-0199" not in text and "4111" not in text
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+    assert state.moderate is not None and (state.moderate.outcome, state.moderate.layer) == ("filtered", "pii_leak")

@@ -136,6 +136,10 @@ class PiiGuard(_Config):
     entities: dict[str, PiiAction] = Field(default_factory=dict)  # per-type overrides of `default`
     # Masked types whose original values are put back where the answer repeats their placeholder.
     restore: list[str] = Field(default_factory=list)
+    # PII of the watched structured types that the answer itself contains (the model's invention,
+    # or values from the system prompt or context): redact to [REDACTED_EMAIL], withhold the
+    # answer (content_filter), or allow.
+    answers: Literal["redact", "withhold", "allow"] = "redact"
 
     @field_validator("entities", "restore")
     @classmethod

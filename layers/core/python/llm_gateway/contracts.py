@@ -286,9 +286,10 @@ class InvokeResult(_Strict):
 
 
 class ModerateResult(_Strict):
-    outcome: Literal["passed", "filtered"]
+    outcome: Literal["passed", "filtered", "redacted"]
     layer: str | None = None
     rule: str | None = None
+    content: str | None = None  # "redacted": the answer's text as the client receives it
 
 
 class FinishResult(_Strict):

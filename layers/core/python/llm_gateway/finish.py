@@ -37,6 +37,12 @@ def final_response(state: GatewayState) -> ChatCompletion:
     if state.moderate is not None and state.moderate.outcome == "filtered":
         withheld = Choice(message=AssistantMessage(content=None), finish_reason="content_filter")
         return response.model_copy(update={"choices": [withheld]})
+    if state.moderate is not None and state.moderate.outcome == "redacted" and response.choices:
+        first = response.choices[0]
+        redacted = first.model_copy(
+            update={"message": first.message.model_copy(update={"content": state.moderate.content})}
+        )
+        response = response.model_copy(update={"choices": [redacted, *response.choices[1:]]})
     return _restored(state, response)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .contracts import (
     Attempt,
@@ -29,8 +29,9 @@ from .contracts import (
 )
 from .errors import ClientClosedRequest, GatewayError, InternalError
 from .finish import final_response, finish_step
-from .guard.pii import restore, safe_cut
+from .guard.pii import find_pii, pii_safe_cut, redact, restore, safe_cut
 from .invoke import build_completion, open_stream
+from .moderation import leak_watched
 from .moderation.blocklist import CompiledBlocklist
 from .providers.base import ProviderReply, StreamDelta
 from .runner import LocalRunner
@@ -103,6 +104,9 @@ class _Progress:
     pieces: int = 0
     last: StreamDelta | None = None  # the provider's final delta (finish reason, usage)
     rule: str | None = None  # the blocklist rule that stopped the stream
+    leak: list[str] = field(default_factory=list)  # PII types the answer must not carry
+    withhold: bool = False  # PII in the answer stops the stream (else it is redacted)
+    leaked: set[str] = field(default_factory=set)  # PII types found in the answer
 
 
 def _relay(
@@ -114,7 +118,8 @@ def _relay(
     attempts: list[Attempt],
 ) -> Iterator[StreamItem]:
     t0 = time.monotonic()
-    progress = _Progress()
+    policy = runner.deps.config.tenants[state.tenant().tenant].guards.pii
+    progress = _Progress(leak=leak_watched(policy), withhold=policy.answers == "withhold")
     try:
         yield _chunk(state, model_id, ChunkDelta(role="assistant", content=""))
         yield from _release(state, model_id, deltas, runner.deps.output_blocklists[state.tenant().tenant], progress)
@@ -157,17 +162,26 @@ def _release(
         progress.rule = blocklist.first_match(progress.text[max(0, progress.released - HOLDBACK_CHARS) :])
         if progress.rule is not None:
             return
+        if progress.withhold and find_pii(progress.text[progress.released :], progress.leak):
+            progress.leaked.add("withheld")
+            return
         if len(progress.text) - progress.released > HOLDBACK_CHARS:
             cut = safe_cut(progress.text, progress.released, len(progress.text) - HOLDBACK_CHARS)
+            if progress.leak:  # never release part of a value: the rest could not be redacted
+                cut = pii_safe_cut(progress.text, progress.released, cut, progress.leak)
             if cut > progress.released:
-                yield _chunk(
-                    state, model_id, ChunkDelta(content=_visible(state, progress.text[progress.released : cut]))
-                )
+                released = _visible(state, progress, progress.text[progress.released : cut])
+                yield _chunk(state, model_id, ChunkDelta(content=released))
                 progress.released = cut
 
 
-def _visible(state: GatewayState, text: str) -> str:
-    """Released text as the client sees it: masked PII the tenant allows put back."""
+def _visible(state: GatewayState, progress: _Progress, text: str) -> str:
+    """Released text as the client sees it: PII the answer carries redacted, masked PII the tenant
+    allows put back."""
+    spans = find_pii(text, progress.leak) if progress.leak else []
+    if spans:
+        progress.leaked.update(span.entity for span in spans)
+        text = redact(text, spans)
     return restore(text, state.guard.restorable) if state.guard is not None else text
 
 
@@ -182,9 +196,12 @@ def _settle(
 ) -> Iterator[StreamItem]:
     """Send what was held back, record the answer (moderation outcome, usage, audit), end the stream."""
     rule, last = progress.rule, progress.last
-    if rule is None and progress.released < len(progress.text):
-        yield _chunk(state, model_id, ChunkDelta(content=_visible(state, progress.text[progress.released :])))
-    finish: FinishReason = "content_filter" if rule is not None else (last.finish_reason if last else None) or "stop"
+    withheld = "withheld" in progress.leaked
+    if rule is None and not withheld and progress.released < len(progress.text):
+        rest = _visible(state, progress, progress.text[progress.released :])
+        yield _chunk(state, model_id, ChunkDelta(content=rest))
+    stopped = rule is not None or withheld
+    finish: FinishReason = "content_filter" if stopped else (last.finish_reason if last else None) or "stop"
     reply = _reply_from(state, progress.text, finish, last, progress.pieces)
     response: ChatCompletion = build_completion(state, runner.deps, model_id, reply)
     state.invoke = InvokeResult(
@@ -194,15 +211,26 @@ def _settle(
         attempts=attempts,
         latency_ms=round((time.monotonic() - t0) * 1000, 3),
     )
-    state.moderate = (
-        ModerateResult(outcome="passed")
-        if rule is None
-        else ModerateResult(outcome="filtered", layer="blocklist", rule=rule)
-    )
+    state.moderate = _stream_moderation(progress)
     state.finish = finish_step(state, runner.deps)
     yield _chunk(state, model_id, ChunkDelta(), finish)
     if _wants_usage(state):
         yield _usage_chunk(state, model_id, response.usage)
+
+
+def _stream_moderation(progress: _Progress) -> ModerateResult:
+    """The moderation outcome of a relayed stream, as `moderate_step` would have recorded it."""
+    if progress.rule is not None:
+        return ModerateResult(outcome="filtered", layer="blocklist", rule=progress.rule)
+    if "withheld" in progress.leaked:
+        types = sorted({s.entity for s in find_pii(progress.text, progress.leak)})
+        return ModerateResult(outcome="filtered", layer="pii_leak", rule=", ".join(types))
+    if progress.leaked:
+        content = redact(progress.text, find_pii(progress.text, progress.leak))
+        return ModerateResult(
+            outcome="redacted", layer="pii_leak", rule=", ".join(sorted(progress.leaked)), content=content
+        )
+    return ModerateResult(outcome="passed")
 
 
 def _reply_from(

@@ -240,3 +240,22 @@ def safe_cut(text: str, start: int, cut: int) -> int:
     if opening != -1 and text.find("]", opening, cut) == -1 and cut - opening <= _LONGEST_PLACEHOLDER:
         return opening
     return cut
+
+
+def redact(text: str, spans: list[Span]) -> str:
+    """`text` with each span replaced by `[REDACTED_<TYPE>]` (not reversible: no vault)."""
+    out, last = [], 0
+    for span in spans:
+        out.append(text[last : span.start])
+        out.append(f"[REDACTED_{span.entity}]")
+        last = span.end
+    out.append(text[last:])
+    return "".join(out)
+
+
+def pii_safe_cut(text: str, start: int, cut: int, entities: Iterable[str]) -> int:
+    """Move a streaming cut back before any PII value of `entities` that would straddle it."""
+    for span in find_pii(text[start:], entities):
+        if start + span.start < cut < start + span.end:
+            return start + span.start
+    return cut
