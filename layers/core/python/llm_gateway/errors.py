@@ -123,6 +123,14 @@ class AllModelsFailed(ProviderError):
     code = "all_models_failed"
 
 
+class OutputFormatInvalid(GatewayError):
+    """The model's answer did not satisfy the request's `response_format`, even after one repair."""
+
+    status = 502
+    type = "upstream_error"
+    code = "response_format_mismatch"
+
+
 class InternalError(GatewayError):
     """An unexpected failure inside the gateway; recorded, then answered with a generic 500."""
 

@@ -88,4 +88,5 @@ CAUGHT_ERRORS: tuple[str, ...] = (
     "RateLimited",
     "ProviderBadRequest",
     "AllModelsFailed",
+    "OutputFormatInvalid",
 )

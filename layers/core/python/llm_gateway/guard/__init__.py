@@ -12,6 +12,7 @@ from ..cache.keys import PROMPT_ROLES
 from ..config import InjectionGuard, PiiGuard
 from ..contracts import ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
+from ..invoke.output_format import check_schema
 from ..routing import resolve_route
 from .injection import load_injection_classifier
 from .ner import NER_TYPES, find_names
@@ -66,6 +67,7 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
     """Refuse what must not reach a model; protocol failures raise, policy refusals return `blocked`."""
     context = authenticate(state, deps)
     check_size(state, deps)
+    check_schema(state.request)
     resolve_route(deps.config, context.tenant, state.request.model)  # unknown model: 404 before spending a token
     check_rate(context, deps)
     blocklist = deps.input_blocklists[context.tenant]

@@ -11,14 +11,23 @@ from ..contracts import (
     AssistantMessage,
     Attempt,
     ChatCompletion,
+    ChatCompletionRequest,
     Choice,
     GatewayState,
     InvokeResult,
     Usage,
 )
-from ..errors import AllModelsFailed, ProviderBadRequest, ProviderError, ProviderThrottled, ProviderTimeout
+from ..errors import (
+    AllModelsFailed,
+    OutputFormatInvalid,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderThrottled,
+    ProviderTimeout,
+)
 from ..pipeline import INVOKE_POLICY, RetryPolicy
 from ..providers.base import Provider, ProviderReply, StreamDelta
+from .output_format import format_problem, repair_request
 
 if TYPE_CHECKING:
     from ..deps import Deps
@@ -114,17 +123,51 @@ def build_completion(state: GatewayState, deps: Deps, model_id: str, reply: Prov
 
 
 def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
-    """Call the chosen model (with retries and fallbacks) and price the answer."""
+    """Call the chosen model (with retries and fallbacks) and price the answer. An answer that
+    does not satisfy the request's response_format gets one repair call to the same model."""
     t0 = time.monotonic()
+    request = state.model_request()
     model_id, provider, reply, attempts = call_with_fallback(
-        state, deps, lambda p, m: p.complete(state.model_request(), m, deps.config.models[m])
+        state, deps, lambda p, m: p.complete(request, m, deps.config.models[m])
     )
+    problem = format_problem(request, reply.text)
+    if problem is not None:
+        reply = _repaired(deps, provider, model_id, request, reply, problem, attempts)
     return InvokeResult(
         model=model_id,
         provider=provider.name,
         response=build_completion(state, deps, model_id, reply),
         attempts=attempts,
         latency_ms=_ms_since(t0),
+    )
+
+
+def _repaired(
+    deps: Deps,
+    provider: Provider,
+    model_id: str,
+    request: ChatCompletionRequest,
+    reply: ProviderReply,
+    problem: str,
+    attempts: list[Attempt],
+) -> ProviderReply:
+    """Ask the model once more, stating the problem; both calls are paid for and recorded."""
+    deps.metrics.count("output_format_repairs", model=model_id)
+    t0 = time.monotonic()
+    second = provider.complete(repair_request(request, reply.text, problem), model_id, deps.config.models[model_id])
+    attempts.append(Attempt(model=model_id, outcome="ok", latency_ms=_ms_since(t0)))
+    still = format_problem(request, second.text)
+    if still is not None:
+        deps.metrics.count("output_format_failures", model=model_id)
+        raise OutputFormatInvalid(
+            f"The model's answer did not satisfy the requested response_format after one repair: {still}"
+        )
+    return ProviderReply(
+        text=second.text,
+        finish_reason=second.finish_reason,
+        prompt_tokens=reply.prompt_tokens + second.prompt_tokens,
+        completion_tokens=reply.completion_tokens + second.completion_tokens,
+        cached_tokens=reply.cached_tokens + second.cached_tokens,
     )
 
 
