@@ -11,7 +11,7 @@ from .errors import ConfigError
 from .guard.ner import ner_available
 from .moderation.blocklist import CompiledBlocklist
 from .observability import MetricsSink, NullMetrics
-from .ports import AuditLog, ExactCache, RateLimiter, UsageLedger
+from .ports import AuditLog, ExactCache, RateLimiter, ReviewQueue, UsageLedger
 from .providers.base import ProviderRegistry
 from .semantic.index import SemanticIndex
 
@@ -26,6 +26,7 @@ class Deps:
     providers: ProviderRegistry
     metrics: MetricsSink = field(default_factory=NullMetrics)
     semantic: SemanticIndex | None = None  # None: this deployment has no semantic index
+    review: ReviewQueue | None = None  # None: flagged items are only counted and audited
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     # Derived once from config: key digest -> (tenant, key id); compiled blocklists per tenant.

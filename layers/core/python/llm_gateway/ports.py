@@ -101,3 +101,43 @@ class AuditLog(Protocol):
     def record(self, entry: AuditRecord) -> None:
         """Append one audit record."""
         ...
+
+
+ReviewStatus = Literal["pending", "approved", "rejected"]
+
+
+class ReviewItem(BaseModel):
+    """Something a guard or moderation layer was unsure about, for a person to decide (tier 4).
+
+    `text` is what the layer judged, as the model would see it: masked PII stays masked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str
+    request_id: str
+    tenant: str
+    kind: Literal["input", "output"]
+    layer: str
+    reason: str | None = None
+    score: float | None = None
+    text: str
+    created_at: float
+    status: ReviewStatus = "pending"
+    reviewer: str | None = None
+    decided_at: float | None = None
+
+
+class ReviewQueue(Protocol):
+    def submit(self, item: ReviewItem) -> None:
+        """Queue an item (idempotent on `item_id`)."""
+        ...
+
+    def items(
+        self, status: ReviewStatus | None = "pending", tenant: str | None = None, limit: int = 100
+    ) -> list[ReviewItem]:
+        """Items oldest first, filtered by status (None: any) and tenant."""
+        ...
+
+    def decide(self, item_id: str, approved: bool, reviewer: str, now: float) -> ReviewItem:
+        """Record a decision on a pending item; `KeyError` if unknown, `ValueError` if already decided."""
+        ...

@@ -13,6 +13,7 @@ from ..config import InjectionGuard, PiiGuard
 from ..contracts import ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
 from ..invoke.output_format import check_schema
+from ..ports import ReviewItem, ReviewQueue
 from ..routing import resolve_route
 from .injection import load_injection_classifier
 from .ner import NER_TYPES, find_names
@@ -97,13 +98,37 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
             return GuardResult(
                 outcome="blocked", tenant=context, layer="pii", reason=decision.reason, decisions=decisions
             )
-    return GuardResult(
+    result = GuardResult(
         outcome="allowed",
         tenant=context,
         decisions=decisions,
         masked_messages=masked,
         restorable=restorable,
     )
+    if deps.review is not None and any(d.action == "flag" for d in decisions):
+        submit_for_review(state, deps.review, result, deps.clock())
+    return result
+
+
+def submit_for_review(state: GatewayState, queue: ReviewQueue, result: GuardResult, now: float) -> None:
+    """Queue a request a layer flagged (let through, but unsure) for a person to decide; the text
+    is the user and tool messages as the model sees them (PII masked)."""
+    messages = result.masked_messages if result.masked_messages is not None else state.request.messages
+    text = "\n\n".join(m.text() for m in messages if m.role in ("user", "tool"))
+    for decision in (d for d in result.decisions if d.action == "flag"):
+        queue.submit(
+            ReviewItem(
+                item_id=f"{state.request_id}:{decision.layer}",
+                request_id=state.request_id,
+                tenant=result.tenant.tenant if result.tenant is not None else "",
+                kind="input",
+                layer=decision.layer,
+                reason=decision.reason,
+                score=decision.score,
+                text=text,
+                created_at=now,
+            )
+        )
 
 
 def timed_layer(deps: Deps, layer: str, run: Callable[[], GuardDecision]) -> GuardDecision:

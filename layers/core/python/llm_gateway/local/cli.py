@@ -95,6 +95,7 @@ def serve(host: str, port: int, config_path: str | None) -> int:
     import uvicorn
 
     from ..adapters.local.memory import MemoryRateLimiter
+    from ..adapters.local.review import SqliteReviewQueue
     from ..adapters.local.semantic import LocalSemanticIndex
     from ..adapters.local.sqlite import SqliteStore
     from ..deps import Deps
@@ -121,10 +122,13 @@ def serve(host: str, port: int, config_path: str | None) -> int:
         stack.callback(store.close)
         semantic = LocalSemanticIndex(config.storage_path)
         stack.callback(semantic.close)
+        review_queue = SqliteReviewQueue(config.storage_path)
+        stack.callback(review_queue.close)
         deps = Deps(
             config=config,
             cache=store,
             semantic=semantic,
+            review=review_queue,
             limiter=MemoryRateLimiter(),
             usage=store,
             audit=store,
@@ -200,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     only.add_argument("--model", help="only this pinned model version")
     only.add_argument("--kb-version", help="only answers given from this knowledge-base version (metadata.kb_version)")
     only.add_argument("--system-prompt-file", type=Path, help="only answers given under the system prompt in this file")
+    review_cmd = commands.add_parser("review", help="the human review queue: list, approve, reject, export")
+    review_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
+    review_cmd.add_argument("action", choices=["list", "approve", "reject", "export"])
+    review_cmd.add_argument("target", nargs="?", help="approve/reject: the item id; export: the JSONL file")
+    review_cmd.add_argument("--tenant", help="only this tenant's items")
+    review_cmd.add_argument("--status", default="pending", choices=["pending", "approved", "rejected", "all"])
+    review_cmd.add_argument("--by", default=os.environ.get("USER", "reviewer"), help="reviewer name recorded")
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -216,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 else None,
             },
         ),
+        "review": lambda: review(args.config, args.action, args.target, args.tenant, args.status, args.by),
         "check-config": lambda: check_config(args.config),
         "hash-key": lambda: print_key_digest(args.key),
     }
@@ -228,6 +240,44 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def review(config_path: str | None, action: str, target: str | None, tenant: str | None, status: str, by: str) -> int:
+    """List pending items; approve (the request was fine) or reject (the layer was right) one;
+    export decided items as JSONL training data: text, layer, label (1 = the layer was right)."""
+    import json
+    import time
+
+    from ..adapters.local.review import SqliteReviewQueue
+
+    config = load_config(config_path or EXAMPLE_CONFIG)
+    queue = SqliteReviewQueue(config.storage_path)
+    try:
+        if action == "list":
+            for item in queue.items(None if status == "all" else status, tenant):  # type: ignore[arg-type]
+                score = "" if item.score is None else f" score={item.score:.2f}"
+                print(f"{item.item_id} {item.status} {item.tenant} {item.kind}/{item.layer}{score}: {item.text[:80]!r}")
+            return 0
+        if target is None:
+            raise ConfigError(f"review {action} needs {'a file' if action == 'export' else 'an item id'}")
+        if action == "export":
+            decided = [i for i in queue.items(None, tenant, limit=1_000_000) if i.status != "pending"]
+            with Path(target).open("w", encoding="utf-8") as out:
+                for item in decided:
+                    row = {"text": item.text, "layer": item.layer, "label": int(item.status == "rejected")}
+                    out.write(json.dumps({**row, "kind": item.kind, "tenant": item.tenant}) + "\n")
+            print(f"exported {len(decided)} reviewed items to {target}")
+            return 0
+        try:
+            decided_item = queue.decide(target, approved=action == "approve", reviewer=by, now=time.time())
+        except KeyError:
+            raise ConfigError(f"no review item {target!r}") from None
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        print(f"{decided_item.item_id} {decided_item.status} by {by}")
+        return 0
+    finally:
+        queue.close()
 
 
 def check_config(path: Path) -> int:
