@@ -12,8 +12,8 @@ from llm_gateway.config import ModelConfig
 from llm_gateway.contracts import ChatCompletionRequest
 from llm_gateway.errors import InvalidRequest, OutputFormatInvalid
 from llm_gateway.guard import guard_step
-from llm_gateway.invoke.output_format import format_problem
 from llm_gateway.observability import InMemoryMetrics
+from llm_gateway.output_format import format_problem
 from llm_gateway.providers.base import ProviderReply, StreamDelta
 from llm_gateway.runner import LocalRunner
 from tests.conftest import make_deps, make_state, store_of

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+PROMPT_ROLES = ("system", "developer")  # the tenant's own instructions, not the conversation
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
 CacheStatus = Literal["exact", "semantic", "miss", "bypass"]
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ..contracts import ChatCompletionRequest
+from ..contracts import PROMPT_ROLES, ChatCompletionRequest
 from ..semantic.scope import KB_VERSION_FIELD  # `metadata` field naming the knowledge-base version
 
 KB_TAG = "kb"
 PROMPT_TAG = "prompt"
-PROMPT_ROLES = ("system", "developer")
 
 
 def kb_version(request: ChatCompletionRequest) -> str | None:

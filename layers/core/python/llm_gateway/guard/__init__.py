@@ -8,11 +8,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..cache.keys import PROMPT_ROLES
 from ..config import InjectionGuard, PiiGuard
-from ..contracts import ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
+from ..contracts import PROMPT_ROLES, ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
-from ..invoke.output_format import check_schema
+from ..output_format import check_schema
 from ..ports import ReviewItem, ReviewQueue
 from ..routing import resolve_route
 from .injection import load_injection_classifier

@@ -25,9 +25,9 @@ from ..errors import (
     ProviderThrottled,
     ProviderTimeout,
 )
+from ..output_format import format_problem, repair_request
 from ..pipeline import INVOKE_POLICY, RetryPolicy
 from ..providers.base import Provider, ProviderReply, StreamDelta
-from .output_format import format_problem, repair_request
 
 if TYPE_CHECKING:
     from ..deps import Deps

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..contracts import ChatCompletionRequest, ChatMessage
-from ..errors import InvalidRequest
+from .contracts import ChatCompletionRequest, ChatMessage
+from .errors import InvalidRequest
 
 MAX_PROBLEM_CHARS = 300
 
