@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from llm_gateway.adapters.local.memory import MemoryRateLimiter
 from llm_gateway.config import ModelConfig, hash_key
-from llm_gateway.contracts import ChatCompletionRequest
+from llm_gateway.contracts import ChatCompletionRequest, GatewayState
 from llm_gateway.deps import Deps
 from llm_gateway.errors import AllModelsFailed, AuthenticationFailed, ModelNotFound, ProviderUnavailable, RateLimited
 from llm_gateway.finish import final_response
@@ -153,6 +154,30 @@ def test_rate_limit_refuses_with_retry_after() -> None:
         runner.run(make_state("3", key="sk-initech", user="alice"))
     assert caught.value.status == 429 and caught.value.retry_after_s == pytest.approx(1.0, abs=0.05)
     runner.run(make_state("4", key="sk-initech", user="bob"))  # another user has their own bucket
+
+
+def test_a_client_ip_limit_applies_per_address_and_stores_no_address() -> None:
+    config = make_config(
+        f"""  initech:
+    api_keys: [{{id: k1, sha256: {hash_key("sk-initech")}}}]
+    routes: {{default: {{model: echo}}}}
+    ip_rate_limit: {{requests_per_minute: 60, burst: 1}}
+"""
+    )
+    deps = make_deps(config)
+    runner = runner_with(CountingEcho(), deps)
+
+    def from_ip(content: str, ip: str) -> GatewayState:
+        state = make_state(content, key="sk-initech")
+        state.caller.client_ip = ip
+        return state
+
+    runner.run(from_ip("1", "203.0.113.9"))
+    with pytest.raises(RateLimited, match="client address"):
+        runner.run(from_ip("2", "203.0.113.9"))
+    runner.run(from_ip("3", "203.0.113.10"))  # another address has its own bucket
+    assert isinstance(deps.limiter, MemoryRateLimiter)
+    assert not any("203.0.113" in bucket for bucket in deps.limiter._buckets)
 
 
 def test_fallback_answers_when_the_primary_fails_and_is_not_cached_under_the_primary() -> None:

@@ -165,6 +165,7 @@ class TenantConfig(_Config):
     allowed_models: list[str] = Field(default_factory=list)
     rate_limit: RateLimit | None = None
     user_rate_limit: RateLimit | None = None
+    ip_rate_limit: RateLimit | None = None  # per client IP (the bucket key holds a digest, not the IP)
     input_blocklist: Blocklist = Field(default_factory=Blocklist)
     output_blocklist: Blocklist = Field(default_factory=Blocklist)
     cache_ttl_s: int | None = Field(default=None, ge=0)

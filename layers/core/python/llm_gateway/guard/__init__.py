@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..config import InjectionGuard, PiiGuard
 from ..contracts import PROMPT_ROLES, ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
+from ..identity import pseudonym
 from ..output_format import check_schema
 from ..ports import ReviewItem, ReviewQueue
 from ..routing import resolve_route
@@ -48,8 +49,9 @@ def check_size(state: GatewayState, deps: Deps) -> None:
         )
 
 
-def check_rate(context: TenantContext, deps: Deps) -> None:
-    """Token buckets per tenant and per user (the key id when the request names no user)."""
+def check_rate(context: TenantContext, deps: Deps, client_ip: str | None = None) -> None:
+    """Token buckets per tenant, per user (the key id when the request names no user) and per
+    client IP."""
     tenant = deps.config.tenants[context.tenant]
     now = deps.clock()
     if tenant.rate_limit is not None:
@@ -61,6 +63,12 @@ def check_rate(context: TenantContext, deps: Deps) -> None:
         wait = deps.limiter.acquire(f"u:{context.tenant}:{user}", tenant.user_rate_limit, now)
         if wait > 0:
             raise RateLimited("Rate limit reached for this user.", retry_after_s=wait)
+    if tenant.ip_rate_limit is not None and client_ip:
+        wait = deps.limiter.acquire(
+            f"ip:{context.tenant}:{pseudonym(context.tenant, client_ip)}", tenant.ip_rate_limit, now
+        )
+        if wait > 0:
+            raise RateLimited("Rate limit reached for this client address.", retry_after_s=wait)
 
 
 def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
@@ -69,7 +77,7 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
     check_size(state, deps)
     check_schema(state.request)
     resolve_route(deps.config, context.tenant, state.request.model)  # unknown model: 404 before spending a token
-    check_rate(context, deps)
+    check_rate(context, deps, state.caller.client_ip)
     blocklist = deps.input_blocklists[context.tenant]
     for message in state.request.messages:
         rule = blocklist.first_match(message.text())
