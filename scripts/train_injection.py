@@ -23,7 +23,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 
-from llm_gateway.guard.injection import ARTEFACT_PATH, InjectionClassifier
+from llm_gateway.guard.injection import ARTEFACT_PATH, InjectionClassifier, encode_block_terms
 from llm_gateway.guard.injection_data import load_split
 
 WORD_RANGE = (1, 2)
@@ -89,14 +89,21 @@ def main() -> None:
         ("char", char, "char_wb", CHAR_RANGE),
     ):
         vocabulary: dict[str, int] = vectorizer.vocabulary_
-        terms = sorted(
-            [term, round(float(vectorizer.idf_[i]), 6), round(float(coef[offset + i]), 6)]
-            for term, i in vocabulary.items()
+        terms = sorted(vocabulary)
+        idf = [float(vectorizer.idf_[vocabulary[t]]) for t in terms]
+        weights = [float(coef[offset + vocabulary[t]]) for t in terms]
+        blocks.append(
+            {
+                "name": name,
+                "analyzer": analyzer,
+                "ngram_range": list(ngram_range),
+                "size": len(terms),
+                **encode_block_terms(terms, idf, weights),
+            }
         )
-        blocks.append({"name": name, "analyzer": analyzer, "ngram_range": list(ngram_range), "terms": terms})
         offset += len(vocabulary)
     artefact: dict[str, Any] = {
-        "version": 1,
+        "version": 2,
         "blocks": blocks,
         "bias": round(float(model.intercept_[0]), 6),
         "threshold": 0.5,
@@ -108,7 +115,7 @@ def main() -> None:
     reference = model.predict_proba(union.transform(val_texts))[:, 1]
     scores = np.array([ours.score(t) for t in val_texts])
     drift = float(np.abs(scores - reference).max())
-    if drift > 1e-4:  # rounding the artefact to 6 digits moves scores by ~1e-6
+    if drift > 1e-4:  # float32 storage moves scores by ~1e-7
         raise SystemExit(f"the plain-Python scorer disagrees with scikit-learn by {drift:.2e}")
     threshold = benign_fpr_threshold(scores, val_y, args.target_fpr)
     artefact["threshold"] = round(threshold, 6)
@@ -117,8 +124,8 @@ def main() -> None:
         "threshold_from": f"neuralchemy core validation, benign false-positive rate <= {args.target_fpr}",
         "validation": f1_fpr(scores, val_y, threshold),
         "max_score_drift_vs_sklearn": drift,
-        "word_features": len(blocks[0]["terms"]),
-        "char_features": len(blocks[1]["terms"]),
+        "word_features": blocks[0]["size"],
+        "char_features": blocks[1]["size"],
         "C": args.c,
     }
     ARTEFACT_PATH.parent.mkdir(parents=True, exist_ok=True)

@@ -140,7 +140,7 @@ def test_scores_equal_a_direct_tfidf_computation_with_scikit_learns_analyzers(
     import json
     import math
 
-    from llm_gateway.guard.injection import ARTEFACT_PATH
+    from llm_gateway.guard.injection import ARTEFACT_PATH, block_terms
 
     artefact = json.loads(gzip.decompress(ARTEFACT_PATH.read_bytes()))
     analyzers = {
@@ -150,7 +150,7 @@ def test_scores_equal_a_direct_tfidf_computation_with_scikit_learns_analyzers(
     for text in [*TEXTS, *ATTACKS, *BENIGN, " ".join(BENIGN) * 3]:
         z = artefact["bias"]
         for block in artefact["blocks"]:
-            terms = {t: (idf, w) for t, idf, w in block["terms"]}
+            terms = block_terms(block)
             counts = Counter(g for g in analyzers[block["analyzer"]](text) if g in terms)
             values = {g: (1 + math.log(c)) * terms[g][0] for g, c in counts.items()}
             norm = math.sqrt(sum(v * v for v in values.values()))

@@ -2,9 +2,9 @@
 
 Trained by `scripts/train_injection.py` (scikit-learn `TfidfVectorizer` word 1-2-grams and
 `char_wb` 3-5-grams, `LogisticRegression`) and shipped as `data/injection.json.gz`: per vocabulary
-term its idf and its weight. Scoring reproduces scikit-learn's transform exactly (the training
-script checks it against `predict_proba`), so the guard needs neither scikit-learn nor numpy: a
-1,000-character prompt scores in well under a millisecond.
+term its idf and its weight (float32, see `encode_block_terms`). Scoring reproduces
+scikit-learn's transform (the training script checks it against `predict_proba`), so the guard
+needs neither scikit-learn nor numpy: a 1,000-character prompt scores in about a millisecond.
 
 The decision threshold comes with the artefact: the lowest score whose false-positive rate on
 benign validation prompts stays within the target the artefact records (see its metadata).
@@ -12,11 +12,13 @@ benign validation prompts stays within the target the artefact records (see its 
 
 from __future__ import annotations
 
+import base64
 import functools
 import gzip
 import json
 import math
 import re
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -91,6 +93,27 @@ class _Vocabulary:
         return dot / math.sqrt(norm_sq) if norm_sq > 0 else 0.0
 
 
+def encode_block_terms(terms: list[str], idf: list[float], weights: list[float]) -> dict[str, str]:
+    """The artefact's compact form of a vocabulary: terms joined by newlines (n-grams never hold
+    one) and two float32 arrays in base64; parsing it is ~10x faster than nested JSON lists."""
+    if any("\n" in term for term in terms):
+        raise ValueError("a term holds a newline")
+    return {
+        "terms": "\n".join(terms),
+        "idf": base64.b64encode(array("f", idf).tobytes()).decode("ascii"),
+        "weight": base64.b64encode(array("f", weights).tobytes()).decode("ascii"),
+    }
+
+
+def block_terms(block: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """term -> (idf, weight) of one artefact block."""
+    idf, weights = array("f"), array("f")
+    idf.frombytes(base64.b64decode(block["idf"]))
+    weights.frombytes(base64.b64decode(block["weight"]))
+    terms = block["terms"].split("\n") if block["terms"] else []
+    return dict(zip(terms, zip(idf, weights, strict=True), strict=True))
+
+
 @dataclass(frozen=True)
 class InjectionVerdict:
     score: float  # probability-like score of the linear model (class-balanced training)
@@ -104,7 +127,7 @@ class InjectionClassifier:
                 analyzer=block["analyzer"],
                 low=block["ngram_range"][0],
                 high=block["ngram_range"][1],
-                terms={term: (idf, weight) for term, idf, weight in block["terms"]},
+                terms=block_terms(block),
             )
             for block in artefact["blocks"]
         ]
