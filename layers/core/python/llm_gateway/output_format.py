@@ -40,8 +40,11 @@ def check_schema(request: ChatCompletionRequest) -> None:
         ) from None
 
 
-def format_problem(request: ChatCompletionRequest, text: str) -> str | None:
-    """Why `text` does not satisfy the request's response_format, or None when it does."""
+def format_problem(request: ChatCompletionRequest, text: str, *, quote_answer: bool = True) -> str | None:
+    """Why `text` does not satisfy the request's response_format, or None when it does.
+
+    `quote_answer=False` leaves the answer's values out (jsonschema's messages quote them): that
+    form goes into errors, which reach logs and traces; the quoting one only goes to the model."""
     fmt = request.response_format
     if fmt is None or fmt.type == "text":
         return None
@@ -53,8 +56,10 @@ def format_problem(request: ChatCompletionRequest, text: str) -> str | None:
     if fmt.type == "json_object":
         return None if isinstance(value, dict) else "the answer must be a JSON object"
     schema = _schema(request)
-    if schema is None:
-        return None
+    return None if schema is None else _schema_problem(schema, value, quote_answer)
+
+
+def _schema_problem(schema: dict[str, Any], value: Any, quote_answer: bool) -> str | None:
     from jsonschema import Draft202012Validator
 
     errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
@@ -62,7 +67,9 @@ def format_problem(request: ChatCompletionRequest, text: str) -> str | None:
         return None
     first = errors[0]
     where = "/".join(map(str, first.absolute_path)) or "(root)"
-    return f"at {where}: {first.message}"[:MAX_PROBLEM_CHARS]
+    if quote_answer:
+        return f"at {where}: {first.message}"[:MAX_PROBLEM_CHARS]
+    return f"at {where}: fails the schema's {first.validator!r} rule ({first.validator_value!r})"[:MAX_PROBLEM_CHARS]
 
 
 def repair_request(request: ChatCompletionRequest, answer: str, problem: str) -> ChatCompletionRequest:

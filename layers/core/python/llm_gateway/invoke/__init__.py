@@ -156,7 +156,7 @@ def _repaired(
     t0 = time.monotonic()
     second = provider.complete(repair_request(request, reply.text, problem), model_id, deps.config.models[model_id])
     attempts.append(Attempt(model=model_id, outcome="ok", latency_ms=_ms_since(t0)))
-    still = format_problem(request, second.text)
+    still = format_problem(request, second.text, quote_answer=False)
     if still is not None:
         deps.metrics.count("output_format_failures", model=model_id)
         raise OutputFormatInvalid(
