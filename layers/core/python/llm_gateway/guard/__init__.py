@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import InjectionGuard, PiiGuard
@@ -86,7 +85,9 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
     decisions = []
     policy = deps.config.tenants[context.tenant].guards
     if policy.injection.enabled:
-        decision = timed_layer(deps, "prompt_injection", lambda: check_injection(state, policy.injection))
+        started = time.perf_counter()
+        decision = check_injection(state, policy.injection)
+        record_layer(deps, decision, started)
         decisions.append(decision)
         if decision.action == "block":
             return GuardResult(
@@ -97,9 +98,7 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
     if policy.pii.enabled:
         started = time.perf_counter()
         decision, masked, restorable = check_pii(state, policy.pii)
-        deps.metrics.observe("guard_layer_ms", (time.perf_counter() - started) * 1000, layer="pii")
-        if decision.action != "pass":
-            deps.metrics.count("guard_triggers", layer="pii", action=decision.action)
+        record_layer(deps, decision, started)
         decisions.append(decision)
         if decision.action == "block":
             return GuardResult(
@@ -138,14 +137,11 @@ def submit_for_review(state: GatewayState, queue: ReviewQueue, result: GuardResu
         )
 
 
-def timed_layer(deps: Deps, layer: str, run: Callable[[], GuardDecision]) -> GuardDecision:
-    """Run one guard layer, with its latency and a trigger count (flag or block) as metrics."""
-    started = time.perf_counter()
-    decision = run()
-    deps.metrics.observe("guard_layer_ms", (time.perf_counter() - started) * 1000, layer=layer)
+def record_layer(deps: Deps, decision: GuardDecision, started: float) -> None:
+    """A guard layer's latency (since `started`) and, when it flagged, masked or blocked, a trigger."""
+    deps.metrics.observe("guard_layer_ms", (time.perf_counter() - started) * 1000, layer=decision.layer)
     if decision.action != "pass":
-        deps.metrics.count("guard_triggers", layer=layer, action=decision.action)
-    return decision
+        deps.metrics.count("guard_triggers", layer=decision.layer, action=decision.action)
 
 
 def check_injection(state: GatewayState, policy: InjectionGuard) -> GuardDecision:

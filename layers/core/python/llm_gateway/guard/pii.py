@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 CREDIT_CARD = "CREDIT_CARD"
@@ -205,15 +205,19 @@ class Vault:
         return found
 
 
-def mask(text: str, spans: list[Span], vault: Vault) -> str:
-    """`text` with each span replaced by its placeholder."""
+def _replace(text: str, spans: list[Span], replacement: Callable[[Span], str]) -> str:
     out, last = [], 0
     for span in spans:
         out.append(text[last : span.start])
-        out.append(vault.placeholder(span.entity, span.text))
+        out.append(replacement(span))
         last = span.end
     out.append(text[last:])
     return "".join(out)
+
+
+def mask(text: str, spans: list[Span], vault: Vault) -> str:
+    """`text` with each span replaced by its placeholder."""
+    return _replace(text, spans, lambda span: vault.placeholder(span.entity, span.text))
 
 
 _PLACEHOLDER = re.compile(r"\[([A-Z_]+)_(\d+)\]")
@@ -244,13 +248,7 @@ def safe_cut(text: str, start: int, cut: int) -> int:
 
 def redact(text: str, spans: list[Span]) -> str:
     """`text` with each span replaced by `[REDACTED_<TYPE>]` (not reversible: no vault)."""
-    out, last = [], 0
-    for span in spans:
-        out.append(text[last : span.start])
-        out.append(f"[REDACTED_{span.entity}]")
-        last = span.end
-    out.append(text[last:])
-    return "".join(out)
+    return _replace(text, spans, lambda span: f"[REDACTED_{span.entity}]")
 
 
 def pii_safe_cut(text: str, start: int, cut: int, entities: Iterable[str]) -> int:
