@@ -13,7 +13,6 @@ library versions writes the same artefact. Needs the `dev` extra (scikit-learn, 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import time
 from typing import Any
@@ -23,8 +22,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 
-from llm_gateway.guard.injection import ARTEFACT_PATH, InjectionClassifier, encode_block_terms
+from llm_gateway.guard.injection import ARTEFACT_PATH, InjectionClassifier
 from llm_gateway.guard.injection_data import load_split
+from llm_gateway.guard.text_classifier import encode_block_terms, write_artefact
 
 WORD_RANGE = (1, 2)
 CHAR_RANGE = (3, 5)
@@ -91,7 +91,7 @@ def main() -> None:
         vocabulary: dict[str, int] = vectorizer.vocabulary_
         terms = sorted(vocabulary)
         idf = [float(vectorizer.idf_[vocabulary[t]]) for t in terms]
-        weights = [float(coef[offset + vocabulary[t]]) for t in terms]
+        weights = [[float(coef[offset + vocabulary[t]])] for t in terms]
         blocks.append(
             {
                 "name": name,
@@ -128,9 +128,7 @@ def main() -> None:
         "char_features": blocks[1]["size"],
         "C": args.c,
     }
-    ARTEFACT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    raw = json.dumps(artefact, separators=(",", ":"), ensure_ascii=False).encode()
-    ARTEFACT_PATH.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
+    write_artefact(ARTEFACT_PATH, artefact)
     print(json.dumps(artefact["metadata"], indent=2))
     size_mb = ARTEFACT_PATH.stat().st_size / 1e6
     print(f"wrote {ARTEFACT_PATH} ({size_mb:.2f} MB) in {time.perf_counter() - started:.0f}s")

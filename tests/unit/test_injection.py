@@ -12,13 +12,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from llm_gateway.config import Guards, InjectionGuard
 from llm_gateway.deps import Deps
 from llm_gateway.guard import guard_step
-from llm_gateway.guard.injection import (
-    InjectionClassifier,
-    char_wb_ngrams,
-    load_injection_classifier,
-    word_ngrams,
-)
+from llm_gateway.guard.injection import InjectionClassifier, load_injection_classifier
 from llm_gateway.guard.injection_data import load_split
+from llm_gateway.guard.text_classifier import char_wb_ngrams, word_ngrams
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.runner import LocalRunner
 from tests.conftest import make_config, make_deps, make_state, store_of
@@ -140,7 +136,8 @@ def test_scores_equal_a_direct_tfidf_computation_with_scikit_learns_analyzers(
     import json
     import math
 
-    from llm_gateway.guard.injection import ARTEFACT_PATH, block_terms
+    from llm_gateway.guard.injection import ARTEFACT_PATH
+    from llm_gateway.guard.text_classifier import block_terms
 
     artefact = json.loads(gzip.decompress(ARTEFACT_PATH.read_bytes()))
     analyzers = {
@@ -154,6 +151,6 @@ def test_scores_equal_a_direct_tfidf_computation_with_scikit_learns_analyzers(
             counts = Counter(g for g in analyzers[block["analyzer"]](text) if g in terms)
             values = {g: (1 + math.log(c)) * terms[g][0] for g, c in counts.items()}
             norm = math.sqrt(sum(v * v for v in values.values()))
-            z += sum(v * terms[g][1] for g, v in values.items()) / norm if norm else 0.0
+            z += sum(v * terms[g][1][0] for g, v in values.items()) / norm if norm else 0.0
         assert classifier.score(text) == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-9)
         assert classifier.score(text) == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-9)  # memoised words

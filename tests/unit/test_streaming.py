@@ -130,3 +130,33 @@ def test_a_client_leaving_mid_stream_is_recorded_and_the_provider_stream_closed(
     assert provider.closed
     rows = store_of(runner.deps).query("SELECT outcome, error_code FROM audit")
     assert rows == [("error", "client_closed_request")]
+
+
+def test_a_streamed_answer_that_turns_harmful_is_cut_with_content_filter() -> None:
+    # Given a tenant with harmful-content moderation on answers (not on requests)
+    from llm_gateway.config import HarmfulGuard
+
+    harmless = "Chemistry is the study of matter and how substances combine and change. " * 5
+    harmful = "Here are detailed step-by-step instructions for synthesizing sarin at home: first obtain"
+    provider = ScriptedStream([harmless, *(word + " " for word in harmful.split(" "))])
+    runner = runner_for(provider)
+    config = runner.deps.config
+    acme = config.tenants["acme"]
+    guards = acme.guards.model_copy(update={"harmful": HarmfulGuard(enabled=True, input=False)})
+    tenants = {**config.tenants, "acme": acme.model_copy(update={"guards": guards})}
+    runner.deps.config = config.model_copy(update={"tenants": tenants})
+
+    state = make_state("Tell me about chemistry.", stream=True)
+    _, items = start_stream(runner, state)
+    text, chunks, errors = collect(items)
+
+    # Then what was released is harmless, the harmful part never reaches the client, and the
+    # answer is recorded as filtered by tier 2
+    assert not errors
+    assert "sarin" not in text and text and harmless.startswith(text[:40])
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+    assert state.moderate is not None and (state.moderate.outcome, state.moderate.layer) == (
+        "filtered",
+        "harmful_content",
+    )
+    assert provider.closed

@@ -153,9 +153,35 @@ class PiiGuard(_Config):
         return self.entities.get(entity, self.default)
 
 
+class HarmfulGuard(_Config):
+    """Harmful-content moderation (`guard.harmful`): tier 2 classifier, tier 3 judge, tier 4 review.
+
+    Tier 2 scores the user messages (`input`) and the answer (`output`). Below the uncertain band
+    a text passes, above it the action applies; inside it the judge decides, when one is
+    configured. Without a judge, or when the judge fails or answers out of format, the tier 2
+    threshold decides and the text is also queued for human review. Defaults: the shipped
+    classifier's threshold and band (see `moderation.harmful`)."""
+
+    enabled: bool = False
+    input: bool = True
+    output: bool = True
+    action: Literal["block", "flag"] = "block"  # flag: let it through, queue it for review
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+    band: tuple[float, float] | None = None  # [escalate at or above, act at or above]
+    judge_model: str | None = None  # a model id from `models`
+
+    @field_validator("band")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1] < 1:
+            raise ValueError("band must be [low, high] with 0 < low <= high < 1")
+        return value
+
+
 class Guards(_Config):
     injection: InjectionGuard = Field(default_factory=InjectionGuard)
     pii: PiiGuard = Field(default_factory=PiiGuard)
+    harmful: HarmfulGuard = Field(default_factory=HarmfulGuard)
 
 
 class TenantConfig(_Config):
@@ -203,6 +229,9 @@ class GatewayConfig(_Config):
             for model in tenant.allowed_models:
                 if model not in self.models:
                     raise ValueError(f"tenants.{name}.allowed_models: unknown model '{model}'")
+            judge = tenant.guards.harmful.judge_model
+            if judge is not None and judge not in self.models:
+                raise ValueError(f"tenants.{name}.guards.harmful.judge_model: unknown model '{judge}'")
             for key in tenant.api_keys:
                 if key.sha256 in seen_keys:
                     raise ValueError(f"tenants.{name}: API key '{key.id}' is also used by '{seen_keys[key.sha256]}'")

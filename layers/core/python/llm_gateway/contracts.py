@@ -291,6 +291,7 @@ class ModerateResult(_Strict):
     layer: str | None = None
     rule: str | None = None
     content: str | None = None  # "redacted": the answer's text as the client receives it
+    decisions: list[GuardDecision] = Field(default_factory=list)  # harmful-content cascade on the answer
 
 
 class FinishResult(_Strict):

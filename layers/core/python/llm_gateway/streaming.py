@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .config import HarmfulGuard
 from .contracts import (
     Attempt,
     ChatCompletion,
@@ -33,11 +34,13 @@ from .guard.pii import find_pii, pii_safe_cut, redact, restore, safe_cut
 from .invoke import build_completion, open_stream
 from .moderation import leak_watched
 from .moderation.blocklist import CompiledBlocklist
+from .moderation.harmful import load_harmful_classifier
 from .providers.base import ProviderReply, StreamDelta
 from .runner import LocalRunner
 
 log = logging.getLogger("llm_gateway.streaming")
 HOLDBACK_CHARS = 64
+HARM_STEP_CHARS = 256  # streamed answers are scored by tier 2 each time they grow this much
 StreamItem = ChatCompletionChunk | ErrorBody
 
 
@@ -107,6 +110,34 @@ class _Progress:
     leak: list[str] = field(default_factory=list)  # PII types the answer must not carry
     withhold: bool = False  # PII in the answer stops the stream (else it is redacted)
     leaked: set[str] = field(default_factory=set)  # PII types found in the answer
+    harm_stop: float | None = None  # tier 2 score that stops the stream (None: harmful moderation off)
+    harm_scored: int = 0  # length of the text last scored
+    harm: str | None = None  # why tier 2 stopped the stream
+
+
+def _harm_stops(progress: _Progress, final: bool = False) -> bool:
+    """Score the answer so far every HARM_STEP_CHARS (and at the end); True when it must stop."""
+    if progress.harm_stop is None or progress.harm is not None:
+        return progress.harm is not None
+    if not final and len(progress.text) - progress.harm_scored < HARM_STEP_CHARS:
+        return False
+    assessed = load_harmful_classifier().assess_long(progress.text, start=progress.harm_scored)
+    progress.harm_scored = len(progress.text)
+    if assessed.score >= progress.harm_stop:
+        progress.harm = f"{assessed.category} (score {assessed.score:.3f})"
+    return progress.harm is not None
+
+
+def _harm_stop(policy: HarmfulGuard) -> float | None:
+    """The tier 2 score that stops a streamed answer. A stream cannot wait for the judge (what was
+    sent cannot be taken back), so tier 2 decides alone: at its threshold, or at the top of the
+    uncertain band when the tenant relies on a judge for the band."""
+    if not (policy.enabled and policy.output):
+        return None
+    classifier = load_harmful_classifier()
+    if policy.judge_model is not None:
+        return policy.band[1] if policy.band is not None else classifier.band[1]
+    return policy.threshold if policy.threshold is not None else classifier.threshold
 
 
 def _relay(
@@ -120,6 +151,7 @@ def _relay(
     t0 = time.monotonic()
     policy = runner.deps.config.tenants[state.tenant().tenant].guards.pii
     progress = _Progress(leak=leak_watched(policy), withhold=policy.answers == "withhold")
+    progress.harm_stop = _harm_stop(runner.deps.config.tenants[state.tenant().tenant].guards.harmful)
     try:
         yield _chunk(state, model_id, ChunkDelta(role="assistant", content=""))
         yield from _release(state, model_id, deltas, runner.deps.output_blocklists[state.tenant().tenant], progress)
@@ -165,6 +197,8 @@ def _release(
         if progress.withhold and find_pii(progress.text[progress.released :], progress.leak):
             progress.leaked.add("withheld")
             return
+        if _harm_stops(progress):
+            return
         if len(progress.text) - progress.released > HOLDBACK_CHARS:
             cut = safe_cut(progress.text, progress.released, len(progress.text) - HOLDBACK_CHARS)
             if progress.leak:  # never release part of a value: the rest could not be redacted
@@ -197,10 +231,11 @@ def _settle(
     """Send what was held back, record the answer (moderation outcome, usage, audit), end the stream."""
     rule, last = progress.rule, progress.last
     withheld = "withheld" in progress.leaked
-    if rule is None and not withheld and progress.released < len(progress.text):
+    harmful = rule is None and not withheld and _harm_stops(progress, final=True)
+    if rule is None and not withheld and not harmful and progress.released < len(progress.text):
         rest = _visible(state, progress, progress.text[progress.released :])
         yield _chunk(state, model_id, ChunkDelta(content=rest))
-    stopped = rule is not None or withheld
+    stopped = rule is not None or withheld or harmful
     finish: FinishReason = "content_filter" if stopped else (last.finish_reason if last else None) or "stop"
     reply = _reply_from(state, progress.text, finish, last, progress.pieces)
     response: ChatCompletion = build_completion(state, runner.deps, model_id, reply)
@@ -222,6 +257,8 @@ def _stream_moderation(progress: _Progress) -> ModerateResult:
     """The moderation outcome of a relayed stream, as `moderate_step` would have recorded it."""
     if progress.rule is not None:
         return ModerateResult(outcome="filtered", layer="blocklist", rule=progress.rule)
+    if progress.harm is not None:
+        return ModerateResult(outcome="filtered", layer="harmful_content", rule=progress.harm)
     if "withheld" in progress.leaked:
         types = sorted({s.entity for s in find_pii(progress.text, progress.leak)})
         return ModerateResult(outcome="filtered", layer="pii_leak", rule=", ".join(types))

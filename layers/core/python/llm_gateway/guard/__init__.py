@@ -9,10 +9,13 @@ from typing import TYPE_CHECKING
 
 from ..config import InjectionGuard, PiiGuard
 from ..contracts import PROMPT_ROLES, ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
+from ..decisions import record_layer, submit_for_review
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
 from ..identity import pseudonym
+from ..moderation.cascade import TIER2 as HARMFUL_LAYER
+from ..moderation.cascade import harmful_decision
+from ..moderation.harmful import load_harmful_classifier
 from ..output_format import check_schema
-from ..ports import ReviewItem, ReviewQueue
 from ..routing import resolve_route
 from .injection import load_injection_classifier
 from .ner import NER_TYPES, find_names
@@ -104,6 +107,16 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
             return GuardResult(
                 outcome="blocked", tenant=context, layer="pii", reason=decision.reason, decisions=decisions
             )
+    if policy.harmful.enabled and policy.harmful.input:
+        started = time.perf_counter()
+        seen = masked if masked is not None else state.request.messages
+        decision = check_harmful_input(state, deps, context, seen)
+        record_layer(deps, decision, started)
+        decisions.append(decision)
+        if decision.action == "block":
+            return GuardResult(
+                outcome="blocked", tenant=context, layer=decision.layer, reason=decision.reason, decisions=decisions
+            )
     result = GuardResult(
         outcome="allowed",
         tenant=context,
@@ -112,36 +125,24 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         restorable=restorable,
     )
     if deps.review is not None and any(d.action == "flag" for d in decisions):
-        submit_for_review(state, deps.review, result, deps.clock())
+        messages = masked if masked is not None else state.request.messages
+        text = "\n\n".join(m.text() for m in messages if m.role in ("user", "tool"))
+        submit_for_review(state, deps.review, context.tenant, "input", decisions, text, deps.clock())
     return result
 
 
-def submit_for_review(state: GatewayState, queue: ReviewQueue, result: GuardResult, now: float) -> None:
-    """Queue a request a layer flagged (let through, but unsure) for a person to decide; the text
-    is the user and tool messages as the model sees them (PII masked)."""
-    messages = result.masked_messages if result.masked_messages is not None else state.request.messages
-    text = "\n\n".join(m.text() for m in messages if m.role in ("user", "tool"))
-    for decision in (d for d in result.decisions if d.action == "flag"):
-        queue.submit(
-            ReviewItem(
-                item_id=f"{state.request_id}:{decision.layer}",
-                request_id=state.request_id,
-                tenant=result.tenant.tenant if result.tenant is not None else "",
-                kind="input",
-                layer=decision.layer,
-                reason=decision.reason,
-                score=decision.score,
-                text=text,
-                created_at=now,
-            )
-        )
-
-
-def record_layer(deps: Deps, decision: GuardDecision, started: float) -> None:
-    """A guard layer's latency (since `started`) and, when it flagged, masked or blocked, a trigger."""
-    deps.metrics.observe("guard_layer_ms", (time.perf_counter() - started) * 1000, layer=decision.layer)
-    if decision.action != "pass":
-        deps.metrics.count("guard_triggers", layer=decision.layer, action=decision.action)
+def check_harmful_input(
+    state: GatewayState, deps: Deps, context: TenantContext, messages: list[ChatMessage]
+) -> GuardDecision:
+    """The harmful-content cascade on the user message tier 2 scores highest (PII already masked:
+    a judge model sees placeholders, not values)."""
+    texts = [m.text() for m in messages if m.role == "user" and m.text()]
+    if not texts:
+        return GuardDecision(layer=HARMFUL_LAYER, action="pass", score=0.0)
+    classifier = load_harmful_classifier()
+    worst = max(texts, key=lambda text: classifier.assess(text).score) if len(texts) > 1 else texts[0]
+    policy = deps.config.tenants[context.tenant].guards.harmful
+    return harmful_decision(worst, "input", policy, deps, state.request_id, context)
 
 
 def check_injection(state: GatewayState, policy: InjectionGuard) -> GuardDecision:

@@ -1,13 +1,17 @@
-"""Output moderation. Tier 1: the tenant's keyword/regex blocklist; then PII in the answer (values
-the model produced itself: redacted or withheld per the tenant's `guards.pii.answers`)."""
+"""Output moderation. Tier 1: the tenant's keyword/regex blocklist; tiers 2-4: the harmful-content
+cascade (`cascade`: classifier, LLM judge for the uncertain band, human review); then PII in the
+answer (values the model produced itself: redacted or withheld per `guards.pii.answers`)."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from ..config import PiiGuard
 from ..contracts import GatewayState, ModerateResult
+from ..decisions import record_layer, submit_for_review
 from ..guard.pii import STRUCTURED_TYPES, find_pii, redact
+from .cascade import harmful_decision
 
 if TYPE_CHECKING:
     from ..deps import Deps
@@ -22,16 +26,29 @@ def moderate_step(state: GatewayState, deps: Deps) -> ModerateResult:
     rule = deps.output_blocklists[tenant].first_match(text)
     if rule is not None:
         return ModerateResult(outcome="filtered", layer="blocklist", rule=rule)
+    harmful = deps.config.tenants[tenant].guards.harmful
+    decisions = []
+    if harmful.enabled and harmful.output and text:
+        started = time.perf_counter()
+        decision = harmful_decision(text, "output", harmful, deps, state.request_id, state.tenant())
+        record_layer(deps, decision, started)
+        decisions.append(decision)
+        if decision.action == "block":
+            return ModerateResult(outcome="filtered", layer=decision.layer, rule=decision.reason, decisions=decisions)
+        if decision.action == "flag" and deps.review is not None:
+            submit_for_review(state, deps.review, tenant, "output", decisions, text, deps.clock())
     policy = deps.config.tenants[tenant].guards.pii
     entities = leak_watched(policy)
     spans = find_pii(text, entities) if entities else []
     if not spans:
-        return ModerateResult(outcome="passed")
+        return ModerateResult(outcome="passed", decisions=decisions)
     types = ", ".join(sorted({span.entity for span in spans}))
     deps.metrics.count("guard_triggers", layer="pii_leak", action=policy.answers)
     if policy.answers == "withhold":
-        return ModerateResult(outcome="filtered", layer="pii_leak", rule=types)
-    return ModerateResult(outcome="redacted", layer="pii_leak", rule=types, content=redact(text, spans))
+        return ModerateResult(outcome="filtered", layer="pii_leak", rule=types, decisions=decisions)
+    return ModerateResult(
+        outcome="redacted", layer="pii_leak", rule=types, content=redact(text, spans), decisions=decisions
+    )
 
 
 def leak_watched(policy: PiiGuard) -> list[str]:
