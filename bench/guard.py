@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import platform
 import random
@@ -39,7 +40,11 @@ from llm_gateway.guard.injection_data import load_split
 from llm_gateway.guard.ner import NER_TYPES, find_names, ner_available
 from llm_gateway.guard.pii import STRUCTURED_TYPES, find_pii, overlaps
 from llm_gateway.moderation.blocklist import CompiledBlocklist
+from llm_gateway.moderation.harmful import load_harmful_classifier
+from llm_gateway.moderation.harmful_data import load as load_harmful
 
+TOPICS = Path(__file__).resolve().parents[1] / "tests" / "data" / "topics.json"
+QQP = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp_pairs.jsonl.gz"
 PROMPT = (
     "Please review the attached quarterly report and summarise the three most important findings "
     "for the board. Focus on revenue growth in the European region, the change in customer churn "
@@ -148,6 +153,123 @@ def injection_section() -> None:
             f"| {dataset} | {len(texts)} | {2 * tp / (2 * tp + fp + fn):.3f} | {tp / max(tp + fp, 1):.3f} "
             f"| {tp / max(tp + fn, 1):.3f} | {fp / int((y == 0).sum()):.3f} |"
         )
+
+
+def harmful_section(qqp: Path, rounds: int, local_judge: bool) -> None:
+    classifier = load_harmful_classifier()
+    examples = load_harmful("test", qqp)
+    assessed = [classifier.assess_long(e.text) for e in examples]
+    scores = np.array([a.score for a in assessed])
+    y = np.array([e.label for e in examples])
+    sources = np.array([e.source for e in examples])
+    low, high = classifier.band
+    band = (scores >= low) & (scores < high)
+    print(
+        f"\n## (d) Harmful content, held-out test part ({int(y.sum())} harmful, {int((y == 0).sum())} benign; "
+        f"threshold {classifier.threshold:.4f}, band [{low:.4f}, {high:.4f}))\n"
+    )
+    long_text = " ".join([PROMPT] * 2)[:1000]
+    p50_short, p99_short = timings(lambda: classifier.assess_long(PROMPT[:200]), rounds)
+    p50_long, p99_long = timings(lambda: classifier.assess_long(long_text), rounds // 4)
+    print(f"tier 2 latency: 200 chars p50 {p50_short:,.0f} µs (p99 {p99_short:,.0f}); ", end="")
+    print(f"1,000 chars (sentence windows) p50 {p50_long:,.0f} µs (p99 {p99_long:,.0f})\n")
+    none = np.zeros_like(band)
+    rows: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]] = [
+        ("tier 2 alone (threshold)", scores >= classifier.threshold, None, None),
+        ("tier 2 + a judge right on every band text (upper bound)", (scores >= high) | (band & (y == 1)), band, none),
+        ("tier 2 + a judge wrong on every band text (lower bound)", (scores >= high) | (band & (y == 0)), band, none),
+    ]
+    if local_judge:
+        blocked, queued = _local_judge(examples, scores, band, classifier)
+        rows.append(("tier 2 + local SmolLM2-135M judge (measured)", blocked, band, queued))
+    print("| cascade | harmful recall | benign FPR | escalated to judge | queued for review |\n|---|---|---|---|---|")
+    for name, blocked, escalated, queued in rows:
+        shares = [f"{m.mean():.3f}" if m is not None else "-" for m in (escalated, queued)]
+        print(f"| {name} | {blocked[y == 1].mean():.3f} | {blocked[y == 0].mean():.4f} | {' | '.join(shares)} |")
+    print("\n| source | texts | flagged by tier 2 | in the band |\n|---|---|---|---|")
+    for source in sorted(set(sources)):
+        mask = sources == source
+        flagged = (scores[mask] >= classifier.threshold).mean()
+        print(f"| {source} | {int(mask.sum())} | {flagged:.3f} | {band[mask].mean():.3f} |")
+    harmful = [(a.category, e.category) for a, e in zip(assessed, examples, strict=True) if e.category]
+    right = sum(p == t for p, t in harmful) / len(harmful)
+    print(f"\ncategory accuracy on HarmBench test (6 categories): {right:.3f}")
+
+
+def _local_judge(
+    examples: list[Any], scores: np.ndarray, band: np.ndarray, classifier: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Judge every band text with the self-hosted model through the real endpoint and provider;
+    an unparseable verdict falls back to tier 2's threshold and counts as queued for review."""
+    from llm_gateway.config import HarmfulGuard
+    from llm_gateway.contracts import TenantContext
+    from llm_gateway.local.cli import local_endpoint, with_endpoint_url
+    from llm_gateway.moderation.cascade import harmful_decision
+
+    config = load_config(EXAMPLE_CONFIG)
+    judge_model = "smollm2-135m-instruct-q4_1"
+    policy = HarmfulGuard(enabled=True, judge_model=judge_model)
+    blocked = scores >= float(classifier.band[1])
+    queued = np.zeros_like(band)
+    fallbacks = 0
+    started = time.perf_counter()
+    with local_endpoint() as url:
+        tenant = next(iter(config.tenants))
+        deps = _deps(with_endpoint_url(config, url), tenant, "bench-key")
+        context = TenantContext(tenant=tenant, key_id="bench")
+        for i in np.flatnonzero(band):
+            decision = harmful_decision(examples[i].text, "input", policy, deps, f"bench-{i}", context)
+            blocked[i] = decision.action == "block"
+            queued[i] = decision.action == "flag"
+            fallbacks += decision.layer == "harmful_content"
+    elapsed = time.perf_counter() - started
+    print(
+        f"local judge: {int(band.sum())} band texts in {elapsed:.0f}s ({elapsed / max(band.sum(), 1):.2f} s each); "
+        f"no verdict (tier 2 decided) for {fallbacks}\n"
+    )
+    return blocked, queued
+
+
+def topics_section() -> None:
+    """Every ordered pair of the held-out set's five topics as (allowed, denied), the first SHOTS
+    requests of each as its examples, the other twelve as queries."""
+    import itertools
+    import json
+
+    from llm_gateway.config import Topic, TopicGuard
+    from llm_gateway.guard.topics import TopicClassifier
+    from llm_gateway.semantic.embeddings import default_embedder
+
+    shots = 8
+    topics: dict[str, list[str]] = json.loads(TOPICS.read_text(encoding="utf-8"))
+    embed = default_embedder().embed
+    queries = {name: embed(texts[shots:]) for name, texts in topics.items()}
+    held_out = len(next(iter(queries.values())))
+    print(f"\n## (e) Topic filtering ({len(topics)} topics x {held_out} held-out requests, {shots} examples per topic,")
+    print("every (allowed, denied) pair; embedding included in ms)\n")
+    print("| allowed_margin | on-topic answered | denied topic refused | other topics refused | ms per request |")
+    print("|---|---|---|---|---|")
+    for margin in (0.0, 0.03, 0.05, 0.08):
+        answered, denied, others = [], [], []
+        for allowed, refused in itertools.permutations(topics, 2):
+            policy = TopicGuard(
+                enabled=True,
+                allowed=[Topic(name=allowed, examples=topics[allowed][:shots])],
+                denied=[Topic(name=refused, examples=topics[refused][:shots])],
+                allowed_margin=margin,
+            )
+            classifier = TopicClassifier(policy, embed)
+            for name, vectors in queries.items():
+                kinds = [classifier.match(v).kind for v in vectors]
+                target = answered if name == allowed else denied if name == refused else others
+                target += [(k == "allowed") == (name == allowed) for k in kinds]
+        p50, _ = timings(functools.partial(_match_one, classifier, embed, topics["cooking"][-1]), 200)
+        shares = " | ".join(f"{np.mean(v):.3f}" for v in (answered, denied, others))
+        print(f"| {margin:.2f} | {shares} | {p50 / 1000:.1f} |")
+
+
+def _match_one(classifier: Any, embed: Callable[[list[str]], Any], text: str) -> None:
+    classifier.match(embed([text])[0])
 
 
 # presidio-evaluator template placeholders -> (our entity type or None, Faker provider)
@@ -325,11 +447,17 @@ def main() -> None:
     parser.add_argument("--pii-samples", type=int, default=20, help="sentences generated per template")
     parser.add_argument("--ner-samples", type=int, default=5, help="per template, for the NER runs (slower)")
     parser.add_argument("--faker-seed", type=int, default=11)
+    parser.add_argument("--qqp", type=Path, default=QQP, help="qqp_pairs.jsonl.gz (benign Quora questions)")
+    parser.add_argument(
+        "--local-judge", action="store_true", help="(d): also judge the uncertain band with the local SmolLM2 endpoint"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     print(f"# Guard layers ({platform.machine()}, Python {platform.python_version()})")
     latency_section(args.rounds)
     injection_section()
+    harmful_section(args.qqp, args.rounds, args.local_judge)
+    topics_section()
     pii_section(args.pii_samples, args.ner_samples, args.faker_seed)
     print(f"\n_total {time.perf_counter() - started:.0f}s_")
 

@@ -178,10 +178,45 @@ class HarmfulGuard(_Config):
         return value
 
 
+class Topic(_Config):
+    name: str = Field(min_length=1, max_length=80)
+    # Requests of this topic in the users' own words; 8 or more make the boundary reliable.
+    examples: list[str] = Field(min_length=2, max_length=200)
+
+
+class TopicGuard(_Config):
+    """Per-tenant topics (`guard.topics`): the user's latest message is compared by meaning with
+    the examples of the allowed and denied topics and of a packaged library of everyday topics
+    (`guard/data/topic_library.json`). A denied topic is refused; with `allowed` topics, so is
+    anything nearer to another topic. `allowed_margin` favours the allowed topics (higher: fewer
+    wrong refusals of on-topic requests, more off-topic requests let through)."""
+
+    enabled: bool = False
+    allowed: list[Topic] = Field(default_factory=list)
+    denied: list[Topic] = Field(default_factory=list)
+    # The client's refusal; {topic} is the topic the request was matched to, {allowed} the allowed ones.
+    refusal: str = Field(default="I can only help with {allowed}. I cannot help with {topic}.", max_length=500)
+    allowed_margin: float = Field(default=0.05, ge=0, le=0.5)
+
+    @model_validator(mode="after")
+    def _topics(self) -> TopicGuard:
+        names = [t.name.lower() for t in [*self.allowed, *self.denied]]
+        if len(set(names)) != len(names):
+            raise ValueError("topic names must be unique")
+        if self.enabled and not names:
+            raise ValueError("an enabled topic guard needs allowed or denied topics")
+        try:
+            self.refusal.format(topic="x", allowed="y")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError("refusal may only use the placeholders {topic} and {allowed}") from exc
+        return self
+
+
 class Guards(_Config):
     injection: InjectionGuard = Field(default_factory=InjectionGuard)
     pii: PiiGuard = Field(default_factory=PiiGuard)
     harmful: HarmfulGuard = Field(default_factory=HarmfulGuard)
+    topics: TopicGuard = Field(default_factory=TopicGuard)
 
 
 class TenantConfig(_Config):

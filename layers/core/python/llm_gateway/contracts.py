@@ -246,6 +246,7 @@ class GuardResult(_Strict):
     tenant: TenantContext | None = None
     layer: str | None = None
     reason: str | None = None
+    message: str | None = None  # a blocked request's refusal as the client reads it (default: generic)
     decisions: list[GuardDecision] = Field(default_factory=list)
     # PII masking: the messages as the model and the caches must see them (None: unchanged), and
     # the original values of the placeholders the tenant lets the answer restore. Request-scoped:

@@ -177,7 +177,8 @@ def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
     deps.audit.record(_audit(state, deps, _outcome(state)))
     guard = state.guard
     if guard is not None and guard.outcome == "blocked":
-        refusal = GuardrailBlocked("The request was refused by the gateway's input policy.", code=guard.layer)
+        message = guard.message or "The request was refused by the gateway's input policy."
+        refusal = GuardrailBlocked(message, code=guard.layer)
         return FinishResult(status=refusal.status, error=refusal.body())
     return FinishResult(cached=cached, cost_usd=cost, response=final_response(state))
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..config import InjectionGuard, PiiGuard
+from ..config import InjectionGuard, PiiGuard, TopicGuard
 from ..contracts import PROMPT_ROLES, ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
 from ..decisions import record_layer, submit_for_review
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
@@ -21,6 +22,7 @@ from .injection import load_injection_classifier
 from .ner import NER_TYPES, find_names
 from .pii import STRUCTURED_TYPES as PII_TYPES
 from .pii import Vault, find_pii, mask, overlaps, placeholder_entity
+from .topics import refusal_message, topic_classifier
 
 if TYPE_CHECKING:
     from ..deps import Deps
@@ -85,38 +87,50 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         rule = blocklist.first_match(message.text())
         if rule is not None:
             return GuardResult(outcome="blocked", tenant=context, layer="blocklist", reason=rule)
-    decisions = []
+    decisions: list[GuardDecision] = []
     policy = deps.config.tenants[context.tenant].guards
-    if policy.injection.enabled:
+
+    def run(check: Callable[[], GuardDecision]) -> bool:
+        """Time one layer, record its decision; True when it blocks."""
         started = time.perf_counter()
-        decision = check_injection(state, policy.injection)
+        decision = check()
         record_layer(deps, decision, started)
         decisions.append(decision)
-        if decision.action == "block":
-            return GuardResult(
-                outcome="blocked", tenant=context, layer=decision.layer, reason=decision.reason, decisions=decisions
-            )
+        return decision.action == "block"
+
+    def blocked(refusal: str | None = None) -> GuardResult:
+        last = decisions[-1]
+        return GuardResult(
+            outcome="blocked",
+            tenant=context,
+            layer=last.layer,
+            reason=last.reason,
+            message=refusal,
+            decisions=decisions,
+        )
+
+    if policy.injection.enabled and run(lambda: check_injection(state, policy.injection)):
+        return blocked()
     masked: list[ChatMessage] | None = None
     restorable: dict[str, str] = {}
-    if policy.pii.enabled:
-        started = time.perf_counter()
+    refusal: list[str | None] = [None]
+
+    def pii() -> GuardDecision:
+        nonlocal masked, restorable
         decision, masked, restorable = check_pii(state, policy.pii)
-        record_layer(deps, decision, started)
-        decisions.append(decision)
-        if decision.action == "block":
-            return GuardResult(
-                outcome="blocked", tenant=context, layer="pii", reason=decision.reason, decisions=decisions
-            )
-    if policy.harmful.enabled and policy.harmful.input:
-        started = time.perf_counter()
-        seen = masked if masked is not None else state.request.messages
-        decision = check_harmful_input(state, deps, context, seen)
-        record_layer(deps, decision, started)
-        decisions.append(decision)
-        if decision.action == "block":
-            return GuardResult(
-                outcome="blocked", tenant=context, layer=decision.layer, reason=decision.reason, decisions=decisions
-            )
+        return decision
+
+    def topic() -> GuardDecision:
+        decision, refusal[0] = check_topic(seen, policy.topics)
+        return decision
+
+    if policy.pii.enabled and run(pii):
+        return blocked()
+    seen = masked if masked is not None else state.request.messages
+    if policy.harmful.enabled and policy.harmful.input and run(lambda: check_harmful_input(state, deps, context, seen)):
+        return blocked()
+    if policy.topics.enabled and run(topic):
+        return blocked(refusal[0])
     result = GuardResult(
         outcome="allowed",
         tenant=context,
@@ -143,6 +157,24 @@ def check_harmful_input(
     worst = max(texts, key=lambda text: classifier.assess(text).score) if len(texts) > 1 else texts[0]
     policy = deps.config.tenants[context.tenant].guards.harmful
     return harmful_decision(worst, "input", policy, deps, state.request_id, context)
+
+
+def check_topic(messages: list[ChatMessage], policy: TopicGuard) -> tuple[GuardDecision, str | None]:
+    """The latest user message's nearest topic: a denied one, or (when the tenant lists allowed
+    topics) any but those, is refused with the tenant's message."""
+    text = next((m.text() for m in reversed(messages) if m.role == "user" and m.text().strip()), "")
+    if not text:
+        return GuardDecision(layer="topic", action="pass"), None
+    from ..semantic.embeddings import default_embedder
+
+    match = topic_classifier(policy).match(default_embedder().embed([text])[0])
+    refused = match.kind == "denied" or (match.kind == "other" and bool(policy.allowed))
+    if not refused:
+        return GuardDecision(
+            layer="topic", action="pass", score=match.score, reason=f"{match.kind}: {match.topic}"
+        ), None
+    decision = GuardDecision(layer="topic", action="block", score=match.score, reason=f"{match.kind}: {match.topic}")
+    return decision, refusal_message(policy, match)
 
 
 def check_injection(state: GatewayState, policy: InjectionGuard) -> GuardDecision:

@@ -81,17 +81,31 @@ class _Vocabulary:
             grams.extend(known)
         return grams
 
-    def contribution(self, text: str) -> list[float]:
-        """This block's share of each head's logit."""
-        counts = Counter(self._grams(text))
+    def counts(self, text: str) -> Counter[str]:
+        """In-vocabulary n-gram counts of `text` (add two texts' counts for their concatenation,
+        up to the n-grams that would span the seam)."""
+        return Counter(self._grams(text))
+
+    def contribution(self, counts: Counter[str], heads: int) -> list[float]:
+        """This block's share of the first `heads` heads' logits."""
         norm_sq = 0.0
-        dots = [0.0] * self.heads
-        for term, count in counts.items():
-            idf, weights = self.terms[term]
-            value = (1.0 + math.log(count)) * idf
-            norm_sq += value * value
-            for head, weight in enumerate(weights):
-                dots[head] += value * weight
+        terms = self.terms
+        if heads == 1:  # the common case, without the inner loop
+            dot = 0.0
+            for term, count in counts.items():
+                idf, weights = terms[term]
+                value = idf if count == 1 else (1.0 + math.log(count)) * idf
+                norm_sq += value * value
+                dot += value * weights[0]
+            dots = [dot]
+        else:
+            dots = [0.0] * heads
+            for term, count in counts.items():
+                idf, weights = terms[term]
+                value = idf if count == 1 else (1.0 + math.log(count)) * idf
+                norm_sq += value * value
+                for head in range(heads):
+                    dots[head] += value * weights[head]
         if norm_sq <= 0:
             return dots
         norm = math.sqrt(norm_sq)
@@ -150,9 +164,18 @@ class LinearTextClassifier:
         self.metadata: dict[str, Any] = artefact.get("metadata", {})
 
     def logits(self, text: str) -> list[float]:
-        totals = list(self.biases)
-        for block in self._blocks:
-            for head, value in enumerate(block.contribution(text)):
+        return self.logits_of(self.counts(text))
+
+    def counts(self, text: str) -> list[Counter[str]]:
+        """Per block, the in-vocabulary n-gram counts of `text`."""
+        return [block.counts(text) for block in self._blocks]
+
+    def logits_of(self, counts: list[Counter[str]], heads: int | None = None) -> list[float]:
+        """The first `heads` logits (all by default) of a text given by its per-block counts."""
+        wanted = len(self.biases) if heads is None else heads
+        totals = self.biases[:wanted]
+        for block, block_counts in zip(self._blocks, counts, strict=True):
+            for head, value in enumerate(block.contribution(block_counts, wanted)):
                 totals[head] += value
         return totals
 

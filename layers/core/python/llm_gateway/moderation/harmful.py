@@ -13,6 +13,7 @@ import functools
 import itertools
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,9 @@ class HarmfulClassifier(LinearTextClassifier):
         self.band = (float(low), float(high))
 
     def assess(self, text: str) -> HarmAssessment:
-        logits = self.logits(text)
+        return self._assessment(self.logits(text))
+
+    def _assessment(self, logits: list[float]) -> HarmAssessment:
         score = sigmoid(self._a * logits[0] + self._b)
         top = max(range(1, len(logits)), key=logits.__getitem__)
         total = sum(math.exp(z - logits[top]) for z in logits[1:])
@@ -55,21 +58,35 @@ class HarmfulClassifier(LinearTextClassifier):
 
     def assess_long(self, text: str, start: int = 0) -> HarmAssessment:
         """The worst of `text`'s sentence windows; with `start`, only those from about
-        LONG_CHARS before it (a stream scoring what it added since the last check)."""
+        LONG_CHARS before it (a stream scoring what it added since the last check). Each sentence
+        is counted once: a pair's counts are its two sentences' counts added."""
         if start > LONG_CHARS:
             cut = text.rfind(" ", 0, start - LONG_CHARS)
             text = text[cut + 1 :] if cut >= 0 else text
-        return max((self.assess(window) for window in windows(text)), key=lambda a: a.score)
+        sentences = sentence_windows(text)
+        if len(sentences) == 1:
+            return self.assess(text)
+        counts = [self.counts(sentence) for sentence in sentences]
+        pairs = [
+            [_merged(a, b) for a, b in zip(first, second, strict=True)] for first, second in itertools.pairwise(counts)
+        ]
+        worst = max(counts + pairs, key=lambda c: self.logits_of(c, heads=1)[0])
+        return self._assessment(self.logits_of(worst))
 
 
-def windows(text: str) -> list[str]:
-    """A short text whole; a long one as its sentences and each pair of adjacent sentences."""
+def _merged(first: Counter[str], second: Counter[str]) -> Counter[str]:
+    merged = first.copy()
+    for term, count in second.items():
+        merged[term] = merged.get(term, 0) + count
+    return merged
+
+
+def sentence_windows(text: str) -> list[str]:
+    """A short text whole; a long one as its sentences (scored alone and in adjacent pairs)."""
     if len(text) <= LONG_CHARS:
         return [text]
     sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
-    if len(sentences) <= 1:
-        return [text]
-    return sentences + [f"{a} {b}" for a, b in itertools.pairwise(sentences)]
+    return sentences if len(sentences) > 1 else [text]
 
 
 @functools.lru_cache(maxsize=1)

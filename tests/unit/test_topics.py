@@ -1,0 +1,86 @@
+"""Topic filtering: a cooking assistant refuses medical questions with its own message and
+anything off-topic, and answers cooking questions; measured on held-out requests
+(tests/data/topics.json: 20 per topic, the first 8 of a topic serve as its examples)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_gateway.config import Guards, Topic, TopicGuard
+from llm_gateway.errors import ConfigError
+from llm_gateway.guard import guard_step
+from llm_gateway.guard.topics import library, topic_classifier
+from llm_gateway.runner import LocalRunner
+from llm_gateway.semantic.embeddings import default_embedder
+from tests.conftest import BASE_CONFIG, make_config, make_deps, make_state
+
+TOPICS: dict[str, list[str]] = json.loads((Path(__file__).parents[1] / "data" / "topics.json").read_text())
+SHOTS = 8
+REFUSAL = "This is a cooking assistant. I cannot help with {topic}."
+POLICY = TopicGuard(
+    enabled=True,
+    allowed=[Topic(name="cooking", examples=TOPICS["cooking"][:SHOTS])],
+    denied=[Topic(name="medical advice", examples=TOPICS["medical"][:SHOTS])],
+    refusal=REFUSAL,
+)
+
+
+def test_held_out_requests_land_on_the_right_side() -> None:
+    classifier = topic_classifier(POLICY)
+    embed = default_embedder().embed
+    matches = {name: [classifier.match(v) for v in embed(texts[SHOTS:])] for name, texts in TOPICS.items()}
+    allowed = sum(m.kind == "allowed" for m in matches["cooking"]) / len(matches["cooking"])
+    medical = matches["medical"]
+    denied = sum(m.kind == "denied" for m in medical) / len(medical)  # the rest: refused as off-topic
+    medical_refused = sum(m.kind != "allowed" for m in medical) / len(medical)
+    others = [m for name in ("legal", "programming", "travel") for m in matches[name]]
+    refused = sum(m.kind != "allowed" for m in others) / len(others)
+    assert allowed >= 0.8, allowed
+    assert medical_refused >= 0.8, medical_refused
+    assert denied >= 0.6, denied
+    assert refused >= 0.9, refused
+    # The library's own cooking and health topics give way to the tenant's.
+    assert "cooking" in classifier.names and classifier.names.count("cooking") == 1
+    assert "health" not in classifier.names and "law" in classifier.names
+
+
+def test_the_client_reads_the_tenant_s_refusal() -> None:
+    config = make_config()
+    tenants = {n: t.model_copy(update={"guards": Guards(topics=POLICY)}) for n, t in config.tenants.items()}
+    deps = make_deps(config.model_copy(update={"tenants": tenants}))
+
+    refused = LocalRunner(deps).run(make_state("What dose of paracetamol can I give my toddler for a fever?"))
+    answered = LocalRunner(deps).run(make_state("How do I stop my pancakes from sticking to the pan?"))
+
+    assert refused.finish is not None and refused.finish.error is not None
+    assert refused.finish.status == 400
+    error = refused.finish.error.error
+    assert (error.type, error.code) == ("guardrail", "topic")
+    assert error.message == "This is a cooking assistant. I cannot help with medical advice."
+    assert answered.finish is not None and answered.finish.status == 200
+    assert guard_step(make_state("Which train goes from Paris to Amsterdam?"), deps).reason == "other: travel"
+
+
+@pytest.mark.parametrize(
+    ("guard_yaml", "problem"),
+    [
+        ("{enabled: true}", "needs allowed or denied topics"),
+        ("{enabled: true, denied: [{name: a, examples: [x, y]}, {name: A, examples: [x, y]}]}", "unique"),
+        ("{enabled: true, denied: [{name: a, examples: [x, y]}], refusal: 'no {subject}'}", "placeholders"),
+        ("{enabled: true, denied: [{name: a, examples: [x]}]}", "at least 2"),
+    ],
+)
+def test_bad_topic_config_is_refused_with_its_path(guard_yaml: str, problem: str) -> None:
+    from llm_gateway.config import parse_config
+
+    text = BASE_CONFIG.replace("    routes:\n", f"    guards: {{topics: {guard_yaml}}}\n    routes:\n", 1)
+    with pytest.raises(ConfigError, match=problem):
+        parse_config(text)
+
+
+def test_the_library_is_distinct_from_the_held_out_requests() -> None:
+    everything = {text.lower() for texts in TOPICS.values() for text in texts}
+    assert not everything & {e.lower() for examples in library().values() for e in examples}
