@@ -57,6 +57,8 @@ ENV_MOMENTO_SECRET = "MOMENTO_SECRET_ARN"  # noqa: S105 - the variable's name, n
 ENV_MOMENTO_ENDPOINT = "MOMENTO_ENDPOINT"
 ENV_MOMENTO_CACHE = "MOMENTO_CACHE_NAME"
 ENV_PROVIDER_KEYS_SECRET = "PROVIDER_KEYS_SECRET_ARN"  # noqa: S105 - the variable's name, not a secret
+ENV_REVIEW_QUEUE_URL = "REVIEW_QUEUE_URL"
+ENV_REVIEW_TABLE = "REVIEW_TABLE"
 POWERTOOLS_SERVICE_NAME = "llm-gateway"
 POWERTOOLS_METRICS_NAMESPACE = "LlmGateway"
 
@@ -69,15 +71,20 @@ USAGE = "usage"
 AUDIT = "audit"
 MOMENTO = "momento"
 PROVIDER_KEYS = "provider_keys"  # JSON object: environment variable name -> provider API key
+REVIEW = "review"  # tier 4: send flagged items to the review queue
+REVIEW_INGEST_FOLDER = "review_ingest"  # consumes the review queue into the review table
+REVIEW_QUEUE_RECEIVES = 5  # deliveries before a message goes to the dead-letter queue
 
 # Least privilege: which function folder reaches which store. Folders not listed reach none.
 FUNCTION_ACCESS: dict[str, frozenset[str]] = {
-    "guard": frozenset({MOMENTO}),  # rate-limit counters
+    # rate-limit counters; the LLM judge (provider keys) and flagged requests (review queue)
+    "guard": frozenset({MOMENTO, PROVIDER_KEYS, REVIEW}),
     "cache_lookup": frozenset({MOMENTO}),  # exact and semantic cache reads
     "invoke": frozenset({PROVIDER_KEYS}),  # OpenAI / Anthropic API keys
+    "moderate": frozenset({PROVIDER_KEYS, REVIEW}),  # the LLM judge; flagged answers
     "finish": frozenset({MOMENTO, USAGE, AUDIT}),  # cache store, usage and audit records
     "record_failure": frozenset({AUDIT}),  # the audit record of a failed request
-    STREAM_FOLDER: frozenset({MOMENTO, USAGE, AUDIT, PROVIDER_KEYS}),  # runs the whole chain in-process
+    STREAM_FOLDER: frozenset({MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW}),  # runs the whole chain in-process
 }
 
 # State machine states that are not steps of the chain, and where they put the HTTP answer.

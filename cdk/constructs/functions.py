@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as lambda_event_sources
 from constructs import Construct
 
 from cdk import constants as c
@@ -137,6 +139,22 @@ class ChainFunctions(Construct):
             )
             stores.grant(function, c.FUNCTION_ACCESS.get(step.handler, frozenset()))
             self.by_step[step.name] = function
+        self.review_ingest = gateway_function(
+            self,
+            "ReviewIngest",
+            stage=stage,
+            name=c.REVIEW_INGEST_FOLDER,
+            code=function_code(c.REVIEW_INGEST_FOLDER),
+            layers=[layers.core, layers.deps, layers.config],
+            environment=self.environment,
+        )
+        # The table itself only (`grant` would add its indexes): items are put, never read here.
+        self.review_ingest.add_to_role_policy(
+            iam.PolicyStatement(actions=["dynamodb:PutItem"], resources=[stores.review_table.table_arn])
+        )
+        self.review_ingest.add_event_source(
+            lambda_event_sources.SqsEventSource(stores.review_queue, batch_size=10, report_batch_item_failures=True)
+        )
 
 
 def _pascal(name: str) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import aws_cdk as cdk
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk import constants as c
@@ -21,6 +23,7 @@ class GatewayStores(Construct):
         super().__init__(scope, construct_id)
         self.usage = self._table("Usage", stage)
         self.audit = self._table("Audit", stage)
+        self.review_table, self.review_queue = self._review(stage)
         self.momento_secret = self._secret(
             "MomentoApiKey",
             stage,
@@ -44,6 +47,8 @@ class GatewayStores(Construct):
             c.ENV_AUDIT_TABLE: self.audit.table_name,
             c.ENV_MOMENTO_SECRET: self.momento_secret.secret_arn,
             c.ENV_PROVIDER_KEYS_SECRET: self.provider_keys.secret_arn,
+            c.ENV_REVIEW_QUEUE_URL: self.review_queue.queue_url,
+            c.ENV_REVIEW_TABLE: self.review_table.table_name,
         }
 
     def grant(self, grantee: iam.IGrantable, access: Iterable[str]) -> None:
@@ -53,8 +58,50 @@ class GatewayStores(Construct):
         for store in sorted(access):
             if store in secrets:
                 secrets[store].grant_read(grantee)
+            elif store == c.REVIEW:
+                self.review_queue.grant_send_messages(grantee)
             else:
                 tables[store].grant(grantee, *c.TABLE_WRITE_ACTIONS)
+
+    def _review(self, stage: StageConfig) -> tuple[dynamodb.Table, sqs.Queue]:
+        """Tier 4: the queue flagged items are sent to (with a dead-letter queue) and the table the
+        `review_ingest` function stores them in (`adapters/aws/review.py` has the layout)."""
+        table = dynamodb.Table(
+            self,
+            "Review",
+            partition_key=dynamodb.Attribute(name="item_id", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            deletion_protection=stage.retain_data,
+            removal_policy=removal_policy(stage),
+        )
+        table.add_global_secondary_index(
+            index_name="by_status",
+            partition_key=dynamodb.Attribute(name="status", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="created_sk", type=dynamodb.AttributeType.STRING),
+        )
+        dead_letters = sqs.Queue(
+            self,
+            "ReviewDeadLetters",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=cdk.Duration.days(14),
+            removal_policy=removal_policy(stage),
+        )
+        acknowledge(dead_letters, "SQS3", "This is the review queue's dead-letter queue.")
+        queue = sqs.Queue(
+            self,
+            "ReviewQueue",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=cdk.Duration.days(14),
+            visibility_timeout=cdk.Duration.seconds(c.STEP_TIMEOUT_S * 6),
+            dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=c.REVIEW_QUEUE_RECEIVES, queue=dead_letters),
+            removal_policy=removal_policy(stage),
+        )
+        return table, queue
 
     def _table(self, construct_id: str, stage: StageConfig) -> dynamodb.Table:
         return dynamodb.Table(

@@ -263,11 +263,17 @@ def test_streaming_function_is_behind_a_response_stream_function_url(template: d
 # ----------------------------------------------------------------------------- IAM
 
 
-def test_only_finish_and_record_failure_write_the_tables(template: dict[str, Any]) -> None:
+def test_only_finish_record_failure_and_review_ingest_write_the_tables(template: dict[str, Any]) -> None:
     tables = resources(template, "AWS::DynamoDB::Table")
     usage = next(key for key in tables if key.startswith("StoresUsage"))
     audit = next(key for key in tables if key.startswith("StoresAudit"))
-    expected_tables = {"finish": {usage, audit}, "record_failure": {audit}, c.STREAM_FOLDER: {usage, audit}}
+    review = next(key for key in tables if key.startswith("StoresReview"))
+    expected_tables = {
+        "finish": {usage, audit},
+        "record_failure": {audit},
+        c.STREAM_FOLDER: {usage, audit},
+        c.REVIEW_INGEST_FOLDER: {review},
+    }
     for folder, (_, properties) in functions_by_folder(template).items():
         statements = role_statements(template, properties)
         dynamodb = [s for s in statements if any(a.startswith("dynamodb:") for a in actions(s))]
@@ -280,7 +286,7 @@ def test_only_finish_and_record_failure_write_the_tables(template: dict[str, Any
     ("secret", "readers"),
     [
         ("StoresMomentoApiKey", {"guard", "cache_lookup", "finish", c.STREAM_FOLDER}),
-        ("StoresProviderKeys", {"invoke", c.STREAM_FOLDER}),
+        ("StoresProviderKeys", {"invoke", "guard", "moderate", c.STREAM_FOLDER}),  # guard, moderate: the judge
     ],
 )
 def test_only_the_functions_that_need_a_secret_read_it(
@@ -293,6 +299,39 @@ def test_only_the_functions_that_need_a_secret_read_it(
             f"<{secret_id}>" in resource_refs(s) and "secretsmanager:GetSecretValue" in actions(s) for s in statements
         )
         assert reads == (folder in readers), folder
+
+
+def test_flagged_items_go_through_an_encrypted_queue_with_dead_letters_into_the_review_table(
+    template: dict[str, Any],
+) -> None:
+    queues = resources(template, "AWS::SQS::Queue")
+    (queue_id,) = [key for key in queues if key.startswith("StoresReviewQueue")]
+    (dead_id,) = [key for key in queues if key.startswith("StoresReviewDeadLetters")]
+    queue = queues[queue_id]["Properties"]
+    assert queue["SqsManagedSseEnabled"] is True and queues[dead_id]["Properties"]["SqsManagedSseEnabled"] is True
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == c.REVIEW_QUEUE_RECEIVES
+    assert dead_id in flatten(queue["RedrivePolicy"])
+    (table,) = [t for key, t in resources(template, "AWS::DynamoDB::Table").items() if key.startswith("StoresReview")]
+    assert table["Properties"]["KeySchema"] == [{"AttributeName": "item_id", "KeyType": "HASH"}]
+    (index,) = table["Properties"]["GlobalSecondaryIndexes"]
+    assert (index["IndexName"], [k["AttributeName"] for k in index["KeySchema"]]) == (
+        "by_status",
+        ["status", "created_sk"],
+    )
+    # Guard, moderate and the streaming function may send; only review_ingest consumes, in batches
+    senders = set()
+    for folder, (_, properties) in functions_by_folder(template).items():
+        statements = role_statements(template, properties)
+        if any("sqs:SendMessage" in actions(s) and f"<{queue_id}.Arn>" in resource_refs(s) for s in statements):
+            senders.add(folder)
+            environment = properties["Environment"]["Variables"]
+            assert c.ENV_REVIEW_QUEUE_URL in environment and c.ENV_REVIEW_TABLE in environment
+    assert senders == {"guard", "moderate", c.STREAM_FOLDER}
+    (mapping,) = resources(template, "AWS::Lambda::EventSourceMapping").values()
+    assert queue_id in flatten(mapping["Properties"]["EventSourceArn"])
+    assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    ingest_id, _ = functions_by_folder(template)[c.REVIEW_INGEST_FOLDER]
+    assert ingest_id in flatten(mapping["Properties"]["FunctionName"])
 
 
 def test_no_function_has_a_wildcard_resource_except_for_xray(template: dict[str, Any]) -> None:

@@ -174,3 +174,51 @@ def test_authorizer_refuses_a_missing_token_with_unauthorized() -> None:
     payload["authorizationToken"] = "Bearer "
     with pytest.raises(Exception, match=r"^Unauthorized$"):
         run("authorizer", payload)
+
+
+def test_review_ingest_stores_a_batch_and_reports_only_the_bad_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the review table on moto's server and the function's environment pointing at it
+    import uuid
+
+    from llm_gateway.adapters.aws.review import DynamoReviewStore, review_key_schema
+    from llm_gateway.aws import review_ingest
+    from llm_gateway.ports import ReviewItem
+    from tests.support.moto_server import moto_server
+
+    with moto_server() as moto:
+        dynamodb = moto.client("dynamodb")
+        table = f"review-{uuid.uuid4().hex[:8]}"
+        dynamodb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **review_key_schema())
+        for name, value in moto.environment().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("REVIEW_TABLE", table)
+        review_ingest.store.cache_clear()
+        item = ReviewItem(
+            item_id="r1:output:llm_judge",
+            request_id="r1",
+            tenant="acme",
+            kind="output",
+            layer="llm_judge",
+            text="an answer",
+            created_at=1_790_000_000.0,
+        )
+        records = [
+            {"messageId": "m1", "body": item.model_dump_json()},
+            {"messageId": "m2", "body": "not json"},
+            {"messageId": "m3", "body": item.model_dump_json()},  # redelivered
+        ]
+        event = {
+            "Records": [
+                {**r, "receiptHandle": r["messageId"], "attributes": {}, "eventSource": "aws:sqs"} for r in records
+            ]
+        }
+
+        # When the function handles the batch
+        response = load_handler("review_ingest").lambda_handler(event, FakeLambdaContext())
+        review_ingest.store.cache_clear()
+
+        # Then only the bad message goes back to the queue, and the item is stored once
+        assert response == {"batchItemFailures": [{"itemIdentifier": "m2"}]}
+        assert DynamoReviewStore(table, dynamodb).items() == [item]

@@ -32,6 +32,8 @@ class LambdaSettings(BaseModel):
     momento_local_endpoint: str = Field(default="", alias="MOMENTO_LOCAL_ENDPOINT")  # tests: the stand-in
     momento_cache: str = Field(default="llm-gateway", alias="MOMENTO_CACHE_NAME")
     provider_keys_secret_arn: str = Field(default="", alias="PROVIDER_KEYS_SECRET_ARN")
+    review_queue_url: str = Field(default="", alias="REVIEW_QUEUE_URL")  # tier 4: flagged items go here
+    review_table: str = Field(default="", alias="REVIEW_TABLE")
 
     @model_validator(mode="after")
     def _aws_stores_named(self) -> LambdaSettings:
@@ -68,6 +70,7 @@ def _aws_deps(current: LambdaSettings) -> Deps:
 
     dynamodb = default_client()
     return Deps(
+        review=review_queue(current, dynamodb),
         config=load_config(current.config_path),
         cache=MomentoExactCache(momento_client, current.momento_cache),
         limiter=MomentoRateLimiter(momento_client, current.momento_cache),
@@ -76,6 +79,19 @@ def _aws_deps(current: LambdaSettings) -> Deps:
         audit=DynamoAuditLog(current.audit_table, dynamodb),
         providers=default_registry(),
         metrics=PowertoolsMetrics(),
+    )
+
+
+def review_queue(current: LambdaSettings, dynamodb: Any) -> Any:
+    """The review queue when this function may submit to it (guard, moderate), else None."""
+    if not (current.review_queue_url and current.review_table):
+        return None
+    import boto3
+
+    from ..adapters.aws.review import DynamoReviewStore, SqsReviewQueue
+
+    return SqsReviewQueue(
+        current.review_queue_url, boto3.client("sqs"), DynamoReviewStore(current.review_table, dynamodb)
     )
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ..config import EXAMPLE_CONFIG, LOCAL_ENDPOINT, ApiKey, GatewayConfig, hash_key, load_config
 from ..errors import ConfigError
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     review_cmd.add_argument("--tenant", help="only this tenant's items")
     review_cmd.add_argument("--status", default="pending", choices=["pending", "approved", "rejected", "all"])
     review_cmd.add_argument("--by", default=os.environ.get("USER", "reviewer"), help="reviewer name recorded")
+    review_cmd.add_argument("--table", help="a deployment's review table (DynamoDB) instead of the local store")
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 else None,
             },
         ),
-        "review": lambda: review(args.config, args.action, args.target, args.tenant, args.status, args.by),
+        "review": lambda: review(args.config, args.action, args.target, args.tenant, args.status, args.by, args.table),
         "check-config": lambda: check_config(args.config),
         "hash-key": lambda: print_key_digest(args.key),
     }
@@ -242,26 +244,42 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def review(config_path: str | None, action: str, target: str | None, tenant: str | None, status: str, by: str) -> int:
+def review(
+    config_path: str | None,
+    action: str,
+    target: str | None,
+    tenant: str | None,
+    status: str,
+    by: str,
+    table: str | None = None,
+) -> int:
     """List pending items; approve (the request was fine) or reject (the layer was right) one;
-    export decided items as JSONL training data: text, layer, label (1 = the layer was right)."""
+    export decided items as JSONL training data: text, layer, label (1 = the layer was right).
+    `table`: a deployment's review table (DynamoDB, the environment's AWS credentials) instead of
+    the local store."""
     import json
     import time
 
-    from ..adapters.local.review import SqliteReviewQueue
+    store: Any
+    if table:
+        from ..adapters.aws.dynamodb import default_client
+        from ..adapters.aws.review import DynamoReviewStore
 
-    config = load_config(config_path or EXAMPLE_CONFIG)
-    queue = SqliteReviewQueue(config.storage_path)
+        store = DynamoReviewStore(table, default_client())
+    else:
+        from ..adapters.local.review import SqliteReviewQueue
+
+        store = SqliteReviewQueue(load_config(config_path or EXAMPLE_CONFIG).storage_path)
     try:
         if action == "list":
-            for item in queue.items(None if status == "all" else status, tenant):  # type: ignore[arg-type]
+            for item in store.items(None if status == "all" else status, tenant):
                 score = "" if item.score is None else f" score={item.score:.2f}"
                 print(f"{item.item_id} {item.status} {item.tenant} {item.kind}/{item.layer}{score}: {item.text[:80]!r}")
             return 0
         if target is None:
             raise ConfigError(f"review {action} needs {'a file' if action == 'export' else 'an item id'}")
         if action == "export":
-            decided = [i for i in queue.items(None, tenant, limit=1_000_000) if i.status != "pending"]
+            decided = [i for i in store.items(None, tenant, limit=1_000_000) if i.status != "pending"]
             with Path(target).open("w", encoding="utf-8") as out:
                 for item in decided:
                     row = {"text": item.text, "layer": item.layer, "label": int(item.status == "rejected")}
@@ -269,7 +287,7 @@ def review(config_path: str | None, action: str, target: str | None, tenant: str
             print(f"exported {len(decided)} reviewed items to {target}")
             return 0
         try:
-            decided_item = queue.decide(target, approved=action == "approve", reviewer=by, now=time.time())
+            decided_item = store.decide(target, approved=action == "approve", reviewer=by, now=time.time())
         except KeyError:
             raise ConfigError(f"no review item {target!r}") from None
         except ValueError as exc:
@@ -277,7 +295,8 @@ def review(config_path: str | None, action: str, target: str | None, tenant: str
         print(f"{decided_item.item_id} {decided_item.status} by {by}")
         return 0
     finally:
-        queue.close()
+        if hasattr(store, "close"):
+            store.close()
 
 
 def check_config(path: Path) -> int:
