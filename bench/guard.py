@@ -43,6 +43,7 @@ from llm_gateway.moderation.blocklist import CompiledBlocklist
 from llm_gateway.moderation.harmful import load_harmful_classifier
 from llm_gateway.moderation.harmful_data import load as load_harmful
 
+GROUNDING = Path(__file__).resolve().parents[1] / "tests" / "data" / "grounding.json"
 TOPICS = Path(__file__).resolve().parents[1] / "tests" / "data" / "topics.json"
 QQP = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp_pairs.jsonl.gz"
 PROMPT = (
@@ -272,6 +273,32 @@ def _match_one(classifier: Any, embed: Callable[[list[str]], Any], text: str) ->
     classifier.match(embed([text])[0])
 
 
+def grounding_section() -> None:
+    """Claim support on the labelled set (tests/data/grounding.json; the default threshold was
+    chosen on it, so this is a fit, not a held-out estimate)."""
+    import json
+
+    from llm_gateway.moderation.grounding import support
+    from llm_gateway.semantic.embeddings import default_embedder
+
+    cases = json.loads(GROUNDING.read_text(encoding="utf-8"))
+    embed = default_embedder().embed
+    scores: dict[bool, list[float]] = {True: [], False: []}
+    for case in cases:
+        for label, key in ((True, "supported"), (False, "unsupported")):
+            scores[label] += [support(claim, case["context"], embed)[0].support for claim in case[key]]
+    kept, caught = np.array(scores[True]), np.array(scores[False])
+    print(
+        f"\n## (f) Groundedness ({len(cases)} contexts, {len(kept)} supported and {len(caught)} unsupported claims)\n"
+    )
+    print("| threshold | supported claims kept | unsupported claims caught |\n|---|---|---|")
+    for threshold in (0.5, 0.55, 0.6, 0.65):
+        print(f"| {threshold:.2f} | {np.mean(kept >= threshold):.3f} | {np.mean(caught < threshold):.3f} |")
+    answer = " ".join(cases[0]["supported"] + cases[0]["unsupported"][:2])
+    p50, p99 = timings(functools.partial(support, answer, cases[0]["context"], embed), 100)
+    print(f"\nlatency, a 5-claim answer against a 3-sentence context: p50 {p50 / 1000:.1f} ms (p99 {p99 / 1000:.1f})")
+
+
 # presidio-evaluator template placeholders -> (our entity type or None, Faker provider)
 _FILLS: dict[str, tuple[str | None, str]] = {
     "credit_card_number": ("CREDIT_CARD", "credit_card_number"),
@@ -458,6 +485,7 @@ def main() -> None:
     injection_section()
     harmful_section(args.qqp, args.rounds, args.local_judge)
     topics_section()
+    grounding_section()
     pii_section(args.pii_samples, args.ner_samples, args.faker_seed)
     print(f"\n_total {time.perf_counter() - started:.0f}s_")
 

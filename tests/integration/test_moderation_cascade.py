@@ -114,7 +114,8 @@ def test_an_undecided_judge_falls_back_to_tier_2_and_queues_the_text_for_review(
     assert (item.kind, item.layer, item.text) == ("input", "llm_judge", UNSURE_LOW)
     assert isinstance(deps.metrics, InMemoryMetrics)
     outcome = "unparseable" if failure == "prose" else "provider_error"
-    assert deps.metrics.counters[("judge_calls", (("model", "judge"), ("outcome", outcome)))] == 2
+    key = ("check_model_calls", (("check", "judge"), ("model", "judge"), ("outcome", outcome)))
+    assert deps.metrics.counters[key] == 2
 
 
 def test_without_a_judge_tier_2_s_threshold_decides_the_band(tmp_path: Path) -> None:

@@ -178,6 +178,20 @@ class HarmfulGuard(_Config):
         return value
 
 
+class GroundedGuard(_Config):
+    """RAG answers (`guard.grounded`, for requests that carry `context`): each claim of the answer
+    is scored against the context (`moderation.grounding`); unsupported claims flag the answer
+    (delivered, queued for review) or withhold it (`content_filter`). Optionally a second model
+    checks a sample of answers for factual consistency with the context (or, without context,
+    with the question)."""
+
+    enabled: bool = False
+    threshold: float = Field(default=0.6, gt=0, lt=1)  # claim support below this: unsupported
+    action: Literal["flag", "withhold"] = "flag"
+    check_model: str | None = None  # the second model (a model id from `models`)
+    check_sample: float = Field(default=0.0, ge=0, le=1)  # share of answers it checks
+
+
 class Topic(_Config):
     name: str = Field(min_length=1, max_length=80)
     # Requests of this topic in the users' own words; 8 or more make the boundary reliable.
@@ -217,6 +231,7 @@ class Guards(_Config):
     pii: PiiGuard = Field(default_factory=PiiGuard)
     harmful: HarmfulGuard = Field(default_factory=HarmfulGuard)
     topics: TopicGuard = Field(default_factory=TopicGuard)
+    grounded: GroundedGuard = Field(default_factory=GroundedGuard)
 
 
 class TenantConfig(_Config):
@@ -264,9 +279,13 @@ class GatewayConfig(_Config):
             for model in tenant.allowed_models:
                 if model not in self.models:
                     raise ValueError(f"tenants.{name}.allowed_models: unknown model '{model}'")
-            judge = tenant.guards.harmful.judge_model
-            if judge is not None and judge not in self.models:
-                raise ValueError(f"tenants.{name}.guards.harmful.judge_model: unknown model '{judge}'")
+            checkers = {
+                "harmful.judge_model": tenant.guards.harmful.judge_model,
+                "grounded.check_model": tenant.guards.grounded.check_model,
+            }
+            for field, checker in checkers.items():
+                if checker is not None and checker not in self.models:
+                    raise ValueError(f"tenants.{name}.guards.{field}: unknown model '{checker}'")
             for key in tenant.api_keys:
                 if key.sha256 in seen_keys:
                     raise ValueError(f"tenants.{name}: API key '{key.id}' is also used by '{seen_keys[key.sha256]}'")

@@ -109,6 +109,10 @@ class ChatCompletionRequest(_Strict):
     response_format: ResponseFormat | None = None
     user: str | None = Field(default=None, max_length=256)
     metadata: dict[str, str] | None = None
+    # Gateway extension (openai SDK: `extra_body={"context": [...]}`): the passages a RAG answer
+    # must rest on. The model receives them in a system message; the groundedness check
+    # (`guards.grounded`) scores the answer's claims against them.
+    context: Annotated[list[Annotated[str, Field(min_length=1, max_length=20_000)]], Field(max_length=64)] | None = None
 
     def output_limit(self) -> int | None:
         """The caller's cap on generated tokens (`max_completion_tokens` wins over `max_tokens`)."""
@@ -126,6 +130,15 @@ class ChatCompletionRequest(_Strict):
             exclude_none=True,
             by_alias=True,
         )
+
+
+def context_prompt(passages: list[str]) -> str:
+    """The system message that carries a request's RAG context to the model."""
+    numbered = "\n\n".join(f"[{i}] {passage}" for i, passage in enumerate(passages, start=1))
+    return (
+        "Answer from the context below only. If it does not hold the answer, say that you do not know.\n\n"
+        f"Context:\n{numbered}"
+    )
 
 
 class PromptTokensDetails(BaseModel):
@@ -331,10 +344,17 @@ class GatewayState(_Strict):
     error: StepError | None = None
 
     def model_request(self) -> ChatCompletionRequest:
-        """The request as the caches and the model see it: with the guard's PII masking applied."""
-        if self.guard is None or self.guard.masked_messages is None:
-            return self.request
-        return self.request.model_copy(update={"messages": self.guard.masked_messages})
+        """The request as the caches and the model see it: with the guard's PII masking applied
+        and the RAG context (if any) as a system message after the tenant's own."""
+        request = self.request
+        if self.guard is not None and self.guard.masked_messages is not None:
+            request = request.model_copy(update={"messages": self.guard.masked_messages})
+        if not request.context:
+            return request
+        messages = list(request.messages)
+        at = next((i for i, m in enumerate(messages) if m.role not in PROMPT_ROLES), len(messages))
+        messages.insert(at, ChatMessage(role="system", content=context_prompt(request.context)))
+        return request.model_copy(update={"messages": messages, "context": None})
 
     def tenant(self) -> TenantContext:
         if self.guard is None or self.guard.tenant is None:

@@ -98,6 +98,9 @@ def _decision_headers(state: GatewayState, model: str | None) -> dict[str, str]:
         headers["x-gateway-cost-usd"] = f"{state.invoke.response.usage.cost_usd:.8f}"
     if state.moderate is not None:
         headers["x-gateway-moderation"] = state.moderate.outcome
+        grounded = next((d for d in state.moderate.decisions if d.layer == "groundedness"), None)
+        if grounded is not None and grounded.score is not None:
+            headers["x-gateway-groundedness"] = f"{grounded.score:.2f}"  # share of supported claims
     return headers
 
 

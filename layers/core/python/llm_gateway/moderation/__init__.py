@@ -1,24 +1,29 @@
 """Output moderation. Tier 1: the tenant's keyword/regex blocklist; tiers 2-4: the harmful-content
-cascade (`cascade`: classifier, LLM judge for the uncertain band, human review); then PII in the
-answer (values the model produced itself: redacted or withheld per `guards.pii.answers`)."""
+cascade (`cascade`: classifier, LLM judge for the uncertain band, human review); groundedness of
+RAG answers and sampled factual consistency (`consistency`); then PII in the answer (values the
+model produced itself: redacted or withheld per `guards.pii.answers`)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import PiiGuard
-from ..contracts import GatewayState, ModerateResult
+from ..contracts import GatewayState, GuardDecision, ModerateResult
 from ..decisions import record_layer, submit_for_review
 from ..guard.pii import STRUCTURED_TYPES, find_pii, redact
 from .cascade import harmful_decision
+from .consistency import consistency_decision, grounded_decision
 
 if TYPE_CHECKING:
     from ..deps import Deps
 
 
 def moderate_step(state: GatewayState, deps: Deps) -> ModerateResult:
-    """Check the model's answer: the tenant's output blocklist, then PII the answer contains."""
+    """Check the model's answer: the tenant's output blocklist, harmful content, groundedness and
+    factual consistency (the first that blocks withholds it; flags queue it for review), then PII
+    the answer contains."""
     if state.invoke is None:
         raise RuntimeError("moderate runs after invoke")
     tenant = state.tenant().tenant
@@ -26,17 +31,26 @@ def moderate_step(state: GatewayState, deps: Deps) -> ModerateResult:
     rule = deps.output_blocklists[tenant].first_match(text)
     if rule is not None:
         return ModerateResult(outcome="filtered", layer="blocklist", rule=rule)
-    harmful = deps.config.tenants[tenant].guards.harmful
-    decisions = []
-    if harmful.enabled and harmful.output and text:
+    guards = deps.config.tenants[tenant].guards
+    decisions: list[GuardDecision] = []
+    checks: list[Callable[[], GuardDecision | None]] = []
+    if guards.harmful.enabled and guards.harmful.output and text:
+        checks.append(lambda: harmful_decision(text, "output", guards.harmful, deps, state.request_id, state.tenant()))
+    if guards.grounded.enabled and text:
+        if state.request.context:
+            checks.append(lambda: grounded_decision(text, state.request.context or [], guards.grounded))
+        checks.append(lambda: consistency_decision(state, deps, text, guards.grounded))
+    for check in checks:
         started = time.perf_counter()
-        decision = harmful_decision(text, "output", harmful, deps, state.request_id, state.tenant())
+        decision = check()
+        if decision is None:
+            continue
         record_layer(deps, decision, started)
         decisions.append(decision)
         if decision.action == "block":
             return ModerateResult(outcome="filtered", layer=decision.layer, rule=decision.reason, decisions=decisions)
-        if decision.action == "flag" and deps.review is not None:
-            submit_for_review(state, deps.review, tenant, "output", decisions, text, deps.clock())
+    if deps.review is not None and any(d.action == "flag" for d in decisions):
+        submit_for_review(state, deps.review, tenant, "output", decisions, text, deps.clock())
     policy = deps.config.tenants[tenant].guards.pii
     entities = leak_watched(policy)
     spans = find_pii(text, entities) if entities else []

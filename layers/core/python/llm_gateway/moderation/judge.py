@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from ..contracts import ChatCompletionRequest, ChatMessage
 from ..errors import ProviderError
@@ -87,13 +88,34 @@ def parse_verdict(reply: str) -> JudgeVerdict:
 def ask_judge(deps: Deps, model_id: str, text: str, kind: Kind, request_id: str, tenant: TenantContext) -> JudgeVerdict:
     """One judge call (no retries: the caller falls back to tier 2 and queues the text for review).
     Raises `ProviderError` or `JudgeUnparseable`."""
+    verdict = ask_model(deps, model_id, judge_prompt(text, kind), parse_verdict, f"judge:{kind}", request_id, tenant)
+    deps.metrics.count("judge_verdicts", model=model_id, verdict="safe" if verdict.safe else "unsafe")
+    return verdict
+
+
+T = TypeVar("T")
+
+
+def ask_model(
+    deps: Deps,
+    model_id: str,
+    prompt: str,
+    parse: Callable[[str], T],
+    purpose: str,
+    request_id: str,
+    tenant: TenantContext,
+    max_tokens: int = 16,
+) -> T:
+    """A checking call to a model (judge, factual consistency): one user message, temperature 0,
+    a short answer read by `parse`. Its usage is recorded under `<request id>:<purpose>`.
+    Raises `ProviderError`, or what `parse` raises (`JudgeUnparseable`)."""
     model = deps.config.models[model_id]
     provider = deps.providers.get(model.provider)
     request = ChatCompletionRequest(
         model=model_id,
-        messages=[ChatMessage(role="user", content=judge_prompt(text, kind))],
+        messages=[ChatMessage(role="user", content=prompt)],
         temperature=0,
-        max_tokens=16,
+        max_tokens=max_tokens,
     )
     started = time.perf_counter()
     outcome = "error"
@@ -101,7 +123,7 @@ def ask_judge(deps: Deps, model_id: str, text: str, kind: Kind, request_id: str,
         reply = provider.complete(request, model_id, model)
         deps.usage.record(
             UsageRecord(
-                request_id=f"{request_id}:judge:{kind}",
+                request_id=f"{request_id}:{purpose}",
                 ts=deps.clock(),
                 tenant=tenant.tenant,
                 key_id=tenant.key_id,
@@ -114,12 +136,13 @@ def ask_judge(deps: Deps, model_id: str, text: str, kind: Kind, request_id: str,
             )
         )
         outcome = "unparseable"
-        verdict = parse_verdict(reply.text)
-        outcome = "safe" if verdict.safe else "unsafe"
-        return verdict
+        parsed = parse(reply.text)
+        outcome = "ok"
+        return parsed
     except ProviderError:
         outcome = "provider_error"
         raise
     finally:
-        deps.metrics.observe("judge_ms", (time.perf_counter() - started) * 1000, model=model_id)
-        deps.metrics.count("judge_calls", model=model_id, outcome=outcome)
+        check = purpose.split(":", 1)[0]
+        deps.metrics.observe("check_model_ms", (time.perf_counter() - started) * 1000, model=model_id, check=check)
+        deps.metrics.count("check_model_calls", model=model_id, check=check, outcome=outcome)
