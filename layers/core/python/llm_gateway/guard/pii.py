@@ -51,7 +51,7 @@ _BARE_PHONE = re.compile(r"(?<![\w+])[2-9]\d{9}(?![\w])")
 # word that names them, as presidio's context words do.
 _PHONE_CONTEXT = re.compile(
     r"\b(?:phone|call|tel|telephone|mobile|cell|fax|number|contact|reach|text|sms|messages?|registered"
-    r"|office|desk|home|work|whatsapp)\b",
+    r"|office|desk|home|work|whatsapp|answer(?:ing|ed)?|dial(?:l?ed|l?ing)?|ring)\b",
     re.IGNORECASE,
 )
 _CARD_CONTEXT = re.compile(r"\b(?:card|cc|credit|debit|visa|mastercard|maestro|amex)\b", re.IGNORECASE)
