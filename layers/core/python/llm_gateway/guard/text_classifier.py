@@ -111,6 +111,36 @@ class _Vocabulary:
         norm = math.sqrt(norm_sq)
         return [dot / norm for dot in dots]
 
+    def parts(self, counts: Counter[str]) -> tuple[float, float]:
+        """(dot with head 0, squared norm) before normalisation: a text's share of head 0 is
+        dot / sqrt(norm); two texts' parts combine exactly with `joined`."""
+        dot = norm_sq = 0.0
+        terms = self.terms
+        for term, count in counts.items():
+            idf, weights = terms[term]
+            value = idf if count == 1 else (1.0 + math.log(count)) * idf
+            norm_sq += value * value
+            dot += value * weights[0]
+        return dot, norm_sq
+
+    def joined(
+        self, first: Counter[str], second: Counter[str], a: tuple[float, float], b: tuple[float, float]
+    ) -> float:
+        """Head 0's share for the concatenation of two texts, from their parts: only the terms
+        they share change (their counts add under the sublinear tf)."""
+        dot, norm_sq = a[0] + b[0], a[1] + b[1]
+        small, large = (first, second) if len(first) <= len(second) else (second, first)
+        for term, count in small.items():
+            other = large.get(term)
+            if other is None:
+                continue
+            idf, weights = self.terms[term]
+            separate = [(idf if c == 1 else (1.0 + math.log(c)) * idf) for c in (count, other)]
+            together = (1.0 + math.log(count + other)) * idf
+            dot += (together - separate[0] - separate[1]) * weights[0]
+            norm_sq += together * together - separate[0] ** 2 - separate[1] ** 2
+        return dot / math.sqrt(norm_sq) if norm_sq > 0 else 0.0
+
 
 def encode_block_terms(terms: list[str], idf: list[float], weights: list[list[float]]) -> dict[str, str]:
     """The artefact's compact form of a vocabulary: terms joined by newlines (n-grams never hold
@@ -169,6 +199,24 @@ class LinearTextClassifier:
     def counts(self, text: str) -> list[Counter[str]]:
         """Per block, the in-vocabulary n-gram counts of `text`."""
         return [block.counts(text) for block in self._blocks]
+
+    def first_logits(self, counts: list[list[Counter[str]]]) -> list[float]:
+        """Head 0's logit for each text given by its per-block counts, then for each pair of
+        neighbours (text i joined with text i+1): len(counts) + len(counts) - 1 values."""
+        parts = [[block.parts(c) for block, c in zip(self._blocks, per_block, strict=True)] for per_block in counts]
+        singles = [
+            self.biases[0] + sum(dot / math.sqrt(norm) if norm > 0 else 0.0 for dot, norm in text_parts)
+            for text_parts in parts
+        ]
+        pairs = [
+            self.biases[0]
+            + sum(
+                block.joined(counts[i][k], counts[i + 1][k], parts[i][k], parts[i + 1][k])
+                for k, block in enumerate(self._blocks)
+            )
+            for i in range(len(counts) - 1)
+        ]
+        return singles + pairs
 
     def logits_of(self, counts: list[Counter[str]], heads: int | None = None) -> list[float]:
         """The first `heads` logits (all by default) of a text given by its per-block counts."""

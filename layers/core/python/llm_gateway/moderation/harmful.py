@@ -10,7 +10,6 @@ other_harm), the highest of which names the category. The artefact carries the d
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import re
 from collections import Counter
@@ -67,11 +66,12 @@ class HarmfulClassifier(LinearTextClassifier):
         if len(sentences) == 1:
             return self.assess(text)
         counts = [self.counts(sentence) for sentence in sentences]
-        pairs = [
-            [_merged(a, b) for a, b in zip(first, second, strict=True)] for first, second in itertools.pairwise(counts)
-        ]
-        worst = max(counts + pairs, key=lambda c: self.logits_of(c, heads=1)[0])
-        return self._assessment(self.logits_of(worst))
+        first = self.first_logits(counts)
+        worst = max(range(len(first)), key=first.__getitem__)
+        if worst < len(counts):
+            return self._assessment(self.logits_of(counts[worst]))
+        i = worst - len(counts)
+        return self._assessment(self.logits_of([_merged(a, b) for a, b in zip(counts[i], counts[i + 1], strict=True)]))
 
 
 def _merged(first: Counter[str], second: Counter[str]) -> Counter[str]:
