@@ -30,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import FeatureUnion
 
-from llm_gateway.guard.text_classifier import encode_block_terms, write_artefact
+from llm_gateway.guard.text_classifier import export_blocks, write_artefact
 from llm_gateway.moderation.harmful import ARTEFACT_PATH, CATEGORY_NAMES, HarmfulClassifier
 from llm_gateway.moderation.harmful_data import load
 
@@ -42,30 +42,6 @@ CHAR_RANGE = (3, 5)
 
 def _normalised(text: str) -> str:
     return " ".join(text.lower().split())
-
-
-def _blocks(word: TfidfVectorizer, char: TfidfVectorizer, coef: np.ndarray) -> list[dict[str, Any]]:
-    """The artefact's vocabulary blocks: every term's idf and its weight in each head."""
-    blocks, offset = [], 0
-    for name, vectorizer, analyzer, ngram_range in (
-        ("word", word, "word", WORD_RANGE),
-        ("char", char, "char_wb", CHAR_RANGE),
-    ):
-        vocabulary: dict[str, int] = vectorizer.vocabulary_
-        terms = sorted(vocabulary)
-        idf = [float(vectorizer.idf_[vocabulary[t]]) for t in terms]
-        weights = [[float(w) for w in coef[:, offset + vocabulary[t]]] for t in terms]
-        blocks.append(
-            {
-                "name": name,
-                "analyzer": analyzer,
-                "ngram_range": list(ngram_range),
-                "size": len(terms),
-                **encode_block_terms(terms, idf, weights),
-            }
-        )
-        offset += len(vocabulary)
-    return blocks
 
 
 def main() -> None:
@@ -104,7 +80,7 @@ def main() -> None:
     bias = [float(binary.intercept_[0]), *(float(categories.intercept_[i]) for i in order)]
     print(f"fitted on {len(texts)} texts ({int(y.sum())} harmful) in {time.perf_counter() - started:.0f}s")
 
-    blocks = _blocks(word, char, coef)
+    blocks = export_blocks([("word", word), ("char", char)], coef)
     calibrated = 1 / (1 + np.exp(-(a * oof + b)))
     benign = np.sort(calibrated[y == 0])[::-1]
     harmful = np.sort(calibrated[y == 1])

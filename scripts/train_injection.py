@@ -24,7 +24,7 @@ from sklearn.pipeline import FeatureUnion
 
 from llm_gateway.guard.injection import ARTEFACT_PATH, InjectionClassifier
 from llm_gateway.guard.injection_data import load_split
-from llm_gateway.guard.text_classifier import encode_block_terms, write_artefact
+from llm_gateway.guard.text_classifier import export_blocks, write_artefact
 
 WORD_RANGE = (1, 2)
 CHAR_RANGE = (3, 5)
@@ -82,26 +82,7 @@ def main() -> None:
     )
     print(f"fitted on {len(texts)} prompts in {time.perf_counter() - started:.0f}s")
 
-    coef = model.coef_[0]
-    blocks, offset = [], 0
-    for name, vectorizer, analyzer, ngram_range in (
-        ("word", word, "word", WORD_RANGE),
-        ("char", char, "char_wb", CHAR_RANGE),
-    ):
-        vocabulary: dict[str, int] = vectorizer.vocabulary_
-        terms = sorted(vocabulary)
-        idf = [float(vectorizer.idf_[vocabulary[t]]) for t in terms]
-        weights = [[float(coef[offset + vocabulary[t]])] for t in terms]
-        blocks.append(
-            {
-                "name": name,
-                "analyzer": analyzer,
-                "ngram_range": list(ngram_range),
-                "size": len(terms),
-                **encode_block_terms(terms, idf, weights),
-            }
-        )
-        offset += len(vocabulary)
+    blocks = export_blocks([("word", word), ("char", char)], model.coef_)
     artefact: dict[str, Any] = {
         "version": 2,
         "blocks": blocks,

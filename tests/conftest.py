@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from llm_gateway.config import GatewayConfig, hash_key, parse_config
 from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
 from llm_gateway.deps import Deps
 from llm_gateway.providers.base import default_registry
+from tests.support.fake_providers import FakeServer, fake_server
 
 ACME_KEY = "sk-test-acme"
 GLOBEX_KEY = "sk-test-globex"
@@ -46,6 +47,34 @@ tenants:
 
 def make_config(extra_yaml: str = "") -> GatewayConfig:
     return parse_config(BASE_CONFIG + extra_yaml)
+
+
+def guarded_config(guards: str, checker_url: str | None = None, checker: str = "checker") -> GatewayConfig:
+    """BASE_CONFIG with `guards` (a YAML flow mapping) for both tenants and, with `checker_url`, a
+    model named `checker` on a fake OpenAI server (a judge or a consistency checker)."""
+    text = BASE_CONFIG
+    if checker_url is not None:
+        text = text.replace(
+            "models:\n",
+            f"models:\n  {checker}:\n    provider: openai\n    provider_model: gpt-fake\n    base_url: {checker_url}\n"
+            "    api_key_env: FAKE_OPENAI_KEY\n    price: {input_per_mtok: 0.2, output_per_mtok: 0.6}\n",
+            1,
+        )
+    return parse_config(text.replace("    routes:\n", f"    guards: {guards}\n    routes:\n"))
+
+
+@pytest.fixture(scope="module")
+def checker_server() -> Iterator[FakeServer]:
+    with fake_server("openai") as server:
+        yield server
+
+
+@pytest.fixture
+def checker(checker_server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
+    """A fake OpenAI server for checking models (judge, consistency), its script emptied."""
+    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-test-checker")
+    checker_server.script.reset()
+    return checker_server
 
 
 class RecordingSleep:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_dynamodb as dynamodb
@@ -82,24 +83,13 @@ class GatewayStores(Construct):
             partition_key=dynamodb.Attribute(name="status", type=dynamodb.AttributeType.STRING),
             sort_key=dynamodb.Attribute(name="created_sk", type=dynamodb.AttributeType.STRING),
         )
-        dead_letters = sqs.Queue(
-            self,
-            "ReviewDeadLetters",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=cdk.Duration.days(14),
-            removal_policy=removal_policy(stage),
-        )
+        dead_letters = self._queue("ReviewDeadLetters", stage)
         acknowledge(dead_letters, "SQS3", "This is the review queue's dead-letter queue.")
-        queue = sqs.Queue(
-            self,
+        queue = self._queue(
             "ReviewQueue",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=cdk.Duration.days(14),
+            stage,
             visibility_timeout=cdk.Duration.seconds(c.STEP_TIMEOUT_S * 6),
             dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=c.REVIEW_QUEUE_RECEIVES, queue=dead_letters),
-            removal_policy=removal_policy(stage),
         )
         return table, queue
 
@@ -116,6 +106,18 @@ class GatewayStores(Construct):
             time_to_live_attribute=c.TABLE_TTL_ATTRIBUTE,
             deletion_protection=stage.retain_data,
             removal_policy=removal_policy(stage),
+        )
+
+    def _queue(self, construct_id: str, stage: StageConfig, **options: Any) -> sqs.Queue:
+        """Encrypted (SQS-managed keys), TLS only, messages kept 14 days."""
+        return sqs.Queue(
+            self,
+            construct_id,
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=cdk.Duration.days(14),
+            removal_policy=removal_policy(stage),
+            **options,
         )
 
     def _secret(self, construct_id: str, stage: StageConfig, holds: str, why_no_rotation: str) -> secretsmanager.Secret:

@@ -4,7 +4,6 @@ factual-consistency check by a second model (real `openai` SDK, local wire-compa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,14 @@ import pytest
 
 from llm_gateway.adapters.local.review import SqliteReviewQueue
 from llm_gateway.cache.keys import exact_key
-from llm_gateway.config import parse_config
 from llm_gateway.deps import Deps
 from llm_gateway.moderation.consistency import parse_consistency, sampled
 from llm_gateway.moderation.grounding import claims, support
 from llm_gateway.moderation.judge import JudgeUnparseable
 from llm_gateway.runner import LocalRunner
 from llm_gateway.semantic.embeddings import default_embedder
-from tests.conftest import BASE_CONFIG, make_deps, make_state, store_of
-from tests.support.fake_providers import FakeServer, fake_server, ok
+from tests.conftest import guarded_config, make_deps, make_state, store_of
+from tests.support.fake_providers import FakeServer, ok
 
 CASES = json.loads((Path(__file__).parents[1] / "data" / "grounding.json").read_text())
 CONTEXT = CASES[1]["context"]  # the return policy
@@ -46,29 +44,10 @@ def test_hedges_and_fragments_are_not_claims() -> None:
     assert claims("I don't know. Yes. The tower is 330 metres tall.") == ["The tower is 330 metres tall."]
 
 
-@pytest.fixture(scope="module")
-def checker() -> Iterator[FakeServer]:
-    with fake_server("openai") as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _key(monkeypatch: pytest.MonkeyPatch, checker: FakeServer) -> None:
-    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-test-checker")
-    checker.script.reset()
-
-
 def _deps(tmp_path: Path, guard: str, checker_url: str | None = None) -> Deps:
-    text = BASE_CONFIG
-    if checker_url is not None:
-        text = text.replace(
-            "models:\n",
-            f"models:\n  checker:\n    provider: openai\n    provider_model: gpt-fake\n    base_url: {checker_url}\n"
-            "    api_key_env: FAKE_OPENAI_KEY\n",
-            1,
-        )
-    text = text.replace("    routes:\n", f"    guards: {{grounded: {guard}}}\n    routes:\n")
-    return make_deps(parse_config(text), review=SqliteReviewQueue(tmp_path / "review.db"))
+    return make_deps(
+        guarded_config(f"{{grounded: {guard}}}", checker_url), review=SqliteReviewQueue(tmp_path / "review.db")
+    )
 
 
 def test_the_model_gets_the_context_and_the_cache_key_depends_on_it(tmp_path: Path) -> None:

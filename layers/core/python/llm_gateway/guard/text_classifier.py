@@ -156,6 +156,28 @@ def encode_block_terms(terms: list[str], idf: list[float], weights: list[list[fl
     }
 
 
+def export_blocks(vectorizers: list[tuple[str, Any]], coef: Any) -> list[dict[str, Any]]:
+    """The artefact's blocks from fitted scikit-learn `TfidfVectorizer`s (name, vectorizer), in the
+    order their features were stacked, and the model's coefficients (heads x features)."""
+    blocks, offset = [], 0
+    for name, vectorizer in vectorizers:
+        vocabulary: dict[str, int] = vectorizer.vocabulary_
+        terms = sorted(vocabulary)
+        idf = [float(vectorizer.idf_[vocabulary[t]]) for t in terms]
+        weights = [[float(w) for w in coef[:, offset + vocabulary[t]]] for t in terms]
+        blocks.append(
+            {
+                "name": name,
+                "analyzer": vectorizer.analyzer,
+                "ngram_range": list(vectorizer.ngram_range),
+                "size": len(terms),
+                **encode_block_terms(terms, idf, weights),
+            }
+        )
+        offset += len(vocabulary)
+    return blocks
+
+
 def block_terms(block: dict[str, Any], heads: int = 1) -> dict[str, tuple[float, tuple[float, ...]]]:
     """term -> (idf, weight per head) of one artefact block."""
     idf, weights = array("f"), array("f")
