@@ -78,6 +78,9 @@ def test_an_unsupported_claim_flags_the_answer_and_queues_it(tmp_path: Path) -> 
     assert deps.review is not None
     [item] = deps.review.items()
     assert (item.kind, item.layer, item.text) == ("output", "groundedness", UNSUPPORTED)
+    audit = dict(store_of(deps).query("SELECT request_id, guards FROM audit"))
+    assert audit[invented.request_id] == "groundedness:flag:0"
+    assert UNSUPPORTED not in repr(store_of(deps).query("SELECT * FROM audit"))
 
 
 def test_withhold_ends_an_ungrounded_answer_with_content_filter(tmp_path: Path) -> None:

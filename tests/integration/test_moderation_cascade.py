@@ -117,8 +117,10 @@ def test_a_harmful_answer_is_withheld_with_content_filter(checker: FakeServer, t
     assert harmful.finish.response.choices[0].message.content is None
     assert benign.finish is not None and benign.finish.response is not None
     assert benign.finish.response.choices[0].message.content == BENIGN
-    audit = dict(store_of(deps).query("SELECT request_id, outcome FROM audit"))
-    assert audit[harmful.request_id] == "filtered"
+    audit = {r[0]: r[1:] for r in store_of(deps).query("SELECT request_id, outcome, guards FROM audit")}
+    outcome, guards = audit[harmful.request_id]
+    assert outcome == "filtered" and guards.startswith("harmful_content:block:0.99")
+    assert audit[benign.request_id] == ("ok", "harmful_content:pass:0.0002")
 
 
 def test_an_undecided_answer_is_delivered_and_queued_as_output(checker: FakeServer, tmp_path: Path) -> None:

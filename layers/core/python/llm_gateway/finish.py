@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .cache.keys import cache_tags
-from .contracts import AssistantMessage, ChatCompletion, Choice, FinishResult, GatewayState
+from .contracts import AssistantMessage, ChatCompletion, Choice, FinishResult, GatewayState, GuardDecision
 from .errors import GatewayError, GuardrailBlocked, from_step_error
 from .guard.pii import restore
 from .identity import pseudonym
@@ -149,7 +149,20 @@ def _audit(state: GatewayState, deps: Deps, outcome: Outcome, error_code: str | 
         attempts=len(state.invoke.attempts) if state.invoke else 0,
         outcome=outcome,
         error_code=error_code,
+        guards=decision_summary(state),
     )
+
+
+def decision_summary(state: GatewayState) -> str | None:
+    """The request's guard and moderation decisions for the audit record: layer, action, score."""
+    decisions = [*(state.guard.decisions if state.guard else []), *(state.moderate.decisions if state.moderate else [])]
+    if state.guard is not None and state.guard.outcome == "blocked" and state.guard.layer == "blocklist":
+        decisions.append(GuardDecision(layer="blocklist", action="block"))
+    if state.moderate is not None and state.moderate.layer in ("blocklist", "pii_leak"):
+        action = "block" if state.moderate.outcome == "filtered" else "mask"
+        decisions.append(GuardDecision(layer=state.moderate.layer, action=action))
+    parts = [f"{d.layer}:{d.action}" + ("" if d.score is None else f":{d.score:g}") for d in decisions]
+    return " ".join(parts) or None
 
 
 def finish_step(state: GatewayState, deps: Deps) -> FinishResult:

@@ -56,6 +56,9 @@ class AuditRecord(BaseModel):
     attempts: int
     outcome: Outcome
     error_code: str | None
+    # Every guard and moderation decision as `layer:action[:score]`, space-separated (no reasons,
+    # no text), e.g. "prompt_injection:pass:0.02 pii:mask harmful_content:pass:0.0003".
+    guards: str | None = None
 
 
 class ExactCache(Protocol):

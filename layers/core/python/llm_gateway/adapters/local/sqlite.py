@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS audit (
     latency_ms REAL NOT NULL,
     attempts INTEGER NOT NULL,
     outcome TEXT NOT NULL,
-    error_code TEXT
+    error_code TEXT,
+    guards TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_tenant_ts ON audit (tenant, ts);
 """
@@ -110,6 +111,7 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         add_missing_column(self._db, "exact_cache", "tags", "TEXT NOT NULL DEFAULT ''")
+        add_missing_column(self._db, "audit", "guards", "TEXT")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._stop = threading.Event()
