@@ -24,6 +24,13 @@ def moto() -> Iterator[MotoServer]:
 
 
 @pytest.fixture(scope="session")
+def moto_serialised() -> Iterator[MotoServer]:
+    """A moto server that handles one request at a time (atomic requests, for concurrency tests)."""
+    with moto_server(serialised=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def momento_standin() -> Iterator[MomentoStandIn]:
     with MomentoStandIn(caches=(MOMENTO_CACHE,)) as standin:
         yield standin

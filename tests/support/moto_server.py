@@ -45,10 +45,40 @@ def aws_client(service: str, endpoint: str, region: str = REGION, **config: Any)
     return session.client(service, endpoint_url=endpoint, config=Config(**settings))
 
 
-class MotoServer(Lifecycle):
-    """One moto server; `.url` is its endpoint URL."""
+def _one_request_at_a_time(server: Any) -> None:
+    """Make a `ThreadedMotoServer` handle one request at a time. moto's in-memory backends are
+    not thread-safe (concurrent DynamoDB transactions corrupt each other's snapshot), while the
+    real service makes every request atomic: with this, each request is atomic too, and clients
+    still race between their requests. Not for servers whose requests call back into themselves
+    (Step Functions running Lambdas), which would wait on the lock forever."""
+    import threading
 
-    def __init__(self, port: int = 0) -> None:
+    from moto.moto_server.threaded_moto_server import make_server
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+    lock = threading.Lock()
+
+    def entry() -> None:
+        app = DomainDispatcherApplication(create_backend_app)
+
+        def serialised(environ: Any, start_response: Any) -> Any:
+            with lock:
+                return list(app(environ, start_response))
+
+        server._server = make_server(
+            server._ip_address, server._port, serialised, True, request_handler=MotoRequestHandler
+        )
+        server._server_ready_event.set()
+        server._server.serve_forever()
+
+    server._server_entry = entry
+
+
+class MotoServer(Lifecycle):
+    """One moto server; `.url` is its endpoint URL. `serialised`: one request at a time (see
+    `_one_request_at_a_time`), for concurrency tests."""
+
+    def __init__(self, port: int = 0, serialised: bool = False) -> None:
         import logging
 
         from moto.server import ThreadedMotoServer
@@ -57,6 +87,8 @@ class MotoServer(Lifecycle):
         if werkzeug.level == logging.NOTSET:  # werkzeug would otherwise print a line per request
             werkzeug.setLevel(logging.WARNING)
         self._server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
+        if serialised:
+            _one_request_at_a_time(self._server)
         self._url: str | None = None
 
     @property
@@ -113,15 +145,15 @@ class MotoServer(Lifecycle):
             answer.read()
 
 
-def start_moto(port: int = 0) -> MotoServer:
+def start_moto(port: int = 0, serialised: bool = False) -> MotoServer:
     """A started moto server on 127.0.0.1 (`port=0`: a free one); stop it with `.stop()`."""
-    server = MotoServer(port)
+    server = MotoServer(port, serialised=serialised)
     server.start()
     return server
 
 
 @contextmanager
-def moto_server(port: int = 0) -> Iterator[MotoServer]:
+def moto_server(port: int = 0, serialised: bool = False) -> Iterator[MotoServer]:
     """A moto server for the duration of the block."""
-    with start_moto(port) as server:
+    with start_moto(port, serialised) as server:
         yield server

@@ -234,6 +234,23 @@ class Guards(_Config):
     grounded: GroundedGuard = Field(default_factory=GroundedGuard)
 
 
+class Budget(_Config):
+    """A spending cap over a calendar period (UTC): money, tokens, or both. `scope` tenant: all the
+    tenant's requests together; key: each API key; user: each end user (the request's `user`,
+    else the key)."""
+
+    scope: Literal["tenant", "key", "user"] = "tenant"
+    period: Literal["day", "month"] = "day"
+    usd: float | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _capped(self) -> Budget:
+        if self.usd is None and self.tokens is None:
+            raise ValueError("a budget needs usd, tokens or both")
+        return self
+
+
 class TenantConfig(_Config):
     api_keys: list[ApiKey] = Field(default_factory=list)
     demo: bool = False
@@ -247,6 +264,8 @@ class TenantConfig(_Config):
     cache_ttl_s: int | None = Field(default=None, ge=0)
     semantic_cache: SemanticCache = Field(default_factory=SemanticCache)
     guards: Guards = Field(default_factory=Guards)
+    budgets: list[Budget] = Field(default_factory=list)
+    budget_alerts: list[float] = Field(default_factory=lambda: [0.8])  # shares of a budget that raise an alert
 
 
 class Limits(_Config):

@@ -11,7 +11,7 @@ from .errors import ConfigError
 from .guard.ner import ner_available
 from .moderation.blocklist import CompiledBlocklist
 from .observability import MetricsSink, NullMetrics
-from .ports import AuditLog, ExactCache, RateLimiter, ReviewQueue, UsageLedger
+from .ports import AuditLog, BudgetLedger, ExactCache, RateLimiter, ReviewQueue, UsageLedger
 from .providers.base import ProviderRegistry
 from .semantic.index import SemanticIndex
 
@@ -27,6 +27,7 @@ class Deps:
     metrics: MetricsSink = field(default_factory=NullMetrics)
     semantic: SemanticIndex | None = None  # None: this deployment has no semantic index
     review: ReviewQueue | None = None  # None: flagged items are only counted and audited
+    budgets: BudgetLedger | None = None  # None: tenants' `budgets` are not enforced (refused at start)
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     # Derived once from config: key digest -> (tenant, key id); compiled blocklists per tenant.
@@ -42,6 +43,9 @@ class Deps:
         self.output_blocklists = {
             name: CompiledBlocklist(t.output_blocklist) for name, t in self.config.tenants.items()
         }
+        capped = sorted(name for name, t in self.config.tenants.items() if t.budgets)
+        if capped and self.budgets is None:
+            raise ConfigError(f"tenant(s) {', '.join(capped)} set budgets, but this deployment has no budget ledger")
         named = sorted(name for name, t in self.config.tenants.items() if t.guards.pii.enabled and t.guards.pii.ner)
         if named and not ner_available():
             raise ConfigError(

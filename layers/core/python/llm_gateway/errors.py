@@ -74,6 +74,14 @@ class RateLimited(GatewayError):
     code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(GatewayError):
+    """The request's worst-case cost does not fit in one of its budgets (nothing was spent)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
 class GuardrailBlocked(GatewayError):
     """A guard refused the request; `code` names the layer (blocklist, pii, prompt_injection...)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from .budgets import settle
 from .cache.keys import cache_tags
 from .contracts import AssistantMessage, ChatCompletion, Choice, FinishResult, GatewayState, GuardDecision
 from .errors import GatewayError, GuardrailBlocked, from_step_error
@@ -166,7 +167,8 @@ def decision_summary(state: GatewayState) -> str | None:
 
 
 def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
-    """Store the answer in the cache, record usage (when a model was paid) and the audit record."""
+    """Store the answer in the cache, record usage (when a model was paid), settle its budget
+    reservation, and the audit record."""
     cached = _store_in_cache(state, deps)
     cost = 0.0
     if state.invoke is not None:
@@ -187,6 +189,7 @@ def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
                 cost_usd=cost,
             )
         )
+    settle(state, deps)
     deps.audit.record(_audit(state, deps, _outcome(state)))
     guard = state.guard
     if guard is not None and guard.outcome == "blocked":
@@ -197,7 +200,9 @@ def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
 
 
 def record_failure(state: GatewayState, deps: Deps, error: GatewayError) -> FinishResult:
-    """Record a request that ended in an error, so nothing goes unaccounted; the error is the answer."""
+    """Record a request that ended in an error, so nothing goes unaccounted; the error is the answer.
+    A budget reservation is released (nothing was charged for a failed request)."""
+    settle(state.model_copy(update={"invoke": None}), deps)
     deps.audit.record(_audit(state, deps, "error", error.code or type(error).__name__))
     return FinishResult(status=error.status, error=error.body(), retry_after_s=error.retry_after_s)
 

@@ -86,6 +86,7 @@ CAUGHT_ERRORS: tuple[str, ...] = (
     "PayloadTooLarge",
     "ModelNotFound",
     "RateLimited",
+    "BudgetExceeded",
     "ProviderBadRequest",
     "AllModelsFailed",
     "OutputFormatInvalid",

@@ -6,6 +6,7 @@ Domain code depends on these protocols only; it never imports boto3 or momento.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -104,6 +105,54 @@ class AuditLog(Protocol):
     def record(self, entry: AuditRecord) -> None:
         """Append one audit record."""
         ...
+
+
+@dataclass(frozen=True)
+class BudgetLimit:
+    """One budget a request counts against: its counter key (tenant, scope, period) and caps.
+    Money is in nano-dollars (1e-9 USD), integers, so sums are exact."""
+
+    key: str
+    max_nusd: int | None
+    max_tokens: int | None
+
+
+@dataclass(frozen=True)
+class BudgetUsage:
+    spent_nusd: int
+    spent_tokens: int
+    reserved_nusd: int
+    reserved_tokens: int
+
+
+class BudgetRefused(Exception):
+    """A reservation would take a counter past its cap; `key` names it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+class BudgetLedger(Protocol):
+    """Reserve-then-settle spending against budgets, atomic across all of a request's budgets."""
+
+    def reserve(
+        self, reservation_id: str, limits: Sequence[BudgetLimit], nusd: int, tokens: int, expires_at: float, now: float
+    ) -> None:
+        """Hold `nusd`/`tokens` on every counter, or on none: `BudgetRefused` when one cap would
+        be passed (expired reservations are reclaimed first). Idempotent on `reservation_id`."""
+        ...
+
+    def settle(self, reservation_id: str, nusd: int, tokens: int) -> bool:
+        """Replace the hold by the actual spend (0, 0 releases it). False when the reservation is
+        unknown or already settled or reclaimed (a retried step): nothing changes then."""
+        ...
+
+    def reclaim_expired(self, now: float) -> int:
+        """Release holds whose reservation expired unsettled (a step that died); returns how many."""
+        ...
+
+    def usage(self, key: str) -> BudgetUsage: ...
 
 
 ReviewStatus = Literal["pending", "approved", "rejected"]

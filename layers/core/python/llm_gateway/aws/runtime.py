@@ -96,12 +96,14 @@ def review_queue(current: LambdaSettings, dynamodb: Any) -> Any:
 
 
 def _sqlite_deps(current: LambdaSettings) -> Deps:
+    from ..adapters.local.budget import SqliteBudgetLedger
     from ..adapters.local.memory import MemoryRateLimiter
     from ..adapters.local.semantic import LocalSemanticIndex
     from ..adapters.local.sqlite import SqliteStore
 
     store = SqliteStore(current.sqlite_path)
     return Deps(
+        budgets=SqliteBudgetLedger(current.sqlite_path),
         config=load_config(current.config_path),
         cache=store,
         semantic=LocalSemanticIndex(current.sqlite_path),

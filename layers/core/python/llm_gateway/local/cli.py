@@ -95,6 +95,7 @@ def _shutdown(signum: int, frame: object) -> None:
 def serve(host: str, port: int, config_path: str | None) -> int:
     import uvicorn
 
+    from ..adapters.local.budget import SqliteBudgetLedger
     from ..adapters.local.memory import MemoryRateLimiter
     from ..adapters.local.review import SqliteReviewQueue
     from ..adapters.local.semantic import LocalSemanticIndex
@@ -125,11 +126,14 @@ def serve(host: str, port: int, config_path: str | None) -> int:
         stack.callback(semantic.close)
         review_queue = SqliteReviewQueue(config.storage_path)
         stack.callback(review_queue.close)
+        budgets = SqliteBudgetLedger(config.storage_path)
+        stack.callback(budgets.close)
         deps = Deps(
             config=config,
             cache=store,
             semantic=semantic,
             review=review_queue,
+            budgets=budgets,
             limiter=MemoryRateLimiter(),
             usage=store,
             audit=store,

@@ -24,5 +24,10 @@ def resolve_route(config: GatewayConfig, tenant: str, requested: str) -> RouteRe
 
 
 def route_step(state: GatewayState, deps: Deps) -> RouteResult:
-    """Choose the ordered list of models to try for this request."""
-    return resolve_route(deps.config, state.tenant().tenant, state.request.model)
+    """Choose the ordered list of models to try for this request, and hold its worst-case cost on
+    the tenant's budgets (`BudgetExceeded` when it does not fit)."""
+    from ..budgets import reserve
+
+    route = resolve_route(deps.config, state.tenant().tenant, state.request.model)
+    reserve(state, deps, route.candidates)
+    return route
