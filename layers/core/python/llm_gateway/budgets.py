@@ -97,9 +97,9 @@ def reserve(state: GatewayState, deps: Deps, candidates: list[str]) -> None:
         deps.budgets.reserve(state.request_id, limits, nusd, tokens, now + RESERVATION_TTL_S, now)
     except BudgetRefused as refused:
         deps.metrics.count("budget_refusals", tenant=tenant.tenant)
-        period = refused.key.rsplit("/", 1)[-1].split(":", 1)[0]
+        period = {"day": "daily", "month": "monthly"}[refused.key.rsplit("/", 1)[-1].split(":", 1)[0]]
         raise BudgetExceeded(
-            f"This request could cost more than is left of a {period}ly budget. Lower max_tokens or try later."
+            f"This request could cost more than is left of a {period} budget. Lower max_tokens or try later."
         ) from None
     deps.metrics.count("budget_reservations", tenant=tenant.tenant)
 
@@ -116,23 +116,21 @@ def settle(state: GatewayState, deps: Deps) -> None:
         usage = state.invoke.response.usage
         nusd, tokens = nano_usd(usage.cost_usd), usage.prompt_tokens + usage.completion_tokens
     if deps.budgets.settle(state.request_id, nusd, tokens) and nusd + tokens > 0:
-        _alerts(deps, tenant, nusd, tokens)
+        _alerts(deps, tenant)
 
 
-def _alerts(deps: Deps, tenant: TenantContext, nusd: int, tokens: int) -> None:
+def _alerts(deps: Deps, tenant: TenantContext) -> None:
+    """Raise each alert share a budget has reached, once per budget period (the ledger's marker)."""
     assert deps.budgets is not None
     tenant_config = deps.config.tenants[tenant.tenant]
     now = deps.clock()
     for budget, limit in zip(tenant_config.budgets, limits_for(deps.config, tenant, now), strict=True):
         spent = deps.budgets.usage(limit.key)
-        for cap, after, added in (
-            (limit.max_nusd, spent.spent_nusd, nusd),
-            (limit.max_tokens, spent.spent_tokens, tokens),
-        ):
+        for cap, after in ((limit.max_nusd, spent.spent_nusd), (limit.max_tokens, spent.spent_tokens)):
             if cap is None:
                 continue
             for share in tenant_config.budget_alerts:
-                if after - added < share * cap <= after:
+                if after >= share * cap and deps.budgets.claim_alert(limit.key, f"{share:g}"):
                     deps.metrics.count(
                         "budget_alerts",
                         tenant=tenant.tenant,

@@ -152,7 +152,13 @@ class BudgetLedger(Protocol):
         """Release holds whose reservation expired unsettled (a step that died); returns how many."""
         ...
 
-    def usage(self, key: str) -> BudgetUsage: ...
+    def usage(self, key: str) -> BudgetUsage:
+        """A counter's spent and reserved amounts."""
+        ...
+
+    def claim_alert(self, key: str, share: str) -> bool:
+        """True for the first caller only (per counter and share): an alert is raised once."""
+        ...
 
 
 ReviewStatus = Literal["pending", "approved", "rejected"]

@@ -3,6 +3,7 @@
 One table, partition key `pk` (S):
 - counter `c#<budget key>`: `used_nusd`/`used_tokens` (spent + reserved, the quantity the cap
   bounds), `spent_*` and `reserved_*`;
+- alert marker `a#<budget key>#<share>`: put once, so an alert fires once per budget and share;
 - reservation `r#<request id>`: the counter keys, the held amounts, `expires_at`, `state`
   (held | settled | reclaimed), and `held` = "1" while held — a sparse index `held`
   (partition `held`, sort `expires_at`) lists the open ones for reclaiming.
@@ -223,6 +224,17 @@ class DynamoBudgetLedger:
         return BudgetUsage(
             number("spent_nusd"), number("spent_tokens"), number("reserved_nusd"), number("reserved_tokens")
         )
+
+    def claim_alert(self, key: str, share: str) -> bool:
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={"pk": {"S": f"a#{key}#{share}"}},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def reservation_states(self) -> dict[str, str]:
         """Reservation id -> state (tests and reports; a scan)."""

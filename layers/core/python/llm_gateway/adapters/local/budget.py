@@ -33,6 +33,11 @@ CREATE TABLE IF NOT EXISTS budget_reservation (
     expires_at REAL NOT NULL,
     state TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS budget_alert (
+    key TEXT NOT NULL,
+    share TEXT NOT NULL,
+    PRIMARY KEY (key, share)
+);
 CREATE INDEX IF NOT EXISTS budget_reservation_held ON budget_reservation (state, expires_at);
 """
 
@@ -105,6 +110,10 @@ class SqliteBudgetLedger:
     def usage(self, key: str) -> BudgetUsage:
         with self._lock:
             return self._counter(key)
+
+    def claim_alert(self, key: str, share: str) -> bool:
+        with self._lock:
+            return self._db.execute("INSERT OR IGNORE INTO budget_alert VALUES (?, ?)", (key, share)).rowcount == 1
 
     def reservation_states(self) -> dict[str, str]:
         """Reservation id -> held | settled | reclaimed (tests and the CLI report)."""
