@@ -59,6 +59,7 @@ ENV_MOMENTO_CACHE = "MOMENTO_CACHE_NAME"
 ENV_PROVIDER_KEYS_SECRET = "PROVIDER_KEYS_SECRET_ARN"  # noqa: S105 - the variable's name, not a secret
 ENV_REVIEW_QUEUE_URL = "REVIEW_QUEUE_URL"
 ENV_REVIEW_TABLE = "REVIEW_TABLE"
+ENV_BUDGET_TABLE = "BUDGET_TABLE"
 POWERTOOLS_SERVICE_NAME = "llm-gateway"
 POWERTOOLS_METRICS_NAMESPACE = "LlmGateway"
 
@@ -72,6 +73,8 @@ AUDIT = "audit"
 MOMENTO = "momento"
 PROVIDER_KEYS = "provider_keys"  # JSON object: environment variable name -> provider API key
 REVIEW = "review"  # tier 4: send flagged items to the review queue
+BUDGETS = "budgets"  # reserve (router), settle (finish), release (record_failure)
+BUDGET_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query")
 REVIEW_INGEST_FOLDER = "review_ingest"  # consumes the review queue into the review table
 REVIEW_QUEUE_RECEIVES = 5  # deliveries before a message goes to the dead-letter queue
 
@@ -82,9 +85,12 @@ FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     "cache_lookup": frozenset({MOMENTO}),  # exact and semantic cache reads
     "invoke": frozenset({PROVIDER_KEYS}),  # OpenAI / Anthropic API keys
     "moderate": frozenset({PROVIDER_KEYS, REVIEW}),  # the LLM judge; flagged answers
-    "finish": frozenset({MOMENTO, USAGE, AUDIT}),  # cache store, usage and audit records
-    "record_failure": frozenset({AUDIT}),  # the audit record of a failed request
-    STREAM_FOLDER: frozenset({MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW}),  # runs the whole chain in-process
+    "router": frozenset({BUDGETS}),  # budget reservations
+    "finish": frozenset({MOMENTO, USAGE, AUDIT, BUDGETS}),  # cache store, usage and audit records, settling
+    "record_failure": frozenset({AUDIT, BUDGETS}),  # the audit record of a failed request, its release
+    STREAM_FOLDER: frozenset(
+        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS}
+    ),  # runs the whole chain in-process
 }
 
 # State machine states that are not steps of the chain, and where they put the HTTP answer.

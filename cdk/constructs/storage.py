@@ -25,6 +25,7 @@ class GatewayStores(Construct):
         self.usage = self._table("Usage", stage)
         self.audit = self._table("Audit", stage)
         self.review_table, self.review_queue = self._review(stage)
+        self.budgets = self._budgets(stage)
         self.momento_secret = self._secret(
             "MomentoApiKey",
             stage,
@@ -50,6 +51,7 @@ class GatewayStores(Construct):
             c.ENV_PROVIDER_KEYS_SECRET: self.provider_keys.secret_arn,
             c.ENV_REVIEW_QUEUE_URL: self.review_queue.queue_url,
             c.ENV_REVIEW_TABLE: self.review_table.table_name,
+            c.ENV_BUDGET_TABLE: self.budgets.table_name,
         }
 
     def grant(self, grantee: iam.IGrantable, access: Iterable[str]) -> None:
@@ -61,6 +63,14 @@ class GatewayStores(Construct):
                 secrets[store].grant_read(grantee)
             elif store == c.REVIEW:
                 self.review_queue.grant_send_messages(grantee)
+            elif store == c.BUDGETS:
+                # Items, and the `held` index by name (reclaiming expired reservations); the
+                # transactions need the item actions only.
+                iam.Grant.add_to_principal(
+                    grantee=grantee,
+                    actions=list(c.BUDGET_ACTIONS),
+                    resource_arns=[self.budgets.table_arn, f"{self.budgets.table_arn}/index/held"],
+                )
             else:
                 tables[store].grant(grantee, *c.TABLE_WRITE_ACTIONS)
 
@@ -107,6 +117,27 @@ class GatewayStores(Construct):
             deletion_protection=stage.retain_data,
             removal_policy=removal_policy(stage),
         )
+
+    def _budgets(self, stage: StageConfig) -> dynamodb.Table:
+        """Budget counters and reservations (`adapters/aws/budget.py` has the layout)."""
+        table = dynamodb.Table(
+            self,
+            "Budgets",
+            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            deletion_protection=stage.retain_data,
+            removal_policy=removal_policy(stage),
+        )
+        table.add_global_secondary_index(
+            index_name="held",
+            partition_key=dynamodb.Attribute(name="held", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="expires_at", type=dynamodb.AttributeType.NUMBER),
+            projection_type=dynamodb.ProjectionType.KEYS_ONLY,
+        )
+        return table
 
     def _queue(self, construct_id: str, stage: StageConfig, **options: Any) -> sqs.Queue:
         """Encrypted (SQS-managed keys), TLS only, messages kept 14 days."""

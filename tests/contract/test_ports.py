@@ -9,6 +9,7 @@ limiter's refill) the contract states the bound both must meet.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -224,6 +225,22 @@ def test_concurrent_callers_at_one_instant_get_exactly_the_burst(new_limiter: Ca
     with ThreadPoolExecutor(max_workers=8) as pool:
         waits = list(pool.map(lambda i: limiters[i % 4].acquire(bucket, LIMIT, T0), range(24)))
     assert waits.count(0.0) == LIMIT.capacity()
+    assert all(wait > 0 for wait in waits if wait != 0.0)
+
+
+def test_two_hundred_simultaneous_callers_get_exactly_the_burst(new_limiter: Callable[[], RateLimiter]) -> None:
+    # The same concurrency as the budget test: 200 requests at once from 8 workers, a burst of 50.
+    limit = RateLimit(requests_per_minute=1, burst=50)
+    limiters, bucket = [new_limiter() for _ in range(8)], _bucket()
+    start = threading.Barrier(200)
+
+    def one(i: int) -> float:
+        start.wait()
+        return limiters[i % 8].acquire(bucket, limit, T0)
+
+    with ThreadPoolExecutor(max_workers=200) as pool:
+        waits = list(pool.map(one, range(200)))
+    assert waits.count(0.0) == 50
     assert all(wait > 0 for wait in waits if wait != 0.0)
 
 

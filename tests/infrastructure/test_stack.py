@@ -263,23 +263,33 @@ def test_streaming_function_is_behind_a_response_stream_function_url(template: d
 # ----------------------------------------------------------------------------- IAM
 
 
-def test_only_finish_record_failure_and_review_ingest_write_the_tables(template: dict[str, Any]) -> None:
+def test_only_finish_record_failure_and_review_ingest_write_the_record_tables(template: dict[str, Any]) -> None:
     tables = resources(template, "AWS::DynamoDB::Table")
     usage = next(key for key in tables if key.startswith("StoresUsage"))
     audit = next(key for key in tables if key.startswith("StoresAudit"))
     review = next(key for key in tables if key.startswith("StoresReview"))
+    budgets = next(key for key in tables if key.startswith("StoresBudgets"))
     expected_tables = {
         "finish": {usage, audit},
         "record_failure": {audit},
         c.STREAM_FOLDER: {usage, audit},
         c.REVIEW_INGEST_FOLDER: {review},
     }
+    expected_budgets = {"router", "finish", "record_failure", c.STREAM_FOLDER}
     for folder, (_, properties) in functions_by_folder(template).items():
         statements = role_statements(template, properties)
         dynamodb = [s for s in statements if any(a.startswith("dynamodb:") for a in actions(s))]
-        touched = {ref.strip("<>").removesuffix(".Arn") for s in dynamodb for ref in resource_refs(s)}
+        on_budgets = [s for s in dynamodb if any(budgets in ref for ref in resource_refs(s))]
+        records = [s for s in dynamodb if s not in on_budgets]
+        touched = {ref.strip("<>").removesuffix(".Arn") for s in records for ref in resource_refs(s)}
         assert touched == expected_tables.get(folder, set()), folder
-        assert all(set(actions(s)) <= set(c.TABLE_WRITE_ACTIONS) for s in dynamodb), folder
+        assert all(set(actions(s)) <= set(c.TABLE_WRITE_ACTIONS) for s in records), folder
+        # Budgets: the table and its `held` index, with the ledger's four actions, for the steps that
+        # reserve, settle or release
+        assert bool(on_budgets) == (folder in expected_budgets), folder
+        for statement in on_budgets:
+            assert set(actions(statement)) == set(c.BUDGET_ACTIONS)
+            assert sorted(resource_refs(statement)) == sorted([f"<{budgets}.Arn>", f"<{budgets}.Arn>/index/held"])
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ class LambdaSettings(BaseModel):
     provider_keys_secret_arn: str = Field(default="", alias="PROVIDER_KEYS_SECRET_ARN")
     review_queue_url: str = Field(default="", alias="REVIEW_QUEUE_URL")  # tier 4: flagged items go here
     review_table: str = Field(default="", alias="REVIEW_TABLE")
+    budget_table: str = Field(default="", alias="BUDGET_TABLE")  # reservations and budget counters
 
     @model_validator(mode="after")
     def _aws_stores_named(self) -> LambdaSettings:
@@ -64,6 +65,7 @@ def momento_client() -> Any:
 
 
 def _aws_deps(current: LambdaSettings) -> Deps:
+    from ..adapters.aws.budget import DynamoBudgetLedger
     from ..adapters.aws.dynamodb import DynamoAuditLog, DynamoUsageLedger, default_client
     from ..adapters.aws.momento import MomentoExactCache, MomentoRateLimiter
     from ..adapters.aws.momento_semantic import MomentoSemanticIndex
@@ -71,6 +73,7 @@ def _aws_deps(current: LambdaSettings) -> Deps:
     dynamodb = default_client()
     return Deps(
         review=review_queue(current, dynamodb),
+        budgets=DynamoBudgetLedger(current.budget_table, dynamodb) if current.budget_table else None,
         config=load_config(current.config_path),
         cache=MomentoExactCache(momento_client, current.momento_cache),
         limiter=MomentoRateLimiter(momento_client, current.momento_cache),
