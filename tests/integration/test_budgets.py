@@ -194,3 +194,54 @@ def test_a_request_that_cannot_fit_is_refused_before_the_model_is_called(checker
     assert "daily budget" in refused.value.message
     assert checker.script.requests == []
     assert store.query("SELECT outcome, error_code FROM audit") == [("error", "budget_exceeded")]
+
+
+def test_cached_input_is_priced_at_the_discount_in_usage_and_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an Anthropic model (3 $/Mtok in, 0.30 cached, 15 out) answering with 900 of its
+    # 1,000 prompt tokens read from the provider's cache
+    from tests.support.fake_providers import fake_server
+
+    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-test")
+    with fake_server("anthropic") as anthropic_fake:
+        anthropic_fake.script.push(ok("cached answer", prompt_tokens=1000, completion_tokens=10, cached_tokens=900))
+        config = parse_config(
+            f"""
+models:
+  claude:
+    provider: anthropic
+    base_url: {anthropic_fake.base_url}
+    api_key_env: FAKE_ANTHROPIC_KEY
+    price: {{input_per_mtok: 3.0, cached_input_per_mtok: 0.30, output_per_mtok: 15.0}}
+tenants:
+  acme:
+    api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
+    routes: {{default: {{model: claude}}}}
+    budgets: [{{scope: tenant, period: day, usd: 1.0}}]
+"""
+        )
+        store = SqliteStore(tmp_path / "gateway.db")
+        ledger = SqliteBudgetLedger(tmp_path / "gateway.db")
+        runner = LocalRunner(
+            Deps(
+                config=config,
+                cache=store,
+                limiter=MemoryRateLimiter(),
+                usage=store,
+                audit=store,
+                providers=default_registry(),
+                budgets=ledger,
+            )
+        )
+        state = runner.run(make_state("a long shared prefix question", max_tokens=50))
+
+    # Then the answer, the usage record and the budget all carry the discounted price
+    expected = (100 * 3.0 + 900 * 0.30 + 10 * 15.0) / 1e6  # 0.00072 $, not 0.00315 $ undiscounted
+    assert state.finish is not None and state.finish.response is not None
+    usage = state.finish.response.usage
+    assert usage.prompt_tokens_details.cached_tokens == 900
+    assert usage.cost_usd == pytest.approx(expected)
+    assert store.query("SELECT cached_tokens, cost_usd FROM usage") == [(900, pytest.approx(expected))]
+    spent = ledger.usage(budget_key(_acme(), config.tenants["acme"].budgets[0], state.received_at))
+    assert spent.spent_nusd == nano_usd(expected) and spent.reserved_nusd == 0

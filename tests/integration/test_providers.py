@@ -370,6 +370,61 @@ def test_anthropic_prompt_tokens_include_cache_reads(fake: FakeServer, kind: str
     assert (reply.prompt_tokens, reply.cached_tokens) == (1000, 900)
 
 
+# --------------------------------------------------------------------------- provider prompt caching
+
+LONG_SYSTEM = "You are the support assistant of Example Corp. " + "Policy clause. " * 400  # ~6,000 chars
+
+
+@pytest.mark.parametrize("kind", ["anthropic"], indirect=True)
+def test_anthropic_requests_carry_cache_breakpoints_on_stable_prefixes(fake: FakeServer, kind: str) -> None:
+    model = model_for(kind, fake.base_url)
+    history = ("assistant", "Here is what the policy says about refunds. " * 100)  # ~4,400 chars
+    make_provider(kind).complete(
+        chat(("system", LONG_SYSTEM), ("user", "What about refunds?"), history, ("user", "And exchanges?")), "m", model
+    )
+    body = fake.script.last.body
+    [system] = body["system"]
+    assert system == {"type": "text", "text": LONG_SYSTEM, "cache_control": {"type": "ephemeral"}}
+    # The conversation so far (ending with the assistant's turn) is cached; the new question is not.
+    assert body["messages"][1]["content"] == [
+        {"type": "text", "text": history[1], "cache_control": {"type": "ephemeral"}}
+    ]
+    assert body["messages"][2]["content"] == "And exchanges?"
+    assert sum(flatten_count(body, "cache_control")) <= 4
+
+
+def flatten_count(value: Any, key: str) -> list[int]:
+    if isinstance(value, dict):
+        return [int(key in value)] + [n for v in value.values() for n in flatten_count(v, key)]
+    if isinstance(value, list):
+        return [n for v in value for n in flatten_count(v, key)]
+    return []
+
+
+@pytest.mark.parametrize("kind", ["anthropic"], indirect=True)
+def test_short_prompts_and_opted_out_models_get_no_breakpoint(fake: FakeServer, kind: str) -> None:
+    make_provider(kind).complete(chat(("system", "Be brief."), ("user", "Hi")), "m", model_for(kind, fake.base_url))
+    assert fake.script.last.body["system"] == "Be brief."
+    opted_out = model_for(kind, fake.base_url, prompt_cache=False)
+    make_provider(kind).complete(chat(("system", LONG_SYSTEM), ("user", "Hi")), "m", opted_out)
+    assert fake.script.last.body["system"] == LONG_SYSTEM
+
+
+@pytest.mark.parametrize("kind", ["openai"], indirect=True)
+def test_openai_requests_carry_a_prompt_cache_key_per_system_prefix(fake: FakeServer, kind: str) -> None:
+    model = model_for(kind, fake.base_url)
+    provider = make_provider(kind)
+    for question in ("What about refunds?", "And exchanges?"):
+        provider.complete(chat(("system", LONG_SYSTEM), ("user", question)), "m", model)
+    first, second = (r.body for r in fake.script.calls("/v1/chat/completions"))
+    assert first["prompt_cache_key"] == second["prompt_cache_key"]
+    assert first["prompt_cache_key"].startswith("gw-") and LONG_SYSTEM[:20] not in first["prompt_cache_key"]
+    provider.complete(chat(("system", "Another assistant."), ("user", "Hi")), "m", model)
+    assert fake.script.last.body["prompt_cache_key"] != first["prompt_cache_key"]
+    provider.complete(chat(("user", "Hi")), "m", model)
+    assert "prompt_cache_key" not in fake.script.last.body
+
+
 # --------------------------------------------------------------------------- SageMaker endpoint mapping
 
 

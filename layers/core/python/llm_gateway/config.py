@@ -52,6 +52,8 @@ class ModelConfig(_Config):
     timeout_s: float = Field(default=60.0, gt=0, le=900)
     default_max_tokens: int = Field(default=512, ge=1)
     max_output_tokens: int = Field(default=4096, ge=1)
+    # Provider prompt-caching hints (Anthropic cache_control breakpoints, OpenAI prompt_cache_key).
+    prompt_cache: bool = True
 
     @model_validator(mode="after")
     def _endpoint_for_sagemaker(self) -> ModelConfig:
@@ -63,6 +65,11 @@ class ModelConfig(_Config):
 class RouteConfig(_Config):
     model: str
     fallbacks: list[str] = Field(default_factory=list)
+    # Output length policy: a cap on generated tokens (the request's own limit counts when lower;
+    # an answer cut by it ends with finish_reason "length"), and a brevity instruction for simple
+    # requests (a single short question without code).
+    max_tokens: int | None = Field(default=None, ge=1)
+    brief_simple: bool = False
 
     def candidates(self) -> list[str]:
         return [self.model, *[m for m in self.fallbacks if m != self.model]]

@@ -132,6 +132,9 @@ class ChatCompletionRequest(_Strict):
         )
 
 
+BREVITY_INSTRUCTION = "Answer briefly, in a few sentences at most."
+
+
 def context_prompt(passages: list[str]) -> str:
     """The system message that carries a request's RAG context to the model."""
     numbered = "\n\n".join(f"[{i}] {passage}" for i, passage in enumerate(passages, start=1))
@@ -284,6 +287,8 @@ class CacheResult(_Strict):
 class RouteResult(_Strict):
     route: str
     candidates: list[str] = Field(min_length=1)
+    max_tokens: int | None = None  # the route's cap on generated tokens
+    brief: bool = False  # add the brevity instruction (a simple request on a `brief_simple` route)
 
 
 class Attempt(_Strict):
@@ -344,17 +349,24 @@ class GatewayState(_Strict):
     error: StepError | None = None
 
     def model_request(self) -> ChatCompletionRequest:
-        """The request as the caches and the model see it: with the guard's PII masking applied
-        and the RAG context (if any) as a system message after the tenant's own."""
+        """The request as the caches and the model see it: with the guard's PII masking applied,
+        the RAG context (if any) and the route's brevity instruction as system messages after the
+        tenant's own, and the route's output cap."""
         request = self.request
         if self.guard is not None and self.guard.masked_messages is not None:
             request = request.model_copy(update={"messages": self.guard.masked_messages})
-        if not request.context:
-            return request
-        messages = list(request.messages)
-        at = next((i for i, m in enumerate(messages) if m.role not in PROMPT_ROLES), len(messages))
-        messages.insert(at, ChatMessage(role="system", content=context_prompt(request.context)))
-        return request.model_copy(update={"messages": messages, "context": None})
+        extra = [context_prompt(request.context)] if request.context else []
+        if self.router is not None and self.router.brief:
+            extra.append(BREVITY_INSTRUCTION)
+        if extra:
+            messages = list(request.messages)
+            at = next((i for i, m in enumerate(messages) if m.role not in PROMPT_ROLES), len(messages))
+            messages[at:at] = [ChatMessage(role="system", content=text) for text in extra]
+            request = request.model_copy(update={"messages": messages, "context": None})
+        cap = self.router.max_tokens if self.router is not None else None
+        if cap is not None and (request.output_limit() or cap) >= cap:
+            request = request.model_copy(update={"max_tokens": cap, "max_completion_tokens": None})
+        return request
 
     def tenant(self) -> TenantContext:
         if self.guard is None or self.guard.tenant is None:

@@ -1,6 +1,7 @@
 """Anthropic Messages API through the official `anthropic` SDK.
 
-Mapping: system/developer messages become `system`; `stop` becomes `stop_sequences`;
+Mapping: system/developer messages become `system` (with prompt-cache breakpoints on long stable
+prefixes, `caching`); `stop` becomes `stop_sequences`;
 `temperature`/`top_p` are sent in the body as given;
 `response_format: json_object` becomes an instruction in `system`; JSON schemas, images, tool
 messages and temperature above 1 are refused as bad requests rather than silently altered.
@@ -20,6 +21,7 @@ from ..errors import (
     ProviderError,
 )
 from .base import ProviderReply, SdkClients, StreamDelta, map_sdk_error, output_limit
+from .caching import anthropic_history_breakpoint, anthropic_system
 
 _FINISH: dict[str | None, FinishReason] = {
     "end_turn": "stop",
@@ -64,7 +66,12 @@ def build_params(request: ChatCompletionRequest, model_id: str, model: ModelConf
         "messages": messages,
         "timeout": model.timeout_s,
     }
-    if system:
+    if model.prompt_cache:
+        if system:
+            params["system"] = anthropic_system(system)
+        used = sum("cache_control" in b for b in params.get("system", []) if isinstance(b, dict))
+        anthropic_history_breakpoint(messages, sum(len(s) for s in system), used)
+    elif system:
         params["system"] = "\n\n".join(system)
     # The SDK no longer exposes sampling parameters; they travel in the body for the API to judge.
     sampling = {"temperature": request.temperature, "top_p": request.top_p}

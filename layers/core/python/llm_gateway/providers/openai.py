@@ -14,6 +14,7 @@ from ..errors import (
     ProviderError,
 )
 from .base import ProviderReply, SdkClients, StreamDelta, map_sdk_error, output_limit
+from .caching import openai_prompt_cache_key
 
 _FINISH: dict[str | None, FinishReason] = {
     "stop": "stop",
@@ -45,6 +46,11 @@ class OpenAIProvider:
         params[limit_field] = output_limit(request, model)
         params["model"] = model.provider_model or model_id
         params["messages"] = [m.model_dump(exclude_none=True) for m in request.messages]
+        params.pop("context", None)  # the gateway's own field: it reaches the model as a system message
+        if model.prompt_cache:
+            key = openai_prompt_cache_key(request, model_id)
+            if key is not None:
+                params["prompt_cache_key"] = key
         return params
 
     def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
