@@ -77,17 +77,7 @@ class GatewayStores(Construct):
     def _review(self, stage: StageConfig) -> tuple[dynamodb.Table, sqs.Queue]:
         """Tier 4: the queue flagged items are sent to (with a dead-letter queue) and the table the
         `review_ingest` function stores them in (`adapters/aws/review.py` has the layout)."""
-        table = dynamodb.Table(
-            self,
-            "Review",
-            partition_key=dynamodb.Attribute(name="item_id", type=dynamodb.AttributeType.STRING),
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
-            deletion_protection=stage.retain_data,
-            removal_policy=removal_policy(stage),
-        )
+        table = self._table("Review", stage, partition="item_id", sort=None, ttl=None)
         table.add_global_secondary_index(
             index_name="by_status",
             partition_key=dynamodb.Attribute(name="status", type=dynamodb.AttributeType.STRING),
@@ -103,34 +93,33 @@ class GatewayStores(Construct):
         )
         return table, queue
 
-    def _table(self, construct_id: str, stage: StageConfig) -> dynamodb.Table:
+    def _table(
+        self,
+        construct_id: str,
+        stage: StageConfig,
+        partition: str = c.TABLE_PARTITION_KEY,
+        sort: str | None = c.TABLE_SORT_KEY,
+        ttl: str | None = c.TABLE_TTL_ATTRIBUTE,
+    ) -> dynamodb.Table:
+        """On-demand, point-in-time recovery, deletion protection where the stage keeps data."""
+        string = dynamodb.AttributeType.STRING
         return dynamodb.Table(
             self,
             construct_id,
-            partition_key=dynamodb.Attribute(name=c.TABLE_PARTITION_KEY, type=dynamodb.AttributeType.STRING),
-            sort_key=dynamodb.Attribute(name=c.TABLE_SORT_KEY, type=dynamodb.AttributeType.STRING),
+            partition_key=dynamodb.Attribute(name=partition, type=string),
+            sort_key=dynamodb.Attribute(name=sort, type=string) if sort else None,
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),
-            time_to_live_attribute=c.TABLE_TTL_ATTRIBUTE,
+            time_to_live_attribute=ttl,
             deletion_protection=stage.retain_data,
             removal_policy=removal_policy(stage),
         )
 
     def _budgets(self, stage: StageConfig) -> dynamodb.Table:
         """Budget counters and reservations (`adapters/aws/budget.py` has the layout)."""
-        table = dynamodb.Table(
-            self,
-            "Budgets",
-            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
-            deletion_protection=stage.retain_data,
-            removal_policy=removal_policy(stage),
-        )
+        table = self._table("Budgets", stage, partition="pk", sort=None, ttl=None)
         table.add_global_secondary_index(
             index_name="held",
             partition_key=dynamodb.Attribute(name="held", type=dynamodb.AttributeType.STRING),

@@ -81,21 +81,7 @@ def test_two_hundred_simultaneous_requests_never_spend_past_the_budget(
     store = SqliteStore(tmp_path / "gateway.db")
     metrics = InMemoryMetrics()
     limiter = MemoryRateLimiter()
-    runners = [
-        LocalRunner(
-            Deps(
-                config=config,
-                cache=store,
-                limiter=limiter,
-                usage=store,
-                audit=store,
-                providers=default_registry(),
-                budgets=ledger_factory(),
-                metrics=metrics,
-            )
-        )
-        for _ in range(4)
-    ]
+    runners = [LocalRunner(_deps(config, store, ledger_factory(), metrics, limiter)) for _ in range(4)]
     states: list[GatewayState] = []
     errors: dict[str, GatewayError] = {}
     start = threading.Barrier(REQUESTS)
@@ -155,6 +141,20 @@ def test_two_hundred_simultaneous_requests_never_spend_past_the_budget(
     store.close()
 
 
+def _deps(config: Any, store: SqliteStore, ledger: Any, metrics: Any = None, limiter: Any = None) -> Deps:
+    """A gateway worker on `store` with the budget ledger `ledger`."""
+    return Deps(
+        config=config,
+        cache=store,
+        limiter=limiter or MemoryRateLimiter(),
+        usage=store,
+        audit=store,
+        providers=default_registry(),
+        budgets=ledger,
+        metrics=metrics or InMemoryMetrics(),
+    )
+
+
 def _acme() -> Any:
     from llm_gateway.contracts import TenantContext
 
@@ -177,17 +177,7 @@ def test_budgets_without_a_ledger_are_refused_at_start(checker: FakeServer) -> N
 def test_a_request_that_cannot_fit_is_refused_before_the_model_is_called(checker: FakeServer, tmp_path: Path) -> None:
     config = parse_config(_config(checker.base_url))
     store = SqliteStore(tmp_path / "gateway.db")
-    runner = LocalRunner(
-        Deps(
-            config=config,
-            cache=store,
-            limiter=MemoryRateLimiter(),
-            usage=store,
-            audit=store,
-            providers=default_registry(),
-            budgets=SqliteBudgetLedger(tmp_path / "gateway.db"),
-        )
-    )
+    runner = LocalRunner(_deps(config, store, SqliteBudgetLedger(tmp_path / "gateway.db")))
     with pytest.raises(BudgetExceeded) as refused:
         runner.run(make_state("budget please", max_tokens=5000))  # worst case 5.02 $ > 0.90 $
     assert refused.value.status == 429 and refused.value.body().error.code == "budget_exceeded"
@@ -223,17 +213,7 @@ tenants:
         )
         store = SqliteStore(tmp_path / "gateway.db")
         ledger = SqliteBudgetLedger(tmp_path / "gateway.db")
-        runner = LocalRunner(
-            Deps(
-                config=config,
-                cache=store,
-                limiter=MemoryRateLimiter(),
-                usage=store,
-                audit=store,
-                providers=default_registry(),
-                budgets=ledger,
-            )
-        )
+        runner = LocalRunner(_deps(config, store, ledger))
         state = runner.run(make_state("a long shared prefix question", max_tokens=50))
 
     # Then the answer, the usage record and the budget all carry the discounted price

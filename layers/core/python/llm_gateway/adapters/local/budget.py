@@ -9,10 +9,11 @@ one file see each other's commits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ...ports import BudgetLimit, BudgetRefused, BudgetUsage
@@ -54,58 +55,51 @@ class SqliteBudgetLedger:
     def reserve(
         self, reservation_id: str, limits: Sequence[BudgetLimit], nusd: int, tokens: int, expires_at: float, now: float
     ) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if self._db.execute("SELECT 1 FROM budget_reservation WHERE id = ?", (reservation_id,)).fetchone():
-                    self._db.execute("COMMIT")
-                    return
-                self._reclaim(now)
-                for limit in limits:
-                    used = self._counter(limit.key)
-                    if limit.max_nusd is not None and used.spent_nusd + used.reserved_nusd + nusd > limit.max_nusd:
-                        raise BudgetRefused(limit.key)
-                    if limit.max_tokens is not None and (
-                        used.spent_tokens + used.reserved_tokens + tokens > limit.max_tokens
-                    ):
-                        raise BudgetRefused(limit.key)
-                for limit in limits:
-                    self._db.execute(
-                        "INSERT INTO budget_counter (key, reserved_nusd, reserved_tokens) VALUES (?, ?, ?) "
-                        "ON CONFLICT (key) DO UPDATE SET reserved_nusd = reserved_nusd + excluded.reserved_nusd, "
-                        "reserved_tokens = reserved_tokens + excluded.reserved_tokens",
-                        (limit.key, nusd, tokens),
-                    )
-                self._db.execute(
-                    "INSERT INTO budget_reservation VALUES (?, ?, ?, ?, ?, 'held')",
-                    (reservation_id, json.dumps([limit.key for limit in limits]), nusd, tokens, expires_at),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            if not self._db.execute("SELECT 1 FROM budget_reservation WHERE id = ?", (reservation_id,)).fetchone():
+                self._reserve(reservation_id, limits, nusd, tokens, expires_at, now)
+
+    def _reserve(
+        self, reservation_id: str, limits: Sequence[BudgetLimit], nusd: int, tokens: int, expires_at: float, now: float
+    ) -> None:
+        self._reclaim(now)
+        for limit in limits:
+            used = self._counter(limit.key)
+            if limit.max_nusd is not None and used.spent_nusd + used.reserved_nusd + nusd > limit.max_nusd:
+                raise BudgetRefused(limit.key)
+            if limit.max_tokens is not None and (used.spent_tokens + used.reserved_tokens + tokens > limit.max_tokens):
+                raise BudgetRefused(limit.key)
+        for limit in limits:
+            self._db.execute(
+                "INSERT INTO budget_counter (key, reserved_nusd, reserved_tokens) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET reserved_nusd = reserved_nusd + excluded.reserved_nusd, "
+                "reserved_tokens = reserved_tokens + excluded.reserved_tokens",
+                (limit.key, nusd, tokens),
+            )
+        self._db.execute(
+            "INSERT INTO budget_reservation VALUES (?, ?, ?, ?, ?, 'held')",
+            (reservation_id, json.dumps([limit.key for limit in limits]), nusd, tokens, expires_at),
+        )
 
     def settle(self, reservation_id: str, nusd: int, tokens: int) -> bool:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                settled = self._finish(reservation_id, nusd, tokens, "settled")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return settled
+        with self._transaction():
+            return self._finish(reservation_id, nusd, tokens, "settled")
 
     def reclaim_expired(self, now: float) -> int:
+        with self._transaction():
+            return self._reclaim(now)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, taken before anything is read (`BEGIN IMMEDIATE`)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                count = self._reclaim(now)
-                self._db.execute("COMMIT")
+                yield
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return count
+            self._db.execute("COMMIT")
 
     def usage(self, key: str) -> BudgetUsage:
         with self._lock:
