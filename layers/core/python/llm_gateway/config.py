@@ -54,6 +54,10 @@ class ModelConfig(_Config):
     max_output_tokens: int = Field(default=4096, ge=1)
     # Provider prompt-caching hints (Anthropic cache_control breakpoints, OpenAI prompt_cache_key).
     prompt_cache: bool = True
+    # Self-hosted endpoints: one instance's price and measured aggregate throughput, for
+    # `llm-gateway cost-report` (when self-hosting beats an API model).
+    hourly_usd: float | None = Field(default=None, gt=0)
+    tokens_per_second: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _endpoint_for_sagemaker(self) -> ModelConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import queue
 import secrets
@@ -217,6 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     review_cmd.add_argument("--status", default="pending", choices=["pending", "approved", "rejected", "all"])
     review_cmd.add_argument("--by", default=os.environ.get("USER", "reviewer"), help="reviewer name recorded")
     review_cmd.add_argument("--table", help="a deployment's review table (DynamoDB) instead of the local store")
+    cost_cmd = commands.add_parser("cost-report", help="at which daily volume self-hosting beats an API model")
+    cost_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
+    cost_cmd.add_argument("--api-model", required=True, help="a model id whose price is the API's")
+    cost_cmd.add_argument("--selfhost-model", required=True, help="a model id with hourly_usd and tokens_per_second")
+    cost_cmd.add_argument("--prompt-tokens", type=int, default=500, help="per request")
+    cost_cmd.add_argument("--completion-tokens", type=int, default=200, help="per request")
+    cost_cmd.add_argument("--utilisation", type=float, default=0.5, help="share of the day an instance is busy")
+    cost_cmd.add_argument("--min-instances", type=int, default=1)
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -235,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "review": lambda: review(args.config, args.action, args.target, args.tenant, args.status, args.by, args.table),
         "check-config": lambda: check_config(args.config),
+        "cost-report": lambda: cost_report(args),
         "hash-key": lambda: print_key_digest(args.key),
     }
     try:
@@ -301,6 +311,40 @@ def review(
     finally:
         if hasattr(store, "close"):
             store.close()
+
+
+def cost_report(args: argparse.Namespace) -> int:
+    """API cost against a self-hosted endpoint's per day, over volumes, and the break-even."""
+    from ..selfhost import SelfHosted, Workload, break_even, report_rows
+
+    config = load_config(args.config or EXAMPLE_CONFIG)
+    for name in (args.api_model, args.selfhost_model):
+        if name not in config.models:
+            raise ConfigError(f"no model {name!r} in the configuration")
+    api, own = config.models[args.api_model], config.models[args.selfhost_model]
+    if own.hourly_usd is None or own.tokens_per_second is None:
+        raise ConfigError(f"model {args.selfhost_model!r} needs hourly_usd and tokens_per_second")
+    if not 0 < args.utilisation <= 1 or args.min_instances < 1:
+        raise ConfigError("--utilisation must be in (0, 1] and --min-instances at least 1")
+    hosted = SelfHosted(own.hourly_usd, own.tokens_per_second, args.utilisation, args.min_instances)
+    workload = Workload(args.prompt_tokens, args.completion_tokens)
+    print(
+        f"{args.api_model} at {api.price.input_per_mtok}/{api.price.output_per_mtok} $/Mtok vs {args.selfhost_model} "
+        f"at {own.hourly_usd} $/h, {own.tokens_per_second:g} tok/s x {args.utilisation:g} busy; "
+        f"{workload.prompt_tokens} + {workload.completion_tokens} tokens a request"
+    )
+    print("| requests/day | API $/day | self-hosted $/day | instances | cheaper |\n|---|---|---|---|---|")
+    for volume, api_cost, own_cost, instances in report_rows(
+        api.price, hosted, workload, [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
+    ):
+        cheaper = "self-hosted" if own_cost < api_cost else "API"
+        print(f"| {volume:,} | {api_cost:,.2f} | {own_cost:,.2f} | {instances} | {cheaper} |")
+    even = break_even(api.price, hosted, workload)
+    if even is None:
+        print("self-hosting never wins: a busy instance-day costs more than the API for the same requests")
+    else:
+        print(f"self-hosting wins from {math.ceil(even):,} requests/day on")
+    return 0
 
 
 def check_config(path: Path) -> int:

@@ -1,0 +1,59 @@
+"""The self-hosting cost model: the break-even volume against a brute-force scan, and the CLI report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm_gateway.config import Price
+from llm_gateway.local.cli import main
+from llm_gateway.selfhost import SelfHosted, Workload, api_daily_cost, break_even
+
+WORKLOAD = Workload(prompt_tokens=500, completion_tokens=200)
+# One endpoint: 4 $/h, 2,426 tok/s (the plain batch-32 figure measured on an H200), busy half the day.
+HOSTED = SelfHosted(hourly_usd=4.0, tokens_per_second=2426, utilisation=0.5)
+
+
+@pytest.mark.parametrize(
+    ("price", "hosted"),
+    [
+        (Price(input_per_mtok=2.5, output_per_mtok=10.0), HOSTED),
+        (Price(input_per_mtok=2.5, output_per_mtok=10.0), SelfHosted(4.0, 2426, 0.5, min_instances=2)),
+        (Price(input_per_mtok=0.8, output_per_mtok=1.2), SelfHosted(4.0, 2426, 0.9)),
+        (Price(input_per_mtok=0.15, output_per_mtok=0.60), HOSTED),  # the API stays cheaper
+    ],
+)
+def test_break_even_is_where_self_hosting_starts_winning_for_good(price: Price, hosted: SelfHosted) -> None:
+    volumes = np.arange(1, 3_000_000, 29)
+    losing = [v for v in volumes if api_daily_cost(price, WORKLOAD, v) < hosted.daily_cost(v * WORKLOAD.tokens)]
+    even = break_even(price, hosted, WORKLOAD)
+    if even is None:
+        assert losing and losing[-1] > 2_999_000  # self-hosting still loses at the end of the scan
+        return
+    assert max(losing, default=0) < even  # never loses from the break-even on
+    assert api_daily_cost(price, WORKLOAD, even) == pytest.approx(hosted.daily_cost(even * WORKLOAD.tokens), rel=0.05)
+
+
+def test_the_cli_prints_the_table_and_the_break_even(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        """
+models:
+  gpt-4o: {provider: openai, price: {input_per_mtok: 2.5, output_per_mtok: 10.0}}
+  llama-1b-h200: {provider: sagemaker, endpoint: llama-1b, hourly_usd: 4.0, tokens_per_second: 2426}
+tenants:
+  acme: {routes: {default: {model: gpt-4o}}}
+"""
+    )
+    assert (
+        main(["cost-report", "--config", str(config), "--api-model", "gpt-4o", "--selfhost-model", "llama-1b-h200"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| 10,000 | 32.50 | 96.00 | 1 | API |" in out
+    assert "| 100,000 | 325.00 | 96.00 | 1 | self-hosted |" in out
+    assert "self-hosting wins from 29,539 requests/day on" in out
+    assert main(["cost-report", "--config", str(config), "--api-model", "gpt-4o", "--selfhost-model", "gpt-4o"]) == 2
+    assert "needs hourly_usd and tokens_per_second" in capsys.readouterr().err
