@@ -245,6 +245,15 @@ class Guards(_Config):
     grounded: GroundedGuard = Field(default_factory=GroundedGuard)
 
 
+class Compression(_Config):
+    """Prompt compression (`compression`): lossless whitespace and duplicate-instruction removal,
+    and optionally (`lossy_max_tokens`) long user/tool messages cut to their most salient sentences."""
+
+    enabled: bool = False
+    lossless: bool = True
+    lossy_max_tokens: int | None = Field(default=None, ge=64)
+
+
 class Budget(_Config):
     """A spending cap over a calendar period (UTC): money, tokens, or both. `scope` tenant: all the
     tenant's requests together; key: each API key; user: each end user (the request's `user`,
@@ -276,6 +285,7 @@ class TenantConfig(_Config):
     semantic_cache: SemanticCache = Field(default_factory=SemanticCache)
     guards: Guards = Field(default_factory=Guards)
     budgets: list[Budget] = Field(default_factory=list)
+    compression: Compression = Field(default_factory=Compression)
     budget_alerts: list[float] = Field(default_factory=lambda: [0.8])  # shares of a budget that raise an alert
 
 

@@ -269,6 +269,7 @@ class GuardResult(_Strict):
     # never logged, never stored (Step Functions logs exclude execution data).
     masked_messages: list[ChatMessage] | None = None
     restorable: dict[str, str] = Field(default_factory=dict)
+    saved_tokens: int = 0  # prompt compression's estimate of the input tokens it removed
 
 
 class CacheResult(_Strict):

@@ -8,7 +8,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..config import InjectionGuard, PiiGuard, TopicGuard
+from ..compression import Compressed, compress
+from ..config import Compression, InjectionGuard, PiiGuard, TopicGuard
 from ..contracts import PROMPT_ROLES, ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
 from ..decisions import record_layer, submit_for_review
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
@@ -131,12 +132,20 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         return blocked()
     if policy.topics.enabled and run(topic):
         return blocked(refusal[0])
+    saved = 0
+    compression = deps.config.tenants[context.tenant].compression
+    if compression.enabled:
+        compressed = compress_messages(seen, compression)
+        if compressed.chars_after < compressed.chars_before:
+            masked, saved = compressed.messages, compressed.saved_tokens
+            deps.metrics.count("compression_saved_tokens", saved, tenant=context.tenant)
     result = GuardResult(
         outcome="allowed",
         tenant=context,
         decisions=decisions,
         masked_messages=masked,
         restorable=restorable,
+        saved_tokens=saved,
     )
     if deps.review is not None and any(d.action == "flag" for d in decisions):
         messages = masked if masked is not None else state.request.messages
@@ -157,6 +166,15 @@ def check_harmful_input(
     worst = max(texts, key=lambda text: classifier.assess(text).score) if len(texts) > 1 else texts[0]
     policy = deps.config.tenants[context.tenant].guards.harmful
     return harmful_decision(worst, "input", policy, deps, state.request_id, context)
+
+
+def compress_messages(messages: list[ChatMessage], policy: Compression) -> Compressed:
+    embed = None
+    if policy.lossy_max_tokens is not None:
+        from ..semantic.embeddings import default_embedder
+
+        embed = default_embedder().embed
+    return compress(messages, policy, embed)
 
 
 def check_topic(messages: list[ChatMessage], policy: TopicGuard) -> tuple[GuardDecision, str | None]:

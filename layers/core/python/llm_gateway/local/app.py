@@ -96,6 +96,8 @@ def _decision_headers(state: GatewayState, model: str | None) -> dict[str, str]:
     if state.invoke is not None:
         headers["x-gateway-attempts"] = str(len(state.invoke.attempts))
         headers["x-gateway-cost-usd"] = f"{state.invoke.response.usage.cost_usd:.8f}"
+    if state.guard is not None and state.guard.saved_tokens:
+        headers["x-gateway-compression-saved-tokens"] = str(state.guard.saved_tokens)
     if state.moderate is not None:
         headers["x-gateway-moderation"] = state.moderate.outcome
         grounded = next((d for d in state.moderate.decisions if d.layer == "groundedness"), None)
