@@ -21,8 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .config import Compression
 from .contracts import ChatMessage, TextPart
@@ -35,7 +34,10 @@ _TRAILING = re.compile(r"[ \t]+\n")
 _BREAKS = re.compile(r"\n{3,}")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
-Embed = Callable[[list[str]], np.ndarray]
+if TYPE_CHECKING:
+    import numpy as np
+
+Embed = Callable[[list[str]], "np.ndarray"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ def _drop_repeats(text: str, seen: set[str]) -> str:
 
 def salient(text: str, question: str, budget_chars: int, embed: Embed) -> str:
     """The sentences of `text` most similar to `question`, in their order, within the budget."""
+    import numpy as np  # only the lossy step needs it (the guard function's cold start does not)
+
     sentences = [s for s in _SENTENCE.split(text) if s.strip()]
     if len(text) <= budget_chars or len(sentences) < 2:
         return text

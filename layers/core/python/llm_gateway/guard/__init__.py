@@ -23,7 +23,6 @@ from .injection import load_injection_classifier
 from .ner import NER_TYPES, find_names
 from .pii import STRUCTURED_TYPES as PII_TYPES
 from .pii import Vault, find_pii, mask, overlaps, placeholder_entity
-from .topics import refusal_message, topic_classifier
 
 if TYPE_CHECKING:
     from ..deps import Deps
@@ -163,7 +162,7 @@ def check_harmful_input(
     if not texts:
         return GuardDecision(layer=HARMFUL_LAYER, action="pass", score=0.0)
     classifier = load_harmful_classifier()
-    worst = max(texts, key=lambda text: classifier.assess(text).score) if len(texts) > 1 else texts[0]
+    worst = max(texts, key=lambda text: classifier.assess_long(text).score) if len(texts) > 1 else texts[0]
     policy = deps.config.tenants[context.tenant].guards.harmful
     return harmful_decision(worst, "input", policy, deps, state.request_id, context)
 
@@ -184,6 +183,7 @@ def check_topic(messages: list[ChatMessage], policy: TopicGuard) -> tuple[GuardD
     if not text:
         return GuardDecision(layer="topic", action="pass"), None
     from ..semantic.embeddings import default_embedder
+    from .topics import refusal_message, topic_classifier  # numpy: only for tenants with topics
 
     match = topic_classifier(policy).match(default_embedder().embed([text])[0])
     refused = match.kind == "denied" or (match.kind == "other" and bool(policy.allowed))
