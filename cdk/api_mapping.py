@@ -87,6 +87,7 @@ ANSWER_HEADERS = (
     "x-gateway-cache-score",
     "x-gateway-model",
     "x-gateway-route",
+    "x-gateway-complexity",
     "x-gateway-attempts",
     "x-gateway-moderation",
 )
@@ -130,6 +131,9 @@ RESPONSE_TEMPLATE = (
 #end
 #if($state.router)
 #set($context.responseOverride.header.x-gateway-route = $state.router.route)
+#if($state.router.complexity)
+#set($context.responseOverride.header.x-gateway-complexity = "$state.router.complexity")
+#end
 #end
 #if($state.invoke)
 #set($context.responseOverride.header.x-gateway-attempts = "$state.invoke.attempts.size()")

@@ -46,7 +46,7 @@ CONFIG_PATH_IN_LAMBDA = f"/opt/{CONFIG_LAYER_SUBDIR}/{CONFIG_FILE_NAME}"
 MODELS_LAYER_SUBDIR = "models"
 MODEL_DIR_IN_LAMBDA = f"/opt/{MODELS_LAYER_SUBDIR}"
 ENV_MODEL_DIR = "LLM_GATEWAY_MODEL_DIR"
-EMBEDDING_FUNCTIONS = frozenset({"cache_lookup", "guard"})  # chain functions that embed text (plus streaming)
+EMBEDDING_FUNCTIONS = frozenset({"router", "cache_lookup", "guard"})  # chain functions that embed text (plus streaming)
 
 # Lambda environment.
 ENV_CONFIG_PATH = "GATEWAY_CONFIG_PATH"

@@ -25,7 +25,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -117,10 +117,11 @@ class Script:
     Thread-safe: the test thread pushes and reads while the server thread consumes and records.
     """
 
-    def __init__(self, *behaviours: Behaviour) -> None:
+    def __init__(self, *behaviours: Behaviour, responder: Callable[[Any], Behaviour] | None = None) -> None:
         self._lock = threading.Lock()
         self._queue: deque[Behaviour] = deque(behaviours)
         self._requests: list[Received] = []
+        self._responder = responder  # plays when the queue is empty: the request body -> behaviour
 
     def push(self, *behaviours: Behaviour) -> Script:
         """Append behaviours to the queue; returns the script for chaining."""
@@ -128,10 +129,12 @@ class Script:
             self._queue.extend(behaviours)
         return self
 
-    def next(self) -> Behaviour:
-        """The next behaviour, or `ok()` once the queue is empty."""
+    def next(self, body: Any = None) -> Behaviour:
+        """The next behaviour; once the queue is empty, the responder's answer to `body`, else `ok()`."""
         with self._lock:
-            return self._queue.popleft() if self._queue else Ok()
+            if self._queue:
+                return self._queue.popleft()
+            return self._responder(body) if self._responder is not None else Ok()
 
     def record(self, received: Received) -> None:
         with self._lock:
@@ -267,7 +270,7 @@ def fake_openai_app(script: Script, models: Sequence[str] = ("gpt-fake",)) -> St
         body = await _receive(script, request)
         if not isinstance(body, dict) or not body.get("model") or not body.get("messages"):
             return openai_error(400, "'model' and 'messages' are required")
-        behaviour = await _play(request, script.next())
+        behaviour = await _play(request, script.next(body))
         if behaviour is None:
             return _hung_up()
         if isinstance(behaviour, Status):
@@ -394,7 +397,7 @@ def fake_anthropic_app(script: Script) -> Starlette:
         problem = _anthropic_problem(body)
         if problem is not None:
             return anthropic_error(400, problem)
-        behaviour = await _play(request, script.next())
+        behaviour = await _play(request, script.next(body))
         if behaviour is None:
             return _hung_up()
         if isinstance(behaviour, Status):
@@ -428,12 +431,12 @@ def fake_endpoint_app(script: Script, model: str = "fake-endpoint-model") -> Sta
     """A model container speaking `llm_gateway.endpoint_contract`, playing `script`."""
 
     async def invocations(request: Request) -> Response:
-        await _receive(script, request)
+        body = await _receive(script, request)
         try:
             invocation = InvocationRequest.model_validate_json(await request.body())
         except ValidationError as exc:
             return endpoint_error(400, str(exc.errors(include_url=False)[0]["msg"]))
-        behaviour = await _play(request, script.next())
+        behaviour = await _play(request, script.next(body))
         if behaviour is None:
             return _hung_up()
         if isinstance(behaviour, Status):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -66,17 +66,81 @@ class ModelConfig(_Config):
         return self
 
 
-class RouteConfig(_Config):
+class MetadataPin(_Config):
+    """Requests whose `metadata` holds every one of these key/value pairs go to `model`."""
+
+    metadata: dict[str, str] = Field(min_length=1)
     model: str
+
+    def matches(self, metadata: dict[str, str] | None) -> bool:
+        return metadata is not None and all(metadata.get(k) == v for k, v in self.metadata.items())
+
+
+class ComplexityRouting(_Config):
+    """Sends each request to the cheapest of `models` its complexity allows (routing.complexity).
+
+    One knob: `small_share`, the share of traffic kept off the largest model (split evenly between
+    the cheaper ones); or `max_cost_per_1k_usd`, a target cost per 1,000 requests of
+    `prompt_tokens` + `completion_tokens`, turned into the share that meets it; or `thresholds`,
+    score cuts computed from the tenant's own prompts by `llm-gateway route-calibrate`."""
+
+    models: list[str] = Field(min_length=2)  # cheapest first; the last is the large model
+    small_share: float | None = Field(default=None, ge=0, le=1)
+    max_cost_per_1k_usd: float | None = Field(default=None, gt=0)
+    thresholds: list[Annotated[float, Field(ge=0, le=1)]] | None = None
+    prompt_tokens: int = Field(default=500, ge=1)
+    completion_tokens: int = Field(default=200, ge=0)
+
+    @model_validator(mode="after")
+    def _one_knob(self) -> ComplexityRouting:
+        knobs = [k for k in ("small_share", "max_cost_per_1k_usd", "thresholds") if getattr(self, k) is not None]
+        if len(knobs) != 1:
+            raise ValueError("complexity routing takes exactly one of small_share, max_cost_per_1k_usd, thresholds")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("complexity routing models must differ")
+        if self.thresholds is not None and (
+            len(self.thresholds) != len(self.models) - 1 or self.thresholds != sorted(self.thresholds)
+        ):
+            raise ValueError("thresholds: one ascending score per model after the first")
+        return self
+
+
+class RouteConfig(_Config):
+    # With `complexity`, `model` defaults to its largest model (used for requests it does not score).
+    model: str = Field(min_length=1)
     fallbacks: list[str] = Field(default_factory=list)
+    complexity: ComplexityRouting | None = None
+    pins: list[MetadataPin] = Field(default_factory=list)  # the first match wins over complexity
     # Output length policy: a cap on generated tokens (the request's own limit counts when lower;
     # an answer cut by it ends with finish_reason "length"), and a brevity instruction for simple
     # requests (a single short question without code).
     max_tokens: int | None = Field(default=None, ge=1)
     brief_simple: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("model"):
+            complexity = data.get("complexity")
+            if isinstance(complexity, ComplexityRouting):
+                complexity = complexity.model_dump()
+            models = complexity.get("models") if isinstance(complexity, dict) else None
+            if not models or not isinstance(models, list):
+                raise ValueError("a route needs `model` (or `complexity` with its models)")
+            data = {**data, "model": models[-1]}
+        return data
+
     def candidates(self) -> list[str]:
-        return [self.model, *[m for m in self.fallbacks if m != self.model]]
+        return self.candidates_from(self.model)
+
+    def candidates_from(self, first: str) -> list[str]:
+        """`first`, then the fallbacks (without repeating it)."""
+        return [first, *[m for m in self.fallbacks if m != first]]
+
+    def models(self) -> list[str]:
+        """Every model the route may call."""
+        tiers = self.complexity.models if self.complexity else []
+        return list(dict.fromkeys([*self.candidates(), *tiers, *(pin.model for pin in self.pins)]))
 
 
 class RateLimit(_Config):
@@ -313,7 +377,7 @@ class GatewayConfig(_Config):
         seen_keys: dict[str, str] = {}
         for name, tenant in self.tenants.items():
             for route_name, route in tenant.routes.items():
-                for model in route.candidates():
+                for model in route.models():
                     if model not in self.models:
                         raise ValueError(f"tenants.{name}.routes.{route_name}: unknown model '{model}'")
             for model in tenant.allowed_models:

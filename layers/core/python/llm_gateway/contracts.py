@@ -290,6 +290,8 @@ class RouteResult(_Strict):
     candidates: list[str] = Field(min_length=1)
     max_tokens: int | None = None  # the route's cap on generated tokens
     brief: bool = False  # add the brevity instruction (a simple request on a `brief_simple` route)
+    complexity: float | None = None  # the complexity router's score (routes with `complexity`)
+    pinned: bool = False  # a metadata pin chose the model
 
 
 class Attempt(_Strict):
@@ -349,22 +351,24 @@ class GatewayState(_Strict):
     finish: FinishResult | None = None
     error: StepError | None = None
 
-    def model_request(self) -> ChatCompletionRequest:
+    def model_request(self, route: RouteResult | None = None) -> ChatCompletionRequest:
         """The request as the caches and the model see it: with the guard's PII masking applied,
         the RAG context (if any) and the route's brevity instruction as system messages after the
-        tenant's own, and the route's output cap."""
+        tenant's own, and the route's output cap. `route`: the router's result before it is
+        stored (the cache step keys answers by the request the router's choice will send)."""
+        router = route if route is not None else self.router
         request = self.request
         if self.guard is not None and self.guard.masked_messages is not None:
             request = request.model_copy(update={"messages": self.guard.masked_messages})
         extra = [context_prompt(request.context)] if request.context else []
-        if self.router is not None and self.router.brief:
+        if router is not None and router.brief:
             extra.append(BREVITY_INSTRUCTION)
         if extra:
             messages = list(request.messages)
             at = next((i for i, m in enumerate(messages) if m.role not in PROMPT_ROLES), len(messages))
             messages[at:at] = [ChatMessage(role="system", content=text) for text in extra]
             request = request.model_copy(update={"messages": messages, "context": None})
-        cap = self.router.max_tokens if self.router is not None else None
+        cap = router.max_tokens if router is not None else None
         if cap is not None and (request.output_limit() or cap) >= cap:
             request = request.model_copy(update={"max_tokens": cap, "max_completion_tokens": None})
         return request

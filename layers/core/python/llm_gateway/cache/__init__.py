@@ -16,8 +16,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import SemanticCache
-from ..contracts import CacheResult, ChatCompletion, GatewayState
-from ..routing import resolve_route
+from ..contracts import CacheResult, ChatCompletion, ChatCompletionRequest, GatewayState
+from ..routing import planned_route
 from ..semantic.index import Vector, encode_vector
 from ..semantic.scope import query_text, semantic_allowed, semantic_scope
 from .keys import exact_key, kb_tag, prompt_tag
@@ -46,8 +46,9 @@ def cache_lookup_step(state: GatewayState, deps: Deps) -> CacheResult:
         return CacheResult(status="bypass", store=False)
     lookup, store = cache_directives(state.caller.cache_control)
     tenant = state.tenant().tenant
-    model = resolve_route(deps.config, tenant, state.request.model).candidates[0]
-    key = exact_key(tenant, model, state.model_request())
+    planned = planned_route(state, deps)  # what the router will choose: the model and the request it gets
+    model, request = planned.candidates[0], state.model_request(planned)
+    key = exact_key(tenant, model, request)
     if lookup:
         cached = deps.cache.get(key, deps.clock())
         if cached is not None:
@@ -55,12 +56,8 @@ def cache_lookup_step(state: GatewayState, deps: Deps) -> CacheResult:
             return CacheResult(status="exact", key=key, store=False, response=cached)
     settings = deps.config.tenants[tenant].semantic_cache
     semantic = None
-    if (
-        deps.semantic is not None
-        and settings.enabled
-        and semantic_allowed(state.model_request(), settings.max_temperature)
-    ):
-        semantic = _embed_query(state, tenant, model)
+    if deps.semantic is not None and settings.enabled and semantic_allowed(request, settings.max_temperature):
+        semantic = _embed_query(request, tenant, model)
     if lookup and semantic is not None:
         hit = _semantic_hit(state, deps, settings, key, *semantic)
         if hit is not None:
@@ -74,17 +71,17 @@ def cache_lookup_step(state: GatewayState, deps: Deps) -> CacheResult:
     return CacheResult(status=status, key=key, store=store, semantic_scope=scope, query_vector=encode_vector(vector))
 
 
-def _embed_query(state: GatewayState, tenant: str, model: str) -> tuple[str, str, Vector] | None:
+def _embed_query(request: ChatCompletionRequest, tenant: str, model: str) -> tuple[str, str, Vector] | None:
     """(scope, query text, unit embedding), or None when the embedder fails (then: no semantic cache)."""
     from ..semantic.embeddings import default_embedder
 
-    query = query_text(state.model_request())
+    query = query_text(request)
     try:
         vector = np.asarray(default_embedder().embed([query])[0], dtype=np.float32)
     except Exception:  # the embedder is an optimisation: a broken one must not fail requests
         log.exception("query embedding failed; semantic cache skipped")
         return None
-    return semantic_scope(tenant, model, state.model_request()), query, vector
+    return semantic_scope(tenant, model, request), query, vector
 
 
 def _semantic_hit(

@@ -93,6 +93,8 @@ def _decision_headers(state: GatewayState, model: str | None) -> dict[str, str]:
         headers["x-gateway-model"] = model
     if state.router is not None:
         headers["x-gateway-route"] = state.router.route
+        if state.router.complexity is not None:
+            headers["x-gateway-complexity"] = f"{state.router.complexity:.4f}"
     if state.invoke is not None:
         headers["x-gateway-attempts"] = str(len(state.invoke.attempts))
         headers["x-gateway-cost-usd"] = f"{state.invoke.response.usage.cost_usd:.8f}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import queue
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EXAMPLE_CONFIG, LOCAL_ENDPOINT, ApiKey, GatewayConfig, hash_key, load_config
+from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
 
 READY_TIMEOUT_S = 180.0
@@ -194,6 +196,73 @@ def purge(config_path: str | None, selection: dict[str, str | None]) -> int:
     return 0
 
 
+def _prompts(path: Path) -> list[ChatCompletionRequest]:
+    """A JSONL file of chat request bodies (`messages`) or of `{"text": ...}` objects, or plain text
+    with one prompt per line."""
+    from pydantic import ValidationError
+
+    requests = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = {"text": line}
+        if not isinstance(row, dict):
+            row = {"text": str(row)}
+        body = {
+            "model": "calibration",
+            "messages": row.get("messages") or [{"role": "user", "content": row.get("text")}],
+        }
+        try:
+            requests.append(ChatCompletionRequest.model_validate(body))
+        except ValidationError as exc:
+            raise ConfigError(
+                f"{path}:{number}: not a chat request or a text prompt ({exc.errors()[0]['msg']})"
+            ) from exc
+    return requests
+
+
+def route_calibrate(args: argparse.Namespace) -> int:
+    """Thresholds for a route's `complexity.thresholds` from a tenant's own prompts."""
+    from ..routing.complexity import calibrated_thresholds, default_scorer, knob_share
+
+    share, tiers = args.small_share, args.tiers
+    if args.route is not None:
+        config = load_config(args.config or EXAMPLE_CONFIG)
+        tenant, _, route_name = args.route.partition(".")
+        route = config.tenants[tenant].routes.get(route_name) if tenant in config.tenants else None
+        if route is None or route.complexity is None:
+            raise ConfigError(f"no route '{args.route}' (tenant.route) with complexity routing in the configuration")
+        prices = [config.models[m].price for m in route.complexity.models]
+        tiers = len(route.complexity.models)
+        if share is None:
+            try:
+                share = knob_share(route.complexity, prices)
+            except ValueError as exc:
+                raise ConfigError(f"{exc}: give --small-share") from exc
+    if share is None or not 0 <= share <= 1:
+        raise ConfigError("give --small-share between 0 and 1 (or --route with a share or cost knob)")
+    if tiers < 2:
+        raise ConfigError("--tiers: a route with complexity routing has at least two models")
+    requests = _prompts(args.prompts)
+    if not requests:
+        raise ConfigError(f"{args.prompts}: no prompts")
+    scorer = default_scorer()
+    scores = [scorer.score(r) for r in requests]
+    thresholds = calibrated_thresholds(scores, share, tiers)
+    reference = [scorer.model.threshold(s) for s in (share * (i + 1) / (tiers - 1) for i in range(tiers - 1))]
+    below_reference = sum(score < reference[-1] for score in scores) / len(scores)
+    print(f"{len(scores)} prompts; {share:.0%} kept off the largest model over {tiers} tiers")
+    if len(scores) < 200:
+        print("note: fewer than 200 prompts; the thresholds will move with more traffic")
+    print(f"the packaged reference mix's thresholds would keep {below_reference:.1%} of these prompts off it")
+    print("for this traffic, set the route's complexity knob to:")
+    print(f"  thresholds: [{', '.join(f'{t:g}' for t in thresholds)}]")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-gateway", description="An OpenAI-compatible LLM gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     cost_cmd.add_argument("--completion-tokens", type=int, default=200, help="per request")
     cost_cmd.add_argument("--utilisation", type=float, default=0.5, help="share of the day an instance is busy")
     cost_cmd.add_argument("--min-instances", type=int, default=1)
+    calibrate_cmd = commands.add_parser(
+        "route-calibrate", help="complexity-router thresholds from a tenant's own prompts"
+    )
+    calibrate_cmd.add_argument("--prompts", type=Path, required=True, help="JSONL chat requests or text, one per line")
+    calibrate_cmd.add_argument("--small-share", type=float, help="share of traffic to keep off the largest model")
+    calibrate_cmd.add_argument("--tiers", type=int, default=2, help="models in the route (without --route)")
+    calibrate_cmd.add_argument("--route", help="tenant.route: its models and knob (a share or a cost)")
+    calibrate_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -245,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "review": lambda: review(args.config, args.action, args.target, args.tenant, args.status, args.by, args.table),
         "check-config": lambda: check_config(args.config),
         "cost-report": lambda: cost_report(args),
+        "route-calibrate": lambda: route_calibrate(args),
         "hash-key": lambda: print_key_digest(args.key),
     }
     try:

@@ -38,6 +38,7 @@ def openapi_document() -> dict[str, Any]:
             "x-gateway-cache": "exact, semantic or miss.",
             "x-gateway-cache-score": "semantic hits: the verifier's calibrated P(same meaning) of the served answer.",
             "x-gateway-route": "The route the request's model resolved through.",
+            "x-gateway-complexity": "routes with complexity routing: the request's score (P(needs the large model)).",
             "x-gateway-groundedness": "requests with `context`: the share of the answer's claims the context supports.",
         }.items()
     }

@@ -1,7 +1,11 @@
-"""Model choice: the tenant's route table with pinned model versions and ordered fallbacks."""
+"""Model choice: the tenant's route table with pinned model versions and ordered fallbacks, metadata
+pins, and the complexity router (`routing.complexity`) that sends easy requests to cheaper models."""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from ..config import GatewayConfig
@@ -10,6 +14,8 @@ from ..errors import ModelNotFound
 
 if TYPE_CHECKING:
     from ..deps import Deps
+
+log = logging.getLogger(__name__)
 
 
 def resolve_route(config: GatewayConfig, tenant: str, requested: str) -> RouteResult:
@@ -28,13 +34,78 @@ def route_step(state: GatewayState, deps: Deps) -> RouteResult:
     the tenant's budgets (`BudgetExceeded` when it does not fit)."""
     from ..budgets import reserve
 
-    route = resolve_route(deps.config, state.tenant().tenant, state.request.model)
-    settings = deps.config.tenants[state.tenant().tenant].routes.get(route.route)
-    if settings is not None and settings.brief_simple and is_simple(state.request):
-        route = route.model_copy(update={"brief": True})
+    route = planned_route(state, deps)
+    tenant = state.tenant().tenant
+    if route.pinned or route.complexity is not None:
+        reason = "pinned" if route.pinned else "complexity"
+        deps.metrics.count("route_choice", tenant=tenant, route=route.route, model=route.candidates[0], reason=reason)
+    if route.complexity is not None:
+        deps.metrics.observe("route_complexity", route.complexity, tenant=tenant, route=route.route)
     state.router = route  # the reservation prices the request as the model will get it (route cap)
     reserve(state, deps, route.candidates)
     return route
+
+
+def planned_route(state: GatewayState, deps: Deps) -> RouteResult:
+    """The route and the models to try, in order: a metadata pin, else the complexity router's
+    tier (then the tiers above it and the route's fallbacks), else the route's own order. The
+    cache step keys answers by its first model, before the router step runs; the choice is the
+    same both times (a request's score is remembered by its id)."""
+    tenant = state.tenant().tenant
+    route = resolve_route(deps.config, tenant, state.request.model)
+    settings = deps.config.tenants[tenant].routes.get(route.route)
+    if settings is None:
+        return route
+    if settings.brief_simple and is_simple(state.request):
+        route = route.model_copy(update={"brief": True})
+    pin = next((p for p in settings.pins if p.matches(state.request.metadata)), None)
+    if pin is not None:
+        return route.model_copy(update={"candidates": settings.candidates_from(pin.model), "pinned": True})
+    routing = settings.complexity
+    if routing is None:
+        return route
+    from .complexity import default_scorer, knob_thresholds, tier_of
+
+    try:
+        scorer = default_scorer()
+        score = _scores.get(state.request_id)
+        if score is None:
+            score = _scores.put(state.request_id, scorer.score(state.request))
+        prices = [deps.config.models[m].price for m in routing.models]
+        thresholds = knob_thresholds(routing, prices, scorer.model)
+    except Exception:  # the scorer could not run (its model files): the large model is the safe side
+        log.exception(
+            "complexity scoring failed for route %s of tenant %s; using its largest model", route.route, tenant
+        )
+        deps.metrics.count("route_complexity_errors", tenant=tenant, route=route.route)
+        return route.model_copy(update={"candidates": settings.candidates_from(routing.models[-1])})
+    tier = tier_of(score, thresholds)
+    candidates = list(dict.fromkeys([*routing.models[tier:], *settings.fallbacks]))
+    return route.model_copy(update={"candidates": candidates, "complexity": round(score, 4)})
+
+
+class _RecentScores:
+    """The last few requests' complexity scores by request id (the cache and router steps of one
+    request in one process score it once)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._items: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, request_id: str) -> float | None:
+        with self._lock:
+            return self._items.get(request_id)
+
+    def put(self, request_id: str, score: float) -> float:
+        with self._lock:
+            self._items[request_id] = score
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return score
+
+
+_scores = _RecentScores()
 
 
 SIMPLE_MAX_CHARS = 300
