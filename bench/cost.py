@@ -34,14 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_gateway.adapters.local.memory import MemoryRateLimiter
-from llm_gateway.adapters.local.semantic import LocalSemanticIndex
-from llm_gateway.adapters.local.sqlite import SqliteStore
 from llm_gateway.config import hash_key, parse_config
 from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
-from llm_gateway.deps import Deps
-from llm_gateway.observability import InMemoryMetrics
-from llm_gateway.providers.base import default_registry
+from llm_gateway.local.cli import local_deps
 from llm_gateway.routing.complexity import default_scorer
 from llm_gateway.routing.complexity_data import Example, load
 from llm_gateway.runner import LocalRunner
@@ -125,7 +120,7 @@ def workload(qqp_path: Path, limit: int | None = None, seed: int = 7) -> list[It
     return sequence[:limit] if limit else sequence
 
 
-def config_yaml(large: FakeServer, small: FakeServer, levers: frozenset[str], small_share: float) -> str:
+def config_yaml(large: FakeServer, small: FakeServer, levers: frozenset[str], small_share: float, db: Path) -> str:
     prompt_cache = str("prompt caching" in levers).lower()
     route = "{model: large}"
     if "routing" in levers:
@@ -134,6 +129,7 @@ def config_yaml(large: FakeServer, small: FakeServer, levers: frozenset[str], sm
         route = route[:-1] + ", max_tokens: 350, brief_simple: true}"
     cache = "response cache" in levers
     return f"""
+storage_path: {db}
 cache: {{enabled: {str(cache).lower()}}}
 models:
   large:
@@ -192,20 +188,11 @@ def replay(items: list[Item], levers: frozenset[str], small_share: float) -> Out
     os.environ.setdefault("BENCH_PROVIDER_KEY", "sk-fake")
     system = system_prompt()
     outcome = Outcome()
-    with providers() as (large, small), tempfile.TemporaryDirectory() as tmp:
-        config = parse_config(config_yaml(large, small, levers, small_share))
-        store = SqliteStore(Path(tmp) / "gateway.db")
-        semantic = LocalSemanticIndex(str(Path(tmp) / "gateway.db"))
-        deps = Deps(
-            config=config,
-            cache=store,
-            semantic=semantic,
-            limiter=MemoryRateLimiter(),
-            usage=store,
-            audit=store,
-            providers=default_registry(),
-            metrics=InMemoryMetrics(),
-        )
+    with ExitStack() as stack:
+        large, small = stack.enter_context(providers())
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        config = parse_config(config_yaml(large, small, levers, small_share, Path(tmp) / "gateway.db"))
+        deps = local_deps(config, stack)  # the stores `llm-gateway serve` uses
         runner = LocalRunner(deps)
         started = time.perf_counter()
         for item in items:
@@ -241,8 +228,6 @@ def replay(items: list[Item], levers: frozenset[str], small_share: float) -> Out
                 outcome.hard += 1
                 outcome.hard_to_large += model == "large"
         outcome.seconds = time.perf_counter() - started
-        semantic.close()
-        store.close()
     return outcome
 
 

@@ -57,3 +57,33 @@ tenants:
     assert "self-hosting wins from 29,539 requests/day on" in out
     assert main(["cost-report", "--config", str(config), "--api-model", "gpt-4o", "--selfhost-model", "gpt-4o"]) == 2
     assert "needs hourly_usd and tokens_per_second" in capsys.readouterr().err
+
+
+def test_the_report_for_a_route_prices_its_models_at_the_routers_shares(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        """
+models:
+  gpt-4o: {provider: openai, price: {input_per_mtok: 2.5, output_per_mtok: 10.0}}
+  gpt-4o-mini: {provider: openai, price: {input_per_mtok: 0.15, output_per_mtok: 0.6}}
+  llama-1b-h200: {provider: sagemaker, endpoint: llama-1b, hourly_usd: 4.0, tokens_per_second: 2426}
+tenants:
+  acme:
+    routes:
+      default: {model: gpt-4o}
+      auto: {complexity: {models: [gpt-4o-mini, gpt-4o], small_share: 0.6}}
+"""
+    )
+    base = ["cost-report", "--config", str(config), "--selfhost-model", "llama-1b-h200"]
+    assert main([*base, "--route", "acme.default"]) == 0
+    assert "self-hosting wins from 29,539 requests/day on" in capsys.readouterr().out  # as gpt-4o alone
+    assert main([*base, "--route", "acme.auto"]) == 0
+    out = capsys.readouterr().out
+    blended = Price(input_per_mtok=0.4 * 2.5 + 0.6 * 0.15, output_per_mtok=0.4 * 10.0 + 0.6 * 0.6)
+    even = break_even(blended, HOSTED, WORKLOAD)
+    assert "60% gpt-4o-mini, 40% gpt-4o" in out and even is not None
+    assert f"self-hosting wins from {int(np.ceil(even)):,} requests/day on" in out
+    assert even > 29_539 * 2  # routing makes the API side cheaper: self-hosting needs more volume
+    assert main([*base, "--route", "acme.nope"]) == 2

@@ -17,11 +17,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import EXAMPLE_CONFIG, LOCAL_ENDPOINT, ApiKey, GatewayConfig, hash_key, load_config
+from ..config import EXAMPLE_CONFIG, LOCAL_ENDPOINT, ApiKey, GatewayConfig, Price, hash_key, load_config
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..deps import Deps
 
 READY_TIMEOUT_S = 180.0
 
@@ -95,9 +98,9 @@ def _shutdown(signum: int, frame: object) -> None:
     raise Shutdown(signum)
 
 
-def serve(host: str, port: int, config_path: str | None) -> int:
-    import uvicorn
-
+def local_deps(config: GatewayConfig, stack: contextlib.ExitStack) -> Deps:
+    """The embedded default's dependencies: every store on the configuration's SQLite file (closed
+    when `stack` unwinds), in-memory rate limits and metrics, the standard providers."""
     from ..adapters.local.budget import SqliteBudgetLedger
     from ..adapters.local.memory import MemoryRateLimiter
     from ..adapters.local.review import SqliteReviewQueue
@@ -106,6 +109,32 @@ def serve(host: str, port: int, config_path: str | None) -> int:
     from ..deps import Deps
     from ..observability import InMemoryMetrics
     from ..providers.base import default_registry
+
+    store = SqliteStore(config.storage_path)
+    stack.callback(store.close)
+    semantic = LocalSemanticIndex(config.storage_path)
+    stack.callback(semantic.close)
+    review_queue = SqliteReviewQueue(config.storage_path)
+    stack.callback(review_queue.close)
+    budgets = SqliteBudgetLedger(config.storage_path)
+    stack.callback(budgets.close)
+    return Deps(
+        config=config,
+        cache=store,
+        semantic=semantic,
+        review=review_queue,
+        budgets=budgets,
+        limiter=MemoryRateLimiter(),
+        usage=store,
+        audit=store,
+        providers=default_registry(),
+        metrics=InMemoryMetrics(),
+    )
+
+
+def serve(host: str, port: int, config_path: str | None) -> int:
+    import uvicorn
+
     from ..runner import LocalRunner
     from .app import create_app
 
@@ -123,26 +152,7 @@ def serve(host: str, port: int, config_path: str | None) -> int:
             from ..semantic.embeddings import default_embedder
 
             default_embedder()
-        store = SqliteStore(config.storage_path)
-        stack.callback(store.close)
-        semantic = LocalSemanticIndex(config.storage_path)
-        stack.callback(semantic.close)
-        review_queue = SqliteReviewQueue(config.storage_path)
-        stack.callback(review_queue.close)
-        budgets = SqliteBudgetLedger(config.storage_path)
-        stack.callback(budgets.close)
-        deps = Deps(
-            config=config,
-            cache=store,
-            semantic=semantic,
-            review=review_queue,
-            budgets=budgets,
-            limiter=MemoryRateLimiter(),
-            usage=store,
-            audit=store,
-            providers=default_registry(),
-            metrics=InMemoryMetrics(),
-        )
+        deps = local_deps(config, stack)
         app = create_app(LocalRunner(deps))
 
         class AnnouncingServer(uvicorn.Server):
@@ -289,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     review_cmd.add_argument("--table", help="a deployment's review table (DynamoDB) instead of the local store")
     cost_cmd = commands.add_parser("cost-report", help="at which daily volume self-hosting beats an API model")
     cost_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
-    cost_cmd.add_argument("--api-model", required=True, help="a model id whose price is the API's")
+    api_side = cost_cmd.add_mutually_exclusive_group(required=True)
+    api_side.add_argument("--api-model", help="a model id whose price is the API's")
+    api_side.add_argument("--route", help="tenant.route: its model's price, or its models' blend at the router's knob")
     cost_cmd.add_argument("--selfhost-model", required=True, help="a model id with hourly_usd and tokens_per_second")
     cost_cmd.add_argument("--prompt-tokens", type=int, default=500, help="per request")
     cost_cmd.add_argument("--completion-tokens", type=int, default=200, help="per request")
@@ -397,9 +409,12 @@ def cost_report(args: argparse.Namespace) -> int:
 
     config = load_config(args.config or EXAMPLE_CONFIG)
     for name in (args.api_model, args.selfhost_model):
-        if name not in config.models:
+        if name is not None and name not in config.models:
             raise ConfigError(f"no model {name!r} in the configuration")
-    api, own = config.models[args.api_model], config.models[args.selfhost_model]
+    own = config.models[args.selfhost_model]
+    label, api_price = (
+        (args.api_model, config.models[args.api_model].price) if args.api_model else route_price(config, args.route)
+    )
     if own.hourly_usd is None or own.tokens_per_second is None:
         raise ConfigError(f"model {args.selfhost_model!r} needs hourly_usd and tokens_per_second")
     if not 0 < args.utilisation <= 1 or args.min_instances < 1:
@@ -407,22 +422,49 @@ def cost_report(args: argparse.Namespace) -> int:
     hosted = SelfHosted(own.hourly_usd, own.tokens_per_second, args.utilisation, args.min_instances)
     workload = Workload(args.prompt_tokens, args.completion_tokens)
     print(
-        f"{args.api_model} at {api.price.input_per_mtok}/{api.price.output_per_mtok} $/Mtok vs {args.selfhost_model} "
+        f"{label} at {api_price.input_per_mtok:g}/{api_price.output_per_mtok:g} $/Mtok vs {args.selfhost_model} "
         f"at {own.hourly_usd} $/h, {own.tokens_per_second:g} tok/s x {args.utilisation:g} busy; "
         f"{workload.prompt_tokens} + {workload.completion_tokens} tokens a request"
     )
     print("| requests/day | API $/day | self-hosted $/day | instances | cheaper |\n|---|---|---|---|---|")
     for volume, api_cost, own_cost, instances in report_rows(
-        api.price, hosted, workload, [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
+        api_price, hosted, workload, [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
     ):
         cheaper = "self-hosted" if own_cost < api_cost else "API"
         print(f"| {volume:,} | {api_cost:,.2f} | {own_cost:,.2f} | {instances} | {cheaper} |")
-    even = break_even(api.price, hosted, workload)
+    even = break_even(api_price, hosted, workload)
     if even is None:
         print("self-hosting never wins: a busy instance-day costs more than the API for the same requests")
     else:
         print(f"self-hosting wins from {math.ceil(even):,} requests/day on")
     return 0
+
+
+def route_price(config: GatewayConfig, route_ref: str) -> tuple[str, Price]:
+    """A route's price per token for the cost report: its first model's, or for a complexity-routed
+    route the average of its models' prices weighted by the share of traffic each gets."""
+    from ..routing.complexity import default_scorer, tier_weights
+
+    tenant, _, name = route_ref.partition(".")
+    route = config.tenants[tenant].routes.get(name) if tenant in config.tenants else None
+    if route is None:
+        raise ConfigError(f"no route '{route_ref}' (tenant.route) in the configuration")
+    if route.complexity is None:
+        return f"route {route_ref} ({route.model})", config.models[route.model].price
+    prices = [config.models[m].price for m in route.complexity.models]
+    weights = tier_weights(route.complexity, prices, default_scorer().model)
+
+    def blend(field: str) -> float:
+        values = [getattr(p, field) if getattr(p, field) is not None else p.input_per_mtok for p in prices]
+        return sum(w * v for w, v in zip(weights, values, strict=True))
+
+    shares = ", ".join(f"{w:.0%} {m}" for w, m in zip(weights, route.complexity.models, strict=True))
+    blended = Price(
+        input_per_mtok=blend("input_per_mtok"),
+        cached_input_per_mtok=blend("cached_input_per_mtok"),
+        output_per_mtok=blend("output_per_mtok"),
+    )
+    return f"route {route_ref} ({shares})", blended
 
 
 def check_config(path: Path) -> int:

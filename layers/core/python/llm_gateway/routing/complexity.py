@@ -156,6 +156,17 @@ def knob_thresholds(routing: ComplexityRouting, prices: Sequence[Price], model: 
     return [model.threshold(s) for s in tier_shares(knob_share(routing, prices), len(routing.models))]
 
 
+def tier_weights(routing: ComplexityRouting, prices: Sequence[Price], model: ComplexityModel) -> list[float]:
+    """The share of traffic each model of the route gets at its knob (on the reference mix for
+    explicit thresholds)."""
+    if routing.thresholds is not None:
+        cumulative = [model.share_below(t) for t in routing.thresholds]
+    else:
+        cumulative = tier_shares(knob_share(routing, prices), len(routing.models))
+    edges = [0.0, *cumulative, 1.0]
+    return [high - low for low, high in itertools.pairwise(edges)]
+
+
 def calibrated_thresholds(scores: Sequence[float], small_share: float, tiers: int) -> list[float]:
     """The thresholds that split `scores` (a tenant's own traffic) at the knob's shares, for a
     route's `thresholds` when its traffic differs from the reference mix."""
