@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 NANO = 1_000_000_000
 MESSAGE_OVERHEAD_TOKENS = 8
 RESERVATION_TTL_S = INVOKE_POLICY.deadline_s + 60
+# A batch line's reservation lasts as long as a provider batch may take (24 h) and a margin.
+BATCH_RESERVATION_TTL_S = 26 * 3600
 
 
 def nano_usd(usd: float) -> int:
@@ -94,7 +96,8 @@ def reserve(state: GatewayState, deps: Deps, candidates: list[str]) -> None:
     limits = limits_for(deps.config, tenant, now)
     nusd, tokens = worst_case(deps.config, state.model_request(), candidates)
     try:
-        deps.budgets.reserve(state.request_id, limits, nusd, tokens, now + RESERVATION_TTL_S, now)
+        ttl = RESERVATION_TTL_S if state.caller.batch_tenant is None else BATCH_RESERVATION_TTL_S
+        deps.budgets.reserve(state.request_id, limits, nusd, tokens, now + ttl, now)
     except BudgetRefused as refused:
         deps.metrics.count("budget_refusals", tenant=tenant.tenant)
         period = {"day": "daily", "month": "monthly"}[refused.key.rsplit("/", 1)[-1].split(":", 1)[0]]

@@ -58,6 +58,21 @@ class ModelConfig(_Config):
     # `llm-gateway cost-report` (when self-hosting beats an API model).
     hourly_usd: float | None = Field(default=None, gt=0)
     tokens_per_second: float | None = Field(default=None, gt=0)
+    # What a batch job's lines cost (`batch_prices()`): unset, half the online price for OpenAI and
+    # Anthropic (their batch APIs' discount), the online price otherwise.
+    batch_price: Price | None = None
+
+    def batch_prices(self) -> Price:
+        if self.batch_price is not None:
+            return self.batch_price
+        if self.provider not in ("openai", "anthropic"):
+            return self.price
+        cached = self.price.cached_input_per_mtok
+        return Price(
+            input_per_mtok=self.price.input_per_mtok / 2,
+            cached_input_per_mtok=None if cached is None else cached / 2,
+            output_per_mtok=self.price.output_per_mtok / 2,
+        )
 
     @model_validator(mode="after")
     def _endpoint_for_sagemaker(self) -> ModelConfig:

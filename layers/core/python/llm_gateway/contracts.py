@@ -246,6 +246,9 @@ class CallerContext(_Strict):
     client_ip: str | None = None
     cache_control: str | None = None
     body_bytes: int = 0
+    # A line of a batch job: the tenant its file was uploaded for (the bucket prefix, checked by
+    # the batch submitter); no API key, no online rate limits. Never set from a client request.
+    batch_tenant: str | None = None
 
 
 class GuardDecision(_Strict):

@@ -199,3 +199,81 @@ class ReviewQueue(Protocol):
     def decide(self, item_id: str, approved: bool, reviewer: str, now: float) -> ReviewItem:
         """Record a decision on a pending item; `KeyError` if unknown, `ValueError` if already decided."""
         ...
+
+
+BatchJobStatus = Literal["running", "completed", "failed"]
+# new: parsed; ready: guarded, not a cache hit, model chosen; submitted: in a provider batch;
+# done: answered or refused, charged, its output line known.
+BatchLineState = Literal["new", "ready", "submitted", "done"]
+
+
+class BatchJob(BaseModel):
+    """One uploaded batch file: where it came from, how far it is, where its output went."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    tenant: str
+    source: str  # the input object's key
+    version: str  # the input object's version (S3 version id; locally the content digest)
+    status: BatchJobStatus = "running"
+    created_at: float
+    updated_at: float
+    requests: int  # valid lines
+    invalid: int  # lines refused at parsing
+    results_key: str | None = None
+    errors_key: str | None = None
+    message: str | None = None  # why the job failed
+
+
+class BatchLine(BaseModel):
+    """One line of a job and its progress. `gateway_state` holds the request's chain state
+    between the steps (guard/cache/router before the model, moderate/finish after)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    index: int  # position in the file among all lines (0-based): the output order
+    line: int  # 1-based line number in the file
+    custom_id: str | None
+    state: BatchLineState = "new"
+    model: str | None = None
+    provider_batch: str | None = None
+    status: int | None = None  # HTTP status of the line's answer (200, or the error's)
+    body: str | None = None  # the output record's JSON (result or error line)
+    gateway_state: str | None = None
+
+
+class BatchJobs(Protocol):
+    def create(self, job: BatchJob, lines: Sequence[BatchLine]) -> bool:
+        """Store a new job and its lines; False (and no change) when the job id exists."""
+        ...
+
+    def job(self, job_id: str) -> BatchJob | None: ...
+
+    def jobs(self, tenant: str | None = None, limit: int = 100) -> list[BatchJob]:
+        """Newest first."""
+        ...
+
+    def update_job(self, job_id: str, **changes: object) -> None: ...
+
+    def lines(self, job_id: str, state: BatchLineState | None = None) -> list[BatchLine]:
+        """In file order."""
+        ...
+
+    def advance(self, job_id: str, index: int, expected: BatchLineState, **changes: object) -> bool:
+        """Change a line only if it is still in `expected` state (a resumed or concurrent run
+        never moves a line twice); True when this call changed it."""
+        ...
+
+
+class ObjectStore(Protocol):
+    """The batch bucket: S3, or a local folder."""
+
+    def get(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and version; `KeyError` if there is none."""
+        ...
+
+    def put(self, key: str, data: bytes) -> str:
+        """Write an object; returns its version."""
+        ...

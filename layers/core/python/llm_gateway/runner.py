@@ -29,13 +29,18 @@ class LocalRunner:
         self.deps = deps
         self._steps = [(step, load_step(step)) for step in steps]
 
-    def run(self, state: GatewayState, *, stop_before: str | None = None) -> GatewayState:
-        """Run the steps (all, or up to `stop_before`) and, for a full run, finish.
+    def run(self, state: GatewayState, *, stop_before: str | None = None, start_at: str | None = None) -> GatewayState:
+        """Run the steps (all, or from `start_at` and/or up to `stop_before`) and, unless stopped
+        early, finish.
 
         A `GatewayError` is recorded as a failed request and raised again for the caller to map.
         """
+        started = start_at is None
         try:
             for step, function in self._steps:
+                started = started or step.name == start_at
+                if not started:
+                    continue
                 if step.name == stop_before:
                     return state
                 result = function(state, self.deps)

@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 
 
 def authenticate(state: GatewayState, deps: Deps) -> TenantContext:
-    """Find the tenant whose key digest the caller presented."""
+    """Find the tenant whose key digest the caller presented (a batch line: its job's tenant)."""
+    if state.caller.batch_tenant is not None:
+        if state.caller.batch_tenant not in deps.config.tenants:
+            raise AuthenticationFailed("The batch's tenant is not configured.")
+        return TenantContext(tenant=state.caller.batch_tenant, key_id="batch", user=state.request.user)
     digest = state.caller.api_key_sha256
     found = deps.keys.get(digest) if digest else None
     if found is None:
@@ -81,7 +85,8 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
     check_size(state, deps)
     check_schema(state.request)
     resolve_route(deps.config, context.tenant, state.request.model)  # unknown model: 404 before spending a token
-    check_rate(context, deps, state.caller.client_ip)
+    if state.caller.batch_tenant is None:  # a batch is paced by its job, not by the online limits
+        check_rate(context, deps, state.caller.client_ip)
     blocklist = deps.input_blocklists[context.tenant]
     for message in state.request.messages:
         rule = blocklist.first_match(message.text())

@@ -108,11 +108,12 @@ def _ms_since(t0: float) -> float:
 
 
 def build_completion(state: GatewayState, deps: Deps, model_id: str, reply: ProviderReply) -> ChatCompletion:
-    """The OpenAI-shaped answer with usage and cost from the model's price table."""
+    """The OpenAI-shaped answer with usage and cost from the model's price table (its batch
+    prices for a line of a batch job)."""
     usage = Usage.of(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens)
-    usage.cost_usd = deps.config.models[model_id].price.cost(
-        reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens
-    )
+    model = deps.config.models[model_id]
+    price = model.batch_prices() if state.caller.batch_tenant is not None else model.price
+    usage.cost_usd = price.cost(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens)
     return ChatCompletion(
         id=f"chatcmpl-{state.request_id}",
         created=int(state.received_at),

@@ -1,0 +1,305 @@
+"""Batch jobs: a JSONL file of requests uploaded under `batches/in/<tenant>/` becomes a results file
+under `batches/out/<tenant>/<job>/`, through the same guardrails, caches and accounting as the
+online path.
+
+A job moves every line through states kept in the `BatchJobs` store, so any step can die and be
+run again (a Lambda timeout, a killed CLI) without losing or repeating a line:
+
+    new ──prepare──> ready ──dispatch──> submitted ──collect──> done
+       └─(refused, cache hit)──────────────────────────────────> done
+                       └──(answered in bounded parallel chunks)─> done
+
+- prepare: the chain's guard, cache and router steps per line (`LocalRunner.run(stop_before=
+  "invoke")`): a refusal or a cache hit is the line's answer; otherwise its chain state waits.
+- dispatch: lines for models with a provider batch API go to it in one provider batch per model
+  (`batch.providers`); the others are answered now, a few at a time, by the invoke, moderate and
+  finish steps.
+- collect: a finished provider batch's answers go through moderate and finish per line.
+- complete: once every line is done, results.jsonl (answers, in input order) and errors.jsonl
+  (invalid, refused and failed lines) are written and the job is marked completed.
+
+Each move is a conditional update (`BatchJobs.advance` from the expected state): a line is
+answered, charged and written once. Usage and budgets are keyed by the line's request id
+(`<job>-<index>`), so a line re-run after a crash between its answer and its state change is
+recorded once; only its provider call may be repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..contracts import CallerContext, FinishResult, GatewayState
+from ..errors import GatewayError, InternalError
+from ..ports import BatchJob, BatchJobs, BatchLine, ObjectStore
+from ..runner import LocalRunner
+from .format import BatchFileError, InputLine, InvalidLine, jsonl, parse_input, result_record
+
+if TYPE_CHECKING:
+    from ..deps import Deps
+
+IN_PREFIX = "batches/in/"
+OUT_PREFIX = "batches/out/"
+Progress = Callable[[int, int], None]  # (lines done, lines in the job)
+
+
+class BatchRejected(ValueError):
+    """An object that cannot start a job: outside `batches/in/<tenant>/`, or an unknown tenant."""
+
+
+def tenant_of(deps: Deps, key: str) -> str:
+    """The tenant a batch file belongs to: its key is `batches/in/<tenant>/<name>`."""
+    if not key.startswith(IN_PREFIX):
+        raise BatchRejected(f"batch files go under {IN_PREFIX}<tenant>/, not {key}")
+    tenant, _, name = key[len(IN_PREFIX) :].partition("/")
+    if not tenant or not name:
+        raise BatchRejected(f"batch files go under {IN_PREFIX}<tenant>/<name>, not {key}")
+    if tenant not in deps.config.tenants:
+        raise BatchRejected(f"no tenant '{tenant}' in the configuration")
+    return tenant
+
+
+def job_id_for(tenant: str, key: str, version: str) -> str:
+    """One job per object version: the same upload delivered twice is the same job."""
+    return "batch_" + hashlib.sha256(f"{tenant}\0{key}\0{version}".encode()).hexdigest()[:24]
+
+
+def output_keys(tenant: str, job_id: str) -> tuple[str, str]:
+    return f"{OUT_PREFIX}{tenant}/{job_id}/results.jsonl", f"{OUT_PREFIX}{tenant}/{job_id}/errors.jsonl"
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    total: int
+    by_state: dict[str, int]
+    answered: int  # done with status 200
+    failed: int  # done with an error (invalid lines included)
+
+    @property
+    def done(self) -> int:
+        return self.by_state.get("done", 0)
+
+
+class BatchRunner:
+    """Runs jobs over the ports; every method may be called again after a crash."""
+
+    def __init__(
+        self,
+        deps: Deps,
+        jobs: BatchJobs,
+        objects: ObjectStore,
+        *,
+        parallel: int = 4,
+        on_progress: Progress | None = None,
+    ) -> None:
+        self.deps = deps
+        self.jobs = jobs
+        self.objects = objects
+        self.parallel = parallel
+        self.on_progress = on_progress
+        self.runner = LocalRunner(deps)
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, key: str) -> tuple[BatchJob, bool]:
+        """Create the job of an uploaded file (False: this object version already has one)."""
+        tenant = tenant_of(self.deps, key)
+        data, version = self.objects.get(key)
+        job_id = job_id_for(tenant, key, version)
+        existing = self.jobs.job(job_id)
+        if existing is not None:
+            return existing, False
+        now = self.deps.clock()
+        try:
+            valid, invalid = parse_input(data)
+        except BatchFileError as exc:
+            job = BatchJob(
+                job_id=job_id,
+                tenant=tenant,
+                source=key,
+                version=version,
+                status="failed",
+                created_at=now,
+                updated_at=now,
+                requests=0,
+                invalid=0,
+                message=str(exc),
+            )
+            return job, self.jobs.create(job, [])
+        job = BatchJob(
+            job_id=job_id,
+            tenant=tenant,
+            source=key,
+            version=version,
+            created_at=now,
+            updated_at=now,
+            requests=len(valid),
+            invalid=len(invalid),
+        )
+        entries: list[InputLine | InvalidLine] = sorted([*valid, *invalid], key=lambda e: e.line)
+        lines = [self._line(job, index, entry, now) for index, entry in enumerate(entries)]
+        created = self.jobs.create(job, lines)
+        self.deps.metrics.count("batch_jobs", tenant=tenant, outcome="created" if created else "duplicate")
+        return (job if created else self.jobs.job(job_id) or job), created
+
+    def _line(self, job: BatchJob, index: int, entry: InputLine | InvalidLine, now: float) -> BatchLine:
+        if isinstance(entry, InvalidLine):
+            record = entry.error_record()
+            return BatchLine(
+                job_id=job.job_id,
+                index=index,
+                line=entry.line,
+                custom_id=entry.custom_id,
+                state="done",
+                status=400,
+                body=json.dumps(record, separators=(",", ":")),
+            )
+        state = GatewayState(
+            request_id=f"{job.job_id}-{index}",
+            received_at=now,
+            request=entry.request,
+            caller=CallerContext(batch_tenant=job.tenant),
+        )
+        return BatchLine(
+            job_id=job.job_id,
+            index=index,
+            line=entry.line,
+            custom_id=entry.custom_id,
+            gateway_state=state.model_dump_json(),
+        )
+
+    # ------------------------------------------------------------------ steps
+
+    def prepare(self, job_id: str) -> None:
+        """Guard, cache and route every new line: refusals and cache hits are done here."""
+        for line in self.jobs.lines(job_id, "new"):
+            state = self._state(line)
+            try:
+                self.runner.run(state, stop_before="invoke")
+            except GatewayError as error:
+                self._done(line, "new", state, error=error)
+                continue
+            if state.finish is not None:  # refused by a guard, or answered from the cache
+                self._done(line, "new", state, finish=state.finish)
+            else:
+                assert state.router is not None
+                self.jobs.advance(
+                    job_id,
+                    line.index,
+                    "new",
+                    state="ready",
+                    model=state.router.candidates[0],
+                    gateway_state=state.model_dump_json(),
+                )
+        self._progress(job_id)
+
+    def dispatch(self, job_id: str) -> None:
+        """Answer the ready lines, `parallel` at a time (invoke, moderate, finish per line)."""
+        ready = self.jobs.lines(job_id, "ready")
+        with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
+            for _ in pool.map(self._answer, ready):
+                self._progress(job_id)
+
+    def _answer(self, line: BatchLine) -> None:
+        state = self._state(line)
+        try:
+            self.runner.run(state, start_at="invoke")
+        except GatewayError as error:
+            self._done(line, "ready", state, error=error)
+            return
+        except Exception:  # a bug or a store failure: recorded as failed (the runner audited it)
+            self._done(line, "ready", state, error=InternalError("The gateway failed to process the request."))
+            return
+        assert state.finish is not None
+        self._done(line, "ready", state, finish=state.finish)
+
+    def complete(self, job_id: str) -> BatchJob:
+        """Write the output files once every line is done; returns the job (completed or not)."""
+        job = self._job(job_id)
+        if job.status != "running":
+            return job
+        lines = self.jobs.lines(job_id)
+        if any(line.state != "done" for line in lines):
+            return job
+        results = [json.loads(line.body or "{}") for line in lines if line.status == 200]
+        errors = [json.loads(line.body or "{}") for line in lines if line.status != 200]
+        results_key, errors_key = output_keys(job.tenant, job_id)
+        self.objects.put(results_key, jsonl(results))
+        self.objects.put(errors_key, jsonl(errors))
+        self.jobs.update_job(
+            job_id, status="completed", results_key=results_key, errors_key=errors_key, updated_at=self.deps.clock()
+        )
+        self.deps.metrics.count("batch_lines", len(results), tenant=job.tenant, outcome="answered")
+        self.deps.metrics.count("batch_lines", len(errors), tenant=job.tenant, outcome="error")
+        return self._job(job_id)
+
+    def run(self, job_id: str) -> BatchJob:
+        """Every step in order, from wherever the job stands."""
+        job = self._job(job_id)
+        if job.status != "running":
+            return job
+        self.prepare(job_id)
+        self.dispatch(job_id)
+        return self.complete(job_id)
+
+    # ------------------------------------------------------------------ status
+
+    def counts(self, job_id: str) -> JobCounts:
+        lines = self.jobs.lines(job_id)
+        by_state: dict[str, int] = {}
+        for line in lines:
+            by_state[line.state] = by_state.get(line.state, 0) + 1
+        answered = sum(1 for line in lines if line.state == "done" and line.status == 200)
+        failed = sum(1 for line in lines if line.state == "done" and line.status != 200)
+        return JobCounts(total=len(lines), by_state=by_state, answered=answered, failed=failed)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _job(self, job_id: str) -> BatchJob:
+        job = self.jobs.job(job_id)
+        if job is None:
+            raise KeyError(f"no batch job {job_id}")
+        return job
+
+    @staticmethod
+    def _state(line: BatchLine) -> GatewayState:
+        if line.gateway_state is None:
+            raise RuntimeError(f"line {line.index} of {line.job_id} has no chain state")
+        return GatewayState.model_validate_json(line.gateway_state)
+
+    def _done(
+        self,
+        line: BatchLine,
+        expected: Any,
+        state: GatewayState,
+        *,
+        finish: FinishResult | None = None,
+        error: GatewayError | None = None,
+    ) -> None:
+        if finish is None:
+            assert error is not None
+            finish = FinishResult(status=error.status, error=error.body())
+        if finish.response is not None and finish.status == 200:
+            body = finish.response.model_dump(mode="json", exclude_none=True)
+        else:
+            assert finish.error is not None
+            body = finish.error.model_dump(mode="json", exclude_none=True)
+        record = result_record(state.request_id, line.custom_id or "", finish.status, body)
+        self.jobs.advance(
+            line.job_id,
+            line.index,
+            expected,
+            state="done",
+            status=finish.status,
+            body=json.dumps(record, separators=(",", ":"), ensure_ascii=False),
+            gateway_state=None,
+        )
+
+    def _progress(self, job_id: str) -> None:
+        if self.on_progress is not None:
+            counts = self.counts(job_id)
+            self.on_progress(counts.done, counts.total)

@@ -1,0 +1,184 @@
+"""Batch jobs on the embedded default: a local folder as the bucket, the job table on SQLite, the
+chain's steps per line against a wire-compatible OpenAI server. Invalid lines, refusals and cache
+hits, results in input order, batch prices, resuming after a crash, one job per object version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_gateway.adapters.local.batch import FolderObjects, SqliteBatchJobs
+from llm_gateway.batch import BatchRejected, BatchRunner, job_id_for
+from llm_gateway.config import parse_config
+from llm_gateway.runner import LocalRunner
+from tests.conftest import ACME_KEY, hash_key, make_deps, make_state, store_of
+from tests.support.fake_providers import FakeServer
+
+LINES = 40
+INVALID = {7: "not json {", 13: '{"custom_id": "x13", "method": "POST", "url": "/v1/embeddings", "body": {}}'}
+BLOCKED = 21  # carries the blocklisted word
+CACHED = (3, 4, 30)  # asked online first: the batch gets the cached answers
+
+
+def _config(url: str) -> Any:
+    return parse_config(
+        f"""
+models:
+  gpt: {{provider: openai, provider_model: gpt-fake, base_url: {url}, api_key_env: FAKE_OPENAI_KEY,
+        price: {{input_per_mtok: 1000.0, output_per_mtok: 1000.0}}}}
+tenants:
+  acme:
+    api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
+    routes: {{default: {{model: gpt}}}}
+    input_blocklist: {{keywords: [codename]}}
+    rate_limit: {{requests_per_minute: 1, burst: 3}}  # the online warm-up fits, a batch would not
+"""
+    )
+
+
+def _question(i: int) -> str:
+    return f"Question number {i}: what is {i} plus {i}?" + (" The codename is blue." if i == BLOCKED else "")
+
+
+def _file(duplicate_last: bool = True) -> bytes:
+    rows = []
+    for i in range(LINES):
+        if i in INVALID:
+            rows.append(INVALID[i])
+            continue
+        body = {"model": "default", "messages": [{"role": "user", "content": _question(i)}], "max_tokens": 20}
+        rows.append(
+            json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+        )
+    if duplicate_last:
+        rows.append(rows[0])  # a repeated custom_id is refused, the first one runs
+    return ("\n".join(rows) + "\n").encode()
+
+
+@pytest.fixture
+def setup(checker: FakeServer, tmp_path: Path) -> tuple[BatchRunner, FakeServer, Path]:
+    deps = make_deps(_config(checker.base_url), db=tmp_path / "gateway.db")
+    for i in CACHED:  # the online path answers these first, then the batch reuses the answers
+        LocalRunner(deps).run(make_state(_question(i), max_tokens=20))
+    checker.script.reset()
+    objects = FolderObjects(tmp_path / "bucket")
+    objects.put("batches/in/acme/job.jsonl", _file())
+    return BatchRunner(deps, SqliteBatchJobs(tmp_path / "gateway.db"), objects), checker, tmp_path
+
+
+def _read(runner: BatchRunner, key: str | None) -> list[dict[str, Any]]:
+    assert key is not None
+    data, _ = runner.objects.get(key)
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def test_a_batch_answers_valid_lines_in_order_and_lists_the_rest_as_errors(
+    setup: tuple[BatchRunner, FakeServer, Path],
+) -> None:
+    runner, checker, _ = setup
+    job, created = runner.submit("batches/in/acme/job.jsonl")
+    assert created and (job.requests, job.invalid) == (LINES - 2, 3)
+    done = runner.run(job.job_id)
+    assert done.status == "completed"
+    results = _read(runner, done.results_key)
+    expected = [f"req-{i}" for i in range(LINES) if i not in INVALID and i != BLOCKED]
+    assert [r["custom_id"] for r in results] == expected  # input order, one line each
+    assert all(r["response"]["status_code"] == 200 and r["error"] is None for r in results)
+    errors = _read(runner, done.errors_key)
+    assert [(e.get("line"), e["error"]["code"]) for e in errors] == [
+        (8, "invalid_json"),
+        (14, "invalid_request"),
+        (None, "blocklist"),
+        (41, "duplicate_custom_id"),
+    ]
+    assert errors[2]["custom_id"] == f"req-{BLOCKED}" and errors[2]["response"]["status_code"] == 400
+    # Cache hits were not sent to the model; everything else was, once; no online rate limit applied.
+    asked = [r.body["messages"][0]["content"] for r in checker.script.calls("/v1/chat/completions")]
+    assert len(asked) == len(expected) - len(CACHED) and not {_question(i) for i in CACHED} & set(asked)
+    usage = store_of(runner.deps)._db.execute("SELECT request_id, cost_usd FROM usage").fetchall()
+    batch_usage = {rid: cost for rid, cost in usage if rid.startswith(job.job_id)}
+    assert len(batch_usage) == len(asked)
+    # 12 + 6 tokens at the batch price: half of 1,000 $/Mtok.
+    assert sorted(batch_usage.values()) == pytest.approx([18 * 500 / 1_000_000] * len(asked))
+    audit = store_of(runner.deps)._db.execute("SELECT outcome FROM audit WHERE request_id LIKE 'batch_%'").fetchall()
+    assert sorted(o for (o,) in audit).count("cache_hit") == len(CACHED)
+
+
+def test_the_same_object_version_never_starts_a_second_job(setup: tuple[BatchRunner, FakeServer, Path]) -> None:
+    runner, _, _ = setup
+    first, created = runner.submit("batches/in/acme/job.jsonl")
+    again, created_again = runner.submit("batches/in/acme/job.jsonl")
+    assert created and not created_again and again.job_id == first.job_id
+    assert len(runner.jobs.jobs("acme")) == 1
+    runner.objects.put("batches/in/acme/job.jsonl", _file(duplicate_last=False))  # a new version: a new job
+    third, created_third = runner.submit("batches/in/acme/job.jsonl")
+    assert created_third and third.job_id != first.job_id
+    with pytest.raises(BatchRejected, match="no tenant 'nobody'"):
+        runner.objects.put("batches/in/nobody/x.jsonl", b"{}")
+        runner.submit("batches/in/nobody/x.jsonl")
+    with pytest.raises(BatchRejected):
+        runner.submit("uploads/acme/x.jsonl")
+    assert first.job_id == job_id_for("acme", "batches/in/acme/job.jsonl", first.version)
+
+
+class Crash(Exception):
+    """Stands for the process dying (a Lambda timeout, a killed CLI)."""
+
+
+def test_a_job_killed_midway_resumes_with_nothing_lost_repeated_or_charged_twice(
+    setup: tuple[BatchRunner, FakeServer, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, checker, tmp_path = setup
+    runner.parallel = 1
+    job, _ = runner.submit("batches/in/acme/job.jsonl")
+    runner.prepare(job.job_id)
+    real_advance = runner.jobs.advance
+    moves = {"n": 0}
+
+    def dying_advance(job_id: str, index: int, expected: Any, **changes: Any) -> bool:
+        moves["n"] += 1
+        if moves["n"] == 12:  # the 12th line was answered and charged, but its state never changed
+            raise Crash
+        return real_advance(job_id, index, expected, **changes)
+
+    monkeypatch.setattr(runner.jobs, "advance", dying_advance)
+    with pytest.raises(Crash):
+        runner.dispatch(job.job_id)
+    assert runner.complete(job.job_id).status == "running"  # not every line is done: nothing written
+    counts = runner.counts(job.job_id)
+    assert 0 < counts.by_state["ready"] < job.requests
+    monkeypatch.setattr(runner.jobs, "advance", real_advance)
+
+    # A fresh worker (new stores on the same files) picks the job up where it stopped.
+    deps = make_deps(_config(checker.base_url), db=tmp_path / "gateway.db")
+    resumed = BatchRunner(deps, SqliteBatchJobs(tmp_path / "gateway.db"), FolderObjects(tmp_path / "bucket"))
+    done = resumed.run(job.job_id)
+    assert done.status == "completed"
+    results = _read(resumed, done.results_key)
+    ids = [r["custom_id"] for r in results]
+    assert len(ids) == len(set(ids)) == LINES - len(INVALID) - 1
+    calls = checker.script.calls("/v1/chat/completions")
+    answered_by_model = LINES - len(INVALID) - 1 - len(CACHED)
+    assert len(calls) == answered_by_model + 1  # only the line caught mid-move was asked twice
+    usage = (
+        store_of(deps)
+        ._db.execute("SELECT request_id, cost_usd FROM usage WHERE request_id LIKE ?", (job.job_id + "%",))
+        .fetchall()
+    )
+    assert len(usage) == answered_by_model  # ... and charged once
+    assert sum(cost for _, cost in usage) == pytest.approx(answered_by_model * 18 * 500 / 1_000_000)
+    assert resumed.run(job.job_id).status == "completed"  # running a completed job again changes nothing
+    assert len(checker.script.calls("/v1/chat/completions")) == answered_by_model + 1
+
+
+def test_a_file_that_is_not_a_batch_fails_the_job_with_the_reason(setup: tuple[BatchRunner, FakeServer, Path]) -> None:
+    runner, _, _ = setup
+    runner.objects.put("batches/in/acme/binary.jsonl", b"\xff\xfe\x00")
+    job, created = runner.submit("batches/in/acme/binary.jsonl")
+    assert created and job.status == "failed" and "not UTF-8" in (job.message or "")
+    runner.objects.put("batches/in/acme/empty.jsonl", b"\n\n")
+    empty, _ = runner.submit("batches/in/acme/empty.jsonl")
+    assert empty.status == "failed" and "no request" in (empty.message or "")
