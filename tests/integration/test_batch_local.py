@@ -5,6 +5,7 @@ hits, results in input order, batch prices, resuming after a crash, one job per 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from llm_gateway.adapters.local.batch import FolderObjects, SqliteBatchJobs
 from llm_gateway.batch import BatchRejected, BatchRunner, job_id_for
 from llm_gateway.config import parse_config
+from llm_gateway.local.cli import main
 from llm_gateway.runner import LocalRunner
 from tests.conftest import ACME_KEY, hash_key, make_deps, make_state, store_of
 from tests.support.fake_providers import FakeServer
@@ -182,3 +184,45 @@ def test_a_file_that_is_not_a_batch_fails_the_job_with_the_reason(setup: tuple[B
     runner.objects.put("batches/in/acme/empty.jsonl", b"\n\n")
     empty, _ = runner.submit("batches/in/acme/empty.jsonl")
     assert empty.status == "failed" and "no request" in (empty.message or "")
+
+
+def test_the_cli_submits_runs_with_a_progress_bar_and_resumes_by_submitting_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"storage_path: {tmp_path / 'store' / 'gateway.db'}\n"
+        "models:\n  echo: {provider: echo, price: {input_per_mtok: 1.0, output_per_mtok: 2.0}}\n"
+        "tenants:\n  acme:\n    routes: {default: {model: echo}}\n",
+        encoding="utf-8",
+    )
+    source = tmp_path / "requests.jsonl"
+    rows = [
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "default", "messages": [{"role": "user", "content": f"say {i}"}]},
+            }
+        )
+        for i in range(12)
+    ]
+    source.write_text("\n".join([*rows[:4], "{oops", *rows[4:]]) + "\n", encoding="utf-8")
+    base = ["--config", str(config)]
+    assert main(["batch", "submit", str(source), "--tenant", "acme", *base]) == 0
+    out = capsys.readouterr().out
+    job_id = re.search(r"created job (batch_\w+) \(12 requests, 1 invalid\)", out).group(1)  # type: ignore[union-attr]
+    assert "13/13" in out and "completed: 12 answered, 1 errors" in out  # the progress bar's last state
+    assert main(["batch", "results", job_id, *base]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["custom_id"] for a in answers] == [f"r{i}" for i in range(12)]
+    assert answers[3]["response"]["body"]["choices"][0]["message"]["content"] == "say 3"
+    assert main(["batch", "results", job_id, "--errors", *base]) == 0
+    assert json.loads(capsys.readouterr().out)["line"] == 5
+    assert main(["batch", "submit", str(source), "--tenant", "acme", *base]) == 0  # the same file: the same job
+    assert f"found job {job_id}" in capsys.readouterr().out
+    assert main(["batch", "status", *base]) == 0
+    assert capsys.readouterr().out.startswith(f"{job_id} acme completed batches/in/acme/requests.jsonl: 13 done")
+    assert main(["batch", "submit", str(source), "--tenant", "nobody", *base]) == 2
+    assert main(["batch", "results", "batch_missing", *base]) == 2

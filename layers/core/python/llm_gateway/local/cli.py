@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import EXAMPLE_CONFIG, LOCAL_ENDPOINT, ApiKey, GatewayConfig, Price, hash_key, load_config
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
+from . import batch_cli
 
 if TYPE_CHECKING:
     from ..deps import Deps
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     calibrate_cmd.add_argument("--tiers", type=int, default=2, help="models in the route (without --route)")
     calibrate_cmd.add_argument("--route", help="tenant.route: its models and knob (a share or a cost)")
     calibrate_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
+    batch_cli.add_parser(commands, os.environ.get("LLM_GATEWAY_CONFIG"))
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -335,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": lambda: check_config(args.config),
         "cost-report": lambda: cost_report(args),
         "route-calibrate": lambda: route_calibrate(args),
+        "batch": lambda: batch_cli.run(args),
         "hash-key": lambda: print_key_digest(args.key),
     }
     try:
