@@ -101,6 +101,44 @@ def delay(seconds: float, then: Behaviour | None = None) -> Delay:
 # --------------------------------------------------------------------------- script
 
 
+@dataclass
+class FakeBatch:
+    """A provider batch the fake holds: its requests (with custom_id), and their answers."""
+
+    id: str
+    requests: list[dict[str, Any]]
+    metadata: dict[str, str]
+    looks: int = 0
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class BatchBook:
+    """The provider batches a fake server holds (tests/support/fake_batches.py): a batch reports
+    itself in progress for its first `polls_until_done` looks, then ended."""
+
+    polls_until_done: int = 1
+    batches: dict[str, FakeBatch] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def look(self, batch_id: str) -> FakeBatch | None:
+        with self.lock:
+            batch = self.batches.get(batch_id)
+            if batch is not None:
+                batch.looks += 1
+            return batch
+
+    def ended(self, batch: FakeBatch) -> bool:
+        return batch.looks > self.polls_until_done
+
+    def reset(self) -> None:
+        with self.lock:
+            self.batches.clear()
+            self.files.clear()
+        self.polls_until_done = 1
+
+
 @dataclass(frozen=True)
 class Received:
     """One request as the fake saw it."""
@@ -122,6 +160,7 @@ class Script:
         self._queue: deque[Behaviour] = deque(behaviours)
         self._requests: list[Received] = []
         self._responder = responder  # plays when the queue is empty: the request body -> behaviour
+        self.batches = BatchBook()
 
     def push(self, *behaviours: Behaviour) -> Script:
         """Append behaviours to the queue; returns the script for chaining."""
@@ -145,6 +184,7 @@ class Script:
         with self._lock:
             self._queue.clear()
             self._requests.clear()
+        self.batches.reset()
 
     @property
     def pending(self) -> int:
@@ -263,6 +303,16 @@ async def _openai_stream(answer: Ok, head: dict[str, Any], include_usage: bool) 
     yield b"data: [DONE]\n\n"
 
 
+def openai_completion(answer: Ok, body: dict[str, Any], head: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A chat completion object answering `body`."""
+    if head is None:
+        head = {"id": f"chatcmpl-fake-{next(_ids)}", "created": int(time.time()), "model": body.get("model")}
+        head["system_fingerprint"] = "fp_fake"
+    message = {"role": "assistant", "content": answer.text, "refusal": None}
+    choice = {"index": 0, "message": message, "finish_reason": answer.finish_reason or "stop", "logprobs": None}
+    return {**head, "object": "chat.completion", "choices": [choice], "usage": _openai_usage(answer)}
+
+
 def fake_openai_app(script: Script, models: Sequence[str] = ("gpt-fake",)) -> Starlette:
     """The OpenAI Chat Completions API, playing `script`."""
 
@@ -285,21 +335,20 @@ def fake_openai_app(script: Script, models: Sequence[str] = ("gpt-fake",)) -> St
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             head["object"] = "chat.completion.chunk"
             return StreamingResponse(_openai_stream(behaviour, head, include_usage), media_type="text/event-stream")
-        message = {"role": "assistant", "content": behaviour.text, "refusal": None}
-        choice = {"index": 0, "message": message, "finish_reason": behaviour.finish_reason or "stop", "logprobs": None}
-        return JSONResponse(
-            {**head, "object": "chat.completion", "choices": [choice], "usage": _openai_usage(behaviour)}
-        )
+        return JSONResponse(openai_completion(behaviour, body, head))
 
     async def list_models(request: Request) -> Response:
         await _receive(script, request)
         data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in models]
         return JSONResponse({"object": "list", "data": data})
 
+    from .fake_batches import openai_batch_routes
+
     return Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
+            *openai_batch_routes(script),
         ]
     )
 
@@ -366,6 +415,11 @@ def _anthropic_message(answer: Ok, model: str, content: list[dict[str, Any]], do
     }
 
 
+def anthropic_message(answer: Ok, model: str) -> dict[str, Any]:
+    """A complete Messages API answer."""
+    return _anthropic_message(answer, model, [{"type": "text", "text": answer.text}], done=True)
+
+
 async def _anthropic_stream(answer: Ok, model: str) -> AsyncIterator[bytes]:
     start = _anthropic_message(answer, model, [], done=False)
     yield _sse({"type": "message_start", "message": start}, "message_start")
@@ -404,10 +458,11 @@ def fake_anthropic_app(script: Script) -> Starlette:
             return anthropic_error(behaviour.code, behaviour.message, _retry_headers(behaviour))
         if body.get("stream"):
             return StreamingResponse(_anthropic_stream(behaviour, body["model"]), media_type="text/event-stream")
-        content = [{"type": "text", "text": behaviour.text}]
-        return JSONResponse(_anthropic_message(behaviour, body["model"], content, done=True))
+        return JSONResponse(anthropic_message(behaviour, body["model"]))
 
-    return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+    from .fake_batches import anthropic_batch_routes
+
+    return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"]), *anthropic_batch_routes(script)])
 
 
 # --------------------------------------------------------------------------- SageMaker endpoint contract

@@ -58,15 +58,19 @@ class ModelConfig(_Config):
     # `llm-gateway cost-report` (when self-hosting beats an API model).
     hourly_usd: float | None = Field(default=None, gt=0)
     tokens_per_second: float | None = Field(default=None, gt=0)
-    # What a batch job's lines cost (`batch_prices()`): unset, half the online price for OpenAI and
-    # Anthropic (their batch APIs' discount), the online price otherwise.
+    # Batch jobs: send this model's lines to the provider's batch API (OpenAI Batch, Anthropic
+    # Message Batches; answers within 24 h) or answer them a few at a time like online requests.
+    batch_api: bool = True
+    # What a line answered through the provider's batch API costs; unset, half the online price
+    # (both APIs' discount). Lines answered directly cost the online price.
     batch_price: Price | None = None
+
+    def uses_batch_api(self) -> bool:
+        return self.batch_api and self.provider in ("openai", "anthropic")
 
     def batch_prices(self) -> Price:
         if self.batch_price is not None:
             return self.batch_price
-        if self.provider not in ("openai", "anthropic"):
-            return self.price
         cached = self.price.cached_input_per_mtok
         return Price(
             input_per_mtok=self.price.input_per_mtok / 2,

@@ -33,9 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..contracts import CallerContext, FinishResult, GatewayState
-from ..errors import GatewayError, InternalError
+from ..contracts import Attempt, CallerContext, FinishResult, GatewayState, InvokeResult
+from ..errors import GatewayError, InternalError, ProviderBadRequest, ProviderUnavailable
+from ..invoke import build_completion
 from ..ports import BatchJob, BatchJobs, BatchLine, ObjectStore
+from ..providers.batches import BatchAPI, BatchItem, BatchResults
 from ..runner import LocalRunner
 from .format import BatchFileError, InputLine, InvalidLine, jsonl, parse_input, result_record
 
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 IN_PREFIX = "batches/in/"
 OUT_PREFIX = "batches/out/"
 Progress = Callable[[int, int], None]  # (lines done, lines in the job)
+PENDING = "pending:"  # a submitted line's provider batch before the provider has named it
 
 
 class BatchRejected(ValueError):
@@ -198,11 +201,123 @@ class BatchRunner:
         self._progress(job_id)
 
     def dispatch(self, job_id: str) -> None:
-        """Answer the ready lines, `parallel` at a time (invoke, moderate, finish per line)."""
-        ready = self.jobs.lines(job_id, "ready")
+        """Send the ready lines of models with a provider batch API to it (one batch per model);
+        answer the others `parallel` at a time (invoke, moderate, finish per line).
+
+        A provider batch's members are recorded before it is created (the lines move to
+        `submitted` under a pending label), so a run that dies in between finds them again and
+        creates or finds (OpenAI: by metadata) that one batch, not a second one."""
+        direct: list[BatchLine] = []
+        by_model: dict[str, list[BatchLine]] = {}
+        for line in self.jobs.lines(job_id, "ready"):
+            assert line.model is not None
+            if self._batch_api(line.model) is not None:
+                by_model.setdefault(line.model, []).append(line)
+            else:
+                direct.append(line)
+        unsent = {  # a group recorded by a run that died before creating its batch takes the rest
+            line.model: line.provider_batch
+            for line in self.jobs.lines(job_id, "submitted")
+            if line.provider_batch is not None and line.provider_batch.startswith(PENDING)
+        }
+        for model_id, lines in by_model.items():
+            pending = unsent.get(model_id) or f"{PENDING}{job_id}:{model_id}:{lines[0].index}"
+            for line in lines:
+                self.jobs.advance(job_id, line.index, "ready", state="submitted", provider_batch=pending)
+        direct += self._submit_pending(job_id)
         with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
-            for _ in pool.map(self._answer, ready):
+            for _ in pool.map(self._answer, direct):
                 self._progress(job_id)
+
+    def _batch_api(self, model_id: str) -> BatchAPI | None:
+        model = self.deps.config.models[model_id]
+        provider = self.deps.providers.get(model.provider)
+        return provider if model.uses_batch_api() and isinstance(provider, BatchAPI) else None
+
+    def _submit_pending(self, job_id: str) -> list[BatchLine]:
+        """Create (or find) the provider batch of each pending group; returns the lines to answer
+        directly instead (back in `ready`: the provider refused the batch as a whole)."""
+        groups: dict[str, list[BatchLine]] = {}
+        for line in self.jobs.lines(job_id, "submitted"):
+            if line.provider_batch is not None and line.provider_batch.startswith(PENDING):
+                groups.setdefault(line.provider_batch, []).append(line)
+        direct: list[BatchLine] = []
+        for pending, lines in groups.items():
+            model_id = lines[0].model
+            assert model_id is not None
+            api = self._api_of(model_id)
+            model = self.deps.config.models[model_id]
+            label = pending.removeprefix(PENDING)
+            states = [self._state(line) for line in lines]
+            try:
+                batch_id = api.find_batch(label, model_id, model) or api.submit_batch(
+                    [BatchItem(state.request_id, state.model_request()) for state in states], model_id, model, label
+                )
+            except ProviderBadRequest:  # one line the API cannot take: each line then gets its own verdict
+                self.deps.metrics.count("batch_submissions", model=model_id, outcome="refused")
+                for line in lines:
+                    self.jobs.advance(job_id, line.index, "submitted", state="ready", provider_batch=None)
+                direct += self.jobs.lines(job_id, "ready")
+                continue
+            self.deps.metrics.count("batch_submissions", model=model_id, outcome="submitted")
+            for line in lines:
+                self.jobs.advance(job_id, line.index, "submitted", provider_batch=batch_id)
+        return direct
+
+    def _api_of(self, model_id: str) -> BatchAPI:
+        """The batch API of a model with submitted lines (asked even if the configuration has
+        turned it off since: those lines are already with the provider)."""
+        provider = self.deps.providers.get(self.deps.config.models[model_id].provider)
+        if not isinstance(provider, BatchAPI):
+            raise RuntimeError(f"model '{model_id}' has lines in a provider batch but its provider has no batch API")
+        return provider
+
+    def poll(self, job_id: str) -> bool:
+        """Collect the answers of ended provider batches (moderate and finish per line); True when
+        no line is waiting on a provider batch any more."""
+        refused = self._submit_pending(job_id)  # a run that died between recording and creating
+        with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
+            list(pool.map(self._answer, refused))
+        waiting: dict[tuple[str, str], list[BatchLine]] = {}
+        for line in self.jobs.lines(job_id, "submitted"):
+            assert line.provider_batch is not None and line.model is not None
+            waiting.setdefault((line.provider_batch, line.model), []).append(line)
+        for (batch_id, model_id), lines in waiting.items():
+            api, model = self._api_of(model_id), self.deps.config.models[model_id]
+            state = api.batch_state(batch_id, model_id, model)
+            if state == "running":
+                continue
+            results = api.batch_results(batch_id, model_id, model) if state == "ended" else BatchResults({}, {})
+            for line in lines:
+                self._collect(line, model_id, results, batch_failed=state == "failed")
+            self._progress(job_id)
+        return not self.jobs.lines(job_id, "submitted")
+
+    def _collect(self, line: BatchLine, model_id: str, results: BatchResults, *, batch_failed: bool) -> None:
+        state = self._state(line)
+        reply = results.replies.get(state.request_id)
+        if reply is None:
+            error = results.errors.get(state.request_id) or ProviderUnavailable(
+                f"model '{model_id}': the provider batch {'failed' if batch_failed else 'returned no answer'}"
+            )
+            self.runner.fail(state, error)
+            self._done(line, "submitted", state, error=error)
+            return
+        model = self.deps.config.models[model_id]
+        state.invoke = InvokeResult(
+            model=model_id,
+            provider=model.provider,
+            response=build_completion(state, self.deps, model_id, reply, model.batch_prices()),
+            attempts=[Attempt(model=model_id, outcome="ok", latency_ms=0.0)],
+            latency_ms=0.0,
+        )
+        try:
+            self.runner.run(state, start_at="moderate")
+        except GatewayError as error:
+            self._done(line, "submitted", state, error=error)
+            return
+        assert state.finish is not None
+        self._done(line, "submitted", state, finish=state.finish)
 
     def _answer(self, line: BatchLine) -> None:
         state = self._state(line)
@@ -238,12 +353,17 @@ class BatchRunner:
         return self._job(job_id)
 
     def run(self, job_id: str) -> BatchJob:
-        """Every step in order, from wherever the job stands."""
+        """Every step in order, from wherever the job stands, polling provider batches with
+        backoff (`deps.sleep`) until they end."""
         job = self._job(job_id)
         if job.status != "running":
             return job
         self.prepare(job_id)
         self.dispatch(job_id)
+        attempt = 0
+        while not self.poll(job_id):
+            self.deps.sleep(poll_delay_s(attempt))
+            attempt += 1
         return self.complete(job_id)
 
     # ------------------------------------------------------------------ status
@@ -303,3 +423,8 @@ class BatchRunner:
         if self.on_progress is not None:
             counts = self.counts(job_id)
             self.on_progress(counts.done, counts.total)
+
+
+def poll_delay_s(attempt: int, first_s: float = 5.0, most_s: float = 300.0) -> float:
+    """The wait before the next look at a provider batch: 5 s, 10 s, 20 s ... at most 5 minutes."""
+    return float(min(most_s, first_s * 2 ** min(attempt, 16)))

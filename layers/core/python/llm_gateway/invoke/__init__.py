@@ -30,6 +30,7 @@ from ..pipeline import INVOKE_POLICY, RetryPolicy
 from ..providers.base import Provider, ProviderReply, StreamDelta
 
 if TYPE_CHECKING:
+    from ..config import Price
     from ..deps import Deps
 
 T = TypeVar("T")
@@ -107,12 +108,13 @@ def _ms_since(t0: float) -> float:
     return round((time.monotonic() - t0) * 1000, 3)
 
 
-def build_completion(state: GatewayState, deps: Deps, model_id: str, reply: ProviderReply) -> ChatCompletion:
-    """The OpenAI-shaped answer with usage and cost from the model's price table (its batch
-    prices for a line of a batch job)."""
+def build_completion(
+    state: GatewayState, deps: Deps, model_id: str, reply: ProviderReply, price: Price | None = None
+) -> ChatCompletion:
+    """The OpenAI-shaped answer with usage and cost from the model's price table (or `price`:
+    a provider batch's)."""
     usage = Usage.of(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens)
-    model = deps.config.models[model_id]
-    price = model.batch_prices() if state.caller.batch_tenant is not None else model.price
+    price = price or deps.config.models[model_id].price
     usage.cost_usd = price.cost(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens)
     return ChatCompletion(
         id=f"chatcmpl-{state.request_id}",

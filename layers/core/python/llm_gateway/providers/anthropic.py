@@ -9,7 +9,7 @@ messages and temperature above 1 are refused as bad requests rather than silentl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anthropic
@@ -19,8 +19,10 @@ from ..contracts import ChatCompletionRequest, FinishReason, TextPart
 from ..errors import (
     ProviderBadRequest,
     ProviderError,
+    ProviderUnavailable,
 )
 from .base import ProviderReply, SdkClients, StreamDelta, map_sdk_error, output_limit
+from .batches import BatchItem, BatchResults, BatchState, error_for_status
 from .caching import anthropic_history_breakpoint, anthropic_system
 
 _FINISH: dict[str | None, FinishReason] = {
@@ -37,6 +39,19 @@ _JSON_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
 def map_error(exc: Exception, model_id: str) -> ProviderError:
     """Translate an `anthropic` SDK exception into the gateway's provider errors."""
     return map_sdk_error(anthropic, exc, model_id)
+
+
+def _reply(message: Any) -> ProviderReply:
+    usage = message.usage
+    cached = usage.cache_read_input_tokens or 0
+    written = usage.cache_creation_input_tokens or 0
+    return ProviderReply(
+        text="".join(block.text for block in message.content if block.type == "text"),
+        finish_reason=_FINISH.get(message.stop_reason, "stop"),
+        prompt_tokens=usage.input_tokens + cached + written,
+        completion_tokens=usage.output_tokens,
+        cached_tokens=cached,
+    )
 
 
 def build_params(request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> dict[str, Any]:
@@ -99,16 +114,50 @@ class AnthropicProvider:
             message = client.messages.create(**params)
         except anthropic.AnthropicError as exc:
             raise map_error(exc, model_id) from exc
-        usage = message.usage
-        cached = usage.cache_read_input_tokens or 0
-        written = usage.cache_creation_input_tokens or 0
-        return ProviderReply(
-            text="".join(block.text for block in message.content if block.type == "text"),
-            finish_reason=_FINISH.get(message.stop_reason, "stop"),
-            prompt_tokens=usage.input_tokens + cached + written,
-            completion_tokens=usage.output_tokens,
-            cached_tokens=cached,
-        )
+        return _reply(message)
+
+    # ------------------------------------------------------------------ Message Batches (batches.BatchAPI)
+
+    def submit_batch(self, items: Sequence[BatchItem], model_id: str, model: ModelConfig, label: str) -> str:
+        requests = []
+        for custom_id, request in items:
+            params = build_params(request, model_id, model)
+            params.pop("timeout", None)
+            params.update(params.pop("extra_body", {}))
+            requests.append({"custom_id": custom_id, "params": params})
+        try:
+            return self._clients.get(model_id, model).messages.batches.create(requests=requests).id  # type: ignore[arg-type]
+        except anthropic.AnthropicError as exc:
+            raise map_error(exc, model_id) from exc
+
+    def find_batch(self, label: str, model_id: str, model: ModelConfig) -> str | None:
+        return None  # Message Batches carry no metadata to find one by
+
+    def batch_state(self, batch_id: str, model_id: str, model: ModelConfig) -> BatchState:
+        try:
+            batch = self._clients.get(model_id, model).messages.batches.retrieve(batch_id)
+        except anthropic.AnthropicError as exc:
+            raise map_error(exc, model_id) from exc
+        return "ended" if batch.processing_status == "ended" else "running"
+
+    def batch_results(self, batch_id: str, model_id: str, model: ModelConfig) -> BatchResults:
+        results = BatchResults({}, {})
+        try:
+            for item in self._clients.get(model_id, model).messages.batches.results(batch_id):
+                outcome = item.result
+                if outcome.type == "succeeded":
+                    results.replies[item.custom_id] = _reply(outcome.message)
+                elif outcome.type == "errored":
+                    detail = outcome.error.error
+                    status = 500 if detail.type in ("api_error", "overloaded_error") else 400
+                    results.errors[item.custom_id] = error_for_status(status, detail.message, model_id)
+                else:  # canceled or expired before it ran
+                    results.errors[item.custom_id] = ProviderUnavailable(
+                        f"model '{model_id}': the provider batch {outcome.type} this request"
+                    )
+        except anthropic.AnthropicError as exc:
+            raise map_error(exc, model_id) from exc
+        return results
 
     def stream(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
         params = build_params(request, model_id, model)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -14,6 +15,7 @@ from ..errors import (
     ProviderError,
 )
 from .base import ProviderReply, SdkClients, StreamDelta, map_sdk_error, output_limit
+from .batches import BatchItem, BatchResults, BatchState, error_for_status
 from .caching import openai_prompt_cache_key
 
 _FINISH: dict[str | None, FinishReason] = {
@@ -25,9 +27,28 @@ _FINISH: dict[str | None, FinishReason] = {
 }
 
 
+CHAT_PATH: Final = "/v1/chat/completions"
+BATCH_LABEL = "llm_gateway_batch"  # the metadata key naming a batch's job and model
+
+
 def map_error(exc: Exception, model_id: str) -> ProviderError:
     """Translate an `openai` SDK exception into the gateway's provider errors."""
     return map_sdk_error(openai, exc, model_id)
+
+
+def _reply(result: ChatCompletion) -> ProviderReply:
+    choice = result.choices[0]
+    usage = result.usage
+    cached = 0
+    if usage is not None and usage.prompt_tokens_details is not None:
+        cached = usage.prompt_tokens_details.cached_tokens or 0
+    return ProviderReply(
+        text=choice.message.content or "",
+        finish_reason=_FINISH.get(choice.finish_reason, "stop"),
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        cached_tokens=cached,
+    )
 
 
 class OpenAIProvider:
@@ -66,18 +87,68 @@ class OpenAIProvider:
             )
         except openai.OpenAIError as exc:
             raise map_error(exc, model_id) from exc
-        choice = result.choices[0]
-        usage = result.usage
-        cached = 0
-        if usage is not None and usage.prompt_tokens_details is not None:
-            cached = usage.prompt_tokens_details.cached_tokens or 0
-        return ProviderReply(
-            text=choice.message.content or "",
-            finish_reason=_FINISH.get(choice.finish_reason, "stop"),
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            cached_tokens=cached,
-        )
+        return _reply(result)
+
+    # ------------------------------------------------------------------ Batch API (batches.BatchAPI)
+
+    def submit_batch(self, items: Sequence[BatchItem], model_id: str, model: ModelConfig, label: str) -> str:
+        client = self._clients.get(model_id, model)
+        lines = [
+            json.dumps({"custom_id": cid, "method": "POST", "url": CHAT_PATH, "body": self._params(r, model_id, model)})
+            for cid, r in items
+        ]
+        try:
+            upload = client.files.create(file=("batch.jsonl", ("\n".join(lines) + "\n").encode()), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=upload.id, endpoint=CHAT_PATH, completion_window="24h", metadata={BATCH_LABEL: label}
+            )
+        except openai.OpenAIError as exc:
+            raise map_error(exc, model_id) from exc
+        return batch.id
+
+    def find_batch(self, label: str, model_id: str, model: ModelConfig) -> str | None:
+        client = self._clients.get(model_id, model)
+        try:
+            recent = client.batches.list(limit=100).data
+        except openai.OpenAIError as exc:
+            raise map_error(exc, model_id) from exc
+        for batch in recent:
+            if (batch.metadata or {}).get(BATCH_LABEL) == label and batch.status not in ("failed", "cancelled"):
+                return batch.id
+        return None
+
+    def batch_state(self, batch_id: str, model_id: str, model: ModelConfig) -> BatchState:
+        try:
+            status = self._clients.get(model_id, model).batches.retrieve(batch_id).status
+        except openai.OpenAIError as exc:
+            raise map_error(exc, model_id) from exc
+        if status in ("completed", "expired", "cancelled"):  # expired and cancelled keep what was answered
+            return "ended"
+        return "failed" if status == "failed" else "running"
+
+    def batch_results(self, batch_id: str, model_id: str, model: ModelConfig) -> BatchResults:
+        client = self._clients.get(model_id, model)
+        results = BatchResults({}, {})
+        try:
+            batch = client.batches.retrieve(batch_id)
+            files = [f for f in (batch.output_file_id, batch.error_file_id) if f]
+            contents = [client.files.content(f).text for f in files]
+        except openai.OpenAIError as exc:
+            raise map_error(exc, model_id) from exc
+        for text in contents:
+            for raw in text.splitlines():
+                if not raw.strip():
+                    continue
+                record = json.loads(raw)
+                response = record.get("response") or {}
+                status = int(response.get("status_code") or 500)
+                body = response.get("body") or {}
+                if status == 200:
+                    results.replies[record["custom_id"]] = _reply(ChatCompletion.model_validate(body))
+                else:
+                    message = ((body.get("error") or record.get("error") or {}).get("message")) or f"HTTP {status}"
+                    results.errors[record["custom_id"]] = error_for_status(status, str(message), model_id)
+        return results
 
     def stream(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
         client = self._clients.get(model_id, model)
