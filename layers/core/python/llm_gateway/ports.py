@@ -270,8 +270,8 @@ class BatchJobs(Protocol):
 class ObjectStore(Protocol):
     """The batch bucket: S3, or a local folder."""
 
-    def get(self, key: str) -> tuple[bytes, str]:
-        """The object's bytes and version; `KeyError` if there is none."""
+    def get(self, key: str, version: str | None = None) -> tuple[bytes, str]:
+        """The object's bytes and version (that version, when given); `KeyError` if there is none."""
         ...
 
     def put(self, key: str, data: bytes) -> str:

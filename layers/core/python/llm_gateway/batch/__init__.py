@@ -108,10 +108,11 @@ class BatchRunner:
 
     # ------------------------------------------------------------------ submit
 
-    def submit(self, key: str) -> tuple[BatchJob, bool]:
-        """Create the job of an uploaded file (False: this object version already has one)."""
+    def submit(self, key: str, version: str | None = None) -> tuple[BatchJob, bool]:
+        """Create the job of an uploaded file, that version of it when given (False: this object
+        version already has a job)."""
         tenant = tenant_of(self.deps, key)
-        data, version = self.objects.get(key)
+        data, version = self.objects.get(key, version)
         job_id = job_id_for(tenant, key, version)
         existing = self.jobs.job(job_id)
         if existing is not None:

@@ -138,12 +138,15 @@ class FolderObjects:
             raise KeyError(f"key outside the bucket: {key}")
         return path
 
-    def get(self, key: str) -> tuple[bytes, str]:
+    def get(self, key: str, version: str | None = None) -> tuple[bytes, str]:
         try:
             data = self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError) as exc:
             raise KeyError(key) from exc
-        return data, hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(data).hexdigest()
+        if version is not None and version != digest:
+            raise KeyError(f"{key} no longer holds version {version}")
+        return data, digest
 
     def put(self, key: str, data: bytes) -> str:
         path = self._path(key)
