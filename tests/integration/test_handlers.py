@@ -222,3 +222,85 @@ def test_review_ingest_stores_a_batch_and_reports_only_the_bad_message(
         # Then only the bad message goes back to the queue, and the item is stored once
         assert response == {"batchItemFailures": [{"itemIdentifier": "m2"}]}
         assert DynamoReviewStore(table, dynamodb).items() == [item]
+
+
+def test_batch_submit_makes_one_job_per_object_version_and_batch_work_finishes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the batch bucket, job table, idempotency table and a workflow on moto's server
+    import uuid
+
+    from llm_gateway.adapters.aws.batch import batch_jobs_key_schema
+    from llm_gateway.aws import batch
+    from tests.support.moto_server import moto_server
+
+    with moto_server() as moto:
+        s3, dynamodb, sfn = moto.client("s3"), moto.client("dynamodb"), moto.client("stepfunctions")
+        suffix = uuid.uuid4().hex[:8]
+        bucket, table, idempotency = f"batches-{suffix}", f"jobs-{suffix}", f"idem-{suffix}"
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        dynamodb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **batch_jobs_key_schema())
+        dynamodb.create_table(
+            TableName=idempotency,
+            BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        )
+        machine = sfn.create_state_machine(
+            name=f"batch-{suffix}",
+            definition=json.dumps({"StartAt": "done", "States": {"done": {"Type": "Succeed"}}}),
+            roleArn="arn:aws:iam::123456789012:role/batch",
+        )["stateMachineArn"]
+        for name, value in moto.environment().items():
+            monkeypatch.setenv(name, value)
+        for name, value in {
+            "BATCH_BUCKET": bucket,
+            "BATCH_TABLE": table,
+            "IDEMPOTENCY_TABLE": idempotency,
+            "BATCH_STATE_MACHINE_ARN": machine,
+        }.items():
+            monkeypatch.setenv(name, value)
+        runtime.settings.cache_clear()
+        batch.runner.cache_clear()
+        batch._idempotency.cache_clear()
+        lines = [
+            json.dumps(
+                {
+                    "custom_id": f"c{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": "default", "messages": [{"role": "user", "content": f"echo {i}"}]},
+                }
+            )
+            for i in range(5)
+        ]
+        key = "batches/in/acme/my file.jsonl"
+        version = s3.put_object(Bucket=bucket, Key=key, Body="\n".join([*lines, "{broken"]).encode())["VersionId"]
+        record = {
+            "s3": {"bucket": {"name": bucket}, "object": {"key": "batches/in/acme/my+file.jsonl", "versionId": version}}
+        }
+
+        # When S3 delivers the event twice, and once for a key outside the batch prefix
+        first = run("batch_submit", {"Records": [record]})
+        again = run("batch_submit", {"Records": [record]})
+        stray = {"s3": {"bucket": {"name": bucket}, "object": {"key": "elsewhere/x.jsonl", "versionId": "v"}}}
+        refused = run("batch_submit", {"Records": [stray]})
+
+        # Then one job, one execution named after it; the stray file is refused, not retried
+        (job,) = first["jobs"]
+        assert job["created"] and again["jobs"] == first["jobs"]
+        assert "refused" in refused["jobs"][0]
+        executions = sfn.list_executions(stateMachineArn=machine)["executions"]
+        assert [e["name"] for e in executions] == [job["job_id"]]
+
+        # And the workflow's task finishes the job: results and errors in the bucket
+        answer = run("batch_work", {"job_id": job["job_id"]})
+        assert answer["done"] and answer["status"] == "completed" and answer["wait_s"] == 0
+        prefix = f"batches/out/acme/{job['job_id']}/"
+        results = s3.get_object(Bucket=bucket, Key=prefix + "results.jsonl")["Body"].read().decode().splitlines()
+        errors = s3.get_object(Bucket=bucket, Key=prefix + "errors.jsonl")["Body"].read().decode().splitlines()
+        assert [json.loads(r)["custom_id"] for r in results] == [f"c{i}" for i in range(5)]
+        assert json.loads(errors[0])["line"] == 6
+        batch.runner.cache_clear()
+        batch._idempotency.cache_clear()

@@ -35,6 +35,13 @@ class LambdaSettings(BaseModel):
     review_queue_url: str = Field(default="", alias="REVIEW_QUEUE_URL")  # tier 4: flagged items go here
     review_table: str = Field(default="", alias="REVIEW_TABLE")
     budget_table: str = Field(default="", alias="BUDGET_TABLE")  # reservations and budget counters
+    # Batch jobs: the job table, the bucket, the workflow, batch_submit's idempotency records,
+    # and the first wait between looks at a provider batch (doubling, at most 5 minutes).
+    batch_table: str = Field(default="", alias="BATCH_TABLE")
+    batch_bucket: str = Field(default="", alias="BATCH_BUCKET")
+    batch_state_machine_arn: str = Field(default="", alias="BATCH_STATE_MACHINE_ARN")
+    idempotency_table: str = Field(default="", alias="IDEMPOTENCY_TABLE")
+    batch_poll_s: float = Field(default=5.0, gt=0, alias="BATCH_POLL_S")
 
     @model_validator(mode="after")
     def _aws_stores_named(self) -> LambdaSettings:

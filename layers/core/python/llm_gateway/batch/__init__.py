@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -178,9 +179,13 @@ class BatchRunner:
 
     # ------------------------------------------------------------------ steps
 
-    def prepare(self, job_id: str) -> None:
-        """Guard, cache and route every new line: refusals and cache hits are done here."""
+    def prepare(self, job_id: str, deadline: float | None = None) -> bool:
+        """Guard, cache and route the new lines: refusals and cache hits are done here. False when
+        `deadline` (`time.monotonic()`) came first and lines are left."""
         for line in self.jobs.lines(job_id, "new"):
+            if _past(deadline):
+                self._progress(job_id)
+                return False
             state = self._state(line)
             try:
                 self.runner.run(state, stop_before="invoke")
@@ -200,8 +205,9 @@ class BatchRunner:
                     gateway_state=state.model_dump_json(),
                 )
         self._progress(job_id)
+        return True
 
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, deadline: float | None = None) -> bool:
         """Send the ready lines of models with a provider batch API to it (one batch per model);
         answer the others `parallel` at a time (invoke, moderate, finish per line).
 
@@ -226,9 +232,18 @@ class BatchRunner:
             for line in lines:
                 self.jobs.advance(job_id, line.index, "ready", state="submitted", provider_batch=pending)
         direct += self._submit_pending(job_id)
-        with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
-            for _ in pool.map(self._answer, direct):
+        return self._answer_all(job_id, direct, deadline)
+
+    def _answer_all(self, job_id: str, lines: list[BatchLine], deadline: float | None) -> bool:
+        """Answer `lines` directly, `parallel` at a time; False when `deadline` came first."""
+        step = max(1, self.parallel)
+        with ThreadPoolExecutor(max_workers=step) as pool:
+            for start in range(0, len(lines), step):
+                if _past(deadline):
+                    return False
+                list(pool.map(self._answer, lines[start : start + step]))
                 self._progress(job_id)
+        return True
 
     def _batch_api(self, model_id: str) -> BatchAPI | None:
         model = self.deps.config.models[model_id]
@@ -276,9 +291,7 @@ class BatchRunner:
     def poll(self, job_id: str) -> bool:
         """Collect the answers of ended provider batches (moderate and finish per line); True when
         no line is waiting on a provider batch any more."""
-        refused = self._submit_pending(job_id)  # a run that died between recording and creating
-        with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
-            list(pool.map(self._answer, refused))
+        self._answer_all(job_id, self._submit_pending(job_id), None)  # a run died between recording and creating
         waiting: dict[tuple[str, str], list[BatchLine]] = {}
         for line in self.jobs.lines(job_id, "submitted"):
             assert line.provider_batch is not None and line.model is not None
@@ -353,19 +366,35 @@ class BatchRunner:
         self.deps.metrics.count("batch_lines", len(errors), tenant=job.tenant, outcome="error")
         return self._job(job_id)
 
+    def step(self, job_id: str, deadline: float | None = None) -> tuple[BatchJob, bool]:
+        """Do what the job needs next, until `deadline`: prepare, dispatch, collect provider
+        batches, complete. Returns the job and whether it now waits on a provider batch (look
+        again later); a running job that does not wait has more to do at once."""
+        job = self._job(job_id)
+        if job.status != "running":
+            return job, False
+        if not self.prepare(job_id, deadline) or not self.dispatch(job_id, deadline):
+            return job, False
+        if not self.poll(job_id):
+            return job, True
+        return self.complete(job_id), False
+
     def run(self, job_id: str) -> BatchJob:
         """Every step in order, from wherever the job stands, polling provider batches with
         backoff (`deps.sleep`) until they end."""
-        job = self._job(job_id)
-        if job.status != "running":
-            return job
-        self.prepare(job_id)
-        self.dispatch(job_id)
-        attempt = 0
-        while not self.poll(job_id):
-            self.deps.sleep(poll_delay_s(attempt))
-            attempt += 1
-        return self.complete(job_id)
+        attempt, done_before = 0, -1
+        while True:
+            job, waiting = self.step(job_id)
+            if job.status != "running":
+                return job
+            if waiting:
+                self.deps.sleep(poll_delay_s(attempt))
+                attempt += 1
+                continue
+            done = self.counts(job_id).done
+            if done == done_before:
+                raise RuntimeError(f"batch job {job_id} makes no progress")
+            done_before = done
 
     # ------------------------------------------------------------------ status
 
@@ -429,3 +458,7 @@ class BatchRunner:
 def poll_delay_s(attempt: int, first_s: float = 5.0, most_s: float = 300.0) -> float:
     """The wait before the next look at a provider batch: 5 s, 10 s, 20 s ... at most 5 minutes."""
     return float(min(most_s, first_s * 2 ** min(attempt, 16)))
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() > deadline
