@@ -60,6 +60,10 @@ ENV_PROVIDER_KEYS_SECRET = "PROVIDER_KEYS_SECRET_ARN"  # noqa: S105 - the variab
 ENV_REVIEW_QUEUE_URL = "REVIEW_QUEUE_URL"
 ENV_REVIEW_TABLE = "REVIEW_TABLE"
 ENV_BUDGET_TABLE = "BUDGET_TABLE"
+ENV_BATCH_TABLE = "BATCH_TABLE"
+ENV_BATCH_BUCKET = "BATCH_BUCKET"
+ENV_IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
+ENV_BATCH_STATE_MACHINE = "BATCH_STATE_MACHINE_ARN"
 POWERTOOLS_SERVICE_NAME = "llm-gateway"
 POWERTOOLS_METRICS_NAMESPACE = "LlmGateway"
 
@@ -77,6 +81,26 @@ BUDGETS = "budgets"  # reserve (router), settle (finish), release (record_failur
 BUDGET_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query")
 REVIEW_INGEST_FOLDER = "review_ingest"  # consumes the review queue into the review table
 REVIEW_QUEUE_RECEIVES = 5  # deliveries before a message goes to the dead-letter queue
+BATCH_JOBS = "batch_jobs"  # the job table: jobs and their lines
+IDEMPOTENCY = "idempotency"  # batch_submit's Powertools idempotency records
+BATCH_JOB_ACTIONS = (
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:BatchWriteItem",
+    "dynamodb:Query",
+)
+IDEMPOTENCY_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
+BATCH_SUBMIT_FOLDER = "batch_submit"  # S3 ObjectCreated -> a job and its workflow
+BATCH_WORK_FOLDER = "batch_work"  # the batch workflow's task
+BATCH_SUBMIT_TIMEOUT_S = 120
+BATCH_WORK_TIMEOUT_S = 900
+BATCH_WORKFLOW_HOURS = 30  # a provider batch may take 24 h
+BATCH_IN_PREFIX = "batches/in/"
+BATCH_OUT_PREFIX = "batches/out/"
+BATCH_IN_DAYS = 30
+CDK_NOTIFICATIONS_HANDLER = "BucketNotificationsHandler050a0587b7544547bf325f094a3db834"  # CDK's singleton
+BATCH_OUT_DAYS = 90
 
 # Least privilege: which function folder reaches which store. Folders not listed reach none.
 FUNCTION_ACCESS: dict[str, frozenset[str]] = {
@@ -91,6 +115,9 @@ FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     STREAM_FOLDER: frozenset(
         {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS}
     ),  # runs the whole chain in-process
+    BATCH_SUBMIT_FOLDER: frozenset({BATCH_JOBS, IDEMPOTENCY}),  # creates jobs (reads the bucket's batches/in/)
+    # runs the whole chain in-process, line by line (reads batches/in/, writes batches/out/)
+    BATCH_WORK_FOLDER: frozenset({MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, BATCH_JOBS}),
 }
 
 # State machine states that are not steps of the chain, and where they put the HTTP answer.

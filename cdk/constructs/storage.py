@@ -26,6 +26,7 @@ class GatewayStores(Construct):
         self.audit = self._table("Audit", stage)
         self.review_table, self.review_queue = self._review(stage)
         self.budgets = self._budgets(stage)
+        self.batch_jobs, self.idempotency = self._batch(stage)
         self.momento_secret = self._secret(
             "MomentoApiKey",
             stage,
@@ -63,6 +64,16 @@ class GatewayStores(Construct):
                 secrets[store].grant_read(grantee)
             elif store == c.REVIEW:
                 self.review_queue.grant_send_messages(grantee)
+            elif store == c.BATCH_JOBS:
+                iam.Grant.add_to_principal(
+                    grantee=grantee,
+                    actions=list(c.BATCH_JOB_ACTIONS),
+                    resource_arns=[self.batch_jobs.table_arn, f"{self.batch_jobs.table_arn}/index/by_tenant"],
+                )
+            elif store == c.IDEMPOTENCY:
+                self.idempotency.grant(
+                    grantee, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"
+                )
             elif store == c.BUDGETS:
                 # Items, and the `held` index by name (reclaiming expired reservations); the
                 # transactions need the item actions only.
@@ -127,6 +138,18 @@ class GatewayStores(Construct):
             projection_type=dynamodb.ProjectionType.KEYS_ONLY,
         )
         return table
+
+    def _batch(self, stage: StageConfig) -> tuple[dynamodb.Table, dynamodb.Table]:
+        """Batch jobs and their lines (`adapters/aws/batch.py` has the layout); batch_submit's
+        idempotency records (Powertools' layout: `id`, TTL `expiration`)."""
+        jobs = self._table("BatchJobs", stage, partition="pk", sort="sk", ttl=None)
+        jobs.add_global_secondary_index(
+            index_name="by_tenant",
+            partition_key=dynamodb.Attribute(name="tenant", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="created_at", type=dynamodb.AttributeType.NUMBER),
+        )
+        idempotency = self._table("Idempotency", stage, partition="id", sort=None, ttl="expiration")
+        return jobs, idempotency
 
     def _queue(self, construct_id: str, stage: StageConfig, **options: Any) -> sqs.Queue:
         """Encrypted (SQS-managed keys), TLS only, messages kept 14 days."""

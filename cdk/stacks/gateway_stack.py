@@ -9,6 +9,7 @@ from constructs import Construct
 
 from cdk.config import StageConfig
 from cdk.constructs.api import GatewayApi
+from cdk.constructs.batch import BatchJobs
 from cdk.constructs.functions import ChainFunctions
 from cdk.constructs.layers import GatewayLayers
 from cdk.constructs.storage import GatewayStores
@@ -23,6 +24,7 @@ class GatewayStack(cdk.Stack):
         self.stores = GatewayStores(self, "Stores", stage=stage)
         self.functions = ChainFunctions(self, "Chain", stage=stage, layers=self.layers, stores=self.stores)
         self.workflow = GatewayWorkflow(self, "Workflow", stage=stage, functions=self.functions.by_step)
+        self.batch = BatchJobs(self, "Batch", stage=stage, layers=self.layers, stores=self.stores, chain=self.functions)
         self.api = GatewayApi(self, "Api", stage=stage, state_machine=self.workflow.state_machine, layers=self.layers)
         self.streaming = (
             StreamingEndpoint(
@@ -42,6 +44,7 @@ class GatewayStack(cdk.Stack):
         cdk.CfnOutput(self, "MomentoSecretArn", value=self.stores.momento_secret.secret_arn)
         cdk.CfnOutput(self, "ProviderKeysSecretArn", value=self.stores.provider_keys.secret_arn)
         cdk.CfnOutput(self, "StateMachineArn", value=self.workflow.state_machine.state_machine_arn)
+        cdk.CfnOutput(self, "BatchBucket", value=self.batch.bucket.bucket_name, description="batches/in/<tenant>/")
         if stage.gateway_store == "aws" and not stage.momento_endpoint:
             cdk.Annotations.of(self).add_warning_v2(
                 "llm-gateway:momentoEndpoint",

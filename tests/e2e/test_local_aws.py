@@ -128,7 +128,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, model_endpoint: str) -> I
             resources = deploy_assembly(aws, synthesized.outdir, STACK)
             front = RestFront(
                 aws,
-                state_machine_arn=resource_of(template, resources, "AWS::StepFunctions::StateMachine"),
+                state_machine_arn=resource_of(template, resources, "AWS::StepFunctions::StateMachine", "Workflow"),
                 authorizer_function=resource_of(template, resources, "AWS::Lambda::Function", "authorizer"),
                 request_schema=request_schema(template),
             )

@@ -28,8 +28,19 @@ def flatten(value: Any) -> str:
     return json.dumps(value)
 
 
-def state_machine_definition(template: dict[str, Any]) -> dict[str, Any]:
-    (machine,) = resources(template, "AWS::StepFunctions::StateMachine").values()
+def state_machine(template: dict[str, Any], name: str = "chain") -> tuple[str, dict[str, Any]]:
+    """(logical id, resource) of the chain's state machine (or the one whose name ends with `name`)."""
+    (found,) = [
+        (logical_id, m)
+        for logical_id, m in resources(template, "AWS::StepFunctions::StateMachine").items()
+        if m["Properties"]["StateMachineName"].endswith(f"-{name}")
+    ]
+    return found
+
+
+def state_machine_definition(template: dict[str, Any], name: str = "chain") -> dict[str, Any]:
+    """The definition of the chain's state machine (or the one whose name ends with `name`)."""
+    _, machine = state_machine(template, name)
     definition: dict[str, Any] = json.loads(flatten(machine["Properties"]["DefinitionString"]))
     return definition
 
@@ -39,7 +50,7 @@ def functions_by_folder(template: dict[str, Any], stage: str = "dev") -> dict[st
     prefix = c.resource_name(stage, "")
     found = {}
     for logical_id, resource in resources(template, "AWS::Lambda::Function").items():
-        name = resource["Properties"]["FunctionName"]
+        name = resource["Properties"].get("FunctionName")  # CDK's own helper functions have none
         if isinstance(name, str) and name.startswith(prefix):
             found[name.removeprefix(prefix).replace("-", "_")] = (logical_id, resource["Properties"])
     return found

@@ -20,6 +20,7 @@ from tests.infrastructure.cfn import (
     resource_refs,
     resources,
     role_statements,
+    state_machine,
     state_machine_definition,
 )
 from tests.infrastructure.synth import Synthesized, synthesize
@@ -117,7 +118,7 @@ def test_models_layer_and_model_dir_reach_exactly_the_functions_that_embed(templ
     models = [key for key in resources(template, "AWS::Lambda::LayerVersion") if key.startswith("LayersModels")]
     assert len(models) == 1
     functions = functions_by_folder(template)
-    embedding = set(c.EMBEDDING_FUNCTIONS) | {c.STREAM_FOLDER}
+    embedding = set(c.EMBEDDING_FUNCTIONS) | {c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}
     for folder, (_, properties) in functions.items():
         has_layer = {"Ref": models[0]} in properties.get("Layers", [])
         assert has_layer == (folder in embedding), folder
@@ -129,7 +130,7 @@ def test_models_layer_and_model_dir_reach_exactly_the_functions_that_embed(templ
 
 
 def test_state_machine_is_express_jsonpath_traced_and_logged(template: dict[str, Any]) -> None:
-    (machine,) = resources(template, "AWS::StepFunctions::StateMachine").values()
+    _, machine = state_machine(template)
     properties = machine["Properties"]
     assert properties["StateMachineType"] == "EXPRESS"
     assert properties["TracingConfiguration"] == {"Enabled": True}
@@ -222,7 +223,7 @@ def test_chat_completions_posts_to_start_sync_execution_with_authorizer_validato
     assert properties["AuthorizationType"] == "CUSTOM"
     assert flatten(properties["Integration"]["Uri"]).endswith(":states:action/StartSyncExecution")
     request_template = flatten(properties["Integration"]["RequestTemplates"]["application/json"])
-    (machine_id,) = resources(template, "AWS::StepFunctions::StateMachine")
+    machine_id, _ = state_machine(template)
     assert f'"stateMachineArn": "<{machine_id}>"' in request_template
 
     (validator_id, validator) = next(iter(resources(template, "AWS::ApiGateway::RequestValidator").items()))
@@ -269,18 +270,21 @@ def test_only_finish_record_failure_and_review_ingest_write_the_record_tables(te
     audit = next(key for key in tables if key.startswith("StoresAudit"))
     review = next(key for key in tables if key.startswith("StoresReview"))
     budgets = next(key for key in tables if key.startswith("StoresBudgets"))
+    batch_tables = {key for key in tables if key.startswith(("StoresBatchJobs", "StoresIdempotency"))}
     expected_tables = {
         "finish": {usage, audit},
         "record_failure": {audit},
         c.STREAM_FOLDER: {usage, audit},
+        c.BATCH_WORK_FOLDER: {usage, audit},
         c.REVIEW_INGEST_FOLDER: {review},
     }
-    expected_budgets = {"router", "finish", "record_failure", c.STREAM_FOLDER}
+    expected_budgets = {"router", "finish", "record_failure", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}
     for folder, (_, properties) in functions_by_folder(template).items():
         statements = role_statements(template, properties)
         dynamodb = [s for s in statements if any(a.startswith("dynamodb:") for a in actions(s))]
         on_budgets = [s for s in dynamodb if any(budgets in ref for ref in resource_refs(s))]
-        records = [s for s in dynamodb if s not in on_budgets]
+        on_batch = [s for s in dynamodb if any(t in ref for t in batch_tables for ref in resource_refs(s))]
+        records = [s for s in dynamodb if s not in on_budgets and s not in on_batch]
         touched = {ref.strip("<>").removesuffix(".Arn") for s in records for ref in resource_refs(s)}
         assert touched == expected_tables.get(folder, set()), folder
         assert all(set(actions(s)) <= set(c.TABLE_WRITE_ACTIONS) for s in records), folder
@@ -295,8 +299,9 @@ def test_only_finish_record_failure_and_review_ingest_write_the_record_tables(te
 @pytest.mark.parametrize(
     ("secret", "readers"),
     [
-        ("StoresMomentoApiKey", {"guard", "cache_lookup", "finish", c.STREAM_FOLDER}),
-        ("StoresProviderKeys", {"invoke", "guard", "moderate", c.STREAM_FOLDER}),  # guard, moderate: the judge
+        ("StoresMomentoApiKey", {"guard", "cache_lookup", "finish", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}),
+        # guard, moderate: the judge; batch_work runs the whole chain
+        ("StoresProviderKeys", {"invoke", "guard", "moderate", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}),
     ],
 )
 def test_only_the_functions_that_need_a_secret_read_it(
@@ -336,7 +341,7 @@ def test_flagged_items_go_through_an_encrypted_queue_with_dead_letters_into_the_
             senders.add(folder)
             environment = properties["Environment"]["Variables"]
             assert c.ENV_REVIEW_QUEUE_URL in environment and c.ENV_REVIEW_TABLE in environment
-    assert senders == {"guard", "moderate", c.STREAM_FOLDER}
+    assert senders == {"guard", "moderate", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}
     (mapping,) = resources(template, "AWS::Lambda::EventSourceMapping").values()
     assert queue_id in flatten(mapping["Properties"]["EventSourceArn"])
     assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
@@ -389,3 +394,98 @@ def test_synthesis_is_deterministic(template: dict[str, Any], tmp_path: Any) -> 
     # Layer assets come from folders generated at synth time: their hashes (so the layer versions)
     # must depend on content only, or every deploy would publish new layers.
     assert synthesize("dev", outdir=tmp_path).to_json() == template
+
+
+# ----------------------------------------------------------------------------- batch jobs
+
+
+def test_the_batch_bucket_is_private_encrypted_versioned_and_expires_what_it_holds(template: dict[str, Any]) -> None:
+    (bucket_id, bucket) = next(
+        (key, b) for key, b in resources(template, "AWS::S3::Bucket").items() if key.startswith("BatchBucket")
+    )
+    properties = bucket["Properties"]
+    assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert properties["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    encryption = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    rules = {r.get("Prefix"): r for r in properties["LifecycleConfiguration"]["Rules"]}
+    assert rules[c.BATCH_IN_PREFIX]["ExpirationInDays"] == c.BATCH_IN_DAYS
+    assert rules[c.BATCH_OUT_PREFIX]["ExpirationInDays"] == c.BATCH_OUT_DAYS
+    assert rules[None]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 7}
+    (policy,) = [
+        p
+        for p in resources(template, "AWS::S3::BucketPolicy").values()
+        if p["Properties"]["Bucket"] == {"Ref": bucket_id}
+    ]
+    (deny,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # New .jsonl objects under batches/in/ notify batch_submit, and nothing else does
+    (notification,) = resources(template, "Custom::S3BucketNotifications").values()
+    (target,) = notification["Properties"]["NotificationConfiguration"]["LambdaFunctionConfigurations"]
+    submit_id, _ = functions_by_folder(template)[c.BATCH_SUBMIT_FOLDER]
+    assert target["LambdaFunctionArn"] == {"Fn::GetAtt": [submit_id, "Arn"]}
+    assert target["Events"] == ["s3:ObjectCreated:*"]
+    assert {r["Name"]: r["Value"] for r in target["Filter"]["Key"]["FilterRules"]} == {
+        "prefix": c.BATCH_IN_PREFIX,
+        "suffix": ".jsonl",
+    }
+
+
+def test_the_batch_functions_reach_only_their_prefixes_tables_and_workflow(template: dict[str, Any]) -> None:
+    functions = functions_by_folder(template)
+    bucket_id = next(key for key in resources(template, "AWS::S3::Bucket") if key.startswith("BatchBucket"))
+    batch_machine_id, _ = state_machine(template, "batch")
+    for folder, expected in (
+        (c.BATCH_SUBMIT_FOLDER, {f"<{bucket_id}.Arn>/{c.BATCH_IN_PREFIX}*": {"s3:GetObject", "s3:GetObjectVersion"}}),
+        (
+            c.BATCH_WORK_FOLDER,
+            {
+                f"<{bucket_id}.Arn>/{c.BATCH_IN_PREFIX}*": {"s3:GetObject", "s3:GetObjectVersion"},
+                f"<{bucket_id}.Arn>/{c.BATCH_OUT_PREFIX}*": {"s3:PutObject"},
+            },
+        ),
+    ):
+        statements = role_statements(template, functions[folder][1])
+        on_s3 = {
+            ref: set(actions(s))
+            for s in statements
+            for ref in resource_refs(s)
+            if any(a.startswith("s3:") for a in actions(s))
+        }
+        assert on_s3 == expected, folder
+        starts = [s for s in statements if "states:StartExecution" in actions(s)]
+        if folder == c.BATCH_SUBMIT_FOLDER:
+            assert [resource_refs(s) for s in starts] == [[f"<{batch_machine_id}>"]]
+        else:
+            assert not starts
+    # Only the batch functions touch the job table; only batch_submit the idempotency records
+    tables = resources(template, "AWS::DynamoDB::Table")
+    jobs = next(key for key in tables if key.startswith("StoresBatchJobs"))
+    idempotency = next(key for key in tables if key.startswith("StoresIdempotency"))
+    for folder, (_, properties) in functions.items():
+        refs = {ref for s in role_statements(template, properties) for ref in resource_refs(s)}
+        assert any(jobs in ref for ref in refs) == (folder in (c.BATCH_SUBMIT_FOLDER, c.BATCH_WORK_FOLDER)), folder
+        assert any(idempotency in ref for ref in refs) == (folder == c.BATCH_SUBMIT_FOLDER), folder
+
+
+def test_the_batch_workflow_is_standard_and_loops_work_wait_until_done(template: dict[str, Any]) -> None:
+    _, machine = state_machine(template, "batch")
+    assert machine["Properties"]["StateMachineType"] == "STANDARD"
+    assert machine["Properties"]["LoggingConfiguration"]["IncludeExecutionData"] is False
+    definition = state_machine_definition(template, "batch")
+    states = definition["States"]
+    assert definition["StartAt"] == "start"
+    assert states["start"]["Next"] == "work" and states["work"]["Next"] == "finished"
+    (done,) = states["finished"]["Choices"]
+    assert done == {"Variable": "$.done", "BooleanEquals": True, "Next": "done"}
+    assert states["finished"]["Default"] == "wait"
+    assert states["wait"] == {"Type": "Wait", "SecondsPath": "$.wait_s", "Next": "work"}
+    retried = {e for r in states["work"]["Retry"] for e in r["ErrorEquals"]}
+    assert {"States.Timeout", "States.TaskFailed", "Lambda.ServiceException"} <= retried
+    submit = functions_by_folder(template)[c.BATCH_WORK_FOLDER][1]
+    assert submit["Timeout"] == c.BATCH_WORK_TIMEOUT_S
