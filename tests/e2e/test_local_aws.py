@@ -24,7 +24,8 @@ import pytest
 from llm_gateway.config import hash_key
 from llm_gateway.pipeline import FAILED, FINISH, STEPS
 from tests.support.api_front import RestFront
-from tests.support.local_aws import LocalAws, deploy_assembly, local_aws
+from tests.support.fake_providers import FakeServer, fake_server
+from tests.support.local_aws import LocalAws, connect_bucket_notifications, deploy_assembly, local_aws
 from tests.support.momento_standin import MomentoStandIn
 from tests.support.servers import serve
 
@@ -43,6 +44,8 @@ class Deployed:
     front: RestFront
     base_url: str
     resources: dict[str, str]
+    template: dict[str, Any]
+    batch_provider: FakeServer
 
     def client(self, key: str = KEY) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=180)
@@ -72,7 +75,7 @@ def model_endpoint() -> Iterator[str]:
         process.wait(timeout=20)
 
 
-def gateway_config(path: Path, endpoint: str) -> Path:
+def gateway_config(path: Path, endpoint: str, batch_provider: str) -> Path:
     path.write_text(
         f"""
 models:
@@ -82,10 +85,17 @@ models:
     timeout_s: 120
     default_max_tokens: 8
     price: {{input_per_mtok: 0.02, output_per_mtok: 0.08}}
+  gpt-batch:
+    provider: openai
+    provider_model: gpt-fake
+    base_url: {batch_provider}
+    api_key_env: FAKE_OPENAI_KEY
+    price: {{input_per_mtok: 1000.0, output_per_mtok: 1000.0}}
 tenants:
   acme:
     api_keys: [{{id: e2e, sha256: {hash_key(KEY)}}}]
     routes: {{default: {{model: smollm2-135m-instruct-q4_1}}}}
+    allowed_models: [gpt-batch]
     rate_limit: {{requests_per_minute: 600, burst: 50}}
     input_blocklist: {{keywords: [codename]}}
     semantic_cache: {{enabled: true, target_precision: 0.90}}
@@ -113,9 +123,11 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, model_endpoint: str) -> I
     workdir = tmp_path_factory.mktemp("local-aws")
     synthesized = cdk_synth.synthesize("dev", outdir=workdir / "cdk.out")
     template = synthesized.to_json()
-    config = gateway_config(workdir / "gateway.yaml", model_endpoint)
-    with MomentoStandIn(caches=(MOMENTO_CACHE,)) as momento:
+    with MomentoStandIn(caches=(MOMENTO_CACHE,)) as momento, fake_server("openai") as batch_provider:
+        config = gateway_config(workdir / "gateway.yaml", model_endpoint, batch_provider.base_url)
         overrides = {
+            "FAKE_OPENAI_KEY": "sk-fake-batch-provider",
+            "BATCH_POLL_S": "1",
             "GATEWAY_CONFIG_PATH": str(config),
             "GATEWAY_STORE": "aws",
             "MOMENTO_LOCAL_ENDPOINT": momento.endpoint,
@@ -126,6 +138,11 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, model_endpoint: str) -> I
         }
         with local_aws(workdir, overrides) as aws:
             resources = deploy_assembly(aws, synthesized.outdir, STACK)
+            # What CloudFormation's custom resource and the recreated workflow would give on AWS.
+            connect_bucket_notifications(aws, template, resources)
+            aws.lambdas.env_overrides["BATCH_STATE_MACHINE_ARN"] = resource_of(
+                template, resources, "AWS::StepFunctions::StateMachine", "Batch"
+            )
             front = RestFront(
                 aws,
                 state_machine_arn=resource_of(template, resources, "AWS::StepFunctions::StateMachine", "Workflow"),
@@ -133,7 +150,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, model_endpoint: str) -> I
                 request_schema=request_schema(template),
             )
             with serve(front.app()) as url:
-                yield Deployed(aws, front, url + "/v1", resources)
+                yield Deployed(aws, front, url + "/v1", resources, template, batch_provider)
 
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? One word."}]
@@ -218,3 +235,74 @@ def test_usage_and_audit_landed_in_dynamodb(deployed: Deployed) -> None:
     outcomes = {item["outcome"]["S"] for item in items}
     assert {"ok", "cache_hit", "blocked"} <= outcomes
     assert KEY not in json.dumps(items) and "capital of France" not in json.dumps(items)
+
+
+# ----------------------------------------------------------------------------- batch jobs
+
+
+def _batch_line(i: int, question: str) -> str:
+    body = {"model": "gpt-batch", "messages": [{"role": "user", "content": question}], "max_tokens": 20}
+    return json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+
+def test_an_uploaded_batch_file_comes_back_answered_in_order_with_its_errors(deployed: Deployed) -> None:
+    """200 lines (5 invalid, 20 answered online before: cache hits) -> S3 notification ->
+    batch_submit -> the Standard workflow on moto -> batch_work (provider batch API) -> results."""
+    invalid = {17: "{not json", 63: '{"custom_id": "x", "method": "GET", "url": "/v1/chat/completions", "body": {}}'}
+    invalid |= {i: _batch_line(i, "")[:-2] for i in (99, 151)}  # cut short: not JSON
+    invalid[183] = json.dumps({"custom_id": "line-183", "method": "POST", "url": "/v1/embeddings", "body": {}})
+    cached = list(range(0, 200, 10))  # asked online first, word for word
+    for i in cached:
+        deployed.client().chat.completions.create(
+            model="gpt-batch", messages=[{"role": "user", "content": f"batch question {i}"}], max_tokens=20
+        )
+    lines = [invalid.get(i) or _batch_line(i, f"batch question {i}") for i in range(200)]
+    assert len(invalid) == 5 and not set(invalid) & set(cached)
+    bucket = resource_of(deployed.template, deployed.resources, "AWS::S3::Bucket", "BatchBucket")
+    s3 = deployed.aws.client("s3")
+    key = "batches/in/acme/nightly run.jsonl"
+    put = s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
+    # S3 delivers the same event again: the same job, no second workflow.
+    deployed.aws.client("lambda").invoke(
+        FunctionName=resource_of(deployed.template, deployed.resources, "AWS::Lambda::Function", "BatchSubmit"),
+        Payload=json.dumps(
+            {
+                "Records": [
+                    {
+                        "s3": {
+                            "bucket": {"name": bucket},
+                            "object": {"key": "batches/in/acme/nightly+run.jsonl", "versionId": put["VersionId"]},
+                        }
+                    }
+                ]
+            }
+        ),
+    )
+    sfn = deployed.aws.client("stepfunctions")
+    machine = deployed.aws.lambdas.env_overrides["BATCH_STATE_MACHINE_ARN"]
+    deadline = time.monotonic() + 240
+    executions: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        executions = sfn.list_executions(stateMachineArn=machine)["executions"]
+        if executions and executions[0]["status"] != "RUNNING":
+            break
+        time.sleep(1)
+    (execution,) = executions
+    assert execution["status"] == "SUCCEEDED", sfn.get_execution_history(executionArn=execution["executionArn"])
+    job_id = execution["name"]
+    prefix = f"batches/out/acme/{job_id}/"
+    results = [json.loads(x) for x in s3.get_object(Bucket=bucket, Key=prefix + "results.jsonl")["Body"].iter_lines()]
+    errors = [json.loads(x) for x in s3.get_object(Bucket=bucket, Key=prefix + "errors.jsonl")["Body"].iter_lines()]
+    assert [r["custom_id"] for r in results] == [f"line-{i}" for i in range(200) if i not in invalid]
+    assert all(r["response"]["status_code"] == 200 for r in results)
+    assert sorted(e["line"] for e in errors) == sorted(i + 1 for i in invalid)
+    # The cache answered 20 lines; the provider's batch API the other 175, in one batch.
+    (provider_batch,) = deployed.batch_provider.script.batches.batches.values()
+    asked = {r["body"]["messages"][0]["content"] for r in provider_batch.requests}
+    assert len(asked) == 175 and not asked & {f"batch question {i}" for i in cached}
+    # Usage at the batch price (half of 1,000 $/Mtok for 12 + 6 tokens), once per answered line.
+    dynamodb = deployed.aws.client("dynamodb")
+    usage = next(t for t in dynamodb.list_tables()["TableNames"] if "usage" in t.lower())
+    items = [i for page in dynamodb.get_paginator("scan").paginate(TableName=usage) for i in page["Items"]]
+    batch_costs = [float(i["cost_usd"]["N"]) for i in items if job_id in json.dumps(i)]
+    assert len(batch_costs) == 175 and {round(c, 9) for c in batch_costs} == {round(18 * 500 / 1e6, 9)}

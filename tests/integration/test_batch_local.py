@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,16 @@ def test_the_cli_submits_runs_with_a_progress_bar_and_resumes_by_submitting_agai
     assert capsys.readouterr().out.startswith(f"{job_id} acme completed batches/in/acme/requests.jsonl: 13 done")
     assert main(["batch", "submit", str(source), "--tenant", "nobody", *base]) == 2
     assert main(["batch", "results", "batch_missing", *base]) == 2
+
+
+def test_a_step_stops_at_its_deadline_and_the_next_step_goes_on(setup: tuple[BatchRunner, FakeServer, Path]) -> None:
+    runner, _, _ = setup
+    job, _ = runner.submit("batches/in/acme/job.jsonl")
+    moved, waiting = runner.step(job.job_id, deadline=time.monotonic() - 1)  # a function out of time
+    assert moved.status == "running" and not waiting
+    assert runner.counts(job.job_id).by_state["new"] == job.requests  # nothing was taken
+    steps = 0
+    while runner.step(job.job_id)[0].status == "running":
+        steps += 1
+        assert steps < 10
+    assert runner.counts(job.job_id).done == job.requests + job.invalid

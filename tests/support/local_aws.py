@@ -289,3 +289,27 @@ def deploy_assembly(aws: LocalAws, assembly_dir: Path, stack_name: str) -> dict[
     resources = {r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in summaries}
     _recreate_state_machines(aws, resources, template)
     return resources
+
+
+def connect_bucket_notifications(aws: LocalAws, template: dict[str, Any], resources: dict[str, str]) -> None:
+    """Apply the stack's S3 bucket notifications (CDK's custom resource, dropped from what moto
+    deploys) to the deployed buckets, so an upload invokes the function it names; and their
+    versioning, which moto's CloudFormation does not apply."""
+    lambda_client = aws.client("lambda")
+    for logical_id, resource in template["Resources"].items():
+        versioning = resource.get("Properties", {}).get("VersioningConfiguration")
+        if resource["Type"] == "AWS::S3::Bucket" and versioning:
+            aws.client("s3").put_bucket_versioning(Bucket=resources[logical_id], VersioningConfiguration=versioning)
+    for resource in template["Resources"].values():
+        if resource["Type"] != "Custom::S3BucketNotifications":
+            continue
+        properties = resource["Properties"]
+        configuration = json.loads(json.dumps(properties["NotificationConfiguration"]))
+        for target in configuration.get("LambdaFunctionConfigurations", []):
+            function = resources[target["LambdaFunctionArn"]["Fn::GetAtt"][0]]
+            target["LambdaFunctionArn"] = lambda_client.get_function(FunctionName=function)["Configuration"][
+                "FunctionArn"
+            ]
+        aws.client("s3").put_bucket_notification_configuration(
+            Bucket=resources[properties["BucketName"]["Ref"]], NotificationConfiguration=configuration
+        )
