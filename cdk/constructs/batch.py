@@ -19,11 +19,11 @@ from constructs import Construct
 
 from cdk import constants as c
 from cdk.config import StageConfig
-from cdk.constructs.common import acknowledge, log_group, removal_policy
+from cdk.constructs.common import acknowledge, removal_policy
 from cdk.constructs.functions import ChainFunctions, function_code, gateway_function
 from cdk.constructs.layers import GatewayLayers
 from cdk.constructs.storage import GatewayStores
-from cdk.constructs.workflow import retry_lambda_faults
+from cdk.constructs.workflow import retry_lambda_faults, state_machine
 
 
 class BatchJobs(Construct):
@@ -158,18 +158,13 @@ class BatchJobs(Construct):
         finished = sfn.Choice(self, "Finished", state_name="finished")
         start.next(work).next(finished.when(sfn.Condition.boolean_equals("$.done", True), done).otherwise(wait))
         wait.next(work)
-        machine = sfn.StateMachine(
+        machine = state_machine(
             self,
-            "StateMachine",
-            state_machine_name=c.resource_name(stage.name, "batch"),
-            state_machine_type=sfn.StateMachineType.STANDARD,
-            query_language=sfn.QueryLanguage.JSON_PATH,
-            definition_body=sfn.DefinitionBody.from_chainable(start),
+            stage,
+            name="batch",
+            kind=sfn.StateMachineType.STANDARD,
+            start=start,
             timeout=cdk.Duration.hours(c.BATCH_WORKFLOW_HOURS),
-            tracing_enabled=True,
-            logs=sfn.LogOptions(
-                destination=log_group(self, "Logs", stage), level=sfn.LogLevel.ALL, include_execution_data=False
-            ),
         )
         stack = cdk.Stack.of(self)
         acknowledge(

@@ -50,6 +50,32 @@ def exit_condition(step: Step) -> sfn.Condition:
     return conditions[0] if len(conditions) == 1 else sfn.Condition.or_(*conditions)
 
 
+def state_machine(
+    scope: Construct,
+    stage: StageConfig,
+    *,
+    name: str,
+    kind: sfn.StateMachineType,
+    start: sfn.IChainable,
+    timeout: cdk.Duration,
+) -> sfn.StateMachine:
+    """A JSONPath state machine, traced, logging every event but never the execution data (states
+    carry prompts and answers)."""
+    return sfn.StateMachine(
+        scope,
+        "StateMachine",
+        state_machine_name=c.resource_name(stage.name, name),
+        state_machine_type=kind,
+        query_language=sfn.QueryLanguage.JSON_PATH,
+        definition_body=sfn.DefinitionBody.from_chainable(start),
+        timeout=timeout,
+        tracing_enabled=True,
+        logs=sfn.LogOptions(
+            destination=log_group(scope, "Logs", stage), level=sfn.LogLevel.ALL, include_execution_data=False
+        ),
+    )
+
+
 def _answer(body: str) -> dict[str, str]:
     return {
         "status.$": "$.finish.status",
@@ -93,21 +119,13 @@ class GatewayWorkflow(Construct):
                 task.next(leave.when(exit_condition(step), finish).otherwise(following))
             following = task
 
-        self.state_machine = sfn.StateMachine(
+        self.state_machine = state_machine(
             self,
-            "StateMachine",
-            state_machine_name=c.resource_name(stage.name, "chain"),
-            state_machine_type=sfn.StateMachineType.EXPRESS,
-            query_language=sfn.QueryLanguage.JSON_PATH,
-            definition_body=sfn.DefinitionBody.from_chainable(following),
+            stage,
+            name="chain",
+            kind=sfn.StateMachineType.EXPRESS,
+            start=following,
             timeout=cdk.Duration.seconds(c.STATE_MACHINE_TIMEOUT_S),
-            tracing_enabled=True,
-            # Every event, but never the execution data: states carry prompts and answers.
-            logs=sfn.LogOptions(
-                destination=log_group(self, "Logs", stage),
-                level=sfn.LogLevel.ALL,
-                include_execution_data=False,
-            ),
         )
         stack = cdk.Stack.of(self)
         acknowledge(

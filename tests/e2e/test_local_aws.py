@@ -24,6 +24,7 @@ import pytest
 from llm_gateway.config import hash_key
 from llm_gateway.pipeline import FAILED, FINISH, STEPS
 from tests.support.api_front import RestFront
+from tests.support.batch_files import chat_line
 from tests.support.fake_providers import FakeServer, fake_server
 from tests.support.local_aws import LocalAws, connect_bucket_notifications, deploy_assembly, local_aws
 from tests.support.momento_standin import MomentoStandIn
@@ -241,8 +242,7 @@ def test_usage_and_audit_landed_in_dynamodb(deployed: Deployed) -> None:
 
 
 def _batch_line(i: int, question: str) -> str:
-    body = {"model": "gpt-batch", "messages": [{"role": "user", "content": question}], "max_tokens": 20}
-    return json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    return chat_line(f"line-{i}", question, "gpt-batch", max_tokens=20)
 
 
 def test_an_uploaded_batch_file_comes_back_answered_in_order_with_its_errors(deployed: Deployed) -> None:

@@ -18,6 +18,7 @@ from llm_gateway.config import parse_config
 from llm_gateway.local.cli import main
 from llm_gateway.runner import LocalRunner
 from tests.conftest import ACME_KEY, hash_key, make_deps, make_state, store_of
+from tests.support.batch_files import chat_line
 from tests.support.fake_providers import FakeServer
 
 LINES = 40
@@ -52,10 +53,7 @@ def _file(duplicate_last: bool = True) -> bytes:
         if i in INVALID:
             rows.append(INVALID[i])
             continue
-        body = {"model": "default", "messages": [{"role": "user", "content": _question(i)}], "max_tokens": 20}
-        rows.append(
-            json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
-        )
+        rows.append(chat_line(f"req-{i}", _question(i), max_tokens=20))
     if duplicate_last:
         rows.append(rows[0])  # a repeated custom_id is refused, the first one runs
     return ("\n".join(rows) + "\n").encode()
@@ -224,17 +222,7 @@ def test_the_cli_submits_runs_with_a_progress_bar_and_resumes_by_submitting_agai
         encoding="utf-8",
     )
     source = tmp_path / "requests.jsonl"
-    rows = [
-        json.dumps(
-            {
-                "custom_id": f"r{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": "default", "messages": [{"role": "user", "content": f"say {i}"}]},
-            }
-        )
-        for i in range(12)
-    ]
+    rows = [chat_line(f"r{i}", f"say {i}") for i in range(12)]
     source.write_text("\n".join([*rows[:4], "{oops", *rows[4:]]) + "\n", encoding="utf-8")
     base = ["--config", str(config)]
     assert main(["batch", "submit", str(source), "--tenant", "acme", *base]) == 0

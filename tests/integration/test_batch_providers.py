@@ -16,6 +16,7 @@ from llm_gateway.adapters.local.batch import FolderObjects, SqliteBatchJobs
 from llm_gateway.batch import BatchRunner, poll_delay_s
 from llm_gateway.config import parse_config
 from tests.conftest import ACME_KEY, RecordingSleep, hash_key, make_deps, store_of
+from tests.support.batch_files import chat_line
 from tests.support.fake_providers import FakeServer, fake_server, ok, status
 
 
@@ -53,8 +54,7 @@ tenants:
 
 
 def _line(i: int, model: str, content: Any = None) -> str:
-    body = {"model": model, "messages": [{"role": "user", "content": content or f"question {i}"}], "max_tokens": 50}
-    return json.dumps({"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    return chat_line(f"q{i}", content or f"question {i}", model, max_tokens=50)
 
 
 def _outputs(runner: BatchRunner, key: str | None) -> list[dict[str, Any]]:

@@ -232,6 +232,7 @@ def test_batch_submit_makes_one_job_per_object_version_and_batch_work_finishes_i
 
     from llm_gateway.adapters.aws.batch import batch_jobs_key_schema
     from llm_gateway.aws import batch
+    from tests.support.batch_files import chat_line
     from tests.support.moto_server import moto_server
 
     with moto_server() as moto:
@@ -264,17 +265,7 @@ def test_batch_submit_makes_one_job_per_object_version_and_batch_work_finishes_i
         runtime.settings.cache_clear()
         batch.runner.cache_clear()
         batch._idempotency.cache_clear()
-        lines = [
-            json.dumps(
-                {
-                    "custom_id": f"c{i}",
-                    "method": "POST",
-                    "url": "/v1/chat/completions",
-                    "body": {"model": "default", "messages": [{"role": "user", "content": f"echo {i}"}]},
-                }
-            )
-            for i in range(5)
-        ]
+        lines = [chat_line(f"c{i}", f"echo {i}") for i in range(5)]
         key = "batches/in/acme/my file.jsonl"
         version = s3.put_object(Bucket=bucket, Key=key, Body="\n".join([*lines, "{broken"]).encode())["VersionId"]
         record = {
