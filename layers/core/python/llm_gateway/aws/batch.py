@@ -109,6 +109,7 @@ def submit_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         submit_object
     )
     outcomes = []
+    metrics.add_metric(name="BatchEventRecords", unit="Count", value=len(event.get("Records", [])))
     for raw in event.get("Records", []):
         s3 = raw.get("s3", {})
         record = {
