@@ -119,3 +119,26 @@ def test_a_batch_the_provider_refuses_whole_is_answered_line_by_line(
     assert error["custom_id"] == "q1" and error["response"]["status_code"] == 400
     usage = dict(store_of(runner.deps)._db.execute("SELECT request_id, cost_usd FROM usage").fetchall())
     assert usage[f"{job.job_id}-0"] == pytest.approx(18 * 2000 / 1e6)  # answered online: the online price
+
+
+def test_lines_the_provider_batch_could_not_answer_are_answered_online(
+    checker: FakeServer, claude: FakeServer, tmp_path: Path
+) -> None:
+    runner = _runner(checker.base_url, claude.url, tmp_path)
+    # In the provider batch: the 2nd line overloaded upstream (503), the 3rd refused (400).
+    checker.script.push(ok("b0"), status(503), status(400, message="bad"), ok("b3"))
+    lines = [_line(i, "default") for i in range(4)]
+    runner.objects.put("batches/in/acme/retry.jsonl", ("\n".join(lines) + "\n").encode())
+    job, _ = runner.submit("batches/in/acme/retry.jsonl")
+    checker.script.push(ok("online answer"))  # what the online endpoint says to the retried line
+    done = runner.run(job.job_id)
+    results = {r["custom_id"]: r for r in _outputs(runner, done.results_key)}
+    assert sorted(results) == ["q0", "q1", "q3"]
+    assert results["q1"]["response"]["body"]["choices"][0]["message"]["content"] == "online answer"
+    online = checker.script.calls("/v1/chat/completions")
+    assert [c.body["messages"][0]["content"] for c in online] == ["question 1"]
+    (error,) = _outputs(runner, done.errors_key)
+    assert error["custom_id"] == "q2" and error["error"]["code"] == "upstream_bad_request"
+    usage = dict(store_of(runner.deps)._db.execute("SELECT request_id, cost_usd FROM usage").fetchall())
+    assert usage[f"{job.job_id}-1"] == pytest.approx(18 * 1000 / 1e6)  # online: the online price
+    assert usage[f"{job.job_id}-0"] == pytest.approx(18 * 500 / 1e6)

@@ -14,7 +14,9 @@ run again (a Lambda timeout, a killed CLI) without losing or repeating a line:
 - dispatch: lines for models with a provider batch API go to it in one provider batch per model
   (`batch.providers`); the others are answered now, a few at a time, by the invoke, moderate and
   finish steps.
-- collect: a finished provider batch's answers go through moderate and finish per line.
+- collect: a finished provider batch's answers go through moderate and finish per line; a line
+  it throttled, failed or let expire is answered online instead (the request's own fault, a 4xx,
+  is its answer).
 - complete: once every line is done, results.jsonl (answers, in input order) and errors.jsonl
   (invalid, refused and failed lines) are written and the job is marked completed.
 
@@ -49,6 +51,7 @@ IN_PREFIX = "batches/in/"
 OUT_PREFIX = "batches/out/"
 Progress = Callable[[int, int], None]  # (lines done, lines in the job)
 PENDING = "pending:"  # a submitted line's provider batch before the provider has named it
+DIRECT = "direct"  # a ready line to answer online (its provider batch could not answer it)
 
 
 class BatchRejected(ValueError):
@@ -218,7 +221,7 @@ class BatchRunner:
         by_model: dict[str, list[BatchLine]] = {}
         for line in self.jobs.lines(job_id, "ready"):
             assert line.model is not None
-            if self._batch_api(line.model) is not None:
+            if line.provider_batch != DIRECT and self._batch_api(line.model) is not None:
                 by_model.setdefault(line.model, []).append(line)
             else:
                 direct.append(line)
@@ -305,6 +308,8 @@ class BatchRunner:
             for line in lines:
                 self._collect(line, model_id, results, batch_failed=state == "failed")
             self._progress(job_id)
+        direct = [line for line in self.jobs.lines(job_id, "ready") if line.provider_batch == DIRECT]
+        self._answer_all(job_id, direct, None)
         return not self.jobs.lines(job_id, "submitted")
 
     def _collect(self, line: BatchLine, model_id: str, results: BatchResults, *, batch_failed: bool) -> None:
@@ -314,6 +319,12 @@ class BatchRunner:
             error = results.errors.get(state.request_id) or ProviderUnavailable(
                 f"model '{model_id}': the provider batch {'failed' if batch_failed else 'returned no answer'}"
             )
+            if not isinstance(error, ProviderBadRequest):
+                # Throttled, failed or expired upstream: answered online instead (the invoke step's
+                # retries and the route's fallbacks, at the online price), never lost.
+                self.deps.metrics.count("batch_lines_retried_online", model=model_id)
+                self.jobs.advance(line.job_id, line.index, "submitted", state="ready", provider_batch=DIRECT)
+                return
             self.runner.fail(state, error)
             self._done(line, "submitted", state, error=error)
             return
