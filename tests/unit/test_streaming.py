@@ -23,6 +23,7 @@ class ScriptedStream:
         self.fail_first = fail_first
         self.fail_midway = fail_midway
         self.closed = False
+        self.sent = 0  # deltas handed out
 
     def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
         raise NotImplementedError
@@ -38,6 +39,7 @@ class ScriptedStream:
             for i, piece in enumerate(self.pieces):
                 if self.fail_midway and i == len(self.pieces) // 2:
                     raise ProviderUnavailable("model failed mid-stream")
+                self.sent += 1
                 yield StreamDelta(text=piece)
             yield StreamDelta(finish_reason="stop", prompt_tokens=11, completion_tokens=len(self.pieces))
         finally:
@@ -130,6 +132,11 @@ def test_a_client_leaving_mid_stream_is_recorded_and_the_provider_stream_closed(
     assert provider.closed
     rows = store_of(runner.deps).query("SELECT outcome, error_code FROM audit")
     assert rows == [("error", "client_closed_request")]
+    # What the model generated until the gateway closed it is billed: charged, as an estimate
+    # (one token per delta received; the prompt at four characters a token).
+    (usage,) = store_of(runner.deps).query("SELECT prompt_tokens, completion_tokens, cost_usd FROM usage")
+    assert usage[1] == provider.sent and usage[0] >= 1 and usage[2] > 0
+    assert not store_of(runner.deps).query("SELECT key FROM exact_cache")
 
 
 def test_a_streamed_answer_that_turns_harmful_is_cut_with_content_filter() -> None:

@@ -170,25 +170,7 @@ def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
     """Store the answer in the cache, record usage (when a model was paid), settle its budget
     reservation, and the audit record."""
     cached = _store_in_cache(state, deps)
-    cost = 0.0
-    if state.invoke is not None:
-        tenant = state.tenant()
-        usage = state.invoke.response.usage
-        cost = usage.cost_usd
-        deps.usage.record(
-            UsageRecord(
-                request_id=state.request_id,
-                ts=state.received_at,
-                tenant=tenant.tenant,
-                key_id=tenant.key_id,
-                user_hash=pseudonym(tenant.tenant, tenant.user),
-                model=state.invoke.model,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_tokens=usage.prompt_tokens_details.cached_tokens,
-                cost_usd=cost,
-            )
-        )
+    cost = _record_usage(state, deps)
     settle(state, deps)
     deps.audit.record(_audit(state, deps, _outcome(state)))
     guard = state.guard
@@ -197,6 +179,39 @@ def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
         refusal = GuardrailBlocked(message, code=guard.layer)
         return FinishResult(status=refusal.status, error=refusal.body())
     return FinishResult(cached=cached, cost_usd=cost, response=final_response(state))
+
+
+def _record_usage(state: GatewayState, deps: Deps) -> float:
+    """The usage record of what the model was paid for (nothing without an invoke result)."""
+    if state.invoke is None:
+        return 0.0
+    tenant = state.tenant()
+    usage = state.invoke.response.usage
+    deps.usage.record(
+        UsageRecord(
+            request_id=state.request_id,
+            ts=state.received_at,
+            tenant=tenant.tenant,
+            key_id=tenant.key_id,
+            user_hash=pseudonym(tenant.tenant, tenant.user),
+            model=state.invoke.model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.prompt_tokens_details.cached_tokens,
+            cost_usd=usage.cost_usd,
+        )
+    )
+    return usage.cost_usd
+
+
+def record_abandoned(state: GatewayState, deps: Deps, error: GatewayError) -> FinishResult:
+    """A stream the client left: the model generated (and the provider bills) until the gateway
+    closed it, so `state.invoke` holds that partial usage; it is recorded and charged to the
+    budgets like an answer, and audited as the error it is. Nothing is cached."""
+    _record_usage(state, deps)
+    settle(state, deps)
+    deps.audit.record(_audit(state, deps, "error", error.code or type(error).__name__))
+    return FinishResult(status=error.status, error=error.body())
 
 
 def record_failure(state: GatewayState, deps: Deps, error: GatewayError) -> FinishResult:

@@ -29,7 +29,7 @@ from .contracts import (
     Usage,
 )
 from .errors import ClientClosedRequest, GatewayError, InternalError
-from .finish import final_response, finish_step
+from .finish import final_response, finish_step, record_abandoned
 from .guard.pii import find_pii, pii_safe_cut, redact, restore, safe_cut
 from .invoke import build_completion, open_stream
 from .moderation import leak_watched
@@ -160,7 +160,17 @@ def _relay(
         yield error.body()
         return
     except GeneratorExit:
-        runner.fail(state, ClientClosedRequest("The client closed the stream."))
+        # What was generated until now is billed by the provider: charge it (an estimate: the
+        # provider's own count comes with the final delta, which will not arrive).
+        reply = _reply_from(state, progress.text, "length", None, progress.pieces)
+        state.invoke = InvokeResult(
+            model=model_id,
+            provider=provider,
+            response=build_completion(state, runner.deps, model_id, reply),
+            attempts=attempts,
+            latency_ms=round((time.monotonic() - t0) * 1000, 3),
+        )
+        record_abandoned(state, runner.deps, ClientClosedRequest("The client closed the stream."))
         raise
     except Exception:
         log.exception("stream failed", extra={"request_id": state.request_id})
