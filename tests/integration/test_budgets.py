@@ -5,6 +5,7 @@ the budget ledger on SQLite (four workers on one file) and on DynamoDB (moto's s
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -225,3 +226,43 @@ tenants:
     assert store.query("SELECT cached_tokens, cost_usd FROM usage") == [(900, pytest.approx(expected))]
     spent = ledger.usage(budget_key(_acme(), config.tenants["acme"].budgets[0], state.received_at))
     assert spent.spent_nusd == nano_usd(expected) and spent.reserved_nusd == 0
+
+
+def test_checking_calls_are_held_and_charged_on_the_budgets_or_skipped_when_they_do_not_fit(
+    checker: FakeServer, tmp_path: Path
+) -> None:
+    # Given a tenant whose answers are all checked by a second model (1,000 $/Mtok): a check's
+    # worst case (its ~500-character prompt) is far larger than an answer's
+    checking = "{grounded: {enabled: true, check_model: checker, check_sample: 1.0}}"
+    model = (
+        f"  checker: {{provider: openai, provider_model: gpt-fake, base_url: {checker.base_url}, "
+        "api_key_env: FAKE_OPENAI_KEY, price: {input_per_mtok: 1000.0, output_per_mtok: 1000.0}}\n"
+    )
+    text = _config(checker.base_url).replace("    routes:", f"    guards: {checking}\n    routes:")
+    config = parse_config(text.replace("models:\n", "models:\n" + model, 1))
+    store = SqliteStore(tmp_path / "gateway.db")
+    ledger = SqliteBudgetLedger(tmp_path / "gateway.db")
+    runner = LocalRunner(_deps(config, store, ledger))
+    key = budget_key(_acme(), config.tenants["acme"].budgets[0], time.time())
+
+    # When requests come one after another until what is left cannot hold a check
+    checked: list[str] = []
+    for i in range(10):
+        checker.script.push(ok("The answer."), ok("consistent", prompt_tokens=100, completion_tokens=2))
+        state = runner.run(make_state(f"budget please {i}", max_tokens=10))
+        assert state.finish is not None and state.finish.response is not None  # always answered
+        asked = [c.body["messages"][0]["content"] for c in checker.script.calls("/v1/chat/completions")]
+        checker.script.reset()
+        if len(asked) == 1:  # the answer only: the check did not fit
+            break
+        checked.append(state.request_id)
+
+    # Then every check that ran was held and charged like an answer, the last request went
+    # without one, and the budget was never passed
+    assert 2 <= len(checked) < 10
+    costs = dict(store.query("SELECT request_id, cost_usd FROM usage"))
+    assert all(costs[f"{rid}:consistency"] == pytest.approx(0.102) for rid in checked)
+    spent = ledger.usage(key)
+    assert spent.spent_nusd == sum(nano_usd(c) for c in costs.values()) and spent.reserved_nusd == 0
+    assert spent.spent_nusd <= nano_usd(BUDGET_USD)
+    store.close()

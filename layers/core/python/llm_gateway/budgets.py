@@ -107,6 +107,34 @@ def reserve(state: GatewayState, deps: Deps, candidates: list[str]) -> None:
     deps.metrics.count("budget_reservations", tenant=tenant.tenant)
 
 
+def reserve_check(
+    deps: Deps, tenant: TenantContext, reservation_id: str, model_id: str, request: ChatCompletionRequest
+) -> bool:
+    """Hold a checking call's worst case (a judge, a consistency check) on the request's budgets;
+    False when it does not fit (the caller goes without the check)."""
+    if deps.budgets is None or not deps.config.tenants[tenant.tenant].budgets:
+        return True
+    now = deps.clock()
+    nusd, tokens = worst_case(deps.config, request, [model_id])
+    try:
+        deps.budgets.reserve(
+            reservation_id, limits_for(deps.config, tenant, now), nusd, tokens, now + RESERVATION_TTL_S, now
+        )
+    except BudgetRefused:
+        deps.metrics.count("budget_refusals", tenant=tenant.tenant, kind="check")
+        return False
+    return True
+
+
+def settle_check(deps: Deps, tenant: TenantContext, reservation_id: str, usd: float, tokens: int) -> None:
+    """Charge a checking call's actual cost (0 releases the hold)."""
+    if deps.budgets is None or not deps.config.tenants[tenant.tenant].budgets:
+        return
+    nusd = nano_usd(usd)
+    if deps.budgets.settle(reservation_id, nusd, tokens) and nusd + tokens > 0:
+        _alerts(deps, tenant)
+
+
 def settle(state: GatewayState, deps: Deps) -> None:
     """Charge the actual cost (finish) or release the hold (a failed request), then check alerts."""
     if deps.budgets is None or state.guard is None or state.guard.tenant is None:

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
+from ..budgets import reserve_check, settle_check
 from ..contracts import ChatCompletionRequest, ChatMessage
-from ..errors import ProviderError
+from ..errors import ProviderError, ProviderUnavailable
 from ..identity import pseudonym
 from ..ports import UsageRecord
 from .harmful import CATEGORY_NAMES
@@ -119,11 +120,18 @@ def ask_model(
     )
     started = time.perf_counter()
     outcome = "error"
+    call_id = f"{request_id}:{purpose}"
+    if not reserve_check(deps, tenant, call_id, model_id, request):
+        deps.metrics.count("check_model_calls", model=model_id, check=purpose.split(":", 1)[0], outcome="over_budget")
+        raise ProviderUnavailable(f"model '{model_id}': the check does not fit the tenant's budget")
+    cost, tokens = 0.0, 0
     try:
         reply = provider.complete(request, model_id, model)
+        cost = model.price.cost(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens)
+        tokens = reply.prompt_tokens + reply.completion_tokens
         deps.usage.record(
             UsageRecord(
-                request_id=f"{request_id}:{purpose}",
+                request_id=call_id,
                 ts=deps.clock(),
                 tenant=tenant.tenant,
                 key_id=tenant.key_id,
@@ -132,7 +140,7 @@ def ask_model(
                 prompt_tokens=reply.prompt_tokens,
                 completion_tokens=reply.completion_tokens,
                 cached_tokens=reply.cached_tokens,
-                cost_usd=model.price.cost(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens),
+                cost_usd=cost,
             )
         )
         outcome = "unparseable"
@@ -143,6 +151,7 @@ def ask_model(
         outcome = "provider_error"
         raise
     finally:
+        settle_check(deps, tenant, call_id, cost, tokens)  # charged when it answered, else released
         check = purpose.split(":", 1)[0]
         deps.metrics.observe("check_model_ms", (time.perf_counter() - started) * 1000, model=model_id, check=check)
         deps.metrics.count("check_model_calls", model=model_id, check=check, outcome=outcome)
