@@ -10,7 +10,7 @@ message that repeats one of its instructions, then the question. Everyday traffi
 easy questions come back word for word and 30 Quora questions come back paraphrased (QQP
 duplicates, test part). Requests go through the whole chain (router, cache, guard, invoke,
 moderate) to wire-compatible fake providers that bill as the services do
-(tests/support/priced_providers.py): a large model on the Anthropic API (3 / 0.30 cached / 15 $
+(tests/support/priced_providers.py): a large model on the Anthropic API (3 / 0.30 cached / 3.75 cache write / 15 $
 per Mtok) and a small one on the OpenAI API (0.15 / 0.075 / 0.60).
 
 Levers: the complexity router (`small_share`), the exact + semantic response cache, lossless
@@ -139,7 +139,7 @@ models:
     api_key_env: BENCH_PROVIDER_KEY
     default_max_tokens: 1024
     prompt_cache: {prompt_cache}
-    price: {{input_per_mtok: 3.0, cached_input_per_mtok: 0.30, output_per_mtok: 15.0}}
+    price: {{input_per_mtok: 3.0, cached_input_per_mtok: 0.30, cache_write_per_mtok: 3.75, output_per_mtok: 15.0}}
   small:
     provider: openai
     provider_model: gpt-small

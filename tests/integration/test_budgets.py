@@ -187,16 +187,27 @@ def test_a_request_that_cannot_fit_is_refused_before_the_model_is_called(checker
     assert store.query("SELECT outcome, error_code FROM audit") == [("error", "budget_exceeded")]
 
 
+@pytest.mark.parametrize(
+    ("cached", "written", "expected"),
+    [
+        (900, 0, (100 * 3.0 + 900 * 0.30 + 10 * 15.0) / 1e6),  # 0.00072 $, not 0.00315 $ undiscounted
+        (0, 900, (100 * 3.0 + 900 * 3.75 + 10 * 15.0) / 1e6),  # the first request writes the prefix: 1.25x
+    ],
+    ids=["cache-read", "cache-write"],
+)
 def test_cached_input_is_priced_at_the_discount_in_usage_and_budgets(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached: int, written: int, expected: float
 ) -> None:
-    # Given an Anthropic model (3 $/Mtok in, 0.30 cached, 15 out) answering with 900 of its
-    # 1,000 prompt tokens read from the provider's cache
+    # Given an Anthropic model (3 $/Mtok in, 0.30 cache read, 3.75 cache write, 15 out) answering
+    # with 900 of its 1,000 prompt tokens read from (or written to) the provider's cache
+    from dataclasses import replace
+
     from tests.support.fake_providers import fake_server
 
     monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-test")
     with fake_server("anthropic") as anthropic_fake:
-        anthropic_fake.script.push(ok("cached answer", prompt_tokens=1000, completion_tokens=10, cached_tokens=900))
+        answer = ok("cached answer", prompt_tokens=1000, completion_tokens=10, cached_tokens=cached)
+        anthropic_fake.script.push(replace(answer, cache_write_tokens=written))
         config = parse_config(
             f"""
 models:
@@ -204,7 +215,7 @@ models:
     provider: anthropic
     base_url: {anthropic_fake.base_url}
     api_key_env: FAKE_ANTHROPIC_KEY
-    price: {{input_per_mtok: 3.0, cached_input_per_mtok: 0.30, output_per_mtok: 15.0}}
+    price: {{input_per_mtok: 3.0, cached_input_per_mtok: 0.30, cache_write_per_mtok: 3.75, output_per_mtok: 15.0}}
 tenants:
   acme:
     api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
@@ -217,13 +228,12 @@ tenants:
         runner = LocalRunner(_deps(config, store, ledger))
         state = runner.run(make_state("a long shared prefix question", max_tokens=50))
 
-    # Then the answer, the usage record and the budget all carry the discounted price
-    expected = (100 * 3.0 + 900 * 0.30 + 10 * 15.0) / 1e6  # 0.00072 $, not 0.00315 $ undiscounted
+    # Then the answer, the usage record and the budget all carry that price
     assert state.finish is not None and state.finish.response is not None
     usage = state.finish.response.usage
-    assert usage.prompt_tokens_details.cached_tokens == 900
+    assert usage.prompt_tokens_details.cached_tokens == cached and usage.prompt_tokens == 1000
     assert usage.cost_usd == pytest.approx(expected)
-    assert store.query("SELECT cached_tokens, cost_usd FROM usage") == [(900, pytest.approx(expected))]
+    assert store.query("SELECT cached_tokens, cost_usd FROM usage") == [(cached, pytest.approx(expected))]
     spent = ledger.usage(budget_key(_acme(), config.tenants["acme"].budgets[0], state.received_at))
     assert spent.spent_nusd == nano_usd(expected) and spent.reserved_nusd == 0
 

@@ -53,6 +53,7 @@ class Ok:
     completion_tokens: int = 6
     cached_tokens: int = 0
     finish_reason: str | None = None
+    cache_write_tokens: int = 0  # Anthropic: input tokens written to the prompt cache
 
 
 @dataclass(frozen=True)
@@ -392,8 +393,8 @@ def _anthropic_problem(body: Any) -> str | None:
 
 def _anthropic_usage(answer: Ok) -> dict[str, int]:
     return {
-        "input_tokens": max(0, answer.prompt_tokens - answer.cached_tokens),
-        "cache_creation_input_tokens": 0,
+        "input_tokens": max(0, answer.prompt_tokens - answer.cached_tokens - answer.cache_write_tokens),
+        "cache_creation_input_tokens": answer.cache_write_tokens,
         "cache_read_input_tokens": answer.cached_tokens,
         "output_tokens": answer.completion_tokens,
     }

@@ -9,7 +9,7 @@ workload is billed as the real services would bill it (`Script(responder=...)`):
 - provider prompt caching as the services do it. OpenAI: automatic for prompts of 1,024+ tokens,
   by prefix in 128-token steps, with or without `prompt_cache_key`. Anthropic: only up to the
   `cache_control` breakpoints the request marks, for prefixes of 1,024+ tokens; a prefix seen
-  before is read from the cache, a new one is written (billed as input here).
+  before is read from the cache, a new one is written (reported as `cache_creation_input_tokens`).
 
 The caches are per responder (one per model) and thread-safe.
 """
@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import threading
+from dataclasses import replace
 from typing import Any, Literal
 
 from llm_gateway.contracts import BREVITY_INSTRUCTION
@@ -61,7 +62,7 @@ class PricedResponder:
         blocks, system = self._blocks(body)
         prompt = "".join(text for text, _ in blocks)
         prompt_tokens = tokens(prompt) + 4 * len(body.get("messages") or [])
-        cached = self._cache(blocks)
+        cached, written = self._cache(blocks)
         question = next(
             (_text(m.get("content")) for m in reversed(body.get("messages") or []) if m.get("role") == "user"), ""
         )
@@ -72,7 +73,8 @@ class PricedResponder:
         completion = min(natural, int(limit)) if limit else natural
         finish = ("length" if self.kind == "openai" else "max_tokens") if completion < natural else None
         text = ("The answer, in detail. " * (completion // 5 + 1))[: completion * CHARS_PER_TOKEN]
-        return ok(text, prompt_tokens, completion, min(cached, prompt_tokens), finish)
+        reply = ok(text, prompt_tokens, completion, min(cached, prompt_tokens), finish)
+        return replace(reply, cache_write_tokens=min(written, prompt_tokens - reply.cached_tokens))
 
     def _blocks(self, body: dict[str, Any]) -> tuple[list[tuple[str, bool]], str]:
         """The prompt as (text, ends a cache breakpoint) blocks in the order the provider reads
@@ -97,8 +99,9 @@ class PricedResponder:
                 blocks.append((_text(content), False))
         return blocks, "\n".join(system_texts)
 
-    def _cache(self, blocks: list[tuple[str, bool]]) -> int:
-        """Tokens read from this provider's prompt cache; records the prefixes it would store."""
+    def _cache(self, blocks: list[tuple[str, bool]]) -> tuple[int, int]:
+        """(tokens read from this provider's prompt cache, tokens written to it: Anthropic bills a
+        new breakpoint prefix as a write); records the prefixes it would store."""
         prefix = ""
         candidates: list[str] = []  # cacheable prefixes, shortest first
         for text, breakpoint in blocks:
@@ -116,5 +119,7 @@ class PricedResponder:
                     candidates.append(prefix)
         with self._lock:
             hit = max((len(c) for c in candidates if _digest(json.dumps(c)) in self._cached), default=0)
+            new = [len(c) for c in candidates if _digest(json.dumps(c)) not in self._cached]
             self._cached.update(_digest(json.dumps(c)) for c in candidates)
-        return hit // CHARS_PER_TOKEN
+        written = max(new, default=hit) - hit if self.kind == "anthropic" else 0
+        return hit // CHARS_PER_TOKEN, written // CHARS_PER_TOKEN

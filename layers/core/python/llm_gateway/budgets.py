@@ -82,7 +82,9 @@ def worst_case(config: GatewayConfig, request: ChatCompletionRequest, candidates
     for model_id in candidates:
         model = config.models[model_id]
         completion = output_limit(request, model)
-        nusd = max(nusd, nano_usd(model.price.cost(prompt, completion)))
+        # Every input token written to the provider's cache, where a write costs more than input.
+        writes = prompt if (model.price.cache_write_per_mtok or 0.0) > model.price.input_per_mtok else 0
+        nusd = max(nusd, nano_usd(model.price.cost(prompt, completion, 0, writes)))
         tokens = max(tokens, prompt + completion)
     return nusd, tokens
 

@@ -29,12 +29,19 @@ class Price(_Config):
 
     input_per_mtok: float = Field(default=0.0, ge=0)
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    # Input tokens written to a provider's prompt cache (Anthropic: 1.25x input); unset: input price.
+    cache_write_per_mtok: float | None = Field(default=None, ge=0)
     output_per_mtok: float = Field(default=0.0, ge=0)
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> float:
+        """`prompt_tokens` includes the cached (read) and the cache-written tokens."""
         cached_price = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
-        uncached = max(0, prompt_tokens - cached_tokens)
-        total = uncached * self.input_per_mtok + cached_tokens * cached_price
+        write_price = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        written = min(cache_write_tokens, max(0, prompt_tokens - cached_tokens))
+        uncached = max(0, prompt_tokens - cached_tokens - written)
+        total = uncached * self.input_per_mtok + cached_tokens * cached_price + written * write_price
         total += completion_tokens * self.output_per_mtok
         return round(total / 1_000_000, 10)
 

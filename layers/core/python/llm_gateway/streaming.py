@@ -292,6 +292,7 @@ def _reply_from(
             prompt_tokens=last.prompt_tokens,
             completion_tokens=last.completion_tokens or 0,
             cached_tokens=last.cached_tokens,
+            cache_write_tokens=last.cache_write_tokens,
         )
     prompt_chars = sum(len(m.text()) for m in state.model_request().messages)
     return ProviderReply(text=text, finish_reason=finish, prompt_tokens=prompt_chars // 4 + 1, completion_tokens=pieces)

@@ -115,7 +115,9 @@ def build_completion(
     a provider batch's)."""
     usage = Usage.of(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens)
     price = price or deps.config.models[model_id].price
-    usage.cost_usd = price.cost(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens)
+    usage.cost_usd = price.cost(
+        reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens, reply.cache_write_tokens
+    )
     return ChatCompletion(
         id=f"chatcmpl-{state.request_id}",
         created=int(state.received_at),
@@ -171,6 +173,7 @@ def _repaired(
         prompt_tokens=reply.prompt_tokens + second.prompt_tokens,
         completion_tokens=reply.completion_tokens + second.completion_tokens,
         cached_tokens=reply.cached_tokens + second.cached_tokens,
+        cache_write_tokens=reply.cache_write_tokens + second.cache_write_tokens,
     )
 
 

@@ -127,7 +127,9 @@ def ask_model(
     cost, tokens = 0.0, 0
     try:
         reply = provider.complete(request, model_id, model)
-        cost = model.price.cost(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens)
+        cost = model.price.cost(
+            reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens, reply.cache_write_tokens
+        )
         tokens = reply.prompt_tokens + reply.completion_tokens
         deps.usage.record(
             UsageRecord(

@@ -51,6 +51,7 @@ def _reply(message: Any) -> ProviderReply:
         prompt_tokens=usage.input_tokens + cached + written,
         completion_tokens=usage.output_tokens,
         cached_tokens=cached,
+        cache_write_tokens=written,
     )
 
 
@@ -170,14 +171,15 @@ class AnthropicProvider:
 
     def _deltas(self, events: anthropic.Stream[Any], model_id: str) -> Iterator[StreamDelta]:
         finish: FinishReason = "stop"
-        prompt = completion = cached = 0
+        prompt = completion = cached = written = 0
         try:
             with events:
                 for event in events:
                     if event.type == "message_start":
                         usage = event.message.usage
                         cached = usage.cache_read_input_tokens or 0
-                        prompt = usage.input_tokens + cached + (usage.cache_creation_input_tokens or 0)
+                        written = usage.cache_creation_input_tokens or 0
+                        prompt = usage.input_tokens + cached + written
                     elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                         yield StreamDelta(text=event.delta.text)
                     elif event.type == "message_delta":
@@ -186,5 +188,9 @@ class AnthropicProvider:
         except anthropic.AnthropicError as exc:
             raise map_error(exc, model_id) from exc
         yield StreamDelta(
-            finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
+            finish_reason=finish,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            cache_write_tokens=written,
         )

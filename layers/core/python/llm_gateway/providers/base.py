@@ -26,6 +26,7 @@ class ProviderReply(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # input tokens written to the provider's prompt cache (in prompt_tokens)
 
 
 class StreamDelta(BaseModel):
@@ -38,6 +39,7 @@ class StreamDelta(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class Provider(Protocol):
