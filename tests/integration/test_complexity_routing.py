@@ -152,3 +152,27 @@ def test_cache_keys_see_the_brevity_instruction_the_router_will_add(
     scopes = semantic._db.execute("SELECT DISTINCT scope FROM semantic_index").fetchall()
     assert len(scopes) == 2  # a brief answer is never reused for a request that gets none
     semantic.close()
+
+
+def test_the_router_and_the_semantic_cache_embed_a_question_once(
+    checker: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_gateway.semantic.embeddings import default_embedder
+
+    embedder = default_embedder()
+    embedded: list[list[str]] = []
+    real = embedder.embed
+
+    def counting(texts: list[str]) -> Any:
+        embedded.append(list(texts))
+        return real(texts)
+
+    monkeypatch.setattr(embedder, "embed", counting)
+    db = tmp_path / "g.db"
+    semantic = LocalSemanticIndex(str(db))
+    question = "What is the warranty on a refurbished laptop bought last spring?"
+    state = LocalRunner(make_deps(_config(checker.base_url), db=db, semantic=semantic)).run(make_state(question))
+    assert state.router is not None and state.router.complexity is not None  # both steps used it
+    assert state.cache is not None and state.cache.query_vector is not None
+    assert embedded.count([question]) == 1
+    semantic.close()

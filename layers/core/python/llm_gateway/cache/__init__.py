@@ -77,7 +77,7 @@ def _embed_query(request: ChatCompletionRequest, tenant: str, model: str) -> tup
 
     query = query_text(request)
     try:
-        vector = np.asarray(default_embedder().embed([query])[0], dtype=np.float32)
+        vector = np.asarray(default_embedder().embed_one(query), dtype=np.float32)
     except Exception:  # the embedder is an optimisation: a broken one must not fail requests
         log.exception("query embedding failed; semantic cache skipped")
         return None

@@ -197,7 +197,9 @@ class ComplexityScorer:
             from ..semantic.embeddings import default_embedder
 
             self._embedder = default_embedder()
-        row: list[float] = self._embedder.embed([text[:EMBED_CHARS]])[0].tolist()
+        # The whole question when it is short (the semantic cache embeds the same text: one
+        # embedding for both), its start when long (the model reads 256 tokens at most).
+        row: list[float] = self._embedder.embed_one(text if len(text) <= EMBED_CHARS else text[:EMBED_CHARS]).tolist()
         return row
 
 

@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ _TRAILING_PUNCTUATION = re.compile(r"[\s?!.\u3002\uff1f\uff01]+$")  # also the f
 TOKENIZER_PATH = Path(__file__).parent / "data" / "tokenizer.json.gz"
 
 FloatMatrix = npt.NDArray[np.float32]
+FloatVector = npt.NDArray[np.float32]
+RECENT = 256  # texts whose vectors `Embedder.embed_one` remembers
 
 
 def model_path() -> Path:
@@ -148,6 +151,25 @@ class Embedder:
             str(model or prepare_model()), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self._inputs = {i.name for i in self._session.get_inputs()}
+        self._recent: OrderedDict[str, FloatVector] = OrderedDict()
+        self._recent_lock = threading.Lock()
+
+    def embed_one(self, text: str) -> FloatVector:
+        """One text's vector, remembered for the last `RECENT` texts: the steps of one request
+        that embed the same question in one process (the complexity router, the semantic cache,
+        the topic filter) pay for it once."""
+        with self._recent_lock:
+            found = self._recent.get(text)
+            if found is not None:
+                self._recent.move_to_end(text)
+                return found
+        vector: FloatVector = self.embed([text])[0]
+        vector.setflags(write=False)
+        with self._recent_lock:
+            self._recent[text] = vector
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
+        return vector
 
     def embed(self, texts: list[str]) -> FloatMatrix:
         """Return one unit-length float32 row per text (shape (len(texts), 384)), batched internally."""
