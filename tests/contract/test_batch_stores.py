@@ -143,3 +143,20 @@ def test_a_job_whose_creator_died_midway_is_finished_by_the_next(moto: MotoServe
     assert store.create(job, _lines("j1", 40))
     assert len(store.lines("j1")) == 40
     assert not store.create(job, _lines("j1", 40))
+
+
+def test_the_cli_reads_a_deployments_job_table(
+    moto: MotoServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llm_gateway.local.cli import main
+
+    client: Any = moto.client("dynamodb")
+    table = f"batch-{uuid.uuid4().hex[:8]}"
+    client.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **batch_jobs_key_schema())
+    DynamoBatchJobs(table, client).create(_job("j1"), _lines("j1", 3))
+    DynamoBatchJobs(table, client).advance("j1", 0, "new", state="done", status=200)
+    for name, value in moto.environment().items():
+        monkeypatch.setenv(name, value)
+    assert main(["batch", "status", "--table", table]) == 0
+    assert capsys.readouterr().out.startswith("j1 acme running batches/in/acme/a.jsonl: 1 done, 2 new")
+    assert main(["batch", "results", "j1", "--table", table]) == 2

@@ -17,7 +17,7 @@ from llm_gateway.batch import BatchRejected, BatchRunner, job_id_for
 from llm_gateway.config import parse_config
 from llm_gateway.local.cli import main
 from llm_gateway.runner import LocalRunner
-from tests.conftest import ACME_KEY, hash_key, make_deps, make_state, store_of
+from tests.conftest import ACME_KEY, GLOBEX_KEY, hash_key, make_deps, make_state, store_of
 from tests.support.batch_files import chat_line
 from tests.support.fake_providers import FakeServer
 
@@ -39,6 +39,9 @@ tenants:
     routes: {{default: {{model: gpt}}}}
     input_blocklist: {{keywords: [codename]}}
     rate_limit: {{requests_per_minute: 1, burst: 3}}  # the online warm-up fits, a batch would not
+  globex:
+    api_keys: [{{id: k1, sha256: {hash_key(GLOBEX_KEY)}}}]
+    routes: {{default: {{model: gpt}}}}
 """
     )
 
@@ -254,3 +257,36 @@ def test_a_step_stops_at_its_deadline_and_the_next_step_goes_on(setup: tuple[Bat
         steps += 1
         assert steps < 10
     assert runner.counts(job.job_id).done == job.requests + job.invalid
+
+
+def test_a_tenant_reads_its_batch_jobs_over_the_api_and_no_one_elses(
+    setup: tuple[BatchRunner, FakeServer, Path],
+) -> None:
+    import httpx
+
+    from llm_gateway.local.app import create_app
+    from tests.support.servers import serve
+
+    runner, _, _ = setup
+    job, _ = runner.submit("batches/in/acme/job.jsonl")
+    runner.prepare(job.job_id)
+    runner.deps.batch_jobs = runner.jobs
+    with serve(create_app(LocalRunner(runner.deps))) as url:
+
+        def get(path: str, key: str | None = ACME_KEY) -> httpx.Response:
+            return httpx.get(url + path, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+        running = get(f"/v1/batches/{job.job_id}").json()
+        assert (running["object"], running["status"], running["output_file"]) == ("batch", "in_progress", None)
+        refused_or_cached = len(CACHED) + 1 + 3  # cache hits, the blocked line, the invalid ones
+        assert running["request_counts"] == {"total": LINES + 1, "completed": len(CACHED), "failed": 4}
+        assert refused_or_cached == running["request_counts"]["completed"] + running["request_counts"]["failed"]
+        runner.run(job.job_id)
+        done = get(f"/v1/batches/{job.job_id}").json()
+        assert done["status"] == "completed" and done["output_file"].endswith("/results.jsonl")
+        assert done["request_counts"] == {"total": LINES + 1, "completed": LINES - 3, "failed": 4}
+        assert [b["id"] for b in get("/v1/batches").json()["data"]] == [job.job_id]
+        other = get(f"/v1/batches/{job.job_id}", GLOBEX_KEY)  # another tenant: as if it did not exist
+        assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
+        assert get("/v1/batches", GLOBEX_KEY).json()["data"] == []
+        assert get(f"/v1/batches/{job.job_id}", None).status_code == 401

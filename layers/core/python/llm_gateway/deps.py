@@ -11,7 +11,7 @@ from .errors import ConfigError
 from .guard.ner import ner_available
 from .moderation.blocklist import CompiledBlocklist
 from .observability import MetricsSink, NullMetrics
-from .ports import AuditLog, BudgetLedger, ExactCache, RateLimiter, ReviewQueue, UsageLedger
+from .ports import AuditLog, BatchJobs, BudgetLedger, ExactCache, RateLimiter, ReviewQueue, UsageLedger
 from .providers.base import ProviderRegistry
 from .semantic.index import SemanticIndex
 
@@ -28,6 +28,7 @@ class Deps:
     semantic: SemanticIndex | None = None  # None: this deployment has no semantic index
     review: ReviewQueue | None = None  # None: flagged items are only counted and audited
     budgets: BudgetLedger | None = None  # None: tenants' `budgets` are not enforced (refused at start)
+    batch_jobs: BatchJobs | None = None  # None: no batch job status on this deployment's API
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     # Derived once from config: key digest -> (tenant, key id); compiled blocklists per tenant.

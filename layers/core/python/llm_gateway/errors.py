@@ -68,6 +68,14 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
 
 
+class NotFound(GatewayError):
+    """A resource (a batch job) the caller has none of."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"

@@ -75,6 +75,31 @@ def job_id_for(tenant: str, key: str, version: str) -> str:
     return "batch_" + hashlib.sha256(f"{tenant}\0{key}\0{version}".encode()).hexdigest()[:24]
 
 
+def batch_object(jobs: BatchJobs, job: BatchJob) -> dict[str, Any]:
+    """A job as the OpenAI Batch API describes a batch (`GET /v1/batches/{id}`), with its lines
+    counted: `completed` answered, `failed` refused, failed or invalid."""
+    lines = jobs.lines(job.job_id)
+    done = [line for line in lines if line.state == "done"]
+    status = {"running": "in_progress", "completed": "completed", "failed": "failed"}[job.status]
+    return {
+        "id": job.job_id,
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "status": status,
+        "input_file": job.source,
+        "output_file": job.results_key,
+        "error_file": job.errors_key,
+        "created_at": int(job.created_at),
+        "completed_at": int(job.updated_at) if job.status == "completed" else None,
+        "errors": None if job.message is None else {"data": [{"code": "invalid_file", "message": job.message}]},
+        "request_counts": {
+            "total": len(lines),
+            "completed": sum(1 for line in done if line.status == 200),
+            "failed": sum(1 for line in done if line.status != 200),
+        },
+    }
+
+
 def output_keys(tenant: str, job_id: str) -> tuple[str, str]:
     return f"{OUT_PREFIX}{tenant}/{job_id}/results.jsonl", f"{OUT_PREFIX}{tenant}/{job_id}/errors.jsonl"
 

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..batch import batch_object
 from ..cache import PurgeRequest, purge_caches
 from ..config import hash_key
 from ..contracts import CallerContext, ChatCompletionRequest, GatewayState
@@ -29,6 +30,7 @@ from ..errors import (
     GatewayError,
     InternalError,
     InvalidRequest,
+    NotFound,
     PayloadTooLarge,
     from_validation_error,
     to_http,
@@ -208,6 +210,25 @@ class GatewayApp:
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-gateway"} for name in names]
         return JSONResponse({"object": "list", "data": data})
 
+    async def batches(self, request: Request) -> Response:
+        """`GET /v1/batches[/{id}]`: the caller's tenant's batch jobs, as OpenAI batch objects."""
+        key = _api_key(request)
+        found = self.deps.keys.get(hash_key(key)) if key else None
+        if found is None:
+            return _error_response(AuthenticationFailed("Incorrect API key provided."), uuid.uuid4().hex)
+        jobs = self.deps.batch_jobs
+        job_id = request.path_params.get("batch_id")
+        if jobs is None:
+            return _error_response(NotFound("This deployment runs no batch jobs."), uuid.uuid4().hex)
+        if job_id is None:
+            listed = await anyio.to_thread.run_sync(jobs.jobs, found[0])
+            data = [await anyio.to_thread.run_sync(batch_object, jobs, job) for job in listed]
+            return JSONResponse({"object": "list", "data": data, "has_more": False})
+        job = await anyio.to_thread.run_sync(jobs.job, job_id)
+        if job is None or job.tenant != found[0]:  # another tenant's job does not exist for this caller
+            return _error_response(NotFound(f"No batch found with id '{job_id}'."), uuid.uuid4().hex)
+        return JSONResponse(await anyio.to_thread.run_sync(batch_object, jobs, job))
+
     async def metrics(self, request: Request) -> Response:
         """Prometheus text exposition of the in-process metrics (when the runtime keeps them)."""
         sink = self.deps.metrics
@@ -257,6 +278,8 @@ def create_app(runner: LocalRunner) -> Starlette:
         routes=[
             Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
+            Route("/v1/batches", gateway.batches, methods=["GET"]),
+            Route("/v1/batches/{batch_id}", gateway.batches, methods=["GET"]),
             Route("/healthz", gateway.healthz, methods=["GET"]),
             Route("/metrics", gateway.metrics, methods=["GET"]),
             Route("/admin/cache/purge", gateway.admin_purge, methods=["POST"]),

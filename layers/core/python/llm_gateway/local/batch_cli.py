@@ -20,7 +20,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ..adapters.local.batch import FolderObjects, SqliteBatchJobs
     from ..batch import BatchRunner
-    from ..ports import BatchJob
+    from ..ports import BatchJob, BatchJobs
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], config_default: str | None) -> None:
@@ -31,6 +31,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], co
     batch_cmd.add_argument("--errors", action="store_true", help="results: print the errors file instead")
     batch_cmd.add_argument("--parallel", type=int, default=4, help="lines answered at once (no provider batch API)")
     batch_cmd.add_argument("--config", default=config_default, help="YAML configuration")
+    batch_cmd.add_argument(
+        "--table", help="status: a deployment's batch job table (DynamoDB) instead of the local store"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from ..batch import BatchRejected, BatchRunner
     from .cli import local_deps, local_endpoint, with_endpoint_url
 
+    if args.table:
+        if args.action != "status":
+            raise ConfigError("--table works with status; a deployment's files are in its bucket under batches/out/")
+        from ..adapters.aws.batch import DynamoBatchJobs
+        from ..adapters.aws.dynamodb import default_client
+
+        return _status(DynamoBatchJobs(args.table, default_client()), args.target, args.tenant)
     config = load_config(args.config or EXAMPLE_CONFIG)
     with contextlib.ExitStack() as stack:
         if args.action == "submit" and config.uses_local_endpoint():
@@ -94,7 +104,7 @@ def _run_with_progress(runner: BatchRunner, job_id: str) -> BatchJob:
         return runner.run(job_id)
 
 
-def _status(jobs: SqliteBatchJobs, job_id: str | None, tenant: str | None) -> int:
+def _status(jobs: BatchJobs, job_id: str | None, tenant: str | None) -> int:
     selected = [jobs.job(job_id)] if job_id else jobs.jobs(tenant)
     if job_id and selected[0] is None:
         raise ConfigError(f"no batch job {job_id}")

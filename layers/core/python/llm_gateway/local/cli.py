@@ -102,6 +102,7 @@ def _shutdown(signum: int, frame: object) -> None:
 def local_deps(config: GatewayConfig, stack: contextlib.ExitStack) -> Deps:
     """The embedded default's dependencies: every store on the configuration's SQLite file (closed
     when `stack` unwinds), in-memory rate limits and metrics, the standard providers."""
+    from ..adapters.local.batch import SqliteBatchJobs
     from ..adapters.local.budget import SqliteBudgetLedger
     from ..adapters.local.memory import MemoryRateLimiter
     from ..adapters.local.review import SqliteReviewQueue
@@ -119,7 +120,10 @@ def local_deps(config: GatewayConfig, stack: contextlib.ExitStack) -> Deps:
     stack.callback(review_queue.close)
     budgets = SqliteBudgetLedger(config.storage_path)
     stack.callback(budgets.close)
+    batch_jobs = SqliteBatchJobs(config.storage_path)
+    stack.callback(batch_jobs.close)
     return Deps(
+        batch_jobs=batch_jobs,
         config=config,
         cache=store,
         semantic=semantic,

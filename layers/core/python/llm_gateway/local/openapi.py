@@ -97,6 +97,23 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/batches": {
+                "get": {
+                    "summary": "The key's tenant's batch jobs (OpenAI batch objects), newest first.",
+                    "responses": {"200": {"description": "A list of batches."}, "401": _error("Unknown API key.")},
+                }
+            },
+            "/v1/batches/{batch_id}": {
+                "get": {
+                    "summary": "One batch job: status, request counts, output and error files.",
+                    "parameters": [{"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "The batch."},
+                        "401": _error("Unknown API key."),
+                        "404": _error("No such batch for this tenant."),
+                    },
+                }
+            },
             "/healthz": {"get": {"summary": "Liveness.", "security": [], "responses": {"200": {"description": "ok"}}}},
         },
     }
