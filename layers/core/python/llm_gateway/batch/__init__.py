@@ -147,31 +147,22 @@ class BatchRunner:
         if existing is not None:
             return existing, False
         now = self.deps.clock()
+        problem = None
         try:
             valid, invalid = parse_input(data)
-        except BatchFileError as exc:
-            job = BatchJob(
-                job_id=job_id,
-                tenant=tenant,
-                source=key,
-                version=version,
-                status="failed",
-                created_at=now,
-                updated_at=now,
-                requests=0,
-                invalid=0,
-                message=str(exc),
-            )
-            return job, self.jobs.create(job, [])
+        except BatchFileError as exc:  # the file as a whole is no batch: a failed job says why
+            valid, invalid, problem = [], [], str(exc)
         job = BatchJob(
             job_id=job_id,
             tenant=tenant,
             source=key,
             version=version,
+            status="running" if problem is None else "failed",
             created_at=now,
             updated_at=now,
             requests=len(valid),
             invalid=len(invalid),
+            message=problem,
         )
         entries: list[InputLine | InvalidLine] = sorted([*valid, *invalid], key=lambda e: e.line)
         lines = [self._line(job, index, entry, now) for index, entry in enumerate(entries)]

@@ -21,7 +21,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..batch import batch_object
 from ..cache import PurgeRequest, purge_caches
 from ..config import hash_key
 from ..contracts import CallerContext, ChatCompletionRequest, GatewayState
@@ -212,6 +211,8 @@ class GatewayApp:
 
     async def batches(self, request: Request) -> Response:
         """`GET /v1/batches[/{id}]`: the caller's tenant's batch jobs, as OpenAI batch objects."""
+        from ..batch import batch_object  # the batch engine only when asked (streaming function cold start)
+
         key = _api_key(request)
         found = self.deps.keys.get(hash_key(key)) if key else None
         if found is None:
