@@ -4,8 +4,6 @@ pins, and the complexity router (`routing.complexity`) that sends easy requests 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from ..config import GatewayConfig
@@ -50,7 +48,8 @@ def planned_route(state: GatewayState, deps: Deps) -> RouteResult:
     """The route and the models to try, in order: a metadata pin, else the complexity router's
     tier (then the tiers above it and the route's fallbacks), else the route's own order. The
     cache step keys answers by its first model, before the router step runs; the choice is the
-    same both times (a request's score is remembered by its id)."""
+    same both times (the score is a function of the request; the second time costs ~0.2 ms, the
+    embedding being remembered by `Embedder.embed_one`)."""
     tenant = state.tenant().tenant
     route = resolve_route(deps.config, tenant, state.request.model)
     settings = deps.config.tenants[tenant].routes.get(route.route)
@@ -68,9 +67,7 @@ def planned_route(state: GatewayState, deps: Deps) -> RouteResult:
 
     try:
         scorer = default_scorer()
-        score = _scores.get(state.request_id)
-        if score is None:
-            score = _scores.put(state.request_id, scorer.score(state.request))
+        score = scorer.score(state.request)  # again in the router step: its embedding is remembered
         prices = [deps.config.models[m].price for m in routing.models]
         thresholds = knob_thresholds(routing, prices, scorer.model)
     except Exception:  # the scorer could not run (its model files): the large model is the safe side
@@ -82,30 +79,6 @@ def planned_route(state: GatewayState, deps: Deps) -> RouteResult:
     tier = tier_of(score, thresholds)
     candidates = list(dict.fromkeys([*routing.models[tier:], *settings.fallbacks]))
     return route.model_copy(update={"candidates": candidates, "complexity": round(score, 4)})
-
-
-class _RecentScores:
-    """The last few requests' complexity scores by request id (the cache and router steps of one
-    request in one process score it once)."""
-
-    def __init__(self, size: int = 256) -> None:
-        self._size = size
-        self._items: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, request_id: str) -> float | None:
-        with self._lock:
-            return self._items.get(request_id)
-
-    def put(self, request_id: str, score: float) -> float:
-        with self._lock:
-            self._items[request_id] = score
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return score
-
-
-_scores = _RecentScores()
 
 
 SIMPLE_MAX_CHARS = 300
