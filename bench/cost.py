@@ -1,7 +1,7 @@
 """Cost per 1,000 requests with each cost lever on its own and all together, against sending
 everything to the large model; and the complexity router's accuracy on the held-out split.
 
-    .venv/bin/python -m bench.cost [--requests 497] [--small-share 0.50]
+    .venv/bin/python -m bench.cost [--requests 497] [--small-share 0.64]
 
 The workload replays the router's held-out requests (benchmark prompts labelled hard, everyday
 requests labelled easy: `llm_gateway.routing.complexity_data`) as a support assistant's traffic:
@@ -238,8 +238,9 @@ def scenarios(items: list[Item], small_share: float) -> dict[str, Outcome]:
     return {name: replay(items, levers, small_share) for name, levers in runs.items()}
 
 
-def routing_curve(qqp_path: Path, knobs: list[float]) -> list[tuple[float, float, float, float, float]]:
-    """(knob, threshold, share sent small, hard reaching large, easy sent small) on the held-out split."""
+def routing_curve(qqp_path: Path, knobs: list[float]) -> tuple[list[str], list[tuple[float, ...]]]:
+    """The hard sources, and per knob: (knob, threshold, share sent small, hard reaching large,
+    easy sent small, then each hard source's share reaching large) on the held-out split."""
     scorer = default_scorer()
     held_out = load("test", qqp_path)
     scores = np.array(
@@ -249,19 +250,24 @@ def routing_curve(qqp_path: Path, knobs: list[float]) -> list[tuple[float, float
         ]
     )
     hard = np.array([e.label == 1 for e in held_out])
+    origin = np.array([e.source.split(":")[0] for e in held_out])
+    sources = sorted(set(origin[hard]))
     rows = []
     for knob in knobs:
         cut = scorer.model.threshold(knob)
         small = scores < cut
-        rows.append((knob, cut, float(small.mean()), float((~small[hard]).mean()), float(small[~hard].mean())))
-    return rows
+        per_source = [float((~small[origin == source]).mean()) for source in sources]
+        rows.append(
+            (knob, cut, float(small.mean()), float((~small[hard]).mean()), float(small[~hard].mean()), *per_source)
+        )
+    return sources, rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="qqp_pairs.jsonl.gz")
     parser.add_argument("--requests", type=int, default=None, help="replay only the first N requests")
-    parser.add_argument("--small-share", type=float, default=0.50, help="the router's knob")
+    parser.add_argument("--small-share", type=float, default=0.64, help="the router's knob")
     args = parser.parse_args()
     items = workload(args.data, args.requests)
     hard = sum(i.label for i in items)
@@ -278,10 +284,15 @@ def main() -> None:
     print()
     print("## complexity router on the held-out split (no repeats; knob = small_share)")
     print()
-    print("| knob | threshold | sent to small | hard → large | easy → small |")
-    print("|---|---|---|---|---|")
-    for knob, cut, small, hard_large, easy_small in routing_curve(args.data, [k / 100 for k in range(30, 90, 4)]):
-        print(f"| {knob:.2f} | {cut:.4f} | {small:.3f} | {hard_large:.3f} | {easy_small:.3f} |")
+    sources, rows = routing_curve(args.data, [k / 100 for k in range(32, 92, 4)])
+    print(
+        "| knob | threshold | sent to small | hard → large | easy → small | "
+        + " | ".join(f"{s} → large" for s in sources)
+        + " |"
+    )
+    print("|---|---|---|---|---|" + "---|" * len(sources))
+    for knob, cut, *shares in rows:
+        print(f"| {knob:.2f} | {cut:.4f} | " + " | ".join(f"{v:.3f}" for v in shares) + " |")
 
 
 if __name__ == "__main__":

