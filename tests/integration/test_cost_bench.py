@@ -17,7 +17,7 @@ def test_the_workload_holds_hard_requests_repeats_and_paraphrases_after_their_fi
     items = workload(QQP)
     kinds = [item.kind for item in items]
     assert kinds.count("repeat") == 60 and kinds.count("paraphrase") == 30
-    assert 0.12 <= sum(item.label for item in items) / len(items) <= 0.2
+    assert 0.15 <= sum(item.label for item in items) / len(items) <= 0.25
     for n, item in enumerate(items):
         if item.kind == "repeat":
             assert any(x.text == item.text and x.kind == "new" for x in items[:n])
@@ -27,7 +27,7 @@ def test_the_workload_holds_hard_requests_repeats_and_paraphrases_after_their_fi
 
 def test_each_lever_saves_and_all_together_save_most() -> None:
     items = workload(QQP)[:70] + [Item(text, 0, "repeat") for text in ("Hello", "What is AI?")] * 2
-    results = scenarios(items, small_share=0.50)
+    results = scenarios(items, small_share=0.64)  # the operating point docs/cost-control.md reports
     base = results["everything to the large model"]
     assert base.answered_by == {"large": len(items)} and base.cache_hits == 0
     for lever in LEVERS:
