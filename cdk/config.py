@@ -37,6 +37,34 @@ LOG_RETENTION_DAYS = (
 )
 
 
+class SelfHostedConfig(BaseModel):
+    """The self-hosted model: a SageMaker real-time endpoint running the `gpu_endpoint` image."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>, built from gpu_endpoint/Dockerfile.gpu
+    image_uri: str = Field(pattern=r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+[:@].+$")
+    # s3://bucket/key.tar.gz, unpacked into /opt/ml/model (GPU_ENDPOINT_MODEL_PATH points inside it)
+    model_data_url: str | None = Field(default=None, pattern=r"^s3://[a-z0-9.-]+/.+$")
+    endpoint_name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+    instance_type: str = Field(default="ml.g6e.xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    min_instances: int = Field(default=1, ge=1)
+    max_instances: int = Field(default=2, ge=1)
+    # Scale out above this many invocations per instance per minute (target tracking).
+    invocations_per_instance: int = Field(default=600, ge=1)
+    scale_in_cooldown_s: int = Field(default=600, ge=0)
+    scale_out_cooldown_s: int = Field(default=120, ge=0)
+    startup_timeout_s: int = Field(default=900, ge=60, le=3600)
+    environment: dict[str, str] = Field(default_factory=dict)  # GPU_ENDPOINT_* (gpu_endpoint/settings.py)
+
+    @field_validator("max_instances")
+    @classmethod
+    def _at_least_min(cls, value: int, info: Any) -> int:
+        if value < info.data.get("min_instances", 1):
+            raise ValueError("max_instances must be at least min_instances")
+        return value
+
+
 class StageConfig(BaseModel):
     """One deployment of the gateway: where it goes and how big it is."""
 
@@ -61,6 +89,7 @@ class StageConfig(BaseModel):
     retain_data: bool = True  # keep tables, secret and logs when the stack is deleted
     streaming: bool = True  # deploy the streaming function (Function URL, response streaming)
     web_adapter_layer_arn: str | None = None  # None: the published arm64 Lambda Web Adapter layer
+    self_hosted: SelfHostedConfig | None = None  # a SageMaker endpoint for the `sagemaker` provider
 
     @field_validator("log_retention_days")
     @classmethod

@@ -2,7 +2,7 @@
 
 `GET /ping` answers 200 once the engine is loaded (the engine loads before the socket listens).
 `POST /invocations` takes an `InvocationRequest` and answers an `InvocationResponse`, or NDJSON
-`StreamEvent`s when `stream` is true. Bad input gets a 400/413 JSON error, never a stack trace.
+`StreamEvent`s when `stream` is true; `POST /invocations-response-stream` always streams. Bad input gets a 400/413 JSON error, never a stack trace.
 
 Run: `python -m gpu_endpoint --host 127.0.0.1 --port 8080 [--engine llamacpp] [--model-path FILE]`.
 Once it listens it prints `ready http://HOST:PORT` (the bound port when `--port 0`) on stdout.
@@ -11,6 +11,7 @@ Once it listens it prints `ready http://HOST:PORT` (the bound port when `--port 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import socket
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import anyio.to_thread
 import uvicorn
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -33,6 +35,9 @@ from llm_gateway.endpoint_contract import NDJSON, InvocationRequest, StreamEvent
 from .engines import Engine, EngineInputError, EngineUnavailable, load_engine
 from .settings import DEFAULT_MAX_BODY_BYTES, EndpointSettings
 
+# Always a stream, whatever the body says (SageMaker's response-streaming path).
+STREAM_PATH = "/invocations-response-stream"
+WORKER_THREADS = 256
 # Streams in flight get this long to finish after SIGTERM; SageMaker kills the container at 30 s.
 GRACEFUL_SHUTDOWN_S = 20
 
@@ -121,6 +126,14 @@ async def _ndjson(first: StreamEvent, events: Iterator[StreamEvent]) -> AsyncIte
             close()
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    # Each request in flight holds a worker thread while its engine generates; the default of 40
+    # would queue requests that a batching engine could decode at once.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+    yield
+
+
 def create_app(engine: Engine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
     """The ASGI app serving `engine`, which must already be loaded."""
 
@@ -130,6 +143,8 @@ def create_app(engine: Engine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
     async def invocations(request: Request) -> Response:
         try:
             req = parse_invocation(await read_body(request, max_body_bytes))
+            if request.url.path == STREAM_PATH:
+                req = req.model_copy(update={"stream": True})
             if not req.stream:
                 answer = await run_in_threadpool(engine.generate, req)
                 return Response(answer.model_dump_json(), media_type="application/json")
@@ -156,7 +171,9 @@ def create_app(engine: Engine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
         routes=[
             Route("/ping", ping, methods=["GET"]),
             Route("/invocations", invocations, methods=["POST"]),
+            Route(STREAM_PATH, invocations, methods=["POST"]),
         ],
+        lifespan=_lifespan,
         exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
 

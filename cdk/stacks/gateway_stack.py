@@ -12,6 +12,7 @@ from cdk.constructs.api import GatewayApi
 from cdk.constructs.batch import BatchJobs
 from cdk.constructs.functions import ChainFunctions
 from cdk.constructs.layers import GatewayLayers
+from cdk.constructs.self_hosted import SelfHostedEndpoint
 from cdk.constructs.storage import GatewayStores
 from cdk.constructs.streaming import StreamingEndpoint
 from cdk.constructs.workflow import GatewayWorkflow
@@ -38,6 +39,22 @@ class GatewayStack(cdk.Stack):
             if stage.streaming
             else None
         )
+        self.self_hosted = (
+            SelfHostedEndpoint(self, "SelfHosted", stage=stage, config=stage.self_hosted)
+            if stage.self_hosted is not None
+            else None
+        )
+        if self.self_hosted is not None:
+            # The functions that call models: the invoke step, the streaming function, the batch worker.
+            callers = [self.functions.by_step["invoke"], self.batch.work]
+            if self.streaming is not None:
+                callers.append(self.streaming.function)
+            for caller in callers:
+                self.self_hosted.grant_invoke(caller)
+            cdk.CfnOutput(
+                self, "SelfHostedEndpointName", value=self.self_hosted.endpoint_name,
+                description="the `endpoint` of a sagemaker model in the gateway YAML",
+            )
         cdk.CfnOutput(self, "ApiBaseUrl", value=f"{self.api.api.url}v1", description="OpenAI base URL")
         if self.streaming is not None:
             cdk.CfnOutput(self, "StreamingUrl", value=self.streaming.url.url, description="OpenAI base URL: <url>v1")

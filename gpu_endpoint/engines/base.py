@@ -59,7 +59,15 @@ def _llamacpp(**settings: Any) -> Engine:
     return LlamaCppEngine(**settings)
 
 
-_FACTORIES: dict[str, EngineFactory] = {"llamacpp": _llamacpp}
+def _torch(**settings: Any) -> Engine:
+    try:
+        from ..torch_engine.engine import TorchEngine
+    except ImportError as exc:
+        raise EngineUnavailable("engine 'torch' needs torch and transformers: pip install 'llm-gateway[gpu]'") from exc
+    return TorchEngine(**settings)
+
+
+_FACTORIES: dict[str, EngineFactory] = {"llamacpp": _llamacpp, "torch": _torch}
 
 
 def register_engine(name: str, factory: EngineFactory) -> None:

@@ -11,9 +11,10 @@ and chunks are built by the gateway and forbid extras too.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 PROMPT_ROLES = ("system", "developer")  # the tenant's own instructions, not the conversation
@@ -92,6 +93,20 @@ class StreamOptions(_Strict):
 
 class ChatCompletionRequest(_Strict):
     """OpenAI `POST /v1/chat/completions` body (the subset the gateway honours)."""
+
+    # The scope a self-hosted endpoint keeps this request's reusable KV-cache blocks in: a digest
+    # of the tenant, set by `GatewayState.model_request`; never serialized.
+    _cache_scope: str | None = PrivateAttr(default=None)
+
+    @property
+    def cache_scope(self) -> str | None:
+        return self._cache_scope
+
+    def scoped(self, scope: str) -> ChatCompletionRequest:
+        """A copy of the request in KV-cache scope `scope`."""
+        copy = self.model_copy()
+        copy._cache_scope = scope
+        return copy
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -226,6 +241,11 @@ class ErrorBody(_Strict):
 
 
 # --------------------------------------------------------------------------- tenant and state
+
+
+def tenant_cache_scope(tenant: str) -> str:
+    """The tenant as a self-hosted endpoint's prefix cache sees it: a digest, not the name."""
+    return hashlib.sha256(f"kv-scope:{tenant}".encode()).hexdigest()[:32]
 
 
 class TenantContext(_Strict):
@@ -374,6 +394,8 @@ class GatewayState(_Strict):
         cap = router.max_tokens if router is not None else None
         if cap is not None and (request.output_limit() or cap) >= cap:
             request = request.model_copy(update={"max_tokens": cap, "max_completion_tokens": None})
+        if self.guard is not None and self.guard.tenant is not None:
+            request = request.scoped(tenant_cache_scope(self.guard.tenant.tenant))
         return request
 
     def tenant(self) -> TenantContext:

@@ -34,6 +34,9 @@ class InvocationRequest(BaseModel):
     seed: int | None = None
     json_mode: bool = False
     stream: bool = False
+    # Requests share reusable prefix KV-cache blocks only within one salt (the gateway sends a
+    # digest of the tenant); no salt: the endpoint's shared scope.
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class EndpointUsage(BaseModel):

@@ -52,6 +52,7 @@ def build_invocation(request: ChatCompletionRequest, model_id: str, model: Model
         seed=request.seed,
         json_mode=request.response_format is not None and request.response_format.type == "json_object",
         stream=request.stream,
+        cache_salt=request.cache_scope,
     )
 
 

@@ -1,0 +1,1 @@
+"""Speed benchmark of the torch engine: `python -m gpu_endpoint.bench`."""

@@ -1,0 +1,390 @@
+"""The token-level decoder: continuous batching over a static KV cache, CUDA-graph steps,
+speculative decoding and prefix reuse.
+
+`DecodeCore` owns the model and its cache slots. Requests (`Generation`) join at any step: each
+is prefilled into a free slot (reusing cached prefix blocks when a prefix cache is on) and then
+decoded with every other running request, one token per request per step, until it stops; its
+slot is then free for the next. Tokens stream out per request as they are chosen.
+
+One step at a time runs on one thread (`start()` runs it in the background; tests and
+benchmarks may call `step()` themselves). A step is:
+1. admit waiting requests into free slots, lowest slot first, and prefill them;
+2. if exactly one request runs and it decodes greedily with a drafter configured: one
+   speculative step (propose, verify in one forward, keep the agreeing prefix);
+   otherwise one batched decode step over slots 0..B-1 (B a power of two covering the running
+   slots; free slots in that range compute a padding row whose writes land at the cache's last
+   position, which no sequence reads before writing it).
+
+On CUDA the one-token step is captured as a CUDA graph per (batch, attention span) bucket and
+replayed; the attention span is the cached length rounded up to a power of two, so attention
+reads only the positions in use. `compile=True` runs the step through `torch.compile` first.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .model import Llama
+from .prefix import PrefixCache
+from .speculative import Drafter
+
+Finish = Literal["stop", "length", "cancelled", "error"]
+MIN_SPAN = 128
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A request at the token level."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_tokens: frozenset[int] = frozenset()
+    salt: str | None = None  # prefix-cache scope (the tenant); None: no prefix reuse
+    speculative: bool = True
+
+
+@dataclass
+class Sequence:
+    """A running request: its slot, its tokens, and the queue its events go to."""
+
+    generation: Generation
+    slot: int = -1
+    tokens: list[int] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)
+    finish: Finish | None = None
+    error: str | None = None
+    cancelled: bool = False
+    submitted_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    reused_positions: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    generator: torch.Generator | None = None
+    events: queue.Queue[tuple[str, object]] = field(default_factory=queue.Queue)
+
+    def cancel(self) -> None:
+        """Stop generating at the next step (the consumer went away)."""
+        self.cancelled = True
+
+    def stream(self) -> Iterator[list[int]]:
+        """Token ids as they are chosen; `finish` is set once this ends."""
+        while True:
+            kind, value = self.events.get()
+            if kind == "tokens":
+                yield value  # type: ignore[misc]
+            else:
+                return
+
+    def wait(self) -> list[int]:
+        for _ in self.stream():
+            pass
+        return self.generated
+
+
+def _power_of_two_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class DecodeCore:
+    def __init__(
+        self,
+        model: Llama,
+        *,
+        slots: int = 8,
+        max_len: int = 2048,
+        eos_tokens: frozenset[int] = frozenset(),
+        drafter: Drafter | None = None,
+        draft_tokens: int = 8,
+        prefix_blocks: int = 0,
+        block_size: int = 16,
+        cuda_graphs: bool | None = None,
+        compile: bool = False,
+        min_span: int = MIN_SPAN,
+    ) -> None:
+        self.model = model.eval()
+        self.device = model.embed.weight.device
+        model.allocate_cache(slots, max_len)
+        self.slots, self.max_len = slots, max_len
+        self.min_span = min_span
+        self.eos_tokens = eos_tokens
+        self.drafter = drafter
+        self.draft_tokens = draft_tokens
+        self.prefix = PrefixCache(model, prefix_blocks, block_size) if prefix_blocks > 0 else None
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self._step_fn: Callable[..., Tensor] = torch.compile(model, fullgraph=True) if compile else model
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._running: dict[int, Sequence] = {}
+        self._waiting: list[Sequence] = []
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def submit(self, generation: Generation) -> Sequence:
+        """Queue a request; raises ValueError if it cannot fit the cache."""
+        if not generation.prompt:
+            raise ValueError("the prompt has no tokens")
+        if len(generation.prompt) >= self.max_len:
+            raise ValueError(f"the prompt has {len(generation.prompt)} tokens; this endpoint holds {self.max_len - 1}")
+        if generation.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        sequence = Sequence(generation, tokens=list(generation.prompt))
+        if generation.seed is not None and generation.temperature > 0:
+            sequence.generator = torch.Generator(device=self.device).manual_seed(generation.seed)
+        with self._lock:
+            self._waiting.append(sequence)
+            self._lock.notify()
+        return sequence
+
+    def generate(self, generation: Generation) -> list[int]:
+        """Submit and wait, stepping on this thread when no background thread runs."""
+        sequence = self.submit(generation)
+        if self._thread is None:
+            while sequence.finish is None:
+                self.step()
+        return sequence.wait()
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._running) + len(self._waiting)
+
+    # -- background thread ------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="decode", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._waiting and not self._running:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # a failed step fails its requests, never the thread
+                self._fail_all(f"{type(exc).__name__}: {exc}")
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            failed = list(self._running.values()) + self._waiting
+            self._running.clear()
+            self._waiting.clear()
+        for sequence in failed:
+            sequence.error = message
+            self._finish(sequence, "error")
+
+    # -- one step ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        self._admit()
+        with self._lock:
+            for slot, sequence in list(self._running.items()):
+                if sequence.cancelled:
+                    del self._running[slot]
+                    self._finish(sequence, "cancelled")
+            running = sorted(self._running.values(), key=lambda s: s.slot)
+        if not running:
+            return
+        self.steps += 1
+        only = running[0]
+        if (
+            len(running) == 1
+            and self.drafter is not None
+            and only.generation.speculative
+            and only.generation.temperature == 0
+        ):
+            self._speculative_step(only)
+        else:
+            self._decode_step(running)
+        with self._lock:
+            for sequence in running:
+                if sequence.finish is not None:
+                    self._running.pop(sequence.slot, None)
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                free = [s for s in range(self.slots) if s not in self._running]
+                if not free or not self._waiting:
+                    return
+                sequence = self._waiting.pop(0)
+                if sequence.cancelled:
+                    self._finish(sequence, "cancelled")
+                    continue
+                sequence.slot = free[0]
+                self._running[sequence.slot] = sequence
+            self._prefill(sequence)
+            if sequence.finish is not None:
+                with self._lock:
+                    self._running.pop(sequence.slot, None)
+
+    def _prefill(self, sequence: Sequence) -> None:
+        generation, slot = sequence.generation, sequence.slot
+        if self.drafter is not None:
+            self.drafter.reset(slot)
+        prompt = generation.prompt
+        start = 0
+        if self.prefix is not None and generation.salt is not None:
+            start = self.prefix.load(generation.salt, prompt, slot)
+        sequence.reused_positions = start
+        tokens = torch.tensor([prompt[start:]], device=self.device)
+        positions = torch.arange(start, len(prompt), device=self.device)[None]
+        logits = self.model(tokens, positions, slot, self._span(len(prompt)), last_only=True)[:, -1]
+        if self.prefix is not None and generation.salt is not None:
+            self.prefix.store(generation.salt, prompt, slot)
+        self._emit(sequence, self._choose(logits, [sequence]))
+
+    def _decode_step(self, running: list[Sequence]) -> None:
+        batch = min(self.slots, _power_of_two_at_least(running[-1].slot + 1))
+        tokens = [0] * batch
+        positions = [self.max_len - 1] * batch
+        for sequence in running:
+            tokens[sequence.slot] = sequence.tokens[-1]
+            positions[sequence.slot] = len(sequence.tokens) - 1
+        span = self._span(max(len(s.tokens) for s in running))
+        logits = self._one_token_step(tokens, positions, span)
+        rows = logits[[s.slot for s in running]]
+        choices = self._choose(rows, running)
+        for sequence, token in zip(running, choices, strict=True):
+            self._emit(sequence, [token])
+
+    def _speculative_step(self, sequence: Sequence) -> None:
+        assert self.drafter is not None
+        generation = sequence.generation
+        room = min(
+            generation.max_new_tokens - len(sequence.generated) - 1,
+            self.max_len - len(sequence.tokens) - 1,
+            self.draft_tokens,
+        )
+        draft = self.drafter.propose(sequence.slot, sequence.tokens, room) if room > 0 else []
+        if not draft:
+            self._decode_step([sequence])
+            return
+        start = len(sequence.tokens) - 1
+        tokens = torch.tensor([[sequence.tokens[-1], *draft]], device=self.device)
+        positions = torch.arange(start, start + len(draft) + 1, device=self.device)[None]
+        logits = self.model(tokens, positions, sequence.slot, self._span(start + len(draft) + 1))
+        choices = logits[0].argmax(-1).tolist()
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == choices[accepted]:
+            accepted += 1
+        sequence.proposed += len(draft)
+        sequence.accepted += accepted
+        self._emit(sequence, choices[: accepted + 1])
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _span(self, length: int) -> int:
+        return min(self.max_len, max(self.min_span, _power_of_two_at_least(length)))
+
+    def _one_token_step(self, tokens: list[int], positions: list[int], span: int) -> Tensor:
+        """Logits [B, vocab] of one token per row at rows' slots 0..B-1."""
+        batch = len(tokens)
+        token_tensor = torch.tensor(tokens, device=self.device)[:, None]
+        position_tensor = torch.tensor(positions, device=self.device)[:, None]
+        if not self.cuda_graphs:
+            return self._step_fn(token_tensor, position_tensor, 0, span)[:, 0]
+        graph = self._graphs.get((batch, span)) or self._capture(batch, span)
+        cuda_graph, static_tokens, static_positions, static_logits = graph
+        static_tokens.copy_(token_tensor)
+        static_positions.copy_(position_tensor)
+        cuda_graph.replay()
+        return static_logits[:, 0]
+
+    def _capture(self, batch: int, span: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]:
+        # Warm-up and capture write their keys and values at the cache's last position, which no
+        # running sequence reads before it writes it.
+        static_tokens = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
+        static_positions = torch.full((batch, 1), self.max_len - 1, dtype=torch.long, device=self.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step_fn(static_tokens, static_positions, 0, span)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            static_logits = self._step_fn(static_tokens, static_positions, 0, span)
+        entry = (graph, static_tokens, static_positions, static_logits)
+        self._graphs[(batch, span)] = entry
+        return entry
+
+    def _choose(self, logits: Tensor, sequences: list[Sequence]) -> list[int]:
+        """One token per row: greedy, or sampled at the row's temperature and top-p."""
+        choices = logits.argmax(-1)
+        for row, sequence in enumerate(sequences):
+            generation = sequence.generation
+            if generation.temperature > 0:
+                choices[row] = sample(logits[row], generation.temperature, generation.top_p, sequence.generator)
+        return [int(t) for t in choices.tolist()]
+
+    def _emit(self, sequence: Sequence, tokens: list[int]) -> None:
+        generation = sequence.generation
+        if sequence.first_token_at is None:
+            sequence.first_token_at = time.perf_counter()
+        kept: list[int] = []
+        finish: Finish | None = None
+        for token in tokens:
+            if token in self.eos_tokens or token in generation.stop_tokens:
+                finish = "stop"
+                break
+            kept.append(token)
+            if len(sequence.generated) + len(kept) >= generation.max_new_tokens:
+                finish = "length"
+                break
+            if len(sequence.tokens) + len(kept) >= self.max_len:
+                finish = "length"
+                break
+        sequence.tokens.extend(kept)
+        sequence.generated.extend(kept)
+        if kept:
+            sequence.events.put(("tokens", kept))
+        if finish is not None:
+            self._finish(sequence, finish)
+
+    def _finish(self, sequence: Sequence, finish: Finish) -> None:
+        if sequence.finish is None:
+            sequence.finish = finish
+            sequence.finished_at = time.perf_counter()
+            sequence.events.put(("end", finish))
+
+
+def sample(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> Tensor:
+    """One token from `logits` [vocab] at `temperature`, within the smallest set of tokens whose
+    probability reaches `top_p` (nucleus sampling), on the logits' device."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator)[0]
