@@ -2,7 +2,8 @@
 
 `GET /ping` answers 200 once the engine is loaded (the engine loads before the socket listens).
 `POST /invocations` takes an `InvocationRequest` and answers an `InvocationResponse`, or NDJSON
-`StreamEvent`s when `stream` is true; `POST /invocations-response-stream` always streams. Bad input gets a 400/413 JSON error, never a stack trace.
+`StreamEvent`s when `stream` is true; `POST /invocations-response-stream` always streams. Bad
+input gets a 400/413 JSON error, never a stack trace.
 
 Run: `python -m gpu_endpoint --host 127.0.0.1 --port 8080 [--engine llamacpp] [--model-path FILE]`.
 Once it listens it prints `ready http://HOST:PORT` (the bound port when `--port 0`) on stdout.

@@ -53,8 +53,17 @@ ENV_VARS: dict[str, str] = {
     "prefix_cache_blocks": "GPU_ENDPOINT_PREFIX_CACHE_BLOCKS",
     "compile": "GPU_ENDPOINT_COMPILE",
 }
-TORCH_ONLY = ("device", "dtype", "slots", "quantization", "speculative", "draft_model_path", "draft_tokens",
-              "prefix_cache_blocks", "compile")
+TORCH_ONLY = (
+    "device",
+    "dtype",
+    "slots",
+    "quantization",
+    "speculative",
+    "draft_model_path",
+    "draft_tokens",
+    "prefix_cache_blocks",
+    "compile",
+)
 
 
 class EndpointSettings(BaseModel):

@@ -55,7 +55,9 @@ class SelfHostedEndpoint(Construct):
             ],
         )
         self.endpoint = sagemaker.CfnEndpoint(
-            self, "Endpoint", endpoint_config_name=endpoint_config.attr_endpoint_config_name,
+            self,
+            "Endpoint",
+            endpoint_config_name=endpoint_config.attr_endpoint_config_name,
             endpoint_name=self.endpoint_name,
         )
         self.endpoint_arn = cdk.Stack.of(self).format_arn(

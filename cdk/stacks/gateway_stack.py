@@ -52,7 +52,9 @@ class GatewayStack(cdk.Stack):
             for caller in callers:
                 self.self_hosted.grant_invoke(caller)
             cdk.CfnOutput(
-                self, "SelfHostedEndpointName", value=self.self_hosted.endpoint_name,
+                self,
+                "SelfHostedEndpointName",
+                value=self.self_hosted.endpoint_name,
                 description="the `endpoint` of a sagemaker model in the gateway YAML",
             )
         cdk.CfnOutput(self, "ApiBaseUrl", value=f"{self.api.api.url}v1", description="OpenAI base URL")

@@ -84,7 +84,7 @@ def bandwidth(device: torch.device, megabytes: int) -> float:
 
 
 def random_prompt(length: int, vocab: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - random token ids, not security
     return [rng.randrange(vocab) for _ in range(length)]
 
 
@@ -110,7 +110,7 @@ def baseline_row(shape: LlamaShape, dtype: torch.dtype, device: torch.device, pl
     """`transformers`' own generate on the same shape (greedy, every token produced)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
+    fields: dict[str, Any] = dict(
         vocab_size=shape.vocab_size,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
@@ -124,7 +124,8 @@ def baseline_row(shape: LlamaShape, dtype: torch.dtype, device: torch.device, pl
         max_position_embeddings=plan.max_len * 4,
     )
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype).eval()
+        model: Any = LlamaForCausalLM(LlamaConfig(**fields))
+    model = model.to(dtype).eval()
     ids = torch.tensor([random_prompt(plan.prompt, shape.vocab_size, 1)], device=device)
     options: dict[str, Any] = {"do_sample": False, "pad_token_id": 0}
     with torch.inference_mode():
@@ -142,7 +143,7 @@ def batch_row(model: Llama, plan: Plan, compile: bool) -> Row:
     core = DecodeCore(model, slots=plan.streams, max_len=plan.max_len, min_span=plan.max_len, compile=compile)
     prompts = [random_prompt(plan.prompt, model.shape.vocab_size, 10 + i) for i in range(plan.streams)]
     # Warm-up at full batch, then the measured run: every request joins at once and streams.
-    for run in range(2):
+    for _ in range(2):
         started = time.perf_counter()
         sequences = [core.submit(Generation(p, plan.stream_tokens)) for p in prompts]
         while any(s.finish is None for s in sequences):
@@ -150,8 +151,12 @@ def batch_row(model: Llama, plan: Plan, compile: bool) -> Row:
         elapsed = time.perf_counter() - started
     tokens = sum(len(s.generated) for s in sequences)
     ttft = sorted((s.first_token_at or 0) - s.submitted_at for s in sequences)[len(sequences) // 2] * 1000
-    return Row(f"{plan.streams} concurrent requests (aggregate, incl. prefill)", tokens / elapsed, ttft,
-               note=f"{run + 1} runs; median first token")
+    return Row(
+        f"{plan.streams} concurrent requests (aggregate, incl. prefill)",
+        tokens / elapsed,
+        ttft,
+        note="second of two runs; median first token",
+    )
 
 
 def prefix_rows(model: Llama, plan: Plan) -> list[Row]:
@@ -159,16 +164,26 @@ def prefix_rows(model: Llama, plan: Plan) -> list[Row]:
     core = DecodeCore(model, slots=2, max_len=max_len, prefix_blocks=(plan.prefix // 16) * 4 + 64)
     shared = random_prompt(plan.prefix, model.shape.vocab_size, 3)
     rows = []
-    for label, salt, question in (("cold", "tenant-a", 1), ("warm-up", "tenant-a", 2), ("reused", "tenant-a", 3),
-                                  ("other tenant", "tenant-b", 4)):
+    for label, salt, question in (
+        ("cold", "tenant-a", 1),
+        ("warm-up", "tenant-a", 2),
+        ("reused", "tenant-a", 3),
+        ("other tenant", "tenant-b", 4),
+    ):
         prompt = shared + random_prompt(16, model.shape.vocab_size, 100 + question)
         sequence = core.submit(Generation(prompt, 2, salt=salt))
         while sequence.finish is None:
             core.step()
         _, ttft = timed_first(sequence)
         if label != "warm-up":
-            rows.append(Row(f"{plan.prefix}-token shared prefix, {label}", None, ttft,
-                            note=f"{sequence.reused_positions} positions reused"))
+            rows.append(
+                Row(
+                    f"{plan.prefix}-token shared prefix, {label}",
+                    None,
+                    ttft,
+                    note=f"{sequence.reused_positions} positions reused",
+                )
+            )
     cold, reused = rows[0].ttft_ms, rows[1].ttft_ms
     if cold and reused:
         rows[1].note += f"; {cold / reused:.1f}x faster than cold"
@@ -180,13 +195,10 @@ def timed_first(sequence: Sequence) -> tuple[None, float]:
     return None, (sequence.first_token_at - sequence.submitted_at) * 1000
 
 
-COPY_TASK = (
-    "Copy this code exactly, without changes:\n\n"
-    + "\n".join(
-        f"def scale_{name}(values, factor):\n    \"\"\"Multiply every {name} value by factor.\"\"\"\n"
-        f"    return [value * factor for value in values]\n"
-        for name in ("price", "weight", "height", "width", "length")
-    )
+COPY_TASK = "Copy this code exactly, without changes:\n\n" + "\n".join(
+    f'def scale_{name}(values, factor):\n    """Multiply every {name} value by factor."""\n'
+    f"    return [value * factor for value in values]\n"
+    for name in ("price", "weight", "height", "width", "length")
 )
 
 
@@ -195,8 +207,9 @@ def speculative_rows(new_tokens: int) -> list[Row]:
     from ..torch_engine.engine import load_checkpoint
 
     model, tokenizer = load_checkpoint(None, torch.float32, torch.device("cpu"))
-    text = tokenizer.apply_chat_template([{"role": "user", "content": COPY_TASK}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": COPY_TASK}], add_generation_prompt=True, tokenize=False
+    )
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     eos = frozenset(model.shape.eos_token_ids)
     results = {}
@@ -234,8 +247,14 @@ def run(shape_name: str, device: torch.device, skip: set[str], quick: bool) -> t
     rows.append(Row("roofline, batch 1", roofline, note=f"{weights / 1e9:.2f} GB of weights per token"))
     sections: list[tuple[str, Callable[[], list[Row]]]] = [
         ("baseline", lambda: [baseline_row(shape, dtype, device, plan)]),
-        ("graphs", lambda: [engine_row(f"engine, {_dtype_name(dtype)}" + (", CUDA graphs" if device.type == "cuda"
-                                                                            else ""), model, plan)]),
+        (
+            "graphs",
+            lambda: [
+                engine_row(
+                    f"engine, {_dtype_name(dtype)}" + (", CUDA graphs" if device.type == "cuda" else ""), model, plan
+                )
+            ],
+        ),
         ("compile", lambda: [engine_row(f"engine, {_dtype_name(dtype)}, compiled", model, plan, compile=True)]),
         ("int8", lambda: [quantized_row("int8", model, plan, roofline_bytes=weights)]),
         ("int4", lambda: [quantized_row("int4", model, plan, roofline_bytes=weights)]),
@@ -268,7 +287,7 @@ def quantized_row(kind: str, model: Llama, plan: Plan, roofline_bytes: int) -> R
     kernels = quantize(quantized, kind)
     compile = quantized.embed.weight.device.type == "cuda"
     row = engine_row(f"{kind} weight-only" + (", compiled" if compile else ""), quantized, plan, compile=compile)
-    row.note = f"kernels {kernels}; {weight_bytes(quantized) / roofline_bytes:.2f} of bf16 bytes"
+    row.note = f"kernels {kernels}; {weight_bytes(quantized) / roofline_bytes:.2f} of the unquantized bytes"
     return row
 
 

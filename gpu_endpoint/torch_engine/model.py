@@ -192,7 +192,8 @@ class Block(nn.Module):
             ).transpose(1, 2)
         x = x + self.wo(attended.reshape(batch, length, s.num_heads * s.head_dim))
         gate, up = self.w13(self.mlp_norm(x)).chunk(2, dim=-1)
-        return x + self.w2(F.silu(gate) * up)
+        out: Tensor = x + self.w2(F.silu(gate) * up)
+        return out
 
 
 class Llama(nn.Module):
@@ -227,8 +228,9 @@ class Llama(nn.Module):
         self.key_positions = torch.arange(max_len, device=ref.device)
         self.max_len, self.slots = max_len, slots
 
-    def forward(self, tokens: Tensor, positions: Tensor, first_slot: int = 0, span: int | None = None,
-                last_only: bool = False) -> Tensor:
+    def forward(
+        self, tokens: Tensor, positions: Tensor, first_slot: int = 0, span: int | None = None, last_only: bool = False
+    ) -> Tensor:
         """Logits for `tokens` [B, T] at `positions` [B, T]; row b is cache slot `first_slot + b`.
 
         Attention reads the first `span` cached positions (default all): every position a row
@@ -245,7 +247,8 @@ class Llama(nn.Module):
             x = layer(x, cos, sin, mask, positions, self.kv_cache[index, :, first_slot : first_slot + batch])
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.norm(x)).float()
+        logits: Tensor = self.lm_head(self.norm(x))
+        return logits.float()
 
     def copy_positions(self, source_slot: int, target_slot: int, length: int) -> None:
         """Copy the first `length` cached positions of one slot to another."""
@@ -293,4 +296,3 @@ def random_weights(shape: LlamaShape, dtype: torch.dtype, device: str | torch.de
     finally:
         torch.random.set_rng_state(generator_state)
     return model
-

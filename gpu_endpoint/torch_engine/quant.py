@@ -30,6 +30,9 @@ INT4_INNER_K_TILES = 8
 
 
 class Int8Linear(nn.Module):
+    weight: Tensor
+    scale: Tensor
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
@@ -51,13 +54,16 @@ def _int4_parameters(weight: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor
     out_features, in_features = weight.shape
     grouped = weight.float().reshape(out_features, in_features // group, group)
     low, high = grouped.amin(dim=-1), grouped.amax(dim=-1)
-    scale = ((high - low).clamp(min=1e-8) / 15.0)
+    scale = (high - low).clamp(min=1e-8) / 15.0
     zero = low + scale * 8.0
     codes = torch.round((grouped - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32)
     return codes.reshape(out_features, in_features), scale.t().contiguous(), zero.t().contiguous()
 
 
 class Int4Linear(nn.Module):
+    packed: Tensor
+    scales_and_zeros: Tensor
+
     def __init__(self, linear: nn.Linear, group: int = INT4_GROUP) -> None:
         super().__init__()
         out_features, in_features = linear.weight.shape
@@ -112,6 +118,7 @@ class Int4Linear(nn.Module):
             return self._plain(x)
         shape = x.shape
         flat = x.reshape(-1, self.in_features)
+        out: Tensor
         if self.kernel == "cuda_int4pack":
             out = torch.ops.aten._weight_int4pack_mm(flat, weight, self.group, self.scales_and_zeros)
         else:

@@ -52,9 +52,9 @@ class PromptLookup:
                 index[tuple(history[end - n : end])] = end
         self._indexed[slot] = max(self._indexed.get(slot, 1), len(history))
         for n in range(min(self.max_ngram, len(history) - 1), self.min_ngram - 1, -1):
-            end = index.get(tuple(history[-n:]))
-            if end is not None:
-                return history[end : end + k]
+            found = index.get(tuple(history[-n:]))
+            if found is not None:
+                return history[found : found + k]
         return []
 
 

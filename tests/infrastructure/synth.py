@@ -34,10 +34,16 @@ class Synthesized:
         return dict(self.template.to_json())
 
 
-def synthesize(stage: str = "dev", outdir: str | Path | None = None) -> Synthesized:
-    """The stage's stack, synthesized with cdk-nag on (a finding not acknowledged raises here)."""
+def synthesize(
+    stage: str = "dev", outdir: str | Path | None = None, stages: dict[str, Any] | None = None
+) -> Synthesized:
+    """The stage's stack, synthesized with cdk-nag on (a finding not acknowledged raises here);
+    `stages` replaces cdk.json's stage definitions."""
     out = Path(outdir) if outdir is not None else Path(tempfile.mkdtemp(prefix="llm-gateway-synth-"))
-    _, stack = build_app({c.CONTEXT_STAGE: stage, **SKIP_BUNDLING}, outdir=str(out))
+    context: dict[str, Any] = {c.CONTEXT_STAGE: stage, **SKIP_BUNDLING}
+    if stages is not None:
+        context[c.CONTEXT_STAGES] = stages
+    _, stack = build_app(context, outdir=str(out))
     return Synthesized(stack=stack, template=Template.from_stack(stack), outdir=out)
 
 

@@ -34,7 +34,7 @@ START_TIMEOUT_S = 60
 class Endpoint:
     """A running endpoint subprocess."""
 
-    def __init__(self, log_dir: Path, **env: str) -> None:
+    def __init__(self, log_dir: Path, start_timeout_s: float = START_TIMEOUT_S, **env: str) -> None:
         self.log = log_dir / "endpoint.stderr"
         with self.log.open("wb") as stderr:
             self.proc = subprocess.Popen(
@@ -49,7 +49,7 @@ class Endpoint:
         assert stdout is not None
         threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
         try:
-            self.ready = lines.get(timeout=START_TIMEOUT_S)
+            self.ready = lines.get(timeout=start_timeout_s)
         except queue.Empty:
             self.proc.kill()
             pytest.fail(f"endpoint did not start: {self.log.read_text()}")

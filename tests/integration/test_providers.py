@@ -9,7 +9,14 @@ import openai
 import pytest
 
 from llm_gateway.config import ModelConfig
-from llm_gateway.contracts import ChatCompletionRequest
+from llm_gateway.contracts import (
+    CallerContext,
+    ChatCompletionRequest,
+    GatewayState,
+    GuardResult,
+    TenantContext,
+    tenant_cache_scope,
+)
 from llm_gateway.endpoint_contract import InvocationRequest
 from llm_gateway.errors import ProviderBadRequest, ProviderThrottled, ProviderTimeout, ProviderUnavailable
 from llm_gateway.providers.anthropic import AnthropicProvider
@@ -441,6 +448,26 @@ def test_sagemaker_request_follows_the_endpoint_contract(fake: FakeServer, kind:
     assert [(m.role, m.content) for m in invocation.messages] == [("system", "Be brief."), ("user", "Hi")]
     assert invocation.json_mode is True
     assert (invocation.stop, invocation.seed, invocation.max_tokens, invocation.stream) == (["END"], 3, 64, False)
+
+
+@pytest.mark.parametrize("kind", ["sagemaker"], indirect=True)
+def test_sagemaker_request_carries_the_tenants_kv_cache_salt_not_its_name(fake: FakeServer, kind: str) -> None:
+    """The endpoint reuses prefix KV blocks only within a salt; the gateway's is a digest of the tenant."""
+    provider, model = make_provider(kind), model_for(kind, fake.base_url)
+    state = GatewayState(
+        request_id="r1",
+        received_at=0.0,
+        caller=CallerContext(api_key_sha256="0" * 64),
+        request=chat(("user", "Hi")),
+        guard=GuardResult(outcome="allowed", tenant=TenantContext(tenant="acme", key_id="key-1")),
+    )
+    provider.complete(state.model_request(), "m", model)
+    salt = InvocationRequest.model_validate(fake.script.last.body).cache_salt
+    assert salt == tenant_cache_scope("acme") != tenant_cache_scope("globex")
+    assert salt is not None and "acme" not in salt
+    provider.complete(chat(("user", "Hi")), "m", model)  # no tenant resolved: the shared scope
+    assert fake.script.last.body["cache_salt"] is None
+    assert "cache_salt" not in state.model_request().model_dump()  # never part of cache keys or logs
 
 
 @pytest.mark.parametrize("kind", ["sagemaker"], indirect=True)

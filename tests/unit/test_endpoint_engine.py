@@ -50,6 +50,11 @@ def test_settings_from_env() -> None:
             "GPU_ENDPOINT_N_CTX": "4096",
             "GPU_ENDPOINT_N_THREADS": "3",
             "GPU_ENDPOINT_MAX_BODY_BYTES": "65536",
+            "GPU_ENDPOINT_SLOTS": "16",
+            "GPU_ENDPOINT_QUANTIZATION": "int8",
+            "GPU_ENDPOINT_SPECULATIVE": "prompt_lookup",
+            "GPU_ENDPOINT_PREFIX_CACHE_BLOCKS": "1024",
+            "GPU_ENDPOINT_COMPILE": "true",
             "UNRELATED": "x",
         }
     )
@@ -60,7 +65,17 @@ def test_settings_from_env() -> None:
         "model_path": Path("/opt/ml/model/model.gguf"),
         "model_id": "my-model",
         "n_threads": 3,
+        "device": "auto",
+        "dtype": "auto",
+        "slots": 16,
+        "quantization": "int8",
+        "speculative": "prompt_lookup",
+        "draft_tokens": 8,
+        "prefix_cache_blocks": 1024,
+        "compile": True,
     }
+    # The llama.cpp engine gets only what it understands.
+    assert "slots" not in settings.model_copy(update={"engine": "llamacpp"}).engine_settings()
 
 
 def test_settings_empty_variables_count_as_unset() -> None:
@@ -76,6 +91,10 @@ def test_settings_empty_variables_count_as_unset() -> None:
         ("GPU_ENDPOINT_N_CTX", "8", "n_ctx"),
         ("GPU_ENDPOINT_N_THREADS", "0", "n_threads"),
         ("GPU_ENDPOINT_MAX_BODY_BYTES", "-1", "max_body_bytes"),
+        ("GPU_ENDPOINT_QUANTIZATION", "int3", "quantization"),
+        ("GPU_ENDPOINT_SPECULATIVE", "medusa", "speculative"),
+        ("GPU_ENDPOINT_SLOTS", "0", "slots"),
+        ("GPU_ENDPOINT_DEVICE", "tpu", "device"),
     ],
 )
 def test_settings_reject_bad_values(variable: str, value: str, field: str) -> None:
@@ -88,14 +107,18 @@ def test_settings_reject_bad_values(variable: str, value: str, field: str) -> No
 
 
 def test_unknown_engine_is_unavailable() -> None:
-    with pytest.raises(EngineUnavailable, match=r"unknown engine 'vllm' \(available: llamacpp\)"):
+    with pytest.raises(EngineUnavailable, match=r"unknown engine 'vllm' \(available: llamacpp, torch\)"):
         load_engine("vllm")
 
 
-def test_torch_engine_is_not_built_in() -> None:
-    assert available_engines() == ["llamacpp"]
-    with pytest.raises(EngineUnavailable, match="torch"):
-        load_engine("torch")
+def test_torch_engine_is_built_in_and_refuses_what_it_cannot_load(tmp_path: Path) -> None:
+    assert available_engines() == ["llamacpp", "torch"]
+    with pytest.raises(EngineUnavailable, match="model not found"):
+        load_engine("torch", model_path=tmp_path / "missing")
+    with pytest.raises(EngineUnavailable, match="unknown quantization 'int3'"):
+        load_engine("torch", quantization="int3")
+    with pytest.raises(EngineUnavailable, match="needs a draft model"):
+        load_engine("torch", speculative="draft")
 
 
 def test_register_engine_makes_a_name_loadable(monkeypatch: pytest.MonkeyPatch) -> None:

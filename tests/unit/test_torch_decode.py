@@ -64,7 +64,11 @@ def hf_greedy(reference: LlamaForCausalLM, prompt: list[int], new: int) -> list[
     ids = torch.tensor([prompt])
     with torch.no_grad():  # an explicit mask: generate would otherwise mask every token equal to pad
         out = reference.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False, eos_token_id=None,
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new,
+            do_sample=False,
+            eos_token_id=None,
             pad_token_id=0,
         )
     result: list[int] = out[0, len(prompt) :].tolist()
@@ -106,8 +110,9 @@ def test_logits_match_transformers_in_one_prefill_and_token_by_token(overrides: 
         expected = reference(torch.tensor([prompt])).logits[0]
         whole = model(torch.tensor([prompt]), torch.arange(40)[None], first_slot=1)[0]
         model(torch.tensor([prompt[:30]]), torch.arange(30)[None], first_slot=0)
-        stepwise = [model(torch.tensor([[t]]), torch.tensor([[30 + i]]), first_slot=0)[0, 0] for i, t in
-                    enumerate(prompt[30:])]
+        stepwise = [
+            model(torch.tensor([[t]]), torch.tensor([[30 + i]]), first_slot=0)[0, 0] for i, t in enumerate(prompt[30:])
+        ]
     assert torch.allclose(whole, expected, atol=1e-3, rtol=1e-3)
     assert torch.allclose(torch.stack(stepwise), expected[30:], atol=1e-3, rtol=1e-3)
 
@@ -221,8 +226,8 @@ def test_prompt_lookup_proposes_what_followed_the_last_ngram() -> None:
     drafter = PromptLookup(max_ngram=3)
     history = [1, 2, 3, 4, 5, 9, 2, 3]
     assert drafter.propose(0, history, 3) == [4, 5, 9]
-    assert drafter.propose(0, history + [7], 3) == []  # 7 never occurred before
-    assert drafter.propose(0, history + [4, 5], 2) == [9, 2]  # the index grows with the history
+    assert drafter.propose(0, [*history, 7], 3) == []  # 7 never occurred before
+    assert drafter.propose(0, [*history, 4, 5], 2) == [9, 2]  # the index grows with the history
     assert drafter.propose(1, [5, 6, 5], 4) == [6, 5]  # per slot; a match near the end is short
 
 
@@ -287,13 +292,13 @@ def test_block_keys_chain_the_salt_and_every_earlier_token() -> None:
 def test_a_reused_prefix_decodes_as_a_cold_prefill_and_never_across_tenants(reference: LlamaForCausalLM) -> None:
     shared = tokens(70, 12)
     core = DecodeCore(ours(reference), slots=2, max_len=256, prefix_blocks=32, block_size=8)
-    cold = run(core, Generation(shared + [5, 6], 15, salt="tenant-a"))
-    warm = run(core, Generation(shared + [7, 8, 9], 15, salt="tenant-a"))
-    other = run(core, Generation(shared + [7, 8, 9], 15, salt="tenant-b"))
-    unsalted = run(core, Generation(shared + [7, 8, 9], 15))
+    cold = run(core, Generation([*shared, 5, 6], 15, salt="tenant-a"))
+    warm = run(core, Generation([*shared, 7, 8, 9], 15, salt="tenant-a"))
+    other = run(core, Generation([*shared, 7, 8, 9], 15, salt="tenant-b"))
+    unsalted = run(core, Generation([*shared, 7, 8, 9], 15))
     assert cold.reused_positions == 0 and warm.reused_positions == 64  # 8 whole blocks of 8
     assert other.reused_positions == 0 and unsalted.reused_positions == 0
-    expected = hf_greedy(reference, shared + [7, 8, 9], 15)
+    expected = hf_greedy(reference, [*shared, 7, 8, 9], 15)
     assert warm.generated == other.generated == unsalted.generated == expected
     exact = run(core, Generation(shared[:64], 5, salt="tenant-a"))
     assert exact.reused_positions == 56  # the last token is always prefilled
@@ -371,3 +376,12 @@ def test_int4_packs_two_codes_a_byte_and_its_kernel_agrees_with_the_plain_produc
 def test_unknown_quantization_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown quantization 'int3'"):
         quantize(realistic_model(), "int3")
+
+
+def test_the_compiled_step_decodes_the_same_tokens(reference: LlamaForCausalLM) -> None:
+    prompts = [tokens(9, 30), tokens(14, 31)]
+    core = DecodeCore(ours(reference), slots=2, max_len=128, min_span=128, compile=True)
+    sequences = [core.submit(Generation(p, 10)) for p in prompts]
+    while any(s.finish is None for s in sequences):
+        core.step()
+    assert [s.generated for s in sequences] == [hf_greedy(reference, p, 10) for p in prompts]
