@@ -99,10 +99,7 @@ def engine_row(name: str, model: Llama, plan: Plan, **options: Any) -> Row:
     core = DecodeCore(model, slots=1, max_len=plan.max_len, min_span=plan.max_len, **options)
     prompt = random_prompt(plan.prompt, model.shape.vocab_size, 1)
     core.generate(Generation(prompt, plan.new_tokens))  # warm-up: capture, compile
-    sequence = core.submit(Generation(prompt, plan.new_tokens))
-    while sequence.finish is None:
-        core.step()
-    tok_s, ttft = timed(sequence)
+    tok_s, ttft = timed(core.run(Generation(prompt, plan.new_tokens)))
     return Row(name, tok_s, ttft, note=options.get("note_", ""))
 
 
@@ -171,9 +168,7 @@ def prefix_rows(model: Llama, plan: Plan) -> list[Row]:
         ("other tenant", "tenant-b", 4),
     ):
         prompt = shared + random_prompt(16, model.shape.vocab_size, 100 + question)
-        sequence = core.submit(Generation(prompt, 2, salt=salt))
-        while sequence.finish is None:
-            core.step()
+        sequence = core.run(Generation(prompt, 2, salt=salt))
         _, ttft = timed_first(sequence)
         if label != "warm-up":
             rows.append(
@@ -216,9 +211,7 @@ def speculative_rows(new_tokens: int) -> list[Row]:
     for name, drafter in (("plain", None), ("prompt lookup", PromptLookup())):
         core = DecodeCore(copy.deepcopy(model), slots=1, max_len=1024, eos_tokens=eos, drafter=drafter)
         core.generate(Generation(prompt, 8))
-        sequence = core.submit(Generation(prompt, new_tokens))
-        while sequence.finish is None:
-            core.step()
+        sequence = core.run(Generation(prompt, new_tokens))
         elapsed = (sequence.finished_at or 0) - sequence.submitted_at
         results[name] = (sequence, len(sequence.generated) / elapsed, core.steps)
     plain, spec = results["plain"], results["prompt lookup"]

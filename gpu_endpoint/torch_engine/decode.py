@@ -123,6 +123,9 @@ class DecodeCore:
         self.draft_tokens = draft_tokens
         self.prefix = PrefixCache(model, prefix_blocks, block_size) if prefix_blocks > 0 else None
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if compile:
+            # One compiled graph per (batch, span) bucket: allow them all without falling back.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
         self._step_fn: Callable[..., Tensor] = torch.compile(model, fullgraph=True) if compile else model
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
@@ -151,13 +154,19 @@ class DecodeCore:
             self._lock.notify()
         return sequence
 
-    def generate(self, generation: Generation) -> list[int]:
-        """Submit and wait, stepping on this thread when no background thread runs."""
+    def run(self, generation: Generation) -> Sequence:
+        """Submit and wait until the request ends, stepping on this thread when no background
+        thread runs (other waiting requests advance too)."""
         sequence = self.submit(generation)
         if self._thread is None:
             while sequence.finish is None:
                 self.step()
-        return sequence.wait()
+        sequence.wait()
+        return sequence
+
+    def generate(self, generation: Generation) -> list[int]:
+        """The tokens `run` generates."""
+        return self.run(generation).generated
 
     @property
     def busy(self) -> int:

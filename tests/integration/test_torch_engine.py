@@ -39,20 +39,13 @@ def chat_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     return ids
 
 
-def run(core: DecodeCore, generation: Generation) -> Any:
-    sequence = core.submit(generation)
-    while sequence.finish is None:
-        core.step()
-    return sequence
-
-
 def test_prompt_lookup_keeps_greedy_output_and_saves_steps_on_a_copy_task(smollm2: tuple[Llama, Any]) -> None:
     model, tokenizer = smollm2
     prompt = chat_tokens(tokenizer, [{"role": "user", "content": COPY_TASK}])
     eos = frozenset(model.shape.eos_token_ids)
     plain = DecodeCore(copy.deepcopy(model), slots=1, max_len=1024, eos_tokens=eos)
     fast = DecodeCore(copy.deepcopy(model), slots=1, max_len=1024, eos_tokens=eos, drafter=PromptLookup())
-    expected, got = run(plain, Generation(prompt, 120)), run(fast, Generation(prompt, 120))
+    expected, got = plain.run(Generation(prompt, 120)), fast.run(Generation(prompt, 120))
     assert got.generated == expected.generated
     assert "def scale_price" in tokenizer.decode(got.generated)  # it is copying
     assert got.accepted / got.proposed > 0.5
@@ -81,17 +74,17 @@ def test_a_conversations_next_turn_reuses_its_earlier_turns(smollm2: tuple[Llama
     eos = frozenset(model.shape.eos_token_ids)
     core = DecodeCore(copy.deepcopy(model), slots=2, max_len=1024, eos_tokens=eos, prefix_blocks=128)
     turns = [{"role": "user", "content": "Name three rivers in Europe."}]
-    first = run(core, Generation(chat_tokens(tokenizer, turns), 30, salt="acme"))
+    first = core.run(Generation(chat_tokens(tokenizer, turns), 30, salt="acme"))
     turns += [
         {"role": "assistant", "content": tokenizer.decode(first.generated, skip_special_tokens=True)},
         {"role": "user", "content": "Which one is the longest?"},
     ]
     second_prompt = chat_tokens(tokenizer, turns)
-    second = run(core, Generation(second_prompt, 20, salt="acme"))
+    second = core.run(Generation(second_prompt, 20, salt="acme"))
     cold = DecodeCore(copy.deepcopy(model), slots=1, max_len=1024, eos_tokens=eos)
     # Turn one's prompt and answer blocks, up to where re-tokenizing the answer differs from its tokens.
     assert second.reused_positions > len(first.generation.prompt) // 16 * 16
-    assert second.generated == run(cold, Generation(second_prompt, 20)).generated
+    assert second.generated == cold.run(Generation(second_prompt, 20)).generated
 
 
 # --------------------------------------------------------------------------- over HTTP

@@ -75,13 +75,6 @@ def hf_greedy(reference: LlamaForCausalLM, prompt: list[int], new: int) -> list[
     return result
 
 
-def run(core: DecodeCore, generation: Generation) -> Any:
-    sequence = core.submit(generation)
-    while sequence.finish is None:
-        core.step()
-    return sequence
-
-
 # --------------------------------------------------------------------------- the model
 
 
@@ -154,13 +147,13 @@ def test_stop_tokens_end_a_request_without_the_token(reference: LlamaForCausalLM
     full = hf_greedy(reference, prompt, 20)
     stop = full[6]
     core = DecodeCore(ours(reference), slots=1, max_len=256, eos_tokens=frozenset({stop}))
-    sequence = run(core, Generation(prompt, 20))
+    sequence = core.run(Generation(prompt, 20))
     assert sequence.generated == full[: full.index(stop)] and sequence.finish == "stop"
 
 
 def test_the_cache_length_bounds_a_request(reference: LlamaForCausalLM) -> None:
     core = DecodeCore(ours(reference), slots=1, max_len=64)
-    sequence = run(core, Generation(tokens(60, 4), 50))
+    sequence = core.run(Generation(tokens(60, 4), 50))
     assert (len(sequence.tokens), sequence.finish) == (64, "length")
     with pytest.raises(ValueError, match="prompt has 64 tokens"):
         core.submit(Generation(tokens(64, 4), 1))
@@ -237,7 +230,7 @@ def test_speculative_greedy_output_is_identical_and_takes_fewer_steps(
 ) -> None:
     prompt = copy_heavy_prompt()
     plain = DecodeCore(ours(reference), slots=2, max_len=256)
-    expected = run(plain, Generation(prompt, 40))
+    expected = plain.run(Generation(prompt, 40))
     if drafter_kind == "prompt_lookup":
         drafter: Any = PromptLookup()
     else:  # the target itself as draft: every proposal is right
@@ -245,8 +238,8 @@ def test_speculative_greedy_output_is_identical_and_takes_fewer_steps(
         draft.allocate_cache(2, 256)
         drafter = DraftModel(draft)
     fast = DecodeCore(ours(reference), slots=2, max_len=256, drafter=drafter, draft_tokens=6)
-    first = run(fast, Generation(prompt, 40))
-    second = run(fast, Generation(tokens(15, 9), 25))  # the slot's drafter state is reset
+    first = fast.run(Generation(prompt, 40))
+    second = fast.run(Generation(tokens(15, 9), 25))  # the slot's drafter state is reset
     assert first.generated == expected.generated
     assert second.generated == hf_greedy(reference, tokens(15, 9), 25)
     assert first.proposed > 0
@@ -264,13 +257,13 @@ def test_a_wrong_draft_costs_steps_not_tokens(reference: LlamaForCausalLM) -> No
 
     prompt = tokens(20, 10)
     core = DecodeCore(ours(reference), slots=1, max_len=256, drafter=Wrong(), draft_tokens=4)
-    assert run(core, Generation(prompt, 20)).generated == hf_greedy(reference, prompt, 20)
+    assert core.run(Generation(prompt, 20)).generated == hf_greedy(reference, prompt, 20)
 
 
 def test_speculation_is_for_a_lone_greedy_request(reference: LlamaForCausalLM) -> None:
     prompt = copy_heavy_prompt()
     core = DecodeCore(ours(reference), slots=2, max_len=256, drafter=PromptLookup())
-    sampled = run(core, Generation(prompt, 20, temperature=0.8, seed=1))
+    sampled = core.run(Generation(prompt, 20, temperature=0.8, seed=1))
     together = [core.submit(Generation(prompt, 20)), core.submit(Generation(tokens(9, 11), 20))]
     while any(s.finish is None for s in together):
         core.step()
@@ -292,15 +285,15 @@ def test_block_keys_chain_the_salt_and_every_earlier_token() -> None:
 def test_a_reused_prefix_decodes_as_a_cold_prefill_and_never_across_tenants(reference: LlamaForCausalLM) -> None:
     shared = tokens(70, 12)
     core = DecodeCore(ours(reference), slots=2, max_len=256, prefix_blocks=32, block_size=8)
-    cold = run(core, Generation([*shared, 5, 6], 15, salt="tenant-a"))
-    warm = run(core, Generation([*shared, 7, 8, 9], 15, salt="tenant-a"))
-    other = run(core, Generation([*shared, 7, 8, 9], 15, salt="tenant-b"))
-    unsalted = run(core, Generation([*shared, 7, 8, 9], 15))
+    cold = core.run(Generation([*shared, 5, 6], 15, salt="tenant-a"))
+    warm = core.run(Generation([*shared, 7, 8, 9], 15, salt="tenant-a"))
+    other = core.run(Generation([*shared, 7, 8, 9], 15, salt="tenant-b"))
+    unsalted = core.run(Generation([*shared, 7, 8, 9], 15))
     assert cold.reused_positions == 0 and warm.reused_positions == 64  # 8 whole blocks of 8
     assert other.reused_positions == 0 and unsalted.reused_positions == 0
     expected = hf_greedy(reference, [*shared, 7, 8, 9], 15)
     assert warm.generated == other.generated == unsalted.generated == expected
-    exact = run(core, Generation(shared[:64], 5, salt="tenant-a"))
+    exact = core.run(Generation(shared[:64], 5, salt="tenant-a"))
     assert exact.reused_positions == 56  # the last token is always prefilled
 
 
