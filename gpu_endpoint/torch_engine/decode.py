@@ -274,7 +274,8 @@ class DecodeCore:
         sequence.reused_positions = start
         tokens = torch.tensor([prompt[start:]], device=self.device)
         positions = torch.arange(start, len(prompt), device=self.device)[None]
-        logits = self.model(tokens, positions, slot, self._span(len(prompt)), last_only=True)[:, -1]
+        logits = self.model(tokens, positions, slot, self._span(len(prompt)), last_only=True, from_start=start == 0)
+        logits = logits[:, -1]
         if self.prefix is not None and generation.salt is not None:
             self.prefix.store(generation.salt, prompt, slot)
         self._emit(sequence, self._choose(logits, [sequence]))

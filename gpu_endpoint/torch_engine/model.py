@@ -170,8 +170,11 @@ class Block(nn.Module):
         self.w13 = nn.Linear(s.hidden_size, 2 * s.intermediate_size, bias=False)
         self.w2 = nn.Linear(s.intermediate_size, s.hidden_size, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, positions: Tensor, kv: Tensor) -> Tensor:
-        """`kv` is this layer's cache of the batch's slots, [2, B, kv_heads, max_len, head_dim]."""
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, positions: Tensor, kv: Tensor
+    ) -> Tensor:
+        """`kv` is this layer's cache of the batch's slots, [2, B, kv_heads, max_len, head_dim];
+        no `mask`: the tokens are positions 0..T-1 and attend causally among themselves."""
         s = self.shape
         batch, length, _ = x.shape
         qkv = self.wqkv(self.attention_norm(x))
@@ -182,13 +185,18 @@ class Block(nn.Module):
         rows = torch.arange(batch, device=x.device)[:, None].expand(batch, length)
         kv[0, rows, :, positions] = k
         kv[1, rows, :, positions] = v
-        span = mask.shape[-1]  # attend to the first `span` positions only
+        span = length if mask is None else mask.shape[-1]  # attend to the first `span` positions only
         keys, values = kv[0, :, :, :span], kv[1, :, :, :span]
-        if length == 1:
+        if length == 1 and mask is not None:
             attended = grouped_attention(q, keys, values, mask)
         else:
             attended = F.scaled_dot_product_attention(
-                q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=s.num_heads != s.num_kv_heads
+                q.transpose(1, 2),
+                keys,
+                values,
+                attn_mask=mask,
+                is_causal=mask is None,
+                enable_gqa=s.num_heads != s.num_kv_heads,
             ).transpose(1, 2)
         x = x + self.wo(attended.reshape(batch, length, s.num_heads * s.head_dim))
         gate, up = self.w13(self.mlp_norm(x)).chunk(2, dim=-1)
@@ -229,20 +237,30 @@ class Llama(nn.Module):
         self.max_len, self.slots = max_len, slots
 
     def forward(
-        self, tokens: Tensor, positions: Tensor, first_slot: int = 0, span: int | None = None, last_only: bool = False
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        first_slot: int = 0,
+        span: int | None = None,
+        last_only: bool = False,
+        from_start: bool = False,
     ) -> Tensor:
         """Logits for `tokens` [B, T] at `positions` [B, T]; row b is cache slot `first_slot + b`.
 
         Attention reads the first `span` cached positions (default all): every position a row
-        attends to must lie below it. Returns [B, T, vocab] float logits, or [B, 1, vocab] for each
-        row's last token when `last_only`.
+        attends to must lie below it. `from_start`: the positions are 0..T-1, so attention is
+        plain causal attention among the tokens themselves (a prompt's prefill; SDPA may then use
+        its fused kernels). Returns [B, T, vocab] float logits, or [B, 1, vocab] for each row's last
+        token when `last_only`.
         """
         span = self.max_len if span is None else span
-        batch = tokens.shape[0]
+        batch, length = tokens.shape
         x = self.embed(tokens)
         cos = self.cos[positions][:, :, None, :].to(x.dtype)
         sin = self.sin[positions][:, :, None, :].to(x.dtype)
-        mask = (self.key_positions[None, None, :span] <= positions[:, :, None])[:, None]
+        mask: Tensor | None = None
+        if not (from_start and length > 1):
+            mask = (self.key_positions[None, None, :span] <= positions[:, :, None])[:, None]
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, positions, self.kv_cache[index, :, first_slot : first_slot + batch])
         if last_only:

@@ -102,11 +102,13 @@ def test_logits_match_transformers_in_one_prefill_and_token_by_token(overrides: 
     with torch.no_grad():
         expected = reference(torch.tensor([prompt])).logits[0]
         whole = model(torch.tensor([prompt]), torch.arange(40)[None], first_slot=1)[0]
+        causal = model(torch.tensor([prompt]), torch.arange(40)[None], first_slot=1, span=40, from_start=True)[0]
         model(torch.tensor([prompt[:30]]), torch.arange(30)[None], first_slot=0)
         stepwise = [
             model(torch.tensor([[t]]), torch.tensor([[30 + i]]), first_slot=0)[0, 0] for i, t in enumerate(prompt[30:])
         ]
     assert torch.allclose(whole, expected, atol=1e-3, rtol=1e-3)
+    assert torch.allclose(causal, expected, atol=1e-3, rtol=1e-3)
     assert torch.allclose(torch.stack(stepwise), expected[30:], atol=1e-3, rtol=1e-3)
 
 
