@@ -320,10 +320,11 @@ def test_the_prefix_pool_evicts_least_recently_used_blocks_deepest_first(referen
 def realistic_model(seed: int = 0) -> Llama:
     shape = LlamaShape(VOCAB, 256, 512, 2, 4, 2, 64)
     model = random_weights(shape, torch.float32, "cpu", seed=seed)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.dim() > 1:
-                parameter.normal_(0.0, 0.05)
+                parameter.normal_(0.0, 0.05, generator=generator)
     return model
 
 
