@@ -38,6 +38,7 @@ from .speculative import Drafter
 
 Finish = Literal["stop", "length", "cancelled", "error"]
 MIN_SPAN = 128
+PREFILL_TOKENS = 16_384  # padded tokens one batched prefill may hold
 
 
 @dataclass(frozen=True)
@@ -248,37 +249,72 @@ class DecodeCore:
             self._running.pop(sequence.slot, None)
 
     def _admit(self) -> None:
-        while True:
-            with self._lock:
-                free = [s for s in range(self.slots) if s not in self._running]
-                if not free or not self._waiting:
-                    return
+        admitted: list[Sequence] = []
+        with self._lock:
+            free = [s for s in range(self.slots) if s not in self._running]
+            while free and self._waiting:
                 sequence = self._waiting.pop(0)
                 if sequence.cancelled:
                     self._finish(sequence, "cancelled")
                     continue
-                sequence.slot = free[0]
+                sequence.slot = free.pop(0)
                 self._running[sequence.slot] = sequence
-            self._prefill(sequence)
+                admitted.append(sequence)
+        group: list[Sequence] = []
+        for sequence in admitted:  # in slot order: prefill neighbours together, within a token budget
+            candidate = [*group, sequence]
+            rows = candidate[-1].slot - candidate[0].slot + 1
+            if group and rows * max(len(s.generation.prompt) for s in candidate) > PREFILL_TOKENS:
+                self._prefill(group)
+                candidate = [sequence]
+            group = candidate
+        if group:
+            self._prefill(group)
+        for sequence in admitted:
             if sequence.finish is not None:
                 self._retire(sequence)
 
-    def _prefill(self, sequence: Sequence) -> None:
-        generation, slot = sequence.generation, sequence.slot
-        if self.drafter is not None:
-            self.drafter.reset(slot)
-        prompt = generation.prompt
-        start = 0
-        if self.prefix is not None and generation.salt is not None:
-            start = self.prefix.load(generation.salt, prompt, slot)
-        sequence.reused_positions = start
-        tokens = torch.tensor([prompt[start:]], device=self.device)
-        positions = torch.arange(start, len(prompt), device=self.device)[None]
-        logits = self.model(tokens, positions, slot, self._span(len(prompt)), last_only=True, from_start=start == 0)
-        logits = logits[:, -1]
-        if self.prefix is not None and generation.salt is not None:
-            self.prefix.store(generation.salt, prompt, slot)
-        self._emit(sequence, self._choose(logits, [sequence]))
+    def _prefill(self, group: list[Sequence]) -> None:
+        """Prefill the prompts of requests in slots `group[0].slot`..`group[-1].slot` in one
+        forward: one row per slot, right-padded; rows and tail padding of other slots write only
+        at the cache's last position, which no sequence reads before it writes it."""
+        first = group[0].slot
+        starts = []
+        for sequence in group:
+            generation = sequence.generation
+            if self.drafter is not None:
+                self.drafter.reset(sequence.slot)
+            start = 0
+            if self.prefix is not None and generation.salt is not None:
+                start = self.prefix.load(generation.salt, generation.prompt, sequence.slot)
+            sequence.reused_positions = start
+            starts.append(start)
+        rows = group[-1].slot - first + 1
+        length = max(len(s.generation.prompt) - start for s, start in zip(group, starts, strict=True))
+        tokens = torch.zeros(rows, length, dtype=torch.long)
+        positions = torch.full((rows, length), self.max_len - 1, dtype=torch.long)
+        last = torch.zeros(rows, dtype=torch.long)
+        for sequence, start in zip(group, starts, strict=True):
+            prompt, row = sequence.generation.prompt, sequence.slot - first
+            tokens[row, : len(prompt) - start] = torch.tensor(prompt[start:])
+            positions[row, : len(prompt) - start] = torch.arange(start, len(prompt))
+            last[row] = len(prompt) - start - 1
+        from_start = all(start == 0 for start in starts) and rows == len(group)
+        span = self._span(max(len(s.generation.prompt) for s in group))
+        logits = self.model(
+            tokens.to(self.device),
+            positions.to(self.device),
+            first,
+            span,
+            pick=last.to(self.device),
+            from_start=from_start,
+        )[:, 0]
+        for sequence in group:
+            if self.prefix is not None and sequence.generation.salt is not None:
+                self.prefix.store(sequence.generation.salt, sequence.generation.prompt, sequence.slot)
+        choices = self._choose(logits[[s.slot - first for s in group]], group)
+        for sequence, token in zip(group, choices, strict=True):
+            self._emit(sequence, [token])
 
     def _decode_step(self, running: list[Sequence]) -> None:
         batch = min(self.slots, _power_of_two_at_least(running[-1].slot + 1))

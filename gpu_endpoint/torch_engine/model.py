@@ -244,6 +244,7 @@ class Llama(nn.Module):
         span: int | None = None,
         last_only: bool = False,
         from_start: bool = False,
+        pick: Tensor | None = None,
     ) -> Tensor:
         """Logits for `tokens` [B, T] at `positions` [B, T]; row b is cache slot `first_slot + b`.
 
@@ -251,7 +252,7 @@ class Llama(nn.Module):
         attends to must lie below it. `from_start`: the positions are 0..T-1, so attention is
         plain causal attention among the tokens themselves (a prompt's prefill; SDPA may then use
         its fused kernels). Returns [B, T, vocab] float logits, or [B, 1, vocab] for each row's last
-        token when `last_only`.
+        token when `last_only`, or for the token at index `pick[b]` [B] of each row.
         """
         span = self.max_len if span is None else span
         batch, length = tokens.shape
@@ -263,7 +264,9 @@ class Llama(nn.Module):
             mask = (self.key_positions[None, None, :span] <= positions[:, :, None])[:, None]
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, positions, self.kv_cache[index, :, first_slot : first_slot + batch])
-        if last_only:
+        if pick is not None:
+            x = x[torch.arange(batch, device=x.device), pick][:, None]
+        elif last_only:
             x = x[:, -1:]
         logits: Tensor = self.lm_head(self.norm(x))
         return logits.float()

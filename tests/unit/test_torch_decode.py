@@ -144,6 +144,29 @@ def test_requests_joining_a_running_batch_get_the_tokens_they_get_alone(referenc
     assert core.steps < sum(12 + 3 * i for i in range(7))  # steps were shared
 
 
+def test_requests_admitted_together_are_prefilled_in_one_forward(reference: LlamaForCausalLM) -> None:
+    model = ours(reference)
+    core = DecodeCore(model, slots=6, max_len=256, prefix_blocks=16, block_size=8)
+    shared = tokens(20, 40)
+    core.run(Generation([*shared, 1], 3, salt="t"))  # caches the shared prefix
+    shapes: list[tuple[int, ...]] = []
+    forward = model.forward
+
+    def counting(tokens: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        shapes.append(tuple(tokens.shape))
+        return forward(tokens, *args, **kwargs)
+
+    model.forward = counting  # type: ignore[method-assign]
+    prompts = [tokens(7, 41), tokens(19, 42), [*shared, 2, 3], tokens(3, 43)]
+    sequences = [core.submit(Generation(p, 8, salt="t")) for p in prompts]
+    core.step()
+    assert shapes[0] == (4, 19)  # one row per slot, the longest prompt (the reused one needs 7)
+    assert sequences[2].reused_positions == 16
+    while any(s.finish is None for s in sequences):
+        core.step()
+    assert [s.generated for s in sequences] == [hf_greedy(reference, p, 8) for p in prompts]
+
+
 def test_stop_tokens_end_a_request_without_the_token(reference: LlamaForCausalLM) -> None:
     prompt = tokens(20, 3)
     full = hf_greedy(reference, prompt, 20)
