@@ -165,16 +165,17 @@ class TorchEngine:
         """Deltas as tokens settle, then one event with `finish_reason` and `usage`."""
         sequence = self._submit(req)
         stops = list(req.stop)
+        text = Detokenizer(self.tokenizer)
         sent = ""
         finish: EndpointFinish | None = None
         try:
-            for _ in sequence.stream():
-                text = self.tokenizer.decode(sequence.generated, skip_special_tokens=True)
-                cut = _first_stop(text, stops)
+            for tokens in sequence.stream():
+                full = text.add(tokens)
+                cut = _first_stop(full, stops)
                 if cut is not None:
-                    text, finish = text[:cut], "stop"
+                    full, finish = full[:cut], "stop"
                     sequence.cancel()
-                settled = text if finish else _settled(text, stops)
+                settled = full if finish else _settled(full, stops)
                 if len(settled) > len(sent):
                     yield StreamEvent(delta=settled[len(sent) :])
                     sent = settled
@@ -183,9 +184,9 @@ class TorchEngine:
             if finish is None:
                 if sequence.finish == "error":
                     raise RuntimeError(f"generation failed: {sequence.error}")
-                text = self.tokenizer.decode(sequence.generated, skip_special_tokens=True)
-                if len(text) > len(sent):
-                    yield StreamEvent(delta=text[len(sent) :])
+                full = text.flush()
+                if len(full) > len(sent):
+                    yield StreamEvent(delta=full[len(sent) :])
                 finish = "length" if sequence.finish == "length" else "stop"
         finally:
             sequence.cancel()
@@ -207,6 +208,40 @@ class TorchEngine:
     def close(self) -> None:
         """Stop the decode thread; the engine is unusable afterwards."""
         self.core.stop()
+
+
+class Detokenizer:
+    """The text of a growing list of tokens, decoding a short window per addition instead of the
+    whole list: the window starts a few tokens back, which gives the tokenizer the context it needs
+    for leading spaces, and text ending in an incomplete character waits for the next tokens."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+        self._prefix = 0  # the window's start
+        self._read = 0  # tokens already in `text`
+
+    def _decode(self, ids: list[int]) -> str:
+        decoded: str = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return decoded
+
+    def add(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        before = self._decode(self.ids[self._prefix : self._read])
+        after = self._decode(self.ids[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before) :]
+            self._prefix, self._read = self._read, len(self.ids)
+        return self.text
+
+    def flush(self) -> str:
+        """The text with every token in, an incomplete last character included."""
+        if self._read < len(self.ids):
+            before = self._decode(self.ids[self._prefix : self._read])
+            self.text += self._decode(self.ids[self._prefix :])[len(before) :]
+            self._prefix = self._read = len(self.ids)
+        return self.text
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:

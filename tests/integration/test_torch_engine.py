@@ -6,6 +6,7 @@ over the SageMaker contract with requests batched together."""
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from gpu_endpoint.bench.__main__ import COPY_TASK
 from gpu_endpoint.torch_engine.decode import DecodeCore, Generation
-from gpu_endpoint.torch_engine.engine import load_checkpoint
+from gpu_endpoint.torch_engine.engine import Detokenizer, load_checkpoint
 from gpu_endpoint.torch_engine.model import Llama
 from gpu_endpoint.torch_engine.quant import quantize
 from gpu_endpoint.torch_engine.speculative import PromptLookup
@@ -50,6 +51,18 @@ def test_prompt_lookup_keeps_greedy_output_and_saves_steps_on_a_copy_task(smollm
     assert "def scale_price" in tokenizer.decode(got.generated)  # it is copying
     assert got.accepted / got.proposed > 0.5
     assert fast.steps < 0.6 * plain.steps
+
+
+def test_incremental_detokenizing_gives_the_whole_decode(smollm2: tuple[Llama, Any]) -> None:
+    _, tokenizer = smollm2
+    text = "Héllo wörld 🙂 — naïve café, 日本語.\n    def f(x):\n        return x ** 2  # ok\n\n  Ünïcödé!"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for step in (1, 2, 3):
+        detokenizer = Detokenizer(tokenizer)
+        seen = [detokenizer.add(ids[i : i + step]) for i in range(0, len(ids), step)]
+        assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(seen))
+        assert all("\ufffd" not in part for part in seen)
+        assert detokenizer.flush() == tokenizer.decode(ids, skip_special_tokens=True) == text
 
 
 @pytest.mark.parametrize(("kind", "min_cosine", "min_agreement"), [("int8", 0.995, 0.9), ("int4", 0.99, 0.8)])
