@@ -15,7 +15,8 @@ are the real ones). Rows, each on the same device in the same run:
   (real weights: drafts need a model that copies; on the CPU, where SmolLM2 runs).
 
 Without a GPU it runs on the CPU with smaller counts (`--quick` is implied), which checks the
-paths, not the speeds. Prints a Markdown table; `--json FILE` also writes the rows.
+paths, not the speeds. Prints a Markdown table, a row as soon as it is measured (with the
+seconds its section took); `--json FILE` also writes the rows, rewritten after each.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 import platform
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class Row:
     ttft_ms: float | None = None
     note: str = ""
     roofline_share: float | None = None
+    seconds: float | None = None  # wall time of the section that measured it
 
 
 @dataclass(frozen=True)
@@ -227,44 +229,11 @@ def speculative_rows(new_tokens: int) -> list[Row]:
     ]
 
 
-def run(shape_name: str, device: torch.device, skip: set[str], quick: bool) -> tuple[list[Row], dict[str, Any]]:
+def measure(shape_name: str, device: torch.device, skip: set[str], quick: bool) -> tuple[dict[str, Any], Iterator[Row]]:
+    """The run's description, and its rows as each is measured (a run cut short keeps what it has)."""
     plan = QUICK if quick else FULL
     shape = SHAPES[shape_name]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    rows: list[Row] = []
-    bytes_per_s = bandwidth(device, 2048 if device.type == "cuda" else 256)
-    model = random_weights(shape, dtype, device)
-    weights = weight_bytes(model)
-    roofline = bytes_per_s / weights
-    rows.append(Row("memory bandwidth (copy)", note=f"{bytes_per_s / 1e12:.2f} TB/s"))
-    rows.append(Row("roofline, batch 1", roofline, note=f"{weights / 1e9:.2f} GB of weights per token"))
-    sections: list[tuple[str, Callable[[], list[Row]]]] = [
-        ("baseline", lambda: [baseline_row(shape, dtype, device, plan)]),
-        (
-            "graphs",
-            lambda: [
-                engine_row(
-                    f"engine, {_dtype_name(dtype)}" + (", CUDA graphs" if device.type == "cuda" else ""), model, plan
-                )
-            ],
-        ),
-        ("compile", lambda: [engine_row(f"engine, {_dtype_name(dtype)}, compiled", model, plan, compile=True)]),
-        ("int8", lambda: [quantized_row("int8", model, plan, roofline_bytes=weights)]),
-        ("int4", lambda: [quantized_row("int4", model, plan, roofline_bytes=weights)]),
-        ("batch", lambda: [batch_row(model, plan, compile="compile" not in skip)]),
-        ("prefix", lambda: prefix_rows(model, plan)),
-        ("speculative", lambda: speculative_rows(plan.new_tokens * 4 if quick else 200)),
-    ]
-    for name, section in sections:
-        if name in skip:
-            continue
-        try:
-            rows.extend(section())
-        except Exception as exc:  # one failed section must not cost the others' numbers
-            rows.append(Row(f"{name}: failed", note=f"{type(exc).__name__}: {str(exc)[:160]}"))
-    for row in rows:
-        if row.tok_s is not None and row.name.startswith(("engine", "plain", "int")):
-            row.roofline_share = row.tok_s / roofline
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
@@ -272,7 +241,46 @@ def run(shape_name: str, device: torch.device, skip: set[str], quick: bool) -> t
         "dtype": _dtype_name(dtype),
         "plan": asdict(plan),
     }
-    return rows, info
+
+    def rows() -> Iterator[Row]:
+        started = time.perf_counter()
+        bytes_per_s = bandwidth(device, 2048 if device.type == "cuda" else 256)
+        model = random_weights(shape, dtype, device)
+        weights = weight_bytes(model)
+        roofline = bytes_per_s / weights
+        yield Row("memory bandwidth (copy)", note=f"{bytes_per_s / 1e12:.2f} TB/s")
+        yield Row(
+            "roofline, batch 1",
+            roofline,
+            note=f"{weights / 1e9:.2f} GB of weights per token",
+            seconds=time.perf_counter() - started,
+        )
+        engine = f"engine, {_dtype_name(dtype)}" + (", CUDA graphs" if device.type == "cuda" else "")
+        sections: list[tuple[str, Callable[[], list[Row]]]] = [
+            ("baseline", lambda: [baseline_row(shape, dtype, device, plan)]),
+            ("graphs", lambda: [engine_row(engine, model, plan)]),
+            ("compile", lambda: [engine_row(f"{engine}, compiled", model, plan, compile=True)]),
+            ("int8", lambda: [quantized_row("int8", model, plan, roofline_bytes=weights)]),
+            ("int4", lambda: [quantized_row("int4", model, plan, roofline_bytes=weights)]),
+            ("batch", lambda: [batch_row(model, plan, compile="compile" not in skip)]),
+            ("prefix", lambda: prefix_rows(model, plan)),
+            ("speculative", lambda: speculative_rows(plan.new_tokens * 4 if quick else 200)),
+        ]
+        for name, section in sections:
+            if name in skip:
+                continue
+            started = time.perf_counter()
+            try:
+                measured = section()
+            except Exception as exc:  # one failed section must not cost the others' numbers
+                measured = [Row(f"{name}: failed", note=f"{type(exc).__name__}: {str(exc)[:160]}")]
+            measured[-1].seconds = time.perf_counter() - started
+            for row in measured:
+                if row.tok_s is not None and row.name.startswith(("engine", "plain", "int")):
+                    row.roofline_share = row.tok_s / roofline
+                yield row
+
+    return info, rows()
 
 
 def quantized_row(kind: str, model: Llama, plan: Plan, roofline_bytes: int) -> Row:
@@ -288,20 +296,24 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def table(rows: list[Row], info: dict[str, Any]) -> str:
-    lines = [
-        f"# torch engine on {info['device']} (torch {info['torch']}, {info['shape']}, {info['dtype']}, "
-        f"prompt {info['plan']['prompt']}, {info['plan']['new_tokens']} new tokens)",
-        "",
-        "| measurement | tok/s | first token ms | of roofline | note |",
-        "|---|---|---|---|---|",
-    ]
-    for row in rows:
-        tok_s = f"{row.tok_s:,.0f}" if row.tok_s is not None else ""
-        ttft = f"{row.ttft_ms:,.1f}" if row.ttft_ms is not None else ""
-        share = f"{row.roofline_share:.1%}" if row.roofline_share is not None else ""
-        lines.append(f"| {row.name} | {tok_s} | {ttft} | {share} | {row.note} |")
-    return "\n".join(lines)
+def header(info: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"# torch engine on {info['device']} (torch {info['torch']}, {info['shape']}, {info['dtype']}, "
+            f"prompt {info['plan']['prompt']}, {info['plan']['new_tokens']} new tokens)",
+            "",
+            "| measurement | tok/s | first token ms | of roofline | note | s |",
+            "|---|---|---|---|---|---|",
+        ]
+    )
+
+
+def line(row: Row) -> str:
+    tok_s = f"{row.tok_s:,.0f}" if row.tok_s is not None else ""
+    ttft = f"{row.ttft_ms:,.1f}" if row.ttft_ms is not None else ""
+    share = f"{row.roofline_share:.1%}" if row.roofline_share is not None else ""
+    seconds = f"{row.seconds:.0f}" if row.seconds is not None else ""
+    return f"| {row.name} | {tok_s} | {ttft} | {share} | {row.note} | {seconds} |"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,10 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     shape = args.shape or ("llama-3.2-1b" if device.type == "cuda" else "tiny")
-    rows, info = run(shape, device, skip, quick=args.quick or device.type != "cuda")
-    print(table(rows, info), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    info, rows = measure(shape, device, skip, quick=args.quick or device.type != "cuda")
+    print(header(info), flush=True)
+    done: list[Row] = []
+    for row in rows:
+        print(line(row), flush=True)
+        done.append(row)
+        if args.json:  # rewritten after every row
+            args.json.write_text(json.dumps({"info": info, "rows": [asdict(r) for r in done]}, indent=2) + "\n")
     return 0
 
 

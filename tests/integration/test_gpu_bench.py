@@ -16,12 +16,14 @@ def test_the_bench_prints_each_mode_against_the_roofline(tmp_path: Path, capsys:
     table = capsys.readouterr().out
     assert table.startswith("# torch engine on ") and "| measurement | tok/s |" in table
     rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    assert table.count("\n| ") == 1 + len(rows) == 11  # the header, then a line per row as it was measured
     assert not [name for name in rows if "failed" in name]
     for name in ("plain transformers generate", "engine, float32", "int8 weight-only", "int4 weight-only"):
         assert rows[name]["tok_s"] > 0 and rows[name]["roofline_share"] > 0
     assert rows["8 concurrent requests (aggregate, incl. prefill)"]["tok_s"] > 0
     assert rows["256-token shared prefix, reused"]["note"].startswith("256 positions reused")
     assert rows["256-token shared prefix, other tenant"]["note"].startswith("0 positions reused")
+    assert rows["int4 weight-only"]["seconds"] > 0
 
 
 def test_unknown_sections_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
