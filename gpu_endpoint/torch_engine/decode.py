@@ -16,8 +16,10 @@ benchmarks may call `step()` themselves). A step is:
    position, which no sequence reads before writing it).
 
 On CUDA the one-token step is captured as a CUDA graph per (batch, attention span) bucket and
-replayed; the attention span is the cached length rounded up to a power of two, so attention
-reads only the positions in use. `compile=True` runs the step through `torch.compile` first.
+replayed (greedy batches run `burst` steps per replay, each step's token fed to the next on the
+device, so the host waits once per burst); the attention span is the cached length rounded up
+to a power of two, so attention reads only the positions in use. `compile=True` runs the step
+through `torch.compile` first.
 """
 
 from __future__ import annotations
@@ -113,12 +115,16 @@ class DecodeCore:
         cuda_graphs: bool | None = None,
         compile: bool = False,
         min_span: int = MIN_SPAN,
+        burst: int | None = None,
     ) -> None:
         self.model = model.eval()
         self.device = model.embed.weight.device
         model.allocate_cache(slots, max_len)
         self.slots, self.max_len = slots, max_len
         self.min_span = min_span
+        # Greedy steps run this many at a time, each feeding the next its token on the device;
+        # the host reads them once per burst (on CUDA, one graph replay per burst).
+        self.burst = (8 if self.device.type == "cuda" else 1) if burst is None else burst
         self.eos_tokens = eos_tokens
         self.drafter = drafter
         self.draft_tokens = draft_tokens
@@ -128,7 +134,7 @@ class DecodeCore:
             # One compiled graph per (batch, span) bucket: allow them all without falling back.
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
         self._step_fn: Callable[..., Tensor] = torch.compile(model, fullgraph=True) if compile else model
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
+        self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._running: dict[int, Sequence] = {}
         self._waiting: list[Sequence] = []
@@ -226,13 +232,16 @@ class DecodeCore:
             return
         self.steps += 1
         only = running[0]
-        if (
-            len(running) == 1
-            and self.drafter is not None
-            and only.generation.speculative
-            and only.generation.temperature == 0
-        ):
+        greedy = all(s.generation.temperature == 0 for s in running)
+        if len(running) == 1 and self.drafter is not None and only.generation.speculative and greedy:
             self._speculative_step(only)
+        elif (
+            self.burst > 1
+            and greedy
+            and not self._waiting  # a waiting request joins at the next step, not after a burst
+            and max(len(s.tokens) for s in running) + self.burst < self.max_len
+        ):
+            self._decode_step(running, self.burst)
         else:
             self._decode_step(running)
         for sequence in running:
@@ -316,19 +325,24 @@ class DecodeCore:
         for sequence, token in zip(group, choices, strict=True):
             self._emit(sequence, [token])
 
-    def _decode_step(self, running: list[Sequence]) -> None:
+    def _decode_step(self, running: list[Sequence], burst: int = 1) -> None:
+        """One token per running request, or `burst` greedy tokens (a request that stops inside
+        the burst keeps only its tokens up to there)."""
         batch = min(self.slots, _power_of_two_at_least(running[-1].slot + 1))
         tokens = [0] * batch
         positions = [self.max_len - 1] * batch
         for sequence in running:
             tokens[sequence.slot] = sequence.tokens[-1]
             positions[sequence.slot] = len(sequence.tokens) - 1
-        span = self._span(max(len(s.tokens) for s in running))
-        logits = self._one_token_step(tokens, positions, span)
-        rows = logits[[s.slot for s in running]]
-        choices = self._choose(rows, running)
-        for sequence, token in zip(running, choices, strict=True):
-            self._emit(sequence, [token])
+        span = self._span(max(len(s.tokens) for s in running) + burst - 1)
+        out = self._run_step(tokens, positions, span, burst)
+        if burst == 1:
+            chosen = [[token] for token in self._choose(out[[s.slot for s in running]], running)]
+        else:
+            rows = out.tolist()
+            chosen = [rows[s.slot] for s in running]
+        for sequence, new in zip(running, chosen, strict=True):
+            self._emit(sequence, new)
 
     def _speculative_step(self, sequence: Sequence) -> None:
         assert self.drafter is not None
@@ -359,21 +373,33 @@ class DecodeCore:
     def _span(self, length: int) -> int:
         return min(self.max_len, max(self.min_span, _power_of_two_at_least(length)))
 
-    def _one_token_step(self, tokens: list[int], positions: list[int], span: int) -> Tensor:
-        """Logits [B, vocab] of one token per row at rows' slots 0..B-1."""
+    def _steps(self, tokens: Tensor, positions: Tensor, span: int, burst: int) -> Tensor:
+        """Logits [B, vocab] of one step, or the greedy tokens [B, burst] of `burst` steps, each
+        step's token fed to the next on the device (padding rows stay at the last position)."""
+        if burst == 1:
+            return self._step_fn(tokens, positions, 0, span)[:, 0]
+        chosen = []
+        for _ in range(burst):
+            tokens = self._step_fn(tokens, positions, 0, span)[:, 0].argmax(-1, keepdim=True)
+            chosen.append(tokens)
+            positions = (positions + 1).clamp(max=self.max_len - 1)
+        return torch.cat(chosen, dim=1)
+
+    def _run_step(self, tokens: list[int], positions: list[int], span: int, burst: int) -> Tensor:
+        """`_steps` at rows' slots 0..B-1, replayed from a CUDA graph where graphs are on."""
         batch = len(tokens)
         token_tensor = torch.tensor(tokens, device=self.device)[:, None]
         position_tensor = torch.tensor(positions, device=self.device)[:, None]
         if not self.cuda_graphs:
-            return self._step_fn(token_tensor, position_tensor, 0, span)[:, 0]
-        graph = self._graphs.get((batch, span)) or self._capture(batch, span)
-        cuda_graph, static_tokens, static_positions, static_logits = graph
+            return self._steps(token_tensor, position_tensor, span, burst)
+        graph = self._graphs.get((batch, span, burst)) or self._capture(batch, span, burst)
+        cuda_graph, static_tokens, static_positions, static_out = graph
         static_tokens.copy_(token_tensor)
         static_positions.copy_(position_tensor)
         cuda_graph.replay()
-        return static_logits[:, 0]
+        return static_out
 
-    def _capture(self, batch: int, span: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]:
+    def _capture(self, batch: int, span: int, burst: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]:
         # Warm-up and capture write their keys and values at the cache's last position, which no
         # running sequence reads before it writes it.
         static_tokens = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
@@ -382,13 +408,13 @@ class DecodeCore:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                self._step_fn(static_tokens, static_positions, 0, span)
+                self._steps(static_tokens, static_positions, span, burst)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            static_logits = self._step_fn(static_tokens, static_positions, 0, span)
-        entry = (graph, static_tokens, static_positions, static_logits)
-        self._graphs[(batch, span)] = entry
+            static_out = self._steps(static_tokens, static_positions, span, burst)
+        entry = (graph, static_tokens, static_positions, static_out)
+        self._graphs[(batch, span, burst)] = entry
         return entry
 
     def _choose(self, logits: Tensor, sequences: list[Sequence]) -> list[int]:

@@ -167,6 +167,28 @@ def test_requests_admitted_together_are_prefilled_in_one_forward(reference: Llam
     assert [s.generated for s in sequences] == [hf_greedy(reference, p, 8) for p in prompts]
 
 
+def test_greedy_bursts_give_the_tokens_single_steps_give(reference: LlamaForCausalLM) -> None:
+    prompts = [tokens(6, 50), tokens(11, 51), tokens(17, 52)]
+    limits = [13, 5, 22]  # one ends inside the first burst, one inside a later one
+    full = [hf_greedy(reference, p, n) for p, n in zip(prompts, limits, strict=True)]
+    stop = full[2][9]
+    core = DecodeCore(ours(reference), slots=4, max_len=256, burst=4, eos_tokens=frozenset({stop}))
+    sequences = [core.submit(Generation(p, n)) for p, n in zip(prompts, limits, strict=True)]
+    while any(s.finish is None for s in sequences):
+        core.step()
+    expected = [truncate(f, stop) for f in full]
+    assert [s.generated for s in sequences] == expected
+    assert core.steps <= 1 + -(-max(len(e) for e in expected) // 4) + 1  # bursts of 4, not a step a token
+    late = core.submit(Generation(tokens(8, 53), 6))  # the slots a burst left behind serve the next
+    core.step()
+    assert core.run(Generation(tokens(9, 54), 6)).generated == hf_greedy(reference, tokens(9, 54), 6)
+    assert late.wait() == truncate(hf_greedy(reference, tokens(8, 53), 6), stop)
+
+
+def truncate(generated: list[int], stop: int) -> list[int]:
+    return generated[: generated.index(stop)] if stop in generated else generated
+
+
 def test_stop_tokens_end_a_request_without_the_token(reference: LlamaForCausalLM) -> None:
     prompt = tokens(20, 3)
     full = hf_greedy(reference, prompt, 20)
