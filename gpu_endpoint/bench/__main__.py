@@ -102,7 +102,16 @@ def engine_row(name: str, model: Llama, plan: Plan, **options: Any) -> Row:
     prompt = random_prompt(plan.prompt, model.shape.vocab_size, 1)
     core.generate(Generation(prompt, plan.new_tokens))  # warm-up: capture, compile
     tok_s, ttft = timed(core.run(Generation(prompt, plan.new_tokens)))
-    return Row(name, tok_s, ttft, note=options.get("note_", ""))
+    return Row(name, tok_s, ttft)
+
+
+def graph_rows(engine: str, model: Llama, plan: Plan) -> list[Row]:
+    """The engine as served, and (on CUDA) with the host waiting for every token instead of once
+    per burst of 8 steps."""
+    rows = [engine_row(engine, model, plan)]
+    if model.embed.weight.device.type == "cuda":
+        rows.append(engine_row(f"{engine}, one step per replay", model, plan, burst=1))
+    return rows
 
 
 def baseline_row(shape: LlamaShape, dtype: torch.dtype, device: torch.device, plan: Plan) -> Row:
@@ -258,7 +267,7 @@ def measure(shape_name: str, device: torch.device, skip: set[str], quick: bool) 
         engine = f"engine, {_dtype_name(dtype)}" + (", CUDA graphs" if device.type == "cuda" else "")
         sections: list[tuple[str, Callable[[], list[Row]]]] = [
             ("baseline", lambda: [baseline_row(shape, dtype, device, plan)]),
-            ("graphs", lambda: [engine_row(engine, model, plan)]),
+            ("graphs", lambda: graph_rows(engine, model, plan)),
             ("compile", lambda: [engine_row(f"{engine}, compiled", model, plan, compile=True)]),
             ("int8", lambda: [quantized_row("int8", model, plan, roofline_bytes=weights)]),
             ("int4", lambda: [quantized_row("int4", model, plan, roofline_bytes=weights)]),
