@@ -180,7 +180,7 @@ def prefix_rows(model: Llama, plan: Plan) -> list[Row]:
     ):
         prompt = shared + random_prompt(16, model.shape.vocab_size, 100 + question)
         sequence = core.run(Generation(prompt, 2, salt=salt))
-        _, ttft = timed_first(sequence)
+        ttft = first_token_ms(sequence)
         if label != "warm-up":
             rows.append(
                 Row(
@@ -196,9 +196,9 @@ def prefix_rows(model: Llama, plan: Plan) -> list[Row]:
     return rows
 
 
-def timed_first(sequence: Sequence) -> tuple[None, float]:
+def first_token_ms(sequence: Sequence) -> float:
     assert sequence.first_token_at is not None
-    return None, (sequence.first_token_at - sequence.submitted_at) * 1000
+    return (sequence.first_token_at - sequence.submitted_at) * 1000
 
 
 COPY_TASK = "Copy this code exactly, without changes:\n\n" + "\n".join(

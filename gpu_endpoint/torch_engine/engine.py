@@ -14,6 +14,7 @@ Model sources (`model_path`):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ def load_checkpoint(path: Path | None, dtype: torch.dtype, device: torch.device)
     eos = set(shape.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(int(tokenizer.eos_token_id))
-    shape = LlamaShape(**{**shape.__dict__, "eos_token_ids": tuple(sorted(eos))})
+    shape = dataclasses.replace(shape, eos_token_ids=tuple(sorted(eos)))
     model = load_hf_state_dict(shape, reference.state_dict(), dtype).to(device)
     del reference
     return model, tokenizer
@@ -221,6 +222,7 @@ class Detokenizer:
         self.text = ""
         self._prefix = 0  # the window's start
         self._read = 0  # tokens already in `text`
+        self._window = ""  # the text of ids[_prefix:_read]
 
     def _decode(self, ids: list[int]) -> str:
         decoded: str = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -228,19 +230,19 @@ class Detokenizer:
 
     def add(self, ids: list[int]) -> str:
         self.ids.extend(ids)
-        before = self._decode(self.ids[self._prefix : self._read])
         after = self._decode(self.ids[self._prefix :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.text += after[len(before) :]
+        if len(after) > len(self._window) and not after.endswith("\ufffd"):
+            self.text += after[len(self._window) :]
             self._prefix, self._read = self._read, len(self.ids)
+            self._window = self._decode(self.ids[self._prefix : self._read])
         return self.text
 
     def flush(self) -> str:
         """The text with every token in, an incomplete last character included."""
         if self._read < len(self.ids):
-            before = self._decode(self.ids[self._prefix : self._read])
-            self.text += self._decode(self.ids[self._prefix :])[len(before) :]
+            self.text += self._decode(self.ids[self._prefix :])[len(self._window) :]
             self._prefix = self._read = len(self.ids)
+            self._window = ""
         return self.text
 
 
