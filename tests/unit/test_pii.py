@@ -154,7 +154,7 @@ def test_a_rejected_type_refuses_the_request_naming_the_type_not_the_value() -> 
     assert state.invoke is None
 
 
-def test_allowed_types_pass_untouched_and_system_prompts_are_not_scanned() -> None:
+def test_allowed_types_pass_untouched_and_every_role_is_masked() -> None:
     deps = _deps(default="allow", entities={"EMAIL": "mask"})
     state = make_state(
         messages=[
@@ -165,7 +165,7 @@ def test_allowed_types_pass_untouched_and_system_prompts_are_not_scanned() -> No
     result = guard_step(state, deps)
     assert result.masked_messages is not None
     system, user = (m.text() for m in result.masked_messages)
-    assert system == f"Escalate to {EMAIL}."
+    assert system == "Escalate to [EMAIL_1]."  # the same value keeps its placeholder in every role
     assert user == f"Call {PHONE} or write to [EMAIL_1]"
     assert result.restorable == {}  # nothing may be restored unless the tenant says so
 

@@ -291,6 +291,7 @@ class GuardResult(_Strict):
     # the original values of the placeholders the tenant lets the answer restore. Request-scoped:
     # never logged, never stored (Step Functions logs exclude execution data).
     masked_messages: list[ChatMessage] | None = None
+    masked_context: list[str] | None = None  # the RAG passages, masked the same way (None: unchanged)
     restorable: dict[str, str] = Field(default_factory=dict)
     saved_tokens: int = 0  # prompt compression's estimate of the input tokens it removed
 
@@ -383,7 +384,8 @@ class GatewayState(_Strict):
         request = self.request
         if self.guard is not None and self.guard.masked_messages is not None:
             request = request.model_copy(update={"messages": self.guard.masked_messages})
-        extra = [context_prompt(request.context)] if request.context else []
+        context = self.context_passages()
+        extra = [context_prompt(context)] if context else []
         if router is not None and router.brief:
             extra.append(BREVITY_INSTRUCTION)
         if extra:
@@ -397,6 +399,12 @@ class GatewayState(_Strict):
         if self.guard is not None and self.guard.tenant is not None:
             request = request.scoped(tenant_cache_scope(self.guard.tenant.tenant))
         return request
+
+    def context_passages(self) -> list[str] | None:
+        """The request's RAG passages as models and checks may see them: PII-masked by the guard."""
+        if self.guard is not None and self.guard.masked_context is not None:
+            return self.guard.masked_context
+        return self.request.context
 
     def tenant(self) -> TenantContext:
         if self.guard is None or self.guard.tenant is None:

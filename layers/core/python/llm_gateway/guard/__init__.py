@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..compression import Compressed, compress
 from ..config import Compression, InjectionGuard, PiiGuard, TopicGuard
-from ..contracts import PROMPT_ROLES, ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
+from ..contracts import ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
 from ..decisions import record_layer, submit_for_review
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
 from ..identity import pseudonym
@@ -117,12 +117,13 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
     if policy.injection.enabled and run(lambda: check_injection(state, policy.injection)):
         return blocked()
     masked: list[ChatMessage] | None = None
+    masked_context: list[str] | None = None
     restorable: dict[str, str] = {}
     refusal: list[str | None] = [None]
 
     def pii() -> GuardDecision:
-        nonlocal masked, restorable
-        decision, masked, restorable = check_pii(state, policy.pii)
+        nonlocal masked, masked_context, restorable
+        decision, masked, masked_context, restorable = check_pii(state, policy.pii)
         return decision
 
     def topic() -> GuardDecision:
@@ -148,6 +149,7 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         tenant=context,
         decisions=decisions,
         masked_messages=masked,
+        masked_context=masked_context,
         restorable=restorable,
         saved_tokens=saved,
     )
@@ -217,48 +219,53 @@ def check_injection(state: GatewayState, policy: InjectionGuard) -> GuardDecisio
     )
 
 
-def check_pii(state: GatewayState, policy: PiiGuard) -> tuple[GuardDecision, list[ChatMessage] | None, dict[str, str]]:
-    """Find PII in the conversation (not in system/developer prompts) and apply the tenant's policy:
-    reject (the decision blocks), or mask (the masked messages and the restorable values), or allow.
-    Decisions name entity types and counts, never values."""
+def check_pii(
+    state: GatewayState, policy: PiiGuard
+) -> tuple[GuardDecision, list[ChatMessage] | None, list[str] | None, dict[str, str]]:
+    """Find PII in every message, whatever its role (a system prompt or a tool result reaches the
+    model as surely as a user message), and in the RAG `context`; apply the tenant's policy: reject
+    (the decision blocks), or mask (the masked messages and passages, and the restorable values),
+    or allow. Decisions name entity types and counts, never values."""
     watched = [entity for entity in PII_TYPES if policy.action(entity) != "allow"]
     named = [entity for entity in NER_TYPES if policy.ner and policy.action(entity) != "allow"]
+    if not (watched or named):
+        return GuardDecision(layer="pii", action="pass"), None, None, {}
     vault = Vault()
     found: Counter[str] = Counter()
-    masked: list[ChatMessage] = []
-    for message in state.request.messages:
-        if message.role in PROMPT_ROLES or not (watched or named):
-            masked.append(message)
-            continue
-        masked.append(_mask_message(message, watched, named, vault, found))
+    masked = [_mask_message(message, watched, named, vault, found) for message in state.request.messages]
+    context = state.request.context
+    masked_context = [_masked_text(p, watched, named, vault, found) for p in context] if context else None
     rejected = sorted(e for e in found if policy.action(e) == "reject")
     if rejected:
-        return GuardDecision(layer="pii", action="block", reason=f"not allowed: {', '.join(rejected)}"), None, {}
+        return GuardDecision(layer="pii", action="block", reason=f"not allowed: {', '.join(rejected)}"), None, None, {}
     if not found:
-        return GuardDecision(layer="pii", action="pass"), None, {}
+        return GuardDecision(layer="pii", action="pass"), None, None, {}
     summary = ", ".join(f"{entity} x{count}" for entity, count in sorted(found.items()))
     restorable = {p: v for p, v in vault.values.items() if placeholder_entity(p) in policy.restore}
-    return GuardDecision(layer="pii", action="mask", reason=f"masked {summary}"), masked, restorable
+    return GuardDecision(layer="pii", action="mask", reason=f"masked {summary}"), masked, masked_context, restorable
+
+
+def _masked_text(text: str, entities: list[str], named: list[str], vault: Vault, found: Counter[str]) -> str:
+    spans = find_pii(text, entities)
+    if named:  # validated structured values win where a name or place overlaps them
+        spans = sorted(
+            spans + [n for n in find_names(text, named) if not any(overlaps(n, s) for s in spans)],
+            key=lambda span: span.start,
+        )
+    found.update(span.entity for span in spans)
+    return mask(text, spans, vault) if spans else text
 
 
 def _mask_message(
     message: ChatMessage, entities: list[str], named: list[str], vault: Vault, found: Counter[str]
 ) -> ChatMessage:
-    def masked_text(text: str) -> str:
-        spans = find_pii(text, entities)
-        if named:  # validated structured values win where a name or place overlaps them
-            spans = sorted(
-                spans + [n for n in find_names(text, named) if not any(overlaps(n, s) for s in spans)],
-                key=lambda span: span.start,
-            )
-        found.update(span.entity for span in spans)
-        return mask(text, spans, vault) if spans else text
-
     if isinstance(message.content, str):
-        return message.model_copy(update={"content": masked_text(message.content)})
+        return message.model_copy(update={"content": _masked_text(message.content, entities, named, vault, found)})
     if isinstance(message.content, list):
         parts = [
-            part.model_copy(update={"text": masked_text(part.text)}) if isinstance(part, TextPart) else part
+            part.model_copy(update={"text": _masked_text(part.text, entities, named, vault, found)})
+            if isinstance(part, TextPart)
+            else part
             for part in message.content
         ]
         return message.model_copy(update={"content": parts})

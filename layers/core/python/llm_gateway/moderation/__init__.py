@@ -37,8 +37,9 @@ def moderate_step(state: GatewayState, deps: Deps) -> ModerateResult:
     if guards.harmful.enabled and guards.harmful.output and text:
         checks.append(lambda: harmful_decision(text, "output", guards.harmful, deps, state.request_id, state.tenant()))
     if guards.grounded.enabled and text:
-        if state.request.context:
-            checks.append(lambda: grounded_decision(text, state.request.context or [], guards.grounded))
+        context = state.context_passages()
+        if context:
+            checks.append(lambda: grounded_decision(text, context, guards.grounded))
         checks.append(lambda: consistency_decision(state, deps, text, guards.grounded))
     for check in checks:
         started = time.perf_counter()

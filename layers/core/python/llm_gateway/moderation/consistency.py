@@ -85,7 +85,7 @@ def consistency_decision(state: GatewayState, deps: Deps, answer: str, policy: G
         return None
     request = state.model_request()
     question = next((m.text() for m in reversed(request.messages) if m.role == "user"), "")
-    prompt = consistency_prompt(question, answer, state.request.context)
+    prompt = consistency_prompt(question, answer, state.context_passages())
     try:
         wrong = ask_model(
             deps, policy.check_model, prompt, parse_consistency, "consistency", state.request_id, state.tenant(), 24
