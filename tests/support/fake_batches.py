@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from .fake_providers import (
     BatchBook,
+    Delay,
     FakeBatch,
     Ok,
     Script,
@@ -33,14 +34,17 @@ from .fake_providers import (
     openai_completion,
     openai_error,
 )
+from .fault_upstream import Fault
 
 _ids = itertools.count(1)
 
 
 def _play(script: Script, body: dict[str, Any]) -> Ok | Status:
     behaviour = script.next(body)
-    while not isinstance(behaviour, Ok | Status):  # a Delay: batches have no clock to wait on
+    while isinstance(behaviour, Delay):  # batches have no clock to wait on
         behaviour = behaviour.then
+    if isinstance(behaviour, Fault):  # a broken answer: the batch reports the line as a server error
+        return Status(500, message=f"fault: {behaviour.kind}")
     return behaviour
 
 

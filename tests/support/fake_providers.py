@@ -10,8 +10,9 @@ exactly as they would to the real services:
   when `stream` is true) and `GET /ping`.
 
 A `Script` shared with the test holds the behaviours to play, one per completion request
-(`ok(...)`, `status(...)`, `delay(...)`; an empty queue plays `ok()`), and records every request
-received (method, path, lower-cased headers, parsed JSON body).
+(`ok(...)`, `status(...)`, `delay(...)`, and the broken answers of `fault_upstream.fault(...)`; an
+empty queue plays `ok()`), and records every request received (method, path, lower-cased headers,
+parsed JSON body).
 
 Token counts in `ok()` are the gateway's view: `prompt_tokens` includes `cached_tokens`. The
 Anthropic fake reports them as Anthropic does (`input_tokens` excludes cache reads).
@@ -39,6 +40,7 @@ from starlette.routing import Route
 
 from llm_gateway.endpoint_contract import NDJSON, InvocationRequest
 
+from .fault_upstream import Fault, fault_response
 from .servers import ServerThread
 
 # --------------------------------------------------------------------------- behaviours
@@ -73,7 +75,7 @@ class Delay:
     then: Behaviour = field(default_factory=Ok)
 
 
-Behaviour = Ok | Status | Delay
+Behaviour = Ok | Status | Delay | Fault
 
 
 def ok(
@@ -227,7 +229,7 @@ async def _receive(script: Script, request: Request) -> Any:
     return body
 
 
-async def _play(request: Request, behaviour: Behaviour) -> Ok | Status | None:
+async def _play(request: Request, behaviour: Behaviour) -> Ok | Status | Fault | None:
     """Serve the delays; return the final behaviour, or None if the client hung up meanwhile."""
     while isinstance(behaviour, Delay):
         deadline = time.monotonic() + behaviour.seconds
@@ -326,6 +328,8 @@ def fake_openai_app(script: Script, models: Sequence[str] = ("gpt-fake",)) -> St
             return _hung_up()
         if isinstance(behaviour, Status):
             return openai_error(behaviour.code, behaviour.message, _retry_headers(behaviour))
+        if isinstance(behaviour, Fault):
+            return fault_response("openai", behaviour, body["model"], bool(body.get("stream")))
         head = {
             "id": f"chatcmpl-fake-{next(_ids)}",
             "created": int(time.time()),
@@ -457,6 +461,8 @@ def fake_anthropic_app(script: Script) -> Starlette:
             return _hung_up()
         if isinstance(behaviour, Status):
             return anthropic_error(behaviour.code, behaviour.message, _retry_headers(behaviour))
+        if isinstance(behaviour, Fault):
+            return fault_response("anthropic", behaviour, body["model"], bool(body.get("stream")))
         if body.get("stream"):
             return StreamingResponse(_anthropic_stream(behaviour, body["model"]), media_type="text/event-stream")
         return JSONResponse(anthropic_message(behaviour, body["model"]))
@@ -497,6 +503,8 @@ def fake_endpoint_app(script: Script, model: str = "fake-endpoint-model") -> Sta
             return _hung_up()
         if isinstance(behaviour, Status):
             return endpoint_error(behaviour.code, behaviour.message, _retry_headers(behaviour))
+        if isinstance(behaviour, Fault):
+            return fault_response("sagemaker", behaviour, model, invocation.stream)
         if invocation.stream:
             return StreamingResponse(_ndjson(behaviour), media_type=NDJSON)
         usage = {"prompt_tokens": behaviour.prompt_tokens, "completion_tokens": behaviour.completion_tokens}

@@ -12,7 +12,7 @@ from llm_gateway.contracts import ChatCompletionRequest, GatewayState
 from llm_gateway.deps import Deps
 from llm_gateway.errors import AllModelsFailed, AuthenticationFailed, ModelNotFound, ProviderUnavailable, RateLimited
 from llm_gateway.finish import final_response
-from llm_gateway.pipeline import STEPS
+from llm_gateway.pipeline import STEPS, Step
 from llm_gateway.providers.base import ProviderReply, StreamDelta
 from llm_gateway.providers.echo import EchoProvider
 from llm_gateway.runner import LocalRunner
@@ -216,16 +216,15 @@ def test_usage_is_recorded_with_cost_and_no_raw_identifiers() -> None:
     assert "alice" not in everything and "count my tokens" not in everything and "198.51.100.4" not in everything
 
 
-class BrokenProvider(EchoProvider):
-    def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
-        raise RuntimeError("a bug, not a provider error")
+def broken_moderation(state: GatewayState, deps: Deps) -> None:
+    raise RuntimeError("a bug, not a provider error")
 
 
 def test_an_unexpected_failure_is_still_recorded_as_failed() -> None:
-    """Nothing is lost: even a bug inside a step leaves an audit row before the error propagates."""
-    deps = make_deps()
-    deps.providers.register("echo", BrokenProvider)
-    runner = LocalRunner(deps)
+    """Nothing is lost: even a bug inside a step leaves an audit row before the error propagates.
+    (A provider's own bug is a provider failure instead: see test_invoke_policy.)"""
+    broken = Step("moderate", f"{__name__}:broken_moderation", "moderate")
+    runner = LocalRunner(make_deps(), tuple(broken if s.name == "moderate" else s for s in STEPS))
     with pytest.raises(RuntimeError):
         runner.run(make_state("boom"))
     assert audit_outcomes(runner) == [("acme", "error", "internal_error")]

@@ -205,9 +205,10 @@ def _record_usage(state: GatewayState, deps: Deps) -> float:
 
 
 def record_abandoned(state: GatewayState, deps: Deps, error: GatewayError) -> FinishResult:
-    """A stream the client left: the model generated (and the provider bills) until the gateway
-    closed it, so `state.invoke` holds that partial usage; it is recorded and charged to the
-    budgets like an answer, and audited as the error it is. Nothing is cached."""
+    """A stream that ended before its finish (the client left, the provider failed mid-way): the
+    model generated (and the provider bills) until then, so `state.invoke` holds that partial
+    usage; it is recorded and charged to the budgets like an answer, and audited as the error it
+    is. Nothing is cached."""
     _record_usage(state, deps)
     settle(state, deps)
     deps.audit.record(_audit(state, deps, "error", error.code or type(error).__name__))

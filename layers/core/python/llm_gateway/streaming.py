@@ -1,10 +1,12 @@
 """The chain for `stream: true`: same steps, streamed invoke and incremental output moderation.
 
 Step Functions cannot stream, so this runs in the ASGI app (locally and in the streaming Lambda).
-guard, cache and router run as usual; errors up to the first model token become a normal HTTP
-error. The answer is then relayed with a hold-back window: text is released only once the
-blocklist has seen `HOLDBACK_CHARS` characters past it, so a blocked phrase split across deltas is
-caught before any of it leaves. Finish runs when the stream ends, whichever way it ends.
+guard, cache and router run as usual; errors up to the first model token (retries and fallbacks
+included) become a normal HTTP error. The answer is then relayed with a hold-back window: text is
+released only once the blocklist has seen `HOLDBACK_CHARS` characters past it, so a blocked phrase
+split across deltas is caught before any of it leaves. Finish runs when the stream ends, whichever
+way it ends: a provider that fails after the first token ends the stream with an error event
+(never a finish reason), and what it generated until then is billed like a stream the client left.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ def start_stream(runner: LocalRunner, state: GatewayState) -> tuple[str | None, 
     except GatewayError as error:
         runner.fail(state, error)
         raise
+    except Exception as exc:  # a gateway bug: recorded, then answered as an internal error
+        log.exception("stream failed to start", extra={"request_id": state.request_id})
+        internal = InternalError("The gateway failed to process the request.")
+        runner.fail(state, internal)
+        raise internal from exc
     return model_id, _relay(runner, state, model_id, provider.name, deltas, attempts)
 
 
@@ -152,37 +159,58 @@ def _relay(
     policy = runner.deps.config.tenants[state.tenant().tenant].guards.pii
     progress = _Progress(leak=leak_watched(policy), withhold=policy.answers == "withhold")
     progress.harm_stop = _harm_stop(runner.deps.config.tenants[state.tenant().tenant].guards.harmful)
+    ended = _Ended(runner, state, model_id, provider, attempts, t0, progress)
     try:
         yield _chunk(state, model_id, ChunkDelta(role="assistant", content=""))
         yield from _release(state, model_id, deltas, runner.deps.output_blocklists[state.tenant().tenant], progress)
-    except GatewayError as error:
-        runner.fail(state, error)
-        yield error.body()
-        return
     except GeneratorExit:
-        # What was generated until now is billed by the provider: charge it (an estimate: the
-        # provider's own count comes with the final delta, which will not arrive).
-        reply = _reply_from(state, progress.text, "length", None, progress.pieces)
-        state.invoke = InvokeResult(
-            model=model_id,
-            provider=provider,
-            response=build_completion(state, runner.deps, model_id, reply),
-            attempts=attempts,
-            latency_ms=round((time.monotonic() - t0) * 1000, 3),
-        )
-        record_abandoned(state, runner.deps, ClientClosedRequest("The client closed the stream."))
+        ended.early(ClientClosedRequest("The client closed the stream."))
         raise
+    except GatewayError as error:  # the provider failed mid-stream (a ProviderError, see open_stream)
+        yield ended.early(error)
+        return
     except Exception:
         log.exception("stream failed", extra={"request_id": state.request_id})
-        internal = InternalError("The gateway failed while streaming the answer.")
-        runner.fail(state, internal)
-        yield internal.body()
+        yield ended.early(InternalError("The gateway failed while streaming the answer."))
         return
     finally:
         close = getattr(deltas, "close", None)
         if close is not None:
             close()  # stop generating (and paying) as soon as we stop reading
     yield from _settle(runner, state, model_id, provider, attempts, t0, progress)
+
+
+@dataclass
+class _Ended:
+    """A relayed stream that ends before its finish: the client left, or the provider (or the
+    gateway) failed after the first token."""
+
+    runner: LocalRunner
+    state: GatewayState
+    model_id: str
+    provider: str
+    attempts: list[Attempt]
+    t0: float
+    progress: _Progress
+
+    def early(self, error: GatewayError) -> ErrorBody:
+        """Record the request as the error it ended with, with what the model generated until then
+        billed and charged to the budgets (an estimate: the provider's own count comes with the
+        final delta, which will not arrive). Nothing is cached. Returns the stream's error event."""
+        state, deps = self.state, self.runner.deps
+        reply = _reply_from(state, self.progress.text, "length", None, self.progress.pieces)
+        state.invoke = InvokeResult(
+            model=self.model_id,
+            provider=self.provider,
+            response=build_completion(state, deps, self.model_id, reply),
+            attempts=self.attempts,
+            latency_ms=round((time.monotonic() - self.t0) * 1000, 3),
+        )
+        try:
+            return record_abandoned(state, deps, error).error or error.body()
+        except Exception:  # the answer to the client must not depend on the record
+            log.exception("recording a stream that ended early failed", extra={"request_id": state.request_id})
+            return error.body()
 
 
 def _release(

@@ -1,9 +1,17 @@
-"""Provider call with the retry/fallback policy of `pipeline.INVOKE_POLICY`, usage and cost."""
+"""Provider call with the retry/fallback policy of `pipeline.INVOKE_POLICY`, usage and cost.
+
+This is the provider-error boundary: whatever a provider call raises becomes a `ProviderError`
+(an exception that is not one is a provider bug or an answer no check caught: it is logged with
+the request id and treated as `ProviderUnavailable`), so it is retried, falls back, or ends as
+`AllModelsFailed`; never an internal error.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
@@ -19,11 +27,13 @@ from ..contracts import (
 )
 from ..errors import (
     AllModelsFailed,
+    GatewayError,
     OutputFormatInvalid,
     ProviderBadRequest,
     ProviderError,
     ProviderThrottled,
     ProviderTimeout,
+    ProviderUnavailable,
 )
 from ..output_format import format_problem, repair_request
 from ..pipeline import INVOKE_POLICY, RetryPolicy
@@ -34,6 +44,7 @@ if TYPE_CHECKING:
     from ..deps import Deps
 
 T = TypeVar("T")
+log = logging.getLogger("llm_gateway.invoke")
 
 
 def _outcome(error: ProviderError) -> str:
@@ -80,23 +91,44 @@ def call_with_fallback(
             t0 = time.monotonic()
             try:
                 result = call(provider, model_id)
-            except ProviderError as error:
-                attempts.append(Attempt(model=model_id, outcome=_outcome(error), latency_ms=_ms_since(t0)))
-                if isinstance(error, ProviderBadRequest) or _named_in(error, policy.never_retry):
+            except GatewayError as raised:
+                if not isinstance(raised, ProviderError):
                     raise
-                last_error = error
-                if attempt + 1 >= policy.max_attempts or not _named_in(error, policy.retry_on):
-                    break
-                delay = backoff_delay(policy, attempt, error.retry_after_s, _rng)
-                if time.monotonic() - started + delay > policy.deadline_s:
-                    break
-                deps.sleep(delay)
-                continue
-            attempts.append(Attempt(model=model_id, outcome="ok", latency_ms=_ms_since(t0)))
-            return model_id, provider, result, attempts
+                error: ProviderError = raised
+            except Exception as raised:
+                error = unexpected_provider_failure(raised, state.request_id, model_id)
+            else:
+                attempts.append(Attempt(model=model_id, outcome="ok", latency_ms=_ms_since(t0)))
+                return model_id, provider, result, attempts
+            attempts.append(Attempt(model=model_id, outcome=_outcome(error), latency_ms=_ms_since(t0)))
+            if isinstance(error, ProviderBadRequest) or _named_in(error, policy.never_retry):
+                raise error
+            last_error = error
+            if attempt + 1 >= policy.max_attempts or not _named_in(error, policy.retry_on):
+                break
+            delay = backoff_delay(policy, attempt, error.retry_after_s, _rng)
+            if time.monotonic() - started + delay > policy.deadline_s:
+                break
+            deps.sleep(delay)
     tried = ", ".join(f"{a.model}: {a.outcome}" for a in attempts)
     retry_after = last_error.retry_after_s if isinstance(last_error, ProviderThrottled) else None
     raise AllModelsFailed(f"No model could answer ({tried}).", retry_after_s=retry_after)
+
+
+def unexpected_provider_failure(exc: Exception, request_id: str, model_id: str) -> ProviderUnavailable:
+    """A provider call raised something other than a `ProviderError`: logged (its type and where,
+    never its message, which may quote the answer) and treated as the model being unavailable."""
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ is not None else None
+    log.error(
+        "model %s failed with an unexpected %s%s",
+        model_id,
+        type(exc).__name__,
+        f" at {where.filename}:{where.lineno}" if where is not None else "",
+        extra={"request_id": request_id},
+    )
+    error = ProviderUnavailable(f"model '{model_id}' answered in an unexpected way")
+    error.__cause__ = exc
+    return error
 
 
 def _named_in(error: ProviderError, names: tuple[str, ...]) -> bool:
@@ -137,7 +169,7 @@ def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
     )
     problem = format_problem(request, reply.text)
     if problem is not None:
-        reply = _repaired(deps, provider, model_id, request, reply, problem, attempts)
+        reply = _repaired(state, deps, model_id, request, reply, problem, attempts)
     return InvokeResult(
         model=model_id,
         provider=provider.name,
@@ -148,19 +180,33 @@ def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
 
 
 def _repaired(
+    state: GatewayState,
     deps: Deps,
-    provider: Provider,
     model_id: str,
     request: ChatCompletionRequest,
     reply: ProviderReply,
     problem: str,
     attempts: list[Attempt],
 ) -> ProviderReply:
-    """Ask the model once more, stating the problem; both calls are paid for and recorded."""
+    """Ask the model once more, stating the problem (retried like any call to that model); both
+    calls are paid for and recorded. A repair call that fails after its retries ends like a
+    repair that does not satisfy the format: `OutputFormatInvalid`."""
     deps.metrics.count("output_format_repairs", model=model_id)
-    t0 = time.monotonic()
-    second = provider.complete(repair_request(request, reply.text, problem), model_id, deps.config.models[model_id])
-    attempts.append(Attempt(model=model_id, outcome="ok", latency_ms=_ms_since(t0)))
+    if state.router is None:
+        raise RuntimeError("invoke runs after router")
+    only_this_model = state.model_copy(update={"router": state.router.model_copy(update={"candidates": [model_id]})})
+    repair = repair_request(request, reply.text, problem)
+    try:
+        _, _, second, tried = call_with_fallback(
+            only_this_model, deps, lambda p, m: p.complete(repair, m, deps.config.models[m])
+        )
+    except ProviderError as error:
+        deps.metrics.count("output_format_failures", model=model_id)
+        raise OutputFormatInvalid(
+            "The model's answer did not satisfy the requested response_format, and the call to repair it"
+            f" failed: {error.message}"
+        ) from error
+    attempts.extend(tried)
     still = format_problem(request, second.text, quote_answer=False)
     if still is not None:
         deps.metrics.count("output_format_failures", model=model_id)
@@ -178,16 +224,39 @@ def _repaired(
 
 
 def open_stream(state: GatewayState, deps: Deps) -> tuple[str, Provider, Iterator[StreamDelta], list[Attempt]]:
-    """Start a streamed answer; retries and fallbacks apply until the first delta is in hand."""
+    """Start a streamed answer; retries and fallbacks apply until the first delta is in hand (a
+    stream that ends before any delta falls back like any failed call).
+
+    The deltas after the first raise only `ProviderError`s, and a stream that ends without its
+    final delta (the finish reason) raises `ProviderUnavailable`: a broken stream is never
+    mistaken for a finished answer."""
 
     def start(provider: Provider, model_id: str) -> Iterator[StreamDelta]:
         deltas = provider.stream(state.model_request(), model_id, deps.config.models[model_id])
         first = next(deltas, None)
-        return iter(() if first is None else _chain(first, deltas))
+        if first is None:
+            raise ProviderUnavailable(f"model '{model_id}' closed the stream without an answer")
+        return _checked(first, deltas, state.request_id, model_id)
 
     return call_with_fallback(state, deps, start)
 
 
-def _chain(first: StreamDelta, rest: Iterator[StreamDelta]) -> Iterator[StreamDelta]:
-    yield first
-    yield from rest
+def _checked(first: StreamDelta, rest: Iterator[StreamDelta], request_id: str, model_id: str) -> Iterator[StreamDelta]:
+    """`first`, then `rest` up to the delta carrying the finish reason, every failure a `ProviderError`."""
+    try:
+        delta: StreamDelta | None = first
+        while delta is not None:
+            yield delta
+            if delta.finish_reason is not None:
+                return
+            try:
+                delta = next(rest, None)
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise unexpected_provider_failure(exc, request_id, model_id) from exc
+        raise ProviderUnavailable(f"model '{model_id}' closed the stream before finishing")
+    finally:
+        close = getattr(rest, "close", None)
+        if close is not None:
+            close()

@@ -21,7 +21,18 @@ from ..errors import (
     ProviderError,
     ProviderUnavailable,
 )
-from .base import ProviderReply, SdkClients, StreamDelta, map_sdk_error, output_limit
+from .base import (
+    EVENT_STREAM,
+    MALFORMED,
+    ProviderReply,
+    SdkClients,
+    StreamDelta,
+    map_sdk_error,
+    output_limit,
+    require_media_type,
+    unexpected_format,
+    unfinished,
+)
 from .batches import BatchItem, BatchResults, BatchState, error_for_status
 from .caching import anthropic_history_breakpoint, anthropic_system
 
@@ -41,18 +52,25 @@ def map_error(exc: Exception, model_id: str) -> ProviderError:
     return map_sdk_error(anthropic, exc, model_id)
 
 
-def _reply(message: Any) -> ProviderReply:
-    usage = message.usage
-    cached = usage.cache_read_input_tokens or 0
-    written = usage.cache_creation_input_tokens or 0
-    return ProviderReply(
-        text="".join(block.text for block in message.content if block.type == "text"),
-        finish_reason=_FINISH.get(message.stop_reason, "stop"),
-        prompt_tokens=usage.input_tokens + cached + written,
-        completion_tokens=usage.output_tokens,
-        cached_tokens=cached,
-        cache_write_tokens=written,
-    )
+def _reply(message: Any, model_id: str) -> ProviderReply:
+    """The answer of a Message. Anything else (a body that was not JSON, no content, no usage, no
+    stop reason) is the upstream's failure, not an empty answer."""
+    try:
+        if not isinstance(message, anthropic.types.Message) or message.stop_reason is None:
+            raise unexpected_format(model_id)
+        usage = message.usage
+        cached = usage.cache_read_input_tokens or 0
+        written = usage.cache_creation_input_tokens or 0
+        return ProviderReply(
+            text="".join(block.text for block in message.content if block.type == "text"),
+            finish_reason=_FINISH.get(message.stop_reason, "stop"),
+            prompt_tokens=usage.input_tokens + cached + written,
+            completion_tokens=usage.output_tokens,
+            cached_tokens=cached,
+            cache_write_tokens=written,
+        )
+    except MALFORMED as exc:
+        raise unexpected_format(model_id) from exc
 
 
 def build_params(request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> dict[str, Any]:
@@ -115,7 +133,9 @@ class AnthropicProvider:
             message = client.messages.create(**params)
         except anthropic.AnthropicError as exc:
             raise map_error(exc, model_id) from exc
-        return _reply(message)
+        except MALFORMED as exc:  # a body that is not JSON
+            raise unexpected_format(model_id) from exc
+        return _reply(message, model_id)
 
     # ------------------------------------------------------------------ Message Batches (batches.BatchAPI)
 
@@ -147,7 +167,10 @@ class AnthropicProvider:
             for item in self._clients.get(model_id, model).messages.batches.results(batch_id):
                 outcome = item.result
                 if outcome.type == "succeeded":
-                    results.replies[item.custom_id] = _reply(outcome.message)
+                    try:
+                        results.replies[item.custom_id] = _reply(outcome.message, model_id)
+                    except ProviderError as error:
+                        results.errors[item.custom_id] = error
                 elif outcome.type == "errored":
                     detail = outcome.error.error
                     status = 500 if detail.type in ("api_error", "overloaded_error") else 400
@@ -167,10 +190,15 @@ class AnthropicProvider:
             events = client.messages.create(stream=True, **params)
         except anthropic.AnthropicError as exc:
             raise map_error(exc, model_id) from exc
+        try:
+            require_media_type(events.response.headers.get("content-type"), (EVENT_STREAM,), model_id)
+        except ProviderError:
+            events.close()
+            raise
         return self._deltas(events, model_id)
 
     def _deltas(self, events: anthropic.Stream[Any], model_id: str) -> Iterator[StreamDelta]:
-        finish: FinishReason = "stop"
+        finish: FinishReason | None = None  # neither a stop reason nor message_stop came (yet)
         prompt = completion = cached = written = 0
         try:
             with events:
@@ -183,10 +211,17 @@ class AnthropicProvider:
                     elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                         yield StreamDelta(text=event.delta.text)
                     elif event.type == "message_delta":
-                        finish = _FINISH.get(event.delta.stop_reason, "stop")
+                        if event.delta.stop_reason is not None:
+                            finish = _FINISH.get(event.delta.stop_reason, "stop")
                         completion = event.usage.output_tokens
+                    elif event.type == "message_stop":
+                        finish = finish or "stop"
         except anthropic.AnthropicError as exc:
             raise map_error(exc, model_id) from exc
+        except MALFORMED as exc:  # an event that is not JSON, or not the event its type names
+            raise unexpected_format(model_id, streamed=True) from exc
+        if finish is None:
+            raise unfinished(model_id)
         yield StreamDelta(
             finish_reason=finish,
             prompt_tokens=prompt,

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -44,7 +44,10 @@ class StreamDelta(BaseModel):
 
 class Provider(Protocol):
     """A model provider. Raises `ProviderThrottled`, `ProviderUnavailable` (incl. `ProviderTimeout`)
-    or `ProviderBadRequest`; never a provider SDK's own exception."""
+    or `ProviderBadRequest`; never a provider SDK's own exception. An answer the provider's API
+    does not promise (not JSON, the wrong shape, no choices, no finish reason; a stream of another
+    content type, cut, or ended without its finish) is `ProviderUnavailable` too: another try or
+    another model may answer properly."""
 
     name: str
 
@@ -53,8 +56,36 @@ class Provider(Protocol):
         ...
 
     def stream(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
-        """Answer a chat request as a stream; errors before the first delta are raised eagerly."""
+        """Answer a chat request as a stream; errors before the first delta are raised eagerly.
+        Text deltas come first; the last delta carries the finish reason and usage. A stream that
+        ends without one raises `ProviderUnavailable` instead."""
         ...
+
+
+# What reading an answer of the wrong shape raises: json.JSONDecodeError and pydantic's
+# ValidationError are ValueErrors; SDK models built without validation raise AttributeError.
+MALFORMED: Final = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+EVENT_STREAM: Final = "text/event-stream"
+
+
+def unexpected_format(model_id: str, streamed: bool = False, detail: str = "") -> ProviderUnavailable:
+    """The upstream answered (HTTP 200) with something its API does not promise."""
+    verb = "streamed" if streamed else "answered in"
+    return ProviderUnavailable(f"model '{model_id}' {verb} an unexpected format{detail}")
+
+
+def unfinished(model_id: str) -> ProviderUnavailable:
+    """The upstream ended its stream without the event that says the answer is complete."""
+    return ProviderUnavailable(f"model '{model_id}' closed the stream before finishing")
+
+
+def require_media_type(content_type: str | None, accepted: tuple[str, ...], model_id: str) -> None:
+    """Refuse a streamed answer whose content type is not one of `accepted` (an HTML error page
+    from a proxy, a JSON body where events were asked for)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media not in accepted:
+        detail = f" ({media[:60] or 'no content type'} instead of {accepted[0]})"
+        raise unexpected_format(model_id, streamed=True, detail=detail)
 
 
 def output_limit(request: ChatCompletionRequest, model: ModelConfig) -> int:
@@ -84,7 +115,7 @@ def map_sdk_error(sdk: Any, exc: Exception, model_id: str) -> ProviderError:
     if isinstance(exc, sdk.APITimeoutError):
         return ProviderTimeout(f"model '{model_id}' timed out")
     if isinstance(exc, sdk.APIConnectionError):
-        return ProviderUnavailable(f"model '{model_id}' is unreachable")
+        return transport_error(exc.__cause__ or exc, model_id)
     if isinstance(exc, sdk.RateLimitError):
         return ProviderThrottled(
             f"model '{model_id}' is rate limited upstream",
@@ -96,6 +127,17 @@ def map_sdk_error(sdk: Any, exc: Exception, model_id: str) -> ProviderError:
             return ProviderUnavailable(f"model '{model_id}' failed upstream (HTTP {status})")
         return ProviderBadRequest(f"model '{model_id}' rejected the request: {_upstream_message(exc.body, status)}")
     return ProviderUnavailable(f"model '{model_id}' failed: {type(exc).__name__}")
+
+
+def transport_error(exc: BaseException, model_id: str) -> ProviderError:
+    """A transport failure: a timeout, a connection dropped mid-answer, or no connection. Told by
+    class name, which httpx and the SDKs' own copy of it (httpx2) share."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "TimeoutException" in names:
+        return ProviderTimeout(f"model '{model_id}' timed out")
+    if names & {"RemoteProtocolError", "ReadError"}:
+        return ProviderUnavailable(f"model '{model_id}' closed the connection before finishing")
+    return ProviderUnavailable(f"model '{model_id}' is unreachable")
 
 
 def _upstream_message(body: object, status: int) -> str:

@@ -11,10 +11,19 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ..config import ModelConfig
 from ..contracts import ChatCompletionRequest, FinishReason
-from ..errors import (
-    ProviderError,
+from ..errors import ProviderError
+from .base import (
+    EVENT_STREAM,
+    MALFORMED,
+    ProviderReply,
+    SdkClients,
+    StreamDelta,
+    map_sdk_error,
+    output_limit,
+    require_media_type,
+    unexpected_format,
+    unfinished,
 )
-from .base import ProviderReply, SdkClients, StreamDelta, map_sdk_error, output_limit
 from .batches import BatchItem, BatchResults, BatchState, error_for_status
 from .caching import openai_prompt_cache_key
 
@@ -36,19 +45,28 @@ def map_error(exc: Exception, model_id: str) -> ProviderError:
     return map_sdk_error(openai, exc, model_id)
 
 
-def _reply(result: ChatCompletion) -> ProviderReply:
-    choice = result.choices[0]
-    usage = result.usage
-    cached = 0
-    if usage is not None and usage.prompt_tokens_details is not None:
-        cached = usage.prompt_tokens_details.cached_tokens or 0
-    return ProviderReply(
-        text=choice.message.content or "",
-        finish_reason=_FINISH.get(choice.finish_reason, "stop"),
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-        cached_tokens=cached,
-    )
+def _reply(result: object, model_id: str) -> ProviderReply:
+    """The answer of a chat completion. Anything else (a body that was not JSON, no choices, no
+    message, no finish reason) is the upstream's failure, not an empty answer."""
+    try:
+        if not isinstance(result, ChatCompletion) or not result.choices:
+            raise unexpected_format(model_id)
+        choice = result.choices[0]
+        if choice.finish_reason is None or choice.message is None:
+            raise unexpected_format(model_id)
+        usage = result.usage
+        cached = 0
+        if usage is not None and usage.prompt_tokens_details is not None:
+            cached = usage.prompt_tokens_details.cached_tokens or 0
+        return ProviderReply(
+            text=choice.message.content or "",
+            finish_reason=_FINISH.get(choice.finish_reason, "stop"),
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=cached,
+        )
+    except MALFORMED as exc:
+        raise unexpected_format(model_id) from exc
 
 
 class OpenAIProvider:
@@ -87,7 +105,9 @@ class OpenAIProvider:
             )
         except openai.OpenAIError as exc:
             raise map_error(exc, model_id) from exc
-        return _reply(result)
+        except MALFORMED as exc:  # a body that is not JSON
+            raise unexpected_format(model_id) from exc
+        return _reply(result, model_id)
 
     # ------------------------------------------------------------------ Batch API (batches.BatchAPI)
 
@@ -144,7 +164,10 @@ class OpenAIProvider:
                 status = int(response.get("status_code") or 500)
                 body = response.get("body") or {}
                 if status == 200:
-                    results.replies[record["custom_id"]] = _reply(ChatCompletion.model_validate(body))
+                    try:
+                        results.replies[record["custom_id"]] = _reply(ChatCompletion.model_validate(body), model_id)
+                    except (ProviderError, *MALFORMED):
+                        results.errors[record["custom_id"]] = unexpected_format(model_id)
                 else:
                     message = ((body.get("error") or record.get("error") or {}).get("message")) or f"HTTP {status}"
                     results.errors[record["custom_id"]] = error_for_status(status, str(message), model_id)
@@ -166,10 +189,15 @@ class OpenAIProvider:
             )
         except openai.OpenAIError as exc:
             raise map_error(exc, model_id) from exc
+        try:
+            require_media_type(chunks.response.headers.get("content-type"), (EVENT_STREAM,), model_id)
+        except ProviderError:
+            chunks.close()
+            raise
         return self._deltas(chunks, model_id)
 
     def _deltas(self, chunks: openai.Stream[ChatCompletionChunk], model_id: str) -> Iterator[StreamDelta]:
-        finish: FinishReason = "stop"
+        finish: FinishReason | None = None  # no choice carried a finish reason (yet)
         prompt = completion = cached = 0
         try:
             with chunks:
@@ -185,6 +213,10 @@ class OpenAIProvider:
                         cached = (details.cached_tokens or 0) if details else 0
         except openai.OpenAIError as exc:
             raise map_error(exc, model_id) from exc
+        except MALFORMED as exc:  # an event that is not JSON, or not a chunk
+            raise unexpected_format(model_id, streamed=True) from exc
+        if finish is None:
+            raise unfinished(model_id)
         yield StreamDelta(
             finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
         )

@@ -8,6 +8,7 @@ local model. Both transports carry identical bytes.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,19 @@ from ..errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from .base import ProviderReply, StreamDelta, output_limit, parse_retry_after
+from .base import (
+    ProviderReply,
+    StreamDelta,
+    output_limit,
+    parse_retry_after,
+    require_media_type,
+    transport_error,
+    unexpected_format,
+    unfinished,
+)
+
+# Content types a streamed answer may come in (the contract says NDJSON; JSON Lines by other names).
+STREAM_TYPES = (NDJSON, "application/jsonlines", "application/json")
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -68,7 +81,7 @@ def _reply(body: bytes, model_id: str) -> ProviderReply:
     try:
         answer = InvocationResponse.model_validate_json(body)
     except ValidationError as exc:
-        raise ProviderUnavailable(f"model '{model_id}' answered in an unexpected format") from exc
+        raise unexpected_format(model_id) from exc
     return ProviderReply(
         text=answer.text,
         finish_reason=answer.finish_reason,
@@ -81,7 +94,7 @@ def _delta(line: bytes, model_id: str) -> StreamDelta:
     try:
         event = StreamEvent.model_validate_json(line)
     except ValidationError as exc:
-        raise ProviderUnavailable(f"model '{model_id}' streamed an unexpected format") from exc
+        raise unexpected_format(model_id, streamed=True) from exc
     usage = event.usage
     return StreamDelta(
         text=event.delta,
@@ -126,9 +139,18 @@ class SageMakerProvider:
 
     @staticmethod
     def _deltas(first: bytes, rest: Iterator[bytes], model_id: str) -> Iterator[StreamDelta]:
-        yield _delta(first, model_id)
-        for line in rest:
-            yield _delta(line, model_id)
+        """Events up to the one carrying the finish reason; a stream that ends before it failed."""
+        try:
+            for line in itertools.chain((first,), rest):
+                delta = _delta(line, model_id)
+                yield delta
+                if delta.finish_reason is not None:
+                    return
+        finally:
+            close = getattr(rest, "close", None)
+            if close is not None:
+                close()  # stop reading (and the endpoint generating) past the end or on a failure
+        raise unfinished(model_id)
 
     # HTTP transport (container contract on a URL)
     def _post(self, url: str, payload: bytes, model_id: str, timeout_s: float) -> bytes:
@@ -139,10 +161,8 @@ class SageMakerProvider:
                 headers={"content-type": "application/json"},
                 timeout=timeout_s,
             )
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(f"model '{model_id}' timed out") from exc
         except httpx.TransportError as exc:
-            raise ProviderUnavailable(f"model '{model_id}' is unreachable") from exc
+            raise transport_error(exc, model_id) from exc
         if response.status_code != 200:
             raise status_error(response.status_code, model_id, response.headers.get("retry-after"))
         return response.content
@@ -158,13 +178,12 @@ class SageMakerProvider:
             ) as response:
                 if response.status_code != 200:
                     raise status_error(response.status_code, model_id, response.headers.get("retry-after"))
+                require_media_type(response.headers.get("content-type"), STREAM_TYPES, model_id)
                 for line in response.iter_lines():
                     if line.strip():
                         yield line.encode()
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(f"model '{model_id}' timed out") from exc
         except httpx.TransportError as exc:
-            raise ProviderUnavailable(f"model '{model_id}' is unreachable") from exc
+            raise transport_error(exc, model_id) from exc
 
     # boto3 transport (a real SageMaker endpoint)
     def _runtime(self, model: ModelConfig) -> Any:
@@ -200,6 +219,8 @@ class SageMakerProvider:
             result = self._runtime(model).invoke_endpoint_with_response_stream(
                 EndpointName=endpoint, ContentType="application/json", Accept=NDJSON, Body=payload
             )
+            if result.get("ContentType"):
+                require_media_type(result["ContentType"], STREAM_TYPES, model_id)
             buffer = b""
             for event in result["Body"]:
                 buffer += event.get("PayloadPart", {}).get("Bytes", b"")
