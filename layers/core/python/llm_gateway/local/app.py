@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from ..cache import PurgeRequest, purge_caches
 from ..config import hash_key
-from ..contracts import CallerContext, ChatCompletionRequest, GatewayState
+from ..contracts import CallerContext, ChatCompletionRequest, ErrorBody, GatewayState
 from ..errors import (
     AuthenticationFailed,
     GatewayError,
@@ -121,9 +121,15 @@ def _finish_error(state: GatewayState) -> Response:
 
 
 def _sse(items: Iterator[StreamItem]) -> Iterator[bytes]:
+    """Server-sent events as OpenAI sends them: chunks, then `[DONE]`; a stream that fails ends
+    with the error event instead (`data: {"error": {...}}`, which the openai SDK raises as an
+    `APIError`) and no `[DONE]`, so no client mistakes it for a finished answer."""
+    failed = False
     for item in items:
         yield b"data: " + item.model_dump_json(exclude_none=True).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
+        failed = failed or isinstance(item, ErrorBody)
+    if not failed:
+        yield b"data: [DONE]\n\n"
 
 
 class GatewayApp:
@@ -144,6 +150,7 @@ class GatewayApp:
         request_id = uuid.uuid4().hex
         received_at = time.time()
         key = _api_key(request)
+        state: GatewayState | None = None
         try:
             try:
                 body = await _read_body(request, self.deps.config.limits.max_body_bytes)
@@ -170,7 +177,13 @@ class GatewayApp:
             return _error_response(error, request_id)
         except Exception:
             log.exception("unexpected error", extra={"request_id": request_id})
-            return _error_response(InternalError("The gateway failed to process the request."), request_id)
+            internal = InternalError("The gateway failed to process the request.")
+            if state is None:  # failed before the chain, which records every request it saw
+                try:
+                    self._record_edge_refusal(request_id, received_at, key, request, internal)
+                except Exception:
+                    log.exception("recording a failed request failed", extra={"request_id": request_id})
+            return _error_response(internal, request_id)
 
     def _record_edge_refusal(
         self, request_id: str, received_at: float, key: str | None, request: Request, error: GatewayError
