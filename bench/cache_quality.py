@@ -26,6 +26,7 @@ import numpy as np
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
 from llm_gateway.semantic.embeddings import Embedder, default_embedder, embedding_model_slug
 from llm_gateway.semantic.index import DIMENSIONS, Candidate
+from llm_gateway.semantic.near_miss import near_miss
 from llm_gateway.semantic.verifier import Verifier, load_verifier
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -79,6 +80,12 @@ def qqp_section(rows: list[dict[str, Any]], vecs: dict[str, np.ndarray], verifie
         t = verifier.threshold_for(target)
         p, r, n = pr_at(probs, labels, t)
         print(f"| {target:.2f} | {t:.3f} | {p:.3f} | {r:.3f} | {n} |")
+    # The cache step's full decision: the verifier, then the near-miss vetoes (semantic.near_miss).
+    vetoed = np.array([near_miss(x, y) is not None for x, y in zip(a, b, strict=True)])
+    print("\n| ours + vetoes: target precision | precision | recall | accepted |\n|---|---|---|---|")
+    for target in TARGETS:
+        p, r, n = pr_at(np.where(vetoed, 0.0, probs), labels, verifier.threshold_for(target))
+        print(f"| {target:.2f} | {p:.3f} | {r:.3f} | {n} |")
     pc, tc = precision_at_recall(cosine, labels, 0.40)
     pv, tv = precision_at_recall(probs, labels, 0.40)
     print("\n| at recall 0.40 | precision | threshold |\n|---|---|---|")
@@ -102,9 +109,10 @@ def verified_best(
     texts: list[str],
     index: np.ndarray,
 ) -> tuple[int, float]:
-    """The cache step's decision for one query: `Verifier.rank` over the retrieved candidates."""
+    """The cache step's decision for one query: `Verifier.rank` over the retrieved candidates, less
+    the near-miss vetoes."""
     candidates = [Candidate(str(i), texts[i], "", float(c), index[i]) for i, c in zip(ids, sims, strict=True)]
-    ranked = verifier.rank(query, qvec, candidates)
+    ranked = [(p, c) for p, c in verifier.rank(query, qvec, candidates) if near_miss(query, c.text) is None]
     return (int(ranked[0][1].entry_id), ranked[0][0]) if ranked else (-1, 0.0)
 
 

@@ -19,6 +19,7 @@ from ..config import SemanticCache
 from ..contracts import CacheResult, ChatCompletion, ChatCompletionRequest, GatewayState
 from ..routing import planned_route
 from ..semantic.index import Vector, encode_vector
+from ..semantic.near_miss import near_miss
 from ..semantic.scope import query_text, semantic_allowed, semantic_scope
 from .keys import exact_key, kb_tag, prompt_tag
 
@@ -102,6 +103,10 @@ def _semantic_hit(
     for probability, candidate in scored:
         if probability < threshold:
             break
+        difference = near_miss(query, candidate.text)
+        if difference is not None:  # same words, another number, date, entity...: never the same answer
+            deps.metrics.count("semantic_near_miss_vetoed", kind=difference)
+            continue
         try:
             response = ChatCompletion.model_validate_json(candidate.response_json)
         except ValueError:  # stored by a release with another response schema
