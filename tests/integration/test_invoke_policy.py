@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from llm_gateway.adapters.local.memory import MemoryRateLimiter
 from llm_gateway.adapters.local.sqlite import SqliteStore
-from llm_gateway.config import hash_key, parse_config
+from llm_gateway.config import ModelConfig, hash_key, parse_config
 from llm_gateway.contracts import (
     Attempt,
     CallerContext,
@@ -19,10 +21,10 @@ from llm_gateway.contracts import (
     TenantContext,
 )
 from llm_gateway.deps import Deps
-from llm_gateway.errors import AllModelsFailed, ProviderBadRequest
+from llm_gateway.errors import AllModelsFailed, OutputFormatInvalid, ProviderBadRequest, ProviderUnavailable
 from llm_gateway.invoke import invoke_step, open_stream
 from llm_gateway.pipeline import INVOKE_POLICY
-from llm_gateway.providers.base import ProviderRegistry, default_registry
+from llm_gateway.providers.base import ProviderRegistry, ProviderReply, StreamDelta, default_registry
 from llm_gateway.routing import resolve_route
 from llm_gateway.runner import LocalRunner
 from tests.support.fake_providers import FakeServer, delay, fake_server, ok, status
@@ -131,10 +133,10 @@ def deps(
     )
 
 
-def routed_state(deps: Deps, route: str = "default", *, stream: bool = False) -> GatewayState:
+def routed_state(deps: Deps, route: str = "default", *, stream: bool = False, **fields: Any) -> GatewayState:
     """A state as the guard and router leave it (tenant resolved, candidates chosen)."""
     request = ChatCompletionRequest.model_validate(
-        {"model": route, "messages": [{"role": "user", "content": PROMPT}], "stream": stream}
+        {"model": route, "messages": [{"role": "user", "content": PROMPT}], "stream": stream, **fields}
     )
     return GatewayState(
         request_id="req-invoke-1",
@@ -316,6 +318,97 @@ def test_stream_falls_back_to_anthropic(deps: Deps, primary: FakeServer, fallbac
     received = list(deltas)
     assert "".join(d.text for d in received) == "streamed by the fallback"
     assert (received[-1].prompt_tokens, received[-1].completion_tokens) == (20, 4)
+
+
+# --------------------------------------------------------------------------- the provider-error boundary
+
+
+class BuggyProvider:
+    """An "openai" provider with a bug, or an answer none of its checks caught: it raises
+    something that is not a ProviderError (before any delta, after some text, or not at all
+    while its stream simply stops)."""
+
+    name = "openai"
+
+    def __init__(self, stream_ends: str = "raise") -> None:
+        self.stream_ends = stream_ends
+
+    def complete(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> ProviderReply:
+        raise KeyError("choices")  # the message could quote the answer: it must not reach the logs
+
+    def stream(self, request: ChatCompletionRequest, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
+        if self.stream_ends == "before_any_delta":
+            return iter(())
+        return self._deltas()
+
+    def _deltas(self) -> Iterator[StreamDelta]:
+        yield StreamDelta(text="Ouaga")
+        if self.stream_ends == "raise":
+            raise KeyError("choices")
+
+
+def with_primary(deps: Deps, provider: BuggyProvider) -> Deps:
+    registry = default_registry()
+    registry.register("openai", lambda: provider)
+    deps.providers = registry
+    return deps
+
+
+def test_a_provider_bug_is_a_provider_failure_that_falls_back(
+    deps: Deps, fallback: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a 500: retried like an unavailable model, then the fallback answers; each failure is
+    logged with the request id, never with the exception's message."""
+    with_primary(deps, BuggyProvider())
+    fallback.script.push(ok("Ouagadougou."))
+    with caplog.at_level(logging.ERROR, logger="llm_gateway.invoke"):
+        result = invoke_step(routed_state(deps), deps)
+    assert result.model == "claude-fallback" and result.response.text() == "Ouagadougou."
+    assert outcomes(result.attempts) == [("gpt-primary", "unavailable")] * 3 + [("claude-fallback", "ok")]
+    logged = [r for r in caplog.records if r.name == "llm_gateway.invoke"]
+    assert len(logged) == 3 and {getattr(r, "request_id", None) for r in logged} == {"req-invoke-1"}
+    assert all("KeyError" in r.getMessage() and "choices" not in r.getMessage() for r in logged)
+
+
+def test_a_stream_that_ends_before_any_delta_falls_back(deps: Deps, fallback: FakeServer) -> None:
+    """No text and no finish: nothing was relayed yet, so the next model answers."""
+    with_primary(deps, BuggyProvider(stream_ends="before_any_delta"))
+    fallback.script.push(ok("streamed by the fallback"))
+    model_id, _, deltas, attempts = open_stream(routed_state(deps, stream=True), deps)
+    assert model_id == "claude-fallback" and outcomes(attempts)[0] == ("gpt-primary", "unavailable")
+    assert "".join(d.text for d in deltas) == "streamed by the fallback"
+
+
+@pytest.mark.parametrize(
+    ("stream_ends", "message"),
+    [("raise", "answered in an unexpected way"), ("quietly", "closed the stream before finishing")],
+)
+def test_a_stream_that_breaks_after_its_first_text_raises_a_provider_error(
+    deps: Deps, stream_ends: str, message: str
+) -> None:
+    """After the first text the stream is the client's: a failure or an end without the finish
+    delta surfaces as ProviderUnavailable (never a bare exception, never a silent end)."""
+    with_primary(deps, BuggyProvider(stream_ends=stream_ends))
+    _, _, deltas, _ = open_stream(routed_state(deps, stream=True), deps)
+    assert next(deltas).text == "Ouaga"
+    with pytest.raises(ProviderUnavailable, match=message):
+        next(deltas)
+
+
+def test_a_repair_call_is_retried_like_any_call(deps: Deps, primary: FakeServer) -> None:
+    """A JSON answer that was not JSON is repaired; a 500 on the repair call is retried."""
+    primary.script.push(ok("Ouagadougou"), status(500), ok('{"capital": "Ouagadougou"}'))
+    result = invoke_step(routed_state(deps, "solo", response_format={"type": "json_object"}), deps)
+    assert result.response.text() == '{"capital": "Ouagadougou"}'
+    assert outcomes(result.attempts) == [("gpt-primary", "ok"), ("gpt-primary", "unavailable"), ("gpt-primary", "ok")]
+
+
+def test_a_repair_call_that_keeps_failing_is_output_format_invalid(deps: Deps, primary: FakeServer) -> None:
+    """The documented 502 response_format_mismatch, not an upstream error of the repair call."""
+    primary.script.push(ok("Ouagadougou"), status(500), status(500), status(500))
+    with pytest.raises(OutputFormatInvalid, match="repair"):
+        invoke_step(routed_state(deps, "solo", response_format={"type": "json_object"}), deps)
+    assert len(primary.script.requests) == 4
 
 
 # --------------------------------------------------------------------------- the whole chain

@@ -20,10 +20,11 @@ from llm_gateway.contracts import (
 from llm_gateway.endpoint_contract import InvocationRequest
 from llm_gateway.errors import ProviderBadRequest, ProviderThrottled, ProviderTimeout, ProviderUnavailable
 from llm_gateway.providers.anthropic import AnthropicProvider
-from llm_gateway.providers.base import Provider
+from llm_gateway.providers.base import Provider, StreamDelta
 from llm_gateway.providers.openai import OpenAIProvider
 from llm_gateway.providers.sagemaker import SageMakerProvider
 from tests.support.fake_providers import FakeKind, FakeServer, delay, fake_server, ok, status
+from tests.support.fault_upstream import FaultKind, fault
 from tests.support.servers import closed_url
 
 KINDS: tuple[FakeKind, ...] = ("openai", "anthropic", "sagemaker")
@@ -199,6 +200,52 @@ def test_stream_errors_are_raised_before_the_first_delta(fake: FakeServer, kind:
     fake.script.push(status(500))
     with pytest.raises(ProviderUnavailable):
         make_provider(kind).stream(chat(stream=True), "m", model_for(kind, fake.base_url))
+
+
+@pytest.mark.parametrize("broken", ["malformed", "empty", "wrong_type", "no_finish", "cut"])
+def test_a_broken_answer_is_unavailable_never_an_empty_or_partial_one(
+    fake: FakeServer, kind: str, broken: FaultKind
+) -> None:
+    """Not JSON, the wrong shape, an HTML page, no finish reason, a dropped connection: the
+    upstream failed (retryable), it did not answer."""
+    fake.script.push(fault(broken))
+    with pytest.raises(ProviderUnavailable) as caught:
+        make_provider(kind).complete(chat(), "m", model_for(kind, fake.base_url))
+    assert type(caught.value) is ProviderUnavailable and "'m'" in caught.value.message
+
+
+@pytest.mark.parametrize("broken", ["malformed", "empty", "wrong_type"])
+def test_a_stream_broken_before_any_text_fails_at_the_first_delta(
+    fake: FakeServer, kind: str, broken: FaultKind
+) -> None:
+    """A first event that is not JSON, a stream of another content type, or one that ends with
+    neither text nor a finish: the failure comes with the first delta, before anything is relayed."""
+    fake.script.push(fault(broken))
+    with pytest.raises(ProviderUnavailable, match=r"unexpected format|before finishing|without an answer"):
+        next(iter(make_provider(kind).stream(chat(stream=True), "m", model_for(kind, fake.base_url))))
+
+
+@pytest.mark.parametrize(
+    ("broken", "error", "message"),
+    [
+        ("no_finish", ProviderUnavailable, "closed the stream before finishing"),
+        ("cut", ProviderUnavailable, "closed the connection before finishing"),
+        ("hang", ProviderTimeout, "timed out"),
+    ],
+)
+def test_a_stream_that_breaks_after_text_raises_instead_of_finishing(
+    fake: FakeServer, kind: str, broken: FaultKind, error: type[Exception], message: str
+) -> None:
+    """The text that came is relayed; then the stream raises, never a final delta that would pass
+    the partial answer off as finished."""
+    fake.script.push(fault(broken, text="Half an answer", hang_s=5))
+    deltas = make_provider(kind).stream(chat(stream=True), "m", model_for(kind, fake.base_url, timeout_s=0.5))
+    received: list[StreamDelta] = []
+    with pytest.raises(error, match=message):
+        for delta in deltas:
+            received.append(delta)
+    assert "".join(d.text for d in received) == "Half an answer"
+    assert all(d.finish_reason is None for d in received)
 
 
 def test_slow_server_is_a_timeout(fake: FakeServer, kind: str) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import pytest
+
 from llm_gateway.config import ModelConfig
 from llm_gateway.contracts import ChatCompletionChunk, ChatCompletionRequest, ErrorBody
-from llm_gateway.errors import ProviderUnavailable
+from llm_gateway.errors import AllModelsFailed, ProviderUnavailable
 from llm_gateway.providers.base import ProviderReply, StreamDelta
 from llm_gateway.runner import LocalRunner
 from llm_gateway.streaming import HOLDBACK_CHARS, StreamItem, start_stream
@@ -18,10 +20,11 @@ class ScriptedStream:
 
     name = "echo"
 
-    def __init__(self, pieces: list[str], fail_first: int = 0, fail_midway: bool = False) -> None:
+    def __init__(self, pieces: list[str], fail_first: int = 0, fail_midway: bool = False, finish: bool = True) -> None:
         self.pieces = pieces
         self.fail_first = fail_first
         self.fail_midway = fail_midway
+        self.finish = finish  # False: the stream just stops, without its final delta
         self.closed = False
         self.sent = 0  # deltas handed out
 
@@ -41,7 +44,8 @@ class ScriptedStream:
                     raise ProviderUnavailable("model failed mid-stream")
                 self.sent += 1
                 yield StreamDelta(text=piece)
-            yield StreamDelta(finish_reason="stop", prompt_tokens=11, completion_tokens=len(self.pieces))
+            if self.finish:
+                yield StreamDelta(finish_reason="stop", prompt_tokens=11, completion_tokens=len(self.pieces))
         finally:
             self.closed = True
 
@@ -99,10 +103,38 @@ def test_failure_mid_stream_ends_with_an_error_event_and_is_recorded() -> None:
     provider = ScriptedStream(["a" * 100, "b" * 100, "c", "d"], fail_midway=True)
     runner = runner_for(provider)
     _, items = start_stream(runner, make_state("hi", stream=True))
-    _, _, errors = collect(items)
+    text, chunks, errors = collect(items)
     assert len(errors) == 1 and errors[0].error.code == "upstream_unavailable"
-    rows = store_of(runner.deps).query("SELECT outcome FROM audit")
-    assert rows == [("error",)]
+    assert text and all(c.choices[0].finish_reason is None for c in chunks if c.choices)  # no finish chunk
+    rows = store_of(runner.deps).query("SELECT outcome, error_code FROM audit")
+    assert rows == [("error", "upstream_unavailable")]
+    # What the model generated before it failed is billed, as for a client that leaves.
+    (usage,) = store_of(runner.deps).query("SELECT prompt_tokens, completion_tokens, cost_usd FROM usage")
+    assert usage[1] == provider.sent == 2 and usage[0] >= 1 and usage[2] > 0
+    assert not store_of(runner.deps).query("SELECT key FROM exact_cache")
+
+
+def test_a_stream_that_stops_without_finishing_is_an_error_not_an_answer() -> None:
+    provider = ScriptedStream(["Half an ", "answer"], finish=False)
+    runner = runner_for(provider)
+    state = make_state("hi", stream=True, stream_options={"include_usage": True})
+    _, items = start_stream(runner, state)
+    _, chunks, errors = collect(items)
+    assert len(errors) == 1 and "before finishing" in errors[0].error.message
+    assert all(c.choices[0].finish_reason is None for c in chunks if c.choices) and chunks[-1].usage is None
+    rows = store_of(runner.deps).query("SELECT outcome, error_code, completion_tokens FROM audit")
+    assert rows == [("error", "upstream_unavailable", 2)]
+    assert state.finish is None or state.finish.response is None  # nothing was passed off as finished
+
+
+def test_a_stream_that_stops_before_any_text_falls_back() -> None:
+    provider = ScriptedStream([], finish=False)
+    runner = runner_for(provider)
+    with pytest.raises(AllModelsFailed):  # echo and echo-b both stop at once (the same scripted provider)
+        start_stream(runner, make_state("hi", stream=True))
+    assert store_of(runner.deps).query("SELECT outcome, error_code, cost_usd FROM audit") == [
+        ("error", "all_models_failed", 0.0)
+    ]
 
 
 def test_cached_answers_are_replayed_as_a_stream() -> None:
