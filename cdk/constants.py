@@ -57,6 +57,7 @@ ENV_MOMENTO_SECRET = "MOMENTO_SECRET_ARN"  # noqa: S105 - the variable's name, n
 ENV_MOMENTO_ENDPOINT = "MOMENTO_ENDPOINT"
 ENV_MOMENTO_CACHE = "MOMENTO_CACHE_NAME"
 ENV_PROVIDER_KEYS_SECRET = "PROVIDER_KEYS_SECRET_ARN"  # noqa: S105 - the variable's name, not a secret
+ENV_PSEUDONYM_SECRET = "PSEUDONYM_SECRET_ARN"  # noqa: S105 - the variable's name, not a secret
 ENV_REVIEW_QUEUE_URL = "REVIEW_QUEUE_URL"
 ENV_REVIEW_TABLE = "REVIEW_TABLE"
 ENV_BUDGET_TABLE = "BUDGET_TABLE"
@@ -76,6 +77,7 @@ USAGE = "usage"
 AUDIT = "audit"
 MOMENTO = "momento"
 PROVIDER_KEYS = "provider_keys"  # JSON object: environment variable name -> provider API key
+PSEUDONYMS = "pseudonyms"  # the generated key of the audit and usage records' pseudonyms
 REVIEW = "review"  # tier 4: send flagged items to the review queue
 BUDGETS = "budgets"  # reserve (router), settle (finish), release (record_failure)
 BUDGET_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query")
@@ -105,19 +107,20 @@ BATCH_OUT_DAYS = 90
 # Least privilege: which function folder reaches which store. Folders not listed reach none.
 FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     # rate-limit counters; the LLM judge (provider keys) and flagged requests (review queue)
-    "guard": frozenset({MOMENTO, PROVIDER_KEYS, REVIEW}),
+    "guard": frozenset({MOMENTO, PROVIDER_KEYS, REVIEW, PSEUDONYMS}),
     "cache_lookup": frozenset({MOMENTO}),  # exact and semantic cache reads
     "invoke": frozenset({PROVIDER_KEYS}),  # OpenAI / Anthropic API keys
-    "moderate": frozenset({PROVIDER_KEYS, REVIEW}),  # the LLM judge; flagged answers
-    "router": frozenset({BUDGETS}),  # budget reservations
-    "finish": frozenset({MOMENTO, USAGE, AUDIT, BUDGETS}),  # cache store, usage and audit records, settling
-    "record_failure": frozenset({AUDIT, BUDGETS}),  # the audit record of a failed request, its release
+    "moderate": frozenset({PROVIDER_KEYS, REVIEW, PSEUDONYMS}),  # the LLM judge; flagged answers
+    "router": frozenset({BUDGETS, PSEUDONYMS}),  # budget reservations
+    # cache store, usage and audit records, settling
+    "finish": frozenset({MOMENTO, USAGE, AUDIT, BUDGETS, PSEUDONYMS}),
+    "record_failure": frozenset({AUDIT, BUDGETS, PSEUDONYMS}),  # the audit record of a failed request, its release
     STREAM_FOLDER: frozenset(
-        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS}
+        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, PSEUDONYMS}
     ),  # runs the whole chain in-process
     BATCH_SUBMIT_FOLDER: frozenset({BATCH_JOBS, IDEMPOTENCY}),  # creates jobs (reads the bucket's batches/in/)
     # runs the whole chain in-process, line by line (reads batches/in/, writes batches/out/)
-    BATCH_WORK_FOLDER: frozenset({MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, BATCH_JOBS}),
+    BATCH_WORK_FOLDER: frozenset({MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, BATCH_JOBS, PSEUDONYMS}),
 }
 
 # State machine states that are not steps of the chain, and where they put the HTTP answer.

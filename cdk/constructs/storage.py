@@ -42,6 +42,21 @@ class GatewayStores(Construct):
             "into this secret by the operator (docs/deploy.md); there is no rotation Lambda to attach.",
         )
 
+        # Keys the audit and usage records' pseudonyms (identity.py): generated, never read by people.
+        self.pseudonym_key = secretsmanager.Secret(
+            self,
+            "PseudonymKey",
+            description=f"{c.PROJECT} {stage.name}: the key of the audit and usage records' pseudonyms (generated).",
+            generate_secret_string=secretsmanager.SecretStringGenerator(exclude_punctuation=True, password_length=64),
+            removal_policy=removal_policy(stage),
+        )
+        acknowledge(
+            self.pseudonym_key,
+            "SMG4",
+            "Rotating the pseudonym key would split every user's and address's records (and per-user budgets) "
+            "in two: it is kept for the life of the deployment.",
+        )
+
     @property
     def environment(self) -> dict[str, str]:
         """Where the stores are, for every function (permissions are granted separately, per function)."""
@@ -50,6 +65,7 @@ class GatewayStores(Construct):
             c.ENV_AUDIT_TABLE: self.audit.table_name,
             c.ENV_MOMENTO_SECRET: self.momento_secret.secret_arn,
             c.ENV_PROVIDER_KEYS_SECRET: self.provider_keys.secret_arn,
+            c.ENV_PSEUDONYM_SECRET: self.pseudonym_key.secret_arn,
             c.ENV_REVIEW_QUEUE_URL: self.review_queue.queue_url,
             c.ENV_REVIEW_TABLE: self.review_table.table_name,
             c.ENV_BUDGET_TABLE: self.budgets.table_name,
@@ -58,7 +74,11 @@ class GatewayStores(Construct):
     def grant(self, grantee: iam.IGrantable, access: Iterable[str]) -> None:
         """Least privilege: write the named tables, read the named secrets; nothing else."""
         tables = {c.USAGE: self.usage, c.AUDIT: self.audit}
-        secrets = {c.MOMENTO: self.momento_secret, c.PROVIDER_KEYS: self.provider_keys}
+        secrets = {
+            c.MOMENTO: self.momento_secret,
+            c.PROVIDER_KEYS: self.provider_keys,
+            c.PSEUDONYMS: self.pseudonym_key,
+        }
         for store in sorted(access):
             if store in secrets:
                 secrets[store].grant_read(grantee)

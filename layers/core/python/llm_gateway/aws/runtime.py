@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import load_config
 from ..deps import Deps
+from ..identity import set_pseudonym_key
 from ..providers.base import default_registry
 from .observability import PowertoolsMetrics
 
@@ -32,6 +33,7 @@ class LambdaSettings(BaseModel):
     momento_local_endpoint: str = Field(default="", alias="MOMENTO_LOCAL_ENDPOINT")  # tests: the stand-in
     momento_cache: str = Field(default="llm-gateway", alias="MOMENTO_CACHE_NAME")
     provider_keys_secret_arn: str = Field(default="", alias="PROVIDER_KEYS_SECRET_ARN")
+    pseudonym_secret_arn: str = Field(default="", alias="PSEUDONYM_SECRET_ARN")  # keyed audit pseudonyms
     review_queue_url: str = Field(default="", alias="REVIEW_QUEUE_URL")  # tier 4: flagged items go here
     review_table: str = Field(default="", alias="REVIEW_TABLE")
     budget_table: str = Field(default="", alias="BUDGET_TABLE")  # reservations and budget counters
@@ -50,6 +52,8 @@ class LambdaSettings(BaseModel):
                 raise ValueError("GATEWAY_STORE=aws needs USAGE_TABLE and AUDIT_TABLE")
             if not (self.momento_local_endpoint or (self.momento_secret_arn and self.momento_endpoint)):
                 raise ValueError("GATEWAY_STORE=aws needs MOMENTO_SECRET_ARN and MOMENTO_ENDPOINT")
+            if not self.pseudonym_secret_arn:
+                raise ValueError("GATEWAY_STORE=aws needs PSEUDONYM_SECRET_ARN (the key of audit pseudonyms)")
         return self
 
 
@@ -137,9 +141,19 @@ def load_provider_keys(current: LambdaSettings) -> None:
         os.environ.setdefault(str(name), str(value))
 
 
+def load_pseudonym_key(current: LambdaSettings) -> None:
+    """The deployment's pseudonym key (`identity`), from Secrets Manager, when the function has one."""
+    if not current.pseudonym_secret_arn:
+        return
+    from aws_lambda_powertools.utilities.parameters import get_secret
+
+    set_pseudonym_key(str(get_secret(current.pseudonym_secret_arn)))
+
+
 @cache
 def deps() -> Deps:
     """Dependencies for this container, built on first use and reused across invocations."""
     current = settings()
     load_provider_keys(current)
+    load_pseudonym_key(current)
     return _aws_deps(current) if current.store == "aws" else _sqlite_deps(current)

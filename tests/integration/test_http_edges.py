@@ -1,0 +1,77 @@
+"""HTTP edges: /metrics for admins only, 405 names the allowed methods, and HTTP that uvicorn
+cannot parse gets the same OpenAI-style JSON error as everything else."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from llm_gateway.config import hash_key, parse_config
+from llm_gateway.local.app import create_app
+from llm_gateway.local.http_protocol import JsonErrorH11Protocol, http_protocol
+from llm_gateway.observability import InMemoryMetrics
+from llm_gateway.runner import LocalRunner
+from tests.conftest import ACME_KEY, BASE_CONFIG, make_deps
+from tests.support.servers import ServerThread
+
+ADMIN_KEY = "sk-test-edges-admin"
+
+
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def root(request: pytest.FixtureRequest) -> Iterator[str]:
+    config = parse_config(BASE_CONFIG + f"admin_api_keys: [{{id: ops, sha256: {hash_key(ADMIN_KEY)}}}]\n")
+    app = create_app(LocalRunner(make_deps(config, metrics=InMemoryMetrics())))
+    protocol = http_protocol() if request.param == "httptools" else JsonErrorH11Protocol
+    with ServerThread(app, http=protocol) as server:
+        yield server.url
+
+
+def _ask(root: str) -> None:
+    httpx.post(
+        root + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {ACME_KEY}"},
+        json={"model": "default", "messages": [{"role": "user", "content": "hi"}]},
+    ).raise_for_status()
+
+
+def test_metrics_need_an_admin_key(root: str) -> None:
+    _ask(root)
+    for headers in ({}, {"authorization": f"Bearer {ACME_KEY}"}, {"authorization": "Bearer sk-wrong"}):
+        refused = httpx.get(root + "/metrics", headers=headers)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["type"] == "authentication_error"
+        assert "llm_gateway_" not in refused.text
+    allowed = httpx.get(root + "/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    assert allowed.status_code == 200 and "llm_gateway_cache_lookups_total" in allowed.text
+
+
+def test_a_wrong_method_is_a_405_naming_the_allowed_ones(root: str) -> None:
+    response = httpx.get(root + "/v1/chat/completions")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n",
+    ],
+)
+def test_unparseable_http_gets_a_json_error(root: str, raw: bytes) -> None:
+    parts = urlsplit(root)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as conn:
+        conn.sendall(raw)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"content-type: application/json" in head.lower()
+    assert body.startswith(b'{"error"') and b'"type": "invalid_request_error"' in body
