@@ -7,6 +7,14 @@ blobs), and a new index loads the unexpired rows back, so the index survives res
 removed on purge, and expired rows are compacted away when a search finds them to be half of a
 scope (a scope that is never searched again keeps its memory until restart). One lock guards
 memory and the connection.
+
+Purges reach every process that shares the SQLite file (several `llm-gateway serve` processes, the
+`llm-gateway purge` command): a purge deletes the rows and appends a marker (tenant, model, tag or
+scope) to `semantic_purges` in one transaction. Before each search and add, an index asks SQLite
+whether another connection has committed since it last looked (`PRAGMA data_version`, about a
+microsecond); when one has, it reads the markers it has not applied yet and drops the rows they
+select from memory. A lookup that starts after a purge has returned therefore never finds a purged
+row, in any process.
 """
 
 from __future__ import annotations
@@ -38,7 +46,30 @@ CREATE TABLE IF NOT EXISTS semantic_index (
     PRIMARY KEY (scope, entry_id)
 );
 CREATE INDEX IF NOT EXISTS semantic_index_tenant ON semantic_index (tenant, model);
+CREATE TABLE IF NOT EXISTS semantic_purges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    model TEXT,
+    tag TEXT,
+    scope TEXT,
+    at REAL NOT NULL
+);
 """
+
+
+@dataclass(frozen=True)
+class _Purge:
+    """What one purge selected: a tenant's scopes, narrowed to a model, a tag or one scope."""
+
+    tenant: str
+    model: str | None = None
+    tag: str | None = None
+    scope: str | None = None
+
+    def selects(self, name: str, scope: _Scope) -> bool:
+        if scope.tenant != self.tenant or (self.scope is not None and name != self.scope):
+            return False
+        return (self.model is None or scope.model == self.model) and (self.tag is None or f" {self.tag} " in scope.tags)
 
 
 @dataclass
@@ -69,9 +100,6 @@ class _Scope:
         self.vectors[row] = vector
         self.expires[row] = expires_at
 
-    def live_count(self, now: float) -> int:
-        return int(np.count_nonzero(self.expires[: len(self.ids)] > now))
-
     def compact(self, now: float) -> None:
         """Drop expired rows (the lists and matrix shrink together)."""
         keep = [i for i in range(len(self.ids)) if self.expires[i] > now]
@@ -90,8 +118,11 @@ class _Scope:
 class LocalSemanticIndex:
     """`SemanticIndex` for the embedded runtime; `path=":memory:"` keeps nothing on disk."""
 
-    def __init__(self, path: str | Path = ":memory:", *, clock: Callable[[], float] = time.time) -> None:
-        """`clock` tells which rows have expired when loading and which purged rows were still live."""
+    def __init__(
+        self, path: str | Path = ":memory:", *, clock: Callable[[], float] = time.time, load: bool = True
+    ) -> None:
+        """`clock` tells which rows have expired when loading and which purged rows were still live.
+        `load=False`: keep nothing in memory (a handle that only purges, as the `purge` command uses)."""
         self._clock = clock
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +133,12 @@ class LocalSemanticIndex:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._scopes: dict[str, _Scope] = {}
-        self._load(clock())
+        # Markers up to this id are reflected in memory: read before the rows, so that a purge
+        # committed while they load is applied again on the first lookup.
+        self._purges_seen = self._db.execute("SELECT coalesce(max(id), 0) FROM semantic_purges").fetchone()[0]
+        self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if load:
+            self._load(clock())
 
     def _load(self, now: float) -> None:
         self._db.execute("DELETE FROM semantic_index WHERE expires_at <= ?", (now,))
@@ -115,6 +151,24 @@ class LocalSemanticIndex:
             if vector.shape != (DIMENSIONS,):
                 continue
             self._scope(scope, tenant, model, tags).put(entry_id, vector, text, response, expires_at)
+
+    def _catch_up(self) -> None:
+        """Apply the purges other connections (other processes) committed since the last look.
+        Called with the lock held."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return
+        self._data_version = version
+        rows = self._db.execute(
+            "SELECT id, tenant, model, tag, scope FROM semantic_purges WHERE id > ? ORDER BY id", (self._purges_seen,)
+        ).fetchall()
+        for marker_id, tenant, model, tag, scope in rows:
+            self._drop(_Purge(tenant, model, tag, scope))
+            self._purges_seen = marker_id
+
+    def _drop(self, purge: _Purge) -> None:
+        for name in [name for name, s in self._scopes.items() if purge.selects(name, s)]:
+            del self._scopes[name]
 
     def _scope(self, scope: str, tenant: str, model: str, tags: str) -> _Scope:
         found = self._scopes.get(scope)
@@ -137,6 +191,7 @@ class LocalSemanticIndex:
         unit = as_unit_vector(vector)
         stored_tags = join_tags(tags)
         with self._lock:
+            self._catch_up()
             existing = self._scopes.get(scope)
             owner = (tenant, model, stored_tags)
             if existing is not None and (existing.tenant, existing.model, existing.tags) != owner:
@@ -152,6 +207,7 @@ class LocalSemanticIndex:
     def search(self, scope: str, vector: Vector, k: int, now: float) -> list[Candidate]:
         query = as_unit_vector(vector)
         with self._lock:
+            self._catch_up()
             found = self._scopes.get(scope)
             if found is None or k <= 0:
                 return []
@@ -186,25 +242,33 @@ class LocalSemanticIndex:
 
     def purge(self, tenant: str, model: str | None = None, tag: str | None = None) -> int:
         where, args = purge_filter(tenant, model, tag)
-        now = self._clock()
-        with self._lock:
-            doomed = [
-                name
-                for name, s in self._scopes.items()
-                if s.tenant == tenant and (model is None or s.model == model) and (tag is None or f" {tag} " in s.tags)
-            ]
-            removed = sum(self._scopes.pop(name).live_count(now) for name in doomed)
-            self._db.execute(f"DELETE FROM semantic_index WHERE {where}", args)  # noqa: S608 - fixed SQL
-            return removed
+        return self._purge(_Purge(tenant, model, tag), where, args)
 
     def purge_scope(self, tenant: str, scope: str) -> int:
+        return self._purge(_Purge(tenant, scope=scope), "scope = ? AND tenant = ?", (scope, tenant))
+
+    def _purge(self, purge: _Purge, where: str, args: tuple[str, ...]) -> int:
+        """Delete the selected rows and leave a marker for the other processes, in one transaction;
+        return how many live rows went (in the whole store, whichever process added them)."""
+        now = self._clock()
         with self._lock:
-            found = self._scopes.get(scope)
-            if found is None or found.tenant != tenant:
-                return 0
-            del self._scopes[scope]
-            self._db.execute("DELETE FROM semantic_index WHERE scope = ? AND tenant = ?", (scope, tenant))
-            return found.live_count(self._clock())
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                live = self._db.execute(
+                    f"SELECT count(*) FROM semantic_index WHERE {where} AND expires_at > ?",  # noqa: S608 - fixed SQL
+                    (*args, now),
+                ).fetchone()[0]
+                self._db.execute(f"DELETE FROM semantic_index WHERE {where}", args)  # noqa: S608 - fixed SQL
+                self._db.execute(
+                    "INSERT INTO semantic_purges (tenant, model, tag, scope, at) VALUES (?, ?, ?, ?, ?)",
+                    (purge.tenant, purge.model, purge.tag, purge.scope, now),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._drop(purge)  # this connection's own marker is applied again later: harmless
+            return int(live)
 
     def close(self) -> None:
         with self._lock:
