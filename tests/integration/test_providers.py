@@ -23,7 +23,7 @@ from llm_gateway.providers.anthropic import AnthropicProvider
 from llm_gateway.providers.base import Provider, StreamDelta
 from llm_gateway.providers.openai import OpenAIProvider
 from llm_gateway.providers.sagemaker import SageMakerProvider
-from tests.support.fake_providers import FakeKind, FakeServer, delay, fake_server, ok, status
+from tests.support.fake_providers import FakeKind, FakeServer, Ok, delay, fake_server, ok, status
 from tests.support.fault_upstream import FaultKind, fault
 from tests.support.servers import closed_url
 
@@ -132,6 +132,15 @@ def test_stream_deltas_concatenate_and_last_carries_usage(fake: FakeServer, kind
     assert last.cached_tokens == (0 if kind == "sagemaker" else 8)
     assert all(d.finish_reason is None for d in deltas[:-1])
     assert len(fake.script.requests) == 1
+
+
+@pytest.mark.parametrize("kind", ["openai"], indirect=True)
+def test_a_stream_without_a_usage_chunk_leaves_usage_unknown_not_zero(fake: FakeServer, kind: str) -> None:
+    """A server that ignores stream_options sends no usage: the gateway then estimates (streaming
+    `_reply_from`) instead of billing 0 tokens."""
+    fake.script.push(Ok(text="Hello there.", stream_usage=False))
+    last = list(make_provider(kind).stream(chat(stream=True), "m", model_for(kind, fake.base_url)))[-1]
+    assert last.finish_reason == "stop" and (last.prompt_tokens, last.completion_tokens) == (None, None)
 
 
 def test_stream_length_finish_reason_is_mapped(fake: FakeServer, kind: str) -> None:

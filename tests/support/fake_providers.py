@@ -56,6 +56,7 @@ class Ok:
     cached_tokens: int = 0
     finish_reason: str | None = None
     cache_write_tokens: int = 0  # Anthropic: input tokens written to the prompt cache
+    stream_usage: bool = True  # False: an OpenAI-compatible server that ignores `stream_options`
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ async def _openai_stream(answer: Ok, head: dict[str, Any], include_usage: bool) 
     for piece in _pieces(answer.text):
         yield chunk({"content": piece})
     yield chunk({}, answer.finish_reason or "stop")
-    if include_usage:
+    if include_usage and answer.stream_usage:
         yield _sse({**head, "choices": [], "usage": _openai_usage(answer)})
     yield b"data: [DONE]\n\n"
 

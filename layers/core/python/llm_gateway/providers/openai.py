@@ -198,7 +198,9 @@ class OpenAIProvider:
 
     def _deltas(self, chunks: openai.Stream[ChatCompletionChunk], model_id: str) -> Iterator[StreamDelta]:
         finish: FinishReason | None = None  # no choice carried a finish reason (yet)
-        prompt = completion = cached = 0
+        prompt: int | None = None  # None: no usage chunk (a server that ignores stream_options),
+        completion: int | None = None  # and the gateway estimates rather than bills nothing
+        cached = 0
         try:
             with chunks:
                 for chunk in chunks:
