@@ -1,9 +1,11 @@
 """HTTP server of the model endpoint: SageMaker's container contract on one engine.
 
-`GET /ping` answers 200 once the engine is loaded (the engine loads before the socket listens).
+`GET /ping` answers 200 once the engine is loaded (the engine loads before the socket listens),
+with the model id and its context window (`{"status": "ok", "model": ..., "context_tokens": 2048}`).
 `POST /invocations` takes an `InvocationRequest` and answers an `InvocationResponse`, or NDJSON
 `StreamEvent`s when `stream` is true; `POST /invocations-response-stream` always streams. Bad
-input gets a 400/413 JSON error, never a stack trace.
+input gets a 400/413 JSON error, never a stack trace; a prompt longer than the context window gets
+400 `context_length_exceeded` in OpenAI's words.
 
 Run: `python -m gpu_endpoint --host 127.0.0.1 --port 8080 [--engine llamacpp] [--model-path FILE]`.
 Once it listens it prints `ready http://HOST:PORT` (the bound port when `--port 0`) on stdout.
@@ -31,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from llm_gateway.context_window import CODE as CONTEXT_LENGTH_EXCEEDED
+from llm_gateway.context_window import context_message, parse_overflow
 from llm_gateway.endpoint_contract import NDJSON, InvocationRequest, StreamEvent
 
 from .engines import Engine, EngineInputError, EngineUnavailable, load_engine
@@ -135,11 +139,28 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     yield
 
 
-def create_app(engine: Engine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
-    """The ASGI app serving `engine`, which must already be loaded."""
+def input_error(exc: EngineInputError, context_tokens: int | None = None) -> RequestError:
+    """The 400 for input the engine refused; a prompt over the context window says so as OpenAI
+    does (code `context_length_exceeded`), with the engine's own token count."""
+    overflow = parse_overflow(exc.message)
+    if overflow is None:
+        return RequestError(400, exc.message, param=exc.param, code="invalid_value")
+    prompt_tokens, limit = overflow
+    message = context_message(context_tokens or limit, prompt_tokens)
+    return RequestError(400, message, param="messages", code=CONTEXT_LENGTH_EXCEEDED)
+
+
+def create_app(
+    engine: Engine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, context_tokens: int | None = None
+) -> Starlette:
+    """The ASGI app serving `engine`, which must already be loaded; `context_tokens` is the
+    context window it was loaded with (reported on /ping)."""
+    about: dict[str, Any] = {"status": "ok", "model": engine.model_id}
+    if context_tokens is not None:
+        about["context_tokens"] = context_tokens
 
     async def ping(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": engine.model_id})
+        return JSONResponse(about)
 
     async def invocations(request: Request) -> Response:
         try:
@@ -155,7 +176,7 @@ def create_app(engine: Engine, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) 
         except RequestError as exc:
             return exc.response()
         except EngineInputError as exc:
-            return RequestError(400, exc.message, param=exc.param, code="invalid_value").response()
+            return input_error(exc, context_tokens).response()
         if first is None:
             raise RuntimeError(f"engine '{engine.name}' ended a stream without a final event")
         return StreamingResponse(_ndjson(first, events), media_type=NDJSON)
@@ -226,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, EngineUnavailable) as exc:
         print(f"gpu_endpoint: {exc}", file=sys.stderr)
         return 2
-    app = create_app(engine, max_body_bytes=settings.max_body_bytes)
+    app = create_app(engine, max_body_bytes=settings.max_body_bytes, context_tokens=settings.n_ctx)
     config = uvicorn.Config(
         app,
         host=args.host,

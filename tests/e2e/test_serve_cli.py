@@ -12,9 +12,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -158,3 +159,60 @@ def test_a_paraphrase_is_served_from_the_semantic_cache_of_the_first_demo_tenant
     assert again.headers["x-gateway-cache"] == "semantic"
     assert float(again.headers["x-gateway-cache-score"]) >= 0.8
     assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.02)
+
+
+def test_a_crashed_model_endpoint_is_reaped_logged_and_restarted(tmp_path: Path) -> None:
+    """The endpoint child dies of a native crash (SIGSEGV), then is killed (SIGKILL): each time the
+    gateway reaps it at once, logs why, says so on /healthz and to requests, and brings it back."""
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "llm_gateway.local.cli", "serve", "--port", "0", "--endpoint-restart-s", "2", "30"]
+    env = {k: v for k, v in os.environ.items() if k != "LLM_GATEWAY_CONFIG"}
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    try:
+        url, keys = read_announcement(process)
+        served = Served(process, url, keys)
+        health_url = url.removesuffix("/v1") + "/healthz"
+        assert httpx.get(health_url).json()["model_endpoint"] == {"state": "ready", "restarts": 0, "last_exit": None}
+        tenant = next(iter(keys))
+        for restarts, (signum, name) in enumerate([(signal.SIGSEGV, "SIGSEGV"), (signal.SIGKILL, "SIGKILL")], 1):
+            [child] = children_of(process.pid)
+            os.kill(child, signum)
+            wait_for(lambda child=child: not Path(f"/proc/{child}").exists())  # reaped: not even a zombie
+            down = httpx.get(health_url)
+            assert down.status_code == 503  # every route of the shipped config is on the local model
+            assert down.json()["status"] == "degraded"
+            detail = down.json()["model_endpoint"]
+            assert (detail["state"], detail["last_exit"]) == ("restarting", f"signal {name}")
+            with pytest.raises(openai.APIStatusError) as refused:
+                served.client(tenant).chat.completions.create(model="default", messages=QUESTION)  # type: ignore[arg-type]
+            assert refused.value.status_code == 503
+            assert "local model endpoint is restarting" in refused.value.message
+
+            wait_for(lambda: httpx.get(health_url).status_code == 200)
+            assert httpx.get(health_url).json()["model_endpoint"]["restarts"] == restarts
+            answer = served.client(tenant).chat.completions.create(
+                model="default",
+                messages=QUESTION,  # type: ignore[arg-type]
+                max_tokens=12,
+                temperature=0,
+                extra_headers={"cache-control": "no-cache"},
+            )
+            assert "paris" in (answer.choices[0].message.content or "").lower()
+        [child] = children_of(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert not Path(f"/proc/{child}").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    logged = log.read_text()
+    assert "died: signal SIGSEGV" in logged and "died: signal SIGKILL" in logged
+    assert logged.count("serves again") == 2

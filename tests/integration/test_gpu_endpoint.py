@@ -124,7 +124,7 @@ def test_ready_line_names_the_bound_port(endpoint: Endpoint) -> None:
 def test_ping(client: httpx.Client) -> None:
     response = client.get("/ping")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "model": MODEL_ID}
+    assert response.json() == {"status": "ok", "model": MODEL_ID, "context_tokens": 2048}
 
 
 def test_invocation(client: httpx.Client) -> None:
@@ -221,8 +221,12 @@ def test_prompt_over_context_window_is_a_400(client: httpx.Client) -> None:
     long = "word " * 2500  # ~2500 tokens against the default n_ctx of 2048, within the body limit
     for stream in (False, True):
         error = _error(client.post("/invocations", json=_body(long, stream=stream)), 400)
-        assert error["param"] == "messages"
-        assert "context window" in error["message"]
+        assert (error["param"], error["code"]) == ("messages", "context_length_exceeded")
+        assert re.fullmatch(
+            r"This model's maximum context length is 2048 tokens\. However, your messages resulted in 2\d{3} tokens\. "
+            r"Please reduce the length of the messages\.",
+            error["message"],
+        )
 
 
 def test_oversized_body_is_a_413(client: httpx.Client) -> None:

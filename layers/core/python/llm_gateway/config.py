@@ -59,6 +59,10 @@ class ModelConfig(_Config):
     timeout_s: float = Field(default=60.0, gt=0, le=900)
     default_max_tokens: int = Field(default=512, ge=1)
     max_output_tokens: int = Field(default=4096, ge=1)
+    # The context window in tokens (messages + completion). The router sends a request only to
+    # candidates it can fit and refuses it (400 context_length_exceeded) when none can; unset: the
+    # model itself decides. `serve` takes the local endpoint's own n_ctx (its /ping) over this.
+    context_tokens: int | None = Field(default=None, ge=1)
     # Provider prompt-caching hints (Anthropic cache_control breakpoints, OpenAI prompt_cache_key).
     prompt_cache: bool = True
     # Self-hosted endpoints: one instance's price and measured aggregate throughput, for

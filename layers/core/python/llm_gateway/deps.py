@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from .config import GatewayConfig
 from .errors import ConfigError
 from .guard.ner import ner_available
+from .model_endpoint import EndpointMonitor
 from .moderation.blocklist import CompiledBlocklist
 from .observability import MetricsSink, NullMetrics
 from .ports import AuditLog, BatchJobs, BudgetLedger, ExactCache, RateLimiter, ReviewQueue, UsageLedger
@@ -29,6 +30,7 @@ class Deps:
     review: ReviewQueue | None = None  # None: flagged items are only counted and audited
     budgets: BudgetLedger | None = None  # None: tenants' `budgets` are not enforced (refused at start)
     batch_jobs: BatchJobs | None = None  # None: no batch job status on this deployment's API
+    model_endpoint: EndpointMonitor | None = None  # a model endpoint this process runs (serve's local model)
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     # Derived once from config: key digest -> (tenant, key id); compiled blocklists per tenant.

@@ -272,7 +272,17 @@ class GatewayApp:
         return JSONResponse({**selected, "removed": removed})
 
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        """`{"status": "ok"}`, and with a model endpoint this process runs (serve's local model) its
+        state under `model_endpoint`. While that endpoint is down the status is `degraded`: HTTP 200
+        when some route still has a model elsewhere, 503 when every route's models are on it."""
+        monitor = self.deps.model_endpoint
+        if monitor is None:
+            return JSONResponse({"status": "ok"})
+        health = monitor.health()
+        body = {"status": "ok" if health.ready else "degraded", "model_endpoint": health.as_json()}
+        routes = [route for tenant in self.deps.config.tenants.values() for route in tenant.routes.values()]
+        answerable = health.ready or any(m not in monitor.models for route in routes for m in route.models())
+        return JSONResponse(body, status_code=200 if answerable else 503)
 
     async def openapi(self, request: Request) -> Response:
         return Response(orjson.dumps(openapi_document()), media_type=JSON)

@@ -7,27 +7,25 @@ import contextlib
 import json
 import math
 import os
-import queue
 import secrets
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import EXAMPLE_CONFIG, LOCAL_ENDPOINT, ApiKey, GatewayConfig, Price, hash_key, load_config
+from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, Price, hash_key, load_config
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
 from . import batch_cli
+from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
+
+__all__ = ["local_endpoint", "main", "mint_demo_keys", "with_endpoint_url"]  # batch_cli and bench use these
 
 if TYPE_CHECKING:
     from ..deps import Deps
-
-READY_TIMEOUT_S = 180.0
 
 
 def mint_demo_keys(config: GatewayConfig) -> tuple[GatewayConfig, dict[str, str]]:
@@ -37,58 +35,12 @@ def mint_demo_keys(config: GatewayConfig) -> tuple[GatewayConfig, dict[str, str]
     return config.with_tenant_keys(extra), minted
 
 
-def with_endpoint_url(config: GatewayConfig, url: str) -> GatewayConfig:
-    """Point every model served by the local endpoint at `url`."""
-    models = {
-        name: model.model_copy(update={"endpoint": url}) if model.endpoint == LOCAL_ENDPOINT else model
-        for name, model in config.models.items()
-    }
-    return config.model_copy(update={"models": models})
-
-
-@contextlib.contextmanager
-def local_endpoint(host: str = "127.0.0.1") -> Iterator[str]:
-    """Start the model endpoint server as a child process; yield its base URL once it is ready."""
-    # llama.cpp's worker threads spin while waiting for each other; on a small machine shared with
-    # the gateway a spinning thread that loses its core stalls every token. Passive waiting avoids it.
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gpu_endpoint", "--host", host, "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        url = _await_ready(process)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _await_ready(process: subprocess.Popen[str]) -> str:
-    lines: queue.Queue[str] = queue.Queue()
-
-    def drain() -> None:  # keeps reading so the child never blocks on a full pipe
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-
-    threading.Thread(target=drain, daemon=True).start()
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.1)
-        except queue.Empty:
-            if process.poll() is not None:
-                raise ConfigError(f"the local model endpoint exited with status {process.returncode}") from None
-            continue
-        if line.startswith("ready "):
-            return line.split()[1]
-    raise ConfigError("the local model endpoint did not become ready in time")
+def mint_demo_admin_key(config: GatewayConfig) -> tuple[GatewayConfig, str | None]:
+    """With demo tenants and no admin key configured: a fresh admin key (for /metrics and /admin)."""
+    if config.admin_api_keys or not any(tenant.demo for tenant in config.tenants.values()):
+        return config, None
+    key = "sk-gw-admin-" + secrets.token_urlsafe(24)
+    return config.model_copy(update={"admin_api_keys": [ApiKey(id="demo-admin", sha256=hash_key(key))]}), key
 
 
 class Shutdown(Exception):
@@ -109,9 +61,13 @@ def local_deps(config: GatewayConfig, stack: contextlib.ExitStack) -> Deps:
     from ..adapters.local.semantic import LocalSemanticIndex
     from ..adapters.local.sqlite import SqliteStore
     from ..deps import Deps
+    from ..identity import KEY_ENV, key_file, set_pseudonym_key
     from ..observability import InMemoryMetrics
     from ..providers.base import default_registry
 
+    if not os.environ.get(KEY_ENV) and config.storage_path != ":memory:":
+        # Pseudonyms keyed per deployment: the key lives beside the store it protects.
+        set_pseudonym_key(key_file(Path(config.storage_path).parent / "pseudonym.key"))
     store = SqliteStore(config.storage_path)
     stack.callback(store.close)
     semantic = LocalSemanticIndex(config.storage_path)
@@ -137,27 +93,36 @@ def local_deps(config: GatewayConfig, stack: contextlib.ExitStack) -> Deps:
     )
 
 
-def serve(host: str, port: int, config_path: str | None) -> int:
+def serve(host: str, port: int, config_path: str | None, restart: Backoff | None = None) -> int:
+    """Serve the gateway; with a local model, run its endpoint under an `EndpointSupervisor`
+    (restarted with `restart` backoff when it dies)."""
     import uvicorn
 
     from ..runner import LocalRunner
     from .app import create_app
+    from .http_protocol import http_protocol
 
     config = load_config(config_path or EXAMPLE_CONFIG)
     config, minted = mint_demo_keys(config)
+    config, admin_key = mint_demo_admin_key(config)
     # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler installed before it
     # started: this one, which unwinds through the ExitStack instead of killing the process outright.
     signal.signal(signal.SIGINT, _shutdown)
     signal.signal(signal.SIGTERM, _shutdown)
     with contextlib.ExitStack() as stack:
+        supervisor = None
         if config.uses_local_endpoint():
-            config = with_endpoint_url(config, stack.enter_context(local_endpoint()))
+            supervisor = stack.enter_context(EndpointSupervisor(local_models(config), backoff=restart))
+            config = with_endpoint_url(config, supervisor.url, context_tokens=supervisor.context_tokens)
         if any(t.semantic_cache.enabled for t in config.tenants.values()):
             # Load (on a new machine: first prepare) the embedding model now, not on the first request.
             from ..semantic.embeddings import default_embedder
 
             default_embedder()
         deps = local_deps(config, stack)
+        if supervisor is not None:
+            deps.model_endpoint = supervisor
+            supervisor.on_url_change(lambda old, new: repoint(deps, old, new))
         app = create_app(LocalRunner(deps))
 
         class AnnouncingServer(uvicorn.Server):
@@ -172,10 +137,19 @@ def serve(host: str, port: int, config_path: str | None) -> int:
                 print(f"ready http://{host_part}:{bound[1]}/v1", flush=True)
                 for name, key in minted.items():
                     print(f"tenant {name} key={key}", flush=True)
+                if admin_key is not None:
+                    print(f"admin key={admin_key}", flush=True)
 
-        config_ = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+        config_ = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", http=http_protocol()
+        )
         AnnouncingServer(config_).run()
     return 0
+
+
+def repoint(deps: Deps, old_url: str, new_url: str) -> None:
+    """After the endpoint came back on another port: the models that called `old_url` call `new_url`."""
+    deps.config = with_endpoint_url(deps.config, new_url, current=old_url)
 
 
 def purge(config_path: str | None, selection: dict[str, str | None]) -> int:
@@ -193,7 +167,9 @@ def purge(config_path: str | None, selection: dict[str, str | None]) -> int:
     if request.tenant not in config.tenants:
         raise ConfigError(f"unknown tenant '{request.tenant}'")
     store = SqliteStore(config.storage_path)
-    semantic = LocalSemanticIndex(config.storage_path)
+    # Servers sharing the store drop the purged rows from memory on their next lookup (a marker
+    # in the same file): this process need not load the index itself.
+    semantic = LocalSemanticIndex(config.storage_path, load=False)
     try:
         removed = purge_stores(store, semantic, request)
     finally:
@@ -278,13 +254,25 @@ def route_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llm-gateway", description="An OpenAI-compatible LLM gateway.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_serve_parser(commands: Any) -> None:
     serve_cmd = commands.add_parser("serve", help="serve the gateway (and the local model) over HTTP")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8080)
     serve_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
+    serve_cmd.add_argument(
+        "--endpoint-restart-s",
+        type=float,
+        nargs=2,
+        metavar=("FIRST", "MAX"),
+        default=(Backoff.initial_s, Backoff.max_s),
+        help="backoff before restarting a crashed local model endpoint: first delay, doubled up to MAX (0.5 30)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-gateway", description="An OpenAI-compatible LLM gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve_parser(commands)
     check_cmd = commands.add_parser("check-config", help="validate a configuration file and exit")
     check_cmd.add_argument("config", type=Path)
     purge_cmd = commands.add_parser("purge", help="remove a tenant's cached answers from the local store")
@@ -325,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
     commands_by_name: dict[str, Callable[[], int]] = {
-        "serve": lambda: serve(args.host, args.port, args.config),
+        "serve": lambda: serve(args.host, args.port, args.config, Backoff(*args.endpoint_restart_s)),
         "purge": lambda: purge(
             args.config,
             {
@@ -369,7 +357,6 @@ def review(
     `table`: a deployment's review table (DynamoDB, the environment's AWS credentials) instead of
     the local store."""
     import json
-    import time
 
     store: Any
     if table:

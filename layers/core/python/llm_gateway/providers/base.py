@@ -12,6 +12,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from ..config import ModelConfig
+from ..context_window import upstream_context_error
 from ..contracts import ChatCompletionRequest, FinishReason
 from ..errors import ProviderBadRequest, ProviderError, ProviderThrottled, ProviderTimeout, ProviderUnavailable
 
@@ -125,7 +126,10 @@ def map_sdk_error(sdk: Any, exc: Exception, model_id: str) -> ProviderError:
         status = exc.status_code
         if status >= 500 or status in (408, 409):
             return ProviderUnavailable(f"model '{model_id}' failed upstream (HTTP {status})")
-        return ProviderBadRequest(f"model '{model_id}' rejected the request: {_upstream_message(exc.body, status)}")
+        message = _upstream_message(exc.body, status)
+        return upstream_context_error(exc.body) or ProviderBadRequest(
+            f"model '{model_id}' rejected the request: {message}"
+        )
     return ProviderUnavailable(f"model '{model_id}' failed: {type(exc).__name__}")
 
 

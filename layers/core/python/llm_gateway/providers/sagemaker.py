@@ -17,6 +17,7 @@ import httpx
 from pydantic import ValidationError
 
 from ..config import ModelConfig
+from ..context_window import upstream_context_error
 from ..contracts import ChatCompletionRequest, TextPart
 from ..endpoint_contract import NDJSON, EndpointMessage, InvocationRequest, InvocationResponse, StreamEvent
 from ..errors import (
@@ -69,12 +70,14 @@ def build_invocation(request: ChatCompletionRequest, model_id: str, model: Model
     )
 
 
-def status_error(status: int, model_id: str, retry_after: str | None = None) -> ProviderError:
+def status_error(status: int, model_id: str, retry_after: str | None = None, body: bytes | str = b"") -> ProviderError:
     if status == 429:
         return ProviderThrottled(f"model '{model_id}' is busy", retry_after_s=parse_retry_after(retry_after))
     if status >= 500 or status == 408:
         return ProviderUnavailable(f"model '{model_id}' failed (HTTP {status})")
-    return ProviderBadRequest(f"model '{model_id}' rejected the request (HTTP {status})")
+    return upstream_context_error(body) or ProviderBadRequest(
+        f"model '{model_id}' rejected the request (HTTP {status})"
+    )
 
 
 def _reply(body: bytes, model_id: str) -> ProviderReply:
@@ -164,7 +167,7 @@ class SageMakerProvider:
         except httpx.TransportError as exc:
             raise transport_error(exc, model_id) from exc
         if response.status_code != 200:
-            raise status_error(response.status_code, model_id, response.headers.get("retry-after"))
+            raise status_error(response.status_code, model_id, response.headers.get("retry-after"), response.content)
         return response.content
 
     def _post_stream(self, url: str, payload: bytes, model_id: str, timeout_s: float) -> Iterator[bytes]:
@@ -177,7 +180,9 @@ class SageMakerProvider:
                 timeout=timeout_s,
             ) as response:
                 if response.status_code != 200:
-                    raise status_error(response.status_code, model_id, response.headers.get("retry-after"))
+                    raise status_error(
+                        response.status_code, model_id, response.headers.get("retry-after"), response.read()
+                    )
                 require_media_type(response.headers.get("content-type"), STREAM_TYPES, model_id)
                 for line in response.iter_lines():
                     if line.strip():
@@ -238,7 +243,8 @@ def _client_error(exc: Any, model_id: str) -> ProviderError:
     error = exc.response.get("Error", {})
     code = error.get("Code", "")
     if code == "ModelError":
-        return status_error(int(exc.response.get("OriginalStatusCode", 500)), model_id)
+        body = exc.response.get("OriginalMessage", "")
+        return status_error(int(exc.response.get("OriginalStatusCode", 500)), model_id, None, body)
     if code in ("ThrottlingException", "ModelNotReadyException"):
         return ProviderThrottled(f"model '{model_id}' is busy")
     if code in ("ValidationError", "ValidationException"):

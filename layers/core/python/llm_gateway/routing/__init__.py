@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..config import GatewayConfig
 from ..contracts import ChatCompletionRequest, GatewayState, RouteResult
 from ..errors import ModelNotFound
+from .candidates import usable_route
 
 if TYPE_CHECKING:
     from ..deps import Deps
@@ -28,11 +29,12 @@ def resolve_route(config: GatewayConfig, tenant: str, requested: str) -> RouteRe
 
 
 def route_step(state: GatewayState, deps: Deps) -> RouteResult:
-    """Choose the ordered list of models to try for this request, and hold its worst-case cost on
-    the tenant's budgets (`BudgetExceeded` when it does not fit)."""
+    """Choose the ordered list of models to try for this request — the planned ones that can take
+    it now (`routing.candidates`: its context fits, their endpoint is up) — and hold its worst-case
+    cost on the tenant's budgets (`BudgetExceeded` when it does not fit)."""
     from ..budgets import reserve
 
-    route = planned_route(state, deps)
+    route = usable_route(state, deps, planned_route(state, deps))
     tenant = state.tenant().tenant
     if route.pinned or route.complexity is not None:
         reason = "pinned" if route.pinned else "complexity"
