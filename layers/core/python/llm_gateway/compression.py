@@ -114,13 +114,20 @@ def compress(messages: list[ChatMessage], policy: Compression, embed: Embed | No
     out = []
     for index, message in enumerate(messages):
         if isinstance(message.content, str):
-            out.append(message.model_copy(update={"content": rewrite(message.content, index, message.role)}))
+            text = rewrite(message.content, index, message.role)
+            out.append(message if text == message.content else message.model_copy(update={"content": text}))
         elif isinstance(message.content, list):
             parts = [
-                p.model_copy(update={"text": rewrite(p.text, index, message.role)}) if isinstance(p, TextPart) else p
+                _rewritten_part(p, rewrite(p.text, index, message.role)) if isinstance(p, TextPart) else p
                 for p in message.content
             ]
-            out.append(message.model_copy(update={"content": parts}))
+            changed = any(new is not old for new, old in zip(parts, message.content, strict=True))
+            out.append(message.model_copy(update={"content": parts}) if changed else message)
         else:
             out.append(message)
     return Compressed(out, before, sum(len(m.text()) for m in out))
+
+
+def _rewritten_part(part: TextPart, text: str) -> TextPart:
+    """The part with `text`, or the part itself when nothing changed (no copy to make)."""
+    return part if text == part.text else part.model_copy(update={"text": text})

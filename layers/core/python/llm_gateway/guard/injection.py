@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .text_classifier import LinearTextClassifier, read_artefact, sigmoid
+from .text_classifier import LinearTextClassifier, TextMemo, read_artefact, sigmoid
 
 ARTEFACT_PATH = Path(__file__).parent / "data" / "injection.json.gz"
 
@@ -31,8 +31,12 @@ class InjectionClassifier(LinearTextClassifier):
     def __init__(self, artefact: dict[str, Any]) -> None:
         super().__init__(artefact)
         self.threshold = float(artefact["threshold"])
+        self._scores: TextMemo[float] = TextMemo()
 
     def score(self, text: str) -> float:
+        return self._scores.get(text, self._score)
+
+    def _score(self, text: str) -> float:
         return sigmoid(self.logits(text)[0])
 
     def classify(self, text: str, threshold: float | None = None) -> InjectionVerdict:

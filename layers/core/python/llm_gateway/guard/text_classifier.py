@@ -1,11 +1,13 @@
-"""Linear text classifiers over TF-IDF n-grams, scored in plain Python (no scikit-learn, no numpy).
+"""Linear text classifiers over TF-IDF n-grams, scored with numpy (no scikit-learn).
 
 The guard's prompt-injection classifier and the moderation tier 2 harmful-content classifier are
 both trained with scikit-learn (`TfidfVectorizer` word and `char_wb` blocks, logistic regression)
 and shipped as a gzipped JSON artefact: per vocabulary term its idf and one weight per output head
 (float32, see `encode_block_terms`). Scoring reproduces scikit-learn's transform exactly (the
-training scripts check it against `predict_proba`), so a 1,000-character text scores in about a
-millisecond with nothing but the standard library.
+training scripts check it against `predict_proba`). The n-grams are found in Python (a word's
+character n-grams once per process, memoised); the arithmetic runs in numpy, for any number of
+windows of a text at once (`window_logits`: a long answer's sentences and their pairs), so a
+1,000-character text scores in well under a millisecond.
 
 An artefact has one or more heads (`heads`, one bias each). Artefact version 2 (the injection
 classifier) has a single head and a scalar `bias`.
@@ -18,16 +20,19 @@ import gzip
 import json
 import math
 import re
+import threading
 from array import array
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 # scikit-learn's defaults: `token_pattern` and the whitespace run `char_wb` collapses.
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 _WHITESPACE = re.compile(r"\s\s+")
+T = TypeVar("T")
 
 
 def word_ngrams(text: str, low: int, high: int) -> Iterable[str]:
@@ -55,91 +60,86 @@ def char_wb_ngrams(text: str, low: int, high: int) -> Iterable[str]:
 _WORD_MEMO_LIMIT = 50_000
 
 
-@dataclass(frozen=True)
 class _Vocabulary:
-    """One TF-IDF block: sublinear tf x idf, L2-normalised, dotted with each head's weights."""
+    """One TF-IDF block: sublinear tf x idf, L2-normalised, dotted with each head's weights.
 
-    analyzer: str
-    low: int
-    high: int
-    heads: int
-    terms: dict[str, tuple[float, tuple[float, ...]]]  # term -> (idf, weight per head)
-    # char_wb: a word's in-vocabulary n-grams, memoised (words repeat across texts).
-    _memo: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+    Terms are rows of an idf vector and a (terms x heads) weight matrix. A text becomes the list
+    of its in-vocabulary n-grams' rows, and any number of windows (each one or more texts taken
+    together, as if concatenated) are scored in one numpy pass."""
 
-    def _grams(self, text: str) -> list[str]:
+    def __init__(self, analyzer: str, low: int, high: int, terms: list[str], idf: Any, weights: Any) -> None:
+        self.analyzer, self.low, self.high = analyzer, low, high
+        self.rows: dict[str, int] = {term: row for row, term in enumerate(terms)}
+        self.size = len(terms)
+        self.idf = np.asarray(idf, dtype=np.float64)
+        self.weights = np.asarray(weights, dtype=np.float64).reshape(len(terms), -1)
+        # char_wb: a word's in-vocabulary n-gram rows, memoised (words repeat across texts).
+        self._memo: dict[str, tuple[int, ...]] = {}
+
+    def grams(self, text: str) -> list[int]:
+        """The rows of `text`'s in-vocabulary n-grams, once per occurrence."""
+        rows = self.rows
         if self.analyzer == "word":
-            return [gram for gram in word_ngrams(text, self.low, self.high) if gram in self.terms]
-        grams: list[str] = []
+            return [row for gram in word_ngrams(text, self.low, self.high) if (row := rows.get(gram)) is not None]
+        found: list[int] = []
+        memo = self._memo
         for word in _WHITESPACE.sub(" ", text.lower()).split():
-            known = self._memo.get(word)
+            known = memo.get(word)
             if known is None:
-                known = tuple(g for g in char_wb_ngrams(word, self.low, self.high) if g in self.terms)
-                if len(self._memo) >= _WORD_MEMO_LIMIT:
-                    self._memo.clear()
-                self._memo[word] = known
-            grams.extend(known)
-        return grams
+                known = tuple(
+                    row for gram in char_wb_ngrams(word, self.low, self.high) if (row := rows.get(gram)) is not None
+                )
+                if len(memo) >= _WORD_MEMO_LIMIT:
+                    memo.clear()
+                memo[word] = known
+            found.extend(known)
+        return found
 
-    def counts(self, text: str) -> Counter[str]:
-        """In-vocabulary n-gram counts of `text` (add two texts' counts for their concatenation,
-        up to the n-grams that would span the seam)."""
-        return Counter(self._grams(text))
+    def scores(self, texts: list[list[int]], windows: Sequence[tuple[int, ...]], heads: int) -> Any:
+        """This block's share of the first `heads` logits of each window (the texts it names,
+        their n-grams counted together): a (windows x heads) array."""
+        out = np.zeros((len(windows), heads), dtype=np.float64)
+        arrays = [np.array(rows, dtype=np.int64) for rows in texts]
+        parts = [arrays[i] for window in windows for i in window]
+        lengths = [sum(len(texts[i]) for i in window) for window in windows]
+        if not any(lengths):
+            return out
+        owner = np.repeat(np.arange(len(windows), dtype=np.int64), lengths)
+        keys, tf = np.unique(owner * self.size + np.concatenate(parts), return_counts=True)
+        window, rows = np.divmod(keys, self.size)  # sorted by window, then row
+        counts = tf.astype(np.float64)
+        values = self.idf[rows] * np.where(tf == 1, 1.0, 1.0 + np.log(counts))  # sublinear tf, exact at 1
+        starts = np.searchsorted(window, np.arange(len(windows)))
+        kept = np.nonzero(np.asarray(lengths) > 0)[0]
+        norms = np.sqrt(np.add.reduceat(values * values, starts[kept]))
+        dots = np.add.reduceat(values[:, None] * self.weights[rows, :heads], starts[kept], axis=0)
+        out[kept] = dots / norms[:, None]
+        return out
 
-    def contribution(self, counts: Counter[str], heads: int) -> list[float]:
-        """This block's share of the first `heads` heads' logits."""
-        norm_sq = 0.0
-        terms = self.terms
-        if heads == 1:  # the common case, without the inner loop
-            dot = 0.0
-            for term, count in counts.items():
-                idf, weights = terms[term]
-                value = idf if count == 1 else (1.0 + math.log(count)) * idf
-                norm_sq += value * value
-                dot += value * weights[0]
-            dots = [dot]
-        else:
-            dots = [0.0] * heads
-            for term, count in counts.items():
-                idf, weights = terms[term]
-                value = idf if count == 1 else (1.0 + math.log(count)) * idf
-                norm_sq += value * value
-                for head in range(heads):
-                    dots[head] += value * weights[head]
-        if norm_sq <= 0:
-            return dots
-        norm = math.sqrt(norm_sq)
-        return [dot / norm for dot in dots]
 
-    def parts(self, counts: Counter[str]) -> tuple[float, float]:
-        """(dot with head 0, squared norm) before normalisation: a text's share of head 0 is
-        dot / sqrt(norm); two texts' parts combine exactly with `joined`."""
-        dot = norm_sq = 0.0
-        terms = self.terms
-        for term, count in counts.items():
-            idf, weights = terms[term]
-            value = idf if count == 1 else (1.0 + math.log(count)) * idf
-            norm_sq += value * value
-            dot += value * weights[0]
-        return dot, norm_sq
+class TextMemo(Generic[T]):
+    """The results of a function of one text for the last `size` texts of up to `max_chars`
+    characters (a conversation's earlier messages are scanned again on every turn); thread-safe."""
 
-    def joined(
-        self, first: Counter[str], second: Counter[str], a: tuple[float, float], b: tuple[float, float]
-    ) -> float:
-        """Head 0's share for the concatenation of two texts, from their parts: only the terms
-        they share change (their counts add under the sublinear tf)."""
-        dot, norm_sq = a[0] + b[0], a[1] + b[1]
-        small, large = (first, second) if len(first) <= len(second) else (second, first)
-        for term, count in small.items():
-            other = large.get(term)
-            if other is None:
-                continue
-            idf, weights = self.terms[term]
-            separate = [(idf if c == 1 else (1.0 + math.log(c)) * idf) for c in (count, other)]
-            together = (1.0 + math.log(count + other)) * idf
-            dot += (together - separate[0] - separate[1]) * weights[0]
-            norm_sq += together * together - separate[0] ** 2 - separate[1] ** 2
-        return dot / math.sqrt(norm_sq) if norm_sq > 0 else 0.0
+    def __init__(self, size: int = 1024, max_chars: int = 4000) -> None:
+        self._size, self._max_chars = size, max_chars
+        self._results: OrderedDict[str, T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str, compute: Callable[[str], T]) -> T:
+        if len(text) > self._max_chars:
+            return compute(text)
+        with self._lock:
+            found = self._results.get(text)
+            if found is not None:
+                self._results.move_to_end(text)
+                return found
+        result = compute(text)
+        with self._lock:
+            self._results[text] = result
+            if len(self._results) > self._size:
+                self._results.popitem(last=False)
+        return result
 
 
 def encode_block_terms(terms: list[str], idf: list[float], weights: list[list[float]]) -> dict[str, str]:
@@ -190,6 +190,16 @@ def block_terms(block: dict[str, Any], heads: int = 1) -> dict[str, tuple[float,
     return dict(zip(terms, zip(idf, rows, strict=True), strict=True))
 
 
+def _block_arrays(block: dict[str, Any], heads: int) -> tuple[list[str], Any, Any]:
+    """(terms, idf, weights as terms x heads) of one artefact block."""
+    idf = np.frombuffer(base64.b64decode(block["idf"]), dtype="<f4")
+    weights = np.frombuffer(base64.b64decode(block["weight"]), dtype="<f4")
+    terms = block["terms"].split("\n") if block["terms"] else []
+    if len(weights) != len(terms) * heads or len(idf) != len(terms):
+        raise ValueError(f"block {block.get('name')!r}: array sizes do not match {len(terms)} terms x {heads} heads")
+    return terms, idf, weights.reshape(len(terms), heads)
+
+
 def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, z))))
 
@@ -205,49 +215,34 @@ class LinearTextClassifier:
             raise ValueError(f"{len(self.heads)} heads but {len(self.biases)} biases")
         self._blocks = [
             _Vocabulary(
-                analyzer=block["analyzer"],
-                low=block["ngram_range"][0],
-                high=block["ngram_range"][1],
-                heads=len(self.heads),
-                terms=block_terms(block, len(self.heads)),
+                block["analyzer"],
+                block["ngram_range"][0],
+                block["ngram_range"][1],
+                *_block_arrays(block, len(self.heads)),
             )
             for block in artefact["blocks"]
         ]
         self.metadata: dict[str, Any] = artefact.get("metadata", {})
 
     def logits(self, text: str) -> list[float]:
-        return self.logits_of(self.counts(text))
+        logits: list[float] = self.window_logits([self.grams(text)], [(0,)])[0].tolist()
+        return logits
 
-    def counts(self, text: str) -> list[Counter[str]]:
-        """Per block, the in-vocabulary n-gram counts of `text`."""
-        return [block.counts(text) for block in self._blocks]
+    def grams(self, text: str) -> list[list[int]]:
+        """Per block, the rows of `text`'s in-vocabulary n-grams."""
+        return [block.grams(text) for block in self._blocks]
 
-    def first_logits(self, counts: list[list[Counter[str]]]) -> list[float]:
-        """Head 0's logit for each text given by its per-block counts, then for each pair of
-        neighbours (text i joined with text i+1): len(counts) + len(counts) - 1 values."""
-        parts = [[block.parts(c) for block, c in zip(self._blocks, per_block, strict=True)] for per_block in counts]
-        singles = [
-            self.biases[0] + sum(dot / math.sqrt(norm) if norm > 0 else 0.0 for dot, norm in text_parts)
-            for text_parts in parts
-        ]
-        pairs = [
-            self.biases[0]
-            + sum(
-                block.joined(counts[i][k], counts[i + 1][k], parts[i][k], parts[i + 1][k])
-                for k, block in enumerate(self._blocks)
-            )
-            for i in range(len(counts) - 1)
-        ]
-        return singles + pairs
-
-    def logits_of(self, counts: list[Counter[str]], heads: int | None = None) -> list[float]:
-        """The first `heads` logits (all by default) of a text given by its per-block counts."""
+    def window_logits(
+        self, texts: list[list[list[int]]], windows: Sequence[tuple[int, ...]], heads: int | None = None
+    ) -> Any:
+        """The first `heads` logits (all by default) of each window, a tuple of indices into
+        `texts` (each text given by its per-block `grams`) scored as their concatenation, up to
+        the n-grams that would span the seams: a (windows x heads) array, one pass per block."""
         wanted = len(self.biases) if heads is None else heads
-        totals = self.biases[:wanted]
-        for block, block_counts in zip(self._blocks, counts, strict=True):
-            for head, value in enumerate(block.contribution(block_counts, wanted)):
-                totals[head] += value
-        return totals
+        total = np.tile(np.array(self.biases[:wanted], dtype=np.float64), (len(windows), 1))
+        for k, block in enumerate(self._blocks):
+            total += block.scores([text[k] for text in texts], windows, wanted)
+        return total
 
 
 def read_artefact(path: Path) -> dict[str, Any]:

@@ -67,15 +67,24 @@ class TopicClassifier:
             vectors.append(matrix)
         self.names, self.kinds = names, kinds
         self._matrix = np.vstack(vectors).astype(np.float32)
-        self._owner = np.concatenate([np.full(len(v), i) for i, v in enumerate(vectors)])
+        # Each topic's examples as a row of indices into the matrix, padded to the longest; the
+        # padding reads as -inf, except for a one-example topic, whose example fills its row
+        # (the mean of its NEAREST = 2 best is then that example's similarity, as before).
+        sizes = [len(v) for v in vectors]
+        offsets = np.cumsum([0, *sizes[:-1]])
+        width = max(*sizes, NEAREST)
+        self._slots = np.zeros((len(vectors), width), dtype=np.intp)
+        self._padding = np.zeros((len(vectors), width), dtype=bool)
+        for i, (offset, size) in enumerate(zip(offsets, sizes, strict=True)):
+            self._slots[i, :size] = np.arange(offset, offset + size)
+            self._slots[i, size:] = offset
+            self._padding[i, size:] = size > 1
         self._bias = np.array([self.margin if k == "allowed" else 0.0 for k in kinds], dtype=np.float32)
 
     def match(self, vector: np.ndarray) -> TopicMatch:
         sims = self._matrix @ vector
-        scores = np.empty(len(self.names), dtype=np.float32)
-        for i in range(len(self.names)):
-            own = sims[self._owner == i]
-            scores[i] = np.sort(own)[-NEAREST:].mean()
+        near = np.where(self._padding, np.float32(-np.inf), sims[self._slots])
+        scores = np.partition(near, -NEAREST, axis=1)[:, -NEAREST:].mean(axis=1, dtype=np.float32)
         best = int(np.argmax(scores + self._bias))
         return TopicMatch(self.names[best], self.kinds[best], round(float(scores[best]), 4))
 

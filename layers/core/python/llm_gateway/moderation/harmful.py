@@ -12,12 +12,11 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..guard.text_classifier import LinearTextClassifier, read_artefact, sigmoid
+from ..guard.text_classifier import LinearTextClassifier, TextMemo, read_artefact, sigmoid
 
 ARTEFACT_PATH = Path(__file__).parent / "data" / "harmful.json.gz"
 # Texts longer than this are scored per sentence and per pair of adjacent sentences, and the worst
@@ -45,6 +44,7 @@ class HarmfulClassifier(LinearTextClassifier):
         self.threshold = float(artefact["threshold"])
         low, high = artefact["band"]
         self.band = (float(low), float(high))
+        self._assessed: TextMemo[HarmAssessment] = TextMemo()
 
     def assess(self, text: str) -> HarmAssessment:
         return self._assessment(self.logits(text))
@@ -58,27 +58,24 @@ class HarmfulClassifier(LinearTextClassifier):
     def assess_long(self, text: str, start: int = 0) -> HarmAssessment:
         """The worst of `text`'s sentence windows; with `start`, only those from about
         LONG_CHARS before it (a stream scoring what it added since the last check). Each sentence
-        is counted once: a pair's counts are its two sentences' counts added."""
+        is counted once: a pair's counts are its two sentences' counts added, and every window
+        is scored in one pass."""
+        if start == 0:  # a whole text: the guard may have scored it already (or on an earlier turn)
+            return self._assessed.get(text, self._assess_long)
         if start > LONG_CHARS:
             cut = text.rfind(" ", 0, start - LONG_CHARS)
             text = text[cut + 1 :] if cut >= 0 else text
+        return self._assess_long(text)
+
+    def _assess_long(self, text: str) -> HarmAssessment:
         sentences = sentence_windows(text)
         if len(sentences) == 1:
             return self.assess(text)
-        counts = [self.counts(sentence) for sentence in sentences]
-        first = self.first_logits(counts)
-        worst = max(range(len(first)), key=first.__getitem__)
-        if worst < len(counts):
-            return self._assessment(self.logits_of(counts[worst]))
-        i = worst - len(counts)
-        return self._assessment(self.logits_of([_merged(a, b) for a, b in zip(counts[i], counts[i + 1], strict=True)]))
-
-
-def _merged(first: Counter[str], second: Counter[str]) -> Counter[str]:
-    merged = first.copy()
-    for term, count in second.items():
-        merged[term] = merged.get(term, 0) + count
-    return merged
+        grams = [self.grams(sentence) for sentence in sentences]
+        windows = [(i,) for i in range(len(grams))] + [(i, i + 1) for i in range(len(grams) - 1)]
+        logits = self.window_logits(grams, windows)
+        worst = int(logits[:, 0].argmax())  # the first of equals, as max() would pick
+        return self._assessment(logits[worst].tolist())
 
 
 def sentence_windows(text: str) -> list[str]:

@@ -157,16 +157,18 @@ class Embedder:
     def embed_one(self, text: str) -> FloatVector:
         """One text's vector, remembered for the last `RECENT` texts: the steps of one request
         that embed the same question in one process (the complexity router, the semantic cache,
-        the topic filter) pay for it once."""
+        the topic filter) pay for it once. Texts are remembered as they are embedded
+        (`normalize_text`), so spacing or a trailing question mark does not embed them twice."""
+        key = normalize_text(text)
         with self._recent_lock:
-            found = self._recent.get(text)
+            found = self._recent.get(key)
             if found is not None:
-                self._recent.move_to_end(text)
+                self._recent.move_to_end(key)
                 return found
-        vector: FloatVector = self.embed([text])[0]
+        vector: FloatVector = self.embed([key])[0]
         vector.setflags(write=False)
         with self._recent_lock:
-            self._recent[text] = vector
+            self._recent[key] = vector
             while len(self._recent) > RECENT:
                 self._recent.popitem(last=False)
         return vector
