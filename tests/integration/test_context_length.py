@@ -19,9 +19,14 @@ from llm_gateway.local.app import create_app
 from llm_gateway.local.supervisor import EndpointSupervisor, local_models, with_endpoint_url
 from llm_gateway.runner import LocalRunner
 from tests.conftest import ACME_KEY, make_deps
+from tests.support.fake_providers import Script, fake_server, status
 from tests.support.servers import serve
 
 REPO = Path(__file__).parents[2]
+OPENAI_REFUSAL = (
+    "This model's maximum context length is 128000 tokens. However, your messages resulted in 130512 tokens. "
+    "Please reduce the length of the messages."
+)
 
 CONFIG = f"""
 models:
@@ -99,3 +104,32 @@ def test_the_local_model_refuses_past_the_floor_with_its_exact_count() -> None:
             assert (error.code, error.param) == ("context_length_exceeded", "messages")
             assert error.body["message"].startswith("This model's maximum context length is 2048 tokens. However, your")  # type: ignore[index]
             assert "resulted in 40" in error.message  # the endpoint's count: 4,000 digits and the template
+
+
+@pytest.mark.parametrize(
+    ("kind", "refusal_text", "limit"),
+    [
+        ("openai", OPENAI_REFUSAL, "128000"),
+        ("anthropic", "prompt is too long: 210000 tokens > 200000 maximum", "200000"),
+    ],
+)
+def test_a_providers_own_context_refusal_reaches_the_client_as_context_length_exceeded(
+    kind: str, refusal_text: str, limit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model without `context_tokens` is not checked by the gateway: its provider refuses."""
+    monkeypatch.setenv("FAKE_KEY", "sk-fake")
+    with fake_server(kind, Script(status(400, message=refusal_text))) as upstream:  # type: ignore[arg-type]
+        config = parse_config(
+            f"""
+models:
+  hosted: {{provider: {kind}, provider_model: fake, base_url: {upstream.base_url}, api_key_env: FAKE_KEY}}
+tenants:
+  acme:
+    api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
+    routes: {{default: {{model: hosted}}}}
+"""
+        )
+        with gateway_url(config) as base_url:
+            error = refusal(base_url, "default", "Summarise the attached annual report.")
+    assert (error.status_code, error.code, error.param) == (400, "context_length_exceeded", "messages")
+    assert f"maximum context length is {limit} tokens" in error.body["message"]  # type: ignore[index]

@@ -64,7 +64,8 @@ def endpoint_down(health: EndpointHealth) -> AllModelsFailed:
     wait = health.next_restart_in_s
     when = f"; the next start is in {math.ceil(wait)} s" if wait is not None else "; it is starting now"
     if health.crash_loop:
-        message = f"The local model endpoint keeps crashing ({health.consecutive_exits} exits in a row{why}){when}."
+        last = f", the last: {health.last_exit}" if health.last_exit else ""
+        message = f"The local model endpoint keeps crashing ({health.consecutive_exits} exits in a row{last}){when}."
     else:
         message = f"The local model endpoint is restarting{why}{when}. Retry shortly."
     retry_after = max(1.0, wait or 0.0)

@@ -154,7 +154,8 @@ class PurgeRequest(BaseModel):
 
 def purge_stores(cache: ExactCache, semantic: SemanticIndex | None, purge: PurgeRequest) -> int:
     """Remove the cached answers `purge` selects from the exact cache and the semantic index;
-    return how many went (0 when the store cannot count, e.g. Momento)."""
+    return how many went (0 when the store cannot count, e.g. Momento). Every process sharing the
+    store stops serving them once this returns (the local semantic index: purge markers)."""
     removed = cache.purge(purge.tenant, purge.model, purge.tag)
     if semantic is not None:
         removed += semantic.purge(purge.tenant, purge.model, purge.tag)
