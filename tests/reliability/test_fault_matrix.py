@@ -299,8 +299,9 @@ def test_an_error_event_ends_the_raw_stream_without_done_after_released_text(gat
 
 
 def test_a_request_the_client_abandons_while_sending_is_still_audited(gateway: Gateway) -> None:
-    """A failure before the chain saw the request (the body never arrived) still leaves a row."""
-    before = len(gateway.store.query("SELECT 1 FROM audit WHERE error_code = 'internal_error'"))
+    """A failure before the chain saw the request (the body never arrived) still leaves a row: a
+    499 client_closed_request."""
+    before = len(gateway.store.query("SELECT 1 FROM audit WHERE error_code = 'client_closed_request'"))
     host, port = gateway.url.removeprefix("http://").removesuffix("/v1").split(":")
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(
@@ -309,8 +310,29 @@ def test_a_request_the_client_abandons_while_sending_is_still_audited(gateway: G
             + b'{"model": "openai-alone"'
         )
     for _ in range(200):  # the server notices the hang-up on its own schedule
-        rows = gateway.store.query("SELECT tenant, outcome FROM audit WHERE error_code = 'internal_error'")
+        rows = gateway.store.query("SELECT tenant, outcome FROM audit WHERE error_code = 'client_closed_request'")
         if len(rows) > before:
             break
         time.sleep(0.025)
     assert len(rows) == before + 1 and rows[-1] == ("acme", "error")
+
+
+def test_a_stream_the_client_leaves_before_reading_is_recorded_as_abandoned(gateway: Gateway) -> None:
+    """The client reads the headers (and its x-request-id), then hangs up before any chunk."""
+    gateway.plan.behaviour = Ok("A long answer. " * 40)
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            gateway.url + "/chat/completions",
+            headers={"authorization": f"Bearer {KEY}"},
+            json={"model": "openai-alone", "stream": True, "messages": [{"role": "user", "content": "left early"}]},
+        ) as response,
+    ):
+        request_id = response.headers["x-request-id"]
+    for _ in range(200):
+        rows = gateway.audit(request_id)
+        if rows:
+            break
+        time.sleep(0.025)
+    assert rows and rows[0][:2] == ("error", "client_closed_request")

@@ -11,9 +11,10 @@ way it ends: a provider that fails after the first token ends the stream with an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 from .config import HarmfulGuard
@@ -67,7 +68,27 @@ def start_stream(runner: LocalRunner, state: GatewayState) -> tuple[str | None, 
         internal = InternalError("The gateway failed to process the request.")
         runner.fail(state, internal)
         raise internal from exc
-    return model_id, _relay(runner, state, model_id, provider.name, deltas, attempts)
+    return model_id, StartedRelay(_relay(runner, state, model_id, provider.name, deltas, attempts))
+
+
+class StartedRelay(Iterator[StreamItem]):
+    """The relay, started at once rather than by the first read, and closable from outside: a client
+    that leaves before reading anything still leaves a started generator, whose close records the
+    request as abandoned (with what it cost). The HTTP layer calls `close()` when the response ends."""
+
+    def __init__(self, relay: Generator[StreamItem, None, None]) -> None:
+        self._relay = relay
+        self._first: StreamItem | None = next(relay)
+
+    def __next__(self) -> StreamItem:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return next(self._relay)
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):  # still running in another thread: its collection closes it
+            self._relay.close()
 
 
 def _chunk(
@@ -154,7 +175,7 @@ def _relay(
     provider: str,
     deltas: Iterator[StreamDelta],
     attempts: list[Attempt],
-) -> Iterator[StreamItem]:
+) -> Generator[StreamItem, None, None]:
     t0 = time.monotonic()
     policy = runner.deps.config.tenants[state.tenant().tenant].guards.pii
     progress = _Progress(leak=leak_watched(policy), withhold=policy.answers == "withhold")
