@@ -337,7 +337,8 @@ def test_metrics_count_cache_lookups_by_outcome(base_url: str) -> None:
     messages = [{"role": "user", "content": "count my lookups"}]
     for _ in range(2):
         client(base_url).chat.completions.create(model="default", messages=messages)  # type: ignore[arg-type]
-    text = httpx.get(base_url.removesuffix("/v1") + "/metrics").text
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    text = httpx.get(base_url.removesuffix("/v1") + "/metrics", headers=admin).text
     counts = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("llm_gateway_cache_lookups"))
     assert float(counts['llm_gateway_cache_lookups_total{status="exact"}']) >= 1
     assert float(counts['llm_gateway_cache_lookups_total{status="miss"}']) >= 1

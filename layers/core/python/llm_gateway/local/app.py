@@ -21,7 +21,7 @@ import anyio.to_thread
 import orjson
 from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -30,6 +30,7 @@ from ..config import hash_key
 from ..contracts import CallerContext, ChatCompletionRequest, ErrorBody, GatewayState
 from ..errors import (
     AuthenticationFailed,
+    ClientClosedRequest,
     GatewayError,
     InternalError,
     InvalidRequest,
@@ -67,10 +68,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+    except ClientDisconnect:
+        raise ClientClosedRequest("The client closed the connection while sending the request.") from None
     return bytes(body)
 
 
@@ -134,6 +138,24 @@ def _sse(items: Iterator[StreamItem]) -> Iterator[bytes]:
         failed = failed or isinstance(item, ErrorBody)
     if not failed:
         yield b"data: [DONE]\n\n"
+
+
+class _ClosingStream(StreamingResponse):
+    """A streamed answer that closes its chunk source however the response ends: a client that
+    left before or while reading is recorded as soon as the response is over, not whenever the
+    garbage collector gets to the abandoned generator."""
+
+    def __init__(self, content: Iterator[bytes], *, closing: Iterator[StreamItem], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._closing = closing
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self._closing, "close", None)
+            if close is not None:
+                await anyio.to_thread.run_sync(close)  # records in SQLite: off the event loop
 
 
 class GatewayApp:
@@ -223,7 +245,7 @@ class GatewayApp:
             return _finish_error(state)
         headers = _decision_headers(state, model)
         headers["cache-control"] = "no-cache"
-        return StreamingResponse(_sse(items), media_type="text/event-stream", headers=headers)
+        return _ClosingStream(_sse(items), closing=items, media_type="text/event-stream", headers=headers)
 
     async def models(self, request: Request) -> Response:
         key = _api_key(request)
@@ -256,8 +278,15 @@ class GatewayApp:
             return _error_response(NotFound(f"No batch found with id '{job_id}'."), uuid.uuid4().hex)
         return JSONResponse(await anyio.to_thread.run_sync(batch_object, jobs, job))
 
+    def _is_admin(self, request: Request) -> bool:
+        key = _api_key(request)
+        return bool(key) and hash_key(key or "") in {k.sha256 for k in self.deps.config.admin_api_keys}
+
     async def metrics(self, request: Request) -> Response:
-        """Prometheus text exposition of the in-process metrics (when the runtime keeps them)."""
+        """Prometheus text exposition of the in-process metrics (when the runtime keeps them), for
+        an admin key only: the metrics name tenants and models."""
+        if not self._is_admin(request):
+            return _error_response(AuthenticationFailed("An admin API key is required."), uuid.uuid4().hex)
         sink = self.deps.metrics
         text = sink.prometheus() if isinstance(sink, InMemoryMetrics) else ""
         return Response(text, media_type="text/plain; version=0.0.4")
@@ -266,9 +295,7 @@ class GatewayApp:
         """`POST /admin/cache/purge` with an admin key: `{"tenant": ...}` and optionally one of
         `"model"`, `"kb_version"` or `"system_prompt"` (see `cache.PurgeRequest`)."""
         request_id = uuid.uuid4().hex
-        key = _api_key(request)
-        admins = {k.sha256 for k in self.deps.config.admin_api_keys}
-        if not key or hash_key(key) not in admins:
+        if not self._is_admin(request):
             return _error_response(AuthenticationFailed("An admin API key is required."), request_id)
         try:
             body = orjson.loads(await request.body())
@@ -309,7 +336,11 @@ def create_app(runner: LocalRunner) -> Starlette:
         status = getattr(exc, "status_code", 404)
         error = GatewayError(f"No route for {request.method} {request.url.path}.")
         error.status, error.type = status, "invalid_request_error"
-        return _error_response(error, uuid.uuid4().hex)
+        response = _error_response(error, uuid.uuid4().hex)
+        allow = (getattr(exc, "headers", None) or {}).get("Allow")
+        if allow:  # a 405 names the methods the path takes
+            response.headers["allow"] = allow
+        return response
 
     return Starlette(
         routes=[
