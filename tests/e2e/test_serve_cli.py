@@ -161,9 +161,10 @@ def test_a_paraphrase_is_served_from_the_semantic_cache_of_the_first_demo_tenant
     assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+def wait_for(condition: Callable[[], bool], timeout_s: float = 60, until: bool = True) -> None:
+    """Poll `condition` until it returns `until`."""
     deadline = time.monotonic() + timeout_s
-    while not condition():
+    while condition() != until:
         assert time.monotonic() < deadline, "the condition did not come true in time"
         time.sleep(0.02)
 
@@ -185,7 +186,7 @@ def test_a_crashed_model_endpoint_is_reaped_logged_and_restarted(tmp_path: Path)
         for restarts, (signum, name) in enumerate([(signal.SIGSEGV, "SIGSEGV"), (signal.SIGKILL, "SIGKILL")], 1):
             [child] = children_of(process.pid)
             os.kill(child, signum)
-            wait_for(lambda child=child: not Path(f"/proc/{child}").exists())  # reaped: not even a zombie
+            wait_for(Path(f"/proc/{child}").exists, until=False)  # reaped: not even a zombie
             down = httpx.get(health_url)
             assert down.status_code == 503  # every route of the shipped config is on the local model
             assert down.json()["status"] == "degraded"

@@ -47,6 +47,13 @@ def run(config: GatewayConfig, content: str, **request: Any) -> tuple[GatewaySta
     return state, deps
 
 
+def answered_by(config: GatewayConfig, content: str, **request: Any) -> str:
+    """The model that answered the request."""
+    state, _ = run(config, content, **request)
+    assert state.invoke is not None
+    return state.invoke.model
+
+
 def test_a_prompt_over_the_window_is_refused_before_any_model_is_called() -> None:
     with pytest.raises(InvalidRequest) as refused:
         run(windows(2048, 2048), LONG_PROMPT)
@@ -70,21 +77,22 @@ def test_the_completion_the_caller_asks_for_counts_and_the_routes_cap_alone_does
         run(windows(2048, 2048), prompt, max_tokens=600)
     with pytest.raises(InvalidRequest, match="600 in the completion"):
         run(windows(2048, 2048), prompt, max_completion_tokens=600)
-    assert run(windows(2048, 2048), prompt, max_tokens=100)[0].invoke.model == "echo"
-    assert run(windows(2048, 2048), prompt)[0].invoke.model == "echo"
+    assert answered_by(windows(2048, 2048), prompt, max_tokens=100) == "echo"
+    assert answered_by(windows(2048, 2048), prompt) == "echo"
     capped = windows(2048, 2048, route={"model": "echo", "max_tokens": 600})
-    assert run(capped, prompt)[0].invoke.model == "echo"  # the route's cap is a ceiling, not a request
+    assert answered_by(capped, prompt) == "echo"  # the route's cap is a ceiling, not a request
     with pytest.raises(InvalidRequest, match="600 in the completion"):  # the caller's own, within the cap
         run(capped, prompt, max_tokens=900)
 
 
 def test_a_candidate_too_small_is_skipped_for_a_fallback_whose_window_holds_the_prompt() -> None:
     state, deps = run(windows(2048, 16_384), LONG_PROMPT)
-    assert state.router.candidates == ["echo-b"]
-    assert state.invoke.model == "echo-b"
-    assert "route_skips" in deps.metrics.prometheus() and 'reason="context"' in deps.metrics.prometheus()
+    assert state.router is not None and state.router.candidates == ["echo-b"]
+    assert state.invoke is not None and state.invoke.model == "echo-b"
+    assert isinstance(deps.metrics, InMemoryMetrics)
+    assert 'route_skips_total{model="echo",reason="context",route="default"} 1' in deps.metrics.prometheus()
     # A short prompt stays on the first model
-    assert run(windows(2048, 16_384), "What is the capital of France?")[0].invoke.model == "echo"
+    assert answered_by(windows(2048, 16_384), "What is the capital of France?") == "echo"
 
 
 def test_when_no_candidate_fits_the_refusal_names_the_widest_window() -> None:
@@ -93,9 +101,10 @@ def test_when_no_candidate_fits_the_refusal_names_the_widest_window() -> None:
 
 
 def test_a_model_without_a_declared_window_is_left_to_decide() -> None:
-    assert run(windows(None, None), LONG_PROMPT)[0].invoke.model == "echo"
+    assert answered_by(windows(None, None), LONG_PROMPT) == "echo"
     # A first model without a window is tried even when the fallback's is too small
-    assert run(windows(None, 2048), LONG_PROMPT)[0].router.candidates == ["echo"]
+    router = run(windows(None, 2048), LONG_PROMPT)[0].router
+    assert router is not None and router.candidates == ["echo"]
 
 
 def test_the_floor_counts_every_word_digit_group_and_message() -> None:
