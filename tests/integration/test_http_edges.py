@@ -75,3 +75,16 @@ def test_unparseable_http_gets_a_json_error(root: str, raw: bytes) -> None:
     assert head.startswith(b"HTTP/1.1 400")
     assert b"content-type: application/json" in head.lower()
     assert body.startswith(b'{"error"') and b'"type": "invalid_request_error"' in body
+
+
+def test_only_chat_completions_hand_out_a_request_id_and_it_names_an_audit_row(root: str) -> None:
+    # Routes that keep no audit record give no id to look one up by
+    for response in (
+        httpx.get(root + "/v1/models"),
+        httpx.get(root + "/metrics"),
+        httpx.get(root + "/no/such/route"),
+        httpx.put(root + "/v1/chat/completions"),
+    ):
+        assert response.status_code >= 400 and "x-request-id" not in response.headers
+    refused = httpx.post(root + "/v1/chat/completions", content=b"{not json", headers={"authorization": "Bearer x"})
+    assert refused.status_code == 400 and refused.headers["x-request-id"]

@@ -57,9 +57,12 @@ def _api_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def _error_response(error: GatewayError, request_id: str) -> Response:
+def _error_response(error: GatewayError, request_id: str | None = None) -> Response:
+    """The error's HTTP answer. `request_id`: a chat completion's id, which names its audit record;
+    the other routes keep no audit record and send no id."""
     status, headers, body = to_http(error)
-    headers["x-request-id"] = request_id
+    if request_id is not None:
+        headers["x-request-id"] = request_id
     return Response(body, status_code=status, headers=headers, media_type=JSON)
 
 
@@ -251,7 +254,7 @@ class GatewayApp:
         key = _api_key(request)
         found = self.deps.keys.get(hash_key(key)) if key else None
         if found is None:
-            return _error_response(AuthenticationFailed("Incorrect API key provided."), uuid.uuid4().hex)
+            return _error_response(AuthenticationFailed("Incorrect API key provided."))
         tenant = self.deps.config.tenants[found[0]]
         names = [*tenant.routes, *[m for m in tenant.allowed_models if m not in tenant.routes]]
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-gateway"} for name in names]
@@ -264,18 +267,18 @@ class GatewayApp:
         key = _api_key(request)
         found = self.deps.keys.get(hash_key(key)) if key else None
         if found is None:
-            return _error_response(AuthenticationFailed("Incorrect API key provided."), uuid.uuid4().hex)
+            return _error_response(AuthenticationFailed("Incorrect API key provided."))
         jobs = self.deps.batch_jobs
         job_id = request.path_params.get("batch_id")
         if jobs is None:
-            return _error_response(NotFound("This deployment runs no batch jobs."), uuid.uuid4().hex)
+            return _error_response(NotFound("This deployment runs no batch jobs."))
         if job_id is None:
             listed = await anyio.to_thread.run_sync(jobs.jobs, found[0])
             data = [await anyio.to_thread.run_sync(batch_object, jobs, job) for job in listed]
             return JSONResponse({"object": "list", "data": data, "has_more": False})
         job = await anyio.to_thread.run_sync(jobs.job, job_id)
         if job is None or job.tenant != found[0]:  # another tenant's job does not exist for this caller
-            return _error_response(NotFound(f"No batch found with id '{job_id}'."), uuid.uuid4().hex)
+            return _error_response(NotFound(f"No batch found with id '{job_id}'."))
         return JSONResponse(await anyio.to_thread.run_sync(batch_object, jobs, job))
 
     def _is_admin(self, request: Request) -> bool:
@@ -286,7 +289,7 @@ class GatewayApp:
         """Prometheus text exposition of the in-process metrics (when the runtime keeps them), for
         an admin key only: the metrics name tenants and models."""
         if not self._is_admin(request):
-            return _error_response(AuthenticationFailed("An admin API key is required."), uuid.uuid4().hex)
+            return _error_response(AuthenticationFailed("An admin API key is required."))
         sink = self.deps.metrics
         text = sink.prometheus() if isinstance(sink, InMemoryMetrics) else ""
         return Response(text, media_type="text/plain; version=0.0.4")
@@ -294,17 +297,16 @@ class GatewayApp:
     async def admin_purge(self, request: Request) -> Response:
         """`POST /admin/cache/purge` with an admin key: `{"tenant": ...}` and optionally one of
         `"model"`, `"kb_version"` or `"system_prompt"` (see `cache.PurgeRequest`)."""
-        request_id = uuid.uuid4().hex
         if not self._is_admin(request):
-            return _error_response(AuthenticationFailed("An admin API key is required."), request_id)
+            return _error_response(AuthenticationFailed("An admin API key is required."))
         try:
             body = orjson.loads(await request.body())
             purge = PurgeRequest.model_validate(body)
         except (orjson.JSONDecodeError, ValidationError) as exc:
             detail = from_validation_error(exc) if isinstance(exc, ValidationError) else None
-            return _error_response(detail or InvalidRequest("The request body is not valid JSON."), request_id)
+            return _error_response(detail or InvalidRequest("The request body is not valid JSON."))
         if purge.tenant not in self.deps.config.tenants:
-            return _error_response(InvalidRequest(f"Unknown tenant '{purge.tenant}'.", param="tenant"), request_id)
+            return _error_response(InvalidRequest(f"Unknown tenant '{purge.tenant}'.", param="tenant"))
         removed = await anyio.to_thread.run_sync(purge_caches, self.deps, purge)
         selected = purge.model_dump(exclude_none=True, exclude={"system_prompt"})
         if purge.system_prompt is not None:  # echo its tag, not the prompt text
@@ -336,7 +338,7 @@ def create_app(runner: LocalRunner) -> Starlette:
         status = getattr(exc, "status_code", 404)
         error = GatewayError(f"No route for {request.method} {request.url.path}.")
         error.status, error.type = status, "invalid_request_error"
-        response = _error_response(error, uuid.uuid4().hex)
+        response = _error_response(error)
         allow = (getattr(exc, "headers", None) or {}).get("Allow")
         if allow:  # a 405 names the methods the path takes
             response.headers["allow"] = allow
