@@ -2,7 +2,9 @@
 
 `format_problem` says what is wrong (or None); the invoke step then asks the same model once more
 with the problem stated, and refuses with `OutputFormatInvalid` (HTTP 502) if the second answer
-is wrong too. Schemas are checked when the request arrives (`check_schema`: a 400, not a 502).
+is wrong too. Schemas are checked when the request arrives (`check_schema`: a 400, not a 502):
+what makes one safe to use (RE2 patterns, local references only, size and depth limits) is in
+`schema_safety`; the bounded validator is in `schema_validator`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import Any
 
 from .contracts import ChatCompletionRequest, ChatMessage
 from .errors import InvalidRequest
+from .schema_safety import MAX_ANSWER_DEPTH, json_too_deep, schema_refusal
 
 MAX_PROBLEM_CHARS = 300
+SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
 def _schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
@@ -24,20 +28,19 @@ def _schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
 
 
 def check_schema(request: ChatCompletionRequest) -> None:
-    """Refuse a `json_schema` response_format whose schema is not a valid JSON Schema."""
+    """Refuse a `json_schema` response_format whose schema is not a valid JSON Schema, or not one
+    the gateway can hold answers against safely (`schema_safety.schema_refusal`)."""
     schema = _schema(request)
     if schema is None:
         return
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import SchemaError
+    refusal = schema_refusal(schema)  # first: it bounds the depth the meta-schema check recurses to
+    if refusal is not None:
+        raise InvalidRequest(f"{SCHEMA_PARAM} is not accepted: {refusal}.", param=SCHEMA_PARAM)
+    from .schema_validator import meta_schema_problem
 
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise InvalidRequest(
-            f"response_format.json_schema.schema is not a valid JSON Schema: {exc.message}",
-            param="response_format.json_schema.schema",
-        ) from None
+    problem = meta_schema_problem(schema)
+    if problem is not None:
+        raise InvalidRequest(f"{SCHEMA_PARAM} is not a valid JSON Schema: {problem}", param=SCHEMA_PARAM)
 
 
 def format_problem(request: ChatCompletionRequest, text: str, *, quote_answer: bool = True) -> str | None:
@@ -48,11 +51,16 @@ def format_problem(request: ChatCompletionRequest, text: str, *, quote_answer: b
     fmt = request.response_format
     if fmt is None or fmt.type == "text":
         return None
+    too_deep = f"the answer is not valid JSON (nested too deeply: more than {MAX_ANSWER_DEPTH} levels)"
+    if json_too_deep(text):  # json.loads recurses once per level
+        return too_deep
     try:
         value = json.loads(text)
     except ValueError as exc:
         reason = getattr(exc, "msg", str(exc))
         return f"the answer is not valid JSON ({reason})"
+    except RecursionError:
+        return too_deep
     if fmt.type == "json_object":
         return None if isinstance(value, dict) else "the answer must be a JSON object"
     schema = _schema(request)
@@ -60,12 +68,20 @@ def format_problem(request: ChatCompletionRequest, text: str, *, quote_answer: b
 
 
 def _schema_problem(schema: dict[str, Any], value: Any, quote_answer: bool) -> str | None:
-    from jsonschema import Draft202012Validator
+    from .schema_validator import CheckAborted, bounded_errors
 
-    errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
+    refusal = schema_refusal(schema)  # cleared when the request arrived; never checked without it
+    if refusal is not None:
+        return f"the schema cannot be checked: {refusal}"[:MAX_PROBLEM_CHARS]
+    try:
+        errors = bounded_errors(schema, value)
+    except CheckAborted as exc:
+        return f"the answer could not be checked against the schema within the gateway's bounds: {exc}"[
+            :MAX_PROBLEM_CHARS
+        ]
     if not errors:
         return None
-    first = errors[0]
+    first = min(errors, key=lambda e: list(map(str, e.absolute_path)))
     where = "/".join(map(str, first.absolute_path)) or "(root)"
     if quote_answer:
         return f"at {where}: {first.message}"[:MAX_PROBLEM_CHARS]
