@@ -24,10 +24,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..contracts import ChatCompletionRequest
+from ..schema_safety import json_too_deep
 
 CHAT_URL = "/v1/chat/completions"
 MAX_LINES = 50_000  # as the OpenAI Batch API
 MAX_CUSTOM_ID = 512
+MAX_LINE_DEPTH = 128  # nesting of one input line (a request body is rarely deeper than 10)
 ALLOWED_KEYS = frozenset({"custom_id", "method", "url", "body"})
 
 
@@ -83,11 +85,20 @@ def parse_input(data: bytes) -> tuple[list[InputLine], list[InvalidLine]]:
     return valid, invalid
 
 
-def _parse_line(number: int, raw: str, seen: set[str]) -> InputLine | InvalidLine:
+def _json_row(number: int, raw: str) -> Any:
+    """The line's JSON value, or the `InvalidLine` saying why there is none."""
+    if json_too_deep(raw, MAX_LINE_DEPTH):  # a parser recurses once per level: refuse before parsing
+        return InvalidLine(number, None, "invalid_json", f"line {number} nests deeper than {MAX_LINE_DEPTH} levels")
     try:
-        row = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError as exc:
         return InvalidLine(number, None, "invalid_json", f"line {number} is not JSON: {exc.msg}")
+
+
+def _parse_line(number: int, raw: str, seen: set[str]) -> InputLine | InvalidLine:
+    row = _json_row(number, raw)
+    if isinstance(row, InvalidLine):
+        return row
     if not isinstance(row, dict):
         return InvalidLine(number, None, "invalid_request", f"line {number} is not a JSON object")
     custom_id = row.get("custom_id")
