@@ -1,29 +1,26 @@
-"""Server CPU per request over loopback HTTP: the shipped example config against a minimal one.
+"""Server CPU per request over loopback HTTP: llm-gateway's shipped example config beside a
+minimal one, and LiteLLM's proxy beside both, under the same everyday traffic.
 
 Starts a fake OpenAI-compatible upstream (its own process; its answers vary with the prompt, see
-`everyday_prompts.answer_for`), then for each config the real `llm-gateway serve` (one process,
-pinned to the last CPU when the machine has two or more), and drives it with the everyday mix of
-`everyday_prompts` (two tenants, 40 users, new questions, paraphrases, repeats, topical and
-pasted work, a few risky prompts):
+`everyday_prompts.answer_for`), then for each target one server process (pinned to the last CPU
+when the machine has two or more; the client and the upstream use the others), and drives it
+with the mix of `everyday_prompts` (two tenants, 40 users, new questions, paraphrases, repeats,
+topical and pasted work, a few risky prompts):
 
 - sequential: one request at a time on a keep-alive connection; the server's CPU time is read
   from /proc/<pid>/task/*/schedstat (nanoseconds, every thread) before each request, so each
   request is charged exactly the CPU the server spent from its start to the next one's start
-  (parsing, the chain, the upstream call, writing the answer, and anything left behind) -> p50,
-  p90, p99 and mean per request, and p50 per outcome;
+  (parsing, guards, cache, the upstream call, writing the answer, and anything left behind) ->
+  p50, p90, p99 and mean per request, and p50 per outcome;
 - concurrent: N closed-loop clients for D seconds -> requests per second and the mean CPU per
   request (server CPU over the phase / requests answered).
 
-Configs: `example` is `local/example_config.yaml` as shipped (acme: injection, PII masking,
-harmful content with a judge model for the uncertain band, compression, semantic cache;
-globex: injection, PII, harmful, topic filter, exact cache) with three changes a benchmark
-needs: its self-hosted model points at the fake upstream (so do the judge and consistency
-checks that name it), keys are fixed instead of minted, and the rate limits are raised so that
-no request is refused for pace. `minimal`: the same two tenants with the cache off and only an
-output blocklist (bench/http_overhead.py's config).
+Targets (`gateway_configs`): `example` and `minimal` (llm-gateway); `litellm-minimal`,
+`litellm-pii`, `litellm-comparable` and `litellm-comparable-pi` (LiteLLM, with `--litellm-venv`,
+a virtual environment with `litellm[proxy]`).
 
     .venv/bin/python bench/config_cpu.py [--configs example,minimal] [--requests 600] \
-        [--warmup 150] [--concurrency 16] [--duration 10] [--rounds 2]
+        [--warmup 150] [--concurrency 16] [--duration 10] [--rounds 2] [--litellm-venv /tmp/litellm-venv]
 """
 
 from __future__ import annotations
@@ -49,13 +46,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from everyday_prompts import Request, answer_for, requests
-
-from llm_gateway.config import EXAMPLE_CONFIG, hash_key
+from gateway_configs import GATEWAY_CONFIGS, KEYS, LITELLM_KEY, UPSTREAM_KEY_ENV, litellm_config
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = {"acme": "sk-bench-acme", "globex": "sk-bench-globex"}
-LOCAL_MODEL = "smollm2-135m-instruct-q4_1"
-UNLIMITED = {"requests_per_minute": 100_000_000, "burst": 1_000_000}
 
 
 # --------------------------------------------------------------------------- the fake upstream
@@ -97,53 +90,6 @@ def run_upstream(port: int) -> None:
     uvicorn.run(upstream_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-# --------------------------------------------------------------------------- configs
-
-
-def example_config(upstream: str, storage: Path) -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
-    config["storage_path"] = str(storage)
-    config["models"][LOCAL_MODEL] = {
-        "provider": "openai",
-        "base_url": upstream,
-        "api_key_env": "BENCH_UPSTREAM_KEY",
-        "price": config["models"][LOCAL_MODEL]["price"],
-    }
-    for name, tenant in config["tenants"].items():
-        tenant.pop("demo", None)
-        tenant["api_keys"] = [{"id": "bench", "sha256": hash_key(KEYS[name])}]
-        tenant["rate_limit"] = UNLIMITED
-        if "user_rate_limit" in tenant:
-            tenant["user_rate_limit"] = UNLIMITED
-    return config
-
-
-def minimal_config(upstream: str, storage: Path) -> dict[str, Any]:
-    tenant = {
-        "routes": {"default": {"model": "fake"}},
-        "rate_limit": UNLIMITED,
-        "output_blocklist": {"keywords": ["forbidden"]},
-    }
-    return {
-        "cache": {"enabled": False},
-        "storage_path": str(storage),
-        "models": {
-            "fake": {
-                "provider": "openai",
-                "base_url": upstream,
-                "api_key_env": "BENCH_UPSTREAM_KEY",
-                "price": {"input_per_mtok": 0.15, "cached_input_per_mtok": 0.075, "output_per_mtok": 0.6},
-            }
-        },
-        "tenants": {
-            name: {**tenant, "api_keys": [{"id": "bench", "sha256": hash_key(key)}]} for name, key in KEYS.items()
-        },
-    }
-
-
-CONFIGS = {"example": example_config, "minimal": minimal_config}
-
-
 # --------------------------------------------------------------------------- processes
 
 
@@ -167,9 +113,8 @@ def pinned(command: list[str], cpu: int | None) -> list[str]:
 def start_gateway(config_path: Path, port: int, cpu: int | None) -> subprocess.Popen[str]:
     gateway = Path(sys.executable).parent / "llm-gateway"
     command = [str(gateway), "serve", "--host", "127.0.0.1", "--port", str(port), "--config", str(config_path)]
-    process = subprocess.Popen(
-        pinned(command, cpu), stdout=subprocess.PIPE, text=True, env={**os.environ, "BENCH_UPSTREAM_KEY": "dummy"}
-    )
+    env = {**os.environ, UPSTREAM_KEY_ENV: "dummy"}
+    process = subprocess.Popen(pinned(command, cpu), stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     deadline = time.monotonic() + 180
     for line in process.stdout:
@@ -179,6 +124,45 @@ def start_gateway(config_path: Path, port: int, cpu: int | None) -> subprocess.P
             break
     process.kill()
     raise RuntimeError(f"the gateway did not start (exit {process.poll()})")
+
+
+def start_litellm(venv: Path, config_path: Path, port: int, cpu: int | None) -> subprocess.Popen[str]:
+    """LiteLLM's proxy as its own benchmark harness runs it (one worker, no telemetry, local cost map)."""
+    env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY": LITELLM_KEY,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY_DISABLED": "true",
+        "LITELLM_LOG": "ERROR",
+    }
+    command = [str(venv / "bin" / "litellm"), "--config", str(config_path), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--num_workers", "1"]
+    process = subprocess.Popen(
+        pinned(command, cpu), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop(process)
+    raise RuntimeError(f"LiteLLM did not start (exit {process.poll()})")
+
+
+def start(name: str, args: argparse.Namespace, upstream: str, work: Path, cpu: int | None) -> subprocess.Popen[str]:
+    config_path = work / f"{name}.yaml"
+    if name.startswith("litellm"):
+        if args.litellm_venv is None:
+            raise SystemExit(f"{name} needs --litellm-venv")
+        config = litellm_config(upstream, name)
+        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        return start_litellm(args.litellm_venv, config_path, args.port, cpu)
+    config = GATEWAY_CONFIGS[name](upstream, work / f"{name}-{time.monotonic_ns()}.db")
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return start_gateway(config_path, args.port, cpu)
 
 
 def wait_http(url: str) -> None:
@@ -203,9 +187,8 @@ def stop(process: subprocess.Popen[str]) -> None:
 # --------------------------------------------------------------------------- load
 
 
-def _send(client: httpx.Client, base: str, request: Request) -> httpx.Response:
-    headers = {"authorization": f"Bearer {KEYS[request.tenant]}"}
-    return client.post(f"{base}/chat/completions", json=request.body, headers=headers)
+def _headers(request: Request, litellm: bool) -> dict[str, str]:
+    return {"authorization": f"Bearer {LITELLM_KEY if litellm else KEYS[request.tenant]}"}
 
 
 def outcome(response: httpx.Response) -> str:
@@ -216,7 +199,9 @@ def outcome(response: httpx.Response) -> str:
     return "answered" if cache == "miss" else f"{cache} hit"
 
 
-def sequential(base: str, pid: int, stream: Iterator[Request], count: int) -> tuple[list[float], list[str], list[str]]:
+def sequential(
+    base: str, pid: int, stream: Iterator[Request], count: int, litellm: bool = False
+) -> tuple[list[float], list[str], list[str]]:
     """(CPU ms per request, outcome per request, kind per request)."""
     cpu: list[float] = []
     outcomes: list[str] = []
@@ -225,7 +210,7 @@ def sequential(base: str, pid: int, stream: Iterator[Request], count: int) -> tu
         before = cpu_ns(pid)
         for _ in range(count):
             request = next(stream)
-            response = _send(client, base, request)
+            response = client.post(f"{base}/chat/completions", json=request.body, headers=_headers(request, litellm))
             outcomes.append(outcome(response))
             kinds.append(request.kind)
             now = cpu_ns(pid)
@@ -234,7 +219,7 @@ def sequential(base: str, pid: int, stream: Iterator[Request], count: int) -> tu
     return cpu, outcomes, kinds
 
 
-async def _closed_loop(base: str, stream: Iterator[Request], workers: int, duration: float) -> int:
+async def _closed_loop(base: str, stream: Iterator[Request], workers: int, duration: float, litellm: bool) -> int:
     done = 0
     deadline = time.monotonic() + duration
     limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
@@ -244,18 +229,19 @@ async def _closed_loop(base: str, stream: Iterator[Request], workers: int, durat
             nonlocal done
             while time.monotonic() < deadline:
                 request = next(stream)
-                headers = {"authorization": f"Bearer {KEYS[request.tenant]}"}
-                await client.post(f"{base}/chat/completions", json=request.body, headers=headers)
+                await client.post(f"{base}/chat/completions", json=request.body, headers=_headers(request, litellm))
                 done += 1
 
         await asyncio.gather(*(worker() for _ in range(workers)))
     return done
 
 
-def concurrent(base: str, pid: int, stream: Iterator[Request], workers: int, duration: float) -> tuple[float, float]:
+def concurrent(
+    base: str, pid: int, stream: Iterator[Request], workers: int, duration: float, litellm: bool
+) -> tuple[float, float]:
     """(requests per second, mean server CPU ms per request)."""
     before, started = cpu_ns(pid), time.monotonic()
-    done = asyncio.run(_closed_loop(base, stream, workers, duration))
+    done = asyncio.run(_closed_loop(base, stream, workers, duration, litellm))
     elapsed, spent = time.monotonic() - started, cpu_ns(pid) - before
     return done / elapsed, spent / 1e6 / max(done, 1)
 
@@ -275,21 +261,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure(name: str, args: argparse.Namespace, upstream: str, work: Path, cpu: int | None) -> dict[str, Any]:
-    storage = work / f"{name}-{time.monotonic_ns()}.db"
-    config_path = work / f"{name}.yaml"
-    config_path.write_text(yaml.safe_dump(CONFIGS[name](upstream, storage)), encoding="utf-8")
-    process = start_gateway(config_path, args.port, cpu)
+    process = start(name, args, upstream, work, cpu)
     base = f"http://127.0.0.1:{args.port}/v1"
+    litellm = name.startswith("litellm")
     try:
         stream = requests(seed=args.seed)
-        sequential(base, process.pid, stream, args.warmup)
+        sequential(base, process.pid, stream, args.warmup, litellm)
         profiler = profile(process.pid, work / f"{name}.collapsed") if args.profile else None
-        cpu_ms, outcomes, kinds = sequential(base, process.pid, stream, args.requests)
+        cpu_ms, outcomes, kinds = sequential(base, process.pid, stream, args.requests, litellm)
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             profiler.wait(timeout=60)
             print(f"# py-spy samples of the sequential phase: {work / f'{name}.collapsed'}", flush=True)
-        rps, conc_ms = concurrent(base, process.pid, stream, args.concurrency, args.duration)
+        rps, conc_ms = concurrent(base, process.pid, stream, args.concurrency, args.duration, litellm)
     finally:
         stop(process)
     by_outcome: dict[str, list[float]] = defaultdict(list)
@@ -320,6 +304,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=18013)
     parser.add_argument("--upstream-port", type=int, default=18011)
     parser.add_argument("--no-pin", action="store_true", help="do not pin the gateway to the last CPU")
+    parser.add_argument("--litellm-venv", type=Path, help="a virtual environment with litellm[proxy]")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--profile", type=Path, help="record py-spy stacks of the sequential phase into this folder")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)

@@ -19,6 +19,7 @@ gateway do the work it does in production.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import random
@@ -237,10 +238,23 @@ ANSWER_SENTENCES = (
 )
 
 
+@functools.cache
+def _related() -> list[str]:
+    """Questions from the QQP dev split: answers mention one, so their vocabulary varies as real
+    answers' does (the classifiers remember words they have seen)."""
+    with gzip.open(QQP, "rt", encoding="utf-8") as f:
+        rows = (json.loads(line) for line in f)
+        return [row["b"] for row in rows if row["split"] == "dev"][:5000]
+
+
 def answer_for(prompt: str) -> str:
-    """A plausible assistant answer of 2-7 sentences, chosen by the prompt (the same prompt, the same answer)."""
+    """A plausible assistant answer of 3-8 sentences, chosen by the prompt (the same prompt, the
+    same answer)."""
     rng = random.Random(prompt)
     count = rng.randint(2, 7)
     words = prompt.split()
     opening = f"Good question about {' '.join(words[:6]).rstrip('?.!,')}." if words else "Good question."
-    return " ".join([opening, *rng.sample(ANSWER_SENTENCES, count)])
+    related = f"A related question people ask: {rng.choice(_related())}"
+    sentences = rng.sample(ANSWER_SENTENCES, count)
+    sentences.insert(rng.randrange(len(sentences) + 1), related)
+    return " ".join([opening, *sentences])
