@@ -22,8 +22,9 @@ import math
 import re
 import threading
 from array import array
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from itertools import chain
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -60,6 +61,25 @@ def char_wb_ngrams(text: str, low: int, high: int) -> Iterable[str]:
 _WORD_MEMO_LIMIT = 50_000
 
 
+def _joined(tokens: list[str], n: int) -> Iterable[str]:
+    """The n-grams of `tokens`, joined by a space (as `word_ngrams`)."""
+    if n == 1:
+        return tokens
+    return map(" ".join, zip(*(tokens[i:] for i in range(n)), strict=False))
+
+
+def _word_char_ngrams(word: str, low: int, high: int) -> list[str]:
+    """`char_wb_ngrams` of one lowercased word."""
+    padded = f" {word} "
+    size = len(padded)
+    if size <= low:
+        return [padded]
+    grams = [padded[i : i + n] for n in range(low, min(high, size - 1) + 1) for i in range(size - n + 1)]
+    if size <= high:  # ... a word shorter than n yields itself once, and no longer n-grams
+        grams.append(padded)
+    return grams
+
+
 class _Vocabulary:
     """One TF-IDF block: sublinear tf x idf, L2-normalised, dotted with each head's weights.
 
@@ -73,48 +93,84 @@ class _Vocabulary:
         self.size = len(terms)
         self.idf = np.asarray(idf, dtype=np.float64)
         self.weights = np.asarray(weights, dtype=np.float64).reshape(len(terms), -1)
+        self.head0 = np.ascontiguousarray(self.weights[:, 0])
         # char_wb: a word's in-vocabulary n-gram rows, memoised (words repeat across texts).
         self._memo: dict[str, tuple[int, ...]] = {}
 
     def grams(self, text: str) -> list[int]:
         """The rows of `text`'s in-vocabulary n-grams, once per occurrence."""
-        rows = self.rows
-        if self.analyzer == "word":
-            return [row for gram in word_ngrams(text, self.low, self.high) if (row := rows.get(gram)) is not None]
+        get = self.rows.get
+        if self.analyzer == "word":  # word_ngrams, without a generator frame per n-gram
+            tokens = _TOKEN.findall(text.lower())
+            grams = [gram for n in range(self.low, self.high + 1) for gram in _joined(tokens, n)]
+            return [row for row in map(get, grams) if row is not None]
         found: list[int] = []
         memo = self._memo
+        low, high = self.low, self.high
         for word in _WHITESPACE.sub(" ", text.lower()).split():
             known = memo.get(word)
             if known is None:
-                known = tuple(
-                    row for gram in char_wb_ngrams(word, self.low, self.high) if (row := rows.get(gram)) is not None
-                )
+                known = tuple(row for row in map(get, _word_char_ngrams(word, low, high)) if row is not None)
                 if len(memo) >= _WORD_MEMO_LIMIT:
                     memo.clear()
                 memo[word] = known
             found.extend(known)
         return found
 
-    def scores(self, texts: list[list[int]], windows: Sequence[tuple[int, ...]], heads: int) -> Any:
-        """This block's share of the first `heads` logits of each window (the texts it names,
-        their n-grams counted together): a (windows x heads) array."""
-        out = np.zeros((len(windows), heads), dtype=np.float64)
-        arrays = [np.array(rows, dtype=np.int64) for rows in texts]
-        parts = [arrays[i] for window in windows for i in window]
-        lengths = [sum(len(texts[i]) for i in window) for window in windows]
-        if not any(lengths):
-            return out
-        owner = np.repeat(np.arange(len(windows), dtype=np.int64), lengths)
-        keys, tf = np.unique(owner * self.size + np.concatenate(parts), return_counts=True)
-        window, rows = np.divmod(keys, self.size)  # sorted by window, then row
-        counts = tf.astype(np.float64)
-        values = self.idf[rows] * np.where(tf == 1, 1.0, 1.0 + np.log(counts))  # sublinear tf, exact at 1
-        starts = np.searchsorted(window, np.arange(len(windows)))
-        kept = np.nonzero(np.asarray(lengths) > 0)[0]
-        norms = np.sqrt(np.add.reduceat(values * values, starts[kept]))
-        dots = np.add.reduceat(values[:, None] * self.weights[rows, :heads], starts[kept], axis=0)
-        out[kept] = dots / norms[:, None]
-        return out
+    def share(self, rows: list[int], heads: int) -> list[float]:
+        """This block's share of the first `heads` logits of one text given by its `grams`."""
+        counts = Counter(rows)
+        if not counts:
+            return [0.0] * heads
+        at = np.fromiter(counts.keys(), dtype=np.intp, count=len(counts))
+        values = self.idf[at]
+        if len(counts) < len(rows):  # some n-gram repeats: sublinear tf
+            tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+            values = values * np.where(tf == 1.0, 1.0, 1.0 + np.log(tf))
+        norm = math.sqrt(float(values @ values))
+        shares: list[float] = ((values @ self.weights[at, :heads]) / norm).tolist()
+        return shares
+
+    def neighbour_parts(self, texts: list[list[int]]) -> tuple[list[float], list[float]]:
+        """Head 0's share of each text (given by its `grams`), then of each pair of neighbours
+        taken together: len(texts) + len(texts) - 1 values, in one numpy pass. A pair is its two
+        texts' sums corrected for the n-grams they share (their counts add under the sublinear
+        tf), so each text is counted once."""
+        counted = [Counter(rows) for rows in texts]
+        sizes = np.array([len(counts) for counts in counted], dtype=np.intp)
+        at = np.fromiter(chain.from_iterable(counted), dtype=np.intp, count=int(sizes.sum()))
+        tf = np.fromiter(chain.from_iterable(c.values() for c in counted), dtype=np.float64, count=len(at))
+        idf = self.idf[at]
+        values = idf * np.where(tf == 1.0, 1.0, 1.0 + np.log(tf))
+        w0 = self.head0[at]
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        squares = np.concatenate(([0.0], np.cumsum(values * values)))
+        weighted = np.concatenate(([0.0], np.cumsum(values * w0)))
+        norms = squares[ends] - squares[starts]
+        dots = weighted[ends] - weighted[starts]
+        # n-grams shared by neighbours: sorted by (row, text), equal rows of texts i and i + 1 meet.
+        text = np.repeat(np.arange(len(texts), dtype=np.intp), sizes)
+        order = np.argsort(at * len(texts) + text, kind="stable")
+        a, b = order[:-1], order[1:]
+        shared = (at[a] == at[b]) & (text[b] == text[a] + 1)
+        a, b = a[shared], b[shared]
+        together = idf[a] * (1.0 + np.log(tf[a] + tf[b]))
+        pair = text[a]
+        pairs = len(texts) - 1
+        pair_dots = dots[:-1] + dots[1:] + np.bincount(pair, (together - values[a] - values[b]) * w0[a], pairs)
+        pair_norms = (
+            norms[:-1] + norms[1:] + np.bincount(pair, together * together - values[a] ** 2 - values[b] ** 2, pairs)
+        )
+        alone: list[float] = _ratio(dots, norms).tolist()
+        joined: list[float] = _ratio(pair_dots, pair_norms).tolist()
+        return alone, joined
+
+
+def _ratio(dots: Any, norms: Any) -> Any:
+    """dot / sqrt(norm), 0 where the norm is 0 (a text with no in-vocabulary n-gram)."""
+    safe = np.where(norms > 0, norms, 1.0)
+    return np.where(norms > 0, dots / np.sqrt(safe), 0.0)
 
 
 class TextMemo(Generic[T]):
@@ -224,25 +280,38 @@ class LinearTextClassifier:
         ]
         self.metadata: dict[str, Any] = artefact.get("metadata", {})
 
-    def logits(self, text: str) -> list[float]:
-        logits: list[float] = self.window_logits([self.grams(text)], [(0,)])[0].tolist()
-        return logits
+    def logits(self, text: str, heads: int | None = None) -> list[float]:
+        """The first `heads` logits (all by default) of one text."""
+        wanted = len(self.biases) if heads is None else heads
+        totals = self.biases[:wanted]
+        for block in self._blocks:
+            for head, value in enumerate(block.share(block.grams(text), wanted)):
+                totals[head] += value
+        return totals
 
     def grams(self, text: str) -> list[list[int]]:
         """Per block, the rows of `text`'s in-vocabulary n-grams."""
         return [block.grams(text) for block in self._blocks]
 
-    def window_logits(
-        self, texts: list[list[list[int]]], windows: Sequence[tuple[int, ...]], heads: int | None = None
-    ) -> Any:
-        """The first `heads` logits (all by default) of each window, a tuple of indices into
-        `texts` (each text given by its per-block `grams`) scored as their concatenation, up to
-        the n-grams that would span the seams: a (windows x heads) array, one pass per block."""
-        wanted = len(self.biases) if heads is None else heads
-        total = np.tile(np.array(self.biases[:wanted], dtype=np.float64), (len(windows), 1))
+    def worst_window(self, texts: list[str]) -> list[float]:
+        """The logits (all heads) of the window whose head 0 logit is highest, among the texts
+        alone and each pair of neighbours taken together (the first of equals)."""
+        grams = [self.grams(text) for text in texts]
+        singles = [self.biases[0]] * len(texts)
+        pairs = [self.biases[0]] * (len(texts) - 1)
         for k, block in enumerate(self._blocks):
-            total += block.scores([text[k] for text in texts], windows, wanted)
-        return total
+            alone, together = block.neighbour_parts([g[k] for g in grams])
+            singles = [a + b for a, b in zip(singles, alone, strict=True)]
+            pairs = [a + b for a, b in zip(pairs, together, strict=True)]
+        first = singles + pairs
+        worst = max(range(len(first)), key=first.__getitem__)
+        window = [worst] if worst < len(texts) else [worst - len(texts), worst - len(texts) + 1]
+        totals = list(self.biases)
+        for k, block in enumerate(self._blocks):
+            rows = [row for i in window for row in grams[i][k]]
+            for head, value in enumerate(block.share(rows, len(totals))):
+                totals[head] += value
+        return totals
 
 
 def read_artefact(path: Path) -> dict[str, Any]:

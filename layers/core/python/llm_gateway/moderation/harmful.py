@@ -58,8 +58,7 @@ class HarmfulClassifier(LinearTextClassifier):
     def assess_long(self, text: str, start: int = 0) -> HarmAssessment:
         """The worst of `text`'s sentence windows; with `start`, only those from about
         LONG_CHARS before it (a stream scoring what it added since the last check). Each sentence
-        is counted once: a pair's counts are its two sentences' counts added, and every window
-        is scored in one pass."""
+        is counted once: a pair's counts are its two sentences' counts added."""
         if start == 0:  # a whole text: the guard may have scored it already (or on an earlier turn)
             return self._assessed.get(text, self._assess_long)
         if start > LONG_CHARS:
@@ -71,11 +70,7 @@ class HarmfulClassifier(LinearTextClassifier):
         sentences = sentence_windows(text)
         if len(sentences) == 1:
             return self.assess(text)
-        grams = [self.grams(sentence) for sentence in sentences]
-        windows = [(i,) for i in range(len(grams))] + [(i, i + 1) for i in range(len(grams) - 1)]
-        logits = self.window_logits(grams, windows)
-        worst = int(logits[:, 0].argmax())  # the first of equals, as max() would pick
-        return self._assessment(logits[worst].tolist())
+        return self._assessment(self.worst_window(sentences))
 
 
 def sentence_windows(text: str) -> list[str]:
