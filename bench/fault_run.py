@@ -40,8 +40,7 @@ from llm_gateway.deps import Deps
 from llm_gateway.local.app import create_app
 from llm_gateway.providers.base import default_registry
 from llm_gateway.runner import LocalRunner
-from tests.support.fake_providers import Behaviour, Ok, Script, delay, fake_server, status
-from tests.support.fault_upstream import fault
+from tests.support.fake_providers import Behaviour, Ok, Script, fake_server, upstream_faults
 from tests.support.servers import serve
 
 KEY = "sk-bench-faults"
@@ -50,15 +49,7 @@ TIMEOUT_S = 0.5
 HEALTHY = Ok(text="The healthy model answers in full.", prompt_tokens=12, completion_tokens=7)
 FAULTS: dict[str, Behaviour] = {
     "none": Ok(text="The first model answers in full.", prompt_tokens=10, completion_tokens=7),
-    "429": status(429, retry_after=0),
-    "500": status(500),
-    "timeout": delay(TIMEOUT_S * 4),
-    "hang": fault("hang", hang_s=TIMEOUT_S * 8),
-    "cut": fault("cut"),
-    "malformed": fault("malformed"),
-    "empty": fault("empty"),
-    "wrong_type": fault("wrong_type"),
-    "no_finish": fault("no_finish"),
+    **upstream_faults(TIMEOUT_S, retry_after=0),
 }
 DOCUMENTED = {429, 503, 504}
 

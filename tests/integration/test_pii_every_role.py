@@ -1,10 +1,9 @@
 """PII masking covers every message role and the RAG `context`: what the upstream receives (a real
-HTTP server speaking the OpenAI wire) carries placeholders only, whichever part of the request held
-the value."""
+HTTP server speaking the OpenAI wire: conftest's `checker`) carries placeholders only, whichever part
+of the request held the value."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from llm_gateway.config import hash_key, parse_config
 from llm_gateway.runner import LocalRunner
 from tests.conftest import ACME_KEY, make_deps, make_state, store_of
-from tests.support.fake_providers import FakeServer, fake_server, ok
+from tests.support.fake_providers import FakeServer, ok
 
 CARD, EMAIL, PHONE = "4111 1111 1111 1111", "jane.roe+billing@example.co.uk", "+1 (415) 555-0132"
 RAW = (CARD, EMAIL, PHONE, CARD.replace(" ", ""))
@@ -37,45 +36,32 @@ tenants:
 """)
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeServer]:
-    with fake_server("openai") as server:
-        yield server
-
-
-@pytest.fixture
-def openai_upstream(upstream: FakeServer, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
-    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-test-upstream")
-    upstream.script.reset()
-    return upstream
-
-
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_pii_in_any_role_reaches_the_upstream_masked(openai_upstream: FakeServer, role: str) -> None:
+def test_pii_in_any_role_reaches_the_upstream_masked(checker: FakeServer, role: str) -> None:
     # Given a tenant masking PII, and card, email and phone in a message of `role`
-    runner = LocalRunner(make_deps(_config(openai_upstream.base_url, "{enabled: true, default: mask}")))
+    runner = LocalRunner(make_deps(_config(checker.base_url, "{enabled: true, default: mask}")))
     carrier = {"role": role, "content": f"Card {CARD}, write to {EMAIL}, call {PHONE}."}
     messages = [carrier, {"role": "user", "content": "What should I do next?"}]
     if role == "user":
         messages = [carrier]
-    openai_upstream.script.push(ok("Noted."))
+    checker.script.push(ok("Noted."))
 
     # When the request goes through the chain
     state = runner.run(make_state(messages=messages))
 
     # Then the upstream saw placeholders, never a value, and the request succeeded
     assert state.finish is not None and state.finish.response is not None
-    sent = str(openai_upstream.script.last.body["messages"])
+    sent = str(checker.script.last.body["messages"])
     assert "[CREDIT_CARD_1]" in sent and "[EMAIL_1]" in sent and "[PHONE_1]" in sent
     assert not any(value in sent for value in RAW)
 
 
-def test_pii_in_the_rag_context_reaches_the_upstream_masked(openai_upstream: FakeServer) -> None:
-    runner = LocalRunner(make_deps(_config(openai_upstream.base_url, "{enabled: true, default: mask}")))
-    openai_upstream.script.push(ok("Noted."))
+def test_pii_in_the_rag_context_reaches_the_upstream_masked(checker: FakeServer) -> None:
+    runner = LocalRunner(make_deps(_config(checker.base_url, "{enabled: true, default: mask}")))
+    checker.script.push(ok("Noted."))
     state = make_state(
         "Who handles refunds?",
         context=[f"Refunds: write to {EMAIL} or call {PHONE}.", f"Test card {CARD} is declined."],
@@ -84,7 +70,7 @@ def test_pii_in_the_rag_context_reaches_the_upstream_masked(openai_upstream: Fak
     state = runner.run(state)
 
     assert state.finish is not None and state.finish.response is not None
-    sent = str(openai_upstream.script.last.body)
+    sent = str(checker.script.last.body)
     assert "[EMAIL_1]" in sent and "[PHONE_1]" in sent and "[CREDIT_CARD_1]" in sent
     assert not any(value in sent for value in RAW)
     # nor in the audit or cache rows
@@ -93,8 +79,8 @@ def test_pii_in_the_rag_context_reaches_the_upstream_masked(openai_upstream: Fak
     assert not any(value in rows for value in RAW)
 
 
-def test_a_rejected_type_in_the_system_prompt_refuses_the_request(openai_upstream: FakeServer) -> None:
-    config = _config(openai_upstream.base_url, "{enabled: true, default: mask, entities: {CREDIT_CARD: reject}}")
+def test_a_rejected_type_in_the_system_prompt_refuses_the_request(checker: FakeServer) -> None:
+    config = _config(checker.base_url, "{enabled: true, default: mask, entities: {CREDIT_CARD: reject}}")
     runner = LocalRunner(make_deps(config))
     state = make_state(messages=[{"role": "system", "content": f"Card {CARD}"}, {"role": "user", "content": "hi"}])
 
@@ -102,14 +88,14 @@ def test_a_rejected_type_in_the_system_prompt_refuses_the_request(openai_upstrea
 
     assert state.finish is not None and state.finish.status == 400
     assert state.finish.error is not None and state.finish.error.error.code == "pii"
-    assert openai_upstream.script.requests == []
+    assert checker.script.requests == []
 
 
-def test_masked_context_values_come_back_only_where_the_tenant_restores_them(openai_upstream: FakeServer) -> None:
+def test_masked_context_values_come_back_only_where_the_tenant_restores_them(checker: FakeServer) -> None:
     # The model repeats the placeholders it was given; EMAIL is restorable, PHONE is not
-    config = _config(openai_upstream.base_url, "{enabled: true, default: mask, restore: [EMAIL]}")
+    config = _config(checker.base_url, "{enabled: true, default: mask, restore: [EMAIL]}")
     runner = LocalRunner(make_deps(config))
-    openai_upstream.script.push(ok("Write to [EMAIL_1] or call [PHONE_1]."))
+    checker.script.push(ok("Write to [EMAIL_1] or call [PHONE_1]."))
 
     state = runner.run(make_state("Who handles refunds?", context=[f"Refunds: {EMAIL}, phone {PHONE}."]))
 

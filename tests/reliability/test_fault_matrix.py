@@ -37,7 +37,7 @@ from llm_gateway.config import hash_key, parse_config
 from llm_gateway.local.app import create_app
 from llm_gateway.runner import LocalRunner
 from tests.conftest import make_deps
-from tests.support.fake_providers import Behaviour, FakeServer, Ok, Script, delay, fake_server, status
+from tests.support.fake_providers import Behaviour, FakeServer, Ok, Script, fake_server, upstream_faults
 from tests.support.fault_upstream import fault, pieces
 from tests.support.servers import serve
 
@@ -47,17 +47,7 @@ HEALTHY = Ok(text="The healthy model answers in full.", prompt_tokens=12, comple
 BROKEN_PRICE = "{input_per_mtok: 1.0, output_per_mtok: 2.0}"
 HEALTHY_PRICE = "{input_per_mtok: 3.0, output_per_mtok: 4.0}"
 BROKEN_TIMEOUT_S = 0.5  # the failing models' timeout_s: a hang or a slow start ends this fast
-FAULTS: dict[str, Behaviour] = {
-    "429": status(429, retry_after=1),
-    "500": status(500),
-    "timeout": delay(BROKEN_TIMEOUT_S * 4),
-    "hang": fault("hang", hang_s=BROKEN_TIMEOUT_S * 8),
-    "cut": fault("cut"),
-    "malformed": fault("malformed"),
-    "empty": fault("empty"),
-    "wrong_type": fault("wrong_type"),
-    "no_finish": fault("no_finish"),
-}
+FAULTS = upstream_faults(BROKEN_TIMEOUT_S)
 MID_STREAM_CODES = {"hang": "upstream_timeout", "cut": "upstream_unavailable", "no_finish": "upstream_unavailable"}
 PARTIAL_TEXT = "Partial answer from a failing model."  # what `fault()` streams before failing
 

@@ -40,7 +40,7 @@ from starlette.routing import Route
 
 from llm_gateway.endpoint_contract import NDJSON, InvocationRequest
 
-from .fault_upstream import Fault, fault_response
+from .fault_upstream import Fault, fault, fault_response
 from .servers import ServerThread
 
 # --------------------------------------------------------------------------- behaviours
@@ -100,6 +100,18 @@ def status(code: int, retry_after: float | str | None = None, message: str | Non
 def delay(seconds: float, then: Behaviour | None = None) -> Delay:
     """Stall before answering (to trigger client timeouts), then play `then` (default `ok()`)."""
     return Delay(seconds, then if then is not None else Ok())
+
+
+def upstream_faults(timeout_s: float, retry_after: float = 1) -> dict[str, Behaviour]:
+    """The failures of the reliability suite, by name, for a model whose `timeout_s` is `timeout_s`:
+    throttling, a server error, a slow start, and every broken answer of `fault_upstream`."""
+    return {
+        "429": status(429, retry_after=retry_after),
+        "500": status(500),
+        "timeout": delay(timeout_s * 4),
+        "hang": fault("hang", hang_s=timeout_s * 8),
+        **{kind: fault(kind) for kind in ("cut", "malformed", "empty", "wrong_type", "no_finish")},
+    }
 
 
 # --------------------------------------------------------------------------- script
