@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 PROMPT_ROLES = ("system", "developer")  # the tenant's own instructions, not the conversation
@@ -26,17 +26,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TextPart(_Strict):
+def _integral(value: Any) -> Any:
+    """A JSON number with no fraction (`5.0`) is the integer JSON Schema says it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A request's integer: a JSON integer, or a number with no fraction; never a string or a boolean.
+# (Bounds go before the validator, or the JSON schema shows them as unknown keywords.)
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+PositiveJsonInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+
+
+class _Request(_Strict):
+    """A part of the client's request: JSON types as its JSON schema states them, nothing coerced
+    (`"5"` is not 5, `1` is not true, `true` is not 1.0); a number with no fraction is an integer."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TextPart(_Request):
     type: Literal["text"]
     text: str
 
 
-class ImageURL(_Strict):
+class ImageURL(_Request):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(_Strict):
+class ImagePart(_Request):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -44,10 +62,11 @@ class ImagePart(_Strict):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class ChatMessage(_Strict):
+class ChatMessage(_Request):
     # The content rule below, in JSON schema too, so API Gateway's request model enforces it.
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "anyOf": [
                 {"properties": {"role": {"enum": ["assistant"]}}},
@@ -75,23 +94,23 @@ class ChatMessage(_Strict):
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
 
-class JsonSchemaFormat(_Strict):
+class JsonSchemaFormat(_Request):
     name: str
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
     description: str | None = None
 
 
-class ResponseFormat(_Strict):
+class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
 
-class StreamOptions(_Strict):
+class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Strict):
+class ChatCompletionRequest(_Request):
     """OpenAI `POST /v1/chat/completions` body (the subset the gateway honours)."""
 
     # The scope a self-hosted endpoint keeps this request's reusable KV-cache blocks in: a digest
@@ -110,13 +129,13 @@ class ChatCompletionRequest(_Strict):
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: PositiveJsonInt | None = None
+    max_completion_tokens: PositiveJsonInt | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: Literal[1] | None = None
+    n: Annotated[int, Field(ge=1, le=1), BeforeValidator(_integral)] | None = None  # a Literal would take true
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    seed: JsonInt | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     stream: bool = False

@@ -1,4 +1,10 @@
-"""The OpenAPI document of the gateway's HTTP API, generated from the contracts."""
+"""The OpenAPI document of the gateway's HTTP API, generated from the contracts.
+
+Every route of `app.create_app` is here with the answers it really gives: each error is an
+`ErrorBody` with content type application/json. A method a path does not take is answered 405
+with an `Allow` header and an `ErrorBody` (components.responses.MethodNotAllowed); an unknown path
+404 with an `ErrorBody`.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,176 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from ..cache import PurgeRequest
 from ..contracts import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorBody
 
 _REF = "#/components/schemas/{model}"
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+
+
+def _ref(model: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model)}
 
 
 def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("ErrorBody")}}}
+
+
+def _json(description: str, model: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
     return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
     }
+
+
+def _list_of(model: str, **extra: Any) -> dict[str, Any]:
+    return _object({"object": {"const": "list"}, "data": {"type": "array", "items": _ref(model)}, **extra})
+
+
+# The answers of the routes that have no pydantic model: written as the handlers build them.
+_HAND_WRITTEN: dict[str, dict[str, Any]] = {
+    "Model": _object(
+        {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+        }
+    ),
+    "ModelList": _list_of("Model"),
+    "Batch": _object(
+        {
+            "id": {"type": "string"},
+            "object": {"const": "batch"},
+            "endpoint": {"const": "/v1/chat/completions"},
+            "status": {"enum": ["in_progress", "completed", "failed"]},
+            "input_file": {"type": "string"},
+            "output_file": _NULLABLE_STRING,
+            "error_file": _NULLABLE_STRING,
+            "created_at": {"type": "integer"},
+            "completed_at": _NULLABLE_INT,
+            "errors": {
+                "anyOf": [
+                    {"type": "null"},
+                    _object(
+                        {
+                            "data": {
+                                "type": "array",
+                                "items": _object({"code": {"type": "string"}, "message": {"type": "string"}}),
+                            }
+                        }
+                    ),
+                ]
+            },
+            "request_counts": _object(
+                {"total": {"type": "integer"}, "completed": {"type": "integer"}, "failed": {"type": "integer"}}
+            ),
+        }
+    ),
+    "BatchList": _list_of("Batch", has_more={"type": "boolean"}),
+    # One server-sent event of a stream: a chunk, the error that ends a failed stream, or [DONE].
+    "ChatCompletionEvent": {
+        "type": "object",
+        "properties": {
+            "data": {
+                "anyOf": [
+                    {"const": "[DONE]"},
+                    {
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"anyOf": [_ref("ChatCompletionChunk"), _ref("ErrorBody")]},
+                    },
+                ]
+            }
+        },
+        "required": ["data"],
+    },
+    "Health": {
+        "type": "object",
+        "properties": {
+            "status": {"enum": ["ok", "degraded"]},
+            "model_endpoint": {"type": "object", "description": "The state of the model endpoint this process runs."},
+        },
+        "required": ["status"],
+        "additionalProperties": False,
+    },
+    "PurgeResult": _object(
+        {
+            "tenant": {"type": "string"},
+            "model": {"type": "string"},
+            "kb_version": {"type": "string"},
+            "system_prompt_tag": {"type": "string", "description": "The purged prompt's tag, never its text."},
+            "removed": {"type": "integer", "minimum": 0},
+        },
+        required=["tenant", "removed"],
+    ),
+}
+
+_DECISION_HEADERS = {
+    "x-request-id": "Gateway request id (also in the audit log).",
+    "x-gateway-model": "The pinned model version that answered.",
+    "x-gateway-cache": "exact, semantic or miss.",
+    "x-gateway-cache-score": "semantic hits: the verifier's calibrated P(same meaning) of the served answer.",
+    "x-gateway-route": "The route the request's model resolved through.",
+    "x-gateway-complexity": "routes with complexity routing: the request's score (P(needs the large model)).",
+    "x-gateway-groundedness": "requests with `context`: the share of the answer's claims the context supports.",
+}
+
+_UNAUTHORIZED = _error("Missing or unknown API key.")
+_ADMIN_ONLY = _error("Missing API key, or not an admin key.")
+
+
+def _chat_completions() -> dict[str, Any]:
+    return {
+        "summary": "Create a chat completion (JSON, or SSE when stream is true).",
+        "parameters": [
+            {
+                "name": "cache-control",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "no-cache skips the cache lookup; no-store skips lookup and store.",
+            }
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ChatCompletionRequest")}}},
+        "responses": {
+            "200": {
+                "description": "The completion, or a text/event-stream of chunks ending in [DONE].",
+                "headers": {
+                    name: {"schema": {"type": "string"}, "description": text}
+                    for name, text in _DECISION_HEADERS.items()
+                },
+                "content": {
+                    "application/json": {"schema": _ref("ChatCompletion")},
+                    "text/event-stream": {"schema": _ref("ChatCompletionEvent")},
+                },
+            },
+            "400": _error(
+                "Invalid request (not JSON, not an object, a field outside its schema), "
+                "or refused by a guardrail (type guardrail)."
+            ),
+            "401": _UNAUTHORIZED,
+            "404": _error("Unknown model or route."),
+            "413": _error("Request body over the limit (code request_too_large)."),
+            "429": _error("Rate limit or budget reached; see Retry-After."),
+            "502": _error("The model provider failed, or its answer did not satisfy response_format after one repair."),
+            "503": _error("No candidate model could answer."),
+        },
+    }
+
+
+def _one_purge_selector(schema: dict[str, Any]) -> dict[str, Any]:
+    """PurgeRequest's rule (at most one of model, kb_version and system_prompt), in JSON schema."""
+    selectors = ("model", "kb_version", "system_prompt")
+    pairs = [(a, b) for i, a in enumerate(selectors) for b in selectors[i + 1 :]]
+    both = [{"required": [a, b], "properties": {a: {"type": "string"}, b: {"type": "string"}}} for a, b in pairs]
+    return {**schema, "not": {"anyOf": both}}
 
 
 @cache
@@ -24,83 +190,54 @@ def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
             (ChatCompletionRequest, "validation"),
+            (PurgeRequest, "validation"),
             (ChatCompletion, "serialization"),
             (ChatCompletionChunk, "serialization"),
             (ErrorBody, "serialization"),
         ],
         ref_template=_REF,
     )
-    decision_headers = {
-        name: {"schema": {"type": "string"}, "description": text}
-        for name, text in {
-            "x-request-id": "Gateway request id (also in the audit log).",
-            "x-gateway-model": "The pinned model version that answered.",
-            "x-gateway-cache": "exact, semantic or miss.",
-            "x-gateway-cache-score": "semantic hits: the verifier's calibrated P(same meaning) of the served answer.",
-            "x-gateway-route": "The route the request's model resolved through.",
-            "x-gateway-complexity": "routes with complexity routing: the request's score (P(needs the large model)).",
-            "x-gateway-groundedness": "requests with `context`: the share of the answer's claims the context supports.",
-        }.items()
-    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "llm-gateway", "version": "0.1.0"},
+        "info": {
+            "title": "llm-gateway",
+            "version": "0.1.0",
+            "description": "OpenAI-compatible chat completions. Every error is an ErrorBody (application/json); "
+            "a method a path does not take is 405 with an Allow header, an unknown path 404.",
+        },
         "components": {
-            "schemas": schemas["$defs"],
+            "schemas": {
+                **schemas["$defs"],
+                "PurgeRequest": _one_purge_selector(schemas["$defs"]["PurgeRequest"]),
+                **_HAND_WRITTEN,
+            },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                "MethodNotAllowed": {
+                    "description": "The path does not take this method.",
+                    "headers": {"allow": {"schema": {"type": "string"}, "description": "The methods it takes."}},
+                    "content": {"application/json": {"schema": _ref("ErrorBody")}},
+                },
+                "NotFound": _error("No such path."),
+            },
         },
         "security": [{"bearer": []}],
         "paths": {
-            "/v1/chat/completions": {
-                "post": {
-                    "summary": "Create a chat completion (JSON, or SSE when stream is true).",
-                    "parameters": [
-                        {
-                            "name": "cache-control",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string"},
-                            "description": "no-cache skips the cache lookup; no-store skips lookup and store.",
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": _REF.format(model="ChatCompletionRequest")}}
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "The completion, or a text/event-stream of chunks ending in [DONE].",
-                            "headers": decision_headers,
-                            "content": {
-                                "application/json": {"schema": {"$ref": _REF.format(model="ChatCompletion")}},
-                                "text/event-stream": {"schema": {"$ref": _REF.format(model="ChatCompletionChunk")}},
-                            },
-                        },
-                        "400": _error("Invalid request, or refused by a guardrail (type guardrail)."),
-                        "401": _error("Unknown API key."),
-                        "404": _error("Unknown model or route."),
-                        "413": _error("Request body over the limit."),
-                        "429": _error("Rate limit reached; see Retry-After."),
-                        "502": _error("The model provider failed."),
-                        "503": _error("No candidate model could answer."),
-                    },
-                }
-            },
+            "/v1/chat/completions": {"post": _chat_completions()},
             "/v1/models": {
                 "get": {
                     "summary": "Routes and models the key may use.",
-                    "responses": {
-                        "200": {"description": "A list of models."},
-                        "401": _error("Unknown API key."),
-                    },
+                    "responses": {"200": _json("A list of models.", "ModelList"), "401": _UNAUTHORIZED},
                 }
             },
             "/v1/batches": {
                 "get": {
                     "summary": "The key's tenant's batch jobs (OpenAI batch objects), newest first.",
-                    "responses": {"200": {"description": "A list of batches."}, "401": _error("Unknown API key.")},
+                    "responses": {
+                        "200": _json("A list of batches.", "BatchList"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("This deployment runs no batch jobs."),
+                    },
                 }
             },
             "/v1/batches/{batch_id}": {
@@ -108,12 +245,59 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "One batch job: status, request counts, output and error files.",
                     "parameters": [{"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "responses": {
-                        "200": {"description": "The batch."},
-                        "401": _error("Unknown API key."),
-                        "404": _error("No such batch for this tenant."),
+                        "200": _json("The batch.", "Batch"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such batch for this tenant, or no batch jobs on this deployment."),
                     },
                 }
             },
-            "/healthz": {"get": {"summary": "Liveness.", "security": [], "responses": {"200": {"description": "ok"}}}},
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness, and the state of a model endpoint this process runs.",
+                    "security": [],
+                    "responses": {
+                        "200": _json("ok, or degraded while some route still has a model elsewhere.", "Health"),
+                        "503": _json("degraded: every route's models are on the endpoint that is down.", "Health"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus text exposition of the in-process metrics (admin keys).",
+                    "responses": {
+                        "200": {
+                            "description": "The metrics.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "401": _ADMIN_ONLY,
+                    },
+                }
+            },
+            "/admin/cache/purge": {
+                "post": {
+                    "summary": "Purge a tenant's cached answers: all, or one model's, kb_version's or system prompt's.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("PurgeRequest")}},
+                    },
+                    "responses": {
+                        "200": _json("What was purged and how many answers went.", "PurgeResult"),
+                        "400": _error("Not JSON, not a purge request, or an unknown tenant."),
+                        "401": _ADMIN_ONLY,
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document.",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
         },
     }
