@@ -129,7 +129,13 @@ def _deps(config: Any, tenant: str, key: str) -> Any:
 
     tenants = dict(config.tenants)
     tenants[tenant] = tenants[tenant].model_copy(
-        update={"api_keys": [ApiKey(id="bench", sha256=hash_key(key))], "rate_limit": None, "user_rate_limit": None}
+        # The guard step holds no budget (the router step does): no ledger, no budgets.
+        update={
+            "api_keys": [ApiKey(id="bench", sha256=hash_key(key))],
+            "rate_limit": None,
+            "user_rate_limit": None,
+            "budgets": [],
+        }
     )
     store = SqliteStore(":memory:")
     return Deps(
