@@ -15,9 +15,11 @@ topical and pasted work, a few risky prompts):
 - concurrent: N closed-loop clients for D seconds -> requests per second and the mean CPU per
   request (server CPU over the phase / requests answered).
 
-Targets (`gateway_configs`): `example` and `minimal` (llm-gateway); `litellm-minimal`,
-`litellm-pii`, `litellm-comparable` and `litellm-comparable-pi` (LiteLLM, with `--litellm-venv`,
-a virtual environment with `litellm[proxy]`).
+Targets (`gateway_configs`): `example` and `minimal` (llm-gateway), `example@base` and
+`minimal@base` (the same configs served by the code of the checkout `--baseline` names, for
+before/after in one run); `litellm-minimal`, `litellm-pii`, `litellm-comparable` and
+`litellm-comparable-pi` (LiteLLM, with `--litellm-venv`, a virtual environment with
+`litellm[proxy]`).
 
     .venv/bin/python bench/config_cpu.py [--configs example,minimal] [--requests 600] \
         [--warmup 150] [--concurrency 16] [--duration 10] [--rounds 2] [--litellm-venv /tmp/litellm-venv]
@@ -110,10 +112,15 @@ def pinned(command: list[str], cpu: int | None) -> list[str]:
     return command if cpu is None else ["taskset", "-c", str(cpu), *command]
 
 
-def start_gateway(config_path: Path, port: int, cpu: int | None) -> subprocess.Popen[str]:
-    gateway = Path(sys.executable).parent / "llm-gateway"
-    command = [str(gateway), "serve", "--host", "127.0.0.1", "--port", str(port), "--config", str(config_path)]
+def start_gateway(config_path: Path, port: int, cpu: int | None, source: Path | None = None) -> subprocess.Popen[str]:
+    """`llm-gateway serve`; with `source`, that checkout's code (e.g. a worktree of an earlier commit)."""
+    serve = ["serve", "--host", "127.0.0.1", "--port", str(port), "--config", str(config_path)]
     env = {**os.environ, UPSTREAM_KEY_ENV: "dummy"}
+    if source is None:
+        command = [str(Path(sys.executable).parent / "llm-gateway"), *serve]
+    else:
+        env["PYTHONPATH"] = str(source / "layers" / "core" / "python")
+        command = [sys.executable, "-c", "import sys; from llm_gateway.local.cli import main; sys.exit(main())", *serve]
     process = subprocess.Popen(pinned(command, cpu), stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     deadline = time.monotonic() + 180
@@ -160,9 +167,12 @@ def start(name: str, args: argparse.Namespace, upstream: str, work: Path, cpu: i
         config = litellm_config(upstream, name)
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         return start_litellm(args.litellm_venv, config_path, args.port, cpu)
-    config = GATEWAY_CONFIGS[name](upstream, work / f"{name}-{time.monotonic_ns()}.db")
+    config_name, _, at = name.partition("@")
+    if at and args.baseline is None:
+        raise SystemExit(f"{name} needs --baseline")
+    config = GATEWAY_CONFIGS[config_name](upstream, work / f"{config_name}-{time.monotonic_ns()}.db")
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return start_gateway(config_path, args.port, cpu)
+    return start_gateway(config_path, args.port, cpu, args.baseline if at else None)
 
 
 def wait_http(url: str) -> None:
@@ -305,6 +315,11 @@ def main() -> int:
     parser.add_argument("--upstream-port", type=int, default=18011)
     parser.add_argument("--no-pin", action="store_true", help="do not pin the gateway to the last CPU")
     parser.add_argument("--litellm-venv", type=Path, help="a virtual environment with litellm[proxy]")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout (e.g. `git worktree add`) whose code serves the `<config>@base` targets",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--profile", type=Path, help="record py-spy stacks of the sequential phase into this folder")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)

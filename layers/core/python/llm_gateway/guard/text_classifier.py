@@ -136,28 +136,23 @@ class _Vocabulary:
         taken together: len(texts) + len(texts) - 1 values, in one numpy pass. A pair is its two
         texts' sums corrected for the n-grams they share (their counts add under the sublinear
         tf), so each text is counted once."""
-        counted = [Counter(rows) for rows in texts]
-        sizes = np.array([len(counts) for counts in counted], dtype=np.intp)
-        at = np.fromiter(chain.from_iterable(counted), dtype=np.intp, count=int(sizes.sum()))
-        tf = np.fromiter(chain.from_iterable(c.values() for c in counted), dtype=np.float64, count=len(at))
-        idf = self.idf[at]
-        values = idf * np.where(tf == 1.0, 1.0, 1.0 + np.log(tf))
-        w0 = self.head0[at]
-        ends = np.cumsum(sizes)
-        starts = ends - sizes
-        squares = np.concatenate(([0.0], np.cumsum(values * values)))
-        weighted = np.concatenate(([0.0], np.cumsum(values * w0)))
-        norms = squares[ends] - squares[starts]
-        dots = weighted[ends] - weighted[starts]
-        # n-grams shared by neighbours: sorted by (row, text), equal rows of texts i and i + 1 meet.
-        text = np.repeat(np.arange(len(texts), dtype=np.intp), sizes)
-        order = np.argsort(at * len(texts) + text, kind="stable")
-        a, b = order[:-1], order[1:]
-        shared = (at[a] == at[b]) & (text[b] == text[a] + 1)
-        a, b = a[shared], b[shared]
+        count = len(texts)
+        lengths = [len(rows) for rows in texts]
+        found = np.fromiter(chain.from_iterable(texts), dtype=np.int64, count=sum(lengths))
+        owner = np.repeat(np.arange(count, dtype=np.int64), lengths)
+        # Counted per (row, text), sorted by row, then text: equal rows of texts i and i + 1 meet.
+        keys, tf = np.unique(found * count + owner, return_counts=True)
+        rows, text = np.divmod(keys, count)
+        idf = self.idf[rows]
+        values = idf * np.where(tf == 1, 1.0, 1.0 + np.log(tf))
+        w0 = self.head0[rows]
+        norms = np.bincount(text, values * values, count)
+        dots = np.bincount(text, values * w0, count)
+        a = np.nonzero((rows[:-1] == rows[1:]) & (text[1:] == text[:-1] + 1))[0]
+        b = a + 1
         together = idf[a] * (1.0 + np.log(tf[a] + tf[b]))
         pair = text[a]
-        pairs = len(texts) - 1
+        pairs = count - 1
         pair_dots = dots[:-1] + dots[1:] + np.bincount(pair, (together - values[a] - values[b]) * w0[a], pairs)
         pair_norms = (
             norms[:-1] + norms[1:] + np.bincount(pair, together * together - values[a] ** 2 - values[b] ** 2, pairs)
