@@ -17,8 +17,9 @@ that does not stream goes a fifth time with `"stream": true`. Every answer is he
 * nothing logged at ERROR by the server (an exception swallowed into a 4xx or a cache miss).
 
 The requests are counted on the wire (a counting `requests.Session`); the fuzz must send at least
-`MIN_REQUESTS`. `FUZZ_SCALE` (environment) multiplies the examples for longer runs. Then bodies
-and headers no schema can express (`tests.support.hostile_bodies`) go over real HTTP.
+`MIN_REQUESTS`. `FUZZ_SCALE` (environment) multiplies the examples for longer runs, `FUZZ_SEED`
+picks another seed for exploring. Then bodies, headers and bytes no schema can express
+(`tests.support.hostile_bodies`) go over real HTTP.
 
     .venv/bin/python -m pytest -q tests/reliability/test_fuzz.py   # ~13,000 fuzz requests, ~1.5 min
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import socket
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -63,9 +65,16 @@ from tests.support.fuzz_gateway import (
     fuzz_gateway,
     openai_error_problem,
 )
-from tests.support.hostile_bodies import HOSTILE, HOSTILE_HEADERS, NOT_COERCED, chunks, with_stream
+from tests.support.hostile_bodies import (
+    HOSTILE,
+    HOSTILE_HEADERS,
+    NOT_COERCED,
+    RAW_REQUESTS,
+    chunks,
+    with_stream,
+)
 
-SEED = 20_260_611
+SEED = int(os.environ.get("FUZZ_SEED", "20260611"))
 MIN_REQUESTS = 10_000
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 TIMEOUT_S = 10.0
@@ -166,16 +175,16 @@ def _spiced(body: dict[str, Any], spice: str) -> dict[str, Any]:
 
 @schema.hook
 def flatmap_body(context: schemathesis.HookContext, body: Any) -> Any:
-    """Steer generated bodies into the chain without changing their validity: two thirds of those
-    that name a valid model (a purge: a valid tenant) name the tenant's route (the fuzzed tenant),
-    past the 404 for unknown models (400 for unknown tenants); the last message's text gets one of
-    SPICES. A valid body stays valid, an invalid one invalid."""
+    """Steer generated bodies into the chain without changing their validity: most of those that
+    name a valid model (a purge: a valid tenant) name one of the tenant's routes or models (one of
+    the tenants), past the 404 for unknown models (400 for unknown tenants); the last message's
+    text gets one of SPICES. A valid body stays valid, an invalid one invalid."""
     if not isinstance(body, dict):
         return st.just(body)
-    for field, known in (("model", "default"), ("tenant", "fuzz")):
+    for field, known in (("model", ("default", "brief", "echo-b")), ("tenant", ("fuzz", "other"))):
         value = body.get(field)
         if isinstance(value, str) and 1 <= len(value) <= 256:
-            named = st.sampled_from([{**body, field: known}, {**body, field: known}, body])
+            named = st.sampled_from([*({**body, field: name} for name in known), body])
             return st.tuples(named, st.sampled_from(SPICES)).map(lambda pair: _spiced(*pair))
     return st.just(body)
 
@@ -367,3 +376,38 @@ def test_a_value_of_the_wrong_json_type_is_refused_not_coerced(gateway: FuzzGate
     response = _post(gateway, body)
     assert response.status_code == 400, response.text[:300]
     assert response.json()["error"]["param"] == field
+
+
+@pytest.mark.parametrize("name", list(RAW_REQUESTS))
+def test_bytes_that_are_not_http_get_an_openai_error_too(gateway: FuzzGateway, name: str) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT_S) as sock:
+        sock.sendall(RAW_REQUESTS[name])
+        answer = b""
+        while chunk := sock.recv(65_536):  # the server closes the connection after its answer
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    assert status_line.startswith("HTTP/1.1 400 ")
+    assert openai_error_problem(400, headers, body) is None
+    _still_healthy(gateway)
+
+
+# ----------------------------------------------------------------------------- defects found, owned elsewhere
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="errors.from_validation_error names the field of a model-level rule 'None' "
+    "(empty loc): \"Invalid value for 'None': Value error, purge by one of ...\"",
+)
+def test_a_purge_naming_two_selectors_is_refused_without_a_field_called_none(gateway: FuzzGateway) -> None:
+    response = httpx.post(
+        gateway.url + "/admin/cache/purge",
+        json={"tenant": "fuzz", "model": "echo", "kb_version": "v1"},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=TIMEOUT_S,
+    )
+    assert response.status_code == 400
+    assert "'None'" not in response.json()["error"]["message"]

@@ -1,6 +1,6 @@
 """A gateway to fuzz: the real ASGI app on uvicorn (loopback), the echo model as its upstream, and
 tenant features on (PII masking, blocklists, injection and harmful-content guards, compression,
-rate limits, the semantic cache, batch jobs), so fuzzed bodies walk the real guard code.
+rate limits, budgets, the semantic cache, batch jobs), so fuzzed bodies walk the real guard code.
 
     with fuzz_gateway(tmp_path) as gateway:
         httpx.get(gateway.url + "/healthz")
@@ -23,6 +23,7 @@ import orjson
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from llm_gateway.adapters.local.batch import SqliteBatchJobs
+from llm_gateway.adapters.local.budget import SqliteBudgetLedger
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
 from llm_gateway.config import hash_key, parse_config
 from llm_gateway.deps import Deps
@@ -35,7 +36,7 @@ from tests.conftest import make_deps
 from tests.support.servers import serve
 
 KEY = "sk-fuzz-tenant"  # the fuzzed tenant, every feature on
-OTHER_KEY = "sk-fuzz-other"  # another tenant: 1 request a minute, no batch jobs of its own
+OTHER_KEY = "sk-fuzz-other"  # another tenant: 1 request a minute
 ADMIN_KEY = "sk-fuzz-admin"
 WRONG_KEY = "sk-fuzz-nobody"
 BATCH_ID = "batch_fuzz_1"  # the fuzzed tenant's batch job
@@ -67,6 +68,7 @@ tenants:
     output_blocklist: {{keywords: [forbidden], patterns: ['\\b\\d{{3}}-\\d{{2}}-\\d{{4}}\\b']}}
     semantic_cache: {{enabled: true, target_precision: 0.9, top_k: 1}}
     compression: {{enabled: true}}
+    budgets: [{{scope: tenant, period: day, usd: 1000}}, {{scope: user, period: month, tokens: 1000000000}}]
     guards:
       pii: {{enabled: true, default: mask, restore: [EMAIL], entities: {{US_SSN: reject}}}}
       injection: {{enabled: true}}
@@ -141,7 +143,7 @@ def _batch_job(job_id: str, tenant: str) -> BatchJob:
 def fuzz_gateway(folder: Path) -> Iterator[FuzzGateway]:
     """The gateway on a free loopback port, served as `llm-gateway serve` serves it."""
     db = folder / "gateway.db"
-    deps = make_deps(parse_config(CONFIG), db=db, metrics=InMemoryMetrics())
+    deps = make_deps(parse_config(CONFIG), db=db, metrics=InMemoryMetrics(), budgets=SqliteBudgetLedger(db))
     deps.semantic = LocalSemanticIndex(db)
     jobs = SqliteBatchJobs(folder / "batches.db")
     jobs.create(_batch_job(BATCH_ID, "fuzz"), [])

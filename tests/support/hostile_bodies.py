@@ -94,6 +94,10 @@ HOSTILE: dict[str, bytes] = {
     "max_tokens -0": chat_body(b'"max_tokens": -0'),
     "max_tokens 1e309": chat_body(b'"max_tokens": 1e309'),
     "max_tokens 2**64 - 1": chat_body(b'"max_tokens": 18446744073709551615'),
+    "max_tokens 2**64 - 1 on a route without a cap": chat_body(b'"max_tokens": 18446744073709551615').replace(
+        b'"default"', b'"brief"', 1
+    ),
+    "max_tokens 1e300 on a route without a cap": chat_body(b'"max_tokens": 1e300').replace(b'"default"', b'"brief"', 1),
     "max_tokens 10**30": chat_body(b'"max_tokens": 1000000000000000000000000000000'),
     "max_completion_tokens 2**63": chat_body(b'"max_completion_tokens": 9223372036854775808'),
     "seed 2**64 - 1": chat_body(b'"seed": 18446744073709551615'),
@@ -199,3 +203,21 @@ for size, n in LONG.items():
     HOSTILE_HEADERS[f"authorization of {size}"] = ({"authorization": "Bearer " + "k" * n}, chat_body())
     HOSTILE_HEADERS[f"cache-control of {size}"] = ({"cache-control": "no-store," * (n // 9)}, chat_body())
     HOSTILE_HEADERS[f"unknown header of {size}"] = ({"x-padding": "p" * n}, chat_body())
+
+
+# Bytes no HTTP client library sends: uvicorn answers them itself, before the app (400, closed).
+RAW_REQUESTS: dict[str, bytes] = {
+    "not HTTP": b"GARBAGE\r\n\r\n",
+    "an HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "a content-length of letters": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    "content-length and chunked": (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "a chunk size of letters": (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    ),
+    "a NUL byte in a header": b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk\x00x\r\n\r\n",
+    "a raw non-ASCII path": "GET /v1/mödels HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+    "a path of 100,000 bytes": b"GET /v1/batches/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+}
