@@ -88,3 +88,16 @@ def test_only_chat_completions_hand_out_a_request_id_and_it_names_an_audit_row(r
         assert response.status_code >= 400 and "x-request-id" not in response.headers
     refused = httpx.post(root + "/v1/chat/completions", content=b"{not json", headers={"authorization": "Bearer x"})
     assert refused.status_code == 400 and refused.headers["x-request-id"]
+
+
+def test_oversized_headers_are_refused_before_any_route_reads_them(root: str) -> None:
+    response = httpx.get(root + "/v1/models", headers={"authorization": "Bearer " + "k" * 40_000})
+    assert response.status_code == 431
+    assert response.json()["error"]["code"] == "request_headers_too_large"
+    assert httpx.get(root + "/v1/models", headers={"authorization": f"Bearer {ACME_KEY}"}).status_code == 200
+
+
+def test_an_admin_purge_body_over_the_limit_is_a_413(root: str) -> None:
+    big = {"tenant": "acme", "system_prompt": "x" * 2_000_000}
+    response = httpx.post(root + "/admin/cache/purge", json=big, headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"

@@ -385,6 +385,7 @@ class TenantConfig(_Config):
 
 class Limits(_Config):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_header_bytes: int = Field(default=32_768, ge=1024)  # all request headers together (431 above)
     max_messages: int = Field(default=512, ge=1)
     max_prompt_chars: int = Field(default=400_000, ge=1)
 

@@ -56,6 +56,12 @@ class PayloadTooLarge(GatewayError):
     code = "request_too_large"
 
 
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
 class AuthenticationFailed(GatewayError):
     status = 401
     type = "authentication_error"
@@ -180,6 +186,8 @@ def from_validation_error(exc: ValidationError) -> InvalidRequest:
         return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
     if first["type"] == "missing":
         return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if param is None:  # a rule about the whole body (e.g. fields that exclude each other)
+        return InvalidRequest(f"Invalid request: {first['msg']}.", code="invalid_value")
     return InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value")
 
 

@@ -21,6 +21,7 @@ import anyio.to_thread
 import orjson
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -32,6 +33,7 @@ from ..errors import (
     AuthenticationFailed,
     ClientClosedRequest,
     GatewayError,
+    HeadersTooLarge,
     InternalError,
     InvalidRequest,
     NotFound,
@@ -300,8 +302,10 @@ class GatewayApp:
         if not self._is_admin(request):
             return _error_response(AuthenticationFailed("An admin API key is required."))
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(await _read_body(request, self.deps.config.limits.max_body_bytes))
             purge = PurgeRequest.model_validate(body)
+        except GatewayError as error:  # too large, or the client left
+            return _error_response(error)
         except (orjson.JSONDecodeError, ValidationError) as exc:
             detail = from_validation_error(exc) if isinstance(exc, ValidationError) else None
             return _error_response(detail or InvalidRequest("The request body is not valid JSON."))
@@ -330,6 +334,22 @@ class GatewayApp:
         return Response(orjson.dumps(openapi_document()), media_type=JSON)
 
 
+class _HeaderLimit:
+    """Refuses a request whose headers together exceed `limits.max_header_bytes` (431), before any
+    route reads them: a megabyte `Authorization` header is not hashed, looked up or logged."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_bytes:
+            refusal = HeadersTooLarge(f"The request headers exceed {self.max_bytes} bytes.")
+            await _error_response(refusal)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(runner: LocalRunner) -> Starlette:
     """The ASGI application."""
     gateway = GatewayApp(runner)
@@ -356,4 +376,5 @@ def create_app(runner: LocalRunner) -> Starlette:
             Route("/openapi.json", gateway.openapi, methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: not_found},
+        middleware=[Middleware(_HeaderLimit, max_bytes=runner.deps.config.limits.max_header_bytes)],
     )
