@@ -16,6 +16,7 @@ classifier) has a single head and a scalar `bias`.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import json
 import math
@@ -61,6 +62,22 @@ def char_wb_ngrams(text: str, low: int, high: int) -> Iterable[str]:
 _WORD_MEMO_LIMIT = 50_000
 
 
+def analysed(text: str) -> tuple[list[str], list[str]]:
+    """(word tokens, whitespace-separated words) of the lowercased text, as the word and char_wb
+    analyzers read it; remembered for recent texts of up to 4,000 characters, so the classifiers
+    that score the same text (injection and harmful content on a user message) share it. Callers
+    must not change the lists."""
+    return _analysed(text) if len(text) <= 4000 else _analyse(text)
+
+
+def _analyse(text: str) -> tuple[list[str], list[str]]:
+    lowered = text.lower()
+    return _TOKEN.findall(lowered), _WHITESPACE.sub(" ", lowered).split()
+
+
+_analysed = functools.lru_cache(maxsize=256)(_analyse)
+
+
 def _joined(tokens: list[str], n: int) -> Iterable[str]:
     """The n-grams of `tokens`, joined by a space (as `word_ngrams`)."""
     if n == 1:
@@ -101,13 +118,13 @@ class _Vocabulary:
         """The rows of `text`'s in-vocabulary n-grams, once per occurrence."""
         get = self.rows.get
         if self.analyzer == "word":  # word_ngrams, without a generator frame per n-gram
-            tokens = _TOKEN.findall(text.lower())
+            tokens = analysed(text)[0]
             grams = [gram for n in range(self.low, self.high + 1) for gram in _joined(tokens, n)]
             return [row for row in map(get, grams) if row is not None]
         found: list[int] = []
         memo = self._memo
         low, high = self.low, self.high
-        for word in _WHITESPACE.sub(" ", text.lower()).split():
+        for word in analysed(text)[1]:
             known = memo.get(word)
             if known is None:
                 known = tuple(row for row in map(get, _word_char_ngrams(word, low, high)) if row is not None)
