@@ -132,7 +132,9 @@ def body(content: str, **fields: Any) -> dict[str, Any]:
 
 
 def test_ping_names_the_model(client: httpx.Client) -> None:
-    assert client.get("/ping").json() == {"status": "ok", "model": "smollm2-135m-instruct-q4_1"}
+    ping = client.get("/ping").json()
+    assert ping == {"status": "ok", "model": "smollm2-135m-instruct-q4_1", "context_tokens": ping["context_tokens"]}
+    assert ping["context_tokens"] == 512  # the engine's cache length in this test
 
 
 def test_invocation_and_both_stream_paths_give_the_same_text(client: httpx.Client) -> None:
@@ -175,7 +177,8 @@ def test_inputs_the_engine_cannot_serve_are_400s(client: httpx.Client) -> None:
     json_mode = client.post("/invocations", json=body("Give JSON.", json_mode=True))
     assert json_mode.status_code == 400 and json_mode.json()["error"]["param"] == "json_mode"
     long = client.post("/invocations", json=body("word " * 700))
-    assert long.status_code == 400 and "holds 511" in long.json()["error"]["message"]
+    assert long.status_code == 400 and "maximum context length is 512 tokens" in long.json()["error"]["message"]
+    assert long.json()["error"]["code"] == "context_length_exceeded"
     assert "Traceback" not in long.text
 
 
