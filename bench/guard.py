@@ -162,7 +162,7 @@ def injection_section() -> None:
     print(f"\n## (b) Prompt injection (threshold {classifier.threshold:.3f}, from neuralchemy validation)\n")
     print("| test split | prompts | F1 | precision | recall | benign FPR |\n|---|---|---|---|---|---|")
     for dataset in ("neuralchemy", "s-labs"):
-        texts, labels = load_split(dataset, "test")  # type: ignore[arg-type]
+        texts, labels = load_split(dataset, "test")
         y = np.array(labels)
         flagged = np.array([classifier.classify(t).flagged for t in texts])
         tp, fp = int((flagged & (y == 1)).sum()), int((flagged & (y == 0)).sum())
@@ -198,12 +198,12 @@ def harmful_section(qqp: Path, rounds: int, local_judge: bool) -> None:
         ("tier 2 + a judge wrong on every band text (lower bound)", (scores >= high) | (band & (y == 0)), band, none),
     ]
     if local_judge:
-        blocked, queued = _local_judge(examples, scores, band, classifier)
-        rows.append(("tier 2 + local SmolLM2-135M judge (measured)", blocked, band, queued))
+        judged, held = _local_judge(examples, scores, band, classifier)
+        rows.append(("tier 2 + local SmolLM2-135M judge (measured)", judged, band, held))
     print("| cascade | harmful recall | benign FPR | escalated to judge | queued for review |\n|---|---|---|---|---|")
-    for name, blocked, escalated, queued in rows:
+    for name, flagged, escalated, queued in rows:
         shares = [f"{m.mean():.3f}" if m is not None else "-" for m in (escalated, queued)]
-        print(f"| {name} | {blocked[y == 1].mean():.3f} | {blocked[y == 0].mean():.4f} | {' | '.join(shares)} |")
+        print(f"| {name} | {flagged[y == 1].mean():.3f} | {flagged[y == 0].mean():.4f} | {' | '.join(shares)} |")
     print("\n| source | texts | flagged by tier 2 | in the band |\n|---|---|---|---|")
     for source in sorted(set(sources)):
         mask = sources == source
@@ -268,7 +268,9 @@ def topics_section() -> None:
     print("| allowed_margin | on-topic answered | denied topic refused | other topics refused | ms per request |")
     print("|---|---|---|---|---|")
     for margin in (0.0, 0.03, 0.05, 0.08):
-        answered, denied, others = [], [], []
+        answered: list[bool] = []
+        denied: list[bool] = []
+        others: list[bool] = []
         for allowed, refused in itertools.permutations(topics, 2):
             policy = TopicGuard(
                 enabled=True,
@@ -362,7 +364,7 @@ def generate(samples: int, seed: int) -> list[tuple[str, Found]] | None:
     spec = importlib.util.find_spec("presidio_evaluator")
     if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("faker") is None:
         return None
-    from faker import Faker
+    from faker import Faker  # type: ignore[import-not-found]  # optional: section (c) only
 
     root = Path(next(iter(spec.submodule_search_locations)))
     raw = (root / "data_generator" / "raw_data" / "templates.txt").read_text(encoding="utf-8")
