@@ -221,7 +221,7 @@ def sequential(
         for _ in range(count):
             request = next(stream)
             response = client.post(f"{base}/chat/completions", json=request.body, headers=_headers(request, litellm))
-            outcomes.append(outcome(response))
+            outcomes.append(f"{request.tenant} {outcome(response)}")
             kinds.append(request.kind)
             now = cpu_ns(pid)
             cpu.append((now - before) / 1e6)
@@ -369,7 +369,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, gateway_cpu: in
             f"| {row['round']} | {row['config']} | **{row['p50']:.2f}** | {row['p90']:.2f} | {row['p99']:.2f} | "
             f"{row['mean']:.2f} | {row['conc_mean']:.2f} | {row['rps']:.0f} |"
         )
-    print("\nSequential requests by outcome (count, CPU ms p50), last round:\n")
+    print("\nSequential requests by tenant and outcome (count, CPU ms p50), last round:\n")
     last = {row["config"]: row for row in rows}
     for name, row in last.items():
         parts = ", ".join(f"{label} {n} ({ms:.2f})" for label, (n, ms) in row["outcomes"].items())
