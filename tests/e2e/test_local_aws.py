@@ -144,6 +144,10 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, model_endpoint: str) -> I
             aws.lambdas.env_overrides["BATCH_STATE_MACHINE_ARN"] = resource_of(
                 template, resources, "AWS::StepFunctions::StateMachine", "Batch"
             )
+            # The pseudonym key, read by the functions from Secrets Manager as on AWS (the local
+            # CloudFormation does not generate secret values).
+            secret = aws.client("secretsmanager").create_secret(Name="pseudonym-key", SecretString="k" * 64)
+            aws.lambdas.env_overrides["PSEUDONYM_SECRET_ARN"] = secret["ARN"]
             front = RestFront(
                 aws,
                 state_machine_arn=resource_of(template, resources, "AWS::StepFunctions::StateMachine", "Workflow"),
