@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import os
 import threading
 import time
@@ -117,20 +118,33 @@ def map_sdk_error(sdk: Any, exc: Exception, model_id: str) -> ProviderError:
         return ProviderTimeout(f"model '{model_id}' timed out")
     if isinstance(exc, sdk.APIConnectionError):
         return transport_error(exc.__cause__ or exc, model_id)
-    if isinstance(exc, sdk.RateLimitError):
-        return ProviderThrottled(
-            f"model '{model_id}' is rate limited upstream",
-            retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
-        )
-    if isinstance(exc, sdk.APIStatusError):
-        status = exc.status_code
-        if status >= 500 or status in (408, 409):
-            return ProviderUnavailable(f"model '{model_id}' failed upstream (HTTP {status})")
-        message = _upstream_message(exc.body, status)
-        return upstream_context_error(exc.body) or ProviderBadRequest(
-            f"model '{model_id}' rejected the request: {message}"
-        )
+    if isinstance(exc, sdk.APIStatusError):  # RateLimitError (429) included
+        return http_status_error(exc.status_code, model_id, exc.response.headers.get("retry-after"), exc.body)
     return ProviderUnavailable(f"model '{model_id}' failed: {type(exc).__name__}")
+
+
+def http_status_error(status: int, model_id: str, retry_after: str | None, body: object) -> ProviderError:
+    """An OpenAI-style upstream's HTTP error status as the gateway's provider error (see
+    `map_sdk_error`). `body` is what `error_body` makes of the response: the SDKs' `exc.body`."""
+    if status == 429:
+        return ProviderThrottled(
+            f"model '{model_id}' is rate limited upstream", retry_after_s=parse_retry_after(retry_after)
+        )
+    if status >= 500 or status in (408, 409):
+        return ProviderUnavailable(f"model '{model_id}' failed upstream (HTTP {status})")
+    message = _upstream_message(body, status)
+    return upstream_context_error(body) or ProviderBadRequest(f"model '{model_id}' rejected the request: {message}")
+
+
+def error_body(text: str) -> object:
+    """An error response's body as the `openai`/`anthropic` SDKs hand it on: its JSON's `error`
+    member (else the whole JSON), or the stripped text when it is not JSON."""
+    text = text.strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text
+    return body.get("error", body) if isinstance(body, dict) else body
 
 
 def transport_error(exc: BaseException, model_id: str) -> ProviderError:
