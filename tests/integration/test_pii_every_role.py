@@ -102,3 +102,20 @@ def test_masked_context_values_come_back_only_where_the_tenant_restores_them(che
     assert state.finish is not None and state.finish.response is not None
     answer = state.finish.response.text()
     assert EMAIL in answer and PHONE not in answer and "[PHONE_1]" in answer
+
+
+def test_a_purge_by_a_system_prompt_holding_pii_finds_its_answers(checker: FakeServer) -> None:
+    # Answers are cached under the masked system prompt; the operator purges by its real text
+    from llm_gateway.cache import PurgeRequest, purge_caches
+
+    runner = LocalRunner(make_deps(_config(checker.base_url, "{enabled: true, default: mask}")))
+    prompt = f"You are the support bot. Escalate to {EMAIL}."
+    messages = [{"role": "system", "content": prompt}, {"role": "user", "content": "Where do refunds go?"}]
+    first = runner.run(make_state(messages=messages))
+    assert first.finish is not None and first.finish.cached
+
+    removed = purge_caches(runner.deps, PurgeRequest(tenant="acme", system_prompt=prompt))
+
+    assert removed >= 1
+    again = runner.run(make_state(messages=messages))
+    assert again.cache is not None and again.cache.status == "miss"

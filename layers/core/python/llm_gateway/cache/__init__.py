@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import SemanticCache
+from ..config import PiiGuard, SemanticCache
 from ..contracts import CacheResult, ChatCompletion, ChatCompletionRequest, GatewayState
 from ..routing import planned_route
 from ..semantic.index import Vector, encode_vector
@@ -152,18 +152,31 @@ class PurgeRequest(BaseModel):
         return None if self.system_prompt is None else prompt_tag(self.system_prompt)
 
 
-def purge_stores(cache: ExactCache, semantic: SemanticIndex | None, purge: PurgeRequest) -> int:
+def purge_stores(
+    cache: ExactCache, semantic: SemanticIndex | None, purge: PurgeRequest, pii: PiiGuard | None = None
+) -> int:
     """Remove the cached answers `purge` selects from the exact cache and the semantic index;
     return how many went (0 when the store cannot count, e.g. Momento). Every process sharing the
-    store stops serving them once this returns (the local semantic index: purge markers)."""
-    removed = cache.purge(purge.tenant, purge.model, purge.tag)
-    if semantic is not None:
-        removed += semantic.purge(purge.tenant, purge.model, purge.tag)
+    store stops serving them once this returns (the local semantic index: purge markers).
+
+    `pii`: the tenant's PII policy. Caches tag answers by the system prompt as the model saw it,
+    masked; a purge by a system prompt that holds PII removes the answers under both forms."""
+    tags = {purge.tag}
+    if pii is not None and purge.system_prompt is not None:
+        from ..guard import masked_opening_text  # the guard's masking, only for this kind of purge
+
+        tags.add(prompt_tag(masked_opening_text(purge.system_prompt, pii)))
+    removed = 0
+    for tag in sorted(tags, key=str):
+        removed += cache.purge(purge.tenant, purge.model, tag)
+        if semantic is not None:
+            removed += semantic.purge(purge.tenant, purge.model, tag)
     return removed
 
 
 def purge_caches(deps: Deps, purge: PurgeRequest) -> int:
     """`purge_stores` on the runtime's stores, counted in the metrics."""
-    removed = purge_stores(deps.cache, deps.semantic, purge)
+    pii = deps.config.tenants[purge.tenant].guards.pii if purge.tenant in deps.config.tenants else None
+    removed = purge_stores(deps.cache, deps.semantic, purge, pii)
     deps.metrics.count("cache_purges", tenant=purge.tenant)
     return removed

@@ -226,8 +226,7 @@ def check_pii(
     model as surely as a user message), and in the RAG `context`; apply the tenant's policy: reject
     (the decision blocks), or mask (the masked messages and passages, and the restorable values),
     or allow. Decisions name entity types and counts, never values."""
-    watched = [entity for entity in PII_TYPES if policy.action(entity) != "allow"]
-    named = [entity for entity in NER_TYPES if policy.ner and policy.action(entity) != "allow"]
+    watched, named = _watched(policy)
     if not (watched or named):
         return GuardDecision(layer="pii", action="pass"), None, None, {}
     vault = Vault()
@@ -243,6 +242,22 @@ def check_pii(
     summary = ", ".join(f"{entity} x{count}" for entity, count in sorted(found.items()))
     restorable = {p: v for p, v in vault.values.items() if placeholder_entity(p) in policy.restore}
     return GuardDecision(layer="pii", action="mask", reason=f"masked {summary}"), masked, masked_context, restorable
+
+
+def _watched(policy: PiiGuard) -> tuple[list[str], list[str]]:
+    """The structured and the named entity types the policy does not simply allow."""
+    watched = [entity for entity in PII_TYPES if policy.action(entity) != "allow"]
+    named = [entity for entity in NER_TYPES if policy.ner and policy.action(entity) != "allow"]
+    return watched, named
+
+
+def masked_opening_text(text: str, policy: PiiGuard) -> str:
+    """`text` as `check_pii` masks it when it opens a request (a system prompt): what the caches
+    key and tag, so a purge by system prompt can find answers given under a prompt holding PII."""
+    watched, named = _watched(policy)
+    if not (policy.enabled and (watched or named)):
+        return text
+    return _masked_text(text, watched, named, Vault(), Counter())
 
 
 def _masked_text(text: str, entities: list[str], named: list[str], vault: Vault, found: Counter[str]) -> str:

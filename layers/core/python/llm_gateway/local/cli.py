@@ -171,7 +171,7 @@ def purge(config_path: str | None, selection: dict[str, str | None]) -> int:
     # in the same file): this process need not load the index itself.
     semantic = LocalSemanticIndex(config.storage_path, load=False)
     try:
-        removed = purge_stores(store, semantic, request)
+        removed = purge_stores(store, semantic, request, config.tenants[request.tenant].guards.pii)
     finally:
         semantic.close()
         store.close()
