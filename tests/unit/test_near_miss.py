@@ -50,13 +50,13 @@ def _served(pairs: list[dict[str, object]]) -> tuple[np.ndarray, np.ndarray]:
         ("Are contractors eligible for the plan?", "Are contractors ineligible for the plan?", "negation"),
         ("Flights from London to Paris tomorrow", "Flights from Paris to London tomorrow", "direction"),
         ("How do I convert a PDF to Word?", "How do I convert a Word document to PDF?", "direction"),
-        ("Should I buy Tesla shares now?", "Should I sell Tesla shares now?", "direction"),
+        ("Should I buy Voltra shares now?", "Should I sell Voltra shares now?", "direction"),
         ("Cron expression for every Monday at 9am", "Cron expression for every Monday at 9pm", "date"),
         ("What's the forecast for this weekend in Austin?", "What's the forecast for next weekend in Austin?", "date"),
         ("Is the Pro plan billed monthly?", "Is the Team plan billed monthly?", "plan"),
         ("How much is a 10-mile taxi ride in Chicago?", "How much is a 10-kilometer taxi ride in Chicago?", "unit"),
         ("How do I read a CSV file in pandas?", "How do I read a CSV file in Polars?", "entity"),
-        ("Who is the CEO of Microsoft?", "Who is the CEO of Google?", "entity"),
+        ("Who is the CEO of Northwind?", "Who is the CEO of Quillon?", "entity"),
     ],
 )
 def test_each_kind_of_difference_is_named(a: str, b: str, kind: str) -> None:
@@ -85,7 +85,8 @@ def test_held_out_near_misses_are_rejected_at_the_shipped_precision() -> None:
     by_verifier, served = _served(different)
     # Measured on this set (AVX-512 VNNI): the verifier alone served 19.1 % of them, with the
     # vetoes 2.9 % (10 of 345). The bar is 95 % rejected.
-    assert 1 - served.mean() >= 0.95
+    # 5 % of 345 pairs is 17 served; measured 10
+    assert int(served.sum()) <= 0.05 * len(different), f"{int(served.sum())} of {len(different)} served"
     assert served.sum() < by_verifier.sum() / 3
     for kind in ("number", "negation", "entity", "date", "plan", "direction"):
         assert sum(1 for p in different if p["kind"] == kind) >= 50
@@ -94,12 +95,14 @@ def test_held_out_near_misses_are_rejected_at_the_shipped_precision() -> None:
 def test_the_vetoes_cost_few_held_out_paraphrase_hits() -> None:
     paraphrases = [p for p in _pairs("cache_near_miss_test.jsonl") if p["same"]]
     by_verifier, served = _served(paraphrases)
-    # Measured: the verifier accepts 62 of 166 paraphrases; the vetoes take back 5 (8 %).
+    # Measured: the verifier accepts 63 of 166 paraphrases; the vetoes take back 5 (8 %).
     assert by_verifier.sum() >= 50
     assert served.sum() >= 0.85 * by_verifier.sum()
 
 
 def test_the_tuning_set_is_rejected_almost_entirely() -> None:
     pairs = _pairs("cache_near_miss_tuning.jsonl")
-    _by_verifier, served = _served([p for p in pairs if not p["same"]])
-    assert 1 - served.mean() >= 0.98  # measured 0.994
+    different = [p for p in pairs if not p["same"]]
+    _by_verifier, served = _served(different)
+    # 2 % of 333 pairs is 6 served; measured 2
+    assert int(served.sum()) <= 0.02 * len(different), f"{int(served.sum())} of {len(different)} served"
