@@ -21,7 +21,6 @@ import anyio.to_thread
 import orjson
 from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -49,6 +48,7 @@ from .openapi import openapi_document
 
 log = logging.getLogger("llm_gateway.http")
 JSON = "application/json"
+CHAT_PATH = "/v1/chat/completions"
 
 
 def _api_key(request: Request) -> str | None:
@@ -334,23 +334,38 @@ class GatewayApp:
         return Response(orjson.dumps(openapi_document()), media_type=JSON)
 
 
-class _HeaderLimit:
-    """Refuses a request whose headers together exceed `limits.max_header_bytes` (431), before any
-    route reads them: a megabyte `Authorization` header is not hashed, looked up or logged."""
+class GatewayAsgi:
+    """The ASGI application. Headers over `limits.max_header_bytes` together are refused (431)
+    before any route reads them: a megabyte `Authorization` header is not hashed, looked up or
+    logged. `POST /v1/chat/completions`, the hot path, goes straight to its handler, which answers
+    every error itself (Starlette's middleware and routing cost ~6 % of a proxied request's CPU);
+    every other request goes through Starlette's routing."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
+    def __init__(self, gateway: GatewayApp, routes: Starlette, max_header_bytes: int) -> None:
+        self.gateway = gateway
+        self.routes = routes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_bytes:
-            refusal = HeadersTooLarge(f"The request headers exceed {self.max_bytes} bytes.")
+        if scope["type"] != "http":
+            await self.routes(scope, receive, send)
+            return
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
+            refusal = HeadersTooLarge(f"The request headers exceed {self.max_header_bytes} bytes.")
             await _error_response(refusal)(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if path == CHAT_PATH and scope["method"] == "POST":
+            response = await self.gateway.chat_completions(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.routes(scope, receive, send)
 
 
-def create_app(runner: LocalRunner) -> Starlette:
+def create_app(runner: LocalRunner) -> GatewayAsgi:
     """The ASGI application."""
     gateway = GatewayApp(runner)
 
@@ -364,9 +379,9 @@ def create_app(runner: LocalRunner) -> Starlette:
             response.headers["allow"] = allow
         return response
 
-    return Starlette(
+    routes = Starlette(
         routes=[
-            Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+            Route(CHAT_PATH, gateway.chat_completions, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
             Route("/v1/batches", gateway.batches, methods=["GET"]),
             Route("/v1/batches/{batch_id}", gateway.batches, methods=["GET"]),
@@ -376,5 +391,5 @@ def create_app(runner: LocalRunner) -> Starlette:
             Route("/openapi.json", gateway.openapi, methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: not_found},
-        middleware=[Middleware(_HeaderLimit, max_bytes=runner.deps.config.limits.max_header_bytes)],
     )
+    return GatewayAsgi(gateway, routes, runner.deps.config.limits.max_header_bytes)

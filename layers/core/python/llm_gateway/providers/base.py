@@ -149,11 +149,14 @@ def error_body(text: str) -> object:
 
 def transport_error(exc: BaseException, model_id: str) -> ProviderError:
     """A transport failure: a timeout, a connection dropped mid-answer, or no connection. Told by
-    class name, which httpx and the SDKs' own copy of it (httpx2) share."""
+    class name, which httpx and the SDKs' own copy of it (httpx2) share, as does urllib3 for its
+    timeouts (`TimeoutError`) and cut or refused exchanges (`ProtocolError`)."""
     names = {cls.__name__ for cls in type(exc).__mro__}
-    if "TimeoutException" in names:
+    if "NewConnectionError" in names:  # urllib3's refused connection, a `TimeoutError` by descent
+        return ProviderUnavailable(f"model '{model_id}' is unreachable")
+    if names & {"TimeoutException", "TimeoutError"}:
         return ProviderTimeout(f"model '{model_id}' timed out")
-    if names & {"RemoteProtocolError", "ReadError"}:
+    if names & {"RemoteProtocolError", "ReadError", "ProtocolError"}:
         return ProviderUnavailable(f"model '{model_id}' closed the connection before finishing")
     return ProviderUnavailable(f"model '{model_id}' is unreachable")
 
