@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from ...ports import BatchJob, BatchLine, BatchLineState
+from .sqlite import open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch_jobs (
@@ -36,10 +36,7 @@ class SqliteBatchJobs:
     caller expects (`UPDATE ... WHERE state = ?`)."""
 
     def __init__(self, path: str | Path) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_database(path)
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 

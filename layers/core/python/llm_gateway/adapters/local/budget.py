@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ...ports import BudgetLimit, BudgetRefused, BudgetUsage
+from .sqlite import open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS budget_counter (
@@ -45,10 +45,7 @@ CREATE INDEX IF NOT EXISTS budget_reservation_held ON budget_reservation (state,
 
 class SqliteBudgetLedger:
     def __init__(self, path: str | Path = ":memory:", timeout_s: float = 30.0) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=timeout_s)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_database(path, timeout_s=timeout_s)
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
 from ...ports import ReviewItem, ReviewStatus
+from .sqlite import open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_queue (
@@ -22,10 +22,7 @@ CREATE INDEX IF NOT EXISTS review_queue_status ON review_queue (status, created_
 
 class SqliteReviewQueue:
     def __init__(self, path: str | Path = ":memory:") -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_database(path)
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 

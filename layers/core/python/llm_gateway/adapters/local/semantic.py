@@ -19,7 +19,6 @@ row, in any process.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ...semantic.index import DIMENSIONS, Candidate, Vector, as_unit_vector
-from .sqlite import add_missing_column, join_tags, purge_filter
+from .sqlite import add_missing_column, join_tags, open_database, purge_filter
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS semantic_index (
@@ -124,11 +123,7 @@ class LocalSemanticIndex:
         """`clock` tells which rows have expired when loading and which purged rows were still live.
         `load=False`: keep nothing in memory (a handle that only purges, as the `purge` command uses)."""
         self._clock = clock
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(path)
         add_missing_column(self._db, "semantic_index", "tags", "TEXT NOT NULL DEFAULT ''")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()

@@ -69,6 +69,18 @@ _USAGE_COLUMNS = tuple(UsageRecord.model_fields)
 _AUDIT_COLUMNS = tuple(AuditRecord.model_fields)
 
 
+def open_database(path: str | Path, *, timeout_s: float = 30.0) -> sqlite3.Connection:
+    """A connection as every local store opens one: shared by threads (its owner holds a lock),
+    autocommit (transactions are explicit), WAL with `synchronous=NORMAL` (a commit survives a
+    process crash without an fsync), waiting up to `timeout_s` for another process's write."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=timeout_s)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
 def add_missing_column(db: sqlite3.Connection, table: str, column: str, definition: str) -> None:
     """Bring a store written by an earlier release up to the current schema (SQLite has no
     `ADD COLUMN IF NOT EXISTS`)."""
@@ -105,11 +117,7 @@ class SqliteStore:
 
     def __init__(self, path: str | Path, checkpoint_interval_s: float = 0.5) -> None:
         in_memory = str(path) == ":memory:"
-        if not in_memory:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(path)
         add_missing_column(self._db, "exact_cache", "tags", "TEXT NOT NULL DEFAULT ''")
         add_missing_column(self._db, "audit", "guards", "TEXT")
         self._db.executescript(_SCHEMA)
