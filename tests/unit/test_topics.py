@@ -20,6 +20,14 @@ from tests.conftest import BASE_CONFIG, make_config, make_deps, make_state
 TOPICS: dict[str, list[str]] = json.loads((Path(__file__).parents[1] / "data" / "topics.json").read_text())
 SHOTS = 8
 REFUSAL = "This is a cooking assistant. I cannot help with {topic}."
+# The held-out medical requests that ask for personal advice (what should *I* do about *my*
+# situation); the other eight are general health questions ("What are the side effects of statins?").
+PERSONAL_MEDICAL = {
+    "How can I lower my blood pressure without medication?",
+    "What should I do for a persistent dry cough?",
+    "How much melatonin should I take to sleep?",
+    "Are my symptoms a sign of a urinary tract infection?",
+}
 POLICY = TopicGuard(
     enabled=True,
     allowed=[Topic(name="cooking", examples=TOPICS["cooking"][:SHOTS])],
@@ -31,24 +39,35 @@ POLICY = TopicGuard(
 def test_held_out_requests_land_on_the_right_side() -> None:
     classifier = topic_classifier(POLICY)
     embed = default_embedder().embed
-    matches = {name: [classifier.match(v) for v in embed(texts[SHOTS:])] for name, texts in TOPICS.items()}
+    held_out = {name: texts[SHOTS:] for name, texts in TOPICS.items()}
+    matches = {
+        name: [classifier.match(v, t) for v, t in zip(embed(texts), texts, strict=True)]
+        for name, texts in held_out.items()
+    }
     allowed = sum(m.kind == "allowed" for m in matches["cooking"]) / len(matches["cooking"])
-    medical = matches["medical"]
-    denied = sum(m.kind == "denied" for m in medical) / len(medical)  # the rest: refused as off-topic
-    medical_refused = sum(m.kind != "allowed" for m in medical) / len(medical)
+    medical = list(zip(held_out["medical"], matches["medical"], strict=True))
+    medical_refused = sum(m.kind != "allowed" for _, m in medical) / len(medical)
+    # Personal advice is refused with the tenant's message; a general health question is off-topic
+    # for a cooking assistant (refused too), as the library's health information topic.
+    personal = [m for t, m in medical if t in PERSONAL_MEDICAL]
+    denied = sum(m.kind == "denied" for m in personal) / len(personal)
+    general = [m for t, m in medical if t not in PERSONAL_MEDICAL]
+    health = sum(m.topic == "health" for m in general) / len(general)
     others = [m for name in ("legal", "programming", "travel") for m in matches[name]]
     refused = sum(m.kind != "allowed" for m in others) / len(others)
-    # 12 held-out requests per topic. int8 kernels differ between CPUs (AVX2, AVX-512 VNNI, AMX):
-    # measured on VNNI with the shipped int8 model, the float32 model and an int8 build with 7-bit
-    # weights, the worst of the three was allowed 1.000, medical refused 0.750, denied 0.583,
-    # others refused 0.972; each bound is one request under that.
+    # 12 held-out requests per topic, 4 of the medical ones personal. int8 kernels differ between
+    # CPUs (AVX2, AVX-512 VNNI, AMX): measured on VNNI with the shipped int8 model and the packaged
+    # float-compute model, the worst of the two was allowed 1.000, medical refused 1.000, personal
+    # denied 0.750, general to health 1.000, others refused 0.972; each bound is one request under that.
     assert allowed >= 0.9, allowed
-    assert medical_refused >= 0.66, medical_refused
+    assert medical_refused >= 0.9, medical_refused
     assert denied >= 0.5, denied
+    assert health >= 0.85, health
     assert refused >= 0.94, refused
-    # The library's own cooking and health topics give way to the tenant's.
+    # The library's own cooking topic gives way to the tenant's; its health information topic
+    # stays, paired with the tenant's medical advice (the head decides between the two).
     assert "cooking" in classifier.names and classifier.names.count("cooking") == 1
-    assert "health" not in classifier.names and "law" in classifier.names
+    assert "health" in classifier.names and "law" in classifier.names
 
 
 def test_the_client_reads_the_tenant_s_refusal() -> None:

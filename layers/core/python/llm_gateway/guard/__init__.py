@@ -192,7 +192,7 @@ def check_topic(messages: list[ChatMessage], policy: TopicGuard) -> tuple[GuardD
     from ..semantic.embeddings import default_embedder
     from .topics import refusal_message, topic_classifier  # numpy: only for tenants with topics
 
-    match = topic_classifier(policy).match(default_embedder().embed_one(text))
+    match = topic_classifier(policy).match(default_embedder().embed_one(text), text)
     refused = match.kind == "denied" or (match.kind == "other" and bool(policy.allowed))
     if not refused:
         return GuardDecision(
