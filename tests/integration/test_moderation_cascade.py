@@ -86,8 +86,10 @@ def test_an_undecided_judge_falls_back_to_tier_2_and_queues_the_text_for_review(
     assert below.outcome == "allowed"
     assert [(d.layer, d.action) for d in below.decisions] == [("llm_judge", "flag")]
     assert (above.outcome, above.layer) == ("blocked", "harmful_content")
-    [item] = deps.review.items()
-    assert (item.kind, item.layer, item.text) == ("input", "llm_judge", UNSURE_LOW)
+    # (the refusal is queued too, as refused: a reviewer may correct it)
+    [item, refused] = sorted(deps.review.items(), key=lambda i: i.layer, reverse=True)
+    assert (item.kind, item.layer, item.action, item.text) == ("input", "llm_judge", "flag", UNSURE_LOW)
+    assert (refused.layer, refused.action, refused.text) == ("harmful_content", "block", UNSURE_HIGH)
     assert isinstance(deps.metrics, InMemoryMetrics)
     outcome = "unparseable" if failure == "prose" else "provider_error"
     key = ("check_model_calls", (("check", "judge"), ("model", "judge"), ("outcome", outcome)))
@@ -99,7 +101,8 @@ def test_without_a_judge_tier_2_s_threshold_decides_the_band(tmp_path: Path) -> 
     assert guard_step(make_state(UNSURE_LOW), deps).outcome == "allowed"
     blocked = guard_step(make_state(UNSURE_HIGH), deps)
     assert (blocked.outcome, blocked.layer) == ("blocked", "harmful_content")
-    assert deps.review is not None and deps.review.items() == []
+    assert deps.review is not None
+    assert [(i.layer, i.action) for i in deps.review.items()] == [("harmful_content", "block")]  # the refusal only
 
 
 def test_a_harmful_answer_is_withheld_with_content_filter(checker: FakeServer, tmp_path: Path) -> None:

@@ -219,7 +219,9 @@ class InjectionGuard(_Config):
     """Prompt-injection / jailbreak detection on user and tool messages (`guard.injection`)."""
 
     enabled: bool = False
-    action: Literal["block", "flag"] = "block"  # flag: let it through, record the decision
+    # block: refuse; flag: let it through, queue it for review; log: a dry run (let it through,
+    # record "would have blocked" in the audit record and metrics, queue nothing).
+    action: Literal["block", "flag", "log"] = "block"
     # Default: the shipped classifier's threshold (benign false-positive rate <= 2 % on validation).
     threshold: float | None = Field(default=None, gt=0, lt=1)
 
@@ -270,7 +272,9 @@ class HarmfulGuard(_Config):
     enabled: bool = False
     input: bool = True
     output: bool = True
-    action: Literal["block", "flag"] = "block"  # flag: let it through, queue it for review
+    # block: refuse (input) or withhold (output); flag: let it through, queue it for review; log: a
+    # dry run (let it through, record "would have blocked", queue nothing), on input and output.
+    action: Literal["block", "flag", "log"] = "block"
     threshold: float | None = Field(default=None, gt=0, lt=1)
     band: tuple[float, float] | None = None  # [escalate at or above, act at or above]
     judge_model: str | None = None  # a model id from `models`
@@ -316,6 +320,8 @@ class TopicGuard(_Config):
     # The client's refusal; {topic} is the topic the request was matched to, {allowed} the allowed ones.
     refusal: str = Field(default="I can only help with {allowed}. I cannot help with {topic}.", max_length=500)
     allowed_margin: float = Field(default=0.05, ge=0, le=0.5)
+    # block: refuse with `refusal`; log: a dry run (answer it, record "would have refused").
+    action: Literal["block", "log"] = "block"
 
     @model_validator(mode="after")
     def _topics(self) -> TopicGuard:

@@ -294,7 +294,8 @@ class GuardDecision(_Strict):
     """One guard layer's verdict on a request: what it decided, its score and why."""
 
     layer: str
-    action: Literal["pass", "flag", "mask", "block"]
+    # log: a dry run's "would have blocked" — recorded (audit, metrics), the request goes on as if passed
+    action: Literal["pass", "flag", "mask", "block", "log"]
     score: float | None = None
     reason: str | None = None
 

@@ -12,7 +12,16 @@ from .guard.ner import ner_available
 from .model_endpoint import EndpointMonitor
 from .moderation.blocklist import CompiledBlocklist
 from .observability import MetricsSink, NullMetrics
-from .ports import AuditLog, BatchJobs, BudgetLedger, ExactCache, RateLimiter, ReviewQueue, UsageLedger
+from .ports import (
+    AuditLog,
+    BatchJobs,
+    BudgetLedger,
+    ExactCache,
+    GuardAllowList,
+    RateLimiter,
+    ReviewQueue,
+    UsageLedger,
+)
 from .providers.base import ProviderRegistry
 from .semantic.index import SemanticIndex
 
@@ -28,6 +37,7 @@ class Deps:
     metrics: MetricsSink = field(default_factory=NullMetrics)
     semantic: SemanticIndex | None = None  # None: this deployment has no semantic index
     review: ReviewQueue | None = None  # None: flagged items are only counted and audited
+    allowlist: GuardAllowList | None = None  # None: reviewed false refusals are not let through
     budgets: BudgetLedger | None = None  # None: tenants' `budgets` are not enforced (refused at start)
     batch_jobs: BatchJobs | None = None  # None: no batch job status on this deployment's API
     model_endpoint: EndpointMonitor | None = None  # a model endpoint this process runs (serve's local model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -151,19 +152,36 @@ def _audit(state: GatewayState, deps: Deps, outcome: Outcome, error_code: str | 
         outcome=outcome,
         error_code=error_code,
         guards=decision_summary(state),
+        guard_reasons=decision_reasons(state),
     )
+
+
+def _decisions(state: GatewayState) -> list[tuple[str, GuardDecision]]:
+    """The request's guard (`input`) and moderation (`output`) decisions, in the order taken."""
+    found = [("input", d) for d in (state.guard.decisions if state.guard else [])]
+    if state.guard is not None and state.guard.outcome == "blocked" and state.guard.layer == "blocklist":
+        found.append(("input", GuardDecision(layer="blocklist", action="block", reason=state.guard.reason)))
+    found += [("output", d) for d in (state.moderate.decisions if state.moderate else [])]
+    if state.moderate is not None and state.moderate.layer in ("blocklist", "pii_leak"):
+        action = "block" if state.moderate.outcome == "filtered" else "mask"
+        found.append(("output", GuardDecision(layer=state.moderate.layer, action=action, reason=state.moderate.rule)))
+    return found
 
 
 def decision_summary(state: GatewayState) -> str | None:
     """The request's guard and moderation decisions for the audit record: layer, action, score."""
-    decisions = [*(state.guard.decisions if state.guard else []), *(state.moderate.decisions if state.moderate else [])]
-    if state.guard is not None and state.guard.outcome == "blocked" and state.guard.layer == "blocklist":
-        decisions.append(GuardDecision(layer="blocklist", action="block"))
-    if state.moderate is not None and state.moderate.layer in ("blocklist", "pii_leak"):
-        action = "block" if state.moderate.outcome == "filtered" else "mask"
-        decisions.append(GuardDecision(layer=state.moderate.layer, action=action))
-    parts = [f"{d.layer}:{d.action}" + ("" if d.score is None else f":{d.score:g}") for d in decisions]
+    parts = [f"{d.layer}:{d.action}" + ("" if d.score is None else f":{d.score:g}") for _, d in _decisions(state)]
     return " ".join(parts) or None
+
+
+def decision_reasons(state: GatewayState) -> str | None:
+    """Why the request's layers flagged, logged (would have blocked) or blocked, for the audit
+    record: JSON `[[kind, layer, action, reason], ...]` (reasons never quote the text)."""
+    reasons = [[kind, d.layer, d.action, d.reason] for kind, d in _decisions(state) if d.action in _REASONED]
+    return json.dumps(reasons, separators=(",", ":")) if reasons else None
+
+
+_REASONED = ("flag", "log", "block")
 
 
 def finish_step(state: GatewayState, deps: Deps) -> FinishResult:

@@ -60,6 +60,10 @@ class AuditRecord(BaseModel):
     # Every guard and moderation decision as `layer:action[:score]`, space-separated (no reasons,
     # no text), e.g. "prompt_injection:pass:0.02 pii:mask harmful_content:pass:0.0003".
     guards: str | None = None
+    # The reasons of the decisions that flagged, logged or blocked, as JSON `[[kind, layer, action,
+    # reason], ...]` (kind `input` or `output`); reasons name scores, categories, topics, entity
+    # types and rule indexes, never the text. For `llm-gateway guard-report`.
+    guard_reasons: str | None = None
 
 
 class ExactCache(Protocol):
@@ -180,6 +184,7 @@ class ReviewItem(BaseModel):
     score: float | None = None
     text: str
     created_at: float
+    action: Literal["flag", "block"] = "flag"  # what the layer did: let it through, or refused it
     status: ReviewStatus = "pending"
     reviewer: str | None = None
     decided_at: float | None = None
@@ -198,6 +203,42 @@ class ReviewQueue(Protocol):
 
     def decide(self, item_id: str, approved: bool, reviewer: str, now: float) -> ReviewItem:
         """Record a decision on a pending item; `KeyError` if unknown, `ValueError` if already decided."""
+        ...
+
+
+def normalised_text(text: str) -> str:
+    """A text as the guard allow-list compares it: whitespace runs made one space, ends trimmed
+    (nothing else: case, punctuation and PII placeholders count)."""
+    return " ".join(text.split())
+
+
+class AllowedText(BaseModel):
+    """A request text a reviewer approved after a classifier layer refused or flagged it: the
+    tenant's requests whose latest user message is this text skip the classifier layers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: str
+    text: str  # as the layer scored it and the queue kept it (PII masked)
+    layer: str  # the layer that refused or flagged it
+    item_id: str  # the review item it came from
+    added_at: float
+
+
+class GuardAllowList(Protocol):
+    """Per-tenant texts the input guard's classifier layers let through (reviewed false refusals)."""
+
+    def add(self, entry: AllowedText) -> bool:
+        """Store an entry; False (and no change) when the tenant already allows the same text
+        (compared by `normalised_text`)."""
+        ...
+
+    def allows(self, tenant: str, text: str) -> bool:
+        """Whether `tenant` allows `text` (compared by `normalised_text`); one indexed lookup."""
+        ...
+
+    def entries(self, tenant: str | None = None) -> list[AllowedText]:
+        """Entries oldest first (None: every tenant's)."""
         ...
 
 

@@ -27,6 +27,7 @@ from .contracts import (
     ErrorBody,
     FinishReason,
     GatewayState,
+    GuardDecision,
     InvokeResult,
     ModerateResult,
     Usage,
@@ -140,20 +141,23 @@ class _Progress:
     leaked: set[str] = field(default_factory=set)  # PII types found in the answer
     harm_stop: float | None = None  # tier 2 score that stops the stream (None: harmful moderation off)
     harm_scored: int = 0  # length of the text last scored
-    harm: str | None = None  # why tier 2 stopped the stream
+    harm: str | None = None  # why tier 2 stopped the stream (or, a dry run, would have)
+    harm_score: float | None = None
+    harm_log: bool = False  # action `log`: record what would have stopped the stream, never stop it
 
 
 def _harm_stops(progress: _Progress, final: bool = False) -> bool:
     """Score the answer so far every HARM_STEP_CHARS (and at the end); True when it must stop."""
     if progress.harm_stop is None or progress.harm is not None:
-        return progress.harm is not None
+        return progress.harm is not None and not progress.harm_log
     if not final and len(progress.text) - progress.harm_scored < HARM_STEP_CHARS:
         return False
     assessed = load_harmful_classifier().assess_long(progress.text, start=progress.harm_scored)
     progress.harm_scored = len(progress.text)
     if assessed.score >= progress.harm_stop:
         progress.harm = f"{assessed.category} (score {assessed.score:.3f})"
-    return progress.harm is not None
+        progress.harm_score = round(assessed.score, 4)
+    return progress.harm is not None and not progress.harm_log
 
 
 def _harm_stop(policy: HarmfulGuard) -> float | None:
@@ -179,7 +183,8 @@ def _relay(
     t0 = time.monotonic()
     policy = runner.deps.config.tenants[state.tenant().tenant].guards.pii
     progress = _Progress(leak=leak_watched(policy), withhold=policy.answers == "withhold")
-    progress.harm_stop = _harm_stop(runner.deps.config.tenants[state.tenant().tenant].guards.harmful)
+    harmful = runner.deps.config.tenants[state.tenant().tenant].guards.harmful
+    progress.harm_stop, progress.harm_log = _harm_stop(harmful), harmful.action == "log"
     ended = _Ended(runner, state, model_id, provider, attempts, t0, progress)
     try:
         yield _chunk(state, model_id, ChunkDelta(role="assistant", content=""))
@@ -306,6 +311,8 @@ def _settle(
         latency_ms=round((time.monotonic() - t0) * 1000, 3),
     )
     state.moderate = _stream_moderation(progress)
+    for decision in state.moderate.decisions:  # a dry run's "would have stopped it"
+        runner.deps.metrics.count("guard_triggers", layer=decision.layer, action=decision.action)
     state.finish = finish_step(state, runner.deps)
     yield _chunk(state, model_id, ChunkDelta(), finish)
     if _wants_usage(state):
@@ -314,19 +321,28 @@ def _settle(
 
 def _stream_moderation(progress: _Progress) -> ModerateResult:
     """The moderation outcome of a relayed stream, as `moderate_step` would have recorded it."""
+    logged = (
+        [GuardDecision(layer="harmful_content", action="log", score=progress.harm_score, reason=progress.harm)]
+        if progress.harm_log and progress.harm is not None
+        else []
+    )
     if progress.rule is not None:
-        return ModerateResult(outcome="filtered", layer="blocklist", rule=progress.rule)
-    if progress.harm is not None:
+        return ModerateResult(outcome="filtered", layer="blocklist", rule=progress.rule, decisions=logged)
+    if progress.harm is not None and not progress.harm_log:
         return ModerateResult(outcome="filtered", layer="harmful_content", rule=progress.harm)
     if "withheld" in progress.leaked:
         types = sorted({s.entity for s in find_pii(progress.text, progress.leak)})
-        return ModerateResult(outcome="filtered", layer="pii_leak", rule=", ".join(types))
+        return ModerateResult(outcome="filtered", layer="pii_leak", rule=", ".join(types), decisions=logged)
     if progress.leaked:
         content = redact(progress.text, find_pii(progress.text, progress.leak))
         return ModerateResult(
-            outcome="redacted", layer="pii_leak", rule=", ".join(sorted(progress.leaked)), content=content
+            outcome="redacted",
+            layer="pii_leak",
+            rule=", ".join(sorted(progress.leaked)),
+            content=content,
+            decisions=logged,
         )
-    return ModerateResult(outcome="passed")
+    return ModerateResult(outcome="passed", decisions=logged)
 
 
 def _reply_from(

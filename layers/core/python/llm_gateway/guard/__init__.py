@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..compression import Compressed, compress
-from ..config import Compression, InjectionGuard, PiiGuard, TopicGuard
+from ..config import Compression, Guards, InjectionGuard, PiiGuard, TopicGuard
 from ..contracts import ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
 from ..decisions import record_layer, submit_for_review
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
@@ -19,6 +19,7 @@ from ..moderation.cascade import harmful_decision
 from ..moderation.harmful import load_harmful_classifier
 from ..output_format import check_schema
 from ..routing import resolve_route
+from .allowlist import CLASSIFIER_LAYERS, allowlist_decision
 from .injection import load_injection_classifier
 from .ner import NER_TYPES, find_names
 from .pii import STRUCTURED_TYPES as PII_TYPES
@@ -105,6 +106,10 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
 
     def blocked(refusal: str | None = None) -> GuardResult:
         last = decisions[-1]
+        if deps.review is not None and last.layer in CLASSIFIER_LAYERS and not pii_rejected:
+            # A classifier's refusal is queued too: a reviewer's approval corrects it (allow-list).
+            text = scored_text(seen)
+            submit_for_review(state, deps.review, context.tenant, "input", [last], text, deps.clock(), "block")
         return GuardResult(
             outcome="blocked",
             tenant=context,
@@ -114,28 +119,37 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
             decisions=decisions,
         )
 
-    if policy.injection.enabled and run(lambda: check_injection(state, policy.injection)):
-        return blocked()
-    masked: list[ChatMessage] | None = None
-    masked_context: list[str] | None = None
-    restorable: dict[str, str] = {}
+    # PII is screened first, its decision recorded in its place after injection's: the allow-list
+    # and the review queue see the text as masked.
+    pii_started = time.perf_counter()
+    pii_decision, masked, masked_context, restorable = (
+        check_pii(state, policy.pii) if policy.pii.enabled else (None, None, None, {})
+    )
+    pii_s = time.perf_counter() - pii_started
+    pii_rejected = pii_decision is not None and pii_decision.action == "block"
+    seen = masked if masked is not None else state.request.messages
+    classify = pii_rejected or not run_allowlist(deps, context.tenant, policy, seen, decisions)
     refusal: list[str | None] = [None]
-
-    def pii() -> GuardDecision:
-        nonlocal masked, masked_context, restorable
-        decision, masked, masked_context, restorable = check_pii(state, policy.pii)
-        return decision
 
     def topic() -> GuardDecision:
         decision, refusal[0] = check_topic(seen, policy.topics)
         return decision
 
-    if policy.pii.enabled and run(pii):
+    if classify and policy.injection.enabled and run(lambda: check_injection(state, policy.injection)):
         return blocked()
-    seen = masked if masked is not None else state.request.messages
-    if policy.harmful.enabled and policy.harmful.input and run(lambda: check_harmful_input(state, deps, context, seen)):
+    if pii_decision is not None:
+        record_layer(deps, pii_decision, time.perf_counter() - pii_s)
+        decisions.append(pii_decision)
+        if pii_rejected:
+            return blocked()
+    if (
+        classify
+        and policy.harmful.enabled
+        and policy.harmful.input
+        and run(lambda: check_harmful_input(state, deps, context, seen))
+    ):
         return blocked()
-    if policy.topics.enabled and run(topic):
+    if classify and policy.topics.enabled and run(topic):
         return blocked(refusal[0])
     saved = 0
     compression = deps.config.tenants[context.tenant].compression
@@ -154,10 +168,33 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         saved_tokens=saved,
     )
     if deps.review is not None and any(d.action == "flag" for d in decisions):
-        messages = masked if masked is not None else state.request.messages
-        text = "\n\n".join(m.text() for m in messages if m.role in ("user", "tool"))
-        submit_for_review(state, deps.review, context.tenant, "input", decisions, text, deps.clock())
+        submit_for_review(state, deps.review, context.tenant, "input", decisions, scored_text(seen), deps.clock())
     return result
+
+
+def scored_text(messages: list[ChatMessage]) -> str:
+    """What the input layers scored, as a review item keeps it: the user and tool messages (PII
+    masked, not compressed)."""
+    return "\n\n".join(m.text() for m in messages if m.role in ("user", "tool"))
+
+
+def run_allowlist(
+    deps: Deps, tenant: str, policy: Guards, messages: list[ChatMessage], decisions: list[GuardDecision]
+) -> bool:
+    """True (and an `allowlist` pass decision recorded) when a reviewer approved this request's
+    latest user message for the tenant: the classifier layers are skipped. Looked up only when
+    one of them is on."""
+    if deps.allowlist is None or not (
+        policy.injection.enabled or (policy.harmful.enabled and policy.harmful.input) or policy.topics.enabled
+    ):
+        return False
+    started = time.perf_counter()
+    decision = allowlist_decision(deps.allowlist, tenant, messages)
+    if decision is None:
+        return False
+    record_layer(deps, decision, started)
+    decisions.append(decision)
+    return True
 
 
 def check_harmful_input(
@@ -198,7 +235,9 @@ def check_topic(messages: list[ChatMessage], policy: TopicGuard) -> tuple[GuardD
         return GuardDecision(
             layer="topic", action="pass", score=match.score, reason=f"{match.kind}: {match.topic}"
         ), None
-    decision = GuardDecision(layer="topic", action="block", score=match.score, reason=f"{match.kind}: {match.topic}")
+    decision = GuardDecision(
+        layer="topic", action=policy.action, score=match.score, reason=f"{match.kind}: {match.topic}"
+    )
     return decision, refusal_message(policy, match)
 
 

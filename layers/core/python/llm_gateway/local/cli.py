@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, Price, hash_key, load_config
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
-from . import batch_cli
+from . import batch_cli, guard_cli
 from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
 
 __all__ = ["local_endpoint", "main", "mint_demo_keys", "with_endpoint_url"]  # batch_cli and bench use these
@@ -54,6 +54,7 @@ def _shutdown(signum: int, frame: object) -> None:
 def local_deps(config: GatewayConfig, stack: contextlib.ExitStack) -> Deps:
     """The embedded default's dependencies: every store on the configuration's SQLite file (closed
     when `stack` unwinds), in-memory rate limits and metrics, the standard providers."""
+    from ..adapters.local.allowlist import SqliteGuardAllowList
     from ..adapters.local.batch import SqliteBatchJobs
     from ..adapters.local.budget import SqliteBudgetLedger
     from ..adapters.local.memory import MemoryRateLimiter
@@ -74,6 +75,8 @@ def local_deps(config: GatewayConfig, stack: contextlib.ExitStack) -> Deps:
     stack.callback(semantic.close)
     review_queue = SqliteReviewQueue(config.storage_path)
     stack.callback(review_queue.close)
+    allowlist = SqliteGuardAllowList(config.storage_path)
+    stack.callback(allowlist.close)
     budgets = SqliteBudgetLedger(config.storage_path)
     stack.callback(budgets.close)
     batch_jobs = SqliteBatchJobs(config.storage_path)
@@ -84,6 +87,7 @@ def local_deps(config: GatewayConfig, stack: contextlib.ExitStack) -> Deps:
         cache=store,
         semantic=semantic,
         review=review_queue,
+        allowlist=allowlist,
         budgets=budgets,
         limiter=MemoryRateLimiter(),
         usage=store,
@@ -284,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     only.add_argument("--system-prompt-file", type=Path, help="only answers given under the system prompt in this file")
     review_cmd = commands.add_parser("review", help="the human review queue: list, approve, reject, export")
     review_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
-    review_cmd.add_argument("action", choices=["list", "approve", "reject", "export"])
-    review_cmd.add_argument("target", nargs="?", help="approve/reject: the item id; export: the JSONL file")
+    review_cmd.add_argument("action", choices=["list", "approve", "reject", "export", "export-approved"])
+    review_cmd.add_argument(
+        "target", nargs="?", help="approve/reject: the item id; export, export-approved: the JSONL file"
+    )
     review_cmd.add_argument("--tenant", help="only this tenant's items")
     review_cmd.add_argument("--status", default="pending", choices=["pending", "approved", "rejected", "all"])
     review_cmd.add_argument("--by", default=os.environ.get("USER", "reviewer"), help="reviewer name recorded")
@@ -309,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     calibrate_cmd.add_argument("--route", help="tenant.route: its models and knob (a share or a cost)")
     calibrate_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
     batch_cli.add_parser(commands, os.environ.get("LLM_GATEWAY_CONFIG"))
+    guard_cli.add_parser(commands, os.environ.get("LLM_GATEWAY_CONFIG"))
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -330,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "cost-report": lambda: cost_report(args),
         "route-calibrate": lambda: route_calibrate(args),
         "batch": lambda: batch_cli.run(args),
+        "guard-report": lambda: guard_cli.guard_report(args),
         "hash-key": lambda: print_key_digest(args.key),
     }
     try:
@@ -352,13 +360,15 @@ def review(
     by: str,
     table: str | None = None,
 ) -> int:
-    """List pending items; approve (the request was fine) or reject (the layer was right) one;
-    export decided items as JSONL training data: text, layer, label (1 = the layer was right).
-    `table`: a deployment's review table (DynamoDB, the environment's AWS credentials) instead of
-    the local store."""
+    """List pending items; approve (the request was fine: an input a classifier layer refused or
+    flagged is allow-listed in the local store) or reject (the layer was right) one; export
+    decided items as JSONL training data: text, layer, label (1 = the layer was right), or the
+    approved texts (`export-approved`, label benign). `table`: a deployment's review table
+    (DynamoDB, the environment's AWS credentials) instead of the local store."""
     import json
 
     store: Any
+    storage_path = None
     if table:
         from ..adapters.aws.dynamodb import default_client
         from ..adapters.aws.review import DynamoReviewStore
@@ -367,15 +377,22 @@ def review(
     else:
         from ..adapters.local.review import SqliteReviewQueue
 
-        store = SqliteReviewQueue(load_config(config_path or EXAMPLE_CONFIG).storage_path)
+        storage_path = load_config(config_path or EXAMPLE_CONFIG).storage_path
+        store = SqliteReviewQueue(storage_path)
     try:
         if action == "list":
             for item in store.items(None if status == "all" else status, tenant):
                 score = "" if item.score is None else f" score={item.score:.2f}"
-                print(f"{item.item_id} {item.status} {item.tenant} {item.kind}/{item.layer}{score}: {item.text[:80]!r}")
+                done = "refused" if item.action == "block" else "flagged"
+                print(
+                    f"{item.item_id} {item.status} {item.tenant} {item.kind}/{item.layer} {done}{score}: "
+                    f"{item.text[:80]!r}"
+                )
             return 0
         if target is None:
-            raise ConfigError(f"review {action} needs {'a file' if action == 'export' else 'an item id'}")
+            raise ConfigError(f"review {action} needs {'a file' if action.startswith('export') else 'an item id'}")
+        if action == "export-approved":
+            return guard_cli.export_approved(store, target, tenant)
         if action == "export":
             decided = [i for i in store.items(None, tenant, limit=1_000_000) if i.status != "pending"]
             with Path(target).open("w", encoding="utf-8") as out:
@@ -391,6 +408,9 @@ def review(
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         print(f"{decided_item.item_id} {decided_item.status} by {by}")
+        learned = guard_cli.remember(decided_item, storage_path, time.time()) if storage_path else None
+        if learned:
+            print(learned)
         return 0
     finally:
         if hasattr(store, "close"):

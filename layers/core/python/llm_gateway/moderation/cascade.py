@@ -6,6 +6,7 @@ uncertain band, tier 4 (human review) gets what the judge could not decide.
     in the band, judge configured      -> the judge's verdict     (layer llm_judge)
     in the band, no judge              -> tier 2's threshold      (layer harmful_content)
     judge failed or out of format      -> tier 2's threshold; a pass becomes `flag` (queued for review)
+                                          unless the action is `log` (a dry run queues nothing)
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _judged(
             type(error).__name__,
         )
         fallback = _tier2(score, threshold, policy, category)
-        if fallback.action == "pass":
+        if fallback.action == "pass" and policy.action != "log":  # a dry run queues nothing for review
             return GuardDecision(
                 layer=TIER3,
                 action="flag",

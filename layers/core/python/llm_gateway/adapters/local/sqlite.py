@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS audit (
     attempts INTEGER NOT NULL,
     outcome TEXT NOT NULL,
     error_code TEXT,
-    guards TEXT
+    guards TEXT,
+    guard_reasons TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_tenant_ts ON audit (tenant, ts);
 """
@@ -120,6 +121,7 @@ class SqliteStore:
         self._db = open_database(path)
         add_missing_column(self._db, "exact_cache", "tags", "TEXT NOT NULL DEFAULT ''")
         add_missing_column(self._db, "audit", "guards", "TEXT")
+        add_missing_column(self._db, "audit", "guard_reasons", "TEXT")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._stop = threading.Event()
