@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import hashlib
 import io
 import json
 import os
@@ -32,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 Task = Literal["injection", "harmful"]
@@ -192,6 +195,26 @@ def everyday_items(part: Literal["tuning", "test"], task: Task) -> Iterator[Item
         for message in row["messages"]:
             if message["role"] == "user":
                 yield Item(f"everyday-{part}", message["content"], 0, task)
+
+
+def embed_cached(texts: list[str], cache: Path | None = None) -> np.ndarray:
+    """The gateway's sentence embeddings of `texts` (as `Embedder.embed` makes them), remembered
+    on disk between training runs (embedding tens of thousands of texts takes minutes)."""
+    from llm_gateway.semantic.embeddings import Embedder, normalize_text
+
+    path = cache or default_dir() / "embeddings.npz"
+    known: dict[str, np.ndarray] = {}
+    if path.is_file():
+        stored = np.load(path)
+        known = dict(zip(stored["keys"].tolist(), stored["vectors"], strict=True))
+    keys = [hashlib.sha256(normalize_text(t).encode()).hexdigest() for t in texts]
+    missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in known}.items())
+    if missing:
+        vectors = Embedder(batch_size=32).embed([t for _, t in missing])
+        known.update({k: v for (k, _), v in zip(missing, vectors, strict=True)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, keys=np.array(list(known)), vectors=np.vstack(list(known.values())))
+    return np.vstack([known[k] for k in keys]).astype(np.float32)
 
 
 def dedupe(items: Iterator[Item]) -> list[Item]:

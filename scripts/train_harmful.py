@@ -16,9 +16,13 @@ Features: TF-IDF of word 1-2-grams and `char_wb` 3-5-grams (sublinear tf), as th
 classifier. Heads:
 - `harmful`: class-balanced logistic regression, each source weighted count ** -0.5; its logit is
   Platt-calibrated on 5-fold out-of-fold logits.
+- an embedding head (`guard.embedding_head`: one ReLU layer of 256 over the sentence embedding)
+  fitted on the texts of up to HEAD_CHARS outside a validation sixth; a request's score is the
+  higher of the two (`HarmfulClassifier.assess_request`).
 - one head per category (weapons, cybercrime, crime, misinformation, harassment, other_harm):
   multinomial logistic regression on the harmful HarmBench examples; the highest names the category.
-Thresholds, chosen on the out-of-fold scores and stored with the artefact:
+Thresholds, chosen on the validation sixth (tier 2's out-of-fold probability, the head's held-out
+one, the higher of both) and stored with the artefact:
 - `threshold`: benign false-positive rate <= --target-fpr (the decision when no judge is configured);
 - `band`: [recall of harmful >= --band-recall, benign false-positive rate <= --band-fpr]: below it
   pass, above it block, inside it ask the tier 3 judge.
@@ -40,12 +44,14 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import FeatureUnion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guard_sources import benign_items, dedupe, everyday_items, harmful_items
-from train_injection import is_test_row
+from guard_sources import benign_items, dedupe, embed_cached, everyday_items, harmful_items
+from train_injection import is_test_row, is_validation_text
 
+from llm_gateway.guard.embedding_head import EmbeddingHead, encode_head
 from llm_gateway.guard.text_classifier import export_blocks, mask_identifiers, write_artefact
 from llm_gateway.moderation.harmful import ARTEFACT_PATH, CATEGORY_NAMES, HarmfulClassifier, sentence_windows
 from llm_gateway.moderation.harmful_data import CATEGORIES, Example, harmbench_dir, load
@@ -57,6 +63,7 @@ CHAR_RANGE = (3, 5)
 
 
 WINDOWS_PER_DOCUMENT = 12
+HEAD_CHARS = 600  # the head learns from requests and windows, the texts it reads at run time
 
 
 def _normalised(text: str) -> str:
@@ -104,6 +111,40 @@ def source_weights(train: list[Example]) -> np.ndarray:
     return weights * (len(train) / weights.sum())
 
 
+def fit_head(
+    train: list[Example], calibrated: np.ndarray
+) -> tuple[EmbeddingHead, dict[str, Any], np.ndarray, np.ndarray]:
+    """The embedding head, fitted on the short texts outside the validation sixth (harmful ones
+    drawn again to a quarter of the benign count); returns it, its artefact form, and on the
+    validation rows the combined score (the higher of tier 2's out-of-fold probability and the
+    head's) with the labels."""
+    rows = [i for i, e in enumerate(train) if len(e.text) <= HEAD_CHARS]
+    held = np.array([is_validation_text(train[i].text) for i in rows])
+    vectors = embed_cached([train[i].text for i in rows])
+    labels = np.array([train[i].label for i in rows])
+    fitting = np.where(~held)[0]
+    harmful, benign = fitting[labels[fitting] == 1], fitting[labels[fitting] == 0]
+    drawn = np.random.default_rng(0).choice(harmful, size=max(len(benign) // 4, len(harmful)), replace=True)
+    chosen = np.concatenate([benign, drawn])
+    mlp = MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-3, max_iter=60, early_stopping=True, random_state=0)
+    mlp.fit(vectors[chosen], labels[chosen])
+    spec = encode_head(mlp)
+    head = EmbeddingHead(spec)
+    validation = np.where(held)[0]
+    combined = np.maximum(calibrated[np.array(rows)[validation]], head.probabilities(vectors[validation]))
+    return head, spec, combined, labels[validation]
+
+
+def thresholds(scores: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> tuple[float, float, float]:
+    """(threshold, band low, band high) on the validation scores."""
+    benign = np.sort(scores[labels == 0])[::-1]
+    harmful = np.sort(scores[labels == 1])
+    threshold = float(np.nextafter(benign[int(args.target_fpr * len(benign))], 1.0))
+    high = float(np.nextafter(benign[int(args.band_fpr * len(benign))], 1.0))
+    low = float(harmful[int((1 - args.band_recall) * len(harmful))])
+    return threshold, low, high
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="qqp_pairs.jsonl.gz")
@@ -144,11 +185,9 @@ def main() -> None:
 
     blocks = export_blocks([("word", word), ("char", char)], coef)
     calibrated = 1 / (1 + np.exp(-(a * oof + b)))
-    benign = np.sort(calibrated[y == 0])[::-1]
-    harmful = np.sort(calibrated[y == 1])
-    threshold = float(np.nextafter(benign[int(args.target_fpr * len(benign))], 1.0))
-    high = float(np.nextafter(benign[int(args.band_fpr * len(benign))], 1.0))
-    low = float(harmful[int((1 - args.band_recall) * len(harmful))])
+    _, head, combined, labels = fit_head(train, calibrated)
+    print(f"head fitted in {time.perf_counter() - started:.0f}s; {len(labels)} validation rows")
+    threshold, low, high = thresholds(combined, labels, args)
     artefact: dict[str, Any] = {
         "version": 3,
         "identifiers": "masked",
@@ -158,6 +197,7 @@ def main() -> None:
         "calibration": {"a": round(a, 6), "b": round(b, 6)},
         "threshold": round(threshold, 6),
         "band": [round(min(low, high), 6), round(high, 6)],
+        "embedding_head": head,
     }
 
     ours = HarmfulClassifier(artefact)
@@ -174,12 +214,13 @@ def main() -> None:
         "trained_on": ", ".join(sorted({e.source for e in train})),
         "examples": len(texts),
         "harmful_examples": int(y.sum()),
-        "threshold_from": f"out-of-fold benign false-positive rate <= {args.target_fpr}",
-        "band_from": f"out-of-fold harmful recall >= {args.band_recall}, benign false-positive rate <= {args.band_fpr}",
-        "out_of_fold": {
-            "recall_at_threshold": share(calibrated[y == 1] >= threshold),
-            "benign_fpr_at_threshold": share(calibrated[y == 0] >= threshold),
-            "band_share": share((calibrated >= low) & (calibrated < high)),
+        "threshold_from": f"validation benign false-positive rate <= {args.target_fpr}",
+        "band_from": f"validation harmful recall >= {args.band_recall}, benign false-positive rate <= {args.band_fpr}",
+        "validation": {
+            "rows": len(labels),
+            "recall_at_threshold": share(combined[labels == 1] >= threshold),
+            "benign_fpr_at_threshold": share(combined[labels == 0] >= threshold),
+            "band_share": share((combined >= low) & (combined < high)),
         },
         "max_logit_drift_vs_sklearn": drift,
         "C": args.c,

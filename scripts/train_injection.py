@@ -66,8 +66,8 @@ def is_test_row(item: Item) -> bool:
     return _bucket(item.text, "test") < 64
 
 
-def is_validation_row(item: Item) -> bool:
-    return _bucket(item.text, "validation") < 43  # a sixth
+def is_validation_text(text: str) -> bool:
+    return _bucket(text, "validation") < 43  # a sixth
 
 
 def load_items() -> tuple[list[Item], list[Item]]:
@@ -123,8 +123,8 @@ def source_weights(items: Sequence[Item], settings: Settings) -> np.ndarray:
 def fit(items: Sequence[Item], settings: Settings) -> tuple[InjectionClassifier, dict[str, Any]]:
     """Fit on `items` but a validation sixth of their benign rows, and set the threshold there.
     Returns the classifier and its artefact (checked against scikit-learn's own scores)."""
-    validation = [i for i in items if i.label == 0 and is_validation_row(i)]
-    chosen = [i for i in items if not (i.label == 0 and is_validation_row(i))]
+    validation = [i for i in items if i.label == 0 and is_validation_text(i.text)]
+    chosen = [i for i in items if not (i.label == 0 and is_validation_text(i.text))]
     texts = [mask_identifiers(i.text) for i in chosen]
     word = TfidfVectorizer(
         ngram_range=WORD_RANGE, min_df=2, sublinear_tf=True, max_features=settings.word_features, dtype=np.float64

@@ -342,6 +342,10 @@ class LinearTextClassifier:
     def worst_window(self, texts: list[str]) -> list[float]:
         """The logits (all heads) of the window whose head 0 logit is highest, among the texts
         alone and each pair of neighbours taken together (the first of equals)."""
+        return self.worst_window_at(texts)[0]
+
+    def worst_window_at(self, texts: list[str]) -> tuple[list[float], list[int]]:
+        """`worst_window`'s logits and the indices of the texts that window is made of."""
         grams = [self.grams(text) for text in texts]
         singles = [self.biases[0]] * len(texts)
         pairs = [self.biases[0]] * (len(texts) - 1)
@@ -357,7 +361,7 @@ class LinearTextClassifier:
             rows = [row for i in window for row in grams[i][k]]
             for head, value in enumerate(block.share(rows, len(totals))):
                 totals[head] += value
-        return totals
+        return totals, window
 
 
 def read_artefact(path: Path) -> dict[str, Any]:

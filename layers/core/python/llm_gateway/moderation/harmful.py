@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..guard.embedding_head import EmbeddingHead
 from ..guard.text_classifier import LinearTextClassifier, TextMemo, read_artefact, sigmoid
 
 ARTEFACT_PATH = Path(__file__).parent / "data" / "harmful.json.gz"
@@ -32,6 +33,7 @@ class HarmAssessment:
     score: float  # calibrated probability that the text is harmful
     category: str  # the most likely category, were it harmful
     category_score: float  # that category's share (softmax over the category heads)
+    window: str = ""  # the part of a long text the score comes from ("" for the whole text)
 
 
 class HarmfulClassifier(LinearTextClassifier):
@@ -45,6 +47,8 @@ class HarmfulClassifier(LinearTextClassifier):
         low, high = artefact["band"]
         self.band = (float(low), float(high))
         self._assessed: TextMemo[HarmAssessment] = TextMemo()
+        head = artefact.get("embedding_head")
+        self.head = EmbeddingHead(head) if head is not None else None
 
     def assess(self, text: str) -> HarmAssessment:
         return self._assessment(self.logits(text))
@@ -70,7 +74,21 @@ class HarmfulClassifier(LinearTextClassifier):
         sentences = sentence_windows(text)
         if len(sentences) == 1:
             return self.assess(text)
-        return self._assessment(self.worst_window(sentences))
+        logits, window = self.worst_window_at(sentences)
+        return replace(self._assessment(logits), window=" ".join(sentences[i] for i in window))
+
+    def assess_request(self, text: str) -> HarmAssessment:
+        """A request's assessment: `assess_long`'s, and with an embedding head (artefacts that
+        carry one) the higher of it and the head's probability for the same text or window. The
+        head reads the sentence embedding; a short request's is the one the semantic cache and
+        the topic filter use, computed once."""
+        assessed = self.assess_long(text)
+        if self.head is None:
+            return assessed
+        from ..semantic.embeddings import default_embedder  # onnxruntime: only for heads
+
+        probability = self.head.probability(default_embedder().embed_one(assessed.window or text))
+        return replace(assessed, score=max(assessed.score, probability))
 
 
 def sentence_windows(text: str) -> list[str]:
