@@ -261,8 +261,8 @@ def topics_section() -> None:
     shots = 8
     topics: dict[str, list[str]] = json.loads(TOPICS.read_text(encoding="utf-8"))
     embed = default_embedder().embed
-    queries = {name: embed(texts[shots:]) for name, texts in topics.items()}
-    held_out = len(next(iter(queries.values())))
+    queries = {name: (embed(texts[shots:]), texts[shots:]) for name, texts in topics.items()}
+    held_out = len(next(iter(queries.values()))[1])
     print(f"\n## (e) Topic filtering ({len(topics)} topics x {held_out} held-out requests, {shots} examples per topic,")
     print("every (allowed, denied) pair; embedding included in ms)\n")
     print("| allowed_margin | on-topic answered | denied topic refused | other topics refused | ms per request |")
@@ -279,8 +279,8 @@ def topics_section() -> None:
                 allowed_margin=margin,
             )
             classifier = TopicClassifier(policy, embed)
-            for name, vectors in queries.items():
-                kinds = [classifier.match(v).kind for v in vectors]
+            for name, (vectors, texts) in queries.items():
+                kinds = [classifier.match(v, t).kind for v, t in zip(vectors, texts, strict=True)]
                 target = answered if name == allowed else denied if name == refused else others
                 target += [(k == "allowed") == (name == allowed) for k in kinds]
         p50, _ = timings(functools.partial(_match_one, classifier, embed, topics["cooking"][-1]), 200)
@@ -289,7 +289,7 @@ def topics_section() -> None:
 
 
 def _match_one(classifier: Any, embed: Callable[[list[str]], Any], text: str) -> None:
-    classifier.match(embed([text])[0])
+    classifier.match(embed([text])[0], text)
 
 
 def grounding_section() -> None:

@@ -35,9 +35,10 @@ LIBRARY_PATH = DATA / "topic_library.json"
 HEAD_PATH = DATA / "topic_advice_head.json"
 CUES_PATH = DATA / "topic_cues.json"
 LIBRARY_OVERLAP = 0.5
-# An information topic pairs with the denied advice topic nearest to it, at this centroid cosine
+# An information topic is on the subject of the tenant topic nearest to it at this centroid cosine
 # or more (measured: health and medical advice 0.44-0.49, law and legal advice 0.47; any other
-# library topic and either advice topic at most 0.23).
+# library topic and either advice topic at most 0.23): paired with it when that topic is denied
+# advice, left out otherwise (a tenant that allows or denies the whole subject).
 PAIRING = 0.35
 NEAREST = 2
 CUE_CHARS = 1000  # the cues read a request's beginning: a pasted document adds nothing to them
@@ -158,7 +159,9 @@ class TopicClassifier:
             matrix = embed(examples)
             overlaps = [float(_centroid(matrix) @ c) for c in own]
             nearest = int(np.argmax(overlaps))
-            if name in information and advice[nearest] and overlaps[nearest] >= PAIRING:
+            if name in information and overlaps[nearest] >= PAIRING:
+                if not advice[nearest]:
+                    continue  # the tenant's own topic on this subject (allowed, or denied as a whole)
                 pair_of.append(nearest)
             elif max(overlaps) >= LIBRARY_OVERLAP:
                 continue

@@ -1,0 +1,83 @@
+"""The example config's topic policy over HTTP: tenant globex, which denies medical and legal
+advice, refuses personal advice requests with code `topic` and answers general health and law
+questions and everyday traffic, measured on the everyday set's test part (never tuned on).
+
+The gateway serves the shipped example config as `bench/everyday_refusals.py` does
+(`bench.gateway_configs.example_config`: its model on a fake OpenAI upstream, fixed keys, no rate
+limits), in this process on 127.0.0.1, with every store on a fresh SQLite file; each request of
+the test part goes to globex once, and the refusals are counted by their error code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from bench.everyday_refusals import PERSONAL, USER, load, send_all
+from bench.gateway_configs import KEYS, UPSTREAM_KEY_ENV, example_config
+from llm_gateway.config import GatewayConfig
+from llm_gateway.local.app import create_app
+from llm_gateway.local.cli import local_deps
+from llm_gateway.runner import LocalRunner
+from tests.support.fake_providers import fake_server
+from tests.support.servers import serve
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    storage = tmp_path_factory.mktemp("topic_policy") / "gateway.db"
+    with pytest.MonkeyPatch.context() as env, fake_server("openai") as upstream, contextlib.ExitStack() as stack:
+        env.setenv(UPSTREAM_KEY_ENV, "sk-upstream")
+        config = GatewayConfig.model_validate(example_config(upstream.base_url, Path(storage)))
+        with serve(create_app(LocalRunner(local_deps(config, stack)))) as url:
+            yield url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def test_part(gateway: str) -> list[dict[str, Any]]:
+    return send_all(gateway, load("test"), ("globex",))
+
+
+def test_globex_refuses_personal_advice_and_answers_the_rest_of_the_test_part(test_part: list[dict[str, Any]]) -> None:
+    personal = [o for o in test_part if o["label"] in PERSONAL]
+    benign = [o for o in test_part if o["label"] == "benign"]
+    refused_personal = sum(o["code"] == "topic" for o in personal)
+    refused_benign = [o["id"] for o in benign if o["code"] == "topic"]
+    # Acceptance: >= 90 % of the personal requests refused by the topic layer, <= 2 % of the
+    # benign ones. Measured here (AVX-512 VNNI, shipped int8 model): 63 of 68 personal refused
+    # with `topic` (one more is refused earlier, as prompt_injection) and 7 of 457 benign. int8
+    # kernels differ between CPUs: the bars are the acceptance's, one item under and two over
+    # what was measured.
+    assert len(personal) == 68 and len(benign) == 457
+    assert refused_personal >= 62, refused_personal
+    assert len(refused_benign) <= 9, refused_benign
+    # General health and law questions are the ones a topic filter on advice used to refuse.
+    general = [o for o in benign if o["category"] in ("general_health", "general_law")]
+    assert not [o["id"] for o in general if o["code"] == "topic"]
+
+
+@pytest.mark.parametrize(
+    "question", ["What does ibuprofen do?", "What is the difference between a misdemeanor and a felony?"]
+)
+def test_globex_answers_a_general_question(gateway: str, question: str) -> None:
+    client = openai.OpenAI(base_url=gateway, api_key=KEYS["globex"], max_retries=0)
+    reply = client.chat.completions.create(model="default", messages=[{"role": "user", "content": question}], user=USER)
+    assert reply.choices[0].message.content
+
+
+def test_globex_refuses_personal_advice_with_its_own_message(gateway: str) -> None:
+    client = openai.OpenAI(base_url=gateway, api_key=KEYS["globex"], max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": "My ankle has been swollen for a week, should I take ibuprofen?"}],
+            user=USER,
+        )
+    error = refused.value.body
+    assert isinstance(error, dict) and error.get("code") == "topic"
+    assert error.get("message") == "This assistant does not give medical advice. Please ask a qualified professional."
