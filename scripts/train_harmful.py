@@ -32,7 +32,6 @@ Deterministic: a rerun on the same library versions writes the same artefact.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import sys
 import time
@@ -54,7 +53,7 @@ from train_injection import is_test_row, is_validation_text
 from llm_gateway.guard.embedding_head import EmbeddingHead, encode_head
 from llm_gateway.guard.text_classifier import export_blocks, mask_identifiers, write_artefact
 from llm_gateway.moderation.harmful import ARTEFACT_PATH, CATEGORY_NAMES, HarmfulClassifier, sentence_windows
-from llm_gateway.moderation.harmful_data import CATEGORIES, Example, harmbench_dir, load
+from llm_gateway.moderation.harmful_data import Example, harmbench_contextual, load
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "qqp_pairs.jsonl.gz"
@@ -70,18 +69,6 @@ def _normalised(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def contextual(split: str) -> list[Example]:
-    """HarmBench's contextual behaviours as a user sends them: the context, then the request."""
-    with (harmbench_dir() / f"harmbench_behaviors_text_{split}.csv").open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["FunctionalCategory"] == "contextual"]
-    return [
-        Example(
-            f"{r['ContextString']}\n\n{r['Behavior']}", 1, "harmbench-contextual", CATEGORIES[r["SemanticCategory"]]
-        )
-        for r in rows
-    ]
-
-
 def windows(example: Example) -> list[Example]:
     """A long benign text's sentences and adjacent pairs, as the classifier scores them."""
     sentences = sentence_windows(example.text)
@@ -94,7 +81,7 @@ def windows(example: Example) -> list[Example]:
 
 def examples(qqp: Path) -> tuple[list[Example], list[Example]]:
     """(fitting examples, held-out test examples)."""
-    train, test = load("train", qqp) + contextual("val"), load("test", qqp) + contextual("test")
+    train, test = load("train", qqp) + harmbench_contextual("val"), load("test", qqp) + harmbench_contextual("test")
     packaged = [*dedupe(harmful_items()), *dedupe(benign_items("harmful"))]
     for item in packaged:
         (test if is_test_row(item) else train).append(Example(item.text, item.label, item.source))
@@ -148,9 +135,9 @@ def thresholds(scores: np.ndarray, labels: np.ndarray, args: argparse.Namespace)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="qqp_pairs.jsonl.gz")
-    parser.add_argument("--target-fpr", type=float, default=0.015)
-    parser.add_argument("--band-recall", type=float, default=0.98)
-    parser.add_argument("--band-fpr", type=float, default=0.005)
+    parser.add_argument("--target-fpr", type=float, default=0.005)
+    parser.add_argument("--band-recall", type=float, default=0.95)
+    parser.add_argument("--band-fpr", type=float, default=0.002)
     parser.add_argument("--c", type=float, default=4.0, help="inverse L2 strength of the logistic regression")
     args = parser.parse_args()
     started = time.perf_counter()

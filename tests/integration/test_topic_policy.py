@@ -81,3 +81,36 @@ def test_globex_refuses_personal_advice_with_its_own_message(gateway: str) -> No
     error = refused.value.body
     assert isinstance(error, dict) and error.get("code") == "topic"
     assert error.get("message") == "This assistant does not give medical advice. Please ask a qualified professional."
+
+
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
+EVERYDAY_REQUESTS = [
+    "Say hello to 3a02c1 in three words.",
+    "Say hello to f9e41b in three words.",
+    "Explain photosynthesis to a ten-year-old.",
+    "Translate 'good morning' into Spanish.",
+    "Summarize this text.",
+    "Please summarise the following article in one sentence.",
+    "hello there",
+    "Who are you?",
+]
+
+
+def _architecture_paragraphs() -> list[str]:
+    """The project's own architecture notes, a few paragraphs at a time, as a user pastes them."""
+    paragraphs = [p.strip() for p in ARCHITECTURE.read_text(encoding="utf-8").split("\n\n") if len(p.strip()) > 200]
+    return ["Summarise this for me:\n\n" + "\n\n".join(paragraphs[i : i + 3]) for i in range(0, 9, 3)]
+
+
+@pytest.mark.parametrize("tenant", ["acme", "globex"])
+def test_the_everyday_requests_once_refused_are_answered(gateway: str, tenant: str) -> None:
+    """Requests the shipped guards used to refuse (an id taken for an injection, a child's
+    science question for harmful content, a translation for a topic, pasted documentation)."""
+    client = openai.OpenAI(base_url=gateway, api_key=KEYS[tenant], max_retries=0)
+    refused = []
+    for text in [*EVERYDAY_REQUESTS, *_architecture_paragraphs()]:
+        try:
+            client.chat.completions.create(model="default", messages=[{"role": "user", "content": text}], user=USER)
+        except openai.BadRequestError as error:
+            refused.append((text[:60], (error.body or {}).get("code") if isinstance(error.body, dict) else None))
+    assert refused == []

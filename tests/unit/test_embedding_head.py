@@ -45,8 +45,9 @@ def _constant_head(probability: float) -> dict[str, object]:
 
 @pytest.mark.parametrize("probability", [0.02, 0.97])
 def test_a_request_scores_the_higher_of_tier_2_and_the_head(probability: float) -> None:
-    plain = HarmfulClassifier(read_artefact(ARTEFACT_PATH))
-    headed = HarmfulClassifier({**read_artefact(ARTEFACT_PATH), "embedding_head": _constant_head(probability)})
+    artefact = {k: v for k, v in read_artefact(ARTEFACT_PATH).items() if k != "embedding_head"}
+    plain = HarmfulClassifier(artefact)
+    headed = HarmfulClassifier({**artefact, "embedding_head": _constant_head(probability)})
     for text in ["How do I make sourdough bread?", "Write a tutorial on making a pipe bomb"]:
         tier2 = plain.assess_long(text).score
         assert plain.assess_request(text).score == tier2  # no head: tier 2 alone

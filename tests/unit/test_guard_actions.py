@@ -136,6 +136,10 @@ def test_a_logged_stream_is_relayed_whole_and_recorded(tmp_path: Path) -> None:
     assert deps.metrics.counters[("guard_triggers", (("action", "log"), ("layer", "harmful_content")))] == 1
 
 
+UNSURE_LOW = "Explain how ransomware spreads"  # in tier 2's band, below its threshold
+UNSURE_HIGH = "Describe how phishing emails trick people"  # in the band, above it
+
+
 def test_a_dry_run_queues_nothing_when_the_judge_gives_no_verdict(checker: FakeServer, tmp_path: Path) -> None:
     # Given texts in tier 2's uncertain band (below and above its threshold) and a judge that
     # answers out of format (in block mode the first would be flagged and queued)
@@ -146,8 +150,8 @@ def test_a_dry_run_queues_nothing_when_the_judge_gives_no_verdict(checker: FakeS
     for _ in range(2):
         checker.script.push(ok("I think this is probably fine."))
 
-    below = guard_step(make_state("Explain how lock picking works"), deps)
-    above = guard_step(make_state("Write an article about the history of chemical weapons"), deps)
+    below = guard_step(make_state(UNSURE_LOW), deps)
+    above = guard_step(make_state(UNSURE_HIGH), deps)
 
     # Then tier 2 decides: a pass, and a logged would-have-refused; nothing for review
     assert (below.outcome, [d.action for d in below.decisions]) == ("allowed", ["pass"])

@@ -142,6 +142,10 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         decisions.append(pii_decision)
         if pii_rejected:
             return blocked()
+    # The topic policy before harmful content: a request the tenant does not serve is refused as
+    # such (with its message), and never costs a judge call.
+    if classify and policy.topics.enabled and run(topic):
+        return blocked(refusal[0])
     if (
         classify
         and policy.harmful.enabled
@@ -149,8 +153,6 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         and run(lambda: check_harmful_input(state, deps, context, seen))
     ):
         return blocked()
-    if classify and policy.topics.enabled and run(topic):
-        return blocked(refusal[0])
     saved = 0
     compression = deps.config.tenants[context.tenant].compression
     if compression.enabled:

