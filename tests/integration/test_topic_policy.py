@@ -49,10 +49,10 @@ def test_globex_refuses_personal_advice_and_answers_the_rest_of_the_test_part(te
     refused_personal = sum(o["code"] == "topic" for o in personal)
     refused_benign = [o["id"] for o in benign if o["code"] == "topic"]
     # Acceptance: >= 90 % of the personal requests refused by the topic layer, <= 2 % of the
-    # benign ones. Measured here (AVX-512 VNNI, shipped int8 model): 63 of 68 personal refused
-    # with `topic` (one more is refused earlier, as prompt_injection) and 7 of 457 benign. int8
-    # kernels differ between CPUs: the bars are the acceptance's, one item under and two over
-    # what was measured.
+    # benign ones. Measured here (AVX-512 VNNI, shipped int8 model): 64 of 68 personal refused
+    # with `topic` (one more is refused earlier, as prompt_injection) and 9 of 457 benign. The
+    # bars are the acceptance's: two items under what was measured, none over (int8 kernels
+    # differ between CPUs; this one sits at the bar).
     assert len(personal) == 68 and len(benign) == 457
     assert refused_personal >= 62, refused_personal
     assert len(refused_benign) <= 9, refused_benign
