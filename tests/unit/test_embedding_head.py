@@ -28,7 +28,7 @@ def test_numpy_inference_equals_scikit_learns() -> None:
 
 def test_a_head_of_another_shape_is_refused() -> None:
     rng = np.random.default_rng(1)
-    mlp = MLPClassifier(hidden_layer_sizes=(8, 4), max_iter=50, random_state=0)
+    mlp = MLPClassifier(hidden_layer_sizes=(8, 4), max_iter=2000, random_state=0)
     mlp.fit(rng.normal(size=(60, 10)), rng.integers(0, 2, 60))
     with pytest.raises(ValueError, match="one ReLU hidden layer"):
         encode_head(mlp)
