@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
 from collections import Counter
@@ -132,17 +133,11 @@ def thresholds(scores: np.ndarray, labels: np.ndarray, args: argparse.Namespace)
     return threshold, low, high
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="qqp_pairs.jsonl.gz")
-    parser.add_argument("--target-fpr", type=float, default=0.005)
-    parser.add_argument("--band-recall", type=float, default=0.95)
-    parser.add_argument("--band-fpr", type=float, default=0.002)
-    parser.add_argument("--c", type=float, default=4.0, help="inverse L2 strength of the logistic regression")
-    args = parser.parse_args()
+def fit(train: list[Example], args: argparse.Namespace) -> tuple[HarmfulClassifier, dict[str, Any]]:
+    """The classifier and its artefact fitted on `train` (checked against scikit-learn's own
+    logits). Without HarmBench's categorised rows (a leave-one-source-out fold) the category
+    heads are zero."""
     started = time.perf_counter()
-
-    train, _ = examples(args.data)
     texts = [mask_identifiers(e.text) for e in train]
     y = np.array([e.label for e in train])
     weights = source_weights(train)
@@ -158,16 +153,7 @@ def main() -> None:
     binary.fit(features, y, sample_weight=weights)
     platt = LogisticRegression(C=1e6, max_iter=1000).fit(oof.reshape(-1, 1), y)
     a, b = float(platt.coef_[0][0]), float(platt.intercept_[0])
-
-    harmful_rows = [i for i, e in enumerate(train) if e.category is not None]
-    categories = LogisticRegression(C=args.c, max_iter=5000).fit(
-        features[harmful_rows], [train[i].category for i in harmful_rows]
-    )
-    if sorted(categories.classes_) != sorted(CATEGORY_NAMES):
-        raise SystemExit(f"categories {list(categories.classes_)} differ from {CATEGORY_NAMES}")
-    order = [list(categories.classes_).index(name) for name in CATEGORY_NAMES]
-    coef = np.vstack([binary.coef_[0], categories.coef_[order]])  # heads x features
-    bias = [float(binary.intercept_[0]), *(float(categories.intercept_[i]) for i in order)]
+    coef, bias = _heads(binary, features, train, args.c)
     print(f"fitted on {len(texts)} texts ({int(y.sum())} harmful) in {time.perf_counter() - started:.0f}s")
 
     blocks = export_blocks([("word", word), ("char", char)], coef)
@@ -212,9 +198,40 @@ def main() -> None:
         "max_logit_drift_vs_sklearn": drift,
         "C": args.c,
     }
-    write_artefact(ARTEFACT_PATH, artefact)
-    import json
+    return ours, artefact
 
+
+def _heads(binary: Any, features: Any, train: list[Example], c: float) -> tuple[np.ndarray, list[float]]:
+    """(heads x features coefficients, biases): the binary head, then one per category (zeros
+    when the training rows hold no categorised example)."""
+    rows = [i for i, e in enumerate(train) if e.category is not None]
+    if not rows:
+        zeros = np.zeros((len(CATEGORY_NAMES), binary.coef_.shape[1]))
+        return np.vstack([binary.coef_[0], zeros]), [float(binary.intercept_[0]), *[0.0] * len(CATEGORY_NAMES)]
+    categories = LogisticRegression(C=c, max_iter=5000).fit(features[rows], [train[i].category for i in rows])
+    if sorted(categories.classes_) != sorted(CATEGORY_NAMES):
+        raise SystemExit(f"categories {list(categories.classes_)} differ from {CATEGORY_NAMES}")
+    order = [list(categories.classes_).index(name) for name in CATEGORY_NAMES]
+    coef = np.vstack([binary.coef_[0], categories.coef_[order]])
+    return coef, [float(binary.intercept_[0]), *(float(categories.intercept_[i]) for i in order)]
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="qqp_pairs.jsonl.gz")
+    parser.add_argument("--target-fpr", type=float, default=0.005)
+    parser.add_argument("--band-recall", type=float, default=0.95)
+    parser.add_argument("--band-fpr", type=float, default=0.002)
+    parser.add_argument("--c", type=float, default=4.0, help="inverse L2 strength of the logistic regression")
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
+    started = time.perf_counter()
+    train, _ = examples(args.data)
+    _, artefact = fit(train, args)
+    write_artefact(ARTEFACT_PATH, artefact)
     print(json.dumps({k: artefact[k] for k in ("calibration", "threshold", "band", "metadata")}, indent=2))
     print(
         f"wrote {ARTEFACT_PATH} ({ARTEFACT_PATH.stat().st_size / 1e6:.2f} MB) in {time.perf_counter() - started:.0f}s"
