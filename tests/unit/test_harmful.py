@@ -47,7 +47,8 @@ def test_everyday_requests_come_first_and_recall_is_what_was_measured(
     classifier: HarmfulClassifier, requests: dict[str, np.ndarray]
 ) -> None:
     """The threshold is set for everyday traffic (benign validation FPR 0.5 %). Measured here:
-    everyday 6 of 526 refused (1.1 %); HarmBench test recall 0.754, contextual 0.630. The bars
+    everyday 6 of 526 refused (1.1 %); HarmBench test recall 0.754, contextual 0.630. With the
+    float32 embedding model instead of the int8 one: 7, 0.754, 0.617. The bars
     leave room for other CPUs' int8 embedding kernels (the head reads the embedding)."""
     t = classifier.threshold
     assert len(requests["everyday"]) >= 500 and len(requests["harmbench"]) >= 230
