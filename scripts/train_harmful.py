@@ -36,7 +36,6 @@ import itertools
 import json
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import FeatureUnion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guard_sources import benign_items, dedupe, embed_cached, everyday_items, harmful_items
+from guard_sources import benign_items, dedupe, embed_cached, everyday_items, harmful_items, source_weights
 from train_injection import is_test_row, is_validation_text
 
 from llm_gateway.guard.embedding_head import EmbeddingHead, encode_head
@@ -93,12 +92,6 @@ def examples(qqp: Path) -> tuple[list[Example], list[Example]]:
     return [e for e in train if _normalised(e.text) not in held_out], test
 
 
-def source_weights(train: list[Example]) -> np.ndarray:
-    counts = Counter(e.source for e in train)
-    weights = np.array([counts[e.source] ** -0.5 for e in train])
-    return weights * (len(train) / weights.sum())
-
-
 def fit_head(
     train: list[Example], calibrated: np.ndarray
 ) -> tuple[EmbeddingHead, dict[str, Any], np.ndarray, np.ndarray]:
@@ -140,7 +133,7 @@ def fit(train: list[Example], args: argparse.Namespace) -> tuple[HarmfulClassifi
     started = time.perf_counter()
     texts = [mask_identifiers(e.text) for e in train]
     y = np.array([e.label for e in train])
-    weights = source_weights(train)
+    weights = source_weights([e.source for e in train])
     word = TfidfVectorizer(ngram_range=WORD_RANGE, min_df=2, sublinear_tf=True, max_features=40_000)
     char = TfidfVectorizer(analyzer="char_wb", ngram_range=CHAR_RANGE, min_df=2, sublinear_tf=True, max_features=80_000)
     union = FeatureUnion([("word", word), ("char", char)])

@@ -24,7 +24,6 @@ import hashlib
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guard_sources import Item, benign_items, dedupe, everyday_items, injection_items
+from guard_sources import Item, benign_items, dedupe, everyday_items, injection_items, source_weights
 
 from llm_gateway.guard.injection import ARTEFACT_PATH, InjectionClassifier
 from llm_gateway.guard.text_classifier import export_blocks, mask_identifiers, write_artefact
@@ -85,13 +84,14 @@ def load_items() -> tuple[list[Item], list[Item]]:
             capped.append(item)
         elif is_test_row(item):
             capped.append(item)
-    fit, test = [], []
+    fitting: list[Item] = []
+    held_out: list[Item] = []
     for item in [*items, *capped]:
         held = item.text in split_tests if item.source in SPLIT_SOURCES else is_test_row(item)
-        (test if held else fit).append(item)
-    fit += list(everyday_items("tuning", "injection"))
-    test += list(everyday_items("test", "injection"))
-    return fit, test
+        (held_out if held else fitting).append(item)
+    fitting += list(everyday_items("tuning", "injection"))
+    held_out += list(everyday_items("test", "injection"))
+    return fitting, held_out
 
 
 def benign_fpr_threshold(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> float:
@@ -114,12 +114,6 @@ def f1_fpr(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str
     }
 
 
-def source_weights(items: Sequence[Item], settings: Settings) -> np.ndarray:
-    counts = Counter(i.source for i in items)
-    weights = np.array([counts[i.source] ** -settings.source_power for i in items])
-    return weights * (len(items) / weights.sum())
-
-
 def fit(items: Sequence[Item], settings: Settings) -> tuple[InjectionClassifier, dict[str, Any]]:
     """Fit on `items` but a validation sixth of their benign rows, and set the threshold there.
     Returns the classifier and its artefact (checked against scikit-learn's own scores)."""
@@ -140,7 +134,9 @@ def fit(items: Sequence[Item], settings: Settings) -> tuple[InjectionClassifier,
     union = FeatureUnion([("word", word), ("char", char)])
     model = LogisticRegression(C=settings.c, max_iter=5000, class_weight="balanced")
     model.fit(
-        union.fit_transform(texts), np.array([i.label for i in chosen]), sample_weight=source_weights(chosen, settings)
+        union.fit_transform(texts),
+        np.array([i.label for i in chosen]),
+        sample_weight=source_weights([i.source for i in chosen], settings.source_power),
     )
     blocks = export_blocks([("word", word), ("char", char)], model.coef_)
     artefact: dict[str, Any] = {
