@@ -19,7 +19,7 @@ from ..moderation.cascade import harmful_decision
 from ..moderation.harmful import load_harmful_classifier
 from ..output_format import check_schema
 from ..routing import resolve_route
-from .allowlist import CLASSIFIER_LAYERS, allowlist_decision
+from .allowlist import CLASSIFIER_LAYERS, allowlist_decision, latest_user_text
 from .injection import load_injection_classifier
 from .ner import NER_TYPES, find_names
 from .pii import STRUCTURED_TYPES as PII_TYPES
@@ -225,7 +225,7 @@ def compress_messages(messages: list[ChatMessage], policy: Compression) -> Compr
 def check_topic(messages: list[ChatMessage], policy: TopicGuard) -> tuple[GuardDecision, str | None]:
     """The latest user message's nearest topic: a denied one, or (when the tenant lists allowed
     topics) any but those, is refused with the tenant's message."""
-    text = next((m.text() for m in reversed(messages) if m.role == "user" and m.text().strip()), "")
+    text = latest_user_text(messages)
     if not text:
         return GuardDecision(layer="topic", action="pass"), None
     from ..semantic.embeddings import default_embedder

@@ -62,7 +62,8 @@ class HarmfulClassifier(LinearTextClassifier):
     def assess_long(self, text: str, start: int = 0) -> HarmAssessment:
         """The worst of `text`'s sentence windows; with `start`, only those from about
         LONG_CHARS before it (a stream scoring what it added since the last check). Each sentence
-        is counted once: a pair's counts are its two sentences' counts added."""
+        is counted once: a pair's counts are its two sentences' counts added, and every window
+        is scored in one pass."""
         if start == 0:  # a whole text: the guard may have scored it already (or on an earlier turn)
             return self._assessed.get(text, self._assess_long)
         if start > LONG_CHARS:
