@@ -198,11 +198,12 @@ def everyday_items(part: Literal["tuning", "test"], task: Task) -> Iterator[Item
 
 
 def embed_cached(texts: list[str], cache: Path | None = None) -> np.ndarray:
-    """The gateway's sentence embeddings of `texts` (as `Embedder.embed` makes them), remembered
-    on disk between training runs (embedding tens of thousands of texts takes minutes)."""
-    from llm_gateway.semantic.embeddings import Embedder, normalize_text
+    """The gateway's sentence embeddings of `texts`, one text per model run as the gateway serves
+    them (`Embedder.embed_one`: int8 activations are scaled per run, so a batch would move each
+    vector), remembered on disk between training runs (tens of thousands of texts take minutes)."""
+    from llm_gateway.semantic.embeddings import Embedder, embedding_model_slug, normalize_text
 
-    path = cache or default_dir() / "embeddings.npz"
+    path = cache or default_dir() / f"embeddings-b1-{embedding_model_slug()}.npz"
     known: dict[str, np.ndarray] = {}
     if path.is_file():
         stored = np.load(path)
@@ -210,7 +211,7 @@ def embed_cached(texts: list[str], cache: Path | None = None) -> np.ndarray:
     keys = [hashlib.sha256(normalize_text(t).encode()).hexdigest() for t in texts]
     missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in known}.items())
     if missing:
-        vectors = Embedder(batch_size=32).embed([t for _, t in missing])
+        vectors = Embedder(batch_size=1).embed([t for _, t in missing])
         known.update({k: v for (k, _), v in zip(missing, vectors, strict=True)})
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, keys=np.array(list(known)), vectors=np.vstack(list(known.values())))
