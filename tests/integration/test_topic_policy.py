@@ -1,6 +1,7 @@
 """The example config's topic policy over HTTP: tenant globex, which denies medical and legal
 advice, refuses personal advice requests with code `topic` and answers general health and law
-questions and everyday traffic, measured on the everyday set's test part (never tuned on).
+questions and everyday traffic, measured on the everyday set's test part (never tuned on). Both
+tenants refuse requests to reproduce a work verbatim with code `copyright`.
 
 The gateway serves the shipped example config as `bench/everyday_refusals.py` does
 (`bench.gateway_configs.example_config`: its model on a fake OpenAI upstream, fixed keys, no rate
@@ -114,3 +115,27 @@ def test_the_everyday_requests_once_refused_are_answered(gateway: str, tenant: s
         except openai.BadRequestError as error:
             refused.append((text[:60], (error.body or {}).get("code") if isinstance(error.body, dict) else None))
     assert refused == []
+
+
+@pytest.mark.parametrize("tenant", ["acme", "globex"])
+def test_a_request_for_a_song_s_lyrics_is_refused_with_code_copyright(gateway: str, tenant: str) -> None:
+    client = openai.OpenAI(base_url=gateway, api_key=KEYS[tenant], max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": 'Generate the lyrics of "Paper Lanterns" by Mara Quill'}],
+            user=USER,
+        )
+    error = refused.value.body
+    assert isinstance(error, dict) and error.get("code") == "copyright"
+    assert "word for word" in str(error.get("message"))
+
+
+def test_questions_about_a_song_and_original_lyrics_are_answered(gateway: str) -> None:
+    client = openai.OpenAI(base_url=gateway, api_key=KEYS["acme"], max_retries=0)
+    for text in (
+        'What is the song "Paper Lanterns" by Mara Quill about?',
+        "Write lyrics for a birthday song for my mum",
+    ):
+        reply = client.chat.completions.create(model="default", messages=[{"role": "user", "content": text}], user=USER)
+        assert reply.choices[0].message.content

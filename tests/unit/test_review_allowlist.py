@@ -16,6 +16,7 @@ from llm_gateway.adapters.local.allowlist import SqliteGuardAllowList
 from llm_gateway.adapters.local.review import SqliteReviewQueue
 from llm_gateway.config import (
     EXAMPLE_CONFIG,
+    CopyrightGuard,
     Guards,
     HarmfulGuard,
     InjectionGuard,
@@ -139,6 +140,11 @@ def test_the_blocklist_and_a_pii_rejection_still_refuse_an_allowed_text(tmp_path
     [
         (Guards(harmful=HarmfulGuard(enabled=True, output=False)), HARMFUL, "harmful_content"),
         (Guards(topics=TOPIC_GUARD), MEDICAL, "topic"),
+        (
+            Guards(copyright=CopyrightGuard(enabled=True)),
+            'Recite the poem "Ozymandias" by Percy Shelley in full',
+            "copyright",
+        ),
     ],
 )
 def test_each_classifier_layer_s_refusal_can_be_corrected(

@@ -337,11 +337,31 @@ class TopicGuard(_Config):
         return self
 
 
+class CopyrightGuard(_Config):
+    """Requests to reproduce an existing work word for word (`guard.copyright`): song lyrics, a
+    long passage, pages or a chapter of a book, a whole article, poem or script (`guard/copyright.py`).
+    Refused with code `copyright` and `refusal`; summaries, analysis, original writing and the
+    user's own text pass."""
+
+    enabled: bool = False
+    # block: refuse; flag: answer, queue for review; log: a dry run (answer, record "would have refused").
+    action: Literal["block", "flag", "log"] = "block"
+    refusal: str = Field(
+        default=(
+            "I can't reproduce song lyrics, book passages or other published texts word for word. "
+            "I can summarise the work, discuss it or quote a short line."
+        ),
+        min_length=1,
+        max_length=500,
+    )
+
+
 class Guards(_Config):
     injection: InjectionGuard = Field(default_factory=InjectionGuard)
     pii: PiiGuard = Field(default_factory=PiiGuard)
     harmful: HarmfulGuard = Field(default_factory=HarmfulGuard)
     topics: TopicGuard = Field(default_factory=TopicGuard)
+    copyright: CopyrightGuard = Field(default_factory=CopyrightGuard)
     grounded: GroundedGuard = Field(default_factory=GroundedGuard)
 
 

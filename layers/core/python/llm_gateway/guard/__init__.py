@@ -20,6 +20,7 @@ from ..moderation.harmful import load_harmful_classifier
 from ..output_format import check_schema
 from ..routing import resolve_route
 from .allowlist import CLASSIFIER_LAYERS, allowlist_decision, latest_user_text
+from .copyright import copyright_decision
 from .injection import load_injection_classifier
 from .ner import NER_TYPES, find_names
 from .pii import STRUCTURED_TYPES as PII_TYPES
@@ -142,17 +143,24 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         decisions.append(pii_decision)
         if pii_rejected:
             return blocked()
-    # The topic policy before harmful content: a request the tenant does not serve is refused as
-    # such (with its message), and never costs a judge call.
-    if classify and policy.topics.enabled and run(topic):
-        return blocked(refusal[0])
-    if (
-        classify
-        and policy.harmful.enabled
-        and policy.harmful.input
-        and run(lambda: check_harmful_input(state, deps, context, seen))
-    ):
-        return blocked()
+    # The topic and copyright policies before harmful content: a request the tenant does not serve
+    # is refused as such (with its message), and never costs a judge call.
+    policies: tuple[tuple[bool, Callable[[], GuardDecision], Callable[[], str | None]], ...] = (
+        (policy.topics.enabled, topic, lambda: refusal[0]),
+        (
+            policy.copyright.enabled,
+            lambda: copyright_decision(seen, policy.copyright),
+            lambda: policy.copyright.refusal,
+        ),
+        (
+            policy.harmful.enabled and policy.harmful.input,
+            lambda: check_harmful_input(state, deps, context, seen),
+            lambda: None,
+        ),
+    )
+    for enabled, check, refusal_text in policies:
+        if classify and enabled and run(check):
+            return blocked(refusal_text())
     saved = 0
     compression = deps.config.tenants[context.tenant].compression
     if compression.enabled:
@@ -187,7 +195,10 @@ def run_allowlist(
     latest user message for the tenant: the classifier layers are skipped. Looked up only when
     one of them is on."""
     if deps.allowlist is None or not (
-        policy.injection.enabled or (policy.harmful.enabled and policy.harmful.input) or policy.topics.enabled
+        policy.injection.enabled
+        or (policy.harmful.enabled and policy.harmful.input)
+        or policy.topics.enabled
+        or policy.copyright.enabled
     ):
         return False
     started = time.perf_counter()

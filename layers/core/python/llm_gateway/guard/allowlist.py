@@ -13,8 +13,9 @@ from ..ports import AllowedText, GuardAllowList, ReviewItem, normalised_text
 
 INJECTION_LAYER = "prompt_injection"
 TOPIC_LAYER = "topic"
+COPYRIGHT_LAYER = "copyright"
 # The layers whose scores a reviewed text may skip (not PII masking, not the blocklist).
-CLASSIFIER_LAYERS = frozenset({INJECTION_LAYER, TIER2, TIER3, TOPIC_LAYER})
+CLASSIFIER_LAYERS = frozenset({INJECTION_LAYER, TIER2, TIER3, TOPIC_LAYER, COPYRIGHT_LAYER})
 ALLOWLIST_LAYER = "allowlist"
 
 
