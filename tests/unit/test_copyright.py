@@ -1,7 +1,9 @@
 """The copyright policy's decision (`guard/copyright.py`): requests to reproduce a work verbatim
 are read as such, on HarmBench's copyright behaviours and on the project's held-out set (written
 apart from the rules, never tuned on); near-misses, other policies' requests and everyday traffic
-pass. Measured figures: docs/benchmarks.md §6 (h), `bench/guard_copyright.py`."""
+pass. Measured figures: docs/benchmarks.md §6 (h), `bench/guard_copyright.py`. The decision is
+lexical (no model, no CPU-dependent kernels): the bars below sit a few items past the measured
+counts so that a rule change must be measured before it lands."""
 
 from __future__ import annotations
 
@@ -31,6 +33,16 @@ def test_the_tuning_set_is_decided_as_labelled() -> None:
     items = labelled("tuning")
     assert [i["id"] for i in items if i["label"] == "reproduce" and reproduction_request(i["text"]) is None] == []
     assert [i["id"] for i in items if i["label"] == "benign" and reproduction_request(i["text"]) is not None] == []
+
+
+def test_the_held_out_set_is_mostly_read_as_labelled() -> None:
+    items = labelled("holdout")
+    reproduce = [i["text"] for i in items if i["label"] == "reproduce"]
+    benign = [i["text"] for i in items if i["label"] == "benign"]
+    assert (len(reproduce), len(benign)) == (207, 270)
+    # Measured: 153 of 207 reproduction requests (73.9 %), 7 of 270 near-misses (2.6 %).
+    assert len(refused(reproduce)) >= 145
+    assert len(refused(benign)) <= 10
 
 
 def test_everyday_traffic_is_never_read_as_a_reproduction_request() -> None:
@@ -86,3 +98,20 @@ def test_the_decision_names_the_unit_never_the_request_s_words() -> None:
     # Only the latest user message is decided: an earlier reproduction request was decided when sent.
     earlier = copyright_decision([*messages, ChatMessage(role="user", content="thanks!")], CopyrightGuard(enabled=True))
     assert earlier.action == "pass"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "what is " * 50_000,
+        '"a" ' * 50_000,
+        "'ab'c'd'e " * 20_000,
+        "a. " * 50_000,
+        "\n" * 100_000,
+        "by A B C D " * 10_000,
+    ],
+)
+def test_hostile_text_is_decided_on_its_head_and_tail_only(text: str) -> None:
+    # Up to 3,000 characters are read (head and tail), in clauses of at most 400: the patterns'
+    # work is bounded whatever the caller sends (bench/guard_copyright.py times the real sets).
+    assert reproduction_request(text) is None
