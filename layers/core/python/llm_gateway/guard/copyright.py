@@ -23,11 +23,43 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..config import CopyrightGuard
 from ..contracts import ChatMessage, GuardDecision
 from .allowlist import COPYRIGHT_LAYER, latest_user_text
+
+
+class _Lazy:
+    """A pattern compiled on its first use: every guard imports this module, and compiling all of
+    them takes ~15 ms, which only tenants with the policy on should pay (once per process)."""
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self._source = (pattern, flags)
+        self._compiled: re.Pattern[str] | None = None
+
+    @property
+    def compiled(self) -> re.Pattern[str]:
+        if self._compiled is None:
+            self._compiled = re.compile(*self._source)
+        return self._compiled
+
+    def search(self, text: str) -> re.Match[str] | None:
+        return self.compiled.search(text)
+
+    def match(self, text: str) -> re.Match[str] | None:
+        return self.compiled.match(text)
+
+    def finditer(self, text: str) -> Iterator[re.Match[str]]:
+        return self.compiled.finditer(text)
+
+    def split(self, text: str) -> list[str]:
+        return self.compiled.split(text)
+
+    def sub(self, replacement: str, text: str) -> str:
+        return self.compiled.sub(replacement, text)
+
 
 # Long pasted documents are not instructions: only clauses up to this length are read, and the
 # text's head and tail (where people put the instruction).
@@ -36,7 +68,7 @@ HEAD_TAIL = 1500
 WHOLE_REQUEST = 600
 EDGE_CLAUSES = 3
 # Sentence ends (not an initial such as "J. Smith"), a colon before a line break, line breaks.
-_CLAUSES = re.compile(r"(?<=[.!?;])(?<!\b[A-Z]\.)\s+|:\s*\n|\n+")
+_CLAUSES = _Lazy(r"(?<=[.!?;])(?<!\b[A-Z]\.)\s+|:\s*\n|\n+")
 
 
 _TITLE = (
@@ -44,7 +76,7 @@ _TITLE = (
     r"|\u201e[^\u201c\"\n]{2,80}[\u201c\"]|\u00ab[^\u00bb\n]{2,80}\u00bb|\u300c[^\u300d\n]{1,80}\u300d"
     r"|(?<!\w)'(?:[^'\n]|'(?=\w)){2,80}'(?!\w)|(?<!\w)\u2018(?:[^\u2019\n]|\u2019(?=\w)){2,80}\u2019(?!\w))"
 )
-_TITLES = re.compile(_TITLE, re.UNICODE)
+_TITLES = _Lazy(_TITLE, re.UNICODE)
 _NAME = r"(?:[A-Z][\w'\u2019.&-]+(?:\s+(?:[A-Z][\w'\u2019.&-]+|de|da|van|von|di|le|la|del|&)){0,4})"
 _CAPS = r"(?:(?:The|A|An)\s+)?[A-Z][\w'\u2019-]+(?:\s+(?:of|the|in|on|and|a|to|for|[A-Z][\w'\u2019-]+)){0,7}"
 _WORK_KINDS = (
@@ -60,7 +92,7 @@ _PUBLICATION = (
 
 # A named work: a quoted title; a name after by/de/von/di/da; "<Title Case> by"; a work named by
 # its kind ("the novel Greywater", "Dana Whitlock's novel"); a publication ("the Harbor Gazette").
-_WORK = re.compile(
+_WORK = _Lazy(
     rf"{_TITLE}"
     rf"|\b(?:by|de|d['\u2019]|von|van|di|da|do|del|dei|dos|das|zespo\u0142u)\s*{_NAME}"
     rf"|(?:of|to|from|for)\s+{_CAPS}\s+by\b"
@@ -82,8 +114,8 @@ _WORK = re.compile(
     re.UNICODE,
 )
 
-_UNITS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (kind, re.compile(pattern, re.IGNORECASE | re.UNICODE))
+_UNITS: tuple[tuple[str, _Lazy], ...] = tuple(
+    (kind, _Lazy(pattern, re.IGNORECASE | re.UNICODE))
     for kind, pattern in (
         (
             "text",
@@ -122,7 +154,7 @@ _UNITS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 
 # The whole of it, or its exact words.
-_WHOLE = re.compile(
+_WHOLE = _Lazy(
     r"\b(?:full|complete|entire|whole|all of (?:it|them)|every (?:line|word|paragraph|verse|page|stanza)|"
     r"all (?:the )?(?:lines|words|verses|stanzas|lyrics|pages)|the rest of|word[- ]for[- ]word|verbatim|"
     r"exactly as (?:\w+ ){0,3}(?:printed|published|written|sung|sings|in the)|exact (?:wording|words|text)|"
@@ -134,13 +166,13 @@ _WHOLE = re.compile(
     re.IGNORECASE | re.UNICODE,
 )
 
-_VERBATIM = re.compile(
+_VERBATIM = _Lazy(
     r"\b(?:word[- ]for[- ]word|verbatim|exactly as (?:\w+ ){0,3}(?:printed|published|written|sung|sings|in the)|"
     r"mot pour mot|palabra por palabra|parola per parola|palavra por palavra|w\u00f6rtlich)\b",
     re.IGNORECASE | re.UNICODE,
 )
 
-_WANT = re.compile(
+_WANT = _Lazy(
     r"\b(?:generate|give|write|type|print|paste|copy|copy-paste|reproduce|recreate|recite|show|send|provide|"
     r"share|post (?:the|it|all|me)|output|display|transcribe|sing|tell me|drop|fill|continue|finish|"
     r"read (?:me|out|it to me)|dump|need|want|"
@@ -157,7 +189,7 @@ _WANT = re.compile(
 )
 
 # Original writing, the user's own or pasted text, or a question about a work rather than its words.
-_NOT = re.compile(
+_NOT = _Lazy(
     r"\b(?:(?:write|compose|create|make|draft)\s+(?:me\s+|us\s+)?(?:a|an|some|my|our|new|short|funny|simple|"
     r"original|little|cute|catchy|two|three|four)\b"
     r"|in the style of|inspired by|new words|my own|own version|parody|original (?:song|lyrics|poem|story|"
@@ -191,8 +223,8 @@ _NOT = re.compile(
     re.IGNORECASE | re.UNICODE,
 )
 # A cue right after a negation does not count: "write it out in full, not a summary".
-_NEGATED = re.compile(r"(?:\bnot|\bno|instead of|rather than|without|nicht|pas|no es)\s+(?:\w+\s+)?$", re.IGNORECASE)
-_BARE_LYRICS = re.compile(
+_NEGATED = _Lazy(r"(?:\bnot|\bno|instead of|rather than|without|nicht|pas|no es)\s+(?:\w+\s+)?$", re.IGNORECASE)
+_BARE_LYRICS = _Lazy(
     rf"^\s*(?:lyrics\s*:?\s*)?(?:{_TITLE}|{_CAPS})(?:\s+(?:by|[-\u2013])\s+{_NAME})?\s+lyrics\s*[?.!]*\s*$"
     r"|^\s*(?:the\s+)?(?:full\s+|complete\s+|all\s+(?:the\s+)?)?(?:lyrics|songtext|paroles|letra|testo)\b"
     r".{0,80}\b(?:by|von|de|di|da|do)\s+\w",
@@ -204,8 +236,8 @@ _BARE_LYRICS = re.compile(
 # with "?"), or a request marker comes just before it. A pasted document's "the band brought the
 # lyrics" is none of these.
 _OPENING_WORDS = 4
-_SENTENCE_STARTS = re.compile(r"[.!?;\u2026]+\s+")
-_ASKING = re.compile(
+_SENTENCE_STARTS = _Lazy(r"[.!?;\u2026]+\s+")
+_ASKING = _Lazy(
     r"(?:please|pls|plz|can (?:you|u|i)|could you|would you|will you|i need|i want|i['\u2019]d like|just|now|kindly|"
     r"kannst du|k\u00f6nntest du|bitte|puoi|potresti|peux-tu|tu peux|pourrais-tu|puedes|podr\u00edas|pode|"
     r"voc\u00ea pode|kun je|kan du|mo\u017cesz)\W+(?:\w+\W+){0,2}$",
