@@ -16,13 +16,18 @@ Features: TF-IDF of word 1-2-grams and `char_wb` 3-5-grams (sublinear tf), as th
 classifier. Heads:
 - `harmful`: class-balanced logistic regression, each source weighted count ** -0.5; its logit is
   Platt-calibrated on 5-fold out-of-fold logits.
-- an embedding head (`guard.embedding_head`: one ReLU layer of 256 over the sentence embedding)
-  fitted on the texts of up to HEAD_CHARS outside a validation sixth; a request's score is the
-  higher of the two (`HarmfulClassifier.assess_request`).
+- an embedding head (`guard.embedding_head`: one ReLU layer of 256 over the sentence embedding,
+  as the gateway serves it: one text per model run) fitted on the texts of up to HEAD_CHARS
+  outside a validation sixth.
+- the fusion (`harmful.Fusion`): a logistic regression over tier 2's out-of-fold calibrated logit
+  and the head's held-out logit, fitted on the validation sixth; a request's score (and an
+  answer's worst window's) is its probability (`HarmfulClassifier.assess_request`). Adding the
+  lower of the two logits or their product as a third feature gained nothing on validation.
 - one head per category (weapons, cybercrime, crime, misinformation, harassment, other_harm):
   multinomial logistic regression on the harmful HarmBench examples; the highest names the category.
-Thresholds, chosen on the validation sixth (tier 2's out-of-fold probability, the head's held-out
-one, the higher of both) and stored with the artefact:
+Thresholds, chosen on the validation sixth's fused scores and stored with the artefact, benign
+false positives counted with each source weighted as in fitting (six in ten benign validation rows
+are windows of documents: unweighted, they would set the threshold, not everyday requests):
 - `threshold`: benign false-positive rate <= --target-fpr (the decision when no judge is configured);
 - `band`: [recall of harmful >= --band-recall, benign false-positive rate <= --band-fpr]: below it
   pass, above it block, inside it ask the tier 3 judge.
@@ -37,7 +42,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -52,7 +57,14 @@ from train_injection import is_test_row, is_validation_text
 
 from llm_gateway.guard.embedding_head import EmbeddingHead, encode_head
 from llm_gateway.guard.text_classifier import export_blocks, mask_identifiers, write_artefact
-from llm_gateway.moderation.harmful import ARTEFACT_PATH, CATEGORY_NAMES, HarmfulClassifier, sentence_windows
+from llm_gateway.moderation.harmful import (
+    ARTEFACT_PATH,
+    CATEGORY_NAMES,
+    FUSION_CLIP,
+    Fusion,
+    HarmfulClassifier,
+    sentence_windows,
+)
 from llm_gateway.moderation.harmful_data import Example, harmbench_contextual, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,13 +104,19 @@ def examples(qqp: Path) -> tuple[list[Example], list[Example]]:
     return [e for e in train if _normalised(e.text) not in held_out], test
 
 
-def fit_head(
-    train: list[Example], calibrated: np.ndarray
-) -> tuple[EmbeddingHead, dict[str, Any], np.ndarray, np.ndarray]:
+class Validation(NamedTuple):
+    """The validation sixth's rows (texts of up to HEAD_CHARS): what neither model was fitted on."""
+
+    ngram: np.ndarray  # tier 2's out-of-fold calibrated logits
+    head: np.ndarray  # the embedding head's logits
+    labels: np.ndarray
+    sources: list[str]
+
+
+def fit_head(train: list[Example], ngram: np.ndarray) -> tuple[EmbeddingHead, dict[str, Any], Validation]:
     """The embedding head, fitted on the short texts outside the validation sixth (harmful ones
-    drawn again to a quarter of the benign count); returns it, its artefact form, and on the
-    validation rows the combined score (the higher of tier 2's out-of-fold probability and the
-    head's) with the labels."""
+    drawn again to a quarter of the benign count); returns it, its artefact form, and the
+    validation rows (`ngram`: every training row's out-of-fold calibrated tier 2 logit)."""
     rows = [i for i, e in enumerate(train) if len(e.text) <= HEAD_CHARS]
     held = np.array([is_validation_text(train[i].text) for i in rows])
     vectors = embed_cached([train[i].text for i in rows])
@@ -112,16 +130,49 @@ def fit_head(
     spec = encode_head(mlp)
     head = EmbeddingHead(spec)
     validation = np.where(held)[0]
-    combined = np.maximum(calibrated[np.array(rows)[validation]], head.probabilities(vectors[validation]))
-    return head, spec, combined, labels[validation]
+    picked = np.array(rows)[validation]
+    sources = [train[i].source for i in picked]
+    return head, spec, Validation(ngram[picked], head.logits(vectors[validation]), labels[validation], sources)
 
 
-def thresholds(scores: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> tuple[float, float, float]:
-    """(threshold, band low, band high) on the validation scores."""
-    benign = np.sort(scores[labels == 0])[::-1]
+def fit_fusion(ngram: np.ndarray, head: np.ndarray, labels: np.ndarray) -> tuple[Fusion, np.ndarray]:
+    """The fusion fitted on the validation rows, and its scores there (with the stored, rounded
+    coefficients: the threshold is chosen on exactly what the gateway computes)."""
+    features = np.clip(np.column_stack([ngram, head]), -FUSION_CLIP, FUSION_CLIP)
+    model = LogisticRegression(C=1.0, max_iter=1000).fit(features, labels)
+    w = [round(float(v), 6) for v in model.coef_[0]]
+    fusion = Fusion(w[0], w[1], round(float(model.intercept_[0]), 6))
+    scores = np.array([fusion.probability(u, v) for u, v in zip(ngram.tolist(), head.tolist(), strict=True)])
+    return fusion, scores
+
+
+def recall_at_fpr(scores: np.ndarray, labels: np.ndarray, sources: list[str], fpr: float) -> float:
+    """Harmful recall at the score that refuses a share `fpr` of the benign rows (weighted as in
+    `thresholds`)."""
+    benign = labels == 0
+    weights = source_weights([s for s, b in zip(sources, benign, strict=True) if b])
+    return round(float((scores[labels == 1] >= refusing(scores[benign], weights, fpr)).mean()), 4)
+
+
+def refusing(scores: np.ndarray, weights: np.ndarray, share: float) -> float:
+    """The lowest score that refuses at most `share` of the weight of the rows `scores`."""
+    order = np.argsort(-scores, kind="stable")
+    cumulative = np.cumsum(weights[order]) / weights.sum()
+    return float(np.nextafter(scores[order][int(np.searchsorted(cumulative, share, side="right"))], 1.0))
+
+
+def thresholds(
+    scores: np.ndarray, labels: np.ndarray, sources: list[str], args: argparse.Namespace
+) -> tuple[float, float, float]:
+    """(threshold, band low, band high) on the validation scores. Benign false positives are
+    counted with each source weighted as in fitting (`source_weights`): most benign validation
+    rows are windows of documents, and unweighted they would set the threshold for documents,
+    not for the requests of everyday traffic."""
+    benign = labels == 0
+    weights = source_weights([s for s, b in zip(sources, benign, strict=True) if b])
+    threshold = refusing(scores[benign], weights, args.target_fpr)
+    high = refusing(scores[benign], weights, args.band_fpr)
     harmful = np.sort(scores[labels == 1])
-    threshold = float(np.nextafter(benign[int(args.target_fpr * len(benign))], 1.0))
-    high = float(np.nextafter(benign[int(args.band_fpr * len(benign))], 1.0))
     low = float(harmful[int((1 - args.band_recall) * len(harmful))])
     return threshold, low, high
 
@@ -150,12 +201,13 @@ def fit(train: list[Example], args: argparse.Namespace) -> tuple[HarmfulClassifi
     print(f"fitted on {len(texts)} texts ({int(y.sum())} harmful) in {time.perf_counter() - started:.0f}s")
 
     blocks = export_blocks([("word", word), ("char", char)], coef)
-    calibrated = 1 / (1 + np.exp(-(a * oof + b)))
-    _, head, combined, labels = fit_head(train, calibrated)
-    print(f"head fitted in {time.perf_counter() - started:.0f}s; {len(labels)} validation rows")
-    threshold, low, high = thresholds(combined, labels, args)
+    _, head, validation = fit_head(train, a * oof + b)
+    ngram_logits, head_logits, labels = validation.ngram, validation.head, validation.labels
+    fusion, combined = fit_fusion(ngram_logits, head_logits, labels)
+    print(f"head and fusion fitted in {time.perf_counter() - started:.0f}s; {len(labels)} validation rows")
+    threshold, low, high = thresholds(combined, labels, validation.sources, args)
     artefact: dict[str, Any] = {
-        "version": 3,
+        "version": 4,
         "identifiers": "masked",
         "heads": ["harmful", *CATEGORY_NAMES],
         "blocks": blocks,
@@ -164,6 +216,7 @@ def fit(train: list[Example], args: argparse.Namespace) -> tuple[HarmfulClassifi
         "threshold": round(threshold, 6),
         "band": [round(min(low, high), 6), round(high, 6)],
         "embedding_head": head,
+        "fusion": {"features": ["ngram", "head"], "weights": [fusion.ngram, fusion.head], "bias": fusion.bias},
     }
 
     ours = HarmfulClassifier(artefact)
@@ -180,13 +233,23 @@ def fit(train: list[Example], args: argparse.Namespace) -> tuple[HarmfulClassifi
         "trained_on": ", ".join(sorted({e.source for e in train})),
         "examples": len(texts),
         "harmful_examples": int(y.sum()),
-        "threshold_from": f"validation benign false-positive rate <= {args.target_fpr}",
-        "band_from": f"validation harmful recall >= {args.band_recall}, benign false-positive rate <= {args.band_fpr}",
+        "threshold_from": f"validation benign false-positive rate <= {args.target_fpr} (sources weighted)",
+        "band_from": f"validation harmful recall >= {args.band_recall}, "
+        f"benign false-positive rate <= {args.band_fpr} (sources weighted)",
         "validation": {
             "rows": len(labels),
             "recall_at_threshold": share(combined[labels == 1] >= threshold),
-            "benign_fpr_at_threshold": share(combined[labels == 0] >= threshold),
+            "benign_fpr_at_threshold": share(combined[labels == 0] >= threshold),  # unweighted
             "band_share": share((combined >= low) & (combined < high)),
+            "recall_at_target_fpr": {
+                name: recall_at_fpr(scores, labels, validation.sources, args.target_fpr)
+                for name, scores in (
+                    ("ngram", ngram_logits),
+                    ("head", head_logits),
+                    ("higher", np.maximum(ngram_logits, head_logits)),
+                    ("fused", combined),
+                )
+            },
         },
         "max_logit_drift_vs_sklearn": drift,
         "C": args.c,

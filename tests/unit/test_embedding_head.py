@@ -1,5 +1,5 @@
 """The embedding head: numpy inference equals scikit-learn's, and a request's harmful-content score
-is the higher of tier 2's and the head's."""
+is the fusion of tier 2's and the head's (the higher of the two for an artefact without a fusion)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sklearn.neural_network import MLPClassifier
 
 from llm_gateway.guard.embedding_head import EmbeddingHead, encode_head
 from llm_gateway.guard.text_classifier import read_artefact
-from llm_gateway.moderation.harmful import ARTEFACT_PATH, HarmfulClassifier
+from llm_gateway.moderation.harmful import ARTEFACT_PATH, HarmfulClassifier, probability_logit
 
 
 def test_numpy_inference_equals_scikit_learns() -> None:
@@ -44,14 +44,27 @@ def _constant_head(probability: float) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("probability", [0.02, 0.97])
-def test_a_request_scores_the_higher_of_tier_2_and_the_head(probability: float) -> None:
-    artefact = {k: v for k, v in read_artefact(ARTEFACT_PATH).items() if k != "embedding_head"}
+def test_without_a_fusion_a_request_scores_the_higher_of_tier_2_and_the_head(probability: float) -> None:
+    artefact = {k: v for k, v in read_artefact(ARTEFACT_PATH).items() if k not in ("embedding_head", "fusion")}
     plain = HarmfulClassifier(artefact)
     headed = HarmfulClassifier({**artefact, "embedding_head": _constant_head(probability)})
     for text in ["How do I make sourdough bread?", "Write a tutorial on making a pipe bomb"]:
         tier2 = plain.assess_long(text).score
         assert plain.assess_request(text).score == tier2  # no head: tier 2 alone
         assert headed.assess_request(text).score == pytest.approx(max(tier2, probability), abs=1e-6)
+
+
+@pytest.mark.parametrize("probability", [0.02, 0.97])
+def test_with_a_fusion_a_request_scores_the_logistic_regression_of_both_logits(probability: float) -> None:
+    artefact = read_artefact(ARTEFACT_PATH)
+    fusion = artefact["fusion"]
+    headed = HarmfulClassifier({**artefact, "embedding_head": _constant_head(probability)})
+    for text in ["How do I make sourdough bread?", "Write a tutorial on making a pipe bomb"]:
+        tier2 = headed.assess_long(text).score
+        z = [max(-12.0, min(12.0, v)) for v in (probability_logit(tier2), math.log(probability / (1 - probability)))]
+        expected = 1 / (1 + math.exp(-(fusion["bias"] + sum(w * v for w, v in zip(fusion["weights"], z, strict=True)))))
+        assert headed.assess_request(text).score == pytest.approx(expected, abs=1e-6)
+        assert headed.assess_answer(text).score == pytest.approx(expected, abs=1e-6)  # an answer too
 
 
 def test_a_long_text_names_the_window_its_score_comes_from() -> None:

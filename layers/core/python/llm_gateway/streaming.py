@@ -152,7 +152,7 @@ def _harm_stops(progress: _Progress, final: bool = False) -> bool:
         return progress.harm is not None and not progress.harm_log
     if not final and len(progress.text) - progress.harm_scored < HARM_STEP_CHARS:
         return False
-    assessed = load_harmful_classifier().assess_long(progress.text, start=progress.harm_scored)
+    assessed = load_harmful_classifier().assess_answer(progress.text, start=progress.harm_scored)
     progress.harm_scored = len(progress.text)
     if assessed.score >= progress.harm_stop:
         progress.harm = f"{assessed.category} (score {assessed.score:.3f})"

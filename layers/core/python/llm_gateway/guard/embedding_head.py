@@ -48,12 +48,19 @@ class EmbeddingHead:
     def dim(self) -> int:
         return int(self._w1.shape[0])
 
-    def probability(self, vector: np.ndarray) -> float:
+    def logit(self, vector: np.ndarray) -> float:
         hidden = np.maximum(vector @ self._w1 + self._b1, 0.0)
-        return sigmoid(float(hidden @ self._w2) + self._b2)
+        return float(hidden @ self._w2) + self._b2
+
+    def probability(self, vector: np.ndarray) -> float:
+        return sigmoid(self.logit(vector))
+
+    def logits(self, matrix: np.ndarray) -> np.ndarray:
+        hidden = np.maximum(matrix @ self._w1 + self._b1, 0.0)
+        result: np.ndarray = (hidden @ self._w2 + self._b2).astype(np.float64)
+        return result
 
     def probabilities(self, matrix: np.ndarray) -> np.ndarray:
-        hidden = np.maximum(matrix @ self._w1 + self._b1, 0.0)
-        logits = np.clip(hidden @ self._w2 + self._b2, -40.0, 40.0)
+        logits = np.clip(self.logits(matrix), -40.0, 40.0)
         result: np.ndarray = 1.0 / (1.0 + np.exp(-logits))
         return result

@@ -33,7 +33,7 @@ def harmful_decision(
 ) -> GuardDecision:
     """The cascade's decision on `text`; reasons name scores and categories, never the text."""
     classifier = load_harmful_classifier()
-    assessed = classifier.assess_request(text) if kind == "input" else classifier.assess_long(text)
+    assessed = classifier.assess_request(text) if kind == "input" else classifier.assess_answer(text)
     score = round(assessed.score, 4)
     low, high = policy.band if policy.band is not None else classifier.band
     threshold = policy.threshold if policy.threshold is not None else classifier.threshold

@@ -3,7 +3,9 @@
 One TF-IDF linear model (`guard.text_classifier`) with several heads, trained by
 `scripts/train_harmful.py` on packaged data (`harmful_data`): `harmful` (Platt-calibrated
 probability) and one head per category (weapons, cybercrime, crime, misinformation, harassment,
-other_harm), the highest of which names the category. The artefact carries the decision threshold
+other_harm), the highest of which names the category. Artefacts may add an embedding head over
+the sentence embedding and a fusion (`Fusion`): a logistic regression over both models' logits
+that gives a request its one calibrated score. The artefact carries the decision threshold
 (benign false-positive rate target) and the uncertain band that the tier 3 judge decides.
 """
 
@@ -26,6 +28,9 @@ ARTEFACT_PATH = Path(__file__).parent / "data" / "harmful.json.gz"
 LONG_CHARS = 200
 _SENTENCE_END = re.compile(r"(?<=[.!?:;])\s+|\n+")
 CATEGORY_NAMES = ("weapons", "cybercrime", "crime", "misinformation", "harassment", "other_harm")
+# The fusion reads logits clipped to this: beyond it a model is sure, and one extreme logit must
+# not outvote the other model on its own.
+FUSION_CLIP = 12.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,40 @@ class HarmAssessment:
     category: str  # the most likely category, were it harmful
     category_score: float  # that category's share (softmax over the category heads)
     window: str = ""  # the part of a long text the score comes from ("" for the whole text)
+
+
+def _clipped(logit: float) -> float:
+    return max(-FUSION_CLIP, min(FUSION_CLIP, logit))
+
+
+def probability_logit(probability: float) -> float:
+    """The logit of a probability, finite at 0 and 1."""
+    p = max(1e-9, min(1.0 - 1e-9, probability))
+    return math.log(p) - math.log1p(-p)
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """One calibrated probability from the two models of a request: a logistic regression over
+    tier 2's calibrated logit and the embedding head's logit, fitted on validation rows neither
+    model was fitted on (`scripts/train_harmful.py`). A text that one model alone finds harmful
+    while the other is sure it is not scores low, as one both find harmful scores high."""
+
+    ngram: float  # weight of tier 2's logit
+    head: float  # weight of the head's logit
+    bias: float
+
+    def probability(self, ngram_logit: float, head_logit: float) -> float:
+        return sigmoid(self.bias + self.ngram * _clipped(ngram_logit) + self.head * _clipped(head_logit))
+
+
+def _fusion(spec: dict[str, Any] | None) -> Fusion | None:
+    if spec is None:
+        return None
+    if spec.get("features") != ["ngram", "head"]:
+        raise ValueError(f"harmful-content fusion features {spec.get('features')} != ['ngram', 'head']")
+    ngram, head = (float(w) for w in spec["weights"])
+    return Fusion(ngram, head, float(spec["bias"]))
 
 
 class HarmfulClassifier(LinearTextClassifier):
@@ -49,6 +88,7 @@ class HarmfulClassifier(LinearTextClassifier):
         self._assessed: TextMemo[HarmAssessment] = TextMemo()
         head = artefact.get("embedding_head")
         self.head = EmbeddingHead(head) if head is not None else None
+        self.fusion = _fusion(artefact.get("fusion"))
 
     def assess(self, text: str) -> HarmAssessment:
         return self._assessment(self.logits(text))
@@ -66,10 +106,7 @@ class HarmfulClassifier(LinearTextClassifier):
         is scored in one pass."""
         if start == 0:  # a whole text: the guard may have scored it already (or on an earlier turn)
             return self._assessed.get(text, self._assess_long)
-        if start > LONG_CHARS:
-            cut = text.rfind(" ", 0, start - LONG_CHARS)
-            text = text[cut + 1 :] if cut >= 0 else text
-        return self._assess_long(text)
+        return self._assess_long(_newest(text, start))
 
     def _assess_long(self, text: str) -> HarmAssessment:
         sentences = sentence_windows(text)
@@ -80,16 +117,40 @@ class HarmfulClassifier(LinearTextClassifier):
 
     def assess_request(self, text: str) -> HarmAssessment:
         """A request's assessment: `assess_long`'s, and with an embedding head (artefacts that
-        carry one) the higher of it and the head's probability for the same text or window. The
-        head reads the sentence embedding; a short request's is the one the semantic cache and
-        the topic filter use, computed once."""
-        assessed = self.assess_long(text)
+        carry one) the fusion of tier 2's score and the head's for the same text or window (the
+        higher of the two for an artefact without a fusion). The head reads the sentence
+        embedding; a short request's is the one the semantic cache and the topic filter use,
+        computed once."""
+        return self._with_head(self.assess_long(text), text)
+
+    def assess_answer(self, text: str, start: int = 0) -> HarmAssessment:
+        """An answer's assessment (whole, or with `start` a stream's newest part as in
+        `assess_long`): its worst window, scored as a request's is, so a benign sentence the
+        n-grams alone would take for harmful (a question the answer quotes, an aside) is read by
+        the head as well."""
+        return self._with_head(self.assess_long(text, start), _newest(text, start))
+
+    def _with_head(self, assessed: HarmAssessment, text: str) -> HarmAssessment:
         if self.head is None:
             return assessed
         from ..semantic.embeddings import default_embedder  # onnxruntime: only for heads
 
-        probability = self.head.probability(default_embedder().embed_one(assessed.window or text))
-        return replace(assessed, score=max(assessed.score, probability))
+        head_logit = self.head.logit(default_embedder().embed_one(assessed.window or text))
+        return replace(assessed, score=self.fused(assessed.score, head_logit))
+
+    def fused(self, ngram_score: float, head_logit: float) -> float:
+        """A request's one score from tier 2's probability and the embedding head's logit."""
+        if self.fusion is None:
+            return max(ngram_score, sigmoid(head_logit))
+        return self.fusion.probability(probability_logit(ngram_score), head_logit)
+
+
+def _newest(text: str, start: int) -> str:
+    """What a stream check scores: the text from about LONG_CHARS before `start`."""
+    if start <= LONG_CHARS:
+        return text
+    cut = text.rfind(" ", 0, start - LONG_CHARS)
+    return text[cut + 1 :] if cut >= 0 else text
 
 
 def sentence_windows(text: str) -> list[str]:
