@@ -1,5 +1,6 @@
 """The harmful-content classifier on its held-out rows, by source, as the input guard scores a
-request (`HarmfulClassifier.assess_request`: tier 2's n-grams and the embedding head).
+request (`HarmfulClassifier.assess_request`: the fusion of tier 2's n-grams and the embedding
+head).
 
     python scripts/guard_sources.py fetch            # once
     python bench/guard_harmful.py [--json PATH]
