@@ -5,8 +5,9 @@ One TF-IDF linear model (`guard.text_classifier`) with several heads, trained by
 probability) and one head per category (weapons, cybercrime, crime, misinformation, harassment,
 other_harm), the highest of which names the category. Artefacts may add an embedding head over
 the sentence embedding and a fusion (`Fusion`): a logistic regression over both models' logits
-that gives a request its one calibrated score. The artefact carries the decision threshold
-(benign false-positive rate target) and the uncertain band that the tier 3 judge decides.
+that gives a request (and an answer's worst window) its one calibrated score. The artefact
+carries the decision threshold (benign false-positive rate target) and the uncertain band that
+the tier 3 judge decides.
 """
 
 from __future__ import annotations
