@@ -132,7 +132,8 @@ def test_a_long_message_is_matched_by_its_opening_and_end(asked: str) -> None:
     from llm_gateway.guard.topics import embedded_text
 
     kept = embedded_text(asked)
-    assert len(kept) < 420 and asked.startswith(kept[:200]) and asked.endswith(kept[-100:])
+    head, tail = kept.split(" \u2026 ")
+    assert len(kept) < 300 and asked.startswith(head) and asked.endswith(tail)
     decision, _ = check_topic([ChatMessage(role="user", content=asked)], GLOBEX)
     assert (decision.action, decision.reason) == ("block", "denied: legal advice")
     pasted = "Summarise this letter in two lines:\n\n" + LETTER

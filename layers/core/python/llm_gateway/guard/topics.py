@@ -44,8 +44,8 @@ NEAREST = 2
 CUE_CHARS = 1000  # the cues read a request's beginning: a pasted document adds nothing to them
 # A long message is matched by its opening and its end, where people put what they ask ("Summarise
 # this email: …", "… what should I take for it?"): embedding 1,000 characters costs 15-25 ms on
-# this project's CPU, the 400 kept ~5 ms.
-EMBED_HEAD, EMBED_TAIL = 250, 150
+# this project's CPU, the 260 kept ~3 ms.
+EMBED_HEAD, EMBED_TAIL = 160, 100
 Kind = Literal["allowed", "denied", "other"]
 _WORD = re.compile(r"[^\W\d_]+")
 
