@@ -48,7 +48,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from everyday_prompts import Request, answer_for, requests
-from gateway_configs import GATEWAY_CONFIGS, KEYS, LITELLM_KEY, UPSTREAM_KEY_ENV, litellm_config
+from gateway_configs import GATEWAY_CONFIGS, KEYS, LITELLM_KEY, UPSTREAM_KEY_ENV, example_config, litellm_config
+
+from llm_gateway.config import EXAMPLE_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +172,11 @@ def start(name: str, args: argparse.Namespace, upstream: str, work: Path, cpu: i
     config_name, _, at = name.partition("@")
     if at and args.baseline is None:
         raise SystemExit(f"{name} needs --baseline")
-    config = GATEWAY_CONFIGS[config_name](upstream, work / f"{config_name}-{time.monotonic_ns()}.db")
+    storage = work / f"{config_name}-{time.monotonic_ns()}.db"
+    if at and config_name == "example":  # the baseline serves its own example config
+        config = example_config(upstream, storage, args.baseline / EXAMPLE_CONFIG.relative_to(ROOT))
+    else:
+        config = GATEWAY_CONFIGS[config_name](upstream, storage)
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return start_gateway(config_path, args.port, cpu, args.baseline if at else None)
 

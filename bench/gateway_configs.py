@@ -39,8 +39,10 @@ UNLIMITED = {"requests_per_minute": 100_000_000, "burst": 1_000_000}
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
 
 
-def example_config(upstream: str, storage: Path) -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+def example_config(upstream: str, storage: Path, source: Path = EXAMPLE_CONFIG) -> dict[str, Any]:
+    """The shipped example config (`source`: another checkout's, for before/after runs) adapted
+    to the fake upstream."""
+    config: dict[str, Any] = yaml.safe_load(source.read_text(encoding="utf-8"))
     config["storage_path"] = str(storage)
     config["models"][LOCAL_MODEL] = {
         "provider": "openai",
