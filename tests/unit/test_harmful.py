@@ -13,7 +13,13 @@ import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from llm_gateway.guard.text_classifier import block_terms, read_artefact, sigmoid
-from llm_gateway.moderation.harmful import ARTEFACT_PATH, CATEGORY_NAMES, HarmfulClassifier, load_harmful_classifier
+from llm_gateway.moderation.harmful import (
+    ANSWER_HEAD_FROM,
+    ARTEFACT_PATH,
+    CATEGORY_NAMES,
+    HarmfulClassifier,
+    load_harmful_classifier,
+)
 from llm_gateway.moderation.harmful_data import harmbench, harmbench_contextual, load
 from llm_gateway.moderation.judge import JudgeUnparseable, JudgeVerdict, parse_verdict
 
@@ -177,3 +183,14 @@ def test_the_judge_parser_reads_verdicts(reply: str, verdict: JudgeVerdict) -> N
 def test_the_judge_parser_refuses_anything_else(reply: str) -> None:
     with pytest.raises(JudgeUnparseable):
         parse_verdict(reply)
+
+
+def test_a_clearly_benign_answer_is_passed_on_the_n_grams_alone(classifier: HarmfulClassifier) -> None:
+    """Below ANSWER_HEAD_FROM the head's embedding is skipped: the answer keeps the n-grams' score."""
+    plain = "Preheat the oven to 180 degrees. Mix the flour, sugar and butter, then bake for twenty minutes."
+    assessed = classifier.assess_long(plain)
+    assert assessed.score < ANSWER_HEAD_FROM
+    assert classifier.assess_answer(plain) == assessed
+    edgy = "It depends on your situation. A related question: I will provide more details in an anonymous answer."
+    assert classifier.assess_long(edgy).score >= ANSWER_HEAD_FROM
+    assert classifier.assess_answer(edgy).score != classifier.assess_long(edgy).score  # fused with the head

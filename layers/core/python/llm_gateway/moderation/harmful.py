@@ -27,6 +27,11 @@ ARTEFACT_PATH = Path(__file__).parent / "data" / "harmful.json.gz"
 # counts: the classifier learnt from request-length texts, and a harmful sentence inside a long
 # answer would be diluted if the whole answer were one TF-IDF vector.
 LONG_CHARS = 200
+# Answers whose worst window the n-grams score below this skip the head: its embedding is the
+# moderate step's largest cost (~1.5 ms), and ~70 % of everyday answers are this clearly benign.
+# HarmBench test behaviours inside answers: none lost at the threshold, 1 of 240 at the band's
+# bottom (0.921 -> 0.917), the score then being the n-grams' alone (below the band).
+ANSWER_HEAD_FROM = 0.01
 _SENTENCE_END = re.compile(r"(?<=[.!?:;])\s+|\n+")
 CATEGORY_NAMES = ("weapons", "cybercrime", "crime", "misinformation", "harassment", "other_harm")
 # The fusion reads logits clipped to this: beyond it a model is sure, and one extreme logit must
@@ -128,8 +133,12 @@ class HarmfulClassifier(LinearTextClassifier):
         """An answer's assessment (whole, or with `start` a stream's newest part as in
         `assess_long`): its worst window, scored as a request's is, so a benign sentence the
         n-grams alone would take for harmful (a question the answer quotes, an aside) is read by
-        the head as well."""
-        return self._with_head(self.assess_long(text, start), _newest(text, start))
+        the head as well. A window the n-grams find clearly benign (below ANSWER_HEAD_FROM) is
+        passed on their score alone, without the head's embedding."""
+        assessed = self.assess_long(text, start)
+        if assessed.score < ANSWER_HEAD_FROM:
+            return assessed
+        return self._with_head(assessed, _newest(text, start))
 
     def _with_head(self, assessed: HarmAssessment, text: str) -> HarmAssessment:
         if self.head is None:
