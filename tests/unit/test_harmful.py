@@ -14,9 +14,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from llm_gateway.guard.text_classifier import block_terms, read_artefact, sigmoid
 from llm_gateway.moderation.harmful import (
-    ANSWER_HEAD_FROM,
     ARTEFACT_PATH,
     CATEGORY_NAMES,
+    HEAD_FROM,
     HarmfulClassifier,
     load_harmful_classifier,
 )
@@ -186,11 +186,15 @@ def test_the_judge_parser_refuses_anything_else(reply: str) -> None:
 
 
 def test_a_clearly_benign_answer_is_passed_on_the_n_grams_alone(classifier: HarmfulClassifier) -> None:
-    """Below ANSWER_HEAD_FROM the head's embedding is skipped: the answer keeps the n-grams' score."""
+    """Below HEAD_FROM the head's embedding is skipped: the answer, or a long request, keeps the
+    n-grams' score; a short request is always read by the head too (its embedding is shared)."""
     plain = "Preheat the oven to 180 degrees. Mix the flour, sugar and butter, then bake for twenty minutes."
     assessed = classifier.assess_long(plain)
-    assert assessed.score < ANSWER_HEAD_FROM
+    assert assessed.score < HEAD_FROM
     assert classifier.assess_answer(plain) == assessed
+    long = " ".join([plain] * 3)  # over 200 characters: scored by windows
+    assert classifier.assess_request(long) == classifier.assess_long(long)
+    assert classifier.assess_request(plain).score != assessed.score  # short: fused with the head
     edgy = "It depends on your situation. A related question: I will provide more details in an anonymous answer."
-    assert classifier.assess_long(edgy).score >= ANSWER_HEAD_FROM
+    assert classifier.assess_long(edgy).score >= HEAD_FROM
     assert classifier.assess_answer(edgy).score != classifier.assess_long(edgy).score  # fused with the head

@@ -27,11 +27,13 @@ ARTEFACT_PATH = Path(__file__).parent / "data" / "harmful.json.gz"
 # counts: the classifier learnt from request-length texts, and a harmful sentence inside a long
 # answer would be diluted if the whole answer were one TF-IDF vector.
 LONG_CHARS = 200
-# Answers whose worst window the n-grams score below this skip the head: its embedding is the
-# moderate step's largest cost (~1.5 ms), and ~70 % of everyday answers are this clearly benign.
-# HarmBench test behaviours inside answers: none lost at the threshold, 1 of 240 at the band's
-# bottom (0.921 -> 0.917), the score then being the n-grams' alone (below the band).
-ANSWER_HEAD_FROM = 0.01
+# Answers, and long requests, whose worst window the n-grams score below this skip the head: a
+# window's embedding (~1.5-2.5 ms) would be computed for the head alone (a short request's is
+# shared with the semantic cache and the topic filter). Skipped: ~70 % of everyday answers and
+# ~50 % of everyday requests over 200 characters. HarmBench test behaviours inside answers lose 1
+# of 240 at the band's bottom (0.921 -> 0.917), none at the threshold; HarmBench's contextual
+# behaviours (the lowest scores 0.025) lose none.
+HEAD_FROM = 0.01
 _SENTENCE_END = re.compile(r"(?<=[.!?:;])\s+|\n+")
 CATEGORY_NAMES = ("weapons", "cybercrime", "crime", "misinformation", "harassment", "other_harm")
 # The fusion reads logits clipped to this: beyond it a model is sure, and one extreme logit must
@@ -126,17 +128,21 @@ class HarmfulClassifier(LinearTextClassifier):
         carry one) the fusion of tier 2's score and the head's for the same text or window (the
         higher of the two for an artefact without a fusion). The head reads the sentence
         embedding; a short request's is the one the semantic cache and the topic filter use,
-        computed once."""
-        return self._with_head(self.assess_long(text), text)
+        computed once. A long request whose worst window the n-grams find clearly benign (below
+        HEAD_FROM) keeps their score: its window's embedding would be computed for the head alone."""
+        assessed = self.assess_long(text)
+        if assessed.window and assessed.score < HEAD_FROM:
+            return assessed
+        return self._with_head(assessed, text)
 
     def assess_answer(self, text: str, start: int = 0) -> HarmAssessment:
         """An answer's assessment (whole, or with `start` a stream's newest part as in
         `assess_long`): its worst window, scored as a request's is, so a benign sentence the
         n-grams alone would take for harmful (a question the answer quotes, an aside) is read by
-        the head as well. A window the n-grams find clearly benign (below ANSWER_HEAD_FROM) is
-        passed on their score alone, without the head's embedding."""
+        the head as well. A window the n-grams find clearly benign (below HEAD_FROM) is passed on
+        their score alone, without the head's embedding."""
         assessed = self.assess_long(text, start)
-        if assessed.score < ANSWER_HEAD_FROM:
+        if assessed.score < HEAD_FROM:
             return assessed
         return self._with_head(assessed, _newest(text, start))
 
