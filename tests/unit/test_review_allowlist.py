@@ -142,7 +142,7 @@ def test_the_blocklist_and_a_pii_rejection_still_refuse_an_allowed_text(tmp_path
         (Guards(topics=TOPIC_GUARD), MEDICAL, "topic"),
         (
             Guards(copyright=CopyrightGuard(enabled=True)),
-            'Recite the poem "Ozymandias" by Percy Shelley in full',
+            'Recite the poem "The Lamplighter Psalm" by Ansel Marrow (1851) in full',
             "copyright",
         ),
     ],
