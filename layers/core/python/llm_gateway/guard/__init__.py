@@ -1,5 +1,6 @@
 """Input checks: API key -> tenant, request size limits, rate limits, input blocklist, then the
-tenant's guard layers (prompt injection, PII), each a typed `GuardDecision` with latency metrics."""
+tenant's guard layers (prompt injection, PII, topics, copyright, harmful content), each a typed
+`GuardDecision` with latency metrics."""
 
 from __future__ import annotations
 
