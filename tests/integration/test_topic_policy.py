@@ -50,10 +50,10 @@ def test_globex_refuses_personal_advice_and_answers_the_rest_of_the_test_part(te
     refused_personal = sum(o["code"] == "topic" for o in personal)
     refused_benign = [o["id"] for o in benign if o["code"] == "topic"]
     # Acceptance: >= 90 % of the personal requests refused by the topic layer, <= 2 % of the
-    # benign ones. Measured here (AVX-512 VNNI, shipped int8 model): 64 of 68 personal refused
-    # with `topic` (one more is refused earlier, as prompt_injection) and 9 of 457 benign (1.97 %,
-    # docs/benchmarks.md §6 (g)). int8 kernels differ between CPUs: the float model moved the
-    # benign count by two, so the bars sit two items past what was measured here.
+    # benign ones. Measured here (AVX-512 VNNI, shipped int8 model): 65 of 68 personal refused
+    # with `topic` and 7 of 457 benign (1.5 %; all layers together 9, docs/benchmarks.md §6 (g)).
+    # int8 kernels differ between CPUs: the float model moved the benign count by two, so the bars
+    # sit a few items past what was measured here.
     assert len(personal) == 68 and len(benign) == 457
     assert refused_personal >= 62, refused_personal
     assert len(refused_benign) <= 11, refused_benign
