@@ -56,7 +56,7 @@ def _served(pairs: list[dict[str, object]]) -> tuple[np.ndarray, np.ndarray]:
         ("Is the Pro plan billed monthly?", "Is the Team plan billed monthly?", "plan"),
         ("How much is a 10-mile taxi ride in Chicago?", "How much is a 10-kilometer taxi ride in Chicago?", "unit"),
         ("How do I read a CSV file in pandas?", "How do I read a CSV file in Polars?", "entity"),
-        ("Who is the CEO of Norvessa?", "Who is the CEO of Quillon?", "entity"),
+        ("Who is the captain of the Norvessa Rowing Club?", "Who is the captain of the Quillon Rowing Club?", "entity"),
     ],
 )
 def test_each_kind_of_difference_is_named(a: str, b: str, kind: str) -> None:
