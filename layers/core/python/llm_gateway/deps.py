@@ -12,6 +12,7 @@ from .guard.ner import ner_available
 from .model_endpoint import EndpointMonitor
 from .moderation.blocklist import CompiledBlocklist
 from .observability import MetricsSink, NullMetrics
+from .pipeline import INVOKE_POLICY, RetryPolicy
 from .ports import (
     AuditLog,
     BatchJobs,
@@ -41,6 +42,9 @@ class Deps:
     budgets: BudgetLedger | None = None  # None: tenants' `budgets` are not enforced (refused at start)
     batch_jobs: BatchJobs | None = None  # None: no batch job status on this deployment's API
     model_endpoint: EndpointMonitor | None = None  # a model endpoint this process runs (serve's local model)
+    # The invoke step's retries, fallbacks and deadline: the REST chain's functions use the shorter
+    # `pipeline.REST_INVOKE_POLICY` (API Gateway's 29 s), everything else `INVOKE_POLICY`.
+    invoke_policy: RetryPolicy = INVOKE_POLICY
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     # Derived once from config: key digest -> (tenant, key id); compiled blocklists per tenant.
@@ -49,9 +53,7 @@ class Deps:
     output_blocklists: dict[str, CompiledBlocklist] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.keys = {
-            key.sha256: (name, key.id) for name, tenant in self.config.tenants.items() for key in tenant.api_keys
-        }
+        self.keys = self.config.key_owners()
         self.input_blocklists = {name: CompiledBlocklist(t.input_blocklist) for name, t in self.config.tenants.items()}
         self.output_blocklists = {
             name: CompiledBlocklist(t.output_blocklist) for name, t in self.config.tenants.items()

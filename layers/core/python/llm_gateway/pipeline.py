@@ -9,7 +9,7 @@ imports (the CDK app reads it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,9 @@ class RetryPolicy:
     max_delay_s: float = 2.0
     retry_on: tuple[str, ...] = ("ProviderThrottled", "ProviderUnavailable", "ProviderTimeout")
     never_retry: tuple[str, ...] = ("ProviderBadRequest",)
-    # Total time the invoke step may spend across attempts and fallbacks (API Gateway allows 29 s).
+    # Total time the invoke step may spend across attempts, backoffs, fallbacks and a format repair;
+    # each attempt's provider timeout is cut to what is left of it. The REST chain's is shorter
+    # (`REST_INVOKE_POLICY`); streaming, batch work and the local server keep this one.
     deadline_s: float = 120.0
 
 
@@ -75,7 +77,14 @@ STEPS: tuple[Step, ...] = (
 FINISH = Step("finish", "llm_gateway.finish:finish_step", "finish")
 FAILED = Step("failed", "llm_gateway.finish:failure_step", "record_failure")
 
-INVOKE_POLICY = RetryPolicy()
+# API Gateway's REST integration (StartSyncExecution) answers 504 after 29 s, whatever the execution
+# still does. The chain's other steps (guard, cache, router, moderate, finish), the Step Functions
+# transitions and their cold starts get `REST_OTHER_STEPS_S` of it; the invoke step gets the rest.
+REST_INTEGRATION_TIMEOUT_S = 29.0
+REST_OTHER_STEPS_S = 6.0
+
+INVOKE_POLICY = RetryPolicy()  # streaming function, batch work, local server
+REST_INVOKE_POLICY = replace(INVOKE_POLICY, deadline_s=REST_INTEGRATION_TIMEOUT_S - REST_OTHER_STEPS_S)  # 23 s
 TASK_RETRY = TaskRetry()
 
 # Domain errors a task may raise; the state machine catches them, records the failure and fails with

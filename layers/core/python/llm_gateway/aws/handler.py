@@ -12,10 +12,17 @@ from pydantic import BaseModel
 
 from ..contracts import GatewayState
 from ..deps import Deps
+from ..pipeline import REST_INVOKE_POLICY
 from .observability import logger, metrics, tracer
 from .runtime import deps
 
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+
+
+def chain_deps() -> Deps:
+    """The chain's functions serve the REST API's synchronous executions, which API Gateway
+    answers with 504 after 29 s: their invoke step runs under `REST_INVOKE_POLICY`'s deadline."""
+    return deps(REST_INVOKE_POLICY)
 
 
 def step_handler(step: Callable[[GatewayState, Deps], BaseModel], name: str) -> Handler:
@@ -32,6 +39,6 @@ def step_handler(step: Callable[[GatewayState, Deps], BaseModel], name: str) -> 
     def lambda_handler(state: GatewayState, context: LambdaContext) -> dict[str, Any]:
         metrics.add_dimension(name="step", value=name)
         metrics.add_metric(name="StepInvocations", unit=MetricUnit.Count, value=1)
-        return step(state, deps()).model_dump(mode="json")
+        return step(state, chain_deps()).model_dump(mode="json")
 
     return lambda_handler

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..config import load_config
 from ..deps import Deps
 from ..identity import set_pseudonym_key
+from ..pipeline import INVOKE_POLICY, RetryPolicy
 from ..providers.base import default_registry
 from .observability import PowertoolsMetrics
 
@@ -75,7 +76,7 @@ def momento_client() -> Any:
     return build_cache_client(str(get_secret(current.momento_secret_arn)), current.momento_endpoint)
 
 
-def _aws_deps(current: LambdaSettings) -> Deps:
+def _aws_deps(current: LambdaSettings, invoke_policy: RetryPolicy) -> Deps:
     from ..adapters.aws.budget import DynamoBudgetLedger
     from ..adapters.aws.dynamodb import DynamoAuditLog, DynamoUsageLedger, default_client
     from ..adapters.aws.momento import MomentoExactCache, MomentoRateLimiter
@@ -93,6 +94,7 @@ def _aws_deps(current: LambdaSettings) -> Deps:
         audit=DynamoAuditLog(current.audit_table, dynamodb),
         providers=default_registry(),
         metrics=PowertoolsMetrics(),
+        invoke_policy=invoke_policy,
     )
 
 
@@ -109,7 +111,7 @@ def review_queue(current: LambdaSettings, dynamodb: Any) -> Any:
     )
 
 
-def _sqlite_deps(current: LambdaSettings) -> Deps:
+def _sqlite_deps(current: LambdaSettings, invoke_policy: RetryPolicy) -> Deps:
     from ..adapters.local.budget import SqliteBudgetLedger
     from ..adapters.local.memory import MemoryRateLimiter
     from ..adapters.local.semantic import LocalSemanticIndex
@@ -126,6 +128,7 @@ def _sqlite_deps(current: LambdaSettings) -> Deps:
         audit=store,
         providers=default_registry(),
         metrics=PowertoolsMetrics(),
+        invoke_policy=invoke_policy,
     )
 
 
@@ -151,9 +154,13 @@ def load_pseudonym_key(current: LambdaSettings) -> None:
 
 
 @cache
-def deps() -> Deps:
-    """Dependencies for this container, built on first use and reused across invocations."""
+def deps(invoke_policy: RetryPolicy = INVOKE_POLICY) -> Deps:
+    """Dependencies for this container, built on first use and reused across invocations.
+
+    `invoke_policy`: the invoke step's retries and deadline; the REST chain's functions pass
+    `pipeline.REST_INVOKE_POLICY` (`handler.chain_deps`), the streaming and batch functions keep
+    the default."""
     current = settings()
     load_provider_keys(current)
     load_pseudonym_key(current)
-    return _aws_deps(current) if current.store == "aws" else _sqlite_deps(current)
+    return _aws_deps(current, invoke_policy) if current.store == "aws" else _sqlite_deps(current, invoke_policy)

@@ -1,4 +1,4 @@
-"""Provider call with the retry/fallback policy of `pipeline.INVOKE_POLICY`, usage and cost.
+"""Provider call with the retry/fallback policy of `deps.invoke_policy`, usage and cost.
 
 This is the provider-error boundary: whatever a provider call raises becomes a `ProviderError`
 (an exception that is not one is a provider bug or an answer no check caught: it is logged with
@@ -9,6 +9,7 @@ the request id and treated as `ProviderUnavailable`), so it is retried, falls ba
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 import traceback
@@ -36,11 +37,11 @@ from ..errors import (
     ProviderUnavailable,
 )
 from ..output_format import format_problem, repair_request
-from ..pipeline import INVOKE_POLICY, RetryPolicy
+from ..pipeline import RetryPolicy
 from ..providers.base import Provider, ProviderReply, StreamDelta
 
 if TYPE_CHECKING:
-    from ..config import Price
+    from ..config import ModelConfig, Price
     from ..deps import Deps
 
 T = TypeVar("T")
@@ -68,29 +69,58 @@ def backoff_delay(policy: RetryPolicy, attempt: int, retry_after_s: float | None
 
 _rng = random.Random()  # noqa: S311 - jitter, not security
 
+# No attempt starts with less than this left of the deadline; attempt timeouts are cut in steps of
+# this size (the HTTP client keeps one timeout object per distinct value).
+MIN_ATTEMPT_S = 0.1
+
+
+def attempt_model(model: ModelConfig, left_s: float) -> ModelConfig:
+    """`model` with its timeout cut to `left_s` (rounded down to MIN_ATTEMPT_S) when that is shorter:
+    no attempt outlives the invoke deadline."""
+    if model.timeout_s <= left_s:
+        return model
+    cut = max(MIN_ATTEMPT_S, math.floor(left_s / MIN_ATTEMPT_S) * MIN_ATTEMPT_S)
+    return model.model_copy(update={"timeout_s": round(cut, 3)})
+
+
+def invoke_deadline(deps: Deps) -> float:
+    """The `time.monotonic()` instant by which the invoke step ends, from `deps.invoke_policy`."""
+    return time.monotonic() + deps.invoke_policy.deadline_s
+
 
 def call_with_fallback(
     state: GatewayState,
     deps: Deps,
-    call: Callable[[Provider, str], T],
-    policy: RetryPolicy = INVOKE_POLICY,
+    call: Callable[[Provider, str, ModelConfig], T],
+    deadline: float | None = None,
 ) -> tuple[str, Provider, T, list[Attempt]]:
-    """Try each candidate model in order, retrying retryable errors with backoff.
+    """Try each candidate model in order, retrying retryable errors with backoff, until the
+    deadline (a `time.monotonic()` instant; by default `deps.invoke_policy.deadline_s` from now).
 
+    `call` gets the model's configuration with its timeout cut to what is left of the deadline.
     A bad request is raised at once (another model would reject it too). When every candidate
-    fails, `AllModelsFailed` names what happened to each.
+    fails, or the deadline leaves no time for another attempt, `AllModelsFailed` names what
+    happened to each model tried.
     """
     if state.router is None:
         raise RuntimeError("invoke runs after router")
+    policy = deps.invoke_policy
+    if deadline is None:
+        deadline = invoke_deadline(deps)
     attempts: list[Attempt] = []
-    started = time.monotonic()
     last_error: ProviderError | None = None
+    out_of_time = False  # no time left for another attempt: stop
+    cut_short = False  # the deadline took attempts the policy would have made
     for model_id in state.router.candidates:
-        provider = deps.providers.get(deps.config.models[model_id].provider)
+        model = deps.config.models[model_id]
+        provider = deps.providers.get(model.provider)
         for attempt in range(policy.max_attempts):
             t0 = time.monotonic()
+            if deadline - t0 < MIN_ATTEMPT_S:
+                out_of_time = cut_short = True
+                break
             try:
-                result = call(provider, model_id)
+                result = call(provider, model_id, attempt_model(model, deadline - t0))
             except GatewayError as raised:
                 if not isinstance(raised, ProviderError):
                     raise
@@ -107,12 +137,16 @@ def call_with_fallback(
             if attempt + 1 >= policy.max_attempts or not _named_in(error, policy.retry_on):
                 break
             delay = backoff_delay(policy, attempt, error.retry_after_s, _rng)
-            if time.monotonic() - started + delay > policy.deadline_s:
-                break
+            if time.monotonic() + delay > deadline:
+                cut_short = True
+                break  # no time to wait for this model: the next candidate gets what is left
             deps.sleep(delay)
+        if out_of_time:
+            break
     tried = ", ".join(f"{a.model}: {a.outcome}" for a in attempts)
+    within = f" within the {policy.deadline_s:g} s deadline" if cut_short else ""
     retry_after = last_error.retry_after_s if isinstance(last_error, ProviderThrottled) else None
-    raise AllModelsFailed(f"No model could answer ({tried}).", retry_after_s=retry_after)
+    raise AllModelsFailed(f"No model could answer{within}{f' ({tried})' if tried else ''}.", retry_after_s=retry_after)
 
 
 def unexpected_provider_failure(exc: Exception, request_id: str, model_id: str) -> ProviderUnavailable:
@@ -163,13 +197,14 @@ def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
     """Call the chosen model (with retries and fallbacks) and price the answer. An answer that
     does not satisfy the request's response_format gets one repair call to the same model."""
     t0 = time.monotonic()
+    deadline = invoke_deadline(deps)  # shared with the repair call
     request = state.model_request()
     model_id, provider, reply, attempts = call_with_fallback(
-        state, deps, lambda p, m: p.complete(request, m, deps.config.models[m])
+        state, deps, lambda p, m, config: p.complete(request, m, config), deadline
     )
     problem = format_problem(request, reply.text)
     if problem is not None:
-        reply = _repaired(state, deps, model_id, request, reply, problem, attempts)
+        reply = _repaired(state, deps, model_id, request, reply, problem, attempts, deadline)
     return InvokeResult(
         model=model_id,
         provider=provider.name,
@@ -187,6 +222,7 @@ def _repaired(
     reply: ProviderReply,
     problem: str,
     attempts: list[Attempt],
+    deadline: float,
 ) -> ProviderReply:
     """Ask the model once more, stating the problem (retried like any call to that model); both
     calls are paid for and recorded. A repair call that fails after its retries ends like a
@@ -198,7 +234,7 @@ def _repaired(
     repair = repair_request(request, reply.text, problem)
     try:
         _, _, second, tried = call_with_fallback(
-            only_this_model, deps, lambda p, m: p.complete(repair, m, deps.config.models[m])
+            only_this_model, deps, lambda p, m, config: p.complete(repair, m, config), deadline
         )
     except ProviderError as error:
         deps.metrics.count("output_format_failures", model=model_id)
@@ -231,8 +267,8 @@ def open_stream(state: GatewayState, deps: Deps) -> tuple[str, Provider, Iterato
     final delta (the finish reason) raises `ProviderUnavailable`: a broken stream is never
     mistaken for a finished answer."""
 
-    def start(provider: Provider, model_id: str) -> Iterator[StreamDelta]:
-        deltas = provider.stream(state.model_request(), model_id, deps.config.models[model_id])
+    def start(provider: Provider, model_id: str, model: ModelConfig) -> Iterator[StreamDelta]:
+        deltas = provider.stream(state.model_request(), model_id, model)
         first = next(deltas, None)
         if first is None:
             raise ProviderUnavailable(f"model '{model_id}' closed the stream without an answer")
