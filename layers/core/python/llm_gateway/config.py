@@ -453,6 +453,10 @@ class GatewayConfig(_Config):
                 seen_keys[key.sha256] = name
         return self
 
+    def key_owners(self) -> dict[str, tuple[str, str]]:
+        """API key digest -> (tenant, key id): who a caller is, from the digest of the key it presented."""
+        return {key.sha256: (name, key.id) for name, tenant in self.tenants.items() for key in tenant.api_keys}
+
     def with_tenant_keys(self, extra: dict[str, list[ApiKey]]) -> GatewayConfig:
         """A copy with more keys added to tenants (used for minted demo keys)."""
         tenants = {

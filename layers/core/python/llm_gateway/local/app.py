@@ -264,7 +264,7 @@ class GatewayApp:
 
     async def batches(self, request: Request) -> Response:
         """`GET /v1/batches[/{id}]`: the caller's tenant's batch jobs, as OpenAI batch objects."""
-        from ..batch import batch_object  # the batch engine only when asked (streaming function cold start)
+        from ..batch.status import tenant_batch, tenant_batches  # the batch engine only when asked (cold start)
 
         key = _api_key(request)
         found = self.deps.keys.get(hash_key(key)) if key else None
@@ -275,13 +275,11 @@ class GatewayApp:
         if jobs is None:
             return _error_response(NotFound("This deployment runs no batch jobs."))
         if job_id is None:
-            listed = await anyio.to_thread.run_sync(jobs.jobs, found[0])
-            data = [await anyio.to_thread.run_sync(batch_object, jobs, job) for job in listed]
-            return JSONResponse({"object": "list", "data": data, "has_more": False})
-        job = await anyio.to_thread.run_sync(jobs.job, job_id)
-        if job is None or job.tenant != found[0]:  # another tenant's job does not exist for this caller
-            return _error_response(NotFound(f"No batch found with id '{job_id}'."))
-        return JSONResponse(await anyio.to_thread.run_sync(batch_object, jobs, job))
+            return JSONResponse(await anyio.to_thread.run_sync(tenant_batches, jobs, found[0]))
+        try:
+            return JSONResponse(await anyio.to_thread.run_sync(tenant_batch, jobs, found[0], job_id))
+        except NotFound as error:
+            return _error_response(error)
 
     def _is_admin(self, request: Request) -> bool:
         key = _api_key(request)
