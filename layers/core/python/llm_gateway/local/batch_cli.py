@@ -39,15 +39,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], co
 def run(args: argparse.Namespace) -> int:
     from ..adapters.local.batch import FolderObjects, SqliteBatchJobs
     from ..batch import BatchRejected, BatchRunner
-    from .cli import local_deps, local_endpoint, with_endpoint_url
+    from .cli import deployment_table_client, local_deps, local_endpoint, with_endpoint_url
 
     if args.table:
         if args.action != "status":
             raise ConfigError("--table works with status; a deployment's files are in its bucket under batches/out/")
         from ..adapters.aws.batch import DynamoBatchJobs
-        from ..adapters.aws.dynamodb import default_client
 
-        return _status(DynamoBatchJobs(args.table, default_client()), args.target, args.tenant)
+        return _status(DynamoBatchJobs(args.table, deployment_table_client()), args.target, args.tenant)
     config = load_config(args.config or EXAMPLE_CONFIG)
     with contextlib.ExitStack() as stack:
         if args.action == "submit" and config.uses_local_endpoint():

@@ -351,6 +351,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def deployment_table_client() -> Any:
+    """The DynamoDB client `--table` reads a deployment's table with. boto3 comes with the `aws`
+    extra: without it, a ConfigError (one line, exit 2) that says what to install."""
+    try:
+        import boto3  # noqa: F401
+        import botocore  # noqa: F401
+    except ImportError:
+        raise ConfigError("--table needs boto3, which is not installed: pip install 'llm-gateway[aws]'") from None
+    from ..adapters.aws.dynamodb import default_client
+
+    return default_client()
+
+
 def review(
     config_path: str | None,
     action: str,
@@ -370,10 +383,9 @@ def review(
     store: Any
     storage_path = None
     if table:
-        from ..adapters.aws.dynamodb import default_client
         from ..adapters.aws.review import DynamoReviewStore
 
-        store = DynamoReviewStore(table, default_client())
+        store = DynamoReviewStore(table, deployment_table_client())
     else:
         from ..adapters.local.review import SqliteReviewQueue
 
