@@ -25,7 +25,7 @@ from ..batch.status import tenant_batch, tenant_batches
 from ..config import load_config
 from ..errors import AuthenticationFailed, GatewayError, to_http
 from ..ports import BatchJobs
-from .observability import logger, metrics, tracer
+from .observability import logger, metrics
 from .runtime import settings
 
 BATCH_ID = "batch_id"  # the path parameter of GET /v1/batches/{batch_id}
@@ -98,7 +98,6 @@ def key_owners() -> dict[str, tuple[str, str]]:
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-@tracer.capture_lambda_handler(capture_response=False)
 @event_parser(model=BatchStatusRequest)
 def lambda_handler(request: BatchStatusRequest, context: LambdaContext) -> dict[str, Any]:
     response = answer(request, job_table(), key_owners())
