@@ -92,9 +92,12 @@ BATCH_JOB_ACTIONS = (
     "dynamodb:BatchWriteItem",
     "dynamodb:Query",
 )
+BATCH_JOBS_READ = "batch_jobs_read"  # the job table, read only: jobs and their lines for the status route
+BATCH_JOB_READ_ACTIONS = ("dynamodb:GetItem", "dynamodb:Query")
 IDEMPOTENCY_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
 BATCH_SUBMIT_FOLDER = "batch_submit"  # S3 ObjectCreated -> a job and its workflow
 BATCH_WORK_FOLDER = "batch_work"  # the batch workflow's task
+BATCH_STATUS_FOLDER = "batch_status"  # GET /v1/batches[/{batch_id}] on the REST API
 BATCH_SUBMIT_TIMEOUT_S = 120
 BATCH_WORK_TIMEOUT_S = 900
 BATCH_WORKFLOW_HOURS = 30  # a provider batch may take 24 h
@@ -121,6 +124,7 @@ FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     BATCH_SUBMIT_FOLDER: frozenset({BATCH_JOBS, IDEMPOTENCY}),  # creates jobs (reads the bucket's batches/in/)
     # runs the whole chain in-process, line by line (reads batches/in/, writes batches/out/)
     BATCH_WORK_FOLDER: frozenset({MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, BATCH_JOBS, PSEUDONYMS}),
+    BATCH_STATUS_FOLDER: frozenset({BATCH_JOBS_READ}),  # the caller's tenant's jobs and their lines
 }
 
 # State machine states that are not steps of the chain, and where they put the HTTP answer.
@@ -132,6 +136,8 @@ DONE = "done"
 
 # REST API.
 API_PATH = ("v1", "chat", "completions")
+BATCHES_PATH = ("v1", "batches")  # GET, and GET .../{BATCH_ID_PARAMETER}: the batch_status function
+BATCH_ID_PARAMETER = "batch_id"
 AUTHORIZER_CONTEXT_KEY = "api_key_sha256"
 AUTHORIZER_HEADER = "Authorization"
 AUTHORIZER_HEADER_PATTERN = r"^[Bb]earer \S+$"

@@ -1,8 +1,10 @@
-"""The REST API: `POST /v1/chat/completions` -> Step Functions StartSyncExecution.
+"""The REST API: `POST /v1/chat/completions` -> Step Functions StartSyncExecution, and
+`GET /v1/batches[/{batch_id}]` -> the `batch_status` function (Lambda proxy integration).
 
 A TOKEN Lambda authorizer turns the bearer key into its SHA-256 digest (the key itself goes no
 further); a request validator checks the body against `ChatCompletionRequest`'s schema; mapping
 templates (`cdk.api_mapping`) build the execution input and turn its output into the HTTP answer.
+The batch routes take the same authorizer; their function reads the digest from its context.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_apigateway as apigateway
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
@@ -44,6 +47,7 @@ class GatewayApi(Construct):
         stage: StageConfig,
         state_machine: sfn.IStateMachine,
         layers: GatewayLayers,
+        batch_status: lambda_.IFunction,
     ) -> None:
         super().__init__(scope, construct_id)
         self.api = apigateway.RestApi(
@@ -76,6 +80,9 @@ class GatewayApi(Construct):
                 templates={JSON: template},
             )
 
+        self.validator = self.api.add_request_validator(
+            "Validator", validate_request_body=True, validate_request_parameters=True
+        )
         resource = self.api.root
         for part in c.API_PATH:
             resource = resource.add_resource(part)
@@ -84,9 +91,7 @@ class GatewayApi(Construct):
             self._start_sync_execution(state_machine),
             authorizer=self.authorizer,
             authorization_type=apigateway.AuthorizationType.CUSTOM,
-            request_validator=self.api.add_request_validator(
-                "Validator", validate_request_body=True, validate_request_parameters=True
-            ),
+            request_validator=self.validator,
             request_models={JSON: self._request_model()},
             method_responses=[
                 apigateway.MethodResponse(
@@ -97,6 +102,7 @@ class GatewayApi(Construct):
                 for status in api_mapping.ANSWER_STATUSES
             ],
         )
+        self.list_batches, self.get_batch = self._batch_routes(batch_status)
         self._acknowledge_findings()
 
     def _authorizer(self, stage: StageConfig, layers: GatewayLayers) -> apigateway.TokenAuthorizer:
@@ -119,6 +125,28 @@ class GatewayApi(Construct):
             validation_regex=c.AUTHORIZER_HEADER_PATTERN,
             results_cache_ttl=cdk.Duration.seconds(c.AUTHORIZER_CACHE_TTL_S),
         )
+
+    def _batch_routes(self, function: lambda_.IFunction) -> tuple[apigateway.Method, apigateway.Method]:
+        """`GET /v1/batches` and `GET /v1/batches/{batch_id}`: the same authorizer, a Lambda proxy
+        integration to the batch_status function (it may be invoked by these two methods only)."""
+        integration = apigateway.LambdaIntegration(function, proxy=True, allow_test_invoke=False)
+        batches = self.api.root.resource_for_path("/".join(c.BATCHES_PATH))
+        one = batches.add_resource(f"{{{c.BATCH_ID_PARAMETER}}}")
+        methods = tuple(
+            resource.add_method(
+                "GET",
+                integration,
+                authorizer=self.authorizer,
+                authorization_type=apigateway.AuthorizationType.CUSTOM,
+                request_validator=self.validator,
+                request_parameters=parameters,
+            )
+            for resource, parameters in (
+                (batches, None),
+                (one, {f"method.request.path.{c.BATCH_ID_PARAMETER}": True}),
+            )
+        )
+        return methods[0], methods[1]
 
     def _request_model(self) -> apigateway.Model:
         model = self.api.add_model(

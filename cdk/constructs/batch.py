@@ -1,9 +1,10 @@
-"""Batch jobs: the bucket, its notification, the two functions and the Standard workflow.
+"""Batch jobs: the bucket, its notification, the three functions and the Standard workflow.
 
 S3 `ObjectCreated` under `batches/in/` (`.jsonl`) -> `batch_submit` (one job per object version,
 Powertools idempotency) -> Standard state machine: `work` (the `batch_work` function: the job's
 next step within its time) -> done? -> succeed, else wait `$.wait_s` (backoff while a provider
-batch runs) -> `work` again. Results and errors go to `batches/out/<tenant>/<job>/`.
+batch runs) -> `work` again. Results and errors go to `batches/out/<tenant>/<job>/`. The
+`batch_status` function answers `GET /v1/batches[/{batch_id}]` on the REST API from the job table.
 """
 
 from __future__ import annotations
@@ -83,6 +84,18 @@ class BatchJobs(Construct):
             s3n.LambdaDestination(self.submit),
             s3.NotificationKeyFilter(prefix=c.BATCH_IN_PREFIX, suffix=".jsonl"),
         )
+        # GET /v1/batches[/{batch_id}] on the REST API (`GatewayApi` routes to it): reads the job
+        # table, nothing else. The chain's environment names the stores; only the job table is granted.
+        self.status = gateway_function(
+            self,
+            "Status",
+            stage=stage,
+            name=c.BATCH_STATUS_FOLDER,
+            code=function_code(c.BATCH_STATUS_FOLDER),
+            layers=[layers.core, layers.deps, layers.config],
+            environment={**chain.environment, c.ENV_BATCH_TABLE: stores.batch_jobs.table_name},
+        )
+        stores.grant(self.status, c.FUNCTION_ACCESS[c.BATCH_STATUS_FOLDER])
         handler = cdk.Stack.of(self).node.try_find_child(c.CDK_NOTIFICATIONS_HANDLER)
         if handler is not None:
             acknowledge(

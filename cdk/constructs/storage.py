@@ -90,6 +90,12 @@ class GatewayStores(Construct):
                     actions=list(c.BATCH_JOB_ACTIONS),
                     resource_arns=[self.batch_jobs.table_arn, f"{self.batch_jobs.table_arn}/index/by_tenant"],
                 )
+            elif store == c.BATCH_JOBS_READ:  # the status route: gets and queries, no writes
+                iam.Grant.add_to_principal(
+                    grantee=grantee,
+                    actions=list(c.BATCH_JOB_READ_ACTIONS),
+                    resource_arns=[self.batch_jobs.table_arn, f"{self.batch_jobs.table_arn}/index/by_tenant"],
+                )
             elif store == c.IDEMPOTENCY:
                 self.idempotency.grant(
                     grantee, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"

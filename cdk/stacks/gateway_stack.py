@@ -26,7 +26,14 @@ class GatewayStack(cdk.Stack):
         self.functions = ChainFunctions(self, "Chain", stage=stage, layers=self.layers, stores=self.stores)
         self.workflow = GatewayWorkflow(self, "Workflow", stage=stage, functions=self.functions.by_step)
         self.batch = BatchJobs(self, "Batch", stage=stage, layers=self.layers, stores=self.stores, chain=self.functions)
-        self.api = GatewayApi(self, "Api", stage=stage, state_machine=self.workflow.state_machine, layers=self.layers)
+        self.api = GatewayApi(
+            self,
+            "Api",
+            stage=stage,
+            state_machine=self.workflow.state_machine,
+            layers=self.layers,
+            batch_status=self.batch.status,
+        )
         self.streaming = (
             StreamingEndpoint(
                 self,

@@ -74,3 +74,24 @@ def actions(statement: dict[str, Any]) -> list[str]:
 def resource_refs(statement: dict[str, Any]) -> list[str]:
     resource = statement["Resource"]
     return [flatten(item) for item in (resource if isinstance(resource, list) else [resource])]
+
+
+def resource_path(template: dict[str, Any], resource_id: str | dict[str, Any]) -> str:
+    """The REST path of an `AWS::ApiGateway::Resource` (a logical id or a `Ref` to one), from its
+    parents' path parts: `/v1/batches/{batch_id}`."""
+    parts: list[str] = []
+    current: Any = resource_id
+    while isinstance(current, str) or "Ref" in current:
+        logical_id = current if isinstance(current, str) else current["Ref"]
+        properties = template["Resources"][logical_id]["Properties"]
+        parts.insert(0, properties["PathPart"])
+        current = properties["ParentId"]  # the API's root: Fn::GetAtt [RestApi, RootResourceId]
+    return "/" + "/".join(parts)
+
+
+def api_methods(template: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(HTTP method, REST path) -> the method's properties."""
+    return {
+        (m["Properties"]["HttpMethod"], resource_path(template, m["Properties"]["ResourceId"])): m["Properties"]
+        for m in resources(template, "AWS::ApiGateway::Method").values()
+    }

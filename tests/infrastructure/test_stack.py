@@ -15,6 +15,7 @@ from cdk.constructs.api import request_schema
 from llm_gateway.pipeline import CAUGHT_ERRORS, FAILED, FINISH, STEPS, TASK_RETRY
 from tests.infrastructure.cfn import (
     actions,
+    api_methods,
     flatten,
     functions_by_folder,
     resource_refs,
@@ -217,9 +218,7 @@ def test_execution_output_keeps_the_state_and_adds_what_the_response_template_re
 def test_chat_completions_posts_to_start_sync_execution_with_authorizer_validator_and_model(
     template: dict[str, Any],
 ) -> None:
-    (method,) = resources(template, "AWS::ApiGateway::Method").values()
-    properties = method["Properties"]
-    assert properties["HttpMethod"] == "POST"
+    properties = api_methods(template)[("POST", "/" + "/".join(c.API_PATH))]
     assert properties["AuthorizationType"] == "CUSTOM"
     assert flatten(properties["Integration"]["Uri"]).endswith(":states:action/StartSyncExecution")
     request_template = flatten(properties["Integration"]["RequestTemplates"]["application/json"])
@@ -236,10 +235,7 @@ def test_chat_completions_posts_to_start_sync_execution_with_authorizer_validato
     (authorizer,) = resources(template, "AWS::ApiGateway::Authorizer").values()
     assert authorizer["Properties"]["Type"] == "TOKEN"
     assert authorizer["Properties"]["IdentitySource"] == "method.request.header.Authorization"
-    path = [
-        resource["Properties"]["PathPart"] for resource in resources(template, "AWS::ApiGateway::Resource").values()
-    ]
-    assert path == list(c.API_PATH)
+    assert properties["AuthorizerId"] == {"Ref": next(iter(resources(template, "AWS::ApiGateway::Authorizer")))}
 
 
 def test_stage_has_access_logs_throttling_and_tracing(template: dict[str, Any]) -> None:
@@ -463,13 +459,15 @@ def test_the_batch_functions_reach_only_their_prefixes_tables_and_workflow(templ
             assert [resource_refs(s) for s in starts] == [[f"<{batch_machine_id}>"]]
         else:
             assert not starts
-    # Only the batch functions touch the job table; only batch_submit the idempotency records
+    # Only the batch functions touch the job table (batch_status reads it); only batch_submit the
+    # idempotency records
     tables = resources(template, "AWS::DynamoDB::Table")
     jobs = next(key for key in tables if key.startswith("StoresBatchJobs"))
     idempotency = next(key for key in tables if key.startswith("StoresIdempotency"))
     for folder, (_, properties) in functions.items():
         refs = {ref for s in role_statements(template, properties) for ref in resource_refs(s)}
-        assert any(jobs in ref for ref in refs) == (folder in (c.BATCH_SUBMIT_FOLDER, c.BATCH_WORK_FOLDER)), folder
+        batch_folders = (c.BATCH_SUBMIT_FOLDER, c.BATCH_WORK_FOLDER, c.BATCH_STATUS_FOLDER)
+        assert any(jobs in ref for ref in refs) == (folder in batch_folders), folder
         assert any(idempotency in ref for ref in refs) == (folder == c.BATCH_SUBMIT_FOLDER), folder
 
 
