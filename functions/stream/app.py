@@ -1,5 +1,3 @@
-from llm_gateway.aws.runtime import deps
-from llm_gateway.local.app import create_app
-from llm_gateway.runner import LocalRunner
+from llm_gateway.aws.streaming_app import streaming_app
 
-app = create_app(LocalRunner(deps()))
+app = streaming_app()
