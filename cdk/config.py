@@ -77,6 +77,8 @@ class StageConfig(BaseModel):
     reserved_concurrency: int | None = Field(default=None, ge=1)  # per chain function; None: unreserved
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     memory_mb: int = Field(default=1024, ge=128, le=10240)
+    # The functions' CPU; the third-party layers are built for it (Graviton arm64 costs less).
+    architecture: Literal["arm64", "x86_64"] = "arm64"
     # The gateway YAML (tenants, key digests, models, routes), relative to the repository root.
     gateway_config: str = "layers/core/python/llm_gateway/local/example_config.yaml"
     gateway_store: str = "aws"  # GATEWAY_STORE: which adapters the Lambdas build
@@ -88,7 +90,7 @@ class StageConfig(BaseModel):
     throttle_burst_limit: int = Field(default=100, ge=1)
     retain_data: bool = True  # keep tables, secret and logs when the stack is deleted
     streaming: bool = True  # deploy the streaming function (Function URL, response streaming)
-    web_adapter_layer_arn: str | None = None  # None: the published arm64 Lambda Web Adapter layer
+    web_adapter_layer_arn: str | None = None  # None: the published Lambda Web Adapter layer of the architecture
     self_hosted: SelfHostedConfig | None = None  # a SageMaker endpoint for the `sagemaker` provider
 
     @field_validator("log_retention_days")

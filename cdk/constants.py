@@ -20,23 +20,17 @@ AUTHORIZER_FOLDER = "authorizer"  # functions/authorizer/handler.py: TOKEN autho
 STREAM_FOLDER = "stream"  # functions/stream/{run.sh,app.py}: the ASGI app behind Lambda Web Adapter
 ASSET_EXCLUDES = ("**/__pycache__", "**/*.pyc", "**/*.egg-info")
 
-# Lambda runtime: arm64, Python 3.12; the deps layer is built for exactly this platform.
-PYTHON_VERSION = "3.12"
-PIP_PLATFORM = "manylinux2014_aarch64"
+# Lambda runtime: Python 3.12 on the stage's architecture (arm64 unless cdk.json says x86_64); the
+# third-party layers are built for exactly that platform (cdk/lambda_bundles.py).
 HANDLER = "handler.lambda_handler"
 STREAM_HANDLER = "run.sh"
 STEP_TIMEOUT_S = 30
-INVOKE_TIMEOUT_MARGIN_S = 10  # the invoke Lambda runs the policy's deadline plus this margin
+INVOKE_TIMEOUT_MARGIN_S = 6  # the invoke Lambda runs the REST deadline plus this margin (29 s in all)
 STREAM_TIMEOUT_S = 300
 AUTHORIZER_TIMEOUT_S = 5
 AUTHORIZER_MEMORY_MB = 256
 AUTHORIZER_CACHE_TTL_S = 300
 STATE_MACHINE_TIMEOUT_S = 300  # Express executions run at most 5 minutes
-
-# Third-party packages per bundled layer, beyond pyproject's base `dependencies`. boto3 is part of the
-# Lambda runtime; the web layer is what the ASGI app adds for the streaming function.
-DEPS_EXTRAS = ("aws-lambda-powertools[tracer,parser]", "momento")
-WEB_PACKAGES = ("starlette", "uvicorn", "orjson")
 
 # The gateway configuration file ships in its own small layer (see docs/deploy.md).
 CONFIG_LAYER_SUBDIR = "gateway"
@@ -46,7 +40,6 @@ CONFIG_PATH_IN_LAMBDA = f"/opt/{CONFIG_LAYER_SUBDIR}/{CONFIG_FILE_NAME}"
 MODELS_LAYER_SUBDIR = "models"
 MODEL_DIR_IN_LAMBDA = f"/opt/{MODELS_LAYER_SUBDIR}"
 ENV_MODEL_DIR = "LLM_GATEWAY_MODEL_DIR"
-EMBEDDING_FUNCTIONS = frozenset({"router", "cache_lookup", "guard"})  # chain functions that embed text (plus streaming)
 
 # Lambda environment.
 ENV_CONFIG_PATH = "GATEWAY_CONFIG_PATH"
@@ -142,9 +135,9 @@ AUTHORIZER_CONTEXT_KEY = "api_key_sha256"
 AUTHORIZER_HEADER = "Authorization"
 AUTHORIZER_HEADER_PATTERN = r"^[Bb]earer \S+$"
 
-# AWS Lambda Web Adapter (https://github.com/aws/aws-lambda-web-adapter): the published arm64 layer.
+# AWS Lambda Web Adapter (https://github.com/aws/aws-lambda-web-adapter): the published layers.
 WEB_ADAPTER_ACCOUNT = "753240598075"
-WEB_ADAPTER_LAYER = "LambdaAdapterLayerArm64"
+WEB_ADAPTER_LAYERS = {"arm64": "LambdaAdapterLayerArm64", "x86_64": "LambdaAdapterLayerX86"}
 WEB_ADAPTER_LAYER_VERSION = 28
 WEB_ADAPTER_PORT = 8080
 
@@ -152,6 +145,9 @@ WEB_ADAPTER_PORT = 8080
 CONTEXT_STAGE = "stage"
 CONTEXT_STAGES = "stages"
 CONTEXT_SKIP_BUNDLING = "skip_bundling"  # `-c skip_bundling=true`: synthesize without building layers
+# `-c bundle_for_this_machine=true`: build the layers for this machine's CPU and Python, so tests can
+# import each function from its bundle here (such an assembly is not for deploying).
+CONTEXT_BUNDLE_FOR_THIS_MACHINE = "bundle_for_this_machine"
 BUNDLING_STACKS = "aws:cdk:bundling-stacks"
 
 
@@ -164,5 +160,6 @@ def resource_name(stage: str, suffix: str) -> str:
     return f"{PROJECT}-{stage}-{suffix.replace('_', '-')}"
 
 
-def web_adapter_layer_arn(region: str) -> str:
-    return f"arn:aws:lambda:{region}:{WEB_ADAPTER_ACCOUNT}:layer:{WEB_ADAPTER_LAYER}:{WEB_ADAPTER_LAYER_VERSION}"
+def web_adapter_layer_arn(region: str, architecture: str = "arm64") -> str:
+    layer = WEB_ADAPTER_LAYERS[architecture]
+    return f"arn:aws:lambda:{region}:{WEB_ADAPTER_ACCOUNT}:layer:{layer}:{WEB_ADAPTER_LAYER_VERSION}"

@@ -112,7 +112,7 @@ class GatewayApi(Construct):
             stage=stage,
             name=c.AUTHORIZER_FOLDER,
             code=function_code(c.AUTHORIZER_FOLDER),
-            layers=[layers.core, layers.deps],
+            layers=layers,
             environment={},
             timeout_s=c.AUTHORIZER_TIMEOUT_S,
             memory_mb=c.AUTHORIZER_MEMORY_MB,

@@ -52,7 +52,7 @@ class BatchJobs(Construct):
             stage=stage,
             name=c.BATCH_WORK_FOLDER,
             code=function_code(c.BATCH_WORK_FOLDER),
-            layers=[layers.core, layers.deps, layers.config, layers.models],
+            layers=layers,
             environment=environment,
             timeout_s=c.BATCH_WORK_TIMEOUT_S,
             memory_mb=max(stage.memory_mb, 1024),
@@ -68,7 +68,7 @@ class BatchJobs(Construct):
             stage=stage,
             name=c.BATCH_SUBMIT_FOLDER,
             code=function_code(c.BATCH_SUBMIT_FOLDER),
-            layers=[layers.core, layers.deps, layers.config],
+            layers=layers,
             environment={
                 **environment,
                 c.ENV_IDEMPOTENCY_TABLE: stores.idempotency.table_name,
@@ -92,7 +92,7 @@ class BatchJobs(Construct):
             stage=stage,
             name=c.BATCH_STATUS_FOLDER,
             code=function_code(c.BATCH_STATUS_FOLDER),
-            layers=[layers.core, layers.deps, layers.config],
+            layers=layers,
             environment={**chain.environment, c.ENV_BATCH_TABLE: stores.batch_jobs.table_name},
         )
         stores.grant(self.status, c.FUNCTION_ACCESS[c.BATCH_STATUS_FOLDER])

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
-import subprocess
-import sys
-import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +18,7 @@ import jsii
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from cdk import constants as c
+from cdk import lambda_bundles as bundles
 
 
 @jsii.implements(cdk.ILocalBundling)
@@ -37,82 +33,49 @@ class LocalBuild:
         return True
 
 
-_REQUIREMENT = re.compile(r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?P<extras>\[[^\]]*\])?\s*(?P<rest>.*)$")
+def deps_layer_bundling(
+    scope: Construct, name: str, features: frozenset[str], target: bundles.Target
+) -> dict[str, Any]:
+    """Asset options of a third-party layer (`lambda_bundles.build_deps`) for `target`.
 
-
-def _parse(requirement: str) -> tuple[str, str, str]:
-    """(canonical name, extras with brackets, specifier) of a PEP 508 requirement without markers."""
-    match = _REQUIREMENT.match(requirement)
-    if match is None:
-        raise ValueError(f"cannot read requirement {requirement!r}")
-    name = re.sub(r"[-_.]+", "-", match["name"]).lower()
-    return name, match["extras"] or "", match["rest"].strip()
-
-
-def layer_requirements(pyproject: Path, names: Sequence[str], *, base: bool, keep_extras: bool = True) -> list[str]:
-    """Requirement strings for `names` as pyproject.toml pins them (plus its base `dependencies`)."""
-    project = tomllib.loads(pyproject.read_text())["project"]
-    pinned: dict[str, str] = {}
-    for group in project.get("optional-dependencies", {}).values():
-        for line in group:
-            pinned.setdefault(_parse(line)[0], line)
-    chosen = list(project["dependencies"]) if base else []
-    for name in names:
-        line = pinned.get(_parse(name)[0])
-        if line is None:
-            raise ValueError(f"{name} is not pinned in {pyproject.name}'s optional dependencies")
-        canonical, extras, specifier = _parse(line)
-        chosen.append(f"{canonical}{extras if keep_extras else ''}{specifier}")
-    return chosen
-
-
-def pip_command(target: str, requirements: Sequence[str]) -> list[str]:
-    """pip installing wheels for the Lambda platform (arm64, CPython 3.12) into `target`."""
-    return [
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--no-compile",
-        "--platform",
-        c.PIP_PLATFORM,
-        "--implementation",
-        "cp",
-        "--python-version",
-        c.PYTHON_VERSION,
-        "--only-binary=:all:",
-        "--target",
-        target,
-        *requirements,
-    ]
-
-
-def pip_layer_code(scope: Construct, name: str, requirements: Sequence[str]) -> lambda_.Code:
-    """A layer of third-party wheels under python/, built by this interpreter's pip.
-
-    The asset's source is a folder holding only `requirements.txt`, so the asset (and the layer
-    version) changes exactly when the requirements do.
+    The asset's source is a folder holding only the requirements and the target, so the asset (and
+    the layer version) changes exactly when they do.
     """
-    source = _input_dir(scope, name, {"requirements.txt": "\n".join(requirements) + "\n"})
-
-    def build(output_dir: Path) -> None:
-        command = pip_command(str(output_dir / "python"), ["-r", str(source / "requirements.txt")])
-        result = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"building the {name} layer with pip failed ({' '.join(command)}):\n{result.stderr}")
-
-    return lambda_.Code.from_asset(
-        str(source),
-        bundling=cdk.BundlingOptions(
-            image=lambda_.Runtime.PYTHON_3_12.bundling_image,
-            command=pip_command("/asset-output/python", ["-r", "/asset-input/requirements.txt"]),
-            local=LocalBuild(build),
-        ),
+    requirements = bundles.requirements(features)
+    source = _input_dir(
+        scope,
+        name,
+        {
+            "requirements.txt": "\n".join(requirements) + "\n",
+            "TARGET": f"{target.architecture} cp{target.python_version} {' '.join(target.platforms())}\n",
+        },
     )
+    command = pip_arguments(Path("/asset-output/python"), ["-r", "/asset-input/requirements.txt"], target)
+    return {
+        "path": str(source),
+        "bundling": cdk.BundlingOptions(
+            image=lambda_.Runtime.PYTHON_3_12.bundling_image,
+            command=["pip", *command],
+            local=LocalBuild(lambda output_dir: _build_deps(name, features, target, output_dir)),
+        ),
+    }
 
 
-def model_layer_code(scope: Construct, name: str, destination: str) -> lambda_.Code:
-    """A layer holding the prepared embedding model under `destination` (relative to /opt).
+def pip_arguments(target_dir: Path, requirements: list[str], target: bundles.Target) -> list[str]:
+    """pip's arguments (after `pip`) for a layer of `target`."""
+    command = bundles.pip_command(target_dir, requirements, target)
+    return command[command.index("pip") + 1 :]
+
+
+def _build_deps(name: str, features: frozenset[str], target: bundles.Target, output_dir: Path) -> None:
+    try:
+        bundles.build_deps(features, target, output_dir)
+    except RuntimeError as exc:
+        raise RuntimeError(f"the {name} layer: {exc}") from exc
+
+
+def model_layer_bundling(scope: Construct, name: str, destination: str) -> dict[str, Any]:
+    """Asset options of the layer holding the prepared embedding model under `destination` (relative to /opt).
 
     Built from this machine's copy (`prepare_model`, made once per machine); the asset's source is
     a folder naming the model, so the layer changes exactly when the model id does.
@@ -120,14 +83,13 @@ def model_layer_code(scope: Construct, name: str, destination: str) -> lambda_.C
     from llm_gateway.semantic.embeddings import embedding_model_id
 
     source = _input_dir(scope, name, {"MODEL": embedding_model_id() + "\n"})
-
-    return lambda_.Code.from_asset(
-        str(source),
-        bundling=cdk.BundlingOptions(
+    return {
+        "path": str(source),
+        "bundling": cdk.BundlingOptions(
             image=lambda_.Runtime.PYTHON_3_12.bundling_image,
             local=LocalBuild(lambda output_dir: build_model_layer(output_dir, destination)),
         ),
-    )
+    }
 
 
 def build_model_layer(output_dir: Path, destination: str) -> Path:
@@ -141,11 +103,11 @@ def build_model_layer(output_dir: Path, destination: str) -> Path:
     return target
 
 
-def file_layer_code(scope: Construct, name: str, source: Path, destination: str) -> lambda_.Code:
-    """A layer holding one file at `destination` (relative to /opt); copied, nothing to build."""
+def file_layer_source(scope: Construct, name: str, source: Path, destination: str) -> Path:
+    """A folder holding one file at `destination` (relative to /opt); copied, nothing to build."""
     if not source.is_file():
         raise FileNotFoundError(f"{source} does not exist")
-    return lambda_.Code.from_asset(str(_input_dir(scope, name, {destination: source.read_text()})))
+    return _input_dir(scope, name, {destination: source.read_text()})
 
 
 def _input_dir(scope: Construct, name: str, files: dict[str, str]) -> Path:

@@ -12,7 +12,12 @@ from constructs import Construct
 from cdk.config import StageConfig
 
 RUNTIME = lambda_.Runtime.PYTHON_3_12
-ARCHITECTURE = lambda_.Architecture.ARM_64
+_ARCHITECTURES = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Architecture.X86_64}
+
+
+def architecture(stage: StageConfig) -> lambda_.Architecture:
+    return _ARCHITECTURES[stage.architecture]
+
 
 _RETENTION = {
     1: logs.RetentionDays.ONE_DAY,

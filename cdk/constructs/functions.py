@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import aws_cdk as cdk
@@ -12,10 +13,10 @@ from constructs import Construct
 
 from cdk import constants as c
 from cdk.config import StageConfig
-from cdk.constructs.common import ARCHITECTURE, RUNTIME, acknowledge, log_group
+from cdk.constructs.common import RUNTIME, acknowledge, architecture, log_group
 from cdk.constructs.layers import GatewayLayers
 from cdk.constructs.storage import GatewayStores
-from llm_gateway.pipeline import FAILED, FINISH, INVOKE_POLICY, STEPS, Step
+from llm_gateway.pipeline import FAILED, FINISH, REST_INVOKE_POLICY, STEPS, Step
 
 _LAMBDA_LOG_LEVEL = {
     "DEBUG": lambda_.ApplicationLogLevel.DEBUG,
@@ -48,23 +49,25 @@ def gateway_function(
     stage: StageConfig,
     name: str,
     code: lambda_.Code,
-    layers: Sequence[lambda_.ILayerVersion],
+    layers: GatewayLayers,
     environment: Mapping[str, str],
+    extra_layers: Sequence[lambda_.ILayerVersion] = (),
     handler: str = c.HANDLER,
     timeout_s: int = c.STEP_TIMEOUT_S,
     memory_mb: int | None = None,
     reserved_concurrency: int | None = None,
 ) -> lambda_.Function:
-    """An arm64 Python 3.12 function with X-Ray tracing, JSON logs in its own log group, Powertools env."""
+    """A Python 3.12 function with X-Ray tracing, JSON logs in its own log group, Powertools env, and
+    the layers its folder's features need (`GatewayLayers.for_function`) plus `extra_layers`."""
     function = lambda_.Function(
         scope,
         construct_id,
         function_name=c.resource_name(stage.name, name),
         runtime=RUNTIME,
-        architecture=ARCHITECTURE,
+        architecture=architecture(stage),
         code=code,
         handler=handler,
-        layers=list(layers),
+        layers=layers.for_function(name, extra_layers),
         environment={**powertools_environment(stage), **environment},
         timeout=cdk.Duration.seconds(timeout_s),
         memory_size=memory_mb or stage.memory_mb,
@@ -78,7 +81,7 @@ def gateway_function(
     acknowledge(
         function,
         "L1",
-        "Python 3.12 is pinned on purpose: the deps layer's wheels are built for CPython 3.12 on arm64.",
+        "Python 3.12 is pinned on purpose: the deps layers' wheels are built for CPython 3.12.",
     )
     acknowledge(
         function,
@@ -96,9 +99,10 @@ def gateway_function(
 
 
 def step_timeout_s(step: Step) -> int:
-    """The invoke step spends up to the policy's deadline on retries and fallbacks; the rest are quick."""
+    """The invoke step runs up to the REST chain's invoke deadline (`REST_INVOKE_POLICY`: 29 s less
+    the other steps) plus a margin for building its dependencies and pricing the answer."""
     if step.name == "invoke":
-        return int(INVOKE_POLICY.deadline_s) + c.INVOKE_TIMEOUT_MARGIN_S
+        return math.ceil(REST_INVOKE_POLICY.deadline_s) + c.INVOKE_TIMEOUT_MARGIN_S
     return c.STEP_TIMEOUT_S
 
 
@@ -131,8 +135,7 @@ class ChainFunctions(Construct):
                 stage=stage,
                 name=step.handler,
                 code=function_code(step.handler),
-                layers=[layers.core, layers.deps, layers.config]
-                + ([layers.models] if step.handler in c.EMBEDDING_FUNCTIONS else []),
+                layers=layers,
                 environment=self.environment,
                 timeout_s=step_timeout_s(step),
                 reserved_concurrency=stage.reserved_concurrency,
@@ -145,7 +148,7 @@ class ChainFunctions(Construct):
             stage=stage,
             name=c.REVIEW_INGEST_FOLDER,
             code=function_code(c.REVIEW_INGEST_FOLDER),
-            layers=[layers.core, layers.deps, layers.config],
+            layers=layers,
             environment=self.environment,
         )
         # The table itself only (`grant` would add its indexes): items are put, never read here.

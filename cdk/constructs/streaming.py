@@ -31,7 +31,9 @@ class StreamingEndpoint(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         adapter = lambda_.LayerVersion.from_layer_version_arn(
-            self, "WebAdapter", stage.web_adapter_layer_arn or c.web_adapter_layer_arn(stage.region)
+            self,
+            "WebAdapter",
+            stage.web_adapter_layer_arn or c.web_adapter_layer_arn(stage.region, stage.architecture),
         )
         self.function = gateway_function(
             self,
@@ -40,7 +42,8 @@ class StreamingEndpoint(Construct):
             name=c.STREAM_FOLDER,
             code=function_code(c.STREAM_FOLDER, entry=c.STREAM_HANDLER),
             handler=c.STREAM_HANDLER,
-            layers=[layers.core, layers.web, layers.config, layers.models, adapter],
+            layers=layers,
+            extra_layers=[adapter],
             environment={
                 **environment,
                 "AWS_LAMBDA_EXEC_WRAPPER": "/opt/bootstrap",

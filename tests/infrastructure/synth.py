@@ -1,4 +1,5 @@
-"""Synthesize the gateway stack in-process, the way `cdk synth` does, without building pip layers.
+"""Synthesize the gateway stack in-process, the way `cdk synth` does (by default without building
+the pip layers; `bundled=True` builds them, from the layer cache after the first time).
 
 `synth_template` is shared with the local-AWS end-to-end harness, which deploys the same template.
 """
@@ -35,12 +36,20 @@ class Synthesized:
 
 
 def synthesize(
-    stage: str = "dev", outdir: str | Path | None = None, stages: dict[str, Any] | None = None
+    stage: str = "dev",
+    outdir: str | Path | None = None,
+    stages: dict[str, Any] | None = None,
+    *,
+    bundled: bool = False,
+    for_this_machine: bool = False,
 ) -> Synthesized:
     """The stage's stack, synthesized with cdk-nag on (a finding not acknowledged raises here);
-    `stages` replaces cdk.json's stage definitions."""
+    `stages` replaces cdk.json's stage definitions. `bundled` builds the layers, for Lambda's
+    platform or, with `for_this_machine`, for this machine's (to import the bundles here)."""
     out = Path(outdir) if outdir is not None else Path(tempfile.mkdtemp(prefix="llm-gateway-synth-"))
-    context: dict[str, Any] = {c.CONTEXT_STAGE: stage, **SKIP_BUNDLING}
+    context: dict[str, Any] = {c.CONTEXT_STAGE: stage, **({} if bundled else SKIP_BUNDLING)}
+    if for_this_machine:
+        context[c.CONTEXT_BUNDLE_FOR_THIS_MACHINE] = "true"
     if stages is not None:
         context[c.CONTEXT_STAGES] = stages
     _, stack = build_app(context, outdir=str(out))

@@ -11,6 +11,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk.assertions import Annotations, Match
 
 from cdk import constants as c
+from cdk import lambda_bundles as bundles
 from cdk.constructs.api import request_schema
 from llm_gateway.pipeline import CAUGHT_ERRORS, FAILED, FINISH, STEPS, TASK_RETRY
 from tests.infrastructure.cfn import (
@@ -102,24 +103,37 @@ def test_function_code_is_its_folder_only(dev: Synthesized, template: dict[str, 
         assert staged == expected, folder
 
 
-def test_core_and_deps_layers_are_arm64_python312_and_on_every_chain_function(template: dict[str, Any]) -> None:
+def _layer_ids(template: dict[str, Any], construct_id: str) -> list[str]:
+    """Logical ids of the layer `Layers/<construct_id>` (CDK appends an 8-character hash)."""
     layers = resources(template, "AWS::Lambda::LayerVersion")
-    by_name = {name: [key for key in layers if key.startswith(f"Layers{name}")] for name in ("Core", "Deps")}
-    assert all(len(keys) == 1 for keys in by_name.values()), by_name
-    for layer in layers.values():
+    return [key for key in layers if key[:-8] == f"Layers{construct_id}"]
+
+
+def test_every_function_gets_core_config_and_the_deps_layer_of_exactly_its_features(template: dict[str, Any]) -> None:
+    for layer in resources(template, "AWS::Lambda::LayerVersion").values():
         assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
         assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    core, config = _layer_ids(template, "Core"), _layer_ids(template, "Config")
+    assert len(core) == 1 and len(config) == 1
     functions = functions_by_folder(template)
-    for folder in CHAIN_FOLDERS:
-        attached = functions[folder][1]["Layers"]
-        assert {"Ref": by_name["Core"][0]} in attached and {"Ref": by_name["Deps"][0]} in attached
+    assert set(functions) <= set(bundles.FUNCTION_FEATURES)
+    for folder, (_, properties) in functions.items():
+        attached = properties["Layers"]
+        assert len(attached) <= bundles.MAX_LAYERS, folder
+        name = bundles.deps_layer_name(bundles.FUNCTION_FEATURES[folder])
+        deps = _layer_ids(template, "".join(part.capitalize() for part in name.split("-")))
+        assert len(deps) == 1, (folder, name)
+        assert {"Ref": core[0]} in attached and {"Ref": config[0]} in attached and {"Ref": deps[0]} in attached
+        others = [r for r in attached if isinstance(r, dict) and str(r.get("Ref", "")).startswith("LayersDeps")]
+        assert others == [{"Ref": deps[0]}], folder  # one deps layer: no function carries another's packages
 
 
 def test_models_layer_and_model_dir_reach_exactly_the_functions_that_embed(template: dict[str, Any]) -> None:
-    models = [key for key in resources(template, "AWS::Lambda::LayerVersion") if key.startswith("LayersModels")]
+    models = _layer_ids(template, "Models")
     assert len(models) == 1
     functions = functions_by_folder(template)
-    embedding = set(c.EMBEDDING_FUNCTIONS) | {c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}
+    embedding = {folder for folder, features in bundles.FUNCTION_FEATURES.items() if "embedding" in features}
+    assert {"router", "cache_lookup", "guard", "moderate", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER} <= embedding
     for folder, (_, properties) in functions.items():
         has_layer = {"Ref": models[0]} in properties.get("Layers", [])
         assert has_layer == (folder in embedding), folder

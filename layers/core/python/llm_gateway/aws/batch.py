@@ -28,7 +28,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..batch import BatchRejected, BatchRunner, poll_delay_s
-from .observability import logger, metrics, tracer
+from .observability import logger, metrics
 from .runtime import deps, settings
 
 DEADLINE_MARGIN_MS = 60_000  # stop taking new lines this long before the function's timeout
@@ -101,7 +101,6 @@ def _start(job_id: str) -> None:
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-@tracer.capture_lambda_handler(capture_response=False)
 def submit_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     persistence, config = _idempotency()
     config.register_lambda_context(context)
@@ -128,7 +127,6 @@ def submit_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-@tracer.capture_lambda_handler(capture_response=False)
 def work_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     work = WorkInput.model_validate(event)
     remaining_ms = context.get_remaining_time_in_millis() - DEADLINE_MARGIN_MS

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from ..contracts import GatewayState
 from ..deps import Deps
 from ..pipeline import REST_INVOKE_POLICY
-from .observability import logger, metrics, tracer
+from .observability import logger, metrics
 from .runtime import deps
 
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
@@ -34,7 +34,6 @@ def step_handler(step: Callable[[GatewayState, Deps], BaseModel], name: str) -> 
 
     @logger.inject_lambda_context(correlation_id_path="request_id")
     @metrics.log_metrics
-    @tracer.capture_lambda_handler(capture_response=False)
     @event_parser(model=GatewayState)
     def lambda_handler(state: GatewayState, context: LambdaContext) -> dict[str, Any]:
         metrics.add_dimension(name="step", value=name)

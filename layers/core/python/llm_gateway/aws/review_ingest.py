@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ..adapters.aws.review import DynamoReviewStore, ingest
-from .observability import logger, metrics, tracer
+from .observability import logger, metrics
 from .runtime import settings
 
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -39,6 +39,5 @@ def _record(record: SQSRecord) -> None:
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-@tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     return process_partial_response(event=event, record_handler=_record, processor=processor, context=context)

@@ -47,6 +47,7 @@ TOKENIZER_PATH = Path(__file__).parent / "data" / "tokenizer.json.gz"
 FloatMatrix = npt.NDArray[np.float32]
 FloatVector = npt.NDArray[np.float32]
 RECENT = 256  # texts whose vectors `Embedder.embed_one` remembers
+_PREPARED_PREFIX = "all-minilm-l6-v2-"  # a prepared model's file: <prefix><package version>-<recipe>.onnx
 
 
 def model_path() -> Path:
@@ -61,7 +62,23 @@ def model_path() -> Path:
 def embedding_model_id() -> str:
     """Names the vectors this process produces; part of every semantic scope, so vectors of two
     different models (or quantisation recipes) are never compared."""
-    return f"all-minilm-l6-v2@{importlib.metadata.version(SOURCE_PACKAGE)}+{BUILD_RECIPE}+{TEXT_NORMALIZATION}"
+    return f"all-minilm-l6-v2@{_source_version()}+{BUILD_RECIPE}+{TEXT_NORMALIZATION}"
+
+
+@functools.cache
+def _source_version() -> str:
+    """The packaged model's version; where only the prepared model ships (the Lambda models layer,
+    without the 22 MB source package), the version its file name carries."""
+    try:
+        return importlib.metadata.version(SOURCE_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        found = sorted(model_dir().glob(f"{_PREPARED_PREFIX}*-{BUILD_RECIPE}.onnx"))
+        if len(found) != 1:
+            raise RuntimeError(
+                f"{SOURCE_PACKAGE} is not installed and {model_dir()} holds {len(found)} prepared models "
+                f"(*-{BUILD_RECIPE}.onnx); install the package or point {MODEL_DIR_ENV} at one prepared model"
+            ) from None
+        return found[0].name.removeprefix(_PREPARED_PREFIX).removesuffix(f"-{BUILD_RECIPE}.onnx")
 
 
 def embedding_model_slug() -> str:
@@ -89,7 +106,7 @@ def model_dir() -> Path:
 
 def prepared_model_path(directory: Path | None = None) -> Path:
     # The file depends on the package and the build recipe, not on the text normalisation.
-    name = f"all-minilm-l6-v2-{importlib.metadata.version(SOURCE_PACKAGE)}-{BUILD_RECIPE}"
+    name = f"{_PREPARED_PREFIX}{_source_version()}-{BUILD_RECIPE}"
     return (directory or model_dir()) / f"{name}.onnx"
 
 
