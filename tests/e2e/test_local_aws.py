@@ -21,9 +21,10 @@ from typing import Any
 import openai
 import pytest
 
+from llm_gateway.batch import job_id_for
 from llm_gateway.config import hash_key
 from llm_gateway.pipeline import FAILED, FINISH, STEPS
-from tests.support.api_front import RestFront
+from tests.support.api_front import RestFront, proxy_routes
 from tests.support.batch_files import chat_line
 from tests.support.fake_providers import FakeServer, fake_server
 from tests.support.local_aws import LocalAws, connect_bucket_notifications, deploy_assembly, local_aws
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.model
 cdk_synth = pytest.importorskip("tests.infrastructure.synth", reason="needs aws-cdk-lib (the dev extra)")
 
 KEY = "sk-e2e-acme"
+OTHER_TENANT_KEY = "sk-e2e-globex"
 STACK = "LlmGateway-dev"
 MOMENTO_CACHE = "llm-gateway"
 
@@ -100,6 +102,9 @@ tenants:
     rate_limit: {{requests_per_minute: 600, burst: 50}}
     input_blocklist: {{keywords: [codename]}}
     semantic_cache: {{enabled: true, target_precision: 0.90}}
+  globex:
+    api_keys: [{{id: e2e, sha256: {hash_key(OTHER_TENANT_KEY)}}}]
+    routes: {{default: {{model: smollm2-135m-instruct-q4_1}}}}
 """
     )
     return path
@@ -153,6 +158,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, model_endpoint: str) -> I
                 state_machine_arn=resource_of(template, resources, "AWS::StepFunctions::StateMachine", "Workflow"),
                 authorizer_function=resource_of(template, resources, "AWS::Lambda::Function", "authorizer"),
                 request_schema=request_schema(template),
+                proxies=proxy_routes(template, resources),
             )
             with serve(front.app()) as url:
                 yield Deployed(aws, front, url + "/v1", resources, template, batch_provider)
@@ -310,3 +316,42 @@ def test_an_uploaded_batch_file_comes_back_answered_in_order_with_its_errors(dep
     items = [i for page in dynamodb.get_paginator("scan").paginate(TableName=usage) for i in page["Items"]]
     batch_costs = [float(i["cost_usd"]["N"]) for i in items if job_id in json.dumps(i)]
     assert len(batch_costs) == 175 and {round(c, 9) for c in batch_costs} == {round(18 * 500 / 1e6, 9)}
+
+
+def test_a_tenant_reads_its_batch_through_the_rest_api_and_no_other_tenant_can(deployed: Deployed) -> None:
+    """Upload -> batch_submit -> the job table; `GET /v1/batches[/{id}]` through the REST front
+    (the authorizer, the template's proxy integration, the batch_status function) with the SDK."""
+    assert set(deployed.front.proxies) == {("GET", "/v1/batches"), ("GET", "/v1/batches/{batch_id}")}
+    bucket = resource_of(deployed.template, deployed.resources, "AWS::S3::Bucket", "BatchBucket")
+    key = "batches/in/acme/status check.jsonl"
+    lines = [chat_line(f"status-{i}", f"Say the number {i}.", max_tokens=4) for i in range(2)]
+    put = deployed.aws.client("s3").put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
+    job_id = job_id_for("acme", key, put["VersionId"])
+    owner = deployed.client()
+
+    # The owner sees the job from its creation until it completes
+    deadline, batch = time.monotonic() + 240, None
+    while time.monotonic() < deadline:
+        try:
+            batch = owner.batches.retrieve(job_id)
+        except openai.NotFoundError:  # batch_submit has not created it yet
+            batch = None
+        if batch is not None and batch.status == "completed":
+            break
+        time.sleep(1)
+    assert batch is not None and batch.status == "completed", batch
+    body = batch.to_dict()
+    assert body["object"] == "batch" and body["input_file"] == key
+    assert body["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    assert body["output_file"] == f"batches/out/acme/{job_id}/results.jsonl"
+    assert job_id in [b.id for b in owner.batches.list().data]
+
+    # Another tenant's key: the job does not exist, and is not in its list
+    other = deployed.client(OTHER_TENANT_KEY)
+    with pytest.raises(openai.NotFoundError) as missing:
+        other.batches.retrieve(job_id)
+    assert missing.value.code == "not_found"
+    assert job_id not in [b.id for b in other.batches.list().data]
+    # A key of no tenant passes the authorizer (it only hashes) and is refused by the function
+    with pytest.raises(openai.AuthenticationError):
+        deployed.client("sk-not-a-key").batches.retrieve(job_id)
