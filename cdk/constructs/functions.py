@@ -68,7 +68,7 @@ def gateway_function(
         code=code,
         handler=handler,
         layers=layers.for_function(name, extra_layers),
-        environment={**powertools_environment(stage), **environment},
+        environment={**powertools_environment(stage), **readable(name, environment)},
         timeout=cdk.Duration.seconds(timeout_s),
         memory_size=memory_mb or stage.memory_mb,
         reserved_concurrent_executions=reserved_concurrency,
@@ -96,6 +96,21 @@ def gateway_function(
         findings=["Resource::*"],
     )
     return function
+
+
+# Secrets a function reads when it builds its dependencies, by the environment variable naming them.
+_SECRET_VARIABLES = {
+    c.ENV_MOMENTO_SECRET: c.MOMENTO,
+    c.ENV_PROVIDER_KEYS_SECRET: c.PROVIDER_KEYS,
+    c.ENV_PSEUDONYM_SECRET: c.PSEUDONYMS,
+}
+
+
+def readable(folder: str, environment: Mapping[str, str]) -> dict[str, str]:
+    """`environment` without the secrets `FUNCTION_ACCESS` does not let the function read: it would
+    read them at its cold start and fail with AccessDenied."""
+    access = c.FUNCTION_ACCESS.get(folder, frozenset())
+    return {k: v for k, v in environment.items() if k not in _SECRET_VARIABLES or _SECRET_VARIABLES[k] in access}
 
 
 def step_timeout_s(step: Step) -> int:

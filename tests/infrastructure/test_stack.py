@@ -80,9 +80,12 @@ def test_every_chain_step_has_an_arm64_python312_function_from_its_own_folder(te
         assert "ReservedConcurrentExecutions" not in properties  # dev: unreserved
         environment = properties["Environment"]["Variables"]
         assert environment[c.ENV_CONFIG_PATH] == c.CONFIG_PATH_IN_LAMBDA
-        stores = {c.ENV_STORE, c.ENV_USAGE_TABLE, c.ENV_AUDIT_TABLE, c.ENV_PROVIDER_KEYS_SECRET}
-        momento = {c.ENV_MOMENTO_SECRET, c.ENV_MOMENTO_ENDPOINT, c.ENV_MOMENTO_CACHE}
-        assert stores | momento <= set(environment)
+        stores = {c.ENV_STORE, c.ENV_USAGE_TABLE, c.ENV_AUDIT_TABLE, c.ENV_MOMENTO_ENDPOINT, c.ENV_MOMENTO_CACHE}
+        assert stores <= set(environment)
+        # a secret's ARN only where the function may read it (test_a_function_is_told_only_of_the_secrets...)
+        access = c.FUNCTION_ACCESS.get(folder, frozenset())
+        assert (c.ENV_PROVIDER_KEYS_SECRET in environment) == (c.PROVIDER_KEYS in access), folder
+        assert (c.ENV_MOMENTO_SECRET in environment) == (c.MOMENTO in access), folder
         assert environment[c.ENV_STORE] == "aws"
         assert environment["POWERTOOLS_SERVICE_NAME"] == c.POWERTOOLS_SERVICE_NAME
         assert environment["POWERTOOLS_METRICS_NAMESPACE"] == c.POWERTOOLS_METRICS_NAMESPACE
@@ -324,6 +327,26 @@ def test_only_the_functions_that_need_a_secret_read_it(
             f"<{secret_id}>" in resource_refs(s) and "secretsmanager:GetSecretValue" in actions(s) for s in statements
         )
         assert reads == (folder in readers), folder
+
+
+def test_a_function_is_told_only_of_the_secrets_it_may_read(template: dict[str, Any]) -> None:
+    # A function reads every secret whose ARN its environment names when it builds its dependencies
+    # (provider keys, pseudonym key): one it may not read would fail every cold start with AccessDenied.
+    secrets = resources(template, "AWS::SecretsManager::Secret")
+    named = 0
+    for folder, (_, properties) in functions_by_folder(template).items():
+        statements = role_statements(template, properties)
+        for variable in (c.ENV_MOMENTO_SECRET, c.ENV_PROVIDER_KEYS_SECRET, c.ENV_PSEUDONYM_SECRET):
+            value = properties.get("Environment", {}).get("Variables", {}).get(variable)
+            if value is None:
+                continue
+            named += 1
+            (secret_id,) = [key for key in secrets if value == {"Ref": key}]
+            assert any(
+                f"<{secret_id}>" in resource_refs(s) and "secretsmanager:GetSecretValue" in actions(s)
+                for s in statements
+            ), (folder, variable)
+    assert named >= 10  # the functions that read secrets are still told where they are
 
 
 def test_flagged_items_go_through_an_encrypted_queue_with_dead_letters_into_the_review_table(
