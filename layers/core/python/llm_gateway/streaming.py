@@ -17,6 +17,7 @@ import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
+from .blocklist import CompiledBlocklist
 from .config import HarmfulGuard
 from .contracts import (
     Attempt,
@@ -37,7 +38,6 @@ from .finish import final_response, finish_step, record_abandoned
 from .guard.pii import find_pii, pii_safe_cut, redact, restore, safe_cut
 from .invoke import build_completion, open_stream
 from .moderation import leak_watched
-from .moderation.blocklist import CompiledBlocklist
 from .moderation.harmful import load_harmful_classifier
 from .providers.base import ProviderReply, StreamDelta
 from .runner import LocalRunner

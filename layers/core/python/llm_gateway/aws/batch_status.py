@@ -17,7 +17,6 @@ from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,8 +97,8 @@ def key_owners() -> dict[str, tuple[str, str]]:
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-@event_parser(model=BatchStatusRequest)
-def lambda_handler(request: BatchStatusRequest, context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = BatchStatusRequest.model_validate(event)  # pydantic directly, as `handler.step_handler`
     response = answer(request, job_table(), key_owners())
     metrics.add_metric(name="BatchStatusRequests", unit=MetricUnit.Count, value=1)
     return response

@@ -20,7 +20,7 @@ from typing import Any
 
 import ahocorasick
 
-from ..config import Blocklist
+from .config import Blocklist
 
 _MIN_LITERAL = 3
 
