@@ -21,6 +21,9 @@ from typing import Any
 import openai
 import pytest
 
+from cdk import constants as c
+from cdk import lambda_bundles as bundles
+from cdk.assembly import function_bundles
 from llm_gateway.batch import job_id_for
 from llm_gateway.config import hash_key
 from llm_gateway.pipeline import FAILED, FINISH, STEPS
@@ -127,7 +130,10 @@ def request_schema(template: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory, model_endpoint: str) -> Iterator[Deployed]:
     workdir = tmp_path_factory.mktemp("local-aws")
-    synthesized = cdk_synth.synthesize("dev", outdir=workdir / "cdk.out")
+    # The real bundles, built for this machine: each handler runs with only its code and layers
+    synthesized = cdk_synth.synthesize("dev", outdir=workdir / "cdk.out", bundled=True, for_this_machine=True)
+    runtime = str(bundles.build_runtime_provided(bundles.Target.this_machine(), workdir / "runtime-provided"))
+    by_name = {c.resource_name("dev", f): b for f, b in function_bundles(synthesized.outdir, STACK).items()}
     template = synthesized.to_json()
     with MomentoStandIn(caches=(MOMENTO_CACHE,)) as momento, fake_server("openai") as batch_provider:
         config = gateway_config(workdir / "gateway.yaml", model_endpoint, batch_provider.base_url)
@@ -142,7 +148,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, model_endpoint: str) -> I
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "LlmGatewayE2E",
         }
-        with local_aws(workdir, overrides) as aws:
+        with local_aws(workdir, overrides, bundles=by_name, runtime_provided=runtime) as aws:
             resources = deploy_assembly(aws, synthesized.outdir, STACK)
             # What CloudFormation's custom resource and the recreated workflow would give on AWS.
             connect_bucket_notifications(aws, template, resources)

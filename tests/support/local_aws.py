@@ -21,19 +21,22 @@ import sys
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from moto.awslambda import models as lambda_models
 
+from cdk.assembly import FunctionBundle
 from tests.support.moto_server import MotoServer
 from tests.support.servers import free_port
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"
 
+# In an isolated runtime (`python -I -S`), sys.path comes from the harness, not PYTHONPATH.
+_ISOLATED_PATH = "import os, sys\nsys.path[:0] = os.environ['LOCAL_AWS_SYS_PATH'].split(os.pathsep)\n"
 # The subprocess that plays the Lambda runtime: import the handler, call it, print one JSON line.
 _RUNTIME = r"""
 import importlib, json, sys, traceback
@@ -62,9 +65,22 @@ sys.stdout.write("\n@@RESULT@@" + json.dumps(result) + "\n")
 class SubprocessLambdas:
     """Runs moto's Lambda functions as local processes; records every invocation for assertions."""
 
-    def __init__(self, workdir: Path, env_overrides: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        env_overrides: dict[str, str] | None = None,
+        bundles: Mapping[str, FunctionBundle] | None = None,
+        runtime_provided: str | None = None,
+    ) -> None:
         self.workdir = workdir
         self.env_overrides = dict(env_overrides or {})
+        # moto's CloudFormation drops a function's `Layers`: `bundles` (function name -> its bundle
+        # as the assembly stages it, `cdk.assembly`) gives each function its code and layers. With
+        # `runtime_provided` (what Lambda's runtime has: boto3...) as well, a handler runs in
+        # `python -I -S` with only those on sys.path, as on Lambda; otherwise this interpreter's
+        # site-packages stay visible too.
+        self.bundles = dict(bundles or {})
+        self.runtime_provided = runtime_provided
         self.invocations: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         self._lock = threading.Lock()
         self._unpacked: dict[str, Path] = {}
@@ -84,13 +100,9 @@ class SubprocessLambdas:
         """moto's `_invoke_lambda` contract: (payload, errored, logs)."""
         code_dir = self._unpack(function.function_name, function.code_bytes)
         paths = [str(code_dir)]
-        backend = lambda_models.lambda_backends[function.account_id][function.region]
-        layer_dirs = []
-        for layer in getattr(function, "layers", []) or []:
-            version = backend.layers_versions_by_arn(layer["Arn"])
-            if version is not None and version.code_bytes:
-                layer_dirs.append(self._unpack(f"layer-{version.name}", version.code_bytes))
-                paths.append(str(layer_dirs[-1] / "python"))
+        bundle = self.bundles.get(function.function_name)
+        layer_dirs = [path for _, path in bundle.layers] if bundle is not None else []
+        paths += [str(path / "python") for path in layer_dirs if (path / "python").is_dir()]
         env = {
             **os.environ,
             **{k: _in_layers(str(v), layer_dirs) for k, v in (function.environment_vars or {}).items()},
@@ -101,11 +113,18 @@ class SubprocessLambdas:
             "AWS_DEFAULT_REGION": function.region,
         }
         request_id = base64.b32encode(os.urandom(10)).decode().lower()
+        isolated: list[str] = []
+        runtime = _RUNTIME
+        if self.runtime_provided is not None and bundle is not None:
+            isolated = ["-I", "-S"]
+            env["LOCAL_AWS_SYS_PATH"] = os.pathsep.join([*paths, self.runtime_provided])
+            runtime = _ISOLATED_PATH + _RUNTIME
         done = subprocess.run(
             [
                 sys.executable,
+                *isolated,
                 "-c",
-                _RUNTIME,
+                runtime,
                 function.handler,
                 function.function_name,
                 function.function_arn,
@@ -159,10 +178,16 @@ class LocalAws:
 
 
 @contextmanager
-def local_aws(workdir: Path, env_overrides: dict[str, str] | None = None) -> Iterator[LocalAws]:
-    """Start moto's server on a free loopback port; Step Functions executes, Lambda runs locally."""
+def local_aws(
+    workdir: Path,
+    env_overrides: dict[str, str] | None = None,
+    bundles: Mapping[str, FunctionBundle] | None = None,
+    runtime_provided: str | None = None,
+) -> Iterator[LocalAws]:
+    """Start moto's server on a free loopback port; Step Functions executes, Lambda runs locally
+    (in its bundle, isolated when `runtime_provided` is given: see `SubprocessLambdas`)."""
     moto = MotoServer(free_port())
-    lambdas = SubprocessLambdas(workdir, env_overrides)
+    lambdas = SubprocessLambdas(workdir, env_overrides, bundles, runtime_provided)
     original = lambda_models.LambdaFunction._invoke_lambda
     saved_port = os.environ.get("MOTO_PORT")
 
