@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from llm_gateway import deps as deps_module
 from llm_gateway.config import PII_ENTITY_TYPES, Guards, PiiGuard
 from llm_gateway.deps import Deps
 from llm_gateway.errors import ConfigError
 from llm_gateway.guard import guard_step
+from llm_gateway.guard import ner as ner_module
 from llm_gateway.guard.ner import NER_TYPES
 from llm_gateway.guard.pii import (
     STRUCTURED_TYPES,
@@ -209,7 +209,7 @@ def test_without_ner_names_pass_and_allowed_places_stay() -> None:
 
 
 def test_ner_without_its_model_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deps_module, "ner_available", lambda: False)
+    monkeypatch.setattr(ner_module, "ner_available", lambda: False)
     with pytest.raises(ConfigError, match="needs the `ner` extra"):
         _deps(ner=True)
 
