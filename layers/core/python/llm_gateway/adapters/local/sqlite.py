@@ -6,13 +6,19 @@ crash (not a power cut). One connection shared by the worker threads behind a lo
 Checkpoints (copying the WAL into the database file, with an fsync) run on a background thread
 with its own connection instead of inside whichever request's commit crosses the WAL threshold:
 done inline they put multi-millisecond stalls into the request path's p99.
+
+Expired cache entries are deleted as new ones are written: every `PURGE_EVERY_PUTS` writes, at
+most twice that many expired rows go (by the `expires_at` index, under the same lock), so the
+table holds the live entries plus about one round of writes, and a backlog (a store written
+before this purge existed) drains a bounded batch at a time instead of stalling one request.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ...contracts import ChatCompletion
@@ -28,6 +34,7 @@ CREATE TABLE IF NOT EXISTS exact_cache (
     tags TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS exact_cache_tenant ON exact_cache (tenant, model);
+CREATE INDEX IF NOT EXISTS exact_cache_expires ON exact_cache (expires_at);
 CREATE TABLE IF NOT EXISTS usage (
     request_id TEXT PRIMARY KEY,
     ts REAL NOT NULL,
@@ -65,6 +72,8 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_tenant_ts ON audit (tenant, ts);
 """
+
+PURGE_EVERY_PUTS = 256  # cache writes between two deletions of expired entries
 
 _USAGE_COLUMNS = tuple(UsageRecord.model_fields)
 _AUDIT_COLUMNS = tuple(AuditRecord.model_fields)
@@ -114,10 +123,15 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
 
 
 class SqliteStore:
-    """Implements `ExactCache`, `UsageLedger` and `AuditLog` on one SQLite file."""
+    """Implements `ExactCache`, `UsageLedger` and `AuditLog` on one SQLite file; `clock` is what
+    an entry's expiry is compared with when expired entries are deleted."""
 
-    def __init__(self, path: str | Path, checkpoint_interval_s: float = 0.5) -> None:
+    def __init__(
+        self, path: str | Path, checkpoint_interval_s: float = 0.5, clock: Callable[[], float] = time.time
+    ) -> None:
         in_memory = str(path) == ":memory:"
+        self._clock = clock
+        self._puts = 0
         self._db = open_database(path)
         add_missing_column(self._db, "exact_cache", "tags", "TEXT NOT NULL DEFAULT ''")
         add_missing_column(self._db, "audit", "guards", "TEXT")
@@ -158,6 +172,10 @@ class SqliteStore:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (key, tenant, model, response.model_dump_json(), expires_at, join_tags(tags)),
             )
+            self._puts += 1
+            due = self._puts % PURGE_EVERY_PUTS == 0
+        if due:
+            self.purge_expired(self._clock(), limit=2 * PURGE_EVERY_PUTS)
 
     def purge(self, tenant: str, model: str | None = None, tag: str | None = None) -> int:
         where, args = purge_filter(tenant, model, tag)
@@ -165,9 +183,15 @@ class SqliteStore:
             cursor = self._db.execute(f"DELETE FROM exact_cache WHERE {where}", args)  # noqa: S608 - fixed SQL
         return cursor.rowcount
 
-    def purge_expired(self, now: float) -> int:
+    def purge_expired(self, now: float, limit: int = -1) -> int:
+        """Delete the entries expired at `now` (at most `limit`, soonest expired first; -1: all);
+        how many went."""
         with self._lock:
-            return self._db.execute("DELETE FROM exact_cache WHERE expires_at <= ?", (now,)).rowcount
+            return self._db.execute(
+                "DELETE FROM exact_cache WHERE rowid IN"
+                " (SELECT rowid FROM exact_cache WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                (now, limit),
+            ).rowcount
 
     # UsageLedger / AuditLog
     def record(self, entry: UsageRecord | AuditRecord) -> None:
