@@ -97,9 +97,7 @@ class GatewayStores(Construct):
                     resource_arns=[self.batch_jobs.table_arn, f"{self.batch_jobs.table_arn}/index/by_tenant"],
                 )
             elif store == c.IDEMPOTENCY:
-                self.idempotency.grant(
-                    grantee, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"
-                )
+                self.idempotency.grant(grantee, *c.IDEMPOTENCY_ACTIONS)
             elif store == c.BUDGETS:
                 # Items, and the `held` index by name (reclaiming expired reservations); the
                 # transactions need the item actions only.

@@ -271,10 +271,6 @@ class Llama(nn.Module):
         logits: Tensor = self.lm_head(self.norm(x))
         return logits.float()
 
-    def copy_positions(self, source_slot: int, target_slot: int, length: int) -> None:
-        """Copy the first `length` cached positions of one slot to another."""
-        self.kv_cache[:, :, target_slot, :, :length] = self.kv_cache[:, :, source_slot, :, :length]
-
 
 def load_hf_state_dict(shape: LlamaShape, state: Mapping[str, Tensor], dtype: torch.dtype) -> Llama:
     """A `Llama` holding the weights of a Hugging Face `LlamaForCausalLM` state dict."""

@@ -46,7 +46,6 @@ class ComplexityModel:
     bias: float
     platt: tuple[float, float]
     quantiles: tuple[float, ...]  # scores at evenly spaced shares 0..1 of the reference mix
-    reference_hard_share: float
 
     @classmethod
     def from_artefact(cls, artefact: dict[str, Any]) -> ComplexityModel:
@@ -63,7 +62,6 @@ class ComplexityModel:
             bias=float(artefact["bias"]),
             platt=(float(artefact["platt"][0]), float(artefact["platt"][1])),
             quantiles=quantiles,
-            reference_hard_share=float(artefact["reference"]["hard_share"]),
         )
 
     @property
