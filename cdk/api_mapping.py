@@ -17,6 +17,7 @@ from llm_gateway.errors import (
     PayloadTooLarge,
     RateLimited,
 )
+from llm_gateway.response_headers import REST_HEADERS
 
 STATE_MACHINE_ARN = "@@STATE_MACHINE_ARN@@"  # replaced by the state machine's ARN (a CDK token)
 
@@ -78,19 +79,8 @@ def _subclasses(cls: type[GatewayError]) -> list[type[GatewayError]]:
 
 # Every status the chain can answer with (the response template overrides the integration's 200).
 ANSWER_STATUSES = sorted({200, 500} | {error.status for error in _subclasses(GatewayError)})
-# Headers the response template sets.
-ANSWER_HEADERS = (
-    "x-request-id",
-    "Retry-After",
-    "x-gateway-cache",
-    "x-gateway-cache-bypass",
-    "x-gateway-cache-score",
-    "x-gateway-model",
-    "x-gateway-route",
-    "x-gateway-complexity",
-    "x-gateway-attempts",
-    "x-gateway-moderation",
-)
+# Headers the response template sets: those `llm_gateway.response_headers` marks REST.
+ANSWER_HEADERS = REST_HEADERS
 
 
 def _body(error: GatewayError) -> str:
@@ -101,7 +91,8 @@ def _body(error: GatewayError) -> str:
 INTERNAL_ERROR_BODY = _body(InternalError("The gateway failed to process the request."))
 
 # The execution output is the final state: `http` holds the answer (see the workflow construct); the
-# decision headers are those the local server sends (`local/app.py`), read from the step results.
+# decision headers of a 200 answer are those the local server sends (`local/app.py`), read from the
+# step results (`llm_gateway.response_headers` says where a value is written otherwise).
 RESPONSE_TEMPLATE = (
     (
         """#set($context.responseOverride.header.x-request-id = "$context.requestId")
@@ -115,6 +106,7 @@ RESPONSE_TEMPLATE = (
 #if($wait < 1)#set($wait = 1)#end
 #set($context.responseOverride.header.Retry-After = "$wait")
 #end
+#if($answer.status == 200)
 #if($state.cache && $state.cache.status != "bypass")
 #set($context.responseOverride.header.x-gateway-cache = $state.cache.status)
 #else
@@ -137,9 +129,19 @@ RESPONSE_TEMPLATE = (
 #end
 #if($state.invoke)
 #set($context.responseOverride.header.x-gateway-attempts = "$state.invoke.attempts.size()")
+#set($context.responseOverride.header.x-gateway-cost-usd = "$state.finish.cost_usd")
+#end
+#if($state.guard && $state.guard.saved_tokens > 0)
+#set($context.responseOverride.header.x-gateway-compression-saved-tokens = "$state.guard.saved_tokens")
 #end
 #if($state.moderate)
 #set($context.responseOverride.header.x-gateway-moderation = $state.moderate.outcome)
+#foreach($decision in $state.moderate.decisions)
+#if($decision.layer == "groundedness" && $decision.score)
+#set($context.responseOverride.header.x-gateway-groundedness = "$decision.score")
+#end
+#end
+#end
 #end
 $answer.body
 #else

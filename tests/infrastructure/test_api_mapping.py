@@ -4,6 +4,7 @@ draft 4 and agrees with the pydantic contract; the request template yields a val
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -176,3 +177,21 @@ def test_error_bodies_have_the_openai_shape() -> None:
     assert api_mapping.INTERNAL_ERROR_BODY in api_mapping.RESPONSE_TEMPLATE
     for _, template in api_mapping.GATEWAY_RESPONSES.values():
         ErrorBody.model_validate_json(template.replace("$context.error.messageString", '"Invalid request body"'))
+
+
+def test_response_template_sets_the_headers_the_definition_gives_the_rest_api() -> None:
+    # The method declares, and the template sets, exactly the headers `response_headers` marks REST.
+    from llm_gateway import response_headers
+
+    template = api_mapping.RESPONSE_TEMPLATE
+    set_here = set(re.findall(r"#set\(\$context\.responseOverride\.header\.([A-Za-z-]+) = ", template))
+    assert set_here == set(api_mapping.ANSWER_HEADERS) == set(response_headers.REST_HEADERS)
+    assert {"x-gateway-cost-usd", "x-gateway-compression-saved-tokens", "x-gateway-groundedness"} <= set_here
+    # Decision headers only on a 200 answer, as the local server sends them: a refusal carries the
+    # request id and Retry-After only.
+    answer_only = template.index("#if($answer.status == 200)")
+    for header in response_headers.HEADERS:
+        if response_headers.REST in header.runtimes and header.statuses == response_headers.ANSWER:
+            assert template.index(f"responseOverride.header.{header.name} =") > answer_only, header.name
+    for header in (response_headers.REQUEST_ID, response_headers.RETRY_AFTER):
+        assert template.index(f"responseOverride.header.{header.name} =") < answer_only

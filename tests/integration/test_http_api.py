@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from llm_gateway import response_headers
 from llm_gateway.config import ModelConfig, hash_key
 from llm_gateway.local.app import create_app
 from llm_gateway.observability import InMemoryMetrics
@@ -115,6 +117,40 @@ def test_raw_sse_ends_with_done(base_url: str) -> None:
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     assert all(line.startswith("data: ") for line in lines)
+
+
+# Headers every HTTP server sends; the gateway's own are all in `response_headers`.
+TRANSPORT_HEADERS = {"content-type", "content-length", "date", "server", "transfer-encoding", "connection"}
+
+
+def test_the_app_sends_only_defined_headers_with_the_values_the_definition_allows(base_url: str) -> None:
+    defined = {h.name.lower(): h for h in response_headers.HEADERS}
+    body = {"model": "default", "messages": [{"role": "user", "content": "which headers come back"}]}
+    auth = {"authorization": f"Bearer {ACME_KEY}"}
+    answers = [
+        httpx.post(base_url + "/chat/completions", json=body, headers=auth),  # a miss
+        httpx.post(base_url + "/chat/completions", json=body, headers=auth),  # an exact hit
+        httpx.post(base_url + "/chat/completions", json={**body, "stream": True}, headers=auth),
+        httpx.post(base_url + "/chat/completions", json=body, headers={**auth, "cache-control": "no-cache"}),
+        httpx.post(base_url + "/chat/completions", json={**body, "model": "gpt-nine"}, headers=auth),
+        httpx.get(base_url + "/chat/completions", headers=auth),
+    ]
+    filtered = {"model": "default", "messages": [{"role": "user", "content": "say the forbidden thing"}]}
+    answers.append(
+        httpx.post(base_url + "/chat/completions", json=filtered, headers={"authorization": f"Bearer {GLOBEX_KEY}"})
+    )
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 404, 405, 200]
+    seen = set()
+    for answer in answers:
+        for name, value in answer.headers.items():
+            if name in TRANSPORT_HEADERS:
+                continue
+            assert name in defined, f"{name} is sent but not defined in llm_gateway.response_headers"
+            schema = defined[name].schema
+            assert value in schema.get("enum", [value]) and re.match(schema.get("pattern", ""), value), (name, value)
+            seen.add(name)
+    assert answers[-1].headers["x-gateway-moderation"] == "filtered"
+    assert {"x-request-id", "x-gateway-cache", "x-gateway-cache-bypass", "cache-control", "allow"} <= seen
 
 
 def test_unknown_key_is_401_with_an_openai_error(base_url: str) -> None:

@@ -12,6 +12,7 @@ import sys
 from pydantic import ValidationError
 
 from .contracts import ErrorBody, ErrorDetail, StepError
+from .response_headers import RETRY_AFTER
 
 
 class GatewayError(Exception):
@@ -174,7 +175,7 @@ def to_http(error: GatewayError) -> tuple[int, dict[str, str], bytes]:
     """Status, extra headers and JSON body for a gateway error."""
     headers: dict[str, str] = {}
     if error.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, int(error.retry_after_s + 0.999)))
+        headers[RETRY_AFTER.name] = str(max(1, int(error.retry_after_s + 0.999)))
     return error.status, headers, error.body().model_dump_json().encode()
 
 

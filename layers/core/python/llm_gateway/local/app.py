@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API (ASGI), served locally and by the streaming Lambda.
 
-Every response carries `x-request-id`, `x-gateway-model` and `x-gateway-cache`; errors have the
-OpenAI shape. The chain runs in a worker thread (steps are synchronous, as in Lambda).
+Chat completions carry the response headers `response_headers` defines (`x-request-id` on every
+answer, the decision headers on 200 answers); errors have the OpenAI shape. The chain runs in a
+worker thread (steps are synchronous, as in Lambda).
 """
 
 from __future__ import annotations
@@ -42,6 +43,23 @@ from ..errors import (
 )
 from ..finish import refused_record
 from ..observability import InMemoryMetrics
+from ..response_headers import (
+    ALLOW,
+    ATTEMPTS,
+    CACHE,
+    CACHE_BYPASS,
+    CACHE_SCORE,
+    COMPLEXITY,
+    COMPRESSION_SAVED_TOKENS,
+    COST,
+    GROUNDEDNESS,
+    MODEL,
+    MODERATION,
+    REQUEST_ID,
+    RETRY_AFTER,
+    ROUTE,
+    STREAM_CACHE_CONTROL,
+)
 from ..runner import LocalRunner
 from ..streaming import StreamItem, start_stream
 from .openapi import openapi_document
@@ -64,7 +82,7 @@ def _error_response(error: GatewayError, request_id: str | None = None) -> Respo
     the other routes keep no audit record and send no id."""
     status, headers, body = to_http(error)
     if request_id is not None:
-        headers["x-request-id"] = request_id
+        headers[REQUEST_ID.name] = request_id
     return Response(body, status_code=status, headers=headers, media_type=JSON)
 
 
@@ -97,28 +115,28 @@ def _parse(body: bytes) -> ChatCompletionRequest:
 
 
 def _decision_headers(state: GatewayState, model: str | None) -> dict[str, str]:
-    headers = {"x-request-id": state.request_id}
-    headers["x-gateway-cache"] = "miss" if state.cache is None or state.cache.status == "bypass" else state.cache.status
+    headers = {REQUEST_ID.name: state.request_id}
+    headers[CACHE.name] = "miss" if state.cache is None or state.cache.status == "bypass" else state.cache.status
     if state.cache is not None and state.cache.status == "bypass":
-        headers["x-gateway-cache-bypass"] = "true"
+        headers[CACHE_BYPASS.name] = "true"
     if state.cache is not None and state.cache.status == "semantic" and state.cache.score is not None:
-        headers["x-gateway-cache-score"] = f"{state.cache.score:.4f}"
+        headers[CACHE_SCORE.name] = f"{state.cache.score:.4f}"
     if model is not None:
-        headers["x-gateway-model"] = model
+        headers[MODEL.name] = model
     if state.router is not None:
-        headers["x-gateway-route"] = state.router.route
+        headers[ROUTE.name] = state.router.route
         if state.router.complexity is not None:
-            headers["x-gateway-complexity"] = f"{state.router.complexity:.4f}"
+            headers[COMPLEXITY.name] = f"{state.router.complexity:.4f}"
     if state.invoke is not None:
-        headers["x-gateway-attempts"] = str(len(state.invoke.attempts))
-        headers["x-gateway-cost-usd"] = f"{state.invoke.response.usage.cost_usd:.8f}"
+        headers[ATTEMPTS.name] = str(len(state.invoke.attempts))
+        headers[COST.name] = f"{state.invoke.response.usage.cost_usd:.8f}"
     if state.guard is not None and state.guard.saved_tokens:
-        headers["x-gateway-compression-saved-tokens"] = str(state.guard.saved_tokens)
+        headers[COMPRESSION_SAVED_TOKENS.name] = str(state.guard.saved_tokens)
     if state.moderate is not None:
-        headers["x-gateway-moderation"] = state.moderate.outcome
+        headers[MODERATION.name] = state.moderate.outcome
         grounded = next((d for d in state.moderate.decisions if d.layer == "groundedness"), None)
         if grounded is not None and grounded.score is not None:
-            headers["x-gateway-groundedness"] = f"{grounded.score:.2f}"  # share of supported claims
+            headers[GROUNDEDNESS.name] = f"{grounded.score:.2f}"  # share of supported claims
     return headers
 
 
@@ -127,9 +145,9 @@ def _finish_error(state: GatewayState) -> Response:
     finish = state.finish
     if finish is None or finish.error is None:
         raise RuntimeError("the chain ended without an answer")
-    headers = {"x-request-id": state.request_id}
+    headers = {REQUEST_ID.name: state.request_id}
     if finish.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, int(finish.retry_after_s + 0.999)))
+        headers[RETRY_AFTER.name] = str(max(1, int(finish.retry_after_s + 0.999)))
     return Response(finish.error.model_dump_json(), status_code=finish.status, headers=headers, media_type=JSON)
 
 
@@ -249,7 +267,7 @@ class GatewayApp:
         if state.finish is not None and state.finish.error is not None:
             return _finish_error(state)
         headers = _decision_headers(state, model)
-        headers["cache-control"] = "no-cache"
+        headers[STREAM_CACHE_CONTROL.name] = "no-cache"
         return _ClosingStream(_sse(items), closing=items, media_type="text/event-stream", headers=headers)
 
     async def models(self, request: Request) -> Response:
@@ -374,7 +392,7 @@ def create_app(runner: LocalRunner) -> GatewayAsgi:
         response = _error_response(error)
         allow = (getattr(exc, "headers", None) or {}).get("Allow")
         if allow:  # a 405 names the methods the path takes
-            response.headers["allow"] = allow
+            response.headers[ALLOW.name] = allow
         return response
 
     routes = Starlette(

@@ -3,7 +3,7 @@
 Every route of `app.create_app` is here with the answers it really gives: each error is an
 `ErrorBody` with content type application/json. A method a path does not take is answered 405
 with an `Allow` header and an `ErrorBody` (components.responses.MethodNotAllowed); an unknown path
-404 with an `ErrorBody`.
+404 with an `ErrorBody`. Response headers come from their one definition, `response_headers`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 
 from ..cache import PurgeRequest
 from ..contracts import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorBody
+from ..response_headers import METHOD_NOT_ALLOWED, openapi_headers
 
 _REF = "#/components/schemas/{model}"
 _NULLABLE_STRING = {"type": ["string", "null"]}
@@ -124,18 +125,13 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
     ),
 }
 
-_DECISION_HEADERS = {
-    "x-request-id": "Gateway request id (also in the audit log).",
-    "x-gateway-model": "The pinned model version that answered.",
-    "x-gateway-cache": "exact, semantic or miss.",
-    "x-gateway-cache-score": "semantic hits: the verifier's calibrated P(same meaning) of the served answer.",
-    "x-gateway-route": "The route the request's model resolved through.",
-    "x-gateway-complexity": "routes with complexity routing: the request's score (P(needs the large model)).",
-    "x-gateway-groundedness": "requests with `context`: the share of the answer's claims the context supports.",
-}
-
 _UNAUTHORIZED = _error("Missing or unknown API key.")
 _ADMIN_ONLY = _error("Missing API key, or not an admin key.")
+
+
+def _chat_error(status: str, description: str) -> dict[str, Any]:
+    """A chat completion's error answer: an `ErrorBody` with the headers sent on that status."""
+    return {**_error(description), "headers": openapi_headers(status)}
 
 
 def _chat_completions() -> dict[str, Any]:
@@ -154,25 +150,25 @@ def _chat_completions() -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "The completion, or a text/event-stream of chunks ending in [DONE].",
-                "headers": {
-                    name: {"schema": {"type": "string"}, "description": text}
-                    for name, text in _DECISION_HEADERS.items()
-                },
+                "headers": openapi_headers("200"),
                 "content": {
                     "application/json": {"schema": _ref("ChatCompletion")},
                     "text/event-stream": {"schema": _ref("ChatCompletionEvent")},
                 },
             },
-            "400": _error(
+            "400": _chat_error(
+                "400",
                 "Invalid request (not JSON, not an object, a field outside its schema), "
-                "or refused by a guardrail (type guardrail)."
+                "or refused by a guardrail (type guardrail).",
             ),
-            "401": _UNAUTHORIZED,
-            "404": _error("Unknown model or route."),
-            "413": _error("Request body over the limit (code request_too_large)."),
-            "429": _error("Rate limit or budget reached; see Retry-After."),
-            "502": _error("The model provider failed, or its answer did not satisfy response_format after one repair."),
-            "503": _error("No candidate model could answer."),
+            "401": _chat_error("401", "Missing or unknown API key."),
+            "404": _chat_error("404", "Unknown model or route."),
+            "413": _chat_error("413", "Request body over the limit (code request_too_large)."),
+            "429": _chat_error("429", "Rate limit or budget reached; see Retry-After."),
+            "502": _chat_error(
+                "502", "The model provider failed, or its answer did not satisfy response_format after one repair."
+            ),
+            "503": _chat_error("503", "No candidate model could answer."),
         },
     }
 
@@ -215,7 +211,7 @@ def openapi_document() -> dict[str, Any]:
             "responses": {
                 "MethodNotAllowed": {
                     "description": "The path does not take this method.",
-                    "headers": {"allow": {"schema": {"type": "string"}, "description": "The methods it takes."}},
+                    "headers": openapi_headers(METHOD_NOT_ALLOWED),
                     "content": {"application/json": {"schema": _ref("ErrorBody")}},
                 },
                 "NotFound": _error("No such path."),
