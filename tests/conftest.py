@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,8 +19,14 @@ from llm_gateway.adapters.local.sqlite import SqliteStore
 from llm_gateway.config import GatewayConfig, hash_key, parse_config
 from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
 from llm_gateway.deps import Deps
+from llm_gateway.local.store_location import DATA_DIR_ENV
 from llm_gateway.providers.base import default_registry
 from tests.support.fake_providers import FakeServer, fake_server
+
+# A relative storage_path (the shipped config's) is taken from this folder, never from the home
+# folder of whoever runs the tests; the CLI's subprocesses inherit it.
+os.environ[DATA_DIR_ENV] = tempfile.mkdtemp(prefix="llm-gateway-tests-")
+atexit.register(shutil.rmtree, os.environ[DATA_DIR_ENV], ignore_errors=True)
 
 ACME_KEY = "sk-test-acme"
 GLOBEX_KEY = "sk-test-globex"

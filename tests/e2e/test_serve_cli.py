@@ -19,6 +19,8 @@ import httpx
 import openai
 import pytest
 
+from llm_gateway.local.store_location import DATA_DIR_ENV
+
 pytestmark = pytest.mark.model
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -65,7 +67,7 @@ def read_announcement(process: subprocess.Popen[str], timeout_s: float = 180) ->
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     workdir: Path = tmp_path_factory.mktemp("fresh-user")
     command = [sys.executable, "-m", "llm_gateway.local.cli", "serve", "--port", "0"]
-    env = {k: v for k, v in os.environ.items() if k != "LLM_GATEWAY_CONFIG"}
+    env = {k: v for k, v in os.environ.items() if k != "LLM_GATEWAY_CONFIG"} | {DATA_DIR_ENV: str(workdir)}
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, text=True, env=env)
     try:
         url, keys = read_announcement(process)
@@ -174,7 +176,7 @@ def test_a_crashed_model_endpoint_is_reaped_logged_and_restarted(tmp_path: Path)
     gateway reaps it at once, logs why, says so on /healthz and to requests, and brings it back."""
     log = tmp_path / "serve.log"
     command = [sys.executable, "-m", "llm_gateway.local.cli", "serve", "--port", "0", "--endpoint-restart-s", "2", "30"]
-    env = {k: v for k, v in os.environ.items() if k != "LLM_GATEWAY_CONFIG"}
+    env = {k: v for k, v in os.environ.items() if k != "LLM_GATEWAY_CONFIG"} | {DATA_DIR_ENV: str(tmp_path)}
     with log.open("w") as stderr:
         process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     try:

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import EXAMPLE_CONFIG, load_config
 from ..errors import ConfigError
+from .store_location import load_local_config, note_if_new
 
 if TYPE_CHECKING:
     from ..adapters.local.batch import FolderObjects, SqliteBatchJobs
@@ -47,10 +47,12 @@ def run(args: argparse.Namespace) -> int:
         from ..adapters.aws.batch import DynamoBatchJobs
 
         return _status(DynamoBatchJobs(args.table, deployment_table_client()), args.target, args.tenant)
-    config = load_config(args.config or EXAMPLE_CONFIG)
+    config = load_local_config(args.config)
     with contextlib.ExitStack() as stack:
         if args.action == "submit" and config.uses_local_endpoint():
             config = with_endpoint_url(config, stack.enter_context(local_endpoint()))
+        if args.action != "submit":
+            note_if_new(config.storage_path)
         jobs = SqliteBatchJobs(config.storage_path)
         stack.callback(jobs.close)
         objects = FolderObjects(Path(config.storage_path).parent / "bucket")

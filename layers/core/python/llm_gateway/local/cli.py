@@ -20,6 +20,7 @@ from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, Price, hash_key, loa
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
 from . import batch_cli, guard_cli
+from .store_location import load_local_config, note_if_new
 from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
 
 __all__ = ["local_endpoint", "main", "mint_demo_keys", "with_endpoint_url"]  # batch_cli and bench use these
@@ -106,7 +107,7 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
     from .app import create_app
     from .http_protocol import http_protocol
 
-    config = load_config(config_path or EXAMPLE_CONFIG)
+    config = load_local_config(config_path)
     config, minted = mint_demo_keys(config)
     config, admin_key = mint_demo_admin_key(config)
     # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler installed before it
@@ -163,7 +164,7 @@ def purge(config_path: str | None, selection: dict[str, str | None]) -> int:
     from ..adapters.local.sqlite import SqliteStore
     from ..cache import PurgeRequest, purge_stores
 
-    config = load_config(config_path or EXAMPLE_CONFIG)
+    config = load_local_config(config_path)
     try:
         request = PurgeRequest.model_validate({k: v for k, v in selection.items() if v is not None})
     except ValidationError as exc:
@@ -389,7 +390,9 @@ def review(
     else:
         from ..adapters.local.review import SqliteReviewQueue
 
-        storage_path = load_config(config_path or EXAMPLE_CONFIG).storage_path
+        storage_path = load_local_config(config_path).storage_path
+        if action == "list":
+            note_if_new(storage_path)
         store = SqliteReviewQueue(storage_path)
     try:
         if action == "list":

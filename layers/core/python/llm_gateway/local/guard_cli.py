@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import EXAMPLE_CONFIG, load_config
 from ..errors import ConfigError
 from ..ports import ReviewItem
+from .store_location import load_local_config
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], config_default: str | None) -> None:
@@ -30,7 +30,7 @@ def guard_report(args: argparse.Namespace) -> int:
     from ..adapters.local.sqlite import SqliteStore
     from ..guard.report import audit_query, parse_bound, render_json, render_text, summarise
 
-    config = load_config(args.config or EXAMPLE_CONFIG)
+    config = load_local_config(args.config)
     since, until = parse_bound(args.since), parse_bound(args.until, end=True)
     if since is not None and until is not None and until <= since:
         raise ConfigError("--until must be later than --since")
