@@ -20,6 +20,7 @@ from .store_location import load_local_config, note_if_new
 if TYPE_CHECKING:
     from ..adapters.local.batch import FolderObjects, SqliteBatchJobs
     from ..batch import BatchRunner
+    from ..config import GatewayConfig
     from ..ports import BatchJob, BatchJobs
 
 
@@ -47,29 +48,24 @@ def run(args: argparse.Namespace) -> int:
         from ..adapters.aws.batch import DynamoBatchJobs
 
         return _status(DynamoBatchJobs(args.table, deployment_table_client()), args.target, args.tenant)
+    if args.action == "results" and not args.target:
+        raise ConfigError("batch results needs a job id: llm-gateway batch results JOB [--errors]")
     config = load_local_config(args.config)
+    # What submit needs is checked before anything starts: the model endpoint takes seconds.
+    source, data = _submission(args, config) if args.action == "submit" else (None, b"")
     with contextlib.ExitStack() as stack:
-        if args.action == "submit" and config.uses_local_endpoint():
-            config = with_endpoint_url(config, stack.enter_context(local_endpoint()))
-        if args.action != "submit":
+        if source is None:
             note_if_new(config.storage_path)
         jobs = SqliteBatchJobs(config.storage_path)
         stack.callback(jobs.close)
         objects = FolderObjects(Path(config.storage_path).parent / "bucket")
         if args.action == "status":
             return _status(jobs, args.target, args.tenant)
-        if args.action == "results":
+        if source is None:
             return _results(jobs, objects, args.target, args.errors)
-        if not args.target or not args.tenant:
-            raise ConfigError("batch submit needs the JSONL file and --tenant")
-        source = Path(args.target)
-        try:
-            data = source.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {source}: {exc.strerror}") from exc
+        if config.uses_local_endpoint():
+            config = with_endpoint_url(config, stack.enter_context(local_endpoint()))
         key = f"batches/in/{args.tenant}/{source.name}"
-        if args.tenant not in config.tenants:
-            raise ConfigError(f"no tenant '{args.tenant}' in the configuration")
         runner = BatchRunner(local_deps(config, stack), jobs, objects, parallel=args.parallel)
         objects.put(key, data)
         try:
@@ -87,6 +83,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"results: {objects.root / job.results_key}")
             print(f"errors:  {objects.root / job.errors_key}")
     return 0
+
+
+def _submission(args: argparse.Namespace, config: GatewayConfig) -> tuple[Path, bytes]:
+    """The file `batch submit` names and its bytes, once the file reads and the tenant exists."""
+    if not args.target or not args.tenant:
+        raise ConfigError("batch submit needs the JSONL file and --tenant: llm-gateway batch submit FILE --tenant T")
+    if args.tenant not in config.tenants:
+        raise ConfigError(f"no tenant '{args.tenant}' in the configuration")
+    source = Path(args.target)
+    try:
+        return source, source.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {source}: {exc.strerror}") from exc
 
 
 def _run_with_progress(runner: BatchRunner, job_id: str) -> BatchJob:
@@ -119,8 +128,8 @@ def _status(jobs: BatchJobs, job_id: str | None, tenant: str | None) -> int:
     return 0
 
 
-def _results(jobs: SqliteBatchJobs, objects: FolderObjects, job_id: str | None, errors: bool) -> int:
-    job = jobs.job(job_id) if job_id else None
+def _results(jobs: SqliteBatchJobs, objects: FolderObjects, job_id: str, errors: bool) -> int:
+    job = jobs.job(job_id)
     if job is None:
         raise ConfigError(f"no batch job {job_id}")
     key = job.errors_key if errors else job.results_key
