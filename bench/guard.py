@@ -35,11 +35,11 @@ import numpy as np
 from llm_gateway.blocklist import CompiledBlocklist
 from llm_gateway.config import EXAMPLE_CONFIG, Blocklist, hash_key, load_config
 from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
-from llm_gateway.guard import guard_step
 from llm_gateway.guard.injection import load_injection_classifier
 from llm_gateway.guard.injection_data import load_split
 from llm_gateway.guard.ner import NER_TYPES, find_names, model_name, ner_available
 from llm_gateway.guard.pii import STRUCTURED_TYPES, find_pii, overlaps
+from llm_gateway.guard.step import guard_step
 from llm_gateway.moderation.harmful import load_harmful_classifier
 from llm_gateway.moderation.harmful_data import load as load_harmful
 

@@ -26,8 +26,8 @@ from typing import Any
 from bench.guard import _deps
 from llm_gateway.config import EXAMPLE_CONFIG, Compression, hash_key, load_config
 from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
-from llm_gateway.guard import guard_step
 from llm_gateway.guard.injection import load_injection_classifier
+from llm_gateway.guard.step import guard_step
 from llm_gateway.guard.text_classifier import TextMemo
 from llm_gateway.moderation.harmful import load_harmful_classifier
 from llm_gateway.semantic.embeddings import default_embedder

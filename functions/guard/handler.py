@@ -1,4 +1,4 @@
 from llm_gateway.aws.handler import step_handler
-from llm_gateway.guard import guard_step
+from llm_gateway.guard.step import guard_step
 
 lambda_handler = step_handler(guard_step, "guard")

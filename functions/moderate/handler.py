@@ -1,4 +1,4 @@
 from llm_gateway.aws.handler import step_handler
-from llm_gateway.moderation import moderate_step
+from llm_gateway.moderation.step import moderate_step
 
 lambda_handler = step_handler(moderate_step, "moderate")

@@ -24,7 +24,7 @@ import pytest
 from cdk import constants as c
 from cdk import lambda_bundles as bundles
 from cdk.assembly import function_bundles
-from llm_gateway.batch import job_id_for
+from llm_gateway.batch.runner import job_id_for
 from llm_gateway.config import hash_key
 from llm_gateway.pipeline import FAILED, FINISH, STEPS
 from tests.support.api_front import RestFront, proxy_routes

@@ -28,7 +28,8 @@ PROBES: dict[str, str] = {
     "base": """
 import llm_gateway.aws.handler, llm_gateway.aws.runtime, llm_gateway.schema_validator, llm_gateway.config
 import llm_gateway.adapters.aws.dynamodb, llm_gateway.adapters.aws.budget, llm_gateway.adapters.aws.review
-import llm_gateway.guard, llm_gateway.moderation, llm_gateway.finish, llm_gateway.routing, llm_gateway.cache
+import llm_gateway.guard.step, llm_gateway.moderation.step, llm_gateway.finish, llm_gateway.routing.step
+import llm_gateway.cache.step, llm_gateway.invoke.step, llm_gateway.cache.purge
 from llm_gateway.config import load_config
 import os
 if "GATEWAY_CONFIG_PATH" in os.environ:  # every function but the authorizer

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from llm_gateway.adapters.local.batch import FolderObjects, SqliteBatchJobs
-from llm_gateway.batch import BatchRejected, BatchRunner, job_id_for
+from llm_gateway.batch.runner import BatchRejected, BatchRunner, job_id_for
 from llm_gateway.config import parse_config
 from llm_gateway.local.cli import main
 from llm_gateway.runner import LocalRunner

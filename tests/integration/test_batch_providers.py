@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from llm_gateway.adapters.local.batch import FolderObjects, SqliteBatchJobs
-from llm_gateway.batch import BatchRunner, poll_delay_s
+from llm_gateway.batch.runner import BatchRunner, poll_delay_s
 from llm_gateway.config import parse_config
 from tests.conftest import ACME_KEY, RecordingSleep, hash_key, make_deps, store_of
 from tests.support.batch_files import chat_line

@@ -21,7 +21,7 @@ from llm_gateway.config import hash_key, parse_config
 from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState, GuardResult, TenantContext
 from llm_gateway.deps import Deps
 from llm_gateway.errors import AllModelsFailed, to_http
-from llm_gateway.invoke import attempt_model, invoke_step
+from llm_gateway.invoke.step import attempt_model, invoke_step
 from llm_gateway.pipeline import (
     INVOKE_POLICY,
     REST_INTEGRATION_TIMEOUT_S,
@@ -29,7 +29,7 @@ from llm_gateway.pipeline import (
     REST_OTHER_STEPS_S,
 )
 from llm_gateway.providers.base import default_registry
-from llm_gateway.routing import resolve_route
+from llm_gateway.routing.step import resolve_route
 from tests.support.fake_providers import Behaviour, FakeServer, delay, fake_server, status
 
 GATEWAY_KEY = "gw-deadline-key-0123456789abcdef"

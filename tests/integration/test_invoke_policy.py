@@ -22,10 +22,10 @@ from llm_gateway.contracts import (
 )
 from llm_gateway.deps import Deps
 from llm_gateway.errors import AllModelsFailed, OutputFormatInvalid, ProviderBadRequest, ProviderUnavailable
-from llm_gateway.invoke import invoke_step, open_stream
+from llm_gateway.invoke.step import invoke_step, open_stream
 from llm_gateway.pipeline import INVOKE_POLICY
 from llm_gateway.providers.base import ProviderRegistry, ProviderReply, StreamDelta, default_registry
-from llm_gateway.routing import resolve_route
+from llm_gateway.routing.step import resolve_route
 from llm_gateway.runner import LocalRunner
 from tests.support.fake_providers import FakeServer, delay, fake_server, ok, status
 

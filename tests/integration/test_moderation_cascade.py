@@ -12,7 +12,7 @@ import pytest
 from llm_gateway.adapters.local.review import SqliteReviewQueue
 from llm_gateway.config import parse_config
 from llm_gateway.deps import Deps
-from llm_gateway.guard import guard_step
+from llm_gateway.guard.step import guard_step
 from llm_gateway.moderation.harmful import load_harmful_classifier
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.runner import LocalRunner

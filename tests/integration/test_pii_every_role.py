@@ -106,7 +106,7 @@ def test_masked_context_values_come_back_only_where_the_tenant_restores_them(che
 
 def test_a_purge_by_a_system_prompt_holding_pii_finds_its_answers(checker: FakeServer) -> None:
     # Answers are cached under the masked system prompt; the operator purges by its real text
-    from llm_gateway.cache import PurgeRequest, purge_caches
+    from llm_gateway.cache.purge import PurgeRequest, purge_caches
 
     runner = LocalRunner(make_deps(_config(checker.base_url, "{enabled: true, default: mask}")))
     prompt = f"You are the support bot. Escalate to {EMAIL}."

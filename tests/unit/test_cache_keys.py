@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_gateway.cache import cache_directives
 from llm_gateway.cache.keys import cache_tags, exact_key, kb_tag, prompt_tag
+from llm_gateway.cache.step import cache_directives
 from llm_gateway.contracts import ChatCompletionRequest
 
 

@@ -14,7 +14,7 @@ from llm_gateway.adapters.local.review import SqliteReviewQueue
 from llm_gateway.config import CopyrightGuard, Guards, HarmfulGuard, InjectionGuard, Topic, TopicGuard, parse_config
 from llm_gateway.deps import Deps
 from llm_gateway.errors import ConfigError
-from llm_gateway.guard import guard_step
+from llm_gateway.guard.step import guard_step
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.runner import LocalRunner
 from llm_gateway.streaming import start_stream

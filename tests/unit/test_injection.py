@@ -13,9 +13,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from llm_gateway.config import Guards, InjectionGuard
 from llm_gateway.deps import Deps
-from llm_gateway.guard import guard_step
 from llm_gateway.guard.injection import InjectionClassifier, load_injection_classifier
 from llm_gateway.guard.injection_data import load_split
+from llm_gateway.guard.step import guard_step
 from llm_gateway.guard.text_classifier import char_wb_ngrams, word_ngrams
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.runner import LocalRunner

@@ -11,7 +11,7 @@ import pytest
 from llm_gateway.config import ModelConfig
 from llm_gateway.contracts import ChatCompletionRequest
 from llm_gateway.errors import InvalidRequest, OutputFormatInvalid
-from llm_gateway.guard import guard_step
+from llm_gateway.guard.step import guard_step
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.output_format import format_problem
 from llm_gateway.providers.base import ProviderReply, StreamDelta

@@ -11,7 +11,6 @@ import pytest
 from llm_gateway.config import PII_ENTITY_TYPES, Guards, PiiGuard
 from llm_gateway.deps import Deps
 from llm_gateway.errors import ConfigError
-from llm_gateway.guard import guard_step
 from llm_gateway.guard import ner as ner_module
 from llm_gateway.guard.ner import NER_TYPES
 from llm_gateway.guard.pii import (
@@ -25,6 +24,7 @@ from llm_gateway.guard.pii import (
     safe_cut,
     ssn_valid,
 )
+from llm_gateway.guard.step import guard_step
 from llm_gateway.runner import LocalRunner
 from llm_gateway.streaming import start_stream
 from tests.conftest import make_config, make_deps, make_state, store_of
@@ -246,8 +246,8 @@ def test_pii_the_answer_itself_carries_is_redacted_and_not_cached() -> None:
 
 def test_the_moderate_step_redacts_or_withholds_per_policy() -> None:
     from llm_gateway.contracts import InvokeResult
-    from llm_gateway.invoke import build_completion
-    from llm_gateway.moderation import moderate_step
+    from llm_gateway.invoke.step import build_completion
+    from llm_gateway.moderation.step import moderate_step
     from llm_gateway.providers.base import ProviderReply
 
     for answers, outcome in (("redact", "redacted"), ("withhold", "filtered"), ("allow", "passed")):

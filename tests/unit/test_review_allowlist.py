@@ -25,8 +25,8 @@ from llm_gateway.config import (
     TopicGuard,
 )
 from llm_gateway.deps import Deps
-from llm_gateway.guard import guard_step
 from llm_gateway.guard.allowlist import approved_rows, remember_approval
+from llm_gateway.guard.step import guard_step
 from llm_gateway.local.cli import main
 from llm_gateway.ports import AllowedText, ReviewItem
 from llm_gateway.runner import LocalRunner

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
-from llm_gateway.cache import PurgeRequest, purge_caches
 from llm_gateway.cache.keys import kb_tag, prompt_tag
+from llm_gateway.cache.purge import PurgeRequest, purge_caches
 from llm_gateway.config import SemanticCache
 from llm_gateway.deps import Deps
 from llm_gateway.finish import final_response

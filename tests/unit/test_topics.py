@@ -11,7 +11,7 @@ import pytest
 
 from llm_gateway.config import Guards, Topic, TopicGuard
 from llm_gateway.errors import ConfigError
-from llm_gateway.guard import guard_step
+from llm_gateway.guard.step import guard_step
 from llm_gateway.guard.topics import library, topic_classifier
 from llm_gateway.runner import LocalRunner
 from llm_gateway.semantic.embeddings import default_embedder

@@ -128,7 +128,7 @@ LETTER = (
 )
 def test_a_long_message_is_matched_by_its_opening_and_end(asked: str) -> None:
     from llm_gateway.contracts import ChatMessage
-    from llm_gateway.guard import check_topic
+    from llm_gateway.guard.step import check_topic
     from llm_gateway.guard.topics import embedded_text
 
     kept = embedded_text(asked)

@@ -63,16 +63,16 @@ class TaskRetry:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("guard", "llm_gateway.guard:guard_step", "guard", Exit("blocked", "outcome", ("blocked",))),
+    Step("guard", "llm_gateway.guard.step:guard_step", "guard", Exit("blocked", "outcome", ("blocked",))),
     Step(
         "cache",
-        "llm_gateway.cache:cache_lookup_step",
+        "llm_gateway.cache.step:cache_lookup_step",
         "cache_lookup",
         Exit("hit", "status", ("exact", "semantic")),
     ),
-    Step("router", "llm_gateway.routing:route_step", "router"),
-    Step("invoke", "llm_gateway.invoke:invoke_step", "invoke"),
-    Step("moderate", "llm_gateway.moderation:moderate_step", "moderate"),
+    Step("router", "llm_gateway.routing.step:route_step", "router"),
+    Step("invoke", "llm_gateway.invoke.step:invoke_step", "invoke"),
+    Step("moderate", "llm_gateway.moderation.step:moderate_step", "moderate"),
 )
 FINISH = Step("finish", "llm_gateway.finish:finish_step", "finish")
 FAILED = Step("failed", "llm_gateway.finish:failure_step", "record_failure")

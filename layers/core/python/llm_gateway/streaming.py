@@ -36,9 +36,9 @@ from .contracts import (
 from .errors import ClientClosedRequest, GatewayError, InternalError
 from .finish import final_response, finish_step, record_abandoned
 from .guard.pii import find_pii, pii_safe_cut, redact, restore, safe_cut
-from .invoke import build_completion, open_stream
-from .moderation import leak_watched
+from .invoke.step import build_completion, open_stream
 from .moderation.harmful import load_harmful_classifier
+from .moderation.step import leak_watched
 from .providers.base import ProviderReply, StreamDelta
 from .runner import LocalRunner
 

@@ -27,7 +27,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..batch import BatchRejected, BatchRunner, poll_delay_s
+from ..batch.runner import BatchRejected, BatchRunner, poll_delay_s
 from .observability import logger, metrics
 from .runtime import deps, settings
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contracts import Attempt, CallerContext, FinishResult, GatewayState, InvokeResult
 from ..errors import GatewayError, InternalError, ProviderBadRequest, ProviderUnavailable
-from ..invoke import build_completion
+from ..invoke.step import build_completion
 from ..ports import BatchJob, BatchJobs, BatchLine, ObjectStore
 from ..providers.batches import BatchAPI, BatchItem, BatchResults
 from ..runner import LocalRunner

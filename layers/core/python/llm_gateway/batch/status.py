@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import NotFound
 from ..ports import BatchJobs
-from . import batch_object
+from .runner import batch_object
 
 
 def tenant_batches(jobs: BatchJobs, tenant: str) -> dict[str, Any]:

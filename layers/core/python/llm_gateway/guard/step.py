@@ -19,7 +19,7 @@ from ..moderation.cascade import TIER2 as HARMFUL_LAYER
 from ..moderation.cascade import harmful_decision
 from ..moderation.harmful import load_harmful_classifier
 from ..output_format import check_schema
-from ..routing import resolve_route
+from ..routing.step import resolve_route
 from .allowlist import CLASSIFIER_LAYERS, allowlist_decision, latest_user_text
 from .copyright import copyright_decision
 from .injection import load_injection_classifier

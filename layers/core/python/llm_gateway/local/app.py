@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..cache import PurgeRequest, purge_caches
+from ..cache.purge import PurgeRequest, purge_caches
 from ..config import hash_key
 from ..contracts import CallerContext, ChatCompletionRequest, ErrorBody, GatewayState
 from ..errors import (

@@ -19,7 +19,7 @@ from .store_location import load_local_config, note_if_new
 
 if TYPE_CHECKING:
     from ..adapters.local.batch import FolderObjects, SqliteBatchJobs
-    from ..batch import BatchRunner
+    from ..batch.runner import BatchRunner
     from ..config import GatewayConfig
     from ..ports import BatchJob, BatchJobs
 
@@ -39,7 +39,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], co
 
 def run(args: argparse.Namespace) -> int:
     from ..adapters.local.batch import FolderObjects, SqliteBatchJobs
-    from ..batch import BatchRejected, BatchRunner
+    from ..batch.runner import BatchRejected, BatchRunner
     from .cli import deployment_table_client, local_deps, local_endpoint, with_endpoint_url
 
     if args.table:

@@ -162,7 +162,7 @@ def purge(config_path: str | None, selection: dict[str, str | None]) -> int:
 
     from ..adapters.local.semantic import LocalSemanticIndex
     from ..adapters.local.sqlite import SqliteStore
-    from ..cache import PurgeRequest, purge_stores
+    from ..cache.purge import PurgeRequest, purge_stores
 
     config = load_local_config(config_path)
     try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from ..cache import PurgeRequest
+from ..cache.purge import PurgeRequest
 from ..contracts import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorBody
 from ..response_headers import METHOD_NOT_ALLOWED, openapi_headers
 

@@ -1,0 +1,1 @@
+"""The provider call: `step.invoke_step`, with retries, fallbacks, usage and cost."""
