@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -431,26 +432,9 @@ class GatewayConfig(_Config):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:
-        seen_keys: dict[str, str] = {}
-        for name, tenant in self.tenants.items():
-            for route_name, route in tenant.routes.items():
-                for model in route.models():
-                    if model not in self.models:
-                        raise ValueError(f"tenants.{name}.routes.{route_name}: unknown model '{model}'")
-            for model in tenant.allowed_models:
-                if model not in self.models:
-                    raise ValueError(f"tenants.{name}.allowed_models: unknown model '{model}'")
-            checkers = {
-                "harmful.judge_model": tenant.guards.harmful.judge_model,
-                "grounded.check_model": tenant.guards.grounded.check_model,
-            }
-            for field, checker in checkers.items():
-                if checker is not None and checker not in self.models:
-                    raise ValueError(f"tenants.{name}.guards.{field}: unknown model '{checker}'")
-            for key in tenant.api_keys:
-                if key.sha256 in seen_keys:
-                    raise ValueError(f"tenants.{name}: API key '{key.id}' is also used by '{seen_keys[key.sha256]}'")
-                seen_keys[key.sha256] = name
+        problems = reference_problems(self.models, self.tenants)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def key_owners(self) -> dict[str, tuple[str, str]]:
@@ -467,6 +451,33 @@ class GatewayConfig(_Config):
 
     def uses_local_endpoint(self) -> bool:
         return any(m.provider == "sagemaker" and m.endpoint == LOCAL_ENDPOINT for m in self.models.values())
+
+
+def reference_problems(models: Collection[str], tenants: Mapping[str, TenantConfig]) -> list[str]:
+    """`location: problem` for each model a tenant names (routes, allowed models, guard models)
+    that `models` lacks, and each API key two tenants share."""
+    problems = []
+    seen_keys: dict[str, str] = {}
+    for name, tenant in tenants.items():
+        for route_name, route in tenant.routes.items():
+            problems += [
+                f"tenants.{name}.routes.{route_name}: unknown model '{m}'" for m in route.models() if m not in models
+            ]
+        problems += [
+            f"tenants.{name}.allowed_models: unknown model '{m}'" for m in tenant.allowed_models if m not in models
+        ]
+        checkers = {
+            "harmful.judge_model": tenant.guards.harmful.judge_model,
+            "grounded.check_model": tenant.guards.grounded.check_model,
+        }
+        for field, checker in checkers.items():
+            if checker is not None and checker not in models:
+                problems.append(f"tenants.{name}.guards.{field}: unknown model '{checker}'")
+        for key in tenant.api_keys:
+            if key.sha256 in seen_keys:
+                problems.append(f"tenants.{name}: API key '{key.id}' is also used by '{seen_keys[key.sha256]}'")
+            seen_keys.setdefault(key.sha256, name)
+    return problems
 
 
 def hash_key(api_key: str) -> str:

@@ -497,6 +497,15 @@ def route_price(config: GatewayConfig, route_ref: str) -> tuple[str, Price]:
 
 
 def check_config(path: Path) -> int:
+    """Every problem of the file, one line each (`FILE: location: problem`) on stderr, exit 1; or ok."""
+    from ..config_check import config_problems
+
+    problems = config_problems(path)
+    for problem in problems:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}", file=sys.stderr)
+        return 1
     config = load_config(path)
     print(f"ok: {len(config.tenants)} tenants, {len(config.models)} models")
     return 0
