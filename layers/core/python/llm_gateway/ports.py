@@ -1,6 +1,10 @@
-"""Interfaces for every external store. Local adapters live in `adapters.local`, AWS ones in `adapters.aws`.
+"""Interfaces of the stores: caches, rate limits, ledgers, audit, review, allow-list, budgets, batch
+jobs and objects. Local adapters live in `adapters.local`, AWS ones in `adapters.aws`.
 
-Domain code depends on these protocols only; it never imports boto3 or momento.
+Interfaces that sit beside their domain code: the semantic index (`semantic.index.SemanticIndex`),
+metrics (`observability.MetricsSink`), providers (`providers.base.Provider`,
+`providers.batches.BatchAPI`) and the model endpoint (`model_endpoint.EndpointMonitor`). Domain
+code depends on the protocols only; it never imports boto3 or momento.
 """
 
 from __future__ import annotations
