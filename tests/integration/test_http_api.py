@@ -252,6 +252,27 @@ def test_models_lists_the_tenants_routes_and_pinned_models(base_url: str) -> Non
     assert httpx.get(base_url + "/models").status_code == 401
 
 
+def test_models_retrieve_answers_each_listed_model_and_404_for_any_other(base_url: str) -> None:
+    # Given the models the tenant's key lists
+    acme = client(base_url)
+    listed = list(acme.models.list())
+    # When the openai SDK retrieves each of them, Then it gets the very object the list holds
+    assert [acme.models.retrieve(model.id) for model in listed] == listed
+    # A model of the configuration the tenant may not use, an unknown one and one whose name has a
+    # slash are 404 model_not_found in OpenAI's error shape, which the SDK raises as NotFoundError.
+    for other, name in ((client(base_url, GLOBEX_KEY), "echo-b"), (acme, "gpt-nine"), (acme, "acme/default")):
+        with pytest.raises(openai.NotFoundError) as missing:
+            other.models.retrieve(name)
+        assert missing.value.code == "model_not_found"
+        assert missing.value.body == {
+            "message": f"The model '{name}' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "model_not_found",
+        }
+    assert httpx.get(base_url + "/models/default").status_code == 401
+
+
 def test_health_openapi_and_unknown_paths(base_url: str) -> None:
     root = base_url.removesuffix("/v1")
     assert httpx.get(root + "/healthz").json() == {"status": "ok"}

@@ -191,9 +191,13 @@ def flatmap_body(context: schemathesis.HookContext, body: Any) -> Any:
 
 @schema.hook
 def flatmap_path_parameters(context: schemathesis.HookContext, path_parameters: Any) -> Any:
-    """Batch ids: the tenant's job, the other tenant's job, or the generated one."""
+    """Batch ids: the tenant's job, the other tenant's job, or the generated one; model ids: the
+    tenant's route and pinned model, or the generated one."""
     if isinstance(path_parameters, dict) and isinstance(path_parameters.get("batch_id"), str):
         known = [{**path_parameters, "batch_id": job} for job in (BATCH_ID, OTHER_BATCH_ID)]
+        return st.sampled_from([path_parameters, *known])
+    if isinstance(path_parameters, dict) and isinstance(path_parameters.get("model"), str):
+        known = [{**path_parameters, "model": model} for model in ("default", "brief", "echo-b")]
         return st.sampled_from([path_parameters, *known])
     return st.just(path_parameters)
 
@@ -288,6 +292,7 @@ def test_the_served_document_is_the_fuzzed_one(gateway: FuzzGateway) -> None:
     app_routes = {
         ("POST", "/v1/chat/completions"),
         ("GET", "/v1/models"),
+        ("GET", "/v1/models/{model}"),
         ("GET", "/v1/batches"),
         ("GET", "/v1/batches/{batch_id}"),
         ("GET", "/healthz"),

@@ -36,6 +36,7 @@ from ..errors import (
     HeadersTooLarge,
     InternalError,
     InvalidRequest,
+    ModelNotFound,
     NotFound,
     PayloadTooLarge,
     from_validation_error,
@@ -271,6 +272,8 @@ class GatewayApp:
         return _ClosingStream(_sse(items), closing=items, media_type="text/event-stream", headers=headers)
 
     async def models(self, request: Request) -> Response:
+        """`GET /v1/models[/{model}]`: the routes and pinned models the caller's tenant may use, as
+        OpenAI model objects; one of them, or 404 `model_not_found` for any other name."""
         key = _api_key(request)
         found = self.deps.keys.get(hash_key(key)) if key else None
         if found is None:
@@ -278,7 +281,14 @@ class GatewayApp:
         tenant = self.deps.config.tenants[found[0]]
         names = [*tenant.routes, *[m for m in tenant.allowed_models if m not in tenant.routes]]
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-gateway"} for name in names]
-        return JSONResponse({"object": "list", "data": data})
+        wanted = request.path_params.get("model")
+        if wanted is None:
+            return JSONResponse({"object": "list", "data": data})
+        model = next((m for m in data if m["id"] == wanted), None)
+        if model is None:
+            message = f"The model '{wanted}' does not exist or you do not have access to it."
+            return _error_response(ModelNotFound(message))
+        return JSONResponse(model)
 
     async def batches(self, request: Request) -> Response:
         """`GET /v1/batches[/{id}]`: the caller's tenant's batch jobs, as OpenAI batch objects."""
@@ -399,6 +409,7 @@ def create_app(runner: LocalRunner) -> GatewayAsgi:
         routes=[
             Route(CHAT_PATH, gateway.chat_completions, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", gateway.models, methods=["GET"]),
             Route("/v1/batches", gateway.batches, methods=["GET"]),
             Route("/v1/batches/{batch_id}", gateway.batches, methods=["GET"]),
             Route("/healthz", gateway.healthz, methods=["GET"]),

@@ -226,6 +226,17 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json("A list of models.", "ModelList"), "401": _UNAUTHORIZED},
                 }
             },
+            "/v1/models/{model}": {
+                "get": {
+                    "summary": "One of the routes and models the key may use.",
+                    "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": _json("The model.", "Model"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("Not a route or model this key may use (code model_not_found)."),
+                    },
+                }
+            },
             "/v1/batches": {
                 "get": {
                     "summary": "The key's tenant's batch jobs (OpenAI batch objects), newest first.",
