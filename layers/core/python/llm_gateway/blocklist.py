@@ -15,7 +15,7 @@ before patterns, then list order). The matching rule is reported by its index (`
 from __future__ import annotations
 
 import re
-from re import _parser as sre_parse  # type: ignore[attr-defined]  # the stdlib's own regex parser
+from re import _parser as sre_parse  # type: ignore[attr-defined,unused-ignore]  # the stdlib's regex parser
 from typing import Any
 
 import ahocorasick

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..compression import Compressed, compress
@@ -82,6 +83,79 @@ def check_rate(context: TenantContext, deps: Deps, client_ip: str | None = None)
             raise RateLimited("Rate limit reached for this client address.", retry_after_s=wait)
 
 
+@dataclass
+class Screening:
+    """One request passing the input layers: what they read (`seen`: the messages, PII masked) and
+    the decisions so far. `classify` is False when a reviewer allow-listed the text: the classifier
+    layers are skipped."""
+
+    state: GatewayState
+    deps: Deps
+    context: TenantContext
+    policy: Guards
+    seen: list[ChatMessage]
+    pii: GuardDecision | None
+    pii_s: float
+    masked: list[ChatMessage] | None  # None: nothing was masked
+    masked_context: list[str] | None
+    restorable: dict[str, str]
+    classify: bool = True
+    decisions: list[GuardDecision] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A layer's decision; `refusal`: the tenant's message when it blocks; `seconds`: its time when
+    it was measured before the layer's turn (PII, screened first to mask the text)."""
+
+    decision: GuardDecision
+    refusal: str | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class InputLayer:
+    name: str
+    applies: Callable[[Screening], bool]
+    check: Callable[[Screening], Verdict]
+
+
+def _pii(screen: Screening) -> Verdict:
+    """PII's decision, made when the text was masked (before the other layers)."""
+    if screen.pii is None:  # the layer applies only when PII was screened
+        raise LookupError("PII was not screened")
+    return Verdict(screen.pii, seconds=screen.pii_s)
+
+
+def _topic(screen: Screening) -> Verdict:
+    decision, refusal = check_topic(screen.seen, screen.policy.topics)
+    return Verdict(decision, refusal)
+
+
+# In order. PII is screened before the others (they read the masked text) and recorded after
+# injection; the topic and copyright policies come before harmful content, so a request the
+# tenant does not serve is refused as such (with its message) and never costs a judge call.
+INPUT_LAYERS: tuple[InputLayer, ...] = (
+    InputLayer(
+        "injection",
+        lambda s: s.classify and s.policy.injection.enabled,
+        lambda s: Verdict(check_injection(s.state, s.policy.injection)),
+    ),
+    InputLayer("pii", lambda s: s.pii is not None, _pii),
+    InputLayer("topics", lambda s: s.classify and s.policy.topics.enabled, _topic),
+    InputLayer(
+        "copyright",
+        lambda s: s.classify and s.policy.copyright.enabled,
+        lambda s: Verdict(copyright_decision(s.seen, s.policy.copyright), s.policy.copyright.refusal),
+    ),
+    InputLayer(
+        "harmful",
+        lambda s: s.classify and s.policy.harmful.enabled and s.policy.harmful.input,
+        lambda s: Verdict(check_harmful_input(s.state, s.deps, s.context, s.seen)),
+    ),
+)
+
+
 def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
     """Refuse what must not reach a model; protocol failures raise, policy refusals return `blocked`."""
     context = authenticate(state, deps)
@@ -95,92 +169,87 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         rule = blocklist.first_match(message.text())
         if rule is not None:
             return GuardResult(outcome="blocked", tenant=context, layer="blocklist", reason=rule)
-    decisions: list[GuardDecision] = []
-    policy = deps.config.tenants[context.tenant].guards
-
-    def run(check: Callable[[], GuardDecision]) -> bool:
-        """Time one layer, record its decision; True when it blocks."""
+    screen = _screen(state, deps, context)
+    for layer in INPUT_LAYERS:
+        if not layer.applies(screen):
+            continue
         started = time.perf_counter()
-        decision = check()
-        record_layer(deps, decision, started)
-        decisions.append(decision)
-        return decision.action == "block"
+        verdict = layer.check(screen)
+        record_layer(deps, verdict.decision, started if verdict.seconds is None else started - verdict.seconds)
+        screen.decisions.append(verdict.decision)
+        if verdict.decision.action == "block":
+            return _blocked(screen, verdict)
+    return _allowed(screen)
 
-    def blocked(refusal: str | None = None) -> GuardResult:
-        last = decisions[-1]
-        if deps.review is not None and last.layer in CLASSIFIER_LAYERS and not pii_rejected:
-            # A classifier's refusal is queued too: a reviewer's approval corrects it (allow-list).
-            text = scored_text(seen)
-            submit_for_review(state, deps.review, context.tenant, "input", [last], text, deps.clock(), "block")
-        return GuardResult(
-            outcome="blocked",
-            tenant=context,
-            layer=last.layer,
-            reason=last.reason,
-            message=refusal,
-            decisions=decisions,
-        )
 
-    # PII is screened first, its decision recorded in its place after injection's: the allow-list
-    # and the review queue see the text as masked.
-    pii_started = time.perf_counter()
-    pii_decision, masked, masked_context, restorable = (
+def _screen(state: GatewayState, deps: Deps, context: TenantContext) -> Screening:
+    """Mask PII (timed: its decision is recorded in its turn), then consult the allow-list."""
+    policy = deps.config.tenants[context.tenant].guards
+    started = time.perf_counter()
+    pii, masked, masked_context, restorable = (
         check_pii(state, policy.pii) if policy.pii.enabled else (None, None, None, {})
     )
-    pii_s = time.perf_counter() - pii_started
-    pii_rejected = pii_decision is not None and pii_decision.action == "block"
-    seen = masked if masked is not None else state.request.messages
-    classify = pii_rejected or not run_allowlist(deps, context.tenant, policy, seen, decisions)
-    refusal: list[str | None] = [None]
-
-    def topic() -> GuardDecision:
-        decision, refusal[0] = check_topic(seen, policy.topics)
-        return decision
-
-    if classify and policy.injection.enabled and run(lambda: check_injection(state, policy.injection)):
-        return blocked()
-    if pii_decision is not None:
-        record_layer(deps, pii_decision, time.perf_counter() - pii_s)
-        decisions.append(pii_decision)
-        if pii_rejected:
-            return blocked()
-    # The topic and copyright policies before harmful content: a request the tenant does not serve
-    # is refused as such (with its message), and never costs a judge call.
-    policies: tuple[tuple[bool, Callable[[], GuardDecision], Callable[[], str | None]], ...] = (
-        (policy.topics.enabled, topic, lambda: refusal[0]),
-        (
-            policy.copyright.enabled,
-            lambda: copyright_decision(seen, policy.copyright),
-            lambda: policy.copyright.refusal,
-        ),
-        (
-            policy.harmful.enabled and policy.harmful.input,
-            lambda: check_harmful_input(state, deps, context, seen),
-            lambda: None,
-        ),
-    )
-    for enabled, check, refusal_text in policies:
-        if classify and enabled and run(check):
-            return blocked(refusal_text())
-    saved = 0
-    compression = deps.config.tenants[context.tenant].compression
-    if compression.enabled:
-        compressed = compress_messages(seen, compression)
-        if compressed.chars_after < compressed.chars_before:
-            masked, saved = compressed.messages, compressed.saved_tokens
-            deps.metrics.count("compression_saved_tokens", saved, tenant=context.tenant)
-    result = GuardResult(
-        outcome="allowed",
-        tenant=context,
-        decisions=decisions,
-        masked_messages=masked,
+    screen = Screening(
+        state=state,
+        deps=deps,
+        context=context,
+        policy=policy,
+        seen=masked if masked is not None else state.request.messages,
+        pii=pii,
+        pii_s=time.perf_counter() - started,
+        masked=masked,
         masked_context=masked_context,
         restorable=restorable,
+    )
+    rejected = pii is not None and pii.action == "block"
+    # The allow-list never overrides a PII rejection (nor is it consulted then)
+    screen.classify = rejected or not run_allowlist(deps, context.tenant, policy, screen.seen, screen.decisions)
+    return screen
+
+
+def _blocked(screen: Screening, verdict: Verdict) -> GuardResult:
+    """The refusal; a classifier's is queued for review too (a reviewer's approval allow-lists it)."""
+    deps, last = screen.deps, verdict.decision
+    pii_rejected = screen.pii is not None and screen.pii.action == "block"
+    if deps.review is not None and last.layer in CLASSIFIER_LAYERS and not pii_rejected:
+        text = scored_text(screen.seen)
+        submit_for_review(
+            screen.state, deps.review, screen.context.tenant, "input", [last], text, deps.clock(), "block"
+        )
+    return GuardResult(
+        outcome="blocked",
+        tenant=screen.context,
+        layer=last.layer,
+        reason=last.reason,
+        message=verdict.refusal,
+        decisions=screen.decisions,
+    )
+
+
+def _allowed(screen: Screening) -> GuardResult:
+    """What the model will see: the masked (and, for tenants that enable it, compressed) messages."""
+    deps, tenant = screen.deps, screen.context.tenant
+    masked = screen.masked
+    saved = 0
+    compression = deps.config.tenants[tenant].compression
+    if compression.enabled:
+        compressed = compress_messages(screen.seen, compression)
+        if compressed.chars_after < compressed.chars_before:
+            masked, saved = compressed.messages, compressed.saved_tokens
+            deps.metrics.count("compression_saved_tokens", saved, tenant=tenant)
+    if deps.review is not None and any(d.action == "flag" for d in screen.decisions):
+        submit_for_review(
+            screen.state, deps.review, tenant, "input", screen.decisions, scored_text(screen.seen), deps.clock()
+        )
+    return GuardResult(
+        outcome="allowed",
+        tenant=screen.context,
+        decisions=screen.decisions,
+        masked_messages=masked,
+        masked_context=screen.masked_context,
+        restorable=screen.restorable,
         saved_tokens=saved,
     )
-    if deps.review is not None and any(d.action == "flag" for d in decisions):
-        submit_for_review(state, deps.review, context.tenant, "input", decisions, scored_text(seen), deps.clock())
-    return result
 
 
 def scored_text(messages: list[ChatMessage]) -> str:
