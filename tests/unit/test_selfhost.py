@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +89,26 @@ tenants:
     assert f"self-hosting wins from {int(np.ceil(even)):,} requests/day on" in out
     assert even > 29_539 * 2  # routing makes the API side cheaper: self-hosting needs more volume
     assert main([*base, "--route", "acme.nope"]) == 2
+
+
+def test_the_documented_report_runs_on_the_shipped_example_config(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the commands docs/cost-control.md shows, and no configuration named (the shipped example)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cost-control.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", doc, flags=re.S)
+    commands = [line for block in blocks for line in block.splitlines() if line.startswith("llm-gateway cost-report")]
+    assert commands
+    monkeypatch.delenv("LLM_GATEWAY_CONFIG", raising=False)
+    for command in commands:
+        # When one runs, Then it prints the table and a verdict, as the document says
+        assert main(shlex.split(command)[1:]) == 0
+        out = capsys.readouterr().out
+        assert "smollm2-135m-instruct-q4_1 at 0.12 $/h, 45 tok/s" in out
+        assert "| 1,000 | 0.20 | 2.88 | 1 | API |" in out
+        assert out.rstrip().endswith(
+            "self-hosting never wins: a busy instance-day costs more than the API for the same requests"
+        )
+    assert main(["cost-report", "--api-price", "2.5", "10", "--selfhost-model", "smollm2-135m-instruct-q4_1"]) == 0
+    assert "self-hosting wins from 887 requests/day on" in capsys.readouterr().out
+    assert main(["cost-report", "--api-price", "-1", "1", "--selfhost-model", "smollm2-135m-instruct-q4_1"]) == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import secrets
 import signal
@@ -16,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, Price, hash_key, load_config
+from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, hash_key, load_config
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
-from . import batch_cli, guard_cli
+from . import batch_cli, cost_cli, guard_cli
 from .store_location import load_local_config, note_if_new
 from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
 
@@ -297,16 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     review_cmd.add_argument("--status", default="pending", choices=["pending", "approved", "rejected", "all"])
     review_cmd.add_argument("--by", default=os.environ.get("USER", "reviewer"), help="reviewer name recorded")
     review_cmd.add_argument("--table", help="a deployment's review table (DynamoDB) instead of the local store")
-    cost_cmd = commands.add_parser("cost-report", help="at which daily volume self-hosting beats an API model")
-    cost_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
-    api_side = cost_cmd.add_mutually_exclusive_group(required=True)
-    api_side.add_argument("--api-model", help="a model id whose price is the API's")
-    api_side.add_argument("--route", help="tenant.route: its model's price, or its models' blend at the router's knob")
-    cost_cmd.add_argument("--selfhost-model", required=True, help="a model id with hourly_usd and tokens_per_second")
-    cost_cmd.add_argument("--prompt-tokens", type=int, default=500, help="per request")
-    cost_cmd.add_argument("--completion-tokens", type=int, default=200, help="per request")
-    cost_cmd.add_argument("--utilisation", type=float, default=0.5, help="share of the day an instance is busy")
-    cost_cmd.add_argument("--min-instances", type=int, default=1)
+    cost_cli.add_parser(commands, os.environ.get("LLM_GATEWAY_CONFIG"))
     calibrate_cmd = commands.add_parser(
         "route-calibrate", help="complexity-router thresholds from a tenant's own prompts"
     )
@@ -335,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "review": lambda: review(args.config, args.action, args.target, args.tenant, args.status, args.by, args.table),
         "check-config": lambda: check_config(args.config),
-        "cost-report": lambda: cost_report(args),
+        "cost-report": lambda: cost_cli.cost_report(args),
         "route-calibrate": lambda: route_calibrate(args),
         "batch": lambda: batch_cli.run(args),
         "guard-report": lambda: guard_cli.guard_report(args),
@@ -430,70 +420,6 @@ def review(
     finally:
         if hasattr(store, "close"):
             store.close()
-
-
-def cost_report(args: argparse.Namespace) -> int:
-    """API cost against a self-hosted endpoint's per day, over volumes, and the break-even."""
-    from ..selfhost import SelfHosted, Workload, break_even, report_rows
-
-    config = load_config(args.config or EXAMPLE_CONFIG)
-    for name in (args.api_model, args.selfhost_model):
-        if name is not None and name not in config.models:
-            raise ConfigError(f"no model {name!r} in the configuration")
-    own = config.models[args.selfhost_model]
-    label, api_price = (
-        (args.api_model, config.models[args.api_model].price) if args.api_model else route_price(config, args.route)
-    )
-    if own.hourly_usd is None or own.tokens_per_second is None:
-        raise ConfigError(f"model {args.selfhost_model!r} needs hourly_usd and tokens_per_second")
-    if not 0 < args.utilisation <= 1 or args.min_instances < 1:
-        raise ConfigError("--utilisation must be in (0, 1] and --min-instances at least 1")
-    hosted = SelfHosted(own.hourly_usd, own.tokens_per_second, args.utilisation, args.min_instances)
-    workload = Workload(args.prompt_tokens, args.completion_tokens)
-    print(
-        f"{label} at {api_price.input_per_mtok:g}/{api_price.output_per_mtok:g} $/Mtok vs {args.selfhost_model} "
-        f"at {own.hourly_usd} $/h, {own.tokens_per_second:g} tok/s x {args.utilisation:g} busy; "
-        f"{workload.prompt_tokens} + {workload.completion_tokens} tokens a request"
-    )
-    print("| requests/day | API $/day | self-hosted $/day | instances | cheaper |\n|---|---|---|---|---|")
-    for volume, api_cost, own_cost, instances in report_rows(
-        api_price, hosted, workload, [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
-    ):
-        cheaper = "self-hosted" if own_cost < api_cost else "API"
-        print(f"| {volume:,} | {api_cost:,.2f} | {own_cost:,.2f} | {instances} | {cheaper} |")
-    even = break_even(api_price, hosted, workload)
-    if even is None:
-        print("self-hosting never wins: a busy instance-day costs more than the API for the same requests")
-    else:
-        print(f"self-hosting wins from {math.ceil(even):,} requests/day on")
-    return 0
-
-
-def route_price(config: GatewayConfig, route_ref: str) -> tuple[str, Price]:
-    """A route's price per token for the cost report: its first model's, or for a complexity-routed
-    route the average of its models' prices weighted by the share of traffic each gets."""
-    from ..routing.complexity import default_scorer, tier_weights
-
-    tenant, _, name = route_ref.partition(".")
-    route = config.tenants[tenant].routes.get(name) if tenant in config.tenants else None
-    if route is None:
-        raise ConfigError(f"no route '{route_ref}' (tenant.route) in the configuration")
-    if route.complexity is None:
-        return f"route {route_ref} ({route.model})", config.models[route.model].price
-    prices = [config.models[m].price for m in route.complexity.models]
-    weights = tier_weights(route.complexity, prices, default_scorer().model)
-
-    def blend(field: str) -> float:
-        values = [getattr(p, field) if getattr(p, field) is not None else p.input_per_mtok for p in prices]
-        return sum(w * v for w, v in zip(weights, values, strict=True))
-
-    shares = ", ".join(f"{w:.0%} {m}" for w, m in zip(weights, route.complexity.models, strict=True))
-    blended = Price(
-        input_per_mtok=blend("input_per_mtok"),
-        cached_input_per_mtok=blend("cached_input_per_mtok"),
-        output_per_mtok=blend("output_per_mtok"),
-    )
-    return f"route {route_ref} ({shares})", blended
 
 
 def check_config(path: Path) -> int:
