@@ -126,11 +126,15 @@ RESPONSE_TEMPLATE = (
 #if($state.router.complexity)
 #set($context.responseOverride.header.x-gateway-complexity = "$state.router.complexity")
 #end
+#elseif($state.cache.route)
+#set($context.responseOverride.header.x-gateway-route = $state.cache.route)
 #end
 #if($state.invoke)
 #set($context.responseOverride.header.x-gateway-attempts = "$state.invoke.attempts.size()")
-#set($context.responseOverride.header.x-gateway-cost-usd = "$state.finish.cost_usd")
+#else
+#set($context.responseOverride.header.x-gateway-attempts = "0")
 #end
+#set($context.responseOverride.header.x-gateway-cost-usd = "$state.finish.cost_usd")
 #if($state.guard && $state.guard.saved_tokens > 0)
 #set($context.responseOverride.header.x-gateway-compression-saved-tokens = "$state.guard.saved_tokens")
 #end

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, get_args
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cdk import api_mapping
+from cdk import constants as c
 from cdk.constructs.api import request_schema
 from cdk.draft4 import DRAFT4, to_draft4
 from llm_gateway.contracts import ChatCompletionRequest, ErrorBody, GatewayState
@@ -195,3 +196,36 @@ def test_response_template_sets_the_headers_the_definition_gives_the_rest_api() 
             assert template.index(f"responseOverride.header.{header.name} =") > answer_only, header.name
     for header in (response_headers.REQUEST_ID, response_headers.RETRY_AFTER):
         assert template.index(f"responseOverride.header.{header.name} =") < answer_only
+
+
+def _field_type(model: type[BaseModel], name: str) -> Any:
+    """The model class (or plain type) of `model.name`, through `X | None`."""
+    annotation = model.model_fields[name].annotation
+    classes = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return classes[0] if classes else annotation
+
+
+def test_every_state_path_the_response_template_reads_is_a_field_of_the_gateway_state() -> None:
+    template = api_mapping.RESPONSE_TEMPLATE
+    # `$state.a.b` and `$state.a.b.size()` (a method of the value, not a field)
+    found = re.finditer(r"\$state\.([a-z_]+(?:\.[a-z_]+)*)(\()?", template)
+    paths = {m[1].rsplit(".", 1)[0] if m[2] else m[1] for m in found} - {c.HTTP_RESULT}
+    assert {"cache.route", "finish.cost_usd", "guard.saved_tokens"} <= paths
+    for path in paths:
+        model: Any = GatewayState
+        for name in path.split("."):
+            assert isinstance(model, type) and issubclass(model, BaseModel), path
+            assert name in model.model_fields, f"$state.{path}: {model.__name__} has no field {name}"
+            model = _field_type(model, name)
+
+
+def test_a_cache_hit_gets_its_route_no_attempts_and_its_cost_from_the_rest_api() -> None:
+    template = api_mapping.RESPONSE_TEMPLATE
+    # the router does not run on a hit: the cache step's route; no model call; finish's cost (0)
+    route = "#elseif($state.cache.route)\n#set($context.responseOverride.header.x-gateway-route = $state.cache.route)"
+    assert route in template
+    assert '#else\n#set($context.responseOverride.header.x-gateway-attempts = "0")\n#end' in template
+    cost = '\n#set($context.responseOverride.header.x-gateway-cost-usd = "$state.finish.cost_usd")\n'
+    assert cost in template
+    answer_block = template[template.index("#if($answer.status == 200)") :]
+    assert answer_block.index(cost) < answer_block.index("#if($state.guard")  # outside `#if($state.invoke)`

@@ -79,6 +79,32 @@ def test_second_identical_request_hits_the_exact_cache_but_not_for_another_tenan
     assert second.headers["x-request-id"] != first.headers["x-request-id"]
 
 
+def test_a_cache_hit_names_its_route_costs_nothing_and_called_no_model(base_url: str) -> None:
+    # Given an answer paid for once, by a route and by a pinned model
+    for model in ("default", "echo-b"):
+        messages = [{"role": "user", "content": f"what does asking {model} twice cost"}]
+        first = client(base_url).chat.completions.with_raw_response.create(model=model, messages=messages)  # type: ignore[arg-type]
+        # When the same request comes again, as JSON and streamed
+        again = client(base_url).chat.completions.with_raw_response.create(model=model, messages=messages)  # type: ignore[arg-type]
+        with httpx.stream(
+            "POST",
+            base_url + "/chat/completions",
+            json={"model": model, "messages": messages, "stream": True},
+            headers={"authorization": f"Bearer {ACME_KEY}"},
+        ) as streamed:
+            streamed.read()
+        # Then the hits say which route answered, that no model was called and that they cost nothing,
+        # as the body's usage does
+        assert first.headers["x-gateway-cache"] == "miss" and first.headers["x-gateway-attempts"] == "1"
+        assert float(first.headers["x-gateway-cost-usd"]) > 0
+        for hit in (again, streamed):
+            assert hit.headers["x-gateway-cache"] == "exact"
+            assert hit.headers["x-gateway-route"] == model == first.headers["x-gateway-route"]
+            assert (hit.headers["x-gateway-attempts"], hit.headers["x-gateway-cost-usd"]) == ("0", "0.00000000")
+        usage = again.parse().usage
+        assert usage is not None and usage.model_extra is not None and usage.model_extra["cost_usd"] == 0
+
+
 def test_cache_control_no_cache_bypasses_the_cache(base_url: str) -> None:
     messages = [{"role": "user", "content": "bypass me"}]
     client(base_url).chat.completions.create(model="default", messages=messages)  # type: ignore[arg-type]

@@ -327,6 +327,7 @@ class CacheResult(_Strict):
     query_vector: str | None = None
     store: bool = True
     response: ChatCompletion | None = None
+    route: str | None = None  # hits: the route the request resolved through (the router does not run)
 
 
 class RouteResult(_Strict):

@@ -104,9 +104,10 @@ ROUTE = ResponseHeader(
     "x-gateway-route",
     "the route the request's `model` resolved through (a pinned model is its own route)",
     "a route or model name of the tenant",
-    "200 answers from a model (not cache hits)",
+    "200 answers, cache hits included",
     (APP, REST),
     ANSWER,
+    always=True,
 )
 COMPLEXITY = ResponseHeader(
     "x-gateway-complexity",
@@ -121,8 +122,8 @@ COMPLEXITY = ResponseHeader(
 ATTEMPTS = ResponseHeader(
     "x-gateway-attempts",
     "provider calls made for the answer, retries and fallbacks included",
-    "a whole number, at least 1",
-    "answers from a model, except streamed ones (the headers leave before the model is done)",
+    "a whole number: at least 1, `0` on cache hits",
+    "200 answers, except streamed ones from a model (the headers leave before the model is done)",
     (APP, REST),
     ANSWER,
     _COUNT,
@@ -131,8 +132,9 @@ COST = ResponseHeader(
     "x-gateway-cost-usd",
     "what this request cost: the answer's usage priced by the configuration's price table "
     "(the body's `usage.cost_usd`, what budgets are charged)",
-    "US dollars, 8 decimals",
-    "answers from a model, except streamed ones (their usage comes in the last chunk)",
+    "US dollars, 8 decimals; `0.00000000` on cache hits: nothing was paid or charged (the answer's first "
+    "request paid for it)",
+    "200 answers, except streamed ones from a model (their usage comes in the last chunk)",
     (APP, REST),
     ANSWER,
     {"type": "string", "pattern": r"^[0-9]+\.[0-9]{8}$"},

@@ -51,7 +51,7 @@ def cache_lookup_step(state: GatewayState, deps: Deps) -> CacheResult:
         cached = deps.cache.get(key, deps.clock())
         if cached is not None:
             deps.metrics.count("cache_lookups", status="exact")
-            return CacheResult(status="exact", key=key, store=False, response=cached)
+            return CacheResult(status="exact", key=key, store=False, response=cached, route=planned.route)
     settings = deps.config.tenants[tenant].semantic_cache
     semantic = None
     if deps.semantic is not None and settings.enabled and semantic_allowed(request, settings.max_temperature):
@@ -60,7 +60,7 @@ def cache_lookup_step(state: GatewayState, deps: Deps) -> CacheResult:
         hit = _semantic_hit(state, deps, settings, key, *semantic)
         if hit is not None:
             deps.metrics.count("cache_lookups", status="semantic")
-            return hit
+            return hit.model_copy(update={"route": planned.route})
     status = "miss" if lookup else "bypass"
     deps.metrics.count("cache_lookups", status=status)
     if semantic is None or not store:

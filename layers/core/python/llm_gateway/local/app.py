@@ -131,6 +131,11 @@ def _decision_headers(state: GatewayState, model: str | None) -> dict[str, str]:
     if state.invoke is not None:
         headers[ATTEMPTS.name] = str(len(state.invoke.attempts))
         headers[COST.name] = f"{state.invoke.response.usage.cost_usd:.8f}"
+    elif state.cache is not None and state.cache.response is not None:  # a hit: no model was called or paid
+        if state.cache.route is not None:
+            headers[ROUTE.name] = state.cache.route
+        headers[ATTEMPTS.name] = "0"
+        headers[COST.name] = f"{0.0:.8f}"
     if state.guard is not None and state.guard.saved_tokens:
         headers[COMPRESSION_SAVED_TOKENS.name] = str(state.guard.saved_tokens)
     if state.moderate is not None:
