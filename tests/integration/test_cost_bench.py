@@ -4,15 +4,13 @@ as the services do (prompt caching only where the services would cache)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from bench.cost import LEVERS, Item, replay, scenarios, system_prompt, workload
+from tests.support.evaluation_data import QQP, needs_qqp
 from tests.support.fake_providers import Script, fake_server
 from tests.support.priced_providers import PricedResponder, tokens
 
-QQP = Path(__file__).resolve().parents[3] / "shared" / "data" / "qqp_pairs.jsonl.gz"
 
-
+@needs_qqp
 def test_the_workload_holds_hard_requests_repeats_and_paraphrases_after_their_first_ask() -> None:
     items = workload(QQP)
     kinds = [item.kind for item in items]
@@ -25,6 +23,7 @@ def test_the_workload_holds_hard_requests_repeats_and_paraphrases_after_their_fi
     assert tokens(system_prompt()) >= 1024  # long enough for the providers' prompt caches
 
 
+@needs_qqp
 def test_each_lever_saves_and_all_together_save_most() -> None:
     items = workload(QQP)[:70] + [Item(text, 0, "repeat") for text in ("Hello", "What is AI?")] * 2
     results = scenarios(items, small_share=0.64)  # the operating point docs/cost-control.md reports

@@ -25,8 +25,8 @@ from llm_gateway.routing.complexity import (
 )
 from llm_gateway.routing.complexity_data import load
 from llm_gateway.routing.features import FEATURE_NAMES, heuristic_features, request_features
+from tests.support.evaluation_data import QQP, needs_qqp
 
-QQP = Path(__file__).resolve().parents[3] / "shared" / "data" / "qqp_pairs.jsonl.gz"
 KNOB = 0.64  # the operating point docs/cost-control.md reports
 
 
@@ -42,6 +42,7 @@ def _scored(part: str) -> tuple[np.ndarray, np.ndarray]:
     return scores, np.array([e.label == 1 for e in examples])
 
 
+@needs_qqp
 def test_held_out_split_sends_most_traffic_small_while_hard_requests_reach_the_large_model() -> None:
     scores, hard = _scored("test")
     assert 110 <= hard.sum() <= 130 and len(hard) > 400  # the split is what the docs describe
@@ -56,6 +57,7 @@ def test_held_out_split_sends_most_traffic_small_while_hard_requests_reach_the_l
     assert recalls[-1] < 0.9  # at 90 % small the router must drop hard requests: the knob matters
 
 
+@needs_qqp
 def test_the_knob_is_the_share_of_the_reference_mix_below_the_threshold() -> None:
     scores, _ = _scored("train")
     model = default_scorer().model
@@ -179,6 +181,7 @@ def test_route_config_rules() -> None:
             parse_config(CONFIG % text)
 
 
+@needs_qqp
 def test_route_calibrate_splits_a_tenants_own_prompts_at_the_knob(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

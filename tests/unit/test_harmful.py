@@ -22,8 +22,7 @@ from llm_gateway.moderation.harmful import (
 )
 from llm_gateway.moderation.harmful_data import harmbench, harmbench_contextual, load
 from llm_gateway.moderation.judge import JudgeUnparseable, JudgeVerdict, parse_verdict
-
-QQP = Path(__file__).resolve().parents[3] / "shared" / "data" / "qqp_pairs.jsonl.gz"
+from tests.support.evaluation_data import QQP, needs_qqp
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +156,7 @@ def test_scores_equal_a_direct_tfidf_computation(classifier: HarmfulClassifier) 
         assert assessed.category_score == pytest.approx(float(softmax.max()), abs=1e-9)
 
 
+@needs_qqp
 def test_categories_name_the_kind_of_harm(classifier: HarmfulClassifier) -> None:
     examples = [e for e in load("test", QQP) if e.category is not None]
     right = sum(classifier.assess(e.text).category == e.category for e in examples)
