@@ -24,14 +24,17 @@ if TYPE_CHECKING:
     from ..ports import BatchJob, BatchJobs
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], config_default: str | None) -> None:
-    batch_cmd = commands.add_parser("batch", help="batch jobs: submit a JSONL file, see status, get results")
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    batch_cmd = commands.add_parser(
+        "batch", help="batch jobs: submit a JSONL file, see status, get results", parents=parents
+    )
     batch_cmd.add_argument("action", choices=["submit", "status", "results"])
     batch_cmd.add_argument("target", nargs="?", help="submit: the JSONL file; status/results: the job id")
     batch_cmd.add_argument("--tenant", help="submit: the tenant the file runs for; status: only its jobs")
     batch_cmd.add_argument("--errors", action="store_true", help="results: print the errors file instead")
     batch_cmd.add_argument("--parallel", type=int, default=4, help="lines answered at once (no provider batch API)")
-    batch_cmd.add_argument("--config", default=config_default, help="YAML configuration")
     batch_cmd.add_argument(
         "--table", help="status: a deployment's batch job table (DynamoDB) instead of the local store"
     )

@@ -258,11 +258,21 @@ def route_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_serve_parser(commands: Any) -> None:
-    serve_cmd = commands.add_parser("serve", help="serve the gateway (and the local model) over HTTP")
+def config_option() -> argparse.ArgumentParser:
+    """The `--config` every command that reads the configuration takes (argparse parent parser)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config",
+        default=os.environ.get("LLM_GATEWAY_CONFIG"),
+        help="YAML configuration (default: $LLM_GATEWAY_CONFIG, else the shipped example)",
+    )
+    return parent
+
+
+def _add_serve_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    serve_cmd = commands.add_parser("serve", help="serve the gateway (and the local model) over HTTP", parents=parents)
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8080)
-    serve_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
     serve_cmd.add_argument(
         "--endpoint-restart-s",
         type=float,
@@ -276,18 +286,21 @@ def _add_serve_parser(commands: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-gateway", description="An OpenAI-compatible LLM gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_serve_parser(commands)
+    configured = [config_option()]
+    _add_serve_parser(commands, configured)
     check_cmd = commands.add_parser("check-config", help="validate a configuration file and exit")
     check_cmd.add_argument("config", type=Path)
-    purge_cmd = commands.add_parser("purge", help="remove a tenant's cached answers from the local store")
-    purge_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
+    purge_cmd = commands.add_parser(
+        "purge", help="remove a tenant's cached answers from the local store", parents=configured
+    )
     purge_cmd.add_argument("--tenant", required=True)
     only = purge_cmd.add_mutually_exclusive_group()
     only.add_argument("--model", help="only this pinned model version")
     only.add_argument("--kb-version", help="only answers given from this knowledge-base version (metadata.kb_version)")
     only.add_argument("--system-prompt-file", type=Path, help="only answers given under the system prompt in this file")
-    review_cmd = commands.add_parser("review", help="the human review queue: list, approve, reject, export")
-    review_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
+    review_cmd = commands.add_parser(
+        "review", help="the human review queue: list, approve, reject, export", parents=configured
+    )
     review_cmd.add_argument("action", choices=["list", "approve", "reject", "export", "export-approved"])
     review_cmd.add_argument(
         "target", nargs="?", help="approve/reject: the item id; export, export-approved: the JSONL file"
@@ -296,17 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     review_cmd.add_argument("--status", default="pending", choices=["pending", "approved", "rejected", "all"])
     review_cmd.add_argument("--by", default=os.environ.get("USER", "reviewer"), help="reviewer name recorded")
     review_cmd.add_argument("--table", help="a deployment's review table (DynamoDB) instead of the local store")
-    cost_cli.add_parser(commands, os.environ.get("LLM_GATEWAY_CONFIG"))
+    cost_cli.add_parser(commands, configured)
     calibrate_cmd = commands.add_parser(
-        "route-calibrate", help="complexity-router thresholds from a tenant's own prompts"
+        "route-calibrate", help="complexity-router thresholds from a tenant's own prompts", parents=configured
     )
     calibrate_cmd.add_argument("--prompts", type=Path, required=True, help="JSONL chat requests or text, one per line")
     calibrate_cmd.add_argument("--small-share", type=float, help="share of traffic to keep off the largest model")
     calibrate_cmd.add_argument("--tiers", type=int, default=2, help="models in the route (without --route)")
     calibrate_cmd.add_argument("--route", help="tenant.route: its models and knob (a share or a cost)")
-    calibrate_cmd.add_argument("--config", default=os.environ.get("LLM_GATEWAY_CONFIG"), help="YAML configuration")
-    batch_cli.add_parser(commands, os.environ.get("LLM_GATEWAY_CONFIG"))
-    guard_cli.add_parser(commands, os.environ.get("LLM_GATEWAY_CONFIG"))
+    batch_cli.add_parser(commands, configured)
+    guard_cli.add_parser(commands, configured)
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)

@@ -9,9 +9,12 @@ from ..config import EXAMPLE_CONFIG, GatewayConfig, Price, load_config
 from ..errors import ConfigError
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], config_default: str | None) -> None:
-    cost_cmd = commands.add_parser("cost-report", help="at which daily volume self-hosting beats an API model")
-    cost_cmd.add_argument("--config", default=config_default, help="YAML configuration")
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    cost_cmd = commands.add_parser(
+        "cost-report", help="at which daily volume self-hosting beats an API model", parents=parents
+    )
     api_side = cost_cmd.add_mutually_exclusive_group(required=True)
     api_side.add_argument("--api-model", help="a model id whose price is the API's")
     api_side.add_argument("--route", help="tenant.route: its model's price, or its models' blend at the router's knob")

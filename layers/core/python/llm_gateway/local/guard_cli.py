@@ -14,11 +14,14 @@ from ..ports import ReviewItem
 from .store_location import load_local_config
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], config_default: str | None) -> None:
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
     report = commands.add_parser(
-        "guard-report", help="per tenant and guard layer: requests seen, shares flagged, refused and logged"
+        "guard-report",
+        help="per tenant and guard layer: requests seen, shares flagged, refused and logged",
+        parents=parents,
     )
-    report.add_argument("--config", default=config_default, help="YAML configuration (its storage_path)")
     report.add_argument("--since", help="ISO date or date-time (UTC unless it names an offset), included")
     report.add_argument("--until", help="ISO date (that whole day included) or date-time (excluded)")
     report.add_argument("--tenant", help="only this tenant")
