@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from llm_gateway.asgi_serving import AnnouncingServer, read_limited_body, ready_line
 from llm_gateway.context_window import CODE as CONTEXT_LENGTH_EXCEEDED
 from llm_gateway.context_window import context_message, parse_overflow
 from llm_gateway.endpoint_contract import NDJSON, InvocationRequest, StreamEvent
@@ -98,16 +98,9 @@ def parse_invocation(body: bytes) -> InvocationRequest:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the body, refusing (413) more than `limit` bytes without buffering the excess."""
-    too_large = RequestError(413, f"request body exceeds {limit} bytes", code="request_too_large")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
+    return await read_limited_body(
+        request, limit, lambda: RequestError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+    )
 
 
 def _ndjson_line(event: StreamEvent) -> bytes:
@@ -200,22 +193,6 @@ def create_app(
     )
 
 
-def ready_line(host: str, port: int) -> str:
-    """The line printed once the server listens: `ready http://HOST:PORT`."""
-    shown = f"[{host}]" if ":" in host else host
-    return f"ready http://{shown}:{port}"
-
-
-class _AnnouncingServer(uvicorn.Server):
-    """uvicorn server that prints the ready line once its socket listens (with the real port)."""
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            port = self.servers[0].sockets[0].getsockname()[1]
-            print(ready_line(self.config.host, port), flush=True)
-
-
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     # uvicorn handles SIGTERM/SIGINT while serving, then re-raises the signal after its graceful
     # shutdown; exiting here makes both that and a signal during model loading a clean exit 0.
@@ -256,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level="warning",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    server = _AnnouncingServer(config)
+    server = AnnouncingServer(config, lambda host, port: [ready_line(host, port)])
     server.run()
     return 0 if server.started else 1
 

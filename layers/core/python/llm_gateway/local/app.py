@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..asgi_serving import read_limited_body
 from ..cache.purge import PurgeRequest, purge_caches
 from ..config import hash_key
 from ..contracts import CallerContext, ChatCompletionRequest, ErrorBody, GatewayState
@@ -88,18 +89,10 @@ def _error_response(error: GatewayError, request_id: str | None = None) -> Respo
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
-    body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+        return await read_limited_body(request, limit, lambda: PayloadTooLarge(f"Request body exceeds {limit} bytes."))
     except ClientDisconnect:
         raise ClientClosedRequest("The client closed the connection while sending the request.") from None
-    return bytes(body)
 
 
 def _parse(body: bytes) -> ChatCompletionRequest:
@@ -253,7 +246,7 @@ class GatewayApp:
         self, request_id: str, received_at: float, key: str | None, request: Request, error: GatewayError
     ) -> None:
         """Audit a request refused before the chain could run (unreadable, too large, invalid)."""
-        found = self.deps.keys.get(hash_key(key)) if key else None
+        found = self._key_owner(key)
         tenant, key_id = found if found is not None else (None, None)
         client_ip = request.client.host if request.client else None
         self.deps.audit.record(refused_record(request_id, received_at, tenant, key_id, client_ip, error, time.time()))
@@ -279,8 +272,7 @@ class GatewayApp:
     async def models(self, request: Request) -> Response:
         """`GET /v1/models[/{model}]`: the routes and pinned models the caller's tenant may use, as
         OpenAI model objects; one of them, or 404 `model_not_found` for any other name."""
-        key = _api_key(request)
-        found = self.deps.keys.get(hash_key(key)) if key else None
+        found = self._key_owner(_api_key(request))
         if found is None:
             return _error_response(AuthenticationFailed("Incorrect API key provided."))
         tenant = self.deps.config.tenants[found[0]]
@@ -299,8 +291,7 @@ class GatewayApp:
         """`GET /v1/batches[/{id}]`: the caller's tenant's batch jobs, as OpenAI batch objects."""
         from ..batch.status import tenant_batch, tenant_batches  # the batch engine only when asked (cold start)
 
-        key = _api_key(request)
-        found = self.deps.keys.get(hash_key(key)) if key else None
+        found = self._key_owner(_api_key(request))
         if found is None:
             return _error_response(AuthenticationFailed("Incorrect API key provided."))
         jobs = self.deps.batch_jobs
@@ -313,6 +304,10 @@ class GatewayApp:
             return JSONResponse(await anyio.to_thread.run_sync(tenant_batch, jobs, found[0], job_id))
         except NotFound as error:
             return _error_response(error)
+
+    def _key_owner(self, key: str | None) -> tuple[str, str] | None:
+        """(tenant, key id) of a tenant's API key; None for no key or one no tenant holds."""
+        return self.deps.keys.get(hash_key(key)) if key else None
 
     def _is_admin(self, request: Request) -> bool:
         key = _api_key(request)

@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -102,6 +101,7 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
     (restarted with `restart` backoff when it dies)."""
     import uvicorn
 
+    from ..asgi_serving import AnnouncingServer, ready_line
     from ..runner import LocalRunner
     from .app import create_app
     from .http_protocol import http_protocol
@@ -129,25 +129,16 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
             supervisor.on_url_change(lambda old, new: repoint(deps, old, new))
         app = create_app(LocalRunner(deps))
 
-        class AnnouncingServer(uvicorn.Server):
-            """Prints `ready <base_url>` and the demo keys once the socket listens."""
-
-            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-                await super().startup(sockets)
-                if self.should_exit:
-                    return
-                bound = self.servers[0].sockets[0].getsockname()
-                host_part = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-                print(f"ready http://{host_part}:{bound[1]}/v1", flush=True)
-                for name, key in minted.items():
-                    print(f"tenant {name} key={key}", flush=True)
-                if admin_key is not None:
-                    print(f"admin key={admin_key}", flush=True)
+        def announce(bound_host: str, bound_port: int) -> list[str]:
+            """The base URL, then the demo keys minted for this run."""
+            lines = [ready_line(bound_host, bound_port, "/v1")]
+            lines += [f"tenant {name} key={key}" for name, key in minted.items()]
+            return lines + ([f"admin key={admin_key}"] if admin_key is not None else [])
 
         config_ = uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", http=http_protocol()
         )
-        AnnouncingServer(config_).run()
+        AnnouncingServer(config_, announce).run()
     return 0
 
 
