@@ -100,12 +100,13 @@ BATCH_IN_DAYS = 30
 CDK_NOTIFICATIONS_HANDLER = "BucketNotificationsHandler050a0587b7544547bf325f094a3db834"  # CDK's singleton
 BATCH_OUT_DAYS = 90
 
-# Least privilege: which function folder reaches which store. Folders not listed reach none.
+# Least privilege: which function folder reaches which store. Folders not listed reach none. Every
+# function that builds the AWS dependencies (`aws.runtime.deps`) reads the pseudonym key.
 FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     # rate-limit counters; the LLM judge (provider keys) and flagged requests (review queue)
     "guard": frozenset({MOMENTO, PROVIDER_KEYS, REVIEW, PSEUDONYMS}),
-    "cache_lookup": frozenset({MOMENTO}),  # exact and semantic cache reads
-    "invoke": frozenset({PROVIDER_KEYS}),  # OpenAI / Anthropic API keys
+    "cache_lookup": frozenset({MOMENTO, PSEUDONYMS}),  # exact and semantic cache reads
+    "invoke": frozenset({PROVIDER_KEYS, PSEUDONYMS}),  # OpenAI / Anthropic API keys
     "moderate": frozenset({PROVIDER_KEYS, REVIEW, PSEUDONYMS}),  # the LLM judge; flagged answers
     "router": frozenset({BUDGETS, PSEUDONYMS}),  # budget reservations
     # cache store, usage and audit records, settling
@@ -114,7 +115,9 @@ FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     STREAM_FOLDER: frozenset(
         {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, PSEUDONYMS}
     ),  # runs the whole chain in-process
-    BATCH_SUBMIT_FOLDER: frozenset({BATCH_JOBS, IDEMPOTENCY}),  # creates jobs (reads the bucket's batches/in/)
+    BATCH_SUBMIT_FOLDER: frozenset(
+        {BATCH_JOBS, IDEMPOTENCY, PSEUDONYMS}
+    ),  # creates jobs (reads the bucket's batches/in/)
     # runs the whole chain in-process, line by line (reads batches/in/, writes batches/out/)
     BATCH_WORK_FOLDER: frozenset({MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, BATCH_JOBS, PSEUDONYMS}),
     BATCH_STATUS_FOLDER: frozenset({BATCH_JOBS_READ}),  # the caller's tenant's jobs and their lines

@@ -98,9 +98,10 @@ def gateway_function(
     return function
 
 
-# Secrets a function reads when it builds its dependencies, by the environment variable naming them.
+# Secrets a function reads as soon as it builds its dependencies, by the environment variable naming
+# them. (The Momento key is read when a Momento client is first built: only by the functions granted
+# it, but every AWS-store function's settings name it.)
 _SECRET_VARIABLES = {
-    c.ENV_MOMENTO_SECRET: c.MOMENTO,
     c.ENV_PROVIDER_KEYS_SECRET: c.PROVIDER_KEYS,
     c.ENV_PSEUDONYM_SECRET: c.PSEUDONYMS,
 }

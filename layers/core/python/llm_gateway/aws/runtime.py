@@ -53,8 +53,6 @@ class LambdaSettings(BaseModel):
                 raise ValueError("GATEWAY_STORE=aws needs USAGE_TABLE and AUDIT_TABLE")
             if not (self.momento_local_endpoint or (self.momento_secret_arn and self.momento_endpoint)):
                 raise ValueError("GATEWAY_STORE=aws needs MOMENTO_SECRET_ARN and MOMENTO_ENDPOINT")
-            if not self.pseudonym_secret_arn:
-                raise ValueError("GATEWAY_STORE=aws needs PSEUDONYM_SECRET_ARN (the key of audit pseudonyms)")
         return self
 
 
@@ -161,6 +159,9 @@ def deps(invoke_policy: RetryPolicy = INVOKE_POLICY) -> Deps:
     `pipeline.REST_INVOKE_POLICY` (`handler.chain_deps`), the streaming and batch functions keep
     the default."""
     current = settings()
+    if current.store == "aws" and not current.pseudonym_secret_arn:
+        # Checked here, not in `settings()`: functions that only read settings need no key.
+        raise ValueError("GATEWAY_STORE=aws needs PSEUDONYM_SECRET_ARN (the key of audit pseudonyms)")
     load_provider_keys(current)
     load_pseudonym_key(current)
     return _aws_deps(current, invoke_policy) if current.store == "aws" else _sqlite_deps(current, invoke_policy)
