@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..backoff import doubling_delay
 from ..contracts import Attempt, CallerContext, FinishResult, GatewayState, InvokeResult
 from ..errors import GatewayError, InternalError, ProviderBadRequest, ProviderUnavailable
 from ..invoke.step import build_completion
@@ -484,7 +485,7 @@ class BatchRunner:
 
 def poll_delay_s(attempt: int, first_s: float = 5.0, most_s: float = 300.0) -> float:
     """The wait before the next look at a provider batch: 5 s, 10 s, 20 s ... at most 5 minutes."""
-    return float(min(most_s, first_s * 2 ** min(attempt, 16)))
+    return doubling_delay(first_s, most_s, attempt)
 
 
 def _past(deadline: float | None) -> bool:

@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
+from ..backoff import doubling_delay
 from ..contracts import (
     AssistantMessage,
     Attempt,
@@ -60,7 +61,7 @@ def _outcome(error: ProviderError) -> str:
 
 def backoff_delay(policy: RetryPolicy, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
     """Full-jitter exponential backoff, at least the provider's Retry-After, capped at max_delay_s."""
-    ceiling = min(policy.max_delay_s, policy.base_delay_s * (2**attempt))
+    ceiling = doubling_delay(policy.base_delay_s, policy.max_delay_s, attempt)
     delay = rng.uniform(0, ceiling)
     if retry_after_s is not None:
         delay = max(delay, retry_after_s)

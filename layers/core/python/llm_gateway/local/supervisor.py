@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ..backoff import doubling_delay
 from ..config import LOCAL_ENDPOINT, GatewayConfig
 from ..errors import ConfigError
 from ..model_endpoint import CRASH_LOOP_EXITS, EndpointHealth, EndpointState
@@ -53,7 +54,7 @@ class Backoff:
     max_s: float = 30.0
 
     def delay(self, exits: int) -> float:
-        return min(self.max_s, self.initial_s * 2.0 ** max(0, exits - 1))
+        return doubling_delay(self.initial_s, self.max_s, exits - 1)
 
 
 def describe_exit(returncode: int) -> str:
