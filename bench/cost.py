@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_gateway.adapters.local.wiring import local_deps
 from llm_gateway.config import hash_key, parse_config
 from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
-from llm_gateway.local.cli import local_deps
 from llm_gateway.routing.complexity import default_scorer
 from llm_gateway.routing.complexity_data import Example, load
 from llm_gateway.runner import LocalRunner

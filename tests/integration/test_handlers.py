@@ -295,3 +295,13 @@ def test_batch_submit_makes_one_job_per_object_version_and_batch_work_finishes_i
         assert json.loads(errors[0])["line"] == 6
         batch.runner.cache_clear()
         batch._idempotency.cache_clear()
+
+
+def test_a_lambda_on_the_sqlite_store_is_wired_as_the_local_server_is(tmp_path: Path) -> None:
+    # One wiring for both runtimes: the review queue, the allow-list, budgets and batch jobs too,
+    # on the function's SQLite file; its pseudonym key is not a file beside the store
+    deps = runtime.deps()
+    assert deps.review is not None and deps.allowlist is not None
+    assert deps.budgets is not None and deps.batch_jobs is not None
+    assert (tmp_path / "lambda.db").is_file()
+    assert not (tmp_path / "pseudonym.key").exists()

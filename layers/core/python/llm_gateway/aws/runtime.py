@@ -6,6 +6,7 @@ rate-limit counters. `GATEWAY_STORE=sqlite`: one SQLite file (handler tests, sin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from functools import cache
@@ -110,24 +111,21 @@ def review_queue(current: LambdaSettings, dynamodb: Any) -> Any:
 
 
 def _sqlite_deps(current: LambdaSettings, invoke_policy: RetryPolicy) -> Deps:
-    from ..adapters.local.budget import SqliteBudgetLedger
-    from ..adapters.local.memory import MemoryRateLimiter
-    from ..adapters.local.semantic import LocalSemanticIndex
-    from ..adapters.local.sqlite import SqliteStore
+    """The local adapters on the function's SQLite file, as `llm-gateway serve` wires them (kept
+    open for the container's life); the pseudonym key comes from Secrets Manager, not a file."""
+    from ..adapters.local.wiring import local_deps
 
-    store = SqliteStore(current.sqlite_path)
-    return Deps(
-        budgets=SqliteBudgetLedger(current.sqlite_path),
-        config=load_config(current.config_path),
-        cache=store,
-        semantic=LocalSemanticIndex(current.sqlite_path),
-        limiter=MemoryRateLimiter(),
-        usage=store,
-        audit=store,
-        providers=default_registry(),
+    config = load_config(current.config_path).model_copy(update={"storage_path": current.sqlite_path})
+    return local_deps(
+        config,
+        _CONTAINER,
         metrics=PowertoolsMetrics(),
         invoke_policy=invoke_policy,
+        pseudonym_key_beside_store=False,
     )
+
+
+_CONTAINER = contextlib.ExitStack()  # the stores a container opens, open until it ends
 
 
 def load_provider_keys(current: LambdaSettings) -> None:

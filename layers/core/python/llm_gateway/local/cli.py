@@ -50,57 +50,12 @@ def _shutdown(signum: int, frame: object) -> None:
     raise Shutdown(signum)
 
 
-def local_deps(config: GatewayConfig, stack: contextlib.ExitStack) -> Deps:
-    """The embedded default's dependencies: every store on the configuration's SQLite file (closed
-    when `stack` unwinds), in-memory rate limits and metrics, the standard providers."""
-    from ..adapters.local.allowlist import SqliteGuardAllowList
-    from ..adapters.local.batch import SqliteBatchJobs
-    from ..adapters.local.budget import SqliteBudgetLedger
-    from ..adapters.local.memory import MemoryRateLimiter
-    from ..adapters.local.review import SqliteReviewQueue
-    from ..adapters.local.semantic import LocalSemanticIndex
-    from ..adapters.local.sqlite import SqliteStore
-    from ..deps import Deps
-    from ..identity import KEY_ENV, key_file, set_pseudonym_key
-    from ..observability import InMemoryMetrics
-    from ..providers.base import default_registry
-
-    if not os.environ.get(KEY_ENV) and config.storage_path != ":memory:":
-        # Pseudonyms keyed per deployment: the key lives beside the store it protects.
-        set_pseudonym_key(key_file(Path(config.storage_path).parent / "pseudonym.key"))
-    store = SqliteStore(config.storage_path)
-    stack.callback(store.close)
-    semantic = LocalSemanticIndex(config.storage_path)
-    stack.callback(semantic.close)
-    review_queue = SqliteReviewQueue(config.storage_path)
-    stack.callback(review_queue.close)
-    allowlist = SqliteGuardAllowList(config.storage_path)
-    stack.callback(allowlist.close)
-    budgets = SqliteBudgetLedger(config.storage_path)
-    stack.callback(budgets.close)
-    batch_jobs = SqliteBatchJobs(config.storage_path)
-    stack.callback(batch_jobs.close)
-    return Deps(
-        batch_jobs=batch_jobs,
-        config=config,
-        cache=store,
-        semantic=semantic,
-        review=review_queue,
-        allowlist=allowlist,
-        budgets=budgets,
-        limiter=MemoryRateLimiter(),
-        usage=store,
-        audit=store,
-        providers=default_registry(),
-        metrics=InMemoryMetrics(),
-    )
-
-
 def serve(host: str, port: int, config_path: str | None, restart: Backoff | None = None) -> int:
     """Serve the gateway; with a local model, run its endpoint under an `EndpointSupervisor`
     (restarted with `restart` backoff when it dies)."""
     import uvicorn
 
+    from ..adapters.local.wiring import local_deps
     from ..asgi_serving import AnnouncingServer, ready_line
     from ..runner import LocalRunner
     from .app import create_app

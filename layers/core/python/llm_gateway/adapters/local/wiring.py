@@ -1,0 +1,68 @@
+"""The dependencies on the local adapters: every store on one SQLite file. `llm-gateway serve`, its
+batch command and a Lambda with GATEWAY_STORE=sqlite (tests, a single-instance deployment) use it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from ...config import GatewayConfig
+from ...deps import Deps
+from ...observability import InMemoryMetrics, MetricsSink
+from ...pipeline import INVOKE_POLICY, RetryPolicy
+
+
+def local_deps(
+    config: GatewayConfig,
+    stack: contextlib.ExitStack,
+    *,
+    metrics: MetricsSink | None = None,
+    invoke_policy: RetryPolicy = INVOKE_POLICY,
+    pseudonym_key_beside_store: bool = True,
+) -> Deps:
+    """Every store on the configuration's SQLite file (closed when `stack` unwinds), in-memory
+    rate limits, the standard providers; metrics in memory unless `metrics` is given.
+
+    `pseudonym_key_beside_store`: key the pseudonyms with a key file next to the store (unless
+    LLM_GATEWAY_PSEUDONYM_KEY is set); a Lambda sets its key from Secrets Manager instead."""
+    from ...identity import KEY_ENV, key_file, set_pseudonym_key
+    from ...providers.base import default_registry
+    from .allowlist import SqliteGuardAllowList
+    from .batch import SqliteBatchJobs
+    from .budget import SqliteBudgetLedger
+    from .memory import MemoryRateLimiter
+    from .review import SqliteReviewQueue
+    from .semantic import LocalSemanticIndex
+    from .sqlite import SqliteStore
+
+    if pseudonym_key_beside_store and not os.environ.get(KEY_ENV) and config.storage_path != ":memory:":
+        # Pseudonyms keyed per deployment: the key lives beside the store it protects.
+        set_pseudonym_key(key_file(Path(config.storage_path).parent / "pseudonym.key"))
+    store = SqliteStore(config.storage_path)
+    stack.callback(store.close)
+    semantic = LocalSemanticIndex(config.storage_path)
+    stack.callback(semantic.close)
+    review_queue = SqliteReviewQueue(config.storage_path)
+    stack.callback(review_queue.close)
+    allowlist = SqliteGuardAllowList(config.storage_path)
+    stack.callback(allowlist.close)
+    budgets = SqliteBudgetLedger(config.storage_path)
+    stack.callback(budgets.close)
+    batch_jobs = SqliteBatchJobs(config.storage_path)
+    stack.callback(batch_jobs.close)
+    return Deps(
+        batch_jobs=batch_jobs,
+        config=config,
+        cache=store,
+        semantic=semantic,
+        review=review_queue,
+        allowlist=allowlist,
+        budgets=budgets,
+        limiter=MemoryRateLimiter(),
+        usage=store,
+        audit=store,
+        providers=default_registry(),
+        metrics=metrics if metrics is not None else InMemoryMetrics(),
+        invoke_policy=invoke_policy,
+    )
