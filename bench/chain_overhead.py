@@ -25,7 +25,7 @@ from llm_gateway.config import hash_key, parse_config
 from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
 from llm_gateway.deps import Deps
 from llm_gateway.providers.base import default_registry
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 
 KEY = "sk-bench"
 CONFIG = f"""
@@ -61,7 +61,9 @@ def make_state(question: str, cache_control: str | None) -> GatewayState:
     )
 
 
-def measure(runner: LocalRunner, n: int, question: Callable[[int], str], cache_control: str | None) -> dict[str, float]:
+def measure(
+    runner: InProcessRunner, n: int, question: Callable[[int], str], cache_control: str | None
+) -> dict[str, float]:
     totals: list[float] = []
     overheads: list[float] = []
     gc.collect()
@@ -96,7 +98,7 @@ def main() -> None:
             audit=store,
             providers=default_registry(),
         )
-        runner = LocalRunner(deps)
+        runner = InProcessRunner(deps)
         n = args.requests
         measure(runner, 300, lambda i: f"warm-up question {i}", "no-store")
         scenarios = {

@@ -39,7 +39,7 @@ from llm_gateway.config import hash_key, parse_config
 from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
 from llm_gateway.routing.complexity import default_scorer
 from llm_gateway.routing.complexity_data import Example, load
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.support.fake_providers import FakeServer, Script, fake_server
 from tests.support.priced_providers import PricedResponder
 
@@ -193,7 +193,7 @@ def replay(items: list[Item], levers: frozenset[str], small_share: float) -> Out
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
         config = parse_config(config_yaml(large, small, levers, small_share, Path(tmp) / "gateway.db"))
         deps = local_deps(config, stack)  # the stores `llm-gateway serve` uses
-        runner = LocalRunner(deps)
+        runner = InProcessRunner(deps)
         started = time.perf_counter()
         for item in items:
             request = ChatCompletionRequest.model_validate(

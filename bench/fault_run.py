@@ -39,7 +39,7 @@ from llm_gateway.config import hash_key, parse_config
 from llm_gateway.deps import Deps
 from llm_gateway.local.app import create_app
 from llm_gateway.providers.base import default_registry
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.support.fake_providers import Behaviour, Ok, Script, fake_server, upstream_faults
 from tests.support.servers import serve
 
@@ -139,7 +139,7 @@ def main() -> None:
                 providers=default_registry(),
                 sleep=lambda s: time.sleep(min(s, 0.05)),
             )
-            with serve(create_app(LocalRunner(deps))) as url:
+            with serve(create_app(InProcessRunner(deps))) as url:
                 t0 = time.monotonic()
                 with ThreadPoolExecutor(args.concurrency) as pool:
                     results = list(

@@ -16,7 +16,7 @@ from llm_gateway.adapters.local.batch import FolderObjects, SqliteBatchJobs
 from llm_gateway.batch.runner import BatchRejected, BatchRunner, job_id_for
 from llm_gateway.config import parse_config
 from llm_gateway.local.cli import main
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, hash_key, make_deps, make_state, store_of
 from tests.support.batch_files import chat_line
 from tests.support.fake_providers import FakeServer
@@ -66,7 +66,7 @@ def _file(duplicate_last: bool = True) -> bytes:
 def setup(checker: FakeServer, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[BatchRunner, FakeServer, Path]:
     deps = make_deps(_config(checker.base_url, request.param), db=tmp_path / "gateway.db")
     for i in CACHED:  # the online path answers these first, then the batch reuses the answers
-        LocalRunner(deps).run(make_state(_question(i), max_tokens=20))
+        InProcessRunner(deps).run(make_state(_question(i), max_tokens=20))
     checker.script.reset()
     objects = FolderObjects(tmp_path / "bucket")
     objects.put("batches/in/acme/job.jsonl", _file())
@@ -271,7 +271,7 @@ def test_a_tenant_reads_its_batch_jobs_over_the_api_and_no_one_elses(
     job, _ = runner.submit("batches/in/acme/job.jsonl")
     runner.prepare(job.job_id)
     runner.deps.batch_jobs = runner.jobs
-    with serve(create_app(LocalRunner(runner.deps))) as url:
+    with serve(create_app(InProcessRunner(runner.deps))) as url:
 
         def get(path: str, key: str | None = ACME_KEY) -> httpx.Response:
             return httpx.get(url + path, headers={"Authorization": f"Bearer {key}"} if key else {})

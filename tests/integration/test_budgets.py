@@ -24,7 +24,7 @@ from llm_gateway.deps import Deps
 from llm_gateway.errors import BudgetExceeded, ConfigError, GatewayError
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.providers.base import default_registry
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, hash_key, make_state
 from tests.support.fake_providers import FakeServer, delay, ok
 from tests.support.moto_server import MotoServer, moto_server
@@ -82,7 +82,7 @@ def test_two_hundred_simultaneous_requests_never_spend_past_the_budget(
     store = SqliteStore(tmp_path / "gateway.db")
     metrics = InMemoryMetrics()
     limiter = MemoryRateLimiter()
-    runners = [LocalRunner(_deps(config, store, ledger_factory(), metrics, limiter)) for _ in range(4)]
+    runners = [InProcessRunner(_deps(config, store, ledger_factory(), metrics, limiter)) for _ in range(4)]
     states: list[GatewayState] = []
     errors: dict[str, GatewayError] = {}
     start = threading.Barrier(REQUESTS)
@@ -178,7 +178,7 @@ def test_budgets_without_a_ledger_are_refused_at_start(checker: FakeServer) -> N
 def test_a_request_that_cannot_fit_is_refused_before_the_model_is_called(checker: FakeServer, tmp_path: Path) -> None:
     config = parse_config(_config(checker.base_url))
     store = SqliteStore(tmp_path / "gateway.db")
-    runner = LocalRunner(_deps(config, store, SqliteBudgetLedger(tmp_path / "gateway.db")))
+    runner = InProcessRunner(_deps(config, store, SqliteBudgetLedger(tmp_path / "gateway.db")))
     with pytest.raises(BudgetExceeded) as refused:
         runner.run(make_state("budget please", max_tokens=5000))  # worst case 5.02 $ > 0.90 $
     assert refused.value.status == 429 and refused.value.body().error.code == "budget_exceeded"
@@ -225,7 +225,7 @@ tenants:
         )
         store = SqliteStore(tmp_path / "gateway.db")
         ledger = SqliteBudgetLedger(tmp_path / "gateway.db")
-        runner = LocalRunner(_deps(config, store, ledger))
+        runner = InProcessRunner(_deps(config, store, ledger))
         state = runner.run(make_state("a long shared prefix question", max_tokens=50))
 
     # Then the answer, the usage record and the budget all carry that price
@@ -252,7 +252,7 @@ def test_checking_calls_are_held_and_charged_on_the_budgets_or_skipped_when_they
     config = parse_config(text.replace("models:\n", "models:\n" + model, 1))
     store = SqliteStore(tmp_path / "gateway.db")
     ledger = SqliteBudgetLedger(tmp_path / "gateway.db")
-    runner = LocalRunner(_deps(config, store, ledger))
+    runner = InProcessRunner(_deps(config, store, ledger))
     key = budget_key(_acme(), config.tenants["acme"].budgets[0], time.time())
 
     # When requests come one after another until what is left cannot hold a check

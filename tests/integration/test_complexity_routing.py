@@ -17,7 +17,7 @@ from llm_gateway.contracts import BREVITY_INSTRUCTION, ChatMessage
 from llm_gateway.local.app import _decision_headers
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.routing import complexity
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, hash_key, make_deps, make_state, store_of
 from tests.support.fake_providers import FakeServer
 from tests.support.servers import free_port
@@ -57,7 +57,7 @@ def _called(checker: FakeServer) -> list[str]:
 def test_easy_requests_go_small_hard_ones_large_and_pins_win(checker: FakeServer, tmp_path: Path) -> None:
     metrics = InMemoryMetrics()
     deps = make_deps(_config(checker.base_url), db=tmp_path / "g.db", metrics=metrics)
-    runner = LocalRunner(deps)
+    runner = InProcessRunner(deps)
     easy = runner.run(make_state(EASY))
     hard = runner.run(make_state(HARD))
     pinned = runner.run(make_state(EASY + " (gold)", metadata={"plan": "gold"}))
@@ -79,7 +79,7 @@ def test_easy_requests_go_small_hard_ones_large_and_pins_win(checker: FakeServer
 
 def test_a_failing_small_model_falls_back_to_the_larger_one(checker: FakeServer) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    runner = LocalRunner(make_deps(_config(checker.base_url, small_url=dead)))
+    runner = InProcessRunner(make_deps(_config(checker.base_url, small_url=dead)))
     state = runner.run(make_state(EASY))
     assert state.invoke is not None and state.invoke.model == "large"
     assert [a.model for a in state.invoke.attempts][-1] == "large" and state.invoke.attempts[0].model == "small"
@@ -90,7 +90,7 @@ def test_cached_answers_are_keyed_by_the_model_that_answered(
 ) -> None:
     db = tmp_path / "g.db"
     semantic = LocalSemanticIndex(str(db))
-    runner = LocalRunner(make_deps(_config(checker.base_url), db=db, semantic=semantic))
+    runner = InProcessRunner(make_deps(_config(checker.base_url), db=db, semantic=semantic))
     with caplog.at_level(logging.WARNING):
         first = runner.run(make_state(EASY))
         again = runner.run(make_state(EASY))
@@ -113,7 +113,7 @@ def test_a_scorer_that_cannot_run_sends_requests_to_the_large_model(
 
     monkeypatch.setattr(complexity, "default_scorer", broken)
     metrics = InMemoryMetrics()
-    state = LocalRunner(make_deps(_config(checker.base_url), metrics=metrics)).run(make_state(EASY))
+    state = InProcessRunner(make_deps(_config(checker.base_url), metrics=metrics)).run(make_state(EASY))
     assert state.invoke is not None and state.invoke.model == "large" and state.error is None
     assert state.router is not None and state.router.complexity is None
     assert any(name == "route_complexity_errors" for name, _ in metrics.counters)
@@ -121,8 +121,8 @@ def test_a_scorer_that_cannot_run_sends_requests_to_the_large_model(
 
 def test_the_cost_knob_routes_like_the_share_it_stands_for(checker: FakeServer) -> None:
     # 500 + 200 tokens: small 0.000195 $, large 0.0045 $; a 60 % small share costs 1.917 $ per 1k.
-    by_share = LocalRunner(make_deps(_config(checker.base_url)))
-    by_cost = LocalRunner(
+    by_share = InProcessRunner(make_deps(_config(checker.base_url)))
+    by_cost = InProcessRunner(
         make_deps(_config(checker.base_url, route="{complexity: {models: [small, large], max_cost_per_1k_usd: 1.917}}"))
     )
     for text in (EASY, HARD, "Write a haiku about the sea.", "Is it raining in Paris today?"):
@@ -136,7 +136,7 @@ def test_cache_keys_see_the_brevity_instruction_the_router_will_add(
 ) -> None:
     db = tmp_path / "g.db"
     semantic = LocalSemanticIndex(str(db))
-    runner = LocalRunner(
+    runner = InProcessRunner(
         make_deps(_config(checker.base_url, route="{model: small, brief_simple: true}"), db=db, semantic=semantic)
     )
     system = {"role": "system", "content": "You are the store's assistant."}
@@ -171,7 +171,7 @@ def test_the_router_and_the_semantic_cache_embed_a_question_once(
     db = tmp_path / "g.db"
     semantic = LocalSemanticIndex(str(db))
     question = "What is the warranty on a refurbished laptop bought last spring?"
-    state = LocalRunner(make_deps(_config(checker.base_url), db=db, semantic=semantic)).run(make_state(question))
+    state = InProcessRunner(make_deps(_config(checker.base_url), db=db, semantic=semantic)).run(make_state(question))
     assert state.router is not None and state.router.complexity is not None  # both steps used it
     assert state.cache is not None and state.cache.query_vector is not None
     # once, in whatever form the embedder keys it (the memo keys normalised text)

@@ -17,7 +17,7 @@ from llm_gateway.config import GatewayConfig, hash_key, parse_config
 from llm_gateway.context_window import text_token_floor
 from llm_gateway.local.app import create_app
 from llm_gateway.local.supervisor import EndpointSupervisor, local_models, with_endpoint_url
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, make_deps
 from tests.support.fake_providers import Script, fake_server, status
 from tests.support.servers import serve
@@ -43,7 +43,7 @@ tenants:
 
 @contextmanager
 def gateway_url(config: GatewayConfig) -> Iterator[str]:
-    with serve(create_app(LocalRunner(make_deps(config)))) as url:
+    with serve(create_app(InProcessRunner(make_deps(config)))) as url:
         yield url + "/v1"
 
 

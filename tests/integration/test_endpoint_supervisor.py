@@ -25,7 +25,7 @@ from llm_gateway.local.app import create_app
 from llm_gateway.local.cli import repoint
 from llm_gateway.local.supervisor import Backoff, EndpointSupervisor, with_endpoint_url
 from llm_gateway.model_endpoint import EndpointHealth
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, make_deps
 from tests.support.servers import serve
 
@@ -164,7 +164,7 @@ def test_healthz_and_requests_while_the_endpoint_restarts(crash_file: Path, fall
     with EndpointSupervisor({"local-model"}, command=FAKE, backoff=Backoff(30.0, 30.0)) as endpoint:
         deps = make_deps(_config(endpoint.url, fallback))
         deps.model_endpoint = endpoint
-        with serve(create_app(LocalRunner(deps))) as url:
+        with serve(create_app(InProcessRunner(deps))) as url:
             healthy = httpx.get(url + "/healthz")
             assert healthy.status_code == 200
             assert healthy.json() == {

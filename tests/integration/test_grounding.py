@@ -15,7 +15,7 @@ from llm_gateway.deps import Deps
 from llm_gateway.moderation.consistency import parse_consistency, sampled
 from llm_gateway.moderation.grounding import claims, support
 from llm_gateway.moderation.judge import JudgeUnparseable
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from llm_gateway.semantic.embeddings import default_embedder
 from tests.conftest import guarded_config, make_deps, make_state, store_of
 from tests.support.fake_providers import FakeServer, ok
@@ -60,20 +60,20 @@ def _deps(tmp_path: Path, guard: str, checker_url: str | None = None) -> Deps:
 def test_the_model_gets_the_context_and_the_cache_key_depends_on_it(tmp_path: Path) -> None:
     deps = _deps(tmp_path, "{enabled: true}")
     state = make_state(SUPPORTED, context=CONTEXT)
-    LocalRunner(deps).run(state, stop_before="invoke")
+    InProcessRunner(deps).run(state, stop_before="invoke")
     request = state.model_request()
     assert [m.role for m in request.messages] == ["system", "user"]
     assert "[1] Our return policy allows returns within 30 days" in request.messages[0].text()
     assert request.context is None
     other = make_state(SUPPORTED, context=["Returns are not accepted."])
-    LocalRunner(deps).run(other, stop_before="invoke")
+    InProcessRunner(deps).run(other, stop_before="invoke")
     assert exact_key("acme", "echo", request) != exact_key("acme", "echo", other.model_request())
 
 
 def test_an_unsupported_claim_flags_the_answer_and_queues_it(tmp_path: Path) -> None:
     deps = _deps(tmp_path, "{enabled: true}")
-    grounded = LocalRunner(deps).run(make_state(SUPPORTED, context=CONTEXT))  # echo: the answer repeats it
-    invented = LocalRunner(deps).run(make_state(UNSUPPORTED, context=CONTEXT))
+    grounded = InProcessRunner(deps).run(make_state(SUPPORTED, context=CONTEXT))  # echo: the answer repeats it
+    invented = InProcessRunner(deps).run(make_state(UNSUPPORTED, context=CONTEXT))
 
     assert grounded.moderate is not None and invented.moderate is not None
     assert [(d.layer, d.action, d.score) for d in grounded.moderate.decisions] == [("groundedness", "pass", 1.0)]
@@ -92,7 +92,7 @@ def test_an_unsupported_claim_flags_the_answer_and_queues_it(tmp_path: Path) -> 
 
 def test_withhold_ends_an_ungrounded_answer_with_content_filter(tmp_path: Path) -> None:
     deps = _deps(tmp_path, "{enabled: true, action: withhold}")
-    state = LocalRunner(deps).run(make_state(UNSUPPORTED, context=CONTEXT))
+    state = InProcessRunner(deps).run(make_state(UNSUPPORTED, context=CONTEXT))
     assert state.moderate is not None and (state.moderate.outcome, state.moderate.layer) == ("filtered", "groundedness")
     assert state.finish is not None and state.finish.response is not None
     assert state.finish.response.choices[0].finish_reason == "content_filter"
@@ -107,7 +107,7 @@ def test_a_sampled_answer_is_checked_by_a_second_model(
 ) -> None:
     deps = _deps(tmp_path, "{enabled: true, check_model: checker, check_sample: 1.0}", checker.base_url)
     checker.script.push(ok(reply, prompt_tokens=200, completion_tokens=4))
-    state = LocalRunner(deps).run(make_state(SUPPORTED, context=CONTEXT))
+    state = InProcessRunner(deps).run(make_state(SUPPORTED, context=CONTEXT))
 
     assert state.moderate is not None
     layers = {d.layer: d for d in state.moderate.decisions}
@@ -122,7 +122,7 @@ def test_a_sampled_answer_is_checked_by_a_second_model(
 def test_without_context_the_check_asks_about_the_question(checker: FakeServer, tmp_path: Path) -> None:
     deps = _deps(tmp_path, "{enabled: true, check_model: checker, check_sample: 1.0}", checker.base_url)
     checker.script.push(ok("consistent"))
-    LocalRunner(deps).run(make_state("The capital of Australia is Canberra."))
+    InProcessRunner(deps).run(make_state("The capital of Australia is Canberra."))
     prompt = checker.script.last.body["messages"][0]["content"]
     assert prompt.startswith("QUESTION:\nThe capital of Australia is Canberra.")
 
@@ -153,7 +153,7 @@ def test_the_sdk_passes_context_and_reads_the_groundedness_header(tmp_path: Path
     from tests.conftest import ACME_KEY
     from tests.support.servers import serve
 
-    runner = LocalRunner(_deps(tmp_path, "{enabled: true}"))
+    runner = InProcessRunner(_deps(tmp_path, "{enabled: true}"))
     with serve(create_app(runner)) as url:
         sdk = openai.OpenAI(base_url=url + "/v1", api_key=ACME_KEY, max_retries=0)
         raw = sdk.chat.completions.with_raw_response.create(

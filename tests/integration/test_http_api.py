@@ -14,7 +14,7 @@ from llm_gateway import response_headers
 from llm_gateway.config import ModelConfig, hash_key
 from llm_gateway.local.app import create_app
 from llm_gateway.observability import InMemoryMetrics
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, make_config, make_deps, store_of
 from tests.support.fake_providers import Script, fake_server, status
 from tests.support.servers import serve
@@ -32,15 +32,15 @@ admin_api_keys: [{{id: ops, sha256: {hash_key(ADMIN_KEY)}}}]
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, LocalRunner]]:
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, InProcessRunner]]:
     db: Path = tmp_path_factory.mktemp("gw") / "gateway.db"
-    runner = LocalRunner(make_deps(make_config(EXTRA_TENANT), db=db, metrics=InMemoryMetrics()))
+    runner = InProcessRunner(make_deps(make_config(EXTRA_TENANT), db=db, metrics=InMemoryMetrics()))
     with serve(create_app(runner)) as url:
         yield url + "/v1", runner
 
 
 @pytest.fixture
-def base_url(gateway: tuple[str, LocalRunner]) -> str:
+def base_url(gateway: tuple[str, InProcessRunner]) -> str:
     return gateway[0]
 
 
@@ -310,7 +310,7 @@ def test_health_openapi_and_unknown_paths(base_url: str) -> None:
     assert missing.status_code == 404 and "error" in missing.json()
 
 
-def test_every_request_is_audited_without_keys_or_prompts(gateway: tuple[str, LocalRunner]) -> None:
+def test_every_request_is_audited_without_keys_or_prompts(gateway: tuple[str, InProcessRunner]) -> None:
     url, runner = gateway
     for _ in range(2):  # ok, then cache_hit
         client(url).chat.completions.create(
@@ -345,7 +345,7 @@ def test_provider_errors_reach_the_client_as_clear_openai_errors(
                 }
             }
         )
-        runner = LocalRunner(make_deps(config, db=tmp_path / "gw.db"))
+        runner = InProcessRunner(make_deps(config, db=tmp_path / "gw.db"))
         with serve(create_app(runner)) as url:
             gateway = client(url + "/v1")
             script.push(status(400, message="max_tokens is too large for this model"))
@@ -362,7 +362,7 @@ def test_provider_errors_reach_the_client_as_clear_openai_errors(
             assert len(script.requests) == 7
 
 
-def test_requests_refused_before_the_chain_are_audited_too(gateway: tuple[str, LocalRunner]) -> None:
+def test_requests_refused_before_the_chain_are_audited_too(gateway: tuple[str, InProcessRunner]) -> None:
     """Unreadable or oversized bodies never reach the chain, but still leave an audit row (with the tenant)."""
     url, runner = gateway
     before = len(store_of(runner.deps).query("SELECT 1 FROM audit WHERE error_code = 'invalid_json'"))

@@ -14,7 +14,7 @@ from llm_gateway.config import hash_key, parse_config
 from llm_gateway.local.app import create_app
 from llm_gateway.local.http_protocol import JsonErrorH11Protocol, http_protocol
 from llm_gateway.observability import InMemoryMetrics
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, BASE_CONFIG, make_deps
 from tests.support.servers import ServerThread
 
@@ -24,7 +24,7 @@ ADMIN_KEY = "sk-test-edges-admin"
 @pytest.fixture(scope="module", params=["httptools", "h11"])
 def root(request: pytest.FixtureRequest) -> Iterator[str]:
     config = parse_config(BASE_CONFIG + f"admin_api_keys: [{{id: ops, sha256: {hash_key(ADMIN_KEY)}}}]\n")
-    app = create_app(LocalRunner(make_deps(config, metrics=InMemoryMetrics())))
+    app = create_app(InProcessRunner(make_deps(config, metrics=InMemoryMetrics())))
     protocol = http_protocol() if request.param == "httptools" else JsonErrorH11Protocol
     with ServerThread(app, http=protocol) as server:
         yield server.url

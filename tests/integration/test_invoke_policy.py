@@ -26,7 +26,7 @@ from llm_gateway.invoke.step import invoke_step, open_stream
 from llm_gateway.pipeline import INVOKE_POLICY
 from llm_gateway.providers.base import ProviderRegistry, ProviderReply, StreamDelta, default_registry
 from llm_gateway.routing.step import resolve_route
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.support.fake_providers import FakeServer, delay, fake_server, ok, status
 
 GATEWAY_KEY = "gw-test-key-0123456789abcdef"
@@ -415,7 +415,7 @@ def test_a_repair_call_that_keeps_failing_is_output_format_invalid(deps: Deps, p
 
 
 def run_chain(deps: Deps) -> GatewayState:
-    """The LocalRunner from the guard on, with only the caller's key digest known."""
+    """The InProcessRunner from the guard on, with only the caller's key digest known."""
     request = ChatCompletionRequest.model_validate(
         {"model": "default", "messages": [{"role": "user", "content": PROMPT}], "user": "alice@example.com"}
     )
@@ -425,7 +425,7 @@ def run_chain(deps: Deps) -> GatewayState:
         request=request,
         caller=CallerContext(api_key_sha256=hash_key(GATEWAY_KEY), client_ip="203.0.113.9"),
     )
-    return LocalRunner(deps).run(state)
+    return InProcessRunner(deps).run(state)
 
 
 def test_local_runner_records_one_ok_audit_row_without_secrets(
@@ -433,7 +433,7 @@ def test_local_runner_records_one_ok_audit_row_without_secrets(
 ) -> None:
     """A full run writes one 'ok' audit row and one usage row naming the model, and no key or prompt."""
     primary.script.push(status(429), ok("Ouagadougou.", prompt_tokens=50, completion_tokens=3, cached_tokens=10))
-    walked = LocalRunner(deps).steps_walked(run_chain(deps))
+    walked = InProcessRunner(deps).steps_walked(run_chain(deps))
     assert walked == ["guard", "cache", "router", "invoke", "moderate", "finish"]
 
     audit = store.query("SELECT outcome, model, provider, tenant, key_id, attempts, prompt_tokens FROM audit")

@@ -15,7 +15,7 @@ from llm_gateway.deps import Deps
 from llm_gateway.guard.step import guard_step
 from llm_gateway.moderation.harmful import load_harmful_classifier
 from llm_gateway.observability import InMemoryMetrics
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import BASE_CONFIG, guarded_config, make_deps, make_state, store_of
 from tests.support.fake_providers import FakeServer, ok, status
 
@@ -108,7 +108,7 @@ def test_without_a_judge_tier_2_s_threshold_decides_the_band(tmp_path: Path) -> 
 def test_a_harmful_answer_is_withheld_with_content_filter(checker: FakeServer, tmp_path: Path) -> None:
     # Given input checks off, so the echo model repeats a harmful text as its answer
     deps = _deps(checker.base_url, tmp_path, input_="false")
-    runner = LocalRunner(deps)
+    runner = InProcessRunner(deps)
 
     harmful = runner.run(make_state(HARMFUL))
     benign = runner.run(make_state(BENIGN))
@@ -131,7 +131,7 @@ def test_a_harmful_answer_is_withheld_with_content_filter(checker: FakeServer, t
 def test_an_undecided_answer_is_delivered_and_queued_as_output(checker: FakeServer, tmp_path: Path) -> None:
     deps = _deps(checker.base_url, tmp_path, input_="false")
     checker.script.push(ok("no idea"))
-    state = LocalRunner(deps).run(make_state(UNSURE_LOW))
+    state = InProcessRunner(deps).run(make_state(UNSURE_LOW))
     assert state.moderate is not None and state.moderate.outcome == "passed"
     assert [(d.layer, d.action) for d in state.moderate.decisions] == [("llm_judge", "flag")]
     assert deps.review is not None

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from llm_gateway.config import parse_config
 from llm_gateway.contracts import BREVITY_INSTRUCTION
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, hash_key, make_deps, make_state
 from tests.support.fake_providers import FakeServer, ok
 
 
-def _runner(model_yaml: str, route: str) -> LocalRunner:
-    return LocalRunner(
+def _runner(model_yaml: str, route: str) -> InProcessRunner:
+    return InProcessRunner(
         make_deps(
             parse_config(
                 f"""

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llm_gateway.config import hash_key, parse_config
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, make_deps, make_state, store_of
 from tests.support.fake_providers import FakeServer, ok
 
@@ -42,7 +42,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 @pytest.mark.parametrize("role", ROLES)
 def test_pii_in_any_role_reaches_the_upstream_masked(checker: FakeServer, role: str) -> None:
     # Given a tenant masking PII, and card, email and phone in a message of `role`
-    runner = LocalRunner(make_deps(_config(checker.base_url, "{enabled: true, default: mask}")))
+    runner = InProcessRunner(make_deps(_config(checker.base_url, "{enabled: true, default: mask}")))
     carrier = {"role": role, "content": f"Card {CARD}, write to {EMAIL}, call {PHONE}."}
     messages = [carrier, {"role": "user", "content": "What should I do next?"}]
     if role == "user":
@@ -60,7 +60,7 @@ def test_pii_in_any_role_reaches_the_upstream_masked(checker: FakeServer, role: 
 
 
 def test_pii_in_the_rag_context_reaches_the_upstream_masked(checker: FakeServer) -> None:
-    runner = LocalRunner(make_deps(_config(checker.base_url, "{enabled: true, default: mask}")))
+    runner = InProcessRunner(make_deps(_config(checker.base_url, "{enabled: true, default: mask}")))
     checker.script.push(ok("Noted."))
     state = make_state(
         "Who handles refunds?",
@@ -81,7 +81,7 @@ def test_pii_in_the_rag_context_reaches_the_upstream_masked(checker: FakeServer)
 
 def test_a_rejected_type_in_the_system_prompt_refuses_the_request(checker: FakeServer) -> None:
     config = _config(checker.base_url, "{enabled: true, default: mask, entities: {CREDIT_CARD: reject}}")
-    runner = LocalRunner(make_deps(config))
+    runner = InProcessRunner(make_deps(config))
     state = make_state(messages=[{"role": "system", "content": f"Card {CARD}"}, {"role": "user", "content": "hi"}])
 
     state = runner.run(state)
@@ -94,7 +94,7 @@ def test_a_rejected_type_in_the_system_prompt_refuses_the_request(checker: FakeS
 def test_masked_context_values_come_back_only_where_the_tenant_restores_them(checker: FakeServer) -> None:
     # The model repeats the placeholders it was given; EMAIL is restorable, PHONE is not
     config = _config(checker.base_url, "{enabled: true, default: mask, restore: [EMAIL]}")
-    runner = LocalRunner(make_deps(config))
+    runner = InProcessRunner(make_deps(config))
     checker.script.push(ok("Write to [EMAIL_1] or call [PHONE_1]."))
 
     state = runner.run(make_state("Who handles refunds?", context=[f"Refunds: {EMAIL}, phone {PHONE}."]))
@@ -108,7 +108,7 @@ def test_a_purge_by_a_system_prompt_holding_pii_finds_its_answers(checker: FakeS
     # Answers are cached under the masked system prompt; the operator purges by its real text
     from llm_gateway.cache.purge import PurgeRequest, purge_caches
 
-    runner = LocalRunner(make_deps(_config(checker.base_url, "{enabled: true, default: mask}")))
+    runner = InProcessRunner(make_deps(_config(checker.base_url, "{enabled: true, default: mask}")))
     prompt = f"You are the support bot. Escalate to {EMAIL}."
     messages = [{"role": "system", "content": prompt}, {"role": "user", "content": "Where do refunds go?"}]
     first = runner.run(make_state(messages=messages))

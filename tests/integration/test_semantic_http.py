@@ -11,7 +11,7 @@ import pytest
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
 from llm_gateway.local.app import create_app
 from llm_gateway.observability import InMemoryMetrics
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, make_config, make_deps
 from tests.support.servers import serve
 
@@ -28,7 +28,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     db: Path = tmp_path_factory.mktemp("semantic") / "gw.db"
     deps = make_deps(config.model_copy(update={"tenants": tenants}), db=db, metrics=InMemoryMetrics())
     deps.semantic = LocalSemanticIndex(db)
-    with serve(create_app(LocalRunner(deps))) as url:
+    with serve(create_app(InProcessRunner(deps))) as url:
         yield url + "/v1"
 
 

@@ -24,7 +24,7 @@ from bench.gateway_configs import KEYS, UPSTREAM_KEY_ENV, example_config
 from llm_gateway.adapters.local.wiring import local_deps
 from llm_gateway.config import GatewayConfig
 from llm_gateway.local.app import create_app
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.support.fake_providers import fake_server
 from tests.support.servers import serve
 
@@ -35,7 +35,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as env, fake_server("openai") as upstream, contextlib.ExitStack() as stack:
         env.setenv(UPSTREAM_KEY_ENV, "sk-upstream")
         config = GatewayConfig.model_validate(example_config(upstream.base_url, Path(storage)))
-        with serve(create_app(LocalRunner(local_deps(config, stack)))) as url:
+        with serve(create_app(InProcessRunner(local_deps(config, stack)))) as url:
             yield url + "/v1"
 
 

@@ -24,7 +24,7 @@ from llm_gateway.adapters.local.semantic import LocalSemanticIndex
 from llm_gateway.config import SemanticCache
 from llm_gateway.local.app import create_app
 from llm_gateway.observability import InMemoryMetrics
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from llm_gateway.semantic.embeddings import Embedder, default_embedder
 from llm_gateway.semantic.features import pair_features
 from llm_gateway.semantic.near_miss import near_miss
@@ -51,7 +51,7 @@ def gateway(tmp_path: Path) -> Iterator[tuple[str, InMemoryMetrics]]:
     metrics = InMemoryMetrics()
     deps = make_deps(config.model_copy(update={"tenants": tenants}), db=tmp_path / "gw.db", metrics=metrics)
     deps.semantic = LocalSemanticIndex(tmp_path / "gw.db")
-    with serve(create_app(LocalRunner(deps))) as url:
+    with serve(create_app(InProcessRunner(deps))) as url:
         yield url, metrics
 
 

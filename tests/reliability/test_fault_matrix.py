@@ -35,7 +35,7 @@ from llm_gateway.adapters.local.budget import SqliteBudgetLedger
 from llm_gateway.adapters.local.sqlite import SqliteStore
 from llm_gateway.config import hash_key, parse_config
 from llm_gateway.local.app import create_app
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import make_deps
 from tests.support.fake_providers import Behaviour, FakeServer, Ok, Script, fake_server, upstream_faults
 from tests.support.fault_upstream import fault, pieces
@@ -88,7 +88,7 @@ class Plan:
 @dataclass
 class Gateway:
     url: str
-    runner: LocalRunner
+    runner: InProcessRunner
     store: SqliteStore
     ledger: SqliteBudgetLedger
     plan: Plan
@@ -139,7 +139,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         db: Path = tmp_path_factory.mktemp("faults") / "gateway.db"
         ledger = SqliteBudgetLedger(db)
         deps = make_deps(parse_config(_config(servers)), db=db, budgets=ledger)
-        runner = LocalRunner(deps)
+        runner = InProcessRunner(deps)
         assert isinstance(deps.audit, SqliteStore)
         with serve(create_app(runner)) as url:
             yield Gateway(url + "/v1", runner, deps.audit, ledger, plan, {w: s[0] for w, s in servers.items()})

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from llm_gateway.contracts import ChatCompletionRequest
 from llm_gateway.local.app import create_app
 from llm_gateway.output_format import format_problem
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, make_deps
 from tests.support.servers import ServerThread, serve
 
@@ -41,7 +41,7 @@ class SchemaHost:
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[str]:
-    with serve(create_app(LocalRunner(make_deps()))) as url:
+    with serve(create_app(InProcessRunner(make_deps()))) as url:
         yield url
 
 

@@ -31,7 +31,7 @@ from llm_gateway.local.app import create_app
 from llm_gateway.local.http_protocol import http_protocol
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.ports import BatchJob
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import make_deps
 from tests.support.servers import serve
 
@@ -158,7 +158,7 @@ def fuzz_gateway(folder: Path) -> Iterator[FuzzGateway]:
     try:
         with (
             threadpool_limits(limits=1, user_api="blas"),
-            serve(create_app(LocalRunner(deps)), http=http_protocol(), lifespan="off") as url,
+            serve(create_app(InProcessRunner(deps)), http=http_protocol(), lifespan="off") as url,
         ):
             yield FuzzGateway(url, deps, collect)
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from llm_gateway.compression import compress, salient, squeeze_whitespace
 from llm_gateway.config import Compression, parse_config
 from llm_gateway.contracts import ChatMessage
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from llm_gateway.semantic.embeddings import default_embedder
 from tests.conftest import BASE_CONFIG, make_deps, make_state
 from tests.support.fake_providers import FakeServer
@@ -56,7 +56,7 @@ def test_the_model_receives_the_compressed_prompt(checker: FakeServer) -> None:
     text = text.replace(
         "    allowed_models: [echo-b]\n", "    allowed_models: [echo-b]\n    compression: {enabled: true}\n", 1
     )
-    runner = LocalRunner(make_deps(parse_config(text)))
+    runner = InProcessRunner(make_deps(parse_config(text)))
     state = runner.run(make_state(f"{INSTRUCTION}\n\n\n\nWhat is   the leave policy?\n\n{INSTRUCTION}"))
     sent = checker.script.last.body["messages"][-1]["content"]
     assert sent == f"{INSTRUCTION}\n\nWhat is the leave policy?"

@@ -20,7 +20,7 @@ from llm_gateway.contracts import ChatCompletionRequest, GatewayState
 from llm_gateway.deps import Deps
 from llm_gateway.errors import InvalidRequest, ProviderBadRequest
 from llm_gateway.observability import InMemoryMetrics
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import make_config, make_deps, make_state
 
 # 22,000 characters of plain prose: 3,620 tokens for SmolLM2, every word one token (the floor counts as many)
@@ -43,7 +43,7 @@ def windows(small: int | None, big: int | None = None, route: dict[str, Any] | N
 def run(config: GatewayConfig, content: str, **request: Any) -> tuple[GatewayState, Deps]:
     deps = make_deps(config, metrics=InMemoryMetrics())
     state = make_state(content, **request)
-    LocalRunner(deps).run(state)
+    InProcessRunner(deps).run(state)
     return state, deps
 
 

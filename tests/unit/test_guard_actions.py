@@ -16,7 +16,7 @@ from llm_gateway.deps import Deps
 from llm_gateway.errors import ConfigError
 from llm_gateway.guard.step import guard_step
 from llm_gateway.observability import InMemoryMetrics
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from llm_gateway.streaming import start_stream
 from tests.conftest import BASE_CONFIG, guarded_config, make_config, make_deps, make_state, store_of
 from tests.support.fake_providers import FakeServer, ok
@@ -72,8 +72,8 @@ def test_log_answers_what_block_refuses_and_records_it_as_would_have_refused(
     blocking = _deps(_guards(layer, "block"), tmp_path / "block")
     logging = _deps(_guards(layer, "log"), tmp_path / "log")
 
-    refused = LocalRunner(blocking).run(make_state(text))
-    answered = LocalRunner(logging).run(make_state(text))
+    refused = InProcessRunner(blocking).run(make_state(text))
+    answered = InProcessRunner(logging).run(make_state(text))
 
     # Then block refuses it, and log lets it through to the model, answered as if the layer passed
     assert refused.finish is not None and refused.finish.status == 400
@@ -101,7 +101,7 @@ def test_log_on_answers_delivers_what_block_withholds(tmp_path: Path) -> None:
     # Given harmful-content moderation of answers only, in log mode; the echo model repeats the text
     deps = _deps(Guards(harmful=HarmfulGuard(enabled=True, input=False, action="log")), tmp_path)
 
-    state = LocalRunner(deps).run(make_state(HARMFUL))
+    state = InProcessRunner(deps).run(make_state(HARMFUL))
 
     assert state.finish is not None and state.finish.response is not None
     choice = state.finish.response.choices[0]
@@ -124,7 +124,7 @@ def test_a_logged_stream_is_relayed_whole_and_recorded(tmp_path: Path) -> None:
     deps.providers.register("echo", lambda: provider)
     state = make_state("Tell me about chemistry.", stream=True)
 
-    _, items = start_stream(LocalRunner(deps), state)
+    _, items = start_stream(InProcessRunner(deps), state)
     text, chunks, errors = collect(items)
 
     # Then the client gets all of it, and the record says tier 2 would have stopped it

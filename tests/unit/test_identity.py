@@ -12,7 +12,7 @@ import pytest
 
 from llm_gateway import identity
 from llm_gateway.identity import key_file, pseudonym, set_pseudonym_key
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import make_deps, make_state, store_of
 
 
@@ -49,7 +49,7 @@ def test_the_key_file_is_created_once_private_and_reused(tmp_path: Path) -> None
 
 def test_audit_rows_carry_keyed_pseudonyms_only() -> None:
     set_pseudonym_key("audit-test-key-0123456789abcdef")
-    runner = LocalRunner(make_deps())
+    runner = InProcessRunner(make_deps())
     state = runner.run(make_state("hello", user="user-42"))
     [(ip_hash, user_hash)] = store_of(runner.deps).query(
         "SELECT client_ip_hash, user_hash FROM audit WHERE request_id = ?", (state.request_id,)

@@ -18,7 +18,7 @@ from llm_gateway.guard.injection_data import load_split
 from llm_gateway.guard.step import guard_step
 from llm_gateway.guard.text_classifier import char_wb_ngrams, word_ngrams
 from llm_gateway.observability import InMemoryMetrics
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import make_config, make_deps, make_state, store_of
 
 EVERYDAY_TEST = Path(__file__).resolve().parents[1] / "data" / "everyday_test.jsonl"
@@ -155,7 +155,7 @@ def test_guards_are_off_unless_configured() -> None:
 
 
 def test_a_blocked_injection_is_an_openai_style_400_and_is_audited() -> None:
-    runner = LocalRunner(_deps())
+    runner = InProcessRunner(_deps())
     state = runner.run(make_state(ATTACKS[0]))
 
     assert state.finish is not None and state.finish.status == 400

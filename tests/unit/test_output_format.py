@@ -15,7 +15,7 @@ from llm_gateway.guard.step import guard_step
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.output_format import format_problem
 from llm_gateway.providers.base import ProviderReply, StreamDelta
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import make_deps, make_state, store_of
 
 SCHEMA = {
@@ -66,11 +66,11 @@ def test_format_problems() -> None:
     assert unquoted == "at age: fails the schema's 'type' rule ('integer')"  # no value from the answer
 
 
-def _runner(answers: list[str]) -> tuple[LocalRunner, Scripted]:
+def _runner(answers: list[str]) -> tuple[InProcessRunner, Scripted]:
     provider = Scripted(answers)
     deps = make_deps(metrics=InMemoryMetrics())
     deps.providers.register("echo", lambda: provider)
-    return LocalRunner(deps), provider
+    return InProcessRunner(deps), provider
 
 
 def test_an_invalid_answer_is_repaired_once_and_both_calls_are_paid_for() -> None:

@@ -25,7 +25,7 @@ from llm_gateway.guard.pii import (
     ssn_valid,
 )
 from llm_gateway.guard.step import guard_step
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from llm_gateway.streaming import start_stream
 from tests.conftest import make_config, make_deps, make_state, store_of
 from tests.unit.test_streaming import ScriptedStream, collect
@@ -111,7 +111,7 @@ def _deps(**policy: Any) -> Deps:
 def test_masked_values_never_reach_the_model_the_cache_logs_or_audit(caplog: pytest.LogCaptureFixture) -> None:
     # Given a tenant that masks PII and lets only emails be restored in answers; the echo model
     # repeats what it was sent
-    runner = LocalRunner(_deps(restore=["EMAIL"]))
+    runner = InProcessRunner(_deps(restore=["EMAIL"]))
     caplog.set_level(logging.DEBUG)
 
     state = runner.run(make_state(MESSAGE))
@@ -137,7 +137,7 @@ def test_masked_values_never_reach_the_model_the_cache_logs_or_audit(caplog: pyt
 
 
 def test_the_cache_key_is_built_from_the_masked_text() -> None:
-    runner = LocalRunner(_deps())
+    runner = InProcessRunner(_deps())
     first = runner.run(make_state(f"Email {EMAIL} about the invoice."))
     second = runner.run(make_state("Email other.person@example.org about the invoice."))
     assert first.cache is not None and first.cache.status == "miss"
@@ -145,7 +145,7 @@ def test_the_cache_key_is_built_from_the_masked_text() -> None:
 
 
 def test_a_rejected_type_refuses_the_request_naming_the_type_not_the_value() -> None:
-    runner = LocalRunner(_deps(entities={"US_SSN": "reject"}))
+    runner = InProcessRunner(_deps(entities={"US_SSN": "reject"}))
     state = runner.run(make_state(f"My SSN is {SSN}"))
 
     assert state.finish is not None and state.finish.status == 400 and state.finish.error is not None
@@ -183,7 +183,7 @@ def test_a_stream_restores_allowed_placeholders_even_when_split_across_deltas() 
     deps.providers.register("echo", lambda: ScriptedStream(pieces))
     state = make_state(f"Please email {EMAIL}", stream=True)
 
-    _model, items = start_stream(LocalRunner(deps), state)
+    _model, items = start_stream(InProcessRunner(deps), state)
     text, _chunks, errors = collect(items)
 
     assert not errors and f"write to {EMAIL} today" in text and "[EMAIL_1]" not in text
@@ -217,17 +217,17 @@ def test_ner_without_its_model_is_a_clear_config_error(monkeypatch: pytest.Monke
 LEAKY_ANSWER = "Sure. Our support line is +1 (415) 555-0199 and the admin's card is 4111 1111 1111 1111."
 
 
-def _leaky(**policy: Any) -> LocalRunner:
+def _leaky(**policy: Any) -> InProcessRunner:
     """A runner whose model streams LEAKY_ANSWER in 5-character pieces."""
     deps = _deps(**policy)
     pieces = [LEAKY_ANSWER[i : i + 5] for i in range(0, len(LEAKY_ANSWER), 5)]
     deps.providers.register("echo", lambda: ScriptedStream(pieces))
-    return LocalRunner(deps)
+    return InProcessRunner(deps)
 
 
 def test_pii_the_answer_itself_carries_is_redacted_and_not_cached() -> None:
     # The user's own values come back as placeholders (masked on the way in), not as leaks ...
-    state = LocalRunner(_deps()).run(make_state(LEAKY_ANSWER))  # echo repeats the (masked) question
+    state = InProcessRunner(_deps()).run(make_state(LEAKY_ANSWER))  # echo repeats the (masked) question
     assert state.finish is not None and state.finish.response is not None
     assert "[PHONE_1]" in state.finish.response.text()
     assert state.moderate is not None and state.moderate.outcome == "passed"

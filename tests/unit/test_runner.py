@@ -15,7 +15,7 @@ from llm_gateway.finish import final_response
 from llm_gateway.pipeline import STEPS, Step
 from llm_gateway.providers.base import ProviderReply, StreamDelta
 from llm_gateway.providers.echo import EchoProvider
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from tests.conftest import GLOBEX_KEY, RecordingSleep, make_config, make_deps, make_state, store_of
 
 
@@ -37,13 +37,13 @@ class CountingEcho(EchoProvider):
         return super().stream(request, model_id, model)
 
 
-def runner_with(provider: CountingEcho, deps: Deps | None = None) -> LocalRunner:
+def runner_with(provider: CountingEcho, deps: Deps | None = None) -> InProcessRunner:
     deps = deps or make_deps()
     deps.providers.register("echo", lambda: provider)
-    return LocalRunner(deps)
+    return InProcessRunner(deps)
 
 
-def audit_outcomes(runner: LocalRunner) -> list[tuple[object, ...]]:
+def audit_outcomes(runner: InProcessRunner) -> list[tuple[object, ...]]:
     return store_of(runner.deps).query("SELECT tenant, outcome, error_code FROM audit ORDER BY ts")
 
 
@@ -224,7 +224,7 @@ def test_an_unexpected_failure_is_still_recorded_as_failed() -> None:
     """Nothing is lost: even a bug inside a step leaves an audit row before the error propagates.
     (A provider's own bug is a provider failure instead: see test_invoke_policy.)"""
     broken = Step("moderate", f"{__name__}:broken_moderation", "moderate")
-    runner = LocalRunner(make_deps(), tuple(broken if s.name == "moderate" else s for s in STEPS))
+    runner = InProcessRunner(make_deps(), tuple(broken if s.name == "moderate" else s for s in STEPS))
     with pytest.raises(RuntimeError):
         runner.run(make_state("boom"))
     assert audit_outcomes(runner) == [("acme", "error", "internal_error")]

@@ -14,7 +14,7 @@ from llm_gateway.cache.purge import PurgeRequest, purge_caches
 from llm_gateway.config import SemanticCache
 from llm_gateway.deps import Deps
 from llm_gateway.finish import final_response
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from llm_gateway.semantic import verifier as verifier_module
 from llm_gateway.semantic.index import Candidate
 from tests.conftest import GLOBEX_KEY, make_config, make_deps, make_state
@@ -33,21 +33,21 @@ class CosineVerifier:
 
 
 @pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch) -> LocalRunner:
+def runner(monkeypatch: pytest.MonkeyPatch) -> InProcessRunner:
     monkeypatch.setattr(verifier_module, "load_verifier", CosineVerifier)
     config = make_config()
     enabled = SemanticCache(enabled=True, max_temperature=1.0)
     tenants = {name: t.model_copy(update={"semantic_cache": enabled}) for name, t in config.tenants.items()}
     deps: Deps = make_deps(config.model_copy(update={"tenants": tenants}), semantic=LocalSemanticIndex())
-    return LocalRunner(deps)
+    return InProcessRunner(deps)
 
 
-def ask(runner: LocalRunner, content: str, key: str | None = None, **request: Any) -> Any:
+def ask(runner: InProcessRunner, content: str, key: str | None = None, **request: Any) -> Any:
     state = make_state(content, key, **request) if key else make_state(content, **request)
     return runner.run(state)
 
 
-def test_a_paraphrase_is_served_by_meaning_with_a_score(runner: LocalRunner) -> None:
+def test_a_paraphrase_is_served_by_meaning_with_a_score(runner: InProcessRunner) -> None:
     first = ask(runner, QUESTION, temperature=0)
     assert first.cache.status == "miss" and first.cache.semantic_scope is not None
     second = ask(runner, PARAPHRASE, temperature=0)
@@ -57,7 +57,7 @@ def test_a_paraphrase_is_served_by_meaning_with_a_score(runner: LocalRunner) -> 
     assert second.invoke is None
 
 
-def test_no_answer_crosses_tenants_system_prompts_or_the_temperature_limit(runner: LocalRunner) -> None:
+def test_no_answer_crosses_tenants_system_prompts_or_the_temperature_limit(runner: InProcessRunner) -> None:
     ask(runner, QUESTION, temperature=0)
     assert ask(runner, PARAPHRASE, GLOBEX_KEY, temperature=0).cache.status == "miss"
     system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PARAPHRASE}]
@@ -66,13 +66,13 @@ def test_no_answer_crosses_tenants_system_prompts_or_the_temperature_limit(runne
     assert ask(runner, "How do I bake bread?", temperature=0).cache.status == "miss"
 
 
-def test_a_purge_removes_semantic_entries_too(runner: LocalRunner) -> None:
+def test_a_purge_removes_semantic_entries_too(runner: InProcessRunner) -> None:
     ask(runner, QUESTION, temperature=0)
     assert purge_caches(runner.deps, PurgeRequest(tenant="acme")) == 2  # the exact entry and the semantic one
     assert ask(runner, PARAPHRASE, temperature=0).cache.status == "miss"
 
 
-def test_a_kb_version_purge_removes_that_versions_answers_from_both_caches(runner: LocalRunner) -> None:
+def test_a_kb_version_purge_removes_that_versions_answers_from_both_caches(runner: InProcessRunner) -> None:
     # Given the same question answered from knowledge-base versions v1 and v2
     for kb in ("v1", "v2"):
         assert ask(runner, QUESTION, temperature=0, metadata={"kb_version": kb}).cache.status == "miss"
@@ -86,7 +86,7 @@ def test_a_kb_version_purge_removes_that_versions_answers_from_both_caches(runne
     assert ask(runner, PARAPHRASE, temperature=0, metadata={"kb_version": "v2"}).cache.status == "semantic"
 
 
-def test_a_system_prompt_purge_removes_only_answers_given_under_it(runner: LocalRunner) -> None:
+def test_a_system_prompt_purge_removes_only_answers_given_under_it(runner: InProcessRunner) -> None:
     def messages(system: str, question: str) -> list[dict[str, str]]:
         return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 

@@ -10,7 +10,7 @@ from llm_gateway.config import ModelConfig
 from llm_gateway.contracts import ChatCompletionChunk, ChatCompletionRequest, ErrorBody
 from llm_gateway.errors import AllModelsFailed, ProviderUnavailable
 from llm_gateway.providers.base import ProviderReply, StreamDelta
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from llm_gateway.streaming import HOLDBACK_CHARS, StreamItem, start_stream
 from tests.conftest import GLOBEX_KEY, make_deps, make_state, store_of
 
@@ -50,10 +50,10 @@ class ScriptedStream:
             self.closed = True
 
 
-def runner_for(provider: ScriptedStream) -> LocalRunner:
+def runner_for(provider: ScriptedStream) -> InProcessRunner:
     deps = make_deps()
     deps.providers.register("echo", lambda: provider)
-    return LocalRunner(deps)
+    return InProcessRunner(deps)
 
 
 def collect(items: Iterator[StreamItem]) -> tuple[str, list[ChatCompletionChunk], list[ErrorBody]]:

@@ -13,7 +13,7 @@ from llm_gateway.config import Guards, Topic, TopicGuard
 from llm_gateway.errors import ConfigError
 from llm_gateway.guard.step import guard_step
 from llm_gateway.guard.topics import library, topic_classifier
-from llm_gateway.runner import LocalRunner
+from llm_gateway.runner import InProcessRunner
 from llm_gateway.semantic.embeddings import default_embedder
 from tests.conftest import BASE_CONFIG, make_config, make_deps, make_state
 
@@ -75,8 +75,8 @@ def test_the_client_reads_the_tenant_s_refusal() -> None:
     tenants = {n: t.model_copy(update={"guards": Guards(topics=POLICY)}) for n, t in config.tenants.items()}
     deps = make_deps(config.model_copy(update={"tenants": tenants}))
 
-    refused = LocalRunner(deps).run(make_state("What dose of paracetamol can I give my toddler for a fever?"))
-    answered = LocalRunner(deps).run(make_state("How do I stop my pancakes from sticking to the pan?"))
+    refused = InProcessRunner(deps).run(make_state("What dose of paracetamol can I give my toddler for a fever?"))
+    answered = InProcessRunner(deps).run(make_state("How do I stop my pancakes from sticking to the pan?"))
 
     assert refused.finish is not None and refused.finish.error is not None
     assert refused.finish.status == 400

@@ -1,7 +1,7 @@
 """The gateway chain, defined once.
 
 guard -> cache -> router -> invoke -> moderate, then finish on every path. Exits: `blocked`
-(after guard) and `hit` (after cache) go straight to finish. The local runner executes this list
+(after guard) and `hit` (after cache) go straight to finish. The in-process runner executes this list
 in-process; the CDK app builds the Step Functions state machine from the same list, so both walk
 the same steps. Step functions are named by import path, which keeps this module free of heavy
 imports (the CDK app reads it).

@@ -22,7 +22,7 @@ def load_step(step: Step) -> StepFunction:
     return function
 
 
-class LocalRunner:
+class InProcessRunner:
     """Walks the chain for one request; exits early on `blocked` and cache `hit`, then finishes."""
 
     def __init__(self, deps: Deps, steps: tuple[Step, ...] = STEPS) -> None:

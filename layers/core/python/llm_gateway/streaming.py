@@ -40,7 +40,7 @@ from .invoke.step import build_completion, open_stream
 from .moderation.harmful import load_harmful_classifier
 from .moderation.step import leak_watched
 from .providers.base import ProviderReply, StreamDelta
-from .runner import LocalRunner
+from .runner import InProcessRunner
 
 log = logging.getLogger("llm_gateway.streaming")
 HOLDBACK_CHARS = 64
@@ -48,7 +48,7 @@ HARM_STEP_CHARS = 256  # streamed answers are scored by tier 2 each time they gr
 StreamItem = ChatCompletionChunk | ErrorBody
 
 
-def start_stream(runner: LocalRunner, state: GatewayState) -> tuple[str | None, Iterator[StreamItem]]:
+def start_stream(runner: InProcessRunner, state: GatewayState) -> tuple[str | None, Iterator[StreamItem]]:
     """Run the chain up to the model; return the answering model and the chunk iterator.
 
     Raises `GatewayError` (already recorded) when the request fails before any token; a blocked
@@ -173,7 +173,7 @@ def _harm_stop(policy: HarmfulGuard) -> float | None:
 
 
 def _relay(
-    runner: LocalRunner,
+    runner: InProcessRunner,
     state: GatewayState,
     model_id: str,
     provider: str,
@@ -211,7 +211,7 @@ class _Ended:
     """A relayed stream that ends before its finish: the client left, or the provider (or the
     gateway) failed after the first token."""
 
-    runner: LocalRunner
+    runner: InProcessRunner
     state: GatewayState
     model_id: str
     provider: str
@@ -284,7 +284,7 @@ def _visible(state: GatewayState, progress: _Progress, text: str) -> str:
 
 
 def _settle(
-    runner: LocalRunner,
+    runner: InProcessRunner,
     state: GatewayState,
     model_id: str,
     provider: str,

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from ..local.app import create_app
-from ..runner import LocalRunner
+from ..runner import InProcessRunner
 from .observability import metrics
 from .runtime import deps
 
@@ -52,4 +52,4 @@ class FlushMetrics:
 
 def streaming_app() -> FlushMetrics:
     """The gateway's HTTP API on this container's dependencies, metrics flushed per request."""
-    return FlushMetrics(create_app(LocalRunner(deps())))
+    return FlushMetrics(create_app(InProcessRunner(deps())))

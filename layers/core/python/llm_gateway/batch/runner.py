@@ -9,7 +9,7 @@ run again (a Lambda timeout, a killed CLI) without losing or repeating a line:
        └─(refused, cache hit)──────────────────────────────────> done
                        └──(answered in bounded parallel chunks)─> done
 
-- prepare: the chain's guard, cache and router steps per line (`LocalRunner.run(stop_before=
+- prepare: the chain's guard, cache and router steps per line (`InProcessRunner.run(stop_before=
   "invoke")`): a refusal or a cache hit is the line's answer; otherwise its chain state waits.
 - dispatch: lines for models with a provider batch API go to it in one provider batch per model
   (`batch.providers`); the others are answered now, a few at a time, by the invoke, moderate and
@@ -42,7 +42,7 @@ from ..errors import GatewayError, InternalError, ProviderBadRequest, ProviderUn
 from ..invoke.step import build_completion
 from ..ports import BatchJob, BatchJobs, BatchLine, ObjectStore
 from ..providers.batches import BatchAPI, BatchItem, BatchResults
-from ..runner import LocalRunner
+from ..runner import InProcessRunner
 from .format import BatchFileError, InputLine, InvalidLine, jsonl, parse_input, result_record
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class BatchRunner:
         self.objects = objects
         self.parallel = parallel
         self.on_progress = on_progress
-        self.runner = LocalRunner(deps)
+        self.runner = InProcessRunner(deps)
 
     # ------------------------------------------------------------------ submit
 

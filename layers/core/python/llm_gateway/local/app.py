@@ -62,7 +62,7 @@ from ..response_headers import (
     ROUTE,
     STREAM_CACHE_CONTROL,
 )
-from ..runner import LocalRunner
+from ..runner import InProcessRunner
 from ..streaming import StreamItem, start_stream
 from .openapi import openapi_document
 
@@ -181,9 +181,9 @@ class _ClosingStream(StreamingResponse):
 
 
 class GatewayApp:
-    """Routes of the OpenAI API over a `LocalRunner`."""
+    """Routes of the OpenAI API over a `InProcessRunner`."""
 
-    def __init__(self, runner: LocalRunner, max_threads: int = 256) -> None:
+    def __init__(self, runner: InProcessRunner, max_threads: int = 256) -> None:
         self.runner = runner
         self.deps = runner.deps
         self._max_threads = max_threads
@@ -391,7 +391,7 @@ class GatewayAsgi:
         await self.routes(scope, receive, send)
 
 
-def create_app(runner: LocalRunner) -> GatewayAsgi:
+def create_app(runner: InProcessRunner) -> GatewayAsgi:
     """The ASGI application."""
     gateway = GatewayApp(runner)
 

@@ -57,7 +57,7 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
 
     from ..adapters.local.wiring import local_deps
     from ..asgi_serving import AnnouncingServer, ready_line
-    from ..runner import LocalRunner
+    from ..runner import InProcessRunner
     from .app import create_app
     from .http_protocol import http_protocol
 
@@ -82,7 +82,7 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
         if supervisor is not None:
             deps.model_endpoint = supervisor
             supervisor.on_url_change(lambda old, new: repoint(deps, old, new))
-        app = create_app(LocalRunner(deps))
+        app = create_app(InProcessRunner(deps))
 
         def announce(bound_host: str, bound_port: int) -> list[str]:
             """The base URL, then the demo keys minted for this run."""
