@@ -7,6 +7,7 @@ run in about a second, the REST one is checked by arithmetic on the constants th
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -35,6 +36,7 @@ from tests.support.fake_providers import Behaviour, FakeServer, delay, fake_serv
 GATEWAY_KEY = "gw-deadline-key-0123456789abcdef"
 MODEL_TIMEOUT_S = 5.0  # each model's own timeout: far longer than the short deadline under test
 DEADLINE_S = 0.8
+SLOW_S = 0.3  # each slow 500 takes this long
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 
 CONFIG = f"""
@@ -134,12 +136,13 @@ def test_a_provider_that_keeps_failing_stops_being_retried_at_the_deadline(
 ) -> None:
     """Slow 500s: without a deadline the policy would make 3 attempts per model (6 in all); the
     deadline stops the retries and the fallbacks early and says so."""
-    every_call(servers, delay(0.3, status(500)))
+    every_call(servers, delay(SLOW_S, status(500)))
     with pytest.raises(AllModelsFailed) as caught:
         invoke_step(routed_state(deps), deps)
     assert f"within the {DEADLINE_S:g} s deadline" in caught.value.message
     calls = sum(len(server.script.requests) for server in servers)
-    assert 1 <= calls < 2 * INVOKE_POLICY.max_attempts
+    # each call takes SLOW_S and none starts past the deadline: at most ceil(0.8 / 0.3) = 3 of the 6
+    assert 1 <= calls <= math.ceil(DEADLINE_S / SLOW_S) < 2 * INVOKE_POLICY.max_attempts
 
 
 def test_an_attempt_timeout_never_exceeds_what_is_left_of_the_deadline(deps: Deps) -> None:
