@@ -39,18 +39,13 @@ def local_deps(
     if pseudonym_key_beside_store and not os.environ.get(KEY_ENV) and config.storage_path != ":memory:":
         # Pseudonyms keyed per deployment: the key lives beside the store it protects.
         set_pseudonym_key(key_file(Path(config.storage_path).parent / "pseudonym.key"))
-    store = SqliteStore(config.storage_path)
-    stack.callback(store.close)
-    semantic = LocalSemanticIndex(config.storage_path)
-    stack.callback(semantic.close)
-    review_queue = SqliteReviewQueue(config.storage_path)
-    stack.callback(review_queue.close)
-    allowlist = SqliteGuardAllowList(config.storage_path)
-    stack.callback(allowlist.close)
-    budgets = SqliteBudgetLedger(config.storage_path)
-    stack.callback(budgets.close)
-    batch_jobs = SqliteBatchJobs(config.storage_path)
-    stack.callback(batch_jobs.close)
+    path = config.storage_path
+    store = stack.enter_context(contextlib.closing(SqliteStore(path)))
+    semantic = stack.enter_context(contextlib.closing(LocalSemanticIndex(path)))
+    review_queue = stack.enter_context(contextlib.closing(SqliteReviewQueue(path)))
+    allowlist = stack.enter_context(contextlib.closing(SqliteGuardAllowList(path)))
+    budgets = stack.enter_context(contextlib.closing(SqliteBudgetLedger(path)))
+    batch_jobs = stack.enter_context(contextlib.closing(SqliteBatchJobs(path)))
     return Deps(
         batch_jobs=batch_jobs,
         config=config,
