@@ -30,6 +30,7 @@ class GatewayLayers(Construct):
         self._stage = stage
         self._target = bundle_target(self, stage)
         self._deps: dict[str, tuple[lambda_.LayerVersion, s3_assets.Asset]] = {}
+        self._sizes: dict[Path, int] = {}
         # Each layer's code is an asset (so its staged folder can be measured): its object key is the
         # content's hash, so new content is a new key and a new layer version without object versions.
         cdk.Annotations.of(self).acknowledge_warning(
@@ -85,10 +86,16 @@ class GatewayLayers(Construct):
         if cdk.Stack.of(self).bundling_required:
             outdir = Path(cdk.Stage.of(self).outdir)  # type: ignore[union-attr]
             parts = [(f"code (functions/{function})", bundles.tree_size(c.ROOT / c.FUNCTIONS_DIR / function))]
-            parts += [(name, bundles.tree_size(outdir / asset.asset_path)) for name, _, asset in chosen]
+            parts += [(name, self._size(outdir / asset.asset_path)) for name, _, asset in chosen]
             parts += [("external layer", bundles.EXTERNAL_LAYER_ALLOWANCE) for _ in extra]
             bundles.check_size(function, parts)
         return layers
+
+    def _size(self, staged: Path) -> int:
+        """A staged layer's unzipped size, measured once however many functions carry it."""
+        if staged not in self._sizes:
+            self._sizes[staged] = bundles.tree_size(staged)
+        return self._sizes[staged]
 
     def _layer(
         self, construct_id: str, description: str, **asset_options: object
