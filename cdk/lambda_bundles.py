@@ -74,7 +74,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
 # every tenant feature on). tests/infrastructure/test_lambda_bundles.py imports each from its bundle.
 FUNCTION_FEATURES: dict[str, frozenset[str]] = {
     "authorizer": frozenset(),
-    "router": frozenset({"embedding"}),  # complexity routing embeds the question
+    "router": frozenset(),  # keeps the guard's planned candidates that can take the request, reserves
     "cache_lookup": frozenset({"embedding", "momento"}),
     # rate limits (Momento), topic filter and harmful-content head (embedding), the LLM judge
     "guard": frozenset({"embedding", "momento", "providers"}),

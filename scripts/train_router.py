@@ -29,6 +29,7 @@ from llm_gateway.routing.complexity import ARTEFACT_PATH, ComplexityModel
 from llm_gateway.routing.complexity_data import Example, load
 from llm_gateway.routing.features import FEATURE_NAMES, heuristic_features
 from llm_gateway.semantic.embeddings import Embedder, embedding_model_id
+from llm_gateway.weights import encode_array, sigmoid_array
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "qqp_pairs.jsonl.gz"
@@ -130,7 +131,7 @@ def main() -> None:
     c, oof, model = chosen["both"]
     platt = LogisticRegression(C=1e6, max_iter=1000).fit(oof.reshape(-1, 1), y)
     a, b = float(platt.coef_[0][0]), float(platt.intercept_[0])
-    calibrated = 1 / (1 + np.exp(-(a * oof + b)))
+    calibrated = sigmoid_array(a * oof + b)
     quantiles = np.quantile(calibrated, np.linspace(0, 1, QUANTILES))
     weights = model.coef_[0]
     n = len(FEATURE_NAMES)
@@ -138,11 +139,11 @@ def main() -> None:
         "version": 1,
         "features": list(FEATURE_NAMES),
         "embedding_model": embedding_model_id(),
-        "mean": [float(v) for v in mean],
-        "scale": [float(v) for v in scale],
+        "mean": encode_array(np.asarray(mean, dtype=np.float64), "<f8"),
+        "scale": encode_array(np.asarray(scale, dtype=np.float64), "<f8"),
         "weights": {
-            "heuristic": [round(float(v), 6) for v in weights[:n]],
-            "embedding": [round(float(v), 6) for v in weights[n:]],
+            "heuristic": encode_array(np.round(weights[:n], 6), "<f8"),
+            "embedding": encode_array(np.round(weights[n:], 6), "<f8"),
         },
         "bias": round(float(model.intercept_[0]), 6),
         "platt": [round(a, 6), round(b, 6)],

@@ -51,6 +51,7 @@ from guard_sources import _Wheels, default_dir
 from llm_gateway.config import EXAMPLE_CONFIG, TopicGuard
 from llm_gateway.guard.topics import CUES_PATH, HEAD_PATH, AdviceHead, Cues, TopicClassifier
 from llm_gateway.semantic.embeddings import default_embedder, embedding_model_id
+from llm_gateway.weights import encode_array
 
 ROOT = Path(__file__).resolve().parents[1]
 C = 1.0
@@ -220,8 +221,8 @@ def main() -> int:
         "threshold": threshold,
         "validation": result.validation,
         "bias": round(float(model.intercept_[0]), 6),
-        "cue_weights": [round(float(w), 6) for w in model.coef_[0][-2:]],
-        "weights": [round(float(w), 6) for w in model.coef_[0][:-2]],
+        "cue_weights": encode_array(np.round(model.coef_[0][-2:], 6)),
+        "weights": encode_array(np.round(model.coef_[0][:-2], 6)),
     }
     args.out.write_text(json.dumps(artefact, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in artefact.items() if k not in ("weights",)}, indent=1))

@@ -25,7 +25,8 @@ from sklearn.preprocessing import StandardScaler
 
 from llm_gateway.semantic.embeddings import Embedder, embedding_model_id, embedding_model_slug
 from llm_gateway.semantic.features import LEXICAL_FEATURES, pair_features
-from llm_gateway.semantic.verifier import ARTEFACT_PATH, Verifier, encode_array
+from llm_gateway.semantic.verifier import ARTEFACT_PATH, Verifier
+from llm_gateway.weights import encode_array
 
 SEED = 20240917
 ROOT = Path(__file__).resolve().parents[1]

@@ -136,7 +136,8 @@ def test_models_layer_and_model_dir_reach_exactly_the_functions_that_embed(templ
     assert len(models) == 1
     functions = functions_by_folder(template)
     embedding = {folder for folder, features in bundles.FUNCTION_FEATURES.items() if "embedding" in features}
-    assert {"router", "cache_lookup", "guard", "moderate", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER} <= embedding
+    assert {"cache_lookup", "guard", "moderate", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER} <= embedding
+    assert "router" not in embedding  # the guard plans the route (its complexity embedding) once
     for folder, (_, properties) in functions.items():
         has_layer = {"Ref": models[0]} in properties.get("Layers", [])
         assert has_layer == (folder in embedding), folder

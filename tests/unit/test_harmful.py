@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from llm_gateway.guard.text_classifier import block_terms, read_artefact, sigmoid
+from llm_gateway.guard.text_classifier import block_terms, read_artefact
 from llm_gateway.moderation.harmful import (
     ARTEFACT_PATH,
     CATEGORY_NAMES,
     HEAD_FROM,
     HarmfulClassifier,
     load_harmful_classifier,
+    probability_logit,
 )
 from llm_gateway.moderation.harmful_data import harmbench, harmbench_contextual, load
 from llm_gateway.moderation.judge import JudgeUnparseable, JudgeVerdict, parse_verdict
+from llm_gateway.weights import sigmoid
 from tests.support.evaluation_data import QQP, needs_qqp
 
 
@@ -75,24 +77,29 @@ def test_the_uncertain_band_holds_what_a_judge_should_decide(
     assert ((requests["everyday"] >= low) & (requests["everyday"] < high)).mean() <= 0.11
 
 
-# One model alone scores these above the threshold while the other is sure they are benign: the
-# higher of the two would refuse them, the fusion does not.
-ONE_MODEL_ONLY = [
-    "I will provide more details in an anonymous answer.",  # the n-grams: 0.83, the head: 0.000
-    "My ex is threatening to move abroad with our daughter, can I stop her?",  # 0.015, the head: 0.64
-]
+# The n-grams alone score this above the threshold while the head is sure it is benign: the higher
+# of the two would refuse it, the fusion does not (n-grams 0.83, head 0.000, fused 0.13).
+NGRAMS_ONLY = "I will provide more details in an anonymous answer."
 
 
-@pytest.mark.parametrize("text", ONE_MODEL_ONLY)
-def test_the_fusion_not_the_higher_model_decides(classifier: HarmfulClassifier, text: str) -> None:
+def test_the_fusion_not_the_higher_model_decides(classifier: HarmfulClassifier) -> None:
     from llm_gateway.semantic.embeddings import default_embedder
 
     assert classifier.head is not None and classifier.fusion is not None
-    ngram = classifier.assess_long(text).score
-    head = sigmoid(classifier.head.logit(default_embedder().embed_one(text)))
-    assert max(ngram, head) >= classifier.threshold + 0.05  # the higher of the two would refuse it
-    assert min(ngram, head) <= 0.05
-    assert classifier.assess_request(text).score < classifier.threshold - 0.1
+    ngram = classifier.assess_long(NGRAMS_ONLY).score
+    head = sigmoid(classifier.head.logit(default_embedder().embed_one(NGRAMS_ONLY)))
+    assert ngram >= classifier.threshold + 0.05 and head <= 0.05
+    assert classifier.assess_request(NGRAMS_ONLY).score < classifier.threshold - 0.1
+
+
+def test_the_fusion_discounts_a_head_the_ngrams_contradict(classifier: HarmfulClassifier) -> None:
+    """The other way round, on the artefact's fitted fusion: a head at 0.64 (above the threshold)
+    beside n-grams at 0.015 fuses well below it. (Tested on the logits, not on one text: the
+    head's score of a given text moves with the int8 embedding model each install quantises.)"""
+    assert classifier.fusion is not None
+    ngram_logit, head_logit = probability_logit(0.015), probability_logit(0.64)
+    assert sigmoid(head_logit) >= classifier.threshold + 0.05
+    assert classifier.fusion.probability(ngram_logit, head_logit) < classifier.threshold - 0.1
 
 
 def test_a_request_both_models_find_harmful_is_refused_without_the_judge(classifier: HarmfulClassifier) -> None:

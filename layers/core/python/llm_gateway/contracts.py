@@ -300,6 +300,15 @@ class GuardDecision(_Strict):
     reason: str | None = None
 
 
+class RouteResult(_Strict):
+    route: str
+    candidates: list[str] = Field(min_length=1)
+    max_tokens: int | None = None  # the route's cap on generated tokens
+    brief: bool = False  # add the brevity instruction (a simple request on a `brief_simple` route)
+    complexity: float | None = None  # the complexity router's score (routes with `complexity`)
+    pinned: bool = False  # a metadata pin chose the model
+
+
 class GuardResult(_Strict):
     outcome: Literal["allowed", "blocked"]
     tenant: TenantContext | None = None
@@ -314,6 +323,9 @@ class GuardResult(_Strict):
     masked_context: list[str] | None = None  # the RAG passages, masked the same way (None: unchanged)
     restorable: dict[str, str] = Field(default_factory=dict)
     saved_tokens: int = 0  # prompt compression's estimate of the input tokens it removed
+    # An allowed request's planned route (`routing.step.plan_route`), worked out once here and read
+    # by the cache (its key's model) and the router (which keeps the candidates that can take it now).
+    route: RouteResult | None = None
 
 
 class CacheResult(_Strict):
@@ -328,15 +340,6 @@ class CacheResult(_Strict):
     store: bool = True
     response: ChatCompletion | None = None
     route: str | None = None  # hits: the route the request resolved through (the router does not run)
-
-
-class RouteResult(_Strict):
-    route: str
-    candidates: list[str] = Field(min_length=1)
-    max_tokens: int | None = None  # the route's cap on generated tokens
-    brief: bool = False  # add the brevity instruction (a simple request on a `brief_simple` route)
-    complexity: float | None = None  # the complexity router's score (routes with `complexity`)
-    pinned: bool = False  # a metadata pin chose the model
 
 
 class Attempt(_Strict):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from typing import Protocol
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 
 class MetricsSink(Protocol):
@@ -26,11 +30,11 @@ class NullMetrics:
 
 
 Labels = tuple[tuple[str, str], ...]
-_MIN, _MAX = 'stat="min"', 'stat="max"'
 
 
 class InMemoryMetrics:
-    """Counters and summaries (count, sum, min, max) kept in process; rendered in Prometheus text."""
+    """Counters and summaries (count, sum, min, max) kept in process; `prometheus()` renders them in
+    Prometheus' text format through `prometheus_client` (`# TYPE` lines, escaped label values)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -54,17 +58,43 @@ class InMemoryMetrics:
                 current[3] = max(current[3], value)
 
     def prometheus(self) -> str:
-        def labels(pairs: Labels, extra: str = "") -> str:
-            parts = [f'{k}="{v}"' for k, v in pairs] + ([extra] if extra else [])
-            return "{" + ",".join(parts) + "}" if parts else ""
+        """The text exposition: `llm_gateway_<name>_total` per counter; per observed distribution a
+        summary `llm_gateway_<name>` (`_count`, `_sum`) and gauges `llm_gateway_<name>_min`, `_max`."""
+        from prometheus_client import CollectorRegistry, generate_latest
 
-        lines: list[str] = []
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Snapshot(self))
+        return generate_latest(registry).decode("utf-8")
+
+    def snapshot(self) -> tuple[dict[tuple[str, Labels], float], dict[tuple[str, Labels], list[float]]]:
         with self._lock:
-            for (name, pairs), value in sorted(self.counters.items()):
-                lines.append(f"llm_gateway_{name}_total{labels(pairs)} {value:g}")
-            for (name, pairs), (n, total, low, high) in sorted(self.summaries.items()):
-                lines.append(f"llm_gateway_{name}_count{labels(pairs)} {n:g}")
-                lines.append(f"llm_gateway_{name}_sum{labels(pairs)} {total:g}")
-                lines.append(f"llm_gateway_{name}{labels(pairs, _MIN)} {low:g}")
-                lines.append(f"llm_gateway_{name}{labels(pairs, _MAX)} {high:g}")
-        return "\n".join(lines) + "\n"
+            return dict(self.counters), {k: list(v) for k, v in self.summaries.items()}
+
+
+class _Snapshot:
+    """A `prometheus_client` collector over one `InMemoryMetrics` (label sets may differ per sample)."""
+
+    def __init__(self, metrics: InMemoryMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import Metric
+
+        counters, summaries = self._metrics.snapshot()
+        families: dict[str, Metric] = {}
+
+        def family(name: str, kind: str) -> Metric:
+            if name not in families:
+                families[name] = Metric(name, "", kind)
+            return families[name]
+
+        for (name, labels), value in sorted(counters.items()):
+            full = f"llm_gateway_{name}"
+            family(full, "counter").add_sample(f"{full}_total", dict(labels), value)
+        for (name, labels), (n, total, low, high) in sorted(summaries.items()):
+            full = f"llm_gateway_{name}"
+            family(full, "summary").add_sample(f"{full}_count", dict(labels), n)
+            family(full, "summary").add_sample(f"{full}_sum", dict(labels), total)
+            family(f"{full}_min", "gauge").add_sample(f"{full}_min", dict(labels), low)
+            family(f"{full}_max", "gauge").add_sample(f"{full}_max", dict(labels), high)
+        yield from families.values()

@@ -1,26 +1,15 @@
 """A small classifier head over the sentence embedding the gateway already computes (the
 semantic cache's query, the topic filter's message): one ReLU hidden layer and a logistic output,
 in numpy (~0.1 ms). Trained with scikit-learn's `MLPClassifier` by the guard training scripts and
-shipped inside a classifier's artefact as float32 arrays in base64."""
+shipped inside a classifier's artefact as packed float32 arrays (`weights.encode_array`)."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import numpy as np
 
-from .text_classifier import sigmoid
-
-
-def _encode(array: Any) -> dict[str, Any]:
-    values = np.ascontiguousarray(array, dtype=np.float32)
-    return {"shape": list(values.shape), "data": base64.b64encode(values.tobytes()).decode("ascii")}
-
-
-def _decode(block: dict[str, Any]) -> np.ndarray:
-    values = np.frombuffer(base64.b64decode(block["data"]), dtype=np.float32)
-    return values.reshape(block["shape"])
+from ..weights import decode_array, encode_array, sigmoid, sigmoid_array
 
 
 def encode_head(mlp: Any) -> dict[str, Any]:
@@ -28,18 +17,18 @@ def encode_head(mlp: Any) -> dict[str, Any]:
     if len(mlp.coefs_) != 2 or mlp.activation != "relu":
         raise ValueError("the head is one ReLU hidden layer")
     return {
-        "w1": _encode(mlp.coefs_[0]),
-        "b1": _encode(mlp.intercepts_[0]),
-        "w2": _encode(mlp.coefs_[1][:, 0]),
+        "w1": encode_array(mlp.coefs_[0]),
+        "b1": encode_array(mlp.intercepts_[0]),
+        "w2": encode_array(mlp.coefs_[1][:, 0]),
         "b2": float(mlp.intercepts_[1][0]),
     }
 
 
 class EmbeddingHead:
     def __init__(self, spec: dict[str, Any]) -> None:
-        self._w1 = _decode(spec["w1"])
-        self._b1 = _decode(spec["b1"])
-        self._w2 = _decode(spec["w2"])
+        self._w1 = decode_array(spec["w1"]).astype(np.float32)
+        self._b1 = decode_array(spec["b1"]).astype(np.float32)
+        self._w2 = decode_array(spec["w2"]).astype(np.float32)
         self._b2 = float(spec["b2"])
         if self._w1.shape != (self._w1.shape[0], self._b1.shape[0]) or self._w2.shape != self._b1.shape:
             raise ValueError("embedding head weights do not fit together")
@@ -61,6 +50,4 @@ class EmbeddingHead:
         return result
 
     def probabilities(self, matrix: np.ndarray) -> np.ndarray:
-        logits = np.clip(self.logits(matrix), -40.0, 40.0)
-        result: np.ndarray = 1.0 / (1.0 + np.exp(-logits))
-        return result
+        return sigmoid_array(self.logits(matrix))

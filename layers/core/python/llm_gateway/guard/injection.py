@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .text_classifier import LinearTextClassifier, TextMemo, read_artefact, sigmoid
+from ..weights import sigmoid
+from .text_classifier import LinearTextClassifier, TextMemo, read_artefact
 
 ARTEFACT_PATH = Path(__file__).parent / "data" / "injection.json.gz"
 

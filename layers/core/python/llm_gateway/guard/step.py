@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..compression import Compressed, compress
 from ..config import Compression, Guards, InjectionGuard, PiiGuard, TopicGuard
-from ..contracts import ChatMessage, GatewayState, GuardDecision, GuardResult, TenantContext, TextPart
+from ..contracts import ChatMessage, GatewayState, GuardDecision, GuardResult, RouteResult, TenantContext, TextPart
 from ..decisions import record_layer, submit_for_review
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
 from ..identity import pseudonym
@@ -20,7 +20,7 @@ from ..moderation.cascade import TIER2 as HARMFUL_LAYER
 from ..moderation.cascade import harmful_decision
 from ..moderation.harmful import load_harmful_classifier
 from ..output_format import check_schema
-from ..routing.step import resolve_route
+from ..routing.step import plan_route, resolve_route
 from .allowlist import CLASSIFIER_LAYERS, allowlist_decision, latest_user_text
 from .copyright import copyright_decision
 from .injection import load_injection_classifier
@@ -161,7 +161,7 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
     context = authenticate(state, deps)
     check_size(state, deps)
     check_schema(state.request)
-    resolve_route(deps.config, context.tenant, state.request.model)  # unknown model: 404 before spending a token
+    resolved = resolve_route(deps.config, context.tenant, state.request.model)  # unknown model: 404 first
     if state.caller.batch_tenant is None:  # a batch is paced by its job, not by the online limits
         check_rate(context, deps, state.caller.client_ip)
     blocklist = deps.input_blocklists[context.tenant]
@@ -179,7 +179,7 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         screen.decisions.append(verdict.decision)
         if verdict.decision.action == "block":
             return _blocked(screen, verdict)
-    return _allowed(screen)
+    return _allowed(screen, plan_route(state, deps, context.tenant, resolved))  # a refused request never plans
 
 
 def _screen(state: GatewayState, deps: Deps, context: TenantContext) -> Screening:
@@ -226,8 +226,9 @@ def _blocked(screen: Screening, verdict: Verdict) -> GuardResult:
     )
 
 
-def _allowed(screen: Screening) -> GuardResult:
-    """What the model will see: the masked (and, for tenants that enable it, compressed) messages."""
+def _allowed(screen: Screening, route: RouteResult) -> GuardResult:
+    """What the model will see: the masked (and, for tenants that enable it, compressed) messages,
+    and the route planned for it (read by the cache and the router)."""
     deps, tenant = screen.deps, screen.context.tenant
     masked = screen.masked
     saved = 0
@@ -249,6 +250,7 @@ def _allowed(screen: Screening) -> GuardResult:
         masked_context=screen.masked_context,
         restorable=screen.restorable,
         saved_tokens=saved,
+        route=route,
     )
 
 

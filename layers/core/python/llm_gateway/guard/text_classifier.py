@@ -3,7 +3,7 @@
 The guard's prompt-injection classifier and the moderation tier 2 harmful-content classifier are
 both trained with scikit-learn (`TfidfVectorizer` word and `char_wb` blocks, logistic regression)
 and shipped as a gzipped JSON artefact: per vocabulary term its idf and one weight per output head
-(float32, see `encode_block_terms`). Scoring reproduces scikit-learn's transform exactly (the
+(packed float32 arrays, see `encode_block_terms`). Scoring reproduces scikit-learn's transform exactly (the
 training scripts check it against `predict_proba`). The n-grams are found in Python (a word's
 character n-grams once per process, memoised); the arithmetic runs in numpy, for any number of
 windows of a text at once (`window_logits`: a long answer's sentences and their pairs), so a
@@ -15,7 +15,6 @@ classifier) has a single head and a scalar `bias`.
 
 from __future__ import annotations
 
-import base64
 import functools
 import gzip
 import itertools
@@ -23,7 +22,6 @@ import json
 import math
 import re
 import threading
-from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from itertools import chain
@@ -31,6 +29,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+
+from ..weights import decode_array, encode_array
 
 # scikit-learn's defaults: `token_pattern` and the whitespace run `char_wb` collapses.
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
@@ -245,17 +245,16 @@ class TextMemo(Generic[T]):
         return result
 
 
-def encode_block_terms(terms: list[str], idf: list[float], weights: list[list[float]]) -> dict[str, str]:
+def encode_block_terms(terms: list[str], idf: list[float], weights: list[list[float]]) -> dict[str, Any]:
     """The artefact's compact form of a vocabulary: terms joined by newlines (n-grams never hold
-    one), idf and the weights (term-major: all heads of a term together) as float32 arrays in
-    base64; parsing it is ~10x faster than nested JSON lists. `weights` holds one list per term."""
+    one), idf and the weights (terms x heads) as packed float32 arrays (`weights.encode_array`);
+    parsing it is ~10x faster than nested JSON lists. `weights` holds one list per term."""
     if any("\n" in term for term in terms):
         raise ValueError("a term holds a newline")
-    flat = [w for per_term in weights for w in per_term]
     return {
         "terms": "\n".join(terms),
-        "idf": base64.b64encode(array("f", idf).tobytes()).decode("ascii"),
-        "weight": base64.b64encode(array("f", flat).tobytes()).decode("ascii"),
+        "idf": encode_array(np.asarray(idf, dtype=np.float32).reshape(len(terms))),
+        "weight": encode_array(np.asarray(weights, dtype=np.float32).reshape(len(terms), -1)),
     }
 
 
@@ -283,28 +282,18 @@ def export_blocks(vectorizers: list[tuple[str, Any]], coef: Any) -> list[dict[st
 
 def block_terms(block: dict[str, Any], heads: int = 1) -> dict[str, tuple[float, tuple[float, ...]]]:
     """term -> (idf, weight per head) of one artefact block."""
-    idf, weights = array("f"), array("f")
-    idf.frombytes(base64.b64decode(block["idf"]))
-    weights.frombytes(base64.b64decode(block["weight"]))
-    terms = block["terms"].split("\n") if block["terms"] else []
-    if len(weights) != len(terms) * heads or len(idf) != len(terms):
-        raise ValueError(f"block {block.get('name')!r}: array sizes do not match {len(terms)} terms x {heads} heads")
-    rows = [tuple(weights[i * heads : (i + 1) * heads]) for i in range(len(terms))]
-    return dict(zip(terms, zip(idf, rows, strict=True), strict=True))
+    terms, idf, weights = _block_arrays(block, heads)
+    rows = [tuple(float(w) for w in row) for row in weights]
+    return dict(zip(terms, zip((float(v) for v in idf), rows, strict=True), strict=True))
 
 
 def _block_arrays(block: dict[str, Any], heads: int) -> tuple[list[str], Any, Any]:
     """(terms, idf, weights as terms x heads) of one artefact block."""
-    idf = np.frombuffer(base64.b64decode(block["idf"]), dtype="<f4")
-    weights = np.frombuffer(base64.b64decode(block["weight"]), dtype="<f4")
+    idf, weights = decode_array(block["idf"]), decode_array(block["weight"])
     terms = block["terms"].split("\n") if block["terms"] else []
-    if len(weights) != len(terms) * heads or len(idf) != len(terms):
+    if weights.shape != (len(terms), heads) or idf.shape != (len(terms),):
         raise ValueError(f"block {block.get('name')!r}: array sizes do not match {len(terms)} terms x {heads} heads")
-    return terms, idf, weights.reshape(len(terms), heads)
-
-
-def sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, z))))
+    return terms, idf, weights
 
 
 class LinearTextClassifier:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..config import TopicGuard
+from ..weights import decode_array
 
 DATA = Path(__file__).parent / "data"
 LIBRARY_PATH = DATA / "topic_library.json"
@@ -127,8 +128,8 @@ def advice_head() -> AdviceHead:
     data: dict[str, Any] = json.loads(HEAD_PATH.read_text(encoding="utf-8"))
     cues = Cues(json.loads(CUES_PATH.read_text(encoding="utf-8")))
     return AdviceHead(
-        weights=np.asarray(data["weights"], dtype=np.float32),
-        cue_weights=np.asarray(data["cue_weights"], dtype=np.float32),
+        weights=decode_array(data["weights"]).astype(np.float32),
+        cue_weights=decode_array(data["cue_weights"]).astype(np.float32),
         bias=float(data["bias"]),
         margin_weight=float(data["margin_weight"]),
         threshold=float(data["threshold"]),

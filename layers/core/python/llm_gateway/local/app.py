@@ -320,7 +320,7 @@ class GatewayApp:
             return _error_response(AuthenticationFailed("An admin API key is required."))
         sink = self.deps.metrics
         text = sink.prometheus() if isinstance(sink, InMemoryMetrics) else ""
-        return Response(text, media_type="text/plain; version=0.0.4")
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def admin_purge(self, request: Request) -> Response:
         """`POST /admin/cache/purge` with an admin key: `{"tenant": ...}` and optionally one of

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..stopwords import STOPWORDS
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -28,90 +30,9 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORD = re.compile(r"[a-z0-9]+(?:['.][a-z0-9]+)*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _HEDGES = ("i don't know", "i do not know", "the context does not", "not in the context", "i'm not sure")
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "been",
-        "but",
-        "by",
-        "can",
-        "could",
-        "did",
-        "do",
-        "does",
-        "for",
-        "from",
-        "had",
-        "has",
-        "have",
-        "he",
-        "her",
-        "his",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "may",
-        "might",
-        "more",
-        "most",
-        "no",
-        "not",
-        "of",
-        "on",
-        "or",
-        "our",
-        "she",
-        "should",
-        "so",
-        "than",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "to",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "why",
-        "will",
-        "with",
-        "would",
-        "you",
-        "your",
-        "also",
-        "only",
-        "just",
-        "very",
-        "about",
-        "over",
-        "such",
-        "both",
-        "each",
-        "other",
-    ]
-)
+# The overlap of a claim with the passages counts neither function words nor negations and
+# possessives: word overlap cannot tell what they change (the second-model check can)
+_IGNORED = STOPWORDS | {"no", "not", "his", "her"}
 MIN_CLAIM_WORDS = 4
 
 
@@ -138,7 +59,7 @@ def claims(answer: str) -> list[str]:
 
 
 def _content_words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
+    return {w for w in _WORD.findall(text.lower()) if w not in _IGNORED}
 
 
 def _numbers(text: str) -> set[str]:

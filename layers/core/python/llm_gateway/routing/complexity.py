@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..contracts import ChatCompletionRequest
+from ..weights import decode_array, sigmoid
 from .features import FEATURE_NAMES, question_text, request_features
 
 if TYPE_CHECKING:
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
 
 ARTEFACT_PATH = Path(__file__).parent / "data" / "complexity.json"
 EMBED_CHARS = 2000  # the embedding model reads 256 tokens at most: no use tokenising more
+
+
+def _floats(packed: dict[str, Any]) -> tuple[float, ...]:
+    """A packed float64 vector of the artefact (`weights.encode_array`) as Python floats."""
+    return tuple(float(v) for v in decode_array(packed).ravel())
 
 
 @dataclass(frozen=True)
@@ -55,10 +61,10 @@ class ComplexityModel:
         if len(quantiles) < 2 or any(b < a for a, b in itertools.pairwise(quantiles)):
             raise ValueError("the complexity artefact's quantiles must be at least two ascending scores")
         return cls(
-            mean=tuple(artefact["mean"]),
-            scale=tuple(artefact["scale"]),
-            heuristic_weights=tuple(artefact["weights"]["heuristic"]),
-            embedding_weights=tuple(artefact["weights"]["embedding"]),
+            mean=_floats(artefact["mean"]),
+            scale=_floats(artefact["scale"]),
+            heuristic_weights=_floats(artefact["weights"]["heuristic"]),
+            embedding_weights=_floats(artefact["weights"]["embedding"]),
             bias=float(artefact["bias"]),
             platt=(float(artefact["platt"][0]), float(artefact["platt"][1])),
             quantiles=quantiles,
@@ -81,7 +87,7 @@ class ComplexityModel:
     def probability(self, logit: float) -> float:
         a, b = self.platt
         x = a * logit + b
-        return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+        return sigmoid(x)
 
     def share_below(self, score: float) -> float:
         """The share of the reference mix scoring below `score` (the inverse of `threshold`)."""

@@ -47,13 +47,19 @@ def route_step(state: GatewayState, deps: Deps) -> RouteResult:
 
 
 def planned_route(state: GatewayState, deps: Deps) -> RouteResult:
-    """The route and the models to try, in order: a metadata pin, else the complexity router's
-    tier (then the tiers above it and the route's fallbacks), else the route's own order. The
-    cache step keys answers by its first model, before the router step runs; the choice is the
-    same both times (the score is a function of the request; the second time costs ~0.2 ms, the
-    embedding being remembered by `Embedder.embed_one`)."""
+    """The plan the guard step carried in the state (`GuardResult.route`): the cache keys answers by
+    its first model and the router starts from it, so the complexity score is computed once a
+    request, in one function on AWS. A step run on a state the guard has not planned (a step called
+    on its own) plans here."""
+    if state.guard is not None and state.guard.route is not None:
+        return state.guard.route
     tenant = state.tenant().tenant
-    route = resolve_route(deps.config, tenant, state.request.model)
+    return plan_route(state, deps, tenant, resolve_route(deps.config, tenant, state.request.model))
+
+
+def plan_route(state: GatewayState, deps: Deps, tenant: str, route: RouteResult) -> RouteResult:
+    """The tenant's resolved route's models to try, in order: a metadata pin, else the complexity
+    router's tier (then the tiers above it and the route's fallbacks), else the route's own order."""
     settings = deps.config.tenants[tenant].routes.get(route.route)
     if settings is None:
         return route
@@ -69,7 +75,7 @@ def planned_route(state: GatewayState, deps: Deps) -> RouteResult:
 
     try:
         scorer = default_scorer()
-        score = scorer.score(state.request)  # again in the router step: its embedding is remembered
+        score = scorer.score(state.request)
         prices = [deps.config.models[m].price for m in routing.models]
         thresholds = knob_thresholds(routing, prices, scorer.model)
     except Exception:  # the scorer could not run (its model files): the large model is the safe side

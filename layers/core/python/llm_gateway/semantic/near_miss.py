@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..stopwords import STOPWORDS
 from .embeddings import normalize_text
-from .features import STOPWORDS
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")

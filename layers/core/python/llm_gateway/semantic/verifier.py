@@ -7,7 +7,6 @@ carries the precision curve of a held-out part of dev, so a tenant asks for a pr
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 from collections.abc import Sequence
@@ -17,23 +16,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from llm_gateway import weights
 from llm_gateway.semantic.features import pair_features
 from llm_gateway.semantic.index import Candidate
+from llm_gateway.weights import sigmoid_array
 
 ARTEFACT_PATH = Path(__file__).parent / "data" / "verifier.json"
 
 FloatArray = npt.NDArray[np.float32]
 
 
-def encode_array(array: npt.NDArray[Any], dtype: str = "<f4") -> dict[str, Any]:
-    """Pack a float array as base64 little-endian float32 (or `dtype`, e.g. "<f2") with its shape."""
-    data = np.ascontiguousarray(array, dtype=dtype)
-    return {"shape": list(data.shape), "dtype": dtype, "data": base64.b64encode(data.tobytes()).decode("ascii")}
-
-
 def decode_array(packed: dict[str, Any]) -> FloatArray:
-    raw = np.frombuffer(base64.b64decode(packed["data"]), dtype=packed.get("dtype", "<f4"))
-    return raw.reshape(packed["shape"]).astype(np.float32)
+    """A packed weight array (`weights.decode_array`) as float32, whatever its stored precision."""
+    return weights.decode_array(packed).astype(np.float32)
 
 
 class Verifier:
@@ -77,8 +72,7 @@ class Verifier:
         return mean
 
     def calibrate(self, logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        z = np.clip(self._platt_a * logits + self._platt_b, -40.0, 40.0)
-        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+        return sigmoid_array(self._platt_a * logits + self._platt_b)
 
     def probabilities(
         self,
