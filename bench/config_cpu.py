@@ -122,7 +122,7 @@ def start_gateway(config_path: Path, port: int, cpu: int | None, source: Path | 
         command = [str(Path(sys.executable).parent / "llm-gateway"), *serve]
     else:
         env["PYTHONPATH"] = str(source / "layers" / "core" / "python")
-        command = [sys.executable, "-c", "import sys; from llm_gateway.local.cli import main; sys.exit(main())", *serve]
+        command = [sys.executable, "-c", "import sys; from llm_gateway.cli.main import main; sys.exit(main())", *serve]
     process = subprocess.Popen(pinned(command, cpu), stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     deadline = time.monotonic() + 180

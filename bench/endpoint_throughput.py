@@ -1,9 +1,9 @@
-"""Aggregate throughput of the local model endpoint (`python -m gpu_endpoint`, the packaged
+"""Aggregate throughput of the local model endpoint (`python -m model_server`, the packaged
 SmolLM2-135M-Instruct on llama.cpp): the `tokens_per_second` a self-hosted model's configuration
 gives `llm-gateway cost-report`.
 
 Starts the endpoint on a free loopback port, warms it, then sends `--requests` story prompts
-`--concurrency` at a time (the endpoint decodes up to GPU_ENDPOINT_SLOTS of them together) and
+`--concurrency` at a time (the endpoint decodes up to MODEL_SERVER_SLOTS of them together) and
 prints prompt and completion tokens per second of wall time.
 
     python bench/endpoint_throughput.py [--concurrency 8] [--requests 16] [--max-tokens 200]
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=200)
     args = parser.parse_args()
-    command = [sys.executable, "-m", "gpu_endpoint", "--host", "127.0.0.1", "--port", "0"]
+    command = [sys.executable, "-m", "model_server", "--host", "127.0.0.1", "--port", "0"]
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}  # as `serve` runs it
     endpoint = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     try:

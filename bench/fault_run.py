@@ -37,7 +37,7 @@ from llm_gateway.adapters.local.memory import MemoryRateLimiter
 from llm_gateway.adapters.local.sqlite import SqliteStore
 from llm_gateway.config import hash_key, parse_config
 from llm_gateway.deps import Deps
-from llm_gateway.local.app import create_app
+from llm_gateway.http.app import create_app
 from llm_gateway.providers.base import default_registry
 from llm_gateway.runner import InProcessRunner
 from tests.support.fake_providers import Behaviour, Ok, Script, fake_server, upstream_faults

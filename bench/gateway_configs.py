@@ -1,7 +1,7 @@
 """The configurations the HTTP benchmarks run (`bench/config_cpu.py`, `bench/http_overhead.py`).
 
 llm-gateway:
-- `example`: `local/example_config.yaml` as shipped, with three changes a benchmark needs: its
+- `example`: `llm_gateway/example_config.yaml` as shipped, with three changes a benchmark needs: its
   self-hosted model (also the judge and the consistency checker that name it) points at the fake
   upstream, keys are fixed instead of minted, and the rate limits are raised so that no request
   is refused for pace;

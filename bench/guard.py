@@ -219,9 +219,9 @@ def _local_judge(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Judge every band text with the self-hosted model through the real endpoint and provider;
     an unparseable verdict falls back to tier 2's threshold and counts as queued for review."""
+    from llm_gateway.cli.main import local_endpoint, with_endpoint_url
     from llm_gateway.config import HarmfulGuard
     from llm_gateway.contracts import TenantContext
-    from llm_gateway.local.cli import local_endpoint, with_endpoint_url
     from llm_gateway.moderation.cascade import harmful_decision
 
     config = load_config(EXAMPLE_CONFIG)

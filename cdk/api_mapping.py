@@ -91,7 +91,7 @@ def _body(error: GatewayError) -> str:
 INTERNAL_ERROR_BODY = _body(InternalError("The gateway failed to process the request."))
 
 # The execution output is the final state: `http` holds the answer (see the workflow construct); the
-# decision headers of a 200 answer are those the local server sends (`local/app.py`), read from the
+# decision headers of a 200 answer are those the local server sends (`http/app.py`), read from the
 # step results (`llm_gateway.response_headers` says where a value is written otherwise).
 RESPONSE_TEMPLATE = (
     (

@@ -38,13 +38,13 @@ LOG_RETENTION_DAYS = (
 
 
 class SelfHostedConfig(BaseModel):
-    """The self-hosted model: a SageMaker real-time endpoint running the `gpu_endpoint` image."""
+    """The self-hosted model: a SageMaker real-time endpoint running the `model_server` image."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>, built from gpu_endpoint/Dockerfile.gpu
+    # <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>, built from model_server/Dockerfile.gpu
     image_uri: str = Field(pattern=r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+[:@].+$")
-    # s3://bucket/key.tar.gz, unpacked into /opt/ml/model (GPU_ENDPOINT_MODEL_PATH points inside it)
+    # s3://bucket/key.tar.gz, unpacked into /opt/ml/model (MODEL_SERVER_MODEL_PATH points inside it)
     model_data_url: str | None = Field(default=None, pattern=r"^s3://[a-z0-9.-]+/.+$")
     endpoint_name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
     instance_type: str = Field(default="ml.g6e.xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
@@ -55,7 +55,7 @@ class SelfHostedConfig(BaseModel):
     scale_in_cooldown_s: int = Field(default=600, ge=0)
     scale_out_cooldown_s: int = Field(default=120, ge=0)
     startup_timeout_s: int = Field(default=900, ge=60, le=3600)
-    environment: dict[str, str] = Field(default_factory=dict)  # GPU_ENDPOINT_* (gpu_endpoint/settings.py)
+    environment: dict[str, str] = Field(default_factory=dict)  # MODEL_SERVER_* (model_server/settings.py)
 
     @field_validator("max_instances")
     @classmethod
@@ -80,7 +80,7 @@ class StageConfig(BaseModel):
     # The functions' CPU; the third-party layers are built for it (Graviton arm64 costs less).
     architecture: Literal["arm64", "x86_64"] = "arm64"
     # The gateway YAML (tenants, key digests, models, routes), relative to the repository root.
-    gateway_config: str = "layers/core/python/llm_gateway/local/example_config.yaml"
+    gateway_config: str = "layers/core/python/llm_gateway/example_config.yaml"
     gateway_store: str = "aws"  # GATEWAY_STORE: which adapters the Lambdas build
     # Momento (GATEWAY_STORE=aws): the endpoint that goes with the API key, e.g.
     # cell-4-us-west-2-1.prod.a.momentohq.com, and the cache the gateway uses.

@@ -16,10 +16,10 @@ import pytest
 
 from llm_gateway.adapters.local.memory import MemoryRateLimiter
 from llm_gateway.adapters.local.sqlite import SqliteStore
+from llm_gateway.cli.store_location import DATA_DIR_ENV
 from llm_gateway.config import GatewayConfig, hash_key, parse_config
 from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
 from llm_gateway.deps import Deps
-from llm_gateway.local.store_location import DATA_DIR_ENV
 from llm_gateway.providers.base import default_registry
 from tests.support.fake_providers import FakeServer, fake_server
 

@@ -1,6 +1,6 @@
-"""The self-hosted model: a SageMaker real-time endpoint running `gpu_endpoint`, autoscaled.
+"""The self-hosted model: a SageMaker real-time endpoint running `model_server`, autoscaled.
 
-Model (the stage's image, optional model data, `GPU_ENDPOINT_*` environment) → endpoint
+Model (the stage's image, optional model data, `MODEL_SERVER_*` environment) → endpoint
 configuration (one variant, `AllTraffic`) → endpoint, and target-tracking autoscaling of the
 variant's instance count on invocations per instance. The functions that call models get
 `InvokeEndpoint` and `InvokeEndpointWithResponseStream` on this endpoint only; the gateway YAML

@@ -148,7 +148,7 @@ def test_a_job_whose_creator_died_midway_is_finished_by_the_next(moto: MotoServe
 def test_the_cli_reads_a_deployments_job_table(
     moto: MotoServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from llm_gateway.local.cli import main
+    from llm_gateway.cli.main import main
 
     client: Any = moto.client("dynamodb")
     table = f"batch-{uuid.uuid4().hex[:8]}"

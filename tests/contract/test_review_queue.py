@@ -130,7 +130,7 @@ def test_a_redelivered_message_makes_no_second_item(moto: MotoServer) -> None:
 def test_the_cli_lists_and_decides_a_deployment_s_items(
     moto: MotoServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from llm_gateway.local.cli import main
+    from llm_gateway.cli.main import main
 
     dynamodb = moto.client("dynamodb")
     table = f"review-{uuid.uuid4().hex[:8]}"

@@ -66,7 +66,7 @@ class Deployed:
 def model_endpoint() -> Iterator[str]:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gpu_endpoint", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "model_server", "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from llm_gateway.local.store_location import DATA_DIR_ENV
+from llm_gateway.cli.store_location import DATA_DIR_ENV
 
 pytestmark = pytest.mark.model
 
@@ -66,7 +66,7 @@ def read_announcement(process: subprocess.Popen[str], timeout_s: float = 180) ->
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     workdir: Path = tmp_path_factory.mktemp("fresh-user")
-    command = [sys.executable, "-m", "llm_gateway.local.cli", "serve", "--port", "0"]
+    command = [sys.executable, "-m", "llm_gateway.cli.main", "serve", "--port", "0"]
     env = {k: v for k, v in os.environ.items() if k != "LLM_GATEWAY_CONFIG"} | {DATA_DIR_ENV: str(workdir)}
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -175,7 +175,7 @@ def test_a_crashed_model_endpoint_is_reaped_logged_and_restarted(tmp_path: Path)
     """The endpoint child dies of a native crash (SIGSEGV), then is killed (SIGKILL): each time the
     gateway reaps it at once, logs why, says so on /healthz and to requests, and brings it back."""
     log = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "llm_gateway.local.cli", "serve", "--port", "0", "--endpoint-restart-s", "2", "30"]
+    command = [sys.executable, "-m", "llm_gateway.cli.main", "serve", "--port", "0", "--endpoint-restart-s", "2", "30"]
     env = {k: v for k, v in os.environ.items() if k != "LLM_GATEWAY_CONFIG"} | {DATA_DIR_ENV: str(tmp_path)}
     with log.open("w") as stderr:
         process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)

@@ -61,7 +61,7 @@ import llm_gateway.adapters.aws.momento, llm_gateway.adapters.aws.momento_semant
 import uvicorn, starlette, orjson
 import uvicorn.loops.auto, uvicorn.protocols.http.auto, uvicorn.lifespan.off
 from llm_gateway.aws.streaming_app import streaming_app
-from llm_gateway.local.app import create_app
+from llm_gateway.http.app import create_app
 """,
 }
 

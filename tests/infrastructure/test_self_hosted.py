@@ -21,7 +21,7 @@ SELF_HOSTED = {
     "min_instances": 1,
     "max_instances": 4,
     "invocations_per_instance": 900,
-    "environment": {"GPU_ENDPOINT_ENGINE": "torch", "GPU_ENDPOINT_QUANTIZATION": "int8"},
+    "environment": {"MODEL_SERVER_ENGINE": "torch", "MODEL_SERVER_QUANTIZATION": "int8"},
 }
 
 

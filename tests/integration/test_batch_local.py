@@ -14,8 +14,8 @@ import pytest
 
 from llm_gateway.adapters.local.batch import FolderObjects, SqliteBatchJobs
 from llm_gateway.batch.runner import BatchRejected, BatchRunner, job_id_for
+from llm_gateway.cli.main import main
 from llm_gateway.config import parse_config
-from llm_gateway.local.cli import main
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, hash_key, make_deps, make_state, store_of
 from tests.support.batch_files import chat_line
@@ -264,7 +264,7 @@ def test_a_tenant_reads_its_batch_jobs_over_the_api_and_no_one_elses(
 ) -> None:
     import httpx
 
-    from llm_gateway.local.app import create_app
+    from llm_gateway.http.app import create_app
     from tests.support.servers import serve
 
     runner, _, _ = setup

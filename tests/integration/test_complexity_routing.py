@@ -14,7 +14,7 @@ import pytest
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
 from llm_gateway.config import parse_config
 from llm_gateway.contracts import BREVITY_INSTRUCTION, ChatMessage
-from llm_gateway.local.app import _decision_headers
+from llm_gateway.http.app import _decision_headers
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.routing import complexity
 from llm_gateway.runner import InProcessRunner
@@ -75,6 +75,28 @@ def test_easy_requests_go_small_hard_ones_large_and_pins_win(checker: FakeServer
     assert choices == {"complexity:small": 1, "complexity:large": 1, "pinned:large": 1}
     usage = store_of(deps)._db.execute("SELECT model FROM usage ORDER BY rowid").fetchall()
     assert [row[0] for row in usage] == ["small", "large", "large"]
+
+
+def test_the_route_is_planned_once_a_request_and_carried_in_the_state(
+    checker: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard plans the route (the complexity score); the cache keys by it and the router
+    starts from it without scoring again, so a Lambda-per-step chain scores in one function."""
+    scored: list[str] = []
+    score = complexity.ComplexityScorer.score
+
+    def counted(self: complexity.ComplexityScorer, request: Any) -> float:
+        scored.append(request.messages[-1].text())
+        return score(self, request)
+
+    monkeypatch.setattr(complexity.ComplexityScorer, "score", counted)
+    runner = InProcessRunner(make_deps(_config(checker.base_url)))
+    easy, hard = runner.run(make_state(EASY)), runner.run(make_state(HARD))
+    assert scored == [EASY, HARD]
+    for state in (easy, hard):
+        assert state.guard is not None and state.guard.route is not None and state.router is not None
+        assert state.router.complexity == state.guard.route.complexity is not None
+        assert state.router.candidates == state.guard.route.candidates
 
 
 def test_a_failing_small_model_falls_back_to_the_larger_one(checker: FakeServer) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import openai
 import pytest
 
+from llm_gateway.cli.supervisor import EndpointSupervisor, local_models, with_endpoint_url
 from llm_gateway.config import GatewayConfig, hash_key, parse_config
 from llm_gateway.context_window import text_token_floor
-from llm_gateway.local.app import create_app
-from llm_gateway.local.supervisor import EndpointSupervisor, local_models, with_endpoint_url
+from llm_gateway.http.app import create_app
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, make_deps
 from tests.support.fake_providers import Script, fake_server, status
@@ -72,7 +72,7 @@ def test_the_sdk_is_told_the_window_before_any_model_is_called() -> None:
 def test_the_floor_is_never_above_smollm2s_own_count() -> None:
     from llama_cpp import Llama
 
-    from gpu_endpoint.engines.packaged import packaged_model_path
+    from model_server.engines.packaged import packaged_model_path
 
     vocab = Llama(model_path=str(packaged_model_path()), vocab_only=True, verbose=False)
     texts = {

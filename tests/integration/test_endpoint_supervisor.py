@@ -19,11 +19,11 @@ import httpx
 import openai
 import pytest
 
+from llm_gateway.cli.main import repoint
+from llm_gateway.cli.supervisor import Backoff, EndpointSupervisor, with_endpoint_url
 from llm_gateway.config import GatewayConfig, hash_key, parse_config
 from llm_gateway.errors import ConfigError
-from llm_gateway.local.app import create_app
-from llm_gateway.local.cli import repoint
-from llm_gateway.local.supervisor import Backoff, EndpointSupervisor, with_endpoint_url
+from llm_gateway.http.app import create_app
 from llm_gateway.model_endpoint import EndpointHealth
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, make_deps
@@ -63,7 +63,7 @@ def test_a_killed_endpoint_is_reaped_logged_and_restarted_on_its_port(
     first_pid, url = supervisor.pid, supervisor.url
     assert first_pid is not None
     assert supervisor.health() == EndpointHealth("ready") and supervisor.context_tokens == 512
-    with caplog.at_level(logging.WARNING, logger="llm_gateway.local.supervisor"):
+    with caplog.at_level(logging.WARNING, logger="llm_gateway.cli.supervisor"):
         os.kill(first_pid, signal.SIGKILL)
         wait_for(lambda: reaped(first_pid))
         # While it waits out the backoff, the state says why
@@ -87,7 +87,7 @@ def test_a_crash_loop_backs_off_to_its_cap_shows_and_recovers(
     pid = supervisor.pid
     assert pid is not None
     crash_file.touch()  # every new child now dies of SIGSEGV before it is ready
-    with caplog.at_level(logging.WARNING, logger="llm_gateway.local.supervisor"):
+    with caplog.at_level(logging.WARNING, logger="llm_gateway.cli.supervisor"):
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: supervisor.health().consecutive_exits >= 4)
         looping = supervisor.health()

@@ -149,7 +149,7 @@ def test_the_consistency_parser_refuses_anything_else(reply: str) -> None:
 def test_the_sdk_passes_context_and_reads_the_groundedness_header(tmp_path: Path) -> None:
     import openai
 
-    from llm_gateway.local.app import create_app
+    from llm_gateway.http.app import create_app
     from tests.conftest import ACME_KEY
     from tests.support.servers import serve
 

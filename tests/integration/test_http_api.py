@@ -12,7 +12,7 @@ import pytest
 
 from llm_gateway import response_headers
 from llm_gateway.config import ModelConfig, hash_key
-from llm_gateway.local.app import create_app
+from llm_gateway.http.app import create_app
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, make_config, make_deps, store_of

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from llm_gateway.config import hash_key, parse_config
-from llm_gateway.local.app import create_app
-from llm_gateway.local.http_protocol import JsonErrorH11Protocol, http_protocol
+from llm_gateway.http.app import create_app
+from llm_gateway.http.protocol import JsonErrorH11Protocol, http_protocol
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, BASE_CONFIG, make_deps

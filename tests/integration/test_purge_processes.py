@@ -44,7 +44,7 @@ tenants:
 def purge_command(config: Path, *args: str) -> str:
     """Run `llm-gateway purge` in its own process; return what it printed."""
     done = subprocess.run(
-        [sys.executable, "-m", "llm_gateway.local.cli", "purge", "--config", str(config), *args],
+        [sys.executable, "-m", "llm_gateway.cli.main", "purge", "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -114,7 +114,7 @@ def test_a_purge_command_reaches_an_index_and_a_store_open_in_another_process(tm
 def gateway(config: Path) -> Iterator[tuple[httpx.Client, str]]:
     """`llm-gateway serve` in its own process; yields a client for it and the acme demo key."""
     env = {k: v for k, v in os.environ.items() if k != "LLM_GATEWAY_CONFIG"}
-    command = [sys.executable, "-m", "llm_gateway.local.cli", "serve", "--port", "0", "--config", str(config)]
+    command = [sys.executable, "-m", "llm_gateway.cli.main", "serve", "--port", "0", "--config", str(config)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=config.parent)
     try:
         assert process.stdout is not None

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
-from llm_gateway.local.app import create_app
+from llm_gateway.http.app import create_app
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, make_config, make_deps

@@ -23,7 +23,7 @@ from bench.everyday_refusals import PERSONAL, USER, load, send_all
 from bench.gateway_configs import KEYS, UPSTREAM_KEY_ENV, example_config
 from llm_gateway.adapters.local.wiring import local_deps
 from llm_gateway.config import GatewayConfig
-from llm_gateway.local.app import create_app
+from llm_gateway.http.app import create_app
 from llm_gateway.runner import InProcessRunner
 from tests.support.fake_providers import fake_server
 from tests.support.servers import serve

@@ -16,14 +16,14 @@ import httpx
 import pytest
 import torch
 
-from gpu_endpoint.bench.__main__ import COPY_TASK
-from gpu_endpoint.torch_engine.decode import DecodeCore, Generation
-from gpu_endpoint.torch_engine.engine import Detokenizer, load_checkpoint
-from gpu_endpoint.torch_engine.model import Llama
-from gpu_endpoint.torch_engine.quant import quantize
-from gpu_endpoint.torch_engine.speculative import PromptLookup
 from llm_gateway.endpoint_contract import NDJSON, InvocationResponse, StreamEvent
-from tests.integration.test_gpu_endpoint import Endpoint
+from model_server.bench.__main__ import COPY_TASK
+from model_server.torch_engine.decode import DecodeCore, Generation
+from model_server.torch_engine.engine import Detokenizer, load_checkpoint
+from model_server.torch_engine.model import Llama
+from model_server.torch_engine.quant import quantize
+from model_server.torch_engine.speculative import PromptLookup
+from tests.integration.test_model_server import Endpoint
 
 pytestmark = pytest.mark.model
 
@@ -63,6 +63,21 @@ def test_incremental_detokenizing_gives_the_whole_decode(smollm2: tuple[Llama, A
         assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(seen))
         assert all("\ufffd" not in part for part in seen)
         assert detokenizer.flush() == tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_incremental_detokenizing_of_any_token_sequence_ends_as_the_whole_decode(smollm2: tuple[Llama, Any]) -> None:
+    """Random tokens (characters split across tokens, a last character left incomplete): the
+    streamed text only grows, and with `flush` it is the whole list's decode."""
+    import random
+
+    _, tokenizer = smollm2
+    rng, vocab = random.Random(7), len(tokenizer)
+    for _ in range(200):
+        ids = [rng.randrange(vocab) for _ in range(rng.randrange(1, 40))]
+        detokenizer = Detokenizer(tokenizer)
+        seen = [detokenizer.add([token]) for token in ids]
+        assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(seen))
+        assert detokenizer.flush() == tokenizer.decode(ids, skip_special_tokens=True)
 
 
 @pytest.mark.parametrize(("kind", "min_cosine", "min_agreement"), [("int8", 0.995, 0.9), ("int4", 0.99, 0.8)])
@@ -110,12 +125,12 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     server = Endpoint(
         tmp_path_factory.mktemp("torch-endpoint"),
         start_timeout_s=START_TIMEOUT_S,
-        GPU_ENDPOINT_ENGINE="torch",
-        GPU_ENDPOINT_SLOTS="4",
-        GPU_ENDPOINT_N_CTX="512",
-        GPU_ENDPOINT_N_THREADS="1",
-        GPU_ENDPOINT_SPECULATIVE="prompt_lookup",
-        GPU_ENDPOINT_PREFIX_CACHE_BLOCKS="256",
+        MODEL_SERVER_ENGINE="torch",
+        MODEL_SERVER_SLOTS="4",
+        MODEL_SERVER_N_CTX="512",
+        MODEL_SERVER_N_THREADS="1",
+        MODEL_SERVER_SPECULATIVE="prompt_lookup",
+        MODEL_SERVER_PREFIX_CACHE_BLOCKS="256",
     )
     yield server
     assert server.stop() == 0
@@ -183,9 +198,9 @@ def test_inputs_the_engine_cannot_serve_are_400s(client: httpx.Client) -> None:
 
 
 def test_unknown_engine_options_fail_at_start(tmp_path: Path) -> None:
-    from gpu_endpoint.server import main
+    from model_server.server import main
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GPU_ENDPOINT_ENGINE", "torch")
-        patch.setenv("GPU_ENDPOINT_QUANTIZATION", "int3")
+        patch.setenv("MODEL_SERVER_ENGINE", "torch")
+        patch.setenv("MODEL_SERVER_QUANTIZATION", "int3")
         assert main(["--port", "0"]) == 2

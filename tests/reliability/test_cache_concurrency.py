@@ -22,7 +22,7 @@ import pytest
 
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
 from llm_gateway.config import SemanticCache
-from llm_gateway.local.app import create_app
+from llm_gateway.http.app import create_app
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.runner import InProcessRunner
 from llm_gateway.semantic.embeddings import Embedder, default_embedder

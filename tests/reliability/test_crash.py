@@ -52,7 +52,7 @@ tenants:
 
 def _serve(config: Path, cwd: Path) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "LLM_GATEWAY_CONFIG": str(config)}
-    command = [sys.executable, "-m", "llm_gateway.local.cli", "serve", "--port", "0", "--config", str(config)]
+    command = [sys.executable, "-m", "llm_gateway.cli.main", "serve", "--port", "0", "--config", str(config)]
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     deadline = time.monotonic() + 120

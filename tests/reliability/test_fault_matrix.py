@@ -34,7 +34,7 @@ import pytest
 from llm_gateway.adapters.local.budget import SqliteBudgetLedger
 from llm_gateway.adapters.local.sqlite import SqliteStore
 from llm_gateway.config import hash_key, parse_config
-from llm_gateway.local.app import create_app
+from llm_gateway.http.app import create_app
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import make_deps
 from tests.support.fake_providers import Behaviour, FakeServer, Ok, Script, fake_server, upstream_faults

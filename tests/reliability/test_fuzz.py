@@ -52,7 +52,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from llm_gateway.local.openapi import openapi_document
+from llm_gateway.http.openapi import openapi_document
 from tests.support.fuzz_gateway import (
     ADMIN_KEY,
     BATCH_ID,

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from llm_gateway.contracts import ChatCompletionRequest
-from llm_gateway.local.app import create_app
+from llm_gateway.http.app import create_app
 from llm_gateway.output_format import format_problem
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, make_deps

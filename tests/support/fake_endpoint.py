@@ -1,4 +1,4 @@
-"""A stand-in for `python -m gpu_endpoint` that starts in milliseconds, for supervisor tests.
+"""A stand-in for `python -m model_server` that starts in milliseconds, for supervisor tests.
 
     python tests/support/fake_endpoint.py [--crash-file PATH] --host 127.0.0.1 --port 0
 

@@ -489,7 +489,7 @@ def fake_anthropic_app(script: Script) -> Starlette:
 
 
 def endpoint_error(code: int, message: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The model endpoint's error body (as `gpu_endpoint` sends it)."""
+    """The model endpoint's error body (as `model_server` sends it)."""
     kind = "invalid_request_error" if code < 500 else "api_error"
     error = {"message": message or f"fake endpoint error (HTTP {code})", "type": kind, "param": None, "code": None}
     return JSONResponse({"error": error}, status_code=code, headers=headers)

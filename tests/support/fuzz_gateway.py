@@ -27,8 +27,8 @@ from llm_gateway.adapters.local.budget import SqliteBudgetLedger
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
 from llm_gateway.config import hash_key, parse_config
 from llm_gateway.deps import Deps
-from llm_gateway.local.app import create_app
-from llm_gateway.local.http_protocol import http_protocol
+from llm_gateway.http.app import create_app
+from llm_gateway.http.protocol import http_protocol
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.ports import BatchJob
 from llm_gateway.runner import InProcessRunner

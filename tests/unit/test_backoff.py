@@ -6,8 +6,8 @@ import random
 
 from llm_gateway.backoff import doubling_delay
 from llm_gateway.batch.runner import poll_delay_s
+from llm_gateway.cli.supervisor import Backoff
 from llm_gateway.invoke.step import backoff_delay
-from llm_gateway.local.supervisor import Backoff
 from llm_gateway.pipeline import INVOKE_POLICY
 
 

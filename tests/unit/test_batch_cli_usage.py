@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from llm_gateway.local.cli import main
-from llm_gateway.local.store_location import DATA_DIR_ENV
+from llm_gateway.cli.main import main
+from llm_gateway.cli.store_location import DATA_DIR_ENV
 
-# Stands in for the model endpoint (`python -m gpu_endpoint`, run from the command's folder): it
+# Stands in for the model endpoint (`python -m model_server`, run from the command's folder): it
 # leaves a mark that it was started and exits without serving.
 ENDPOINT_STAND_IN = """
 from pathlib import Path
@@ -45,13 +45,13 @@ def test_results_without_a_job_id_is_a_usage_error(
 )
 def test_submit_fails_fast_without_starting_the_model(tmp_path: Path, args: list[str], message: str) -> None:
     # Given the shipped configuration (its model runs on the local endpoint) and a stand-in endpoint
-    (tmp_path / "gpu_endpoint").mkdir()
-    (tmp_path / "gpu_endpoint" / "__init__.py").write_text("")
-    (tmp_path / "gpu_endpoint" / "__main__.py").write_text(ENDPOINT_STAND_IN)
+    (tmp_path / "model_server").mkdir()
+    (tmp_path / "model_server" / "__init__.py").write_text("")
+    (tmp_path / "model_server" / "__main__.py").write_text(ENDPOINT_STAND_IN)
     (tmp_path / "requests.jsonl").write_text("")
     env = {k: v for k, v in os.environ.items() if k != "LLM_GATEWAY_CONFIG"} | {DATA_DIR_ENV: str(tmp_path / "data")}
     # When `batch submit` is given a file it cannot read or a tenant it does not know
-    command = [sys.executable, "-m", "llm_gateway.local.cli", *args]
+    command = [sys.executable, "-m", "llm_gateway.cli.main", *args]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
     # Then it exits 2 with one line naming the problem, and never started the endpoint
     assert result.returncode == 2, result.stderr

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from llm_gateway.cli.main import main
 from llm_gateway.config import EXAMPLE_CONFIG, load_config
 from llm_gateway.errors import ConfigError
-from llm_gateway.local.cli import main
 
 BROKEN = """
 models:

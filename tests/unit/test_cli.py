@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from llm_gateway.cache.keys import kb_tag, prompt_tag
+from llm_gateway.cli.main import main, mint_demo_keys, with_endpoint_url
 from llm_gateway.config import EXAMPLE_CONFIG, hash_key, load_config
-from llm_gateway.local.cli import main, mint_demo_keys, with_endpoint_url
 
 
 def test_serve_with_a_bad_config_exits_2_with_the_problem_named(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_gateway.local.cli import main
+from llm_gateway.cli.main import main
 
 READERS = ["serve", "purge", "review", "cost-report", "route-calibrate", "batch", "guard-report"]
 

@@ -26,7 +26,7 @@ class NoBoto3:
 
 
 sys.meta_path.insert(0, NoBoto3())
-from llm_gateway.local.cli import main
+from llm_gateway.cli.main import main
 
 sys.exit(main(sys.argv[1:]))
 """

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llm_gateway.cli.main import main
 from llm_gateway.config import ComplexityRouting, Price, parse_config
 from llm_gateway.contracts import ChatCompletionRequest
 from llm_gateway.errors import ConfigError
-from llm_gateway.local.cli import main
 from llm_gateway.routing.complexity import (
     default_scorer,
     knob_thresholds,

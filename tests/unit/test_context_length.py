@@ -190,8 +190,8 @@ def test_other_upstream_errors_are_left_alone(body: object) -> None:
 
 
 def test_the_model_endpoint_says_context_length_exceeded_in_openais_words() -> None:
-    from gpu_endpoint.engines.base import EngineInputError
-    from gpu_endpoint.server import input_error
+    from model_server.engines.base import EngineInputError
+    from model_server.server import input_error
 
     llama = input_error(EngineInputError("Requested tokens (2300) exceed context window of 2048", param="messages"))
     assert (llama.status, llama.code, llama.param) == (400, "context_length_exceeded", "messages")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gpu_endpoint.engines import (
+from llm_gateway.endpoint_contract import EndpointMessage, InvocationRequest, StreamEvent
+from model_server.engines import (
     Engine,
     EngineInputError,
     EngineUnavailable,
@@ -18,14 +19,13 @@ from gpu_endpoint.engines import (
     load_engine,
     register_engine,
 )
-from gpu_endpoint.engines.llamacpp import (
+from model_server.engines.llamacpp import (
     PACKAGED_MODEL_ID,
     LlamaCppEngine,
     finish_reason,
     packaged_model_path,
 )
-from gpu_endpoint.settings import DEFAULT_MAX_BODY_BYTES, EndpointSettings
-from llm_gateway.endpoint_contract import EndpointMessage, InvocationRequest, StreamEvent
+from model_server.settings import DEFAULT_MAX_BODY_BYTES, EndpointSettings
 
 # ----------------------------------------------------------------------------- settings
 
@@ -44,17 +44,17 @@ def test_settings_defaults() -> None:
 def test_settings_from_env() -> None:
     settings = EndpointSettings.from_env(
         {
-            "GPU_ENDPOINT_ENGINE": "torch",
-            "GPU_ENDPOINT_MODEL_PATH": "/opt/ml/model/model.gguf",
-            "GPU_ENDPOINT_MODEL_ID": "my-model",
-            "GPU_ENDPOINT_N_CTX": "4096",
-            "GPU_ENDPOINT_N_THREADS": "3",
-            "GPU_ENDPOINT_MAX_BODY_BYTES": "65536",
-            "GPU_ENDPOINT_SLOTS": "16",
-            "GPU_ENDPOINT_QUANTIZATION": "int8",
-            "GPU_ENDPOINT_SPECULATIVE": "prompt_lookup",
-            "GPU_ENDPOINT_PREFIX_CACHE_BLOCKS": "1024",
-            "GPU_ENDPOINT_COMPILE": "true",
+            "MODEL_SERVER_ENGINE": "torch",
+            "MODEL_SERVER_MODEL_PATH": "/opt/ml/model/model.gguf",
+            "MODEL_SERVER_MODEL_ID": "my-model",
+            "MODEL_SERVER_N_CTX": "4096",
+            "MODEL_SERVER_N_THREADS": "3",
+            "MODEL_SERVER_MAX_BODY_BYTES": "65536",
+            "MODEL_SERVER_SLOTS": "16",
+            "MODEL_SERVER_QUANTIZATION": "int8",
+            "MODEL_SERVER_SPECULATIVE": "prompt_lookup",
+            "MODEL_SERVER_PREFIX_CACHE_BLOCKS": "1024",
+            "MODEL_SERVER_COMPILE": "true",
             "UNRELATED": "x",
         }
     )
@@ -79,22 +79,27 @@ def test_settings_from_env() -> None:
 
 
 def test_settings_empty_variables_count_as_unset() -> None:
-    settings = EndpointSettings.from_env({"GPU_ENDPOINT_N_THREADS": "", "GPU_ENDPOINT_MODEL_PATH": "  "})
+    settings = EndpointSettings.from_env({"MODEL_SERVER_N_THREADS": "", "MODEL_SERVER_MODEL_PATH": "  "})
     assert settings.n_threads is None
     assert settings.model_path is None
+
+
+def test_settings_under_the_former_prefix_are_refused_with_the_new_name() -> None:
+    with pytest.raises(ValueError, match="MODEL_SERVER_N_CTX"):
+        EndpointSettings.from_env({"GPU_ENDPOINT_N_CTX": "4096"})
 
 
 @pytest.mark.parametrize(
     ("variable", "value", "field"),
     [
-        ("GPU_ENDPOINT_N_CTX", "lots", "n_ctx"),
-        ("GPU_ENDPOINT_N_CTX", "8", "n_ctx"),
-        ("GPU_ENDPOINT_N_THREADS", "0", "n_threads"),
-        ("GPU_ENDPOINT_MAX_BODY_BYTES", "-1", "max_body_bytes"),
-        ("GPU_ENDPOINT_QUANTIZATION", "int3", "quantization"),
-        ("GPU_ENDPOINT_SPECULATIVE", "medusa", "speculative"),
-        ("GPU_ENDPOINT_SLOTS", "0", "slots"),
-        ("GPU_ENDPOINT_DEVICE", "tpu", "device"),
+        ("MODEL_SERVER_N_CTX", "lots", "n_ctx"),
+        ("MODEL_SERVER_N_CTX", "8", "n_ctx"),
+        ("MODEL_SERVER_N_THREADS", "0", "n_threads"),
+        ("MODEL_SERVER_MAX_BODY_BYTES", "-1", "max_body_bytes"),
+        ("MODEL_SERVER_QUANTIZATION", "int3", "quantization"),
+        ("MODEL_SERVER_SPECULATIVE", "medusa", "speculative"),
+        ("MODEL_SERVER_SLOTS", "0", "slots"),
+        ("MODEL_SERVER_DEVICE", "tpu", "device"),
     ],
 )
 def test_settings_reject_bad_values(variable: str, value: str, field: str) -> None:

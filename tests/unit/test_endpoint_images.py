@@ -22,8 +22,8 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
-ENDPOINT = ROOT / "gpu_endpoint"
-PROJECT = {"llm_gateway", "gpu_endpoint"}  # the project's own code, installed with --no-deps
+ENDPOINT = ROOT / "model_server"
+PROJECT = {"llm_gateway", "model_server"}  # the project's own code, installed with --no-deps
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,11 @@ class Image:
     from_base: tuple[str, ...] = ()  # distributions the base image brings
 
 
-CPU = Image("Dockerfile", ("gpu_endpoint.server", "gpu_endpoint.engines.llamacpp"), "python:3.11-slim", ("llama_cpp",))
+CPU = Image("Dockerfile", ("model_server.server", "model_server.engines.llamacpp"), "python:3.11-slim", ("llama_cpp",))
 # The torch engine imports transformers when it loads a model.
 GPU = Image(
     "Dockerfile.gpu",
-    ("gpu_endpoint.server", "gpu_endpoint.torch_engine.engine", "transformers"),
+    ("model_server.server", "model_server.torch_engine.engine", "transformers"),
     "pytorch/pytorch:",
     ("torch", "transformers"),
     ("torch",),
@@ -205,8 +205,8 @@ def test_the_gpu_images_packages_load_a_gguf_checkpoint(tmp_path: Path) -> None:
     """The torch engine reads the packaged SmolLM2 GGUF with only the GPU image's packages."""
     for module in GPU.needs:
         pytest.importorskip(module)
-    from gpu_endpoint.engines.base import EngineUnavailable
-    from gpu_endpoint.engines.packaged import packaged_model_path
+    from model_server.engines.base import EngineUnavailable
+    from model_server.engines.packaged import packaged_model_path
 
     try:
         gguf = packaged_model_path()
@@ -217,7 +217,7 @@ def test_the_gpu_images_packages_load_a_gguf_checkpoint(tmp_path: Path) -> None:
     code = (
         "import torch\n"
         "from pathlib import Path\n"
-        "from gpu_endpoint.torch_engine.engine import load_checkpoint\n"
+        "from model_server.torch_engine.engine import load_checkpoint\n"
         f"model, tokenizer = load_checkpoint(Path({str(gguf)!r}), torch.float32, torch.device('cpu'))\n"
         "print(type(model).__name__, len(tokenizer('Hello')['input_ids']) > 0)\n"
     )

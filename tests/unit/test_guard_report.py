@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from llm_gateway.cli.main import main
 from llm_gateway.config import EXAMPLE_CONFIG, Guards, HarmfulGuard, InjectionGuard
 from llm_gateway.deps import Deps
 from llm_gateway.guard.report import reason_label
-from llm_gateway.local.cli import main
 from llm_gateway.ports import AuditRecord
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import GLOBEX_KEY, make_config, make_deps, make_state, store_of

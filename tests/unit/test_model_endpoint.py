@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llm_gateway.local.supervisor import Backoff, describe_exit
+from llm_gateway.cli.supervisor import Backoff, describe_exit
 from llm_gateway.model_endpoint import EndpointHealth, endpoint_down
 
 

@@ -9,7 +9,7 @@ from typing import get_args
 
 from llm_gateway import response_headers as rh
 from llm_gateway.contracts import CacheStatus, ModerateResult
-from llm_gateway.local.openapi import openapi_document
+from llm_gateway.http.openapi import openapi_document
 
 ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "paste what `python -m llm_gateway.response_headers` prints"

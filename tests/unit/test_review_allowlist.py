@@ -14,6 +14,7 @@ import pytest
 
 from llm_gateway.adapters.local.allowlist import SqliteGuardAllowList
 from llm_gateway.adapters.local.review import SqliteReviewQueue
+from llm_gateway.cli.main import main
 from llm_gateway.config import (
     EXAMPLE_CONFIG,
     CopyrightGuard,
@@ -27,7 +28,6 @@ from llm_gateway.config import (
 from llm_gateway.deps import Deps
 from llm_gateway.guard.allowlist import approved_rows, remember_approval
 from llm_gateway.guard.step import guard_step
-from llm_gateway.local.cli import main
 from llm_gateway.ports import AllowedText, ReviewItem
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import GLOBEX_KEY, make_config, make_deps, make_state

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llm_gateway.cli.main import main
 from llm_gateway.config import Price
-from llm_gateway.local.cli import main
 from llm_gateway.selfhost import SelfHosted, Workload, api_daily_cost, break_even
 
 WORKLOAD = Workload(prompt_tokens=500, completion_tokens=200)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from llm_gateway.adapters.local.review import SqliteReviewQueue
-from llm_gateway.local.cli import main
-from llm_gateway.local.store_location import DATA_DIR_ENV, data_dir, storage_path
+from llm_gateway.cli.main import main
+from llm_gateway.cli.store_location import DATA_DIR_ENV, data_dir, storage_path
 from llm_gateway.ports import ReviewItem
 
 STORE = Path(".llm-gateway") / "gateway.db"  # the shipped configuration's storage_path

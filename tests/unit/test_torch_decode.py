@@ -13,11 +13,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gpu_endpoint.torch_engine.decode import DecodeCore, Generation, sample
-from gpu_endpoint.torch_engine.model import Llama, LlamaShape, load_hf_state_dict, random_weights
-from gpu_endpoint.torch_engine.prefix import PrefixCache, block_keys
-from gpu_endpoint.torch_engine.quant import Int4Linear, Int8Linear, quantize, weight_bytes
-from gpu_endpoint.torch_engine.speculative import DraftModel, PromptLookup
+from model_server.torch_engine.decode import DecodeCore, Generation, sample
+from model_server.torch_engine.model import Llama, LlamaShape, load_hf_state_dict, random_weights
+from model_server.torch_engine.prefix import PrefixCache, block_keys
+from model_server.torch_engine.quant import Int4Linear, Int8Linear, quantize, weight_bytes
+from model_server.torch_engine.speculative import DraftModel, PromptLookup
 
 VOCAB = 320
 

@@ -426,7 +426,7 @@ class GatewayConfig(_Config):
     limits: Limits = Field(default_factory=Limits)
     admin_api_keys: list[ApiKey] = Field(default_factory=list)  # may call /admin/* (cache purges)
     cache: CacheSettings = Field(default_factory=CacheSettings)
-    storage_path: str = ".llm-gateway/gateway.db"  # relative: from $LLM_GATEWAY_DATA_DIR or ~ (local/store_location.py)
+    storage_path: str = ".llm-gateway/gateway.db"  # relative: from $LLM_GATEWAY_DATA_DIR or ~ (cli/store_location.py)
     models: dict[str, ModelConfig] = Field(min_length=1)
     tenants: dict[str, TenantConfig] = Field(min_length=1)
 
@@ -511,4 +511,4 @@ def load_config(path: str | Path) -> GatewayConfig:
     return parse_config(text, str(path))
 
 
-EXAMPLE_CONFIG = Path(__file__).parent / "local" / "example_config.yaml"
+EXAMPLE_CONFIG = Path(__file__).parent / "example_config.yaml"

@@ -1,4 +1,4 @@
-"""Wire contract between the `sagemaker` provider and the model endpoint (`gpu_endpoint`).
+"""Wire contract between the `sagemaker` provider and the model endpoint (`model_server`).
 
 `POST /invocations` takes an `InvocationRequest` as JSON. With `stream: false` it answers one
 `InvocationResponse`. With `stream: true` it answers newline-delimited JSON (`application/x-ndjson`):

@@ -1,5 +1,5 @@
 """The health of a model endpoint the gateway runs itself (`llm-gateway serve`'s local model), as
-the router and `/healthz` see it. `local.supervisor.EndpointSupervisor` implements the monitor."""
+the router and `/healthz` see it. `cli.supervisor.EndpointSupervisor` implements the monitor."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The gateway's response headers, defined once: name, meaning, values, on which answers, and which
 runtime sends them.
 
-The HTTP app (`local/app.py`: `llm-gateway serve` and the streaming URL) sets them by these names,
-the OpenAPI document (`local/openapi.py`) documents them from here, the REST API's response
+The HTTP app (`http/app.py`: `llm-gateway serve` and the streaming URL) sets them by these names,
+the OpenAPI document (`http/openapi.py`) documents them from here, the REST API's response
 mapping template (`cdk/api_mapping.py`) sets those marked `REST`, and README.md's table and
 docs/deploy.md's list are this module's `readme_table()` and `rest_header_list()` (a test holds
 them equal): `python -m llm_gateway.response_headers` prints both.

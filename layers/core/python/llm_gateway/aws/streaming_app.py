@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..local.app import create_app
+from ..http.app import create_app
 from ..runner import InProcessRunner
 from .observability import metrics
 from .runtime import deps

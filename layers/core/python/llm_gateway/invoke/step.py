@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
-from ..backoff import doubling_delay
+from ..backoff import jittered_delay
 from ..contracts import (
     AssistantMessage,
     Attempt,
@@ -61,8 +61,7 @@ def _outcome(error: ProviderError) -> str:
 
 def backoff_delay(policy: RetryPolicy, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
     """Full-jitter exponential backoff, at least the provider's Retry-After, capped at max_delay_s."""
-    ceiling = doubling_delay(policy.base_delay_s, policy.max_delay_s, attempt)
-    delay = rng.uniform(0, ceiling)
+    delay = jittered_delay(policy.base_delay_s, policy.max_delay_s, attempt, rng)
     if retry_after_s is not None:
         delay = max(delay, retry_after_s)
     return min(delay, policy.max_delay_s)

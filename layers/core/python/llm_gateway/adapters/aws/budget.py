@@ -17,15 +17,16 @@ still being held, so a retried finish cannot charge twice.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from ...backoff import jittered_delay
 from ...ports import BudgetLimit, BudgetRefused, BudgetUsage
 
 HELD_INDEX = "held"
 CONFLICT_RETRIES = 8
+CONFLICT_FIRST_S, CONFLICT_MOST_S = 0.01, 1.28  # a lost conditional write waits up to 10 ms, doubled each time
 _CONFLICT = "\0conflict"
 
 
@@ -69,7 +70,7 @@ class DynamoBudgetLedger:
             if refused is None:
                 return
             if refused == _CONFLICT:
-                time.sleep(random.uniform(0, 0.01 * 2**attempt))  # noqa: S311 - jitter
+                time.sleep(jittered_delay(CONFLICT_FIRST_S, CONFLICT_MOST_S, attempt))
                 continue
             if not reclaimed and self.reclaim_expired(now):
                 reclaimed = True
@@ -146,7 +147,7 @@ class DynamoBudgetLedger:
             done = self._try_finish(reservation_id, nusd, tokens, state)
             if done is not None:
                 return done
-            time.sleep(random.uniform(0, 0.01 * 2**attempt))  # noqa: S311 - jitter
+            time.sleep(jittered_delay(CONFLICT_FIRST_S, CONFLICT_MOST_S, attempt))
         raise RuntimeError(f"budget reservation {reservation_id} kept conflicting with concurrent ones")
 
     def _try_finish(self, reservation_id: str, nusd: int, tokens: int, state: str) -> bool | None:

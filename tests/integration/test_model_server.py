@@ -1,4 +1,4 @@
-"""The model endpoint as the gateway runs it: `python -m gpu_endpoint --port 0` with the packaged model.
+"""The model endpoint as the gateway runs it: `python -m model_server --port 0` with the packaged model.
 
 The server is a real subprocess; it announces `ready http://HOST:PORT` once `/ping` answers.
 """
@@ -38,7 +38,7 @@ class Endpoint:
         self.log = log_dir / "endpoint.stderr"
         with self.log.open("wb") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gpu_endpoint", "--host", "127.0.0.1", "--port", "0"],
+                [sys.executable, "-m", "model_server", "--host", "127.0.0.1", "--port", "0"],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 text=True,
@@ -72,10 +72,10 @@ class Endpoint:
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     server = Endpoint(
         tmp_path_factory.mktemp("endpoint"),
-        GPU_ENDPOINT_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
+        MODEL_SERVER_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
         # One thread: with every core busy, llama.cpp's spinning OpenMP barriers stall whenever another
         # process (this test runner included) takes a core; one thread never waits for another.
-        GPU_ENDPOINT_N_THREADS="1",
+        MODEL_SERVER_N_THREADS="1",
     )
     yield server
     server.stop()

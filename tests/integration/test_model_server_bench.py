@@ -1,4 +1,4 @@
-"""`python -m gpu_endpoint.bench` runs on the CPU with the tiny shape and prints every section's row."""
+"""`python -m model_server.bench` runs on the CPU with the tiny shape and prints every section's row."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpu_endpoint.bench.__main__ import main
+from model_server.bench.__main__ import main
 
 
 def test_the_bench_prints_each_mode_against_the_roofline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

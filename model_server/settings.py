@@ -1,27 +1,27 @@
-"""Endpoint settings, read from `GPU_ENDPOINT_*` environment variables.
+"""Endpoint settings, read from `MODEL_SERVER_*` environment variables.
 
 | variable                     | field          | default                    |
 |------------------------------|----------------|----------------------------|
-| GPU_ENDPOINT_ENGINE          | engine         | llamacpp                   |
-| GPU_ENDPOINT_MODEL_PATH      | model_path     | the packaged GGUF          |
-| GPU_ENDPOINT_MODEL_ID        | model_id       | chosen by the engine       |
-| GPU_ENDPOINT_N_CTX           | n_ctx          | 2048                       |
-| GPU_ENDPOINT_N_THREADS       | n_threads      | all CPUs                   |
-| GPU_ENDPOINT_MAX_BODY_BYTES  | max_body_bytes | 6 MiB                      |
+| MODEL_SERVER_ENGINE          | engine         | llamacpp                   |
+| MODEL_SERVER_MODEL_PATH      | model_path     | the packaged GGUF          |
+| MODEL_SERVER_MODEL_ID        | model_id       | chosen by the engine       |
+| MODEL_SERVER_N_CTX           | n_ctx          | 2048                       |
+| MODEL_SERVER_N_THREADS       | n_threads      | all CPUs                   |
+| MODEL_SERVER_MAX_BODY_BYTES  | max_body_bytes | 6 MiB                      |
 
 The `torch` engine also reads:
 
 | variable                          | field               | default                        |
 |-----------------------------------|---------------------|--------------------------------|
-| GPU_ENDPOINT_DEVICE               | device              | auto (cuda if present)         |
-| GPU_ENDPOINT_DTYPE                | dtype               | auto (bfloat16 on cuda)        |
-| GPU_ENDPOINT_SLOTS                | slots               | 8 (requests decoded at once)   |
-| GPU_ENDPOINT_QUANTIZATION         | quantization        | none (int8, int4)              |
-| GPU_ENDPOINT_SPECULATIVE          | speculative         | none (prompt_lookup, draft)    |
-| GPU_ENDPOINT_DRAFT_MODEL_PATH     | draft_model_path    | unset                          |
-| GPU_ENDPOINT_DRAFT_TOKENS         | draft_tokens        | 8                              |
-| GPU_ENDPOINT_PREFIX_CACHE_BLOCKS  | prefix_cache_blocks | 0 (off; blocks of 16 tokens)   |
-| GPU_ENDPOINT_COMPILE              | compile             | false (torch.compile the step) |
+| MODEL_SERVER_DEVICE               | device              | auto (cuda if present)         |
+| MODEL_SERVER_DTYPE                | dtype               | auto (bfloat16 on cuda)        |
+| MODEL_SERVER_SLOTS                | slots               | 8 (requests decoded at once)   |
+| MODEL_SERVER_QUANTIZATION         | quantization        | none (int8, int4)              |
+| MODEL_SERVER_SPECULATIVE          | speculative         | none (prompt_lookup, draft)    |
+| MODEL_SERVER_DRAFT_MODEL_PATH     | draft_model_path    | unset                          |
+| MODEL_SERVER_DRAFT_TOKENS         | draft_tokens        | 8                              |
+| MODEL_SERVER_PREFIX_CACHE_BLOCKS  | prefix_cache_blocks | 0 (off; blocks of 16 tokens)   |
+| MODEL_SERVER_COMPILE              | compile             | false (torch.compile the step) |
 """
 
 from __future__ import annotations
@@ -36,22 +36,25 @@ from pydantic import BaseModel, ConfigDict, Field
 # SageMaker's real-time InvokeEndpoint accepts at most 6 MB, so nothing larger can be legitimate.
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
 
+ENV_PREFIX = "MODEL_SERVER_"
+FORMER_PREFIX = "GPU_ENDPOINT_"  # the variables' earlier name: refused with the new one named
+
 ENV_VARS: dict[str, str] = {
-    "engine": "GPU_ENDPOINT_ENGINE",
-    "model_path": "GPU_ENDPOINT_MODEL_PATH",
-    "model_id": "GPU_ENDPOINT_MODEL_ID",
-    "n_ctx": "GPU_ENDPOINT_N_CTX",
-    "n_threads": "GPU_ENDPOINT_N_THREADS",
-    "max_body_bytes": "GPU_ENDPOINT_MAX_BODY_BYTES",
-    "device": "GPU_ENDPOINT_DEVICE",
-    "dtype": "GPU_ENDPOINT_DTYPE",
-    "slots": "GPU_ENDPOINT_SLOTS",
-    "quantization": "GPU_ENDPOINT_QUANTIZATION",
-    "speculative": "GPU_ENDPOINT_SPECULATIVE",
-    "draft_model_path": "GPU_ENDPOINT_DRAFT_MODEL_PATH",
-    "draft_tokens": "GPU_ENDPOINT_DRAFT_TOKENS",
-    "prefix_cache_blocks": "GPU_ENDPOINT_PREFIX_CACHE_BLOCKS",
-    "compile": "GPU_ENDPOINT_COMPILE",
+    "engine": "MODEL_SERVER_ENGINE",
+    "model_path": "MODEL_SERVER_MODEL_PATH",
+    "model_id": "MODEL_SERVER_MODEL_ID",
+    "n_ctx": "MODEL_SERVER_N_CTX",
+    "n_threads": "MODEL_SERVER_N_THREADS",
+    "max_body_bytes": "MODEL_SERVER_MAX_BODY_BYTES",
+    "device": "MODEL_SERVER_DEVICE",
+    "dtype": "MODEL_SERVER_DTYPE",
+    "slots": "MODEL_SERVER_SLOTS",
+    "quantization": "MODEL_SERVER_QUANTIZATION",
+    "speculative": "MODEL_SERVER_SPECULATIVE",
+    "draft_model_path": "MODEL_SERVER_DRAFT_MODEL_PATH",
+    "draft_tokens": "MODEL_SERVER_DRAFT_TOKENS",
+    "prefix_cache_blocks": "MODEL_SERVER_PREFIX_CACHE_BLOCKS",
+    "compile": "MODEL_SERVER_COMPILE",
 }
 TORCH_ONLY = (
     "device",
@@ -91,9 +94,16 @@ class EndpointSettings(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EndpointSettings:
         """Read settings from `environ` (default `os.environ`); empty variables count as unset.
 
-        Raises `pydantic.ValidationError` (a `ValueError`) naming the field of a bad value.
+        Raises `pydantic.ValidationError` (a `ValueError`) naming the field of a bad value, and a
+        `ValueError` naming any variable still set under the earlier `GPU_ENDPOINT_` prefix.
         """
         env = os.environ if environ is None else environ
+        renamed = sorted(name for name in env if name.startswith(FORMER_PREFIX))
+        if renamed:
+            raise ValueError(
+                f"{', '.join(renamed)}: the model server's variables are now named {ENV_PREFIX}* "
+                f"(for example {renamed[0].replace(FORMER_PREFIX, ENV_PREFIX, 1)})"
+            )
         values = {field: env[var] for field, var in ENV_VARS.items() if env.get(var, "").strip()}
         return cls.model_validate(values)
 

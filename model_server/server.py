@@ -7,7 +7,7 @@ with the model id and its context window (`{"status": "ok", "model": ..., "conte
 input gets a 400/413 JSON error, never a stack trace; a prompt longer than the context window gets
 400 `context_length_exceeded` in OpenAI's words.
 
-Run: `python -m gpu_endpoint --host 127.0.0.1 --port 8080 [--engine llamacpp] [--model-path FILE]`.
+Run: `python -m model_server --host 127.0.0.1 --port 8080 [--engine llamacpp] [--model-path FILE]`.
 Once it listens it prints `ready http://HOST:PORT` (the bound port when `--port 0`) on stdout.
 """
 
@@ -32,10 +32,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from llm_gateway.asgi_serving import AnnouncingServer, read_limited_body, ready_line
 from llm_gateway.context_window import CODE as CONTEXT_LENGTH_EXCEEDED
 from llm_gateway.context_window import context_message, parse_overflow
 from llm_gateway.endpoint_contract import NDJSON, InvocationRequest, StreamEvent
+from llm_gateway.http.serving import AnnouncingServer, read_limited_body, ready_line
 
 from .engines import Engine, EngineInputError, EngineUnavailable, load_engine
 from .settings import DEFAULT_MAX_BODY_BYTES, EndpointSettings
@@ -201,13 +201,13 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m gpu_endpoint",
+        prog="python -m model_server",
         description="Serve a model over the SageMaker container contract (GET /ping, POST /invocations).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to bind; 0 picks a free one")
-    parser.add_argument("--engine", help="engine name (default $GPU_ENDPOINT_ENGINE or llamacpp)")
-    parser.add_argument("--model-path", type=Path, help="model file (default $GPU_ENDPOINT_MODEL_PATH)")
+    parser.add_argument("--engine", help="engine name (default $MODEL_SERVER_ENGINE or llamacpp)")
+    parser.add_argument("--model-path", type=Path, help="model file (default $MODEL_SERVER_MODEL_PATH)")
     return parser
 
 
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         engine = load_engine(settings.engine, **settings.engine_settings())
     except (ValueError, EngineUnavailable) as exc:
-        print(f"gpu_endpoint: {exc}", file=sys.stderr)
+        print(f"model_server: {exc}", file=sys.stderr)
         return 2
     app = create_app(engine, max_body_bytes=settings.max_body_bytes, context_tokens=settings.n_ctx)
     config = uvicorn.Config(

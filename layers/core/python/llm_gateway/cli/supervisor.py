@@ -1,4 +1,4 @@
-"""Supervision of the model endpoint child that `llm-gateway serve` runs (`python -m gpu_endpoint`).
+"""Supervision of the model endpoint child that `llm-gateway serve` runs (`python -m model_server`).
 
 - `start` launches the child on a free loopback port and returns its URL once it prints its ready
   line; a first start that fails is a `ConfigError` (serve exits 2).
@@ -92,7 +92,7 @@ class EndpointStartFailed(Exception):
 
 
 def endpoint_command() -> list[str]:
-    return [sys.executable, "-m", "gpu_endpoint"]
+    return [sys.executable, "-m", "model_server"]
 
 
 class EndpointSupervisor:

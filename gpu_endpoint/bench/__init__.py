@@ -1,1 +1,0 @@
-"""Speed benchmark of the torch engine: `python -m gpu_endpoint.bench`."""

@@ -1,1 +1,0 @@
-"""The embedded runtime: in-process runner, ASGI app (OpenAI API), CLI."""

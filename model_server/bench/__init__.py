@@ -1,0 +1,1 @@
+"""Speed benchmark of the torch engine: `python -m model_server.bench`."""
