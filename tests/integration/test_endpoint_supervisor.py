@@ -65,7 +65,7 @@ def test_a_killed_endpoint_is_reaped_logged_and_restarted_on_its_port(
     assert supervisor.health() == EndpointHealth("ready") and supervisor.context_tokens == 512
     with caplog.at_level(logging.WARNING, logger="llm_gateway.cli.supervisor"):
         os.kill(first_pid, signal.SIGKILL)
-        wait_for(lambda: reaped(first_pid))
+        wait_for(lambda: reaped(first_pid) and supervisor.health().state != "ready")
         # While it waits out the backoff, the state says why
         down = supervisor.health()
         assert (down.state, down.last_exit, down.consecutive_exits) == ("restarting", "signal SIGKILL", 1)
