@@ -44,6 +44,8 @@ def test_pii_in_any_role_reaches_the_upstream_masked(checker: FakeServer, role: 
     # Given a tenant masking PII, and card, email and phone in a message of `role`
     runner = InProcessRunner(make_deps(_config(checker.base_url, "{enabled: true, default: mask}")))
     carrier = {"role": role, "content": f"Card {CARD}, write to {EMAIL}, call {PHONE}."}
+    if role == "tool":
+        carrier["tool_call_id"] = "call_1"
     messages = [carrier, {"role": "user", "content": "What should I do next?"}]
     if role == "user":
         messages = [carrier]

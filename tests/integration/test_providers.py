@@ -371,11 +371,10 @@ def test_anthropic_json_object_adds_an_instruction_to_system(fake: FakeServer, k
     [
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, None),
         ({"temperature": 1.5}, None),
-        ({}, [{"role": "tool", "content": "42"}]),
         ({}, [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]),
         ({}, [{"role": "system", "content": "only a system prompt"}]),
     ],
-    ids=["json_schema", "temperature_1.5", "tool_message", "image", "no_user_message"],
+    ids=["json_schema", "temperature_1.5", "image", "no_user_message"],
 )
 def test_anthropic_refuses_what_it_cannot_honour(
     fake: FakeServer, kind: str, fields: dict[str, Any], messages: list[dict[str, Any]] | None

@@ -57,6 +57,29 @@ class Ok:
     finish_reason: str | None = None
     cache_write_tokens: int = 0  # Anthropic: input tokens written to the prompt cache
     stream_usage: bool = True  # False: an OpenAI-compatible server that ignores `stream_options`
+    tool_calls: tuple[Call, ...] = ()  # calls the model asks for (its turn ends with them)
+
+    def finish(self, provider: str) -> str:
+        """The provider's own finish reason for this answer."""
+        if self.finish_reason is not None:
+            return self.finish_reason
+        if self.tool_calls:
+            return "tool_calls" if provider == "openai" else "tool_use"
+        return "stop" if provider == "openai" else "end_turn"
+
+
+@dataclass(frozen=True)
+class Call:
+    """A tool call in an answer: its id, the function's name and its arguments."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+def calls(*specs: tuple[str, dict[str, Any]], text: str = "") -> Ok:
+    """An answer that calls these tools (`(name, arguments)` each; ids call_1, call_2, ...)."""
+    return Ok(text, tool_calls=tuple(Call(f"call_{i}", name, args) for i, (name, args) in enumerate(specs, 1)))
 
 
 @dataclass(frozen=True)
@@ -263,6 +286,12 @@ def _retry_headers(behaviour: Status) -> dict[str, str]:
     return {} if behaviour.retry_after is None else {"retry-after": behaviour.retry_after}
 
 
+def _halves(text: str) -> list[str]:
+    """A tool call's arguments in two streamed pieces (a split inside the JSON)."""
+    middle = len(text) // 2
+    return [text[:middle], text[middle:]]
+
+
 def _sse(data: dict[str, Any], event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(data)}\n\n".encode()
@@ -313,7 +342,12 @@ async def _openai_stream(answer: Ok, head: dict[str, Any], include_usage: bool) 
     yield chunk({"role": "assistant", "content": "", "refusal": None})
     for piece in _pieces(answer.text):
         yield chunk({"content": piece})
-    yield chunk({}, answer.finish_reason or "stop")
+    for index, call in enumerate(answer.tool_calls):
+        start = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        yield chunk({"tool_calls": [start]})
+        for piece in _halves(json.dumps(call.arguments)):
+            yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    yield chunk({}, answer.finish("openai"))
     if include_usage and answer.stream_usage:
         yield _sse({**head, "choices": [], "usage": _openai_usage(answer)})
     yield b"data: [DONE]\n\n"
@@ -324,8 +358,14 @@ def openai_completion(answer: Ok, body: dict[str, Any], head: dict[str, Any] | N
     if head is None:
         head = {"id": f"chatcmpl-fake-{next(_ids)}", "created": int(time.time()), "model": body.get("model")}
         head["system_fingerprint"] = "fp_fake"
-    message = {"role": "assistant", "content": answer.text, "refusal": None}
-    choice = {"index": 0, "message": message, "finish_reason": answer.finish_reason or "stop", "logprobs": None}
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
+    if answer.tool_calls:
+        message["content"] = answer.text or None
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+            for c in answer.tool_calls
+        ]
+    choice = {"index": 0, "message": message, "finish_reason": answer.finish("openai"), "logprobs": None}
     return {**head, "object": "chat.completion", "choices": [choice], "usage": _openai_usage(answer)}
 
 
@@ -405,7 +445,35 @@ def _anthropic_problem(body: Any) -> str | None:
     if temperature is not None and not 0 <= temperature <= 1:
         problems.append("temperature: must be between 0 and 1")
     problems += [f"{name}: Extra inputs are not permitted" for name in ("stop", "response_format") if name in body]
+    problems += _anthropic_tool_problems(body)
     return problems[0] if problems else None
+
+
+def _anthropic_tool_problems(body: dict[str, Any]) -> list[str]:
+    """Tools as the API checks them: a name and an object `input_schema` each; a `tool_result`
+    answers a `tool_use` of the assistant turn just before it; `tool_choice` names a known tool."""
+    problems = []
+    tools = body.get("tools") or []
+    names = {t.get("name") for t in tools}
+    for tool in tools:
+        if not tool.get("name") or (tool.get("input_schema") or {}).get("type") != "object":
+            problems.append("tools: each needs a name and an input_schema of type object")
+    choice = body.get("tool_choice")
+    if choice is not None and (choice.get("type") not in ("auto", "any", "tool", "none") or not tools):
+        problems.append("tool_choice: auto, any, tool or none, with tools")
+    if choice is not None and choice.get("type") == "tool" and choice.get("name") not in names:
+        problems.append("tool_choice.name: not one of the tools")
+    asked: set[str] = set()
+    for message in body.get("messages") or []:
+        blocks = message.get("content") if isinstance(message.get("content"), list) else []
+        for block in blocks:
+            if block.get("type") == "tool_result" and block.get("tool_use_id") not in asked:
+                problems.append("messages: tool_result blocks must answer a tool_use of the previous assistant turn")
+            if block.get("type") == "tool_use" and not isinstance(block.get("input"), dict):
+                problems.append("messages: tool_use.input must be an object")
+        if message.get("role") == "assistant":
+            asked = {b.get("id") for b in blocks if b.get("type") == "tool_use"}
+    return problems
 
 
 def _anthropic_usage(answer: Ok) -> dict[str, int]:
@@ -427,7 +495,7 @@ def _anthropic_message(answer: Ok, model: str, content: list[dict[str, Any]], do
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": (answer.finish_reason or "end_turn") if done else None,
+        "stop_reason": answer.finish("anthropic") if done else None,
         "stop_sequence": None,
         "usage": usage,
     }
@@ -435,7 +503,9 @@ def _anthropic_message(answer: Ok, model: str, content: list[dict[str, Any]], do
 
 def anthropic_message(answer: Ok, model: str) -> dict[str, Any]:
     """A complete Messages API answer."""
-    return _anthropic_message(answer, model, [{"type": "text", "text": answer.text}], done=True)
+    content = [{"type": "text", "text": answer.text}] if answer.text or not answer.tool_calls else []
+    content += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in answer.tool_calls]
+    return _anthropic_message(answer, model, content, done=True)
 
 
 async def _anthropic_stream(answer: Ok, model: str) -> AsyncIterator[bytes]:
@@ -450,10 +520,17 @@ async def _anthropic_stream(answer: Ok, model: str) -> AsyncIterator[bytes]:
         delta = {"type": "text_delta", "text": piece}
         yield _sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta")
     yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+    for index, call in enumerate(answer.tool_calls, start=1):
+        block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+        yield _sse({"type": "content_block_start", "index": index, "content_block": block}, "content_block_start")
+        for piece in _halves(json.dumps(call.arguments)):
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            yield _sse({"type": "content_block_delta", "index": index, "delta": delta}, "content_block_delta")
+        yield _sse({"type": "content_block_stop", "index": index}, "content_block_stop")
     yield _sse(
         {
             "type": "message_delta",
-            "delta": {"stop_reason": answer.finish_reason or "end_turn", "stop_sequence": None},
+            "delta": {"stop_reason": answer.finish("anthropic"), "stop_sequence": None},
             "usage": {"output_tokens": answer.completion_tokens},
         },
         "message_delta",

@@ -28,7 +28,8 @@ def nested(depth: int, open_: bytes = b'{"a": ', close: bytes = b"}", leaf: byte
 
 
 def message(role: str, content: bytes) -> bytes:
-    return b'[{"role": "' + role.encode() + b'", "content": ' + content + b"}]"
+    answers = b', "tool_call_id": "call_1"' if role == "tool" else b""  # a tool message answers a call
+    return b'[{"role": "' + role.encode() + b'", "content": ' + content + answers + b"}]"
 
 
 def schema_format(schema: bytes) -> bytes:

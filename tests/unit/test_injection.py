@@ -143,7 +143,7 @@ def test_tool_results_are_scanned_and_the_tenants_system_prompt_is_not() -> None
     in_tool = make_state(
         messages=[
             {"role": "user", "content": "Summarise the page I fetched."},
-            {"role": "tool", "content": ATTACKS[0]},
+            {"role": "tool", "tool_call_id": "call_1", "content": ATTACKS[0]},
         ]
     )
     assert guard_step(in_tool, deps).layer == "prompt_injection"

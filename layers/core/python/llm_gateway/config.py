@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 ProviderName = Literal["openai", "anthropic", "sagemaker", "echo"]
 LOCAL_ENDPOINT = "local"
+TOOL_PROVIDERS = ("openai", "anthropic")  # providers whose models call tools unless a model says not
 
 
 class _Config(BaseModel):
@@ -66,6 +67,10 @@ class ModelConfig(_Config):
     context_tokens: int | None = Field(default=None, ge=1)
     # Provider prompt-caching hints (Anthropic cache_control breakpoints, OpenAI prompt_cache_key).
     prompt_cache: bool = True
+    # Whether the model takes `tools` and tool messages; unset, its provider's default (OpenAI and
+    # Anthropic models do; the self-hosted endpoint and echo do not). A request with tools goes only
+    # to candidates that do, and is refused (400 `tools_unsupported`) when none does.
+    tools: bool | None = None
     # Self-hosted endpoints: one instance's price and measured aggregate throughput, for
     # `llm-gateway cost-report` (when self-hosting beats an API model).
     hourly_usd: float | None = Field(default=None, gt=0)
@@ -76,6 +81,9 @@ class ModelConfig(_Config):
     # What a line answered through the provider's batch API costs; unset, half the online price
     # (both APIs' discount). Lines answered directly cost the online price.
     batch_price: Price | None = None
+
+    def supports_tools(self) -> bool:
+        return self.tools if self.tools is not None else self.provider in TOOL_PROVIDERS
 
     def uses_batch_api(self) -> bool:
         return self.batch_api and self.provider in ("openai", "anthropic")

@@ -61,16 +61,44 @@ class ImagePart(_Request):
 
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
+# A function's name as the providers accept it (OpenAI and Anthropic: letters, digits, _ and -).
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_TOOLS = 128
+MAX_TOOL_CALL_ID = 256
+
+
+class FunctionCall(_Request):
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    arguments: str  # JSON text, as the model wrote it (it may be invalid JSON: the caller judges)
+
+
+class ToolCall(_Request):
+    """A call the model asked for (an assistant message's `tool_calls`)."""
+
+    id: str = Field(min_length=1, max_length=MAX_TOOL_CALL_ID)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
 
 class ChatMessage(_Request):
-    # The content rule below, in JSON schema too, so API Gateway's request model enforces it.
+    # The content rules below, in JSON schema too, so API Gateway's request model enforces them.
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
         json_schema_extra={
-            "anyOf": [
-                {"properties": {"role": {"enum": ["assistant"]}}},
-                {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+            "allOf": [
+                {
+                    "anyOf": [
+                        {"properties": {"role": {"enum": ["assistant"]}}},
+                        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+                    ]
+                },
+                {
+                    "anyOf": [
+                        {"properties": {"role": {"not": {"enum": ["tool"]}}}},
+                        {"required": ["tool_call_id"]},
+                    ]
+                },
             ]
         },
     )
@@ -78,11 +106,17 @@ class ChatMessage(_Request):
     role: Role
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1, max_length=MAX_TOOLS)] | None = None  # assistant
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=MAX_TOOL_CALL_ID)  # tool: answers it
 
     @model_validator(mode="after")
     def _content_required(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":
             raise ValueError(f"content is required for role '{self.role}'")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an assistant message carries tool_calls")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("a tool message needs tool_call_id, and only a tool message has one")
         return self
 
     def text(self) -> str:
@@ -108,6 +142,32 @@ class ResponseFormat(_Request):
 
 class StreamOptions(_Request):
     include_usage: bool = False
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str | None = Field(default=None, max_length=4096)
+    # A JSON schema of the arguments: checked when the request arrives as a response_format's schema
+    # is (`output_format.check_schema`), then passed to the model's provider.
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(_Request):
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class ChatCompletionRequest(_Request):
@@ -141,12 +201,31 @@ class ChatCompletionRequest(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
+    tools: Annotated[list[ToolDefinition], Field(min_length=1, max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     user: str | None = Field(default=None, max_length=256)
     metadata: dict[str, str] | None = None
     # Gateway extension (openai SDK: `extra_body={"context": [...]}`): the passages a RAG answer
     # must rest on. The model receives them in a system message; the groundedness check
     # (`guards.grounded`) scores the answer's claims against them.
     context: Annotated[list[Annotated[str, Field(min_length=1, max_length=20_000)]], Field(max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _tools_consistent(self) -> ChatCompletionRequest:
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: each function name may be defined once")
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names '{choice.function.name}', which tools does not define")
+        if choice is not None and choice != "none" and not names:
+            raise ValueError("tool_choice needs tools")
+        return self
+
+    def uses_tools(self) -> bool:
+        """The request defines tools, or its conversation holds tool calls or their results."""
+        return bool(self.tools) or any(m.tool_calls or m.role == "tool" for m in self.messages)
 
     def output_limit(self) -> int | None:
         """The caller's cap on generated tokens (`max_completion_tokens` wins over `max_tokens`)."""
@@ -203,6 +282,7 @@ class AssistantMessage(_Strict):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(_Strict):
@@ -225,9 +305,25 @@ class ChatCompletion(_Strict):
         return self.choices[0].message.content or ""
 
 
+class FunctionCallDelta(_Strict):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Strict):
+    """A piece of a streamed tool call: the first piece of call `index` carries its id, type and
+    name; the following ones carry more of its arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta | None = None
+
+
 class ChunkDelta(_Strict):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(_Strict):

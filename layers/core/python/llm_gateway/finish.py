@@ -10,7 +10,7 @@ from .budgets import settle
 from .cache.keys import cache_tags
 from .contracts import AssistantMessage, ChatCompletion, Choice, FinishResult, GatewayState, GuardDecision
 from .errors import GatewayError, GuardrailBlocked, from_step_error
-from .guard.pii import restore
+from .guard.pii import restore, restore_in_json
 from .identity import pseudonym
 from .ports import AuditRecord, Outcome, UsageRecord
 from .semantic.index import decode_vector
@@ -55,14 +55,28 @@ def _restored(state: GatewayState, response: ChatCompletion) -> ChatCompletion:
     if not values:
         return response
     choices = [
-        choice.model_copy(
-            update={"message": choice.message.model_copy(update={"content": restore(choice.message.content, values)})}
-        )
-        if isinstance(choice.message.content, str)
-        else choice
-        for choice in response.choices
+        choice.model_copy(update={"message": _restored_message(choice.message, values)}) for choice in response.choices
     ]
     return response.model_copy(update={"choices": choices})
+
+
+def _restored_message(message: AssistantMessage, values: dict[str, str]) -> AssistantMessage:
+    """The message's text and its tool calls' arguments with the placeholders' values put back
+    (JSON-escaped inside the arguments, which stay valid JSON)."""
+    content = restore(message.content, values) if isinstance(message.content, str) else message.content
+    calls = message.tool_calls
+    if calls:
+        calls = [
+            c.model_copy(
+                update={
+                    "function": c.function.model_copy(
+                        update={"arguments": restore_in_json(c.function.arguments, values)}
+                    )
+                }
+            )
+            for c in calls
+        ]
+    return message.model_copy(update={"content": content, "tool_calls": calls})
 
 
 def _outcome(state: GatewayState) -> Outcome:

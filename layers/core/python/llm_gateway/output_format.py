@@ -28,19 +28,25 @@ def _schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
 
 
 def check_schema(request: ChatCompletionRequest) -> None:
-    """Refuse a `json_schema` response_format whose schema is not a valid JSON Schema, or not one
-    the gateway can hold answers against safely (`schema_safety.schema_refusal`)."""
-    schema = _schema(request)
-    if schema is None:
-        return
+    """Refuse a `json_schema` response_format, or a tool's `parameters`, whose schema is not a valid
+    JSON Schema, or not one the gateway can hold answers against safely
+    (`schema_safety.schema_refusal`)."""
+    schemas = [(SCHEMA_PARAM, _schema(request))]
+    schemas += [(f"tools[{i}].function.parameters", t.function.parameters) for i, t in enumerate(request.tools or [])]
+    for param, schema in schemas:
+        if schema is not None:
+            _check_one(schema, param)
+
+
+def _check_one(schema: dict[str, Any], param: str) -> None:
     refusal = schema_refusal(schema)  # first: it bounds the depth the meta-schema check recurses to
     if refusal is not None:
-        raise InvalidRequest(f"{SCHEMA_PARAM} is not accepted: {refusal}.", param=SCHEMA_PARAM)
+        raise InvalidRequest(f"{param} is not accepted: {refusal}.", param=param)
     from .schema_validator import meta_schema_problem
 
     problem = meta_schema_problem(schema)
     if problem is not None:
-        raise InvalidRequest(f"{SCHEMA_PARAM} is not a valid JSON Schema: {problem}", param=SCHEMA_PARAM)
+        raise InvalidRequest(f"{param} is not a valid JSON Schema: {problem}", param=param)
 
 
 def format_problem(request: ChatCompletionRequest, text: str, *, quote_answer: bool = True) -> str | None:

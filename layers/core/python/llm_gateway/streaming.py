@@ -7,6 +7,10 @@ released only once the blocklist has seen `HOLDBACK_CHARS` characters past it, s
 split across deltas is caught before any of it leaves. Finish runs when the stream ends, whichever
 way it ends: a provider that fails after the first token ends the stream with an error event
 (never a finish reason), and what it generated until then is billed like a stream the client left.
+
+Tool calls are gathered as they stream and sent whole, one delta per call, when the model's turn
+ends and the output checks (blocklist, harmful content, PII) have read them: a call that has been
+sent cannot be taken back, and a caller cannot act on half of one anyway.
 """
 
 from __future__ import annotations
@@ -27,18 +31,22 @@ from .contracts import (
     ChunkDelta,
     ErrorBody,
     FinishReason,
+    FunctionCall,
+    FunctionCallDelta,
     GatewayState,
     GuardDecision,
     InvokeResult,
     ModerateResult,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from .errors import ClientClosedRequest, GatewayError, InternalError
 from .finish import final_response, finish_step, record_abandoned
-from .guard.pii import find_pii, pii_safe_cut, redact, restore, safe_cut
+from .guard.pii import find_pii, pii_safe_cut, redact, restore, restore_in_json, safe_cut
 from .invoke.step import build_completion, open_stream
 from .moderation.harmful import load_harmful_classifier
-from .moderation.step import leak_watched
+from .moderation.step import calls_text, leak_watched
 from .providers.base import ProviderReply, StreamDelta
 from .runner import InProcessRunner
 
@@ -121,7 +129,11 @@ def _wants_usage(state: GatewayState) -> bool:
 def _replay(state: GatewayState) -> Iterator[StreamItem]:
     answer = final_response(state)
     yield _chunk(state, answer.model, ChunkDelta(role="assistant", content=""))
-    yield _chunk(state, answer.model, ChunkDelta(content=answer.text()))
+    if answer.text():
+        yield _chunk(state, answer.model, ChunkDelta(content=answer.text()))
+    calls = answer.choices[0].message.tool_calls if answer.choices else None
+    if calls:
+        yield _chunk(state, answer.model, ChunkDelta(tool_calls=_call_deltas(calls)))
     yield _chunk(state, answer.model, ChunkDelta(), answer.choices[0].finish_reason)
     if _wants_usage(state):
         yield _usage_chunk(state, answer.model, answer.usage)
@@ -144,6 +156,22 @@ class _Progress:
     harm: str | None = None  # why tier 2 stopped the stream (or, a dry run, would have)
     harm_score: float | None = None
     harm_log: bool = False  # action `log`: record what would have stopped the stream, never stop it
+    calls: dict[int, list[str]] = field(default_factory=dict)  # tool call index -> [id, name, arguments]
+
+    def gather(self, pieces: list[ToolCallDelta]) -> None:
+        """Add streamed tool-call pieces to the calls they belong to."""
+        for piece in pieces:
+            call = self.calls.setdefault(piece.index, ["", "", ""])
+            call[0] = piece.id or call[0]
+            if piece.function is not None:
+                call[1] = piece.function.name or call[1]
+                call[2] += piece.function.arguments or ""
+
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=cid, function=FunctionCall(name=name, arguments=arguments))
+            for _, (cid, name, arguments) in sorted(self.calls.items())
+        ]
 
 
 def _harm_stops(progress: _Progress, final: bool = False) -> bool:
@@ -251,6 +279,9 @@ def _release(
         if delta.finish_reason is not None:
             progress.last = delta
             return
+        if delta.tool_calls:
+            progress.pieces += 1
+            progress.gather(delta.tool_calls)
         if not delta.text:
             continue
         progress.pieces += 1
@@ -293,15 +324,20 @@ def _settle(
     progress: _Progress,
 ) -> Iterator[StreamItem]:
     """Send what was held back, record the answer (moderation outcome, usage, audit), end the stream."""
+    calls = _checked_calls(runner, state, progress)
     rule, last = progress.rule, progress.last
     withheld = "withheld" in progress.leaked
     harmful = rule is None and not withheld and _harm_stops(progress, final=True)
-    if rule is None and not withheld and not harmful and progress.released < len(progress.text):
+    stopped = rule is not None or withheld or harmful
+    if not stopped and progress.released < len(progress.text):
         rest = _visible(state, progress, progress.text[progress.released :])
         yield _chunk(state, model_id, ChunkDelta(content=rest))
-    stopped = rule is not None or withheld or harmful
+    if not stopped and calls:
+        yield _chunk(state, model_id, ChunkDelta(tool_calls=_call_deltas(calls, state)))
     finish: FinishReason = "content_filter" if stopped else (last.finish_reason if last else None) or "stop"
     reply = _reply_from(state, progress.text, finish, last, progress.pieces)
+    if not stopped:
+        reply.tool_calls = calls
     response: ChatCompletion = build_completion(state, runner.deps, model_id, reply)
     state.invoke = InvokeResult(
         model=model_id,
@@ -317,6 +353,40 @@ def _settle(
     yield _chunk(state, model_id, ChunkDelta(), finish)
     if _wants_usage(state):
         yield _usage_chunk(state, model_id, response.usage)
+
+
+def _checked_calls(runner: InProcessRunner, state: GatewayState, progress: _Progress) -> list[ToolCall]:
+    """The streamed tool calls, read by the output checks as `moderate_step` reads them: the
+    blocklist, harmful content, and PII (which withholds: a call's arguments are not redacted)."""
+    calls = progress.tool_calls()
+    if not calls or progress.rule is not None or progress.harm is not None:
+        return calls
+    text = calls_text(calls)
+    progress.rule = runner.deps.output_blocklists[state.tenant().tenant].first_match(text)
+    if progress.leak and find_pii(text, progress.leak):
+        progress.leaked.add("withheld")
+    if progress.harm_stop is not None:
+        assessed = load_harmful_classifier().assess_answer(text)
+        if assessed.score >= progress.harm_stop:
+            progress.harm = f"{assessed.category} (score {assessed.score:.3f})"
+            progress.harm_score = round(assessed.score, 4)
+    return calls
+
+
+def _call_deltas(calls: list[ToolCall], state: GatewayState | None = None) -> list[ToolCallDelta]:
+    """Whole tool calls as one streamed piece each (masked PII the tenant allows put back)."""
+    values = state.guard.restorable if state is not None and state.guard is not None else {}
+    return [
+        ToolCallDelta(
+            index=i,
+            id=call.id,
+            type="function",
+            function=FunctionCallDelta(
+                name=call.function.name, arguments=restore_in_json(call.function.arguments, values)
+            ),
+        )
+        for i, call in enumerate(calls)
+    ]
 
 
 def _stream_moderation(progress: _Progress) -> ModerateResult:

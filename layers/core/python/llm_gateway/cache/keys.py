@@ -18,8 +18,9 @@ def kb_version(request: ChatCompletionRequest) -> str | None:
 
 
 def exact_key(tenant: str, model_version: str, request: ChatCompletionRequest) -> str:
-    """SHA-256 over tenant, resolved model version, all messages (system prompt included, with roles
-    and names), generation parameters and the knowledge-base version tag. Streaming, `user` and the
+    """SHA-256 over tenant, resolved model version, all messages (system prompt included, with roles,
+    names, tool calls and tool results), generation parameters (tool definitions and tool choice
+    among them) and the knowledge-base version tag. Streaming, `user` and the
     rest of `metadata` do not change the answer and are left out, so a streamed request can be
     served from a non-streamed one."""
     material = {

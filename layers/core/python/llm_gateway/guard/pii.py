@@ -15,6 +15,7 @@ the audit record), and `restore` puts them back into the answer.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -230,6 +231,14 @@ def restore(text: str, values: Mapping[str, str]) -> str:
     if not values or "[" not in text:
         return text
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(), m.group()), text)
+
+
+def restore_in_json(text: str, values: Mapping[str, str]) -> str:
+    """`restore` inside JSON text (a tool call's arguments): each value JSON-escaped, so the text
+    stays the JSON it was."""
+    if not values or "[" not in text:
+        return text
+    return restore(text, {placeholder: json.dumps(value)[1:-1] for placeholder, value in values.items()})
 
 
 def placeholder_entity(placeholder: str) -> str | None:

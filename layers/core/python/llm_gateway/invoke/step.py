@@ -25,6 +25,7 @@ from ..contracts import (
     Choice,
     GatewayState,
     InvokeResult,
+    ToolCall,
     Usage,
 )
 from ..errors import (
@@ -188,9 +189,16 @@ def build_completion(
         id=f"chatcmpl-{state.request_id}",
         created=int(state.received_at),
         model=model_id,
-        choices=[Choice(message=AssistantMessage(content=reply.text), finish_reason=reply.finish_reason)],
+        choices=[Choice(message=assistant_message(reply.text, reply.tool_calls), finish_reason=reply.finish_reason)],
         usage=usage,
     )
+
+
+def assistant_message(text: str, tool_calls: list[ToolCall]) -> AssistantMessage:
+    """The answer's message: a turn that only calls tools has no content (null, as OpenAI sends it)."""
+    if tool_calls:
+        return AssistantMessage(content=text or None, tool_calls=tool_calls)
+    return AssistantMessage(content=text)
 
 
 def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
@@ -202,7 +210,7 @@ def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
     model_id, provider, reply, attempts = call_with_fallback(
         state, deps, lambda p, m, config: p.complete(request, m, config), deadline
     )
-    problem = format_problem(request, reply.text)
+    problem = None if reply.tool_calls else format_problem(request, reply.text)  # a tool call is no answer yet
     if problem is not None:
         reply = _repaired(state, deps, model_id, request, reply, problem, attempts, deadline)
     return InvokeResult(

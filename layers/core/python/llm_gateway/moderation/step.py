@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import PiiGuard
-from ..contracts import GatewayState, GuardDecision, ModerateResult
+from ..contracts import GatewayState, GuardDecision, ModerateResult, ToolCall
 from ..decisions import record_layer, submit_for_review
 from ..guard.pii import STRUCTURED_TYPES, find_pii, redact
 from .cascade import harmful_decision
@@ -28,6 +28,8 @@ def moderate_step(state: GatewayState, deps: Deps) -> ModerateResult:
         raise RuntimeError("moderate runs after invoke")
     tenant = state.tenant().tenant
     text = state.invoke.response.text()
+    calls = tool_calls_text(state)
+    text = "\n".join(part for part in (text, calls) if part) if calls else text
     rule = deps.output_blocklists[tenant].first_match(text)
     if rule is not None:
         return ModerateResult(outcome="filtered", layer="blocklist", rule=rule)
@@ -36,7 +38,7 @@ def moderate_step(state: GatewayState, deps: Deps) -> ModerateResult:
     checks: list[Callable[[], GuardDecision | None]] = []
     if guards.harmful.enabled and guards.harmful.output and text:
         checks.append(lambda: harmful_decision(text, "output", guards.harmful, deps, state.request_id, state.tenant()))
-    if guards.grounded.enabled and text:
+    if guards.grounded.enabled and text and not calls:  # a turn that calls tools states no claims yet
         context = state.context_passages()
         if context:
             checks.append(lambda: grounded_decision(text, context, guards.grounded))
@@ -59,11 +61,23 @@ def moderate_step(state: GatewayState, deps: Deps) -> ModerateResult:
         return ModerateResult(outcome="passed", decisions=decisions)
     types = ", ".join(sorted({span.entity for span in spans}))
     deps.metrics.count("guard_triggers", layer="pii_leak", action=policy.answers)
-    if policy.answers == "withhold":
+    if policy.answers == "withhold" or calls:  # a tool call's arguments are not redacted: withheld
         return ModerateResult(outcome="filtered", layer="pii_leak", rule=types, decisions=decisions)
     return ModerateResult(
         outcome="redacted", layer="pii_leak", rule=types, content=redact(text, spans), decisions=decisions
     )
+
+
+def tool_calls_text(state: GatewayState) -> str:
+    """The tool calls the answer asks for, as the output checks read them (`calls_text`)."""
+    if state.invoke is None or not state.invoke.response.choices:
+        return ""
+    return calls_text(state.invoke.response.choices[0].message.tool_calls or [])
+
+
+def calls_text(calls: list[ToolCall]) -> str:
+    """Tool calls as the output checks read them: `name(arguments)`, a line each."""
+    return "\n".join(f"{c.function.name}({c.function.arguments})" for c in calls)
 
 
 def leak_watched(policy: PiiGuard) -> list[str]:

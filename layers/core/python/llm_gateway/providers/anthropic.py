@@ -3,19 +3,37 @@
 Mapping: system/developer messages become `system` (with prompt-cache breakpoints on long stable
 prefixes, `caching`); `stop` becomes `stop_sequences`;
 `temperature`/`top_p` are sent in the body as given;
-`response_format: json_object` becomes an instruction in `system`; JSON schemas, images, tool
-messages and temperature above 1 are refused as bad requests rather than silently altered.
+`response_format: json_object` becomes an instruction in `system`; JSON schemas, images and
+temperature above 1 are refused as bad requests rather than silently altered.
+
+Tools: a function definition becomes a tool (`parameters` → `input_schema`); `tool_choice` auto /
+required / a named function / none becomes `auto` / `any` / `tool` / `none`, and
+`parallel_tool_calls: false` becomes `disable_parallel_tool_use`; an assistant message's
+`tool_calls` become `tool_use` blocks (their JSON arguments → `input`), and `tool` messages
+`tool_result` blocks of a user turn (consecutive results in one turn). The answer's `tool_use`
+blocks come back as `tool_calls` (`input` → JSON `arguments`), streamed as tool-call deltas.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anthropic
 
 from ..config import ModelConfig
-from ..contracts import ChatCompletionRequest, FinishReason, TextPart
+from ..contracts import (
+    ChatCompletionRequest,
+    ChatMessage,
+    FinishReason,
+    FunctionCall,
+    FunctionCallDelta,
+    NamedToolChoice,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+)
 from ..errors import (
     ProviderBadRequest,
     ProviderError,
@@ -63,6 +81,11 @@ def _reply(message: Any, model_id: str) -> ProviderReply:
         written = usage.cache_creation_input_tokens or 0
         return ProviderReply(
             text="".join(block.text for block in message.content if block.type == "text"),
+            tool_calls=[
+                ToolCall(id=block.id, function=FunctionCall(name=block.name, arguments=json.dumps(block.input)))
+                for block in message.content
+                if block.type == "tool_use"
+            ],
             finish_reason=_FINISH.get(message.stop_reason, "stop"),
             prompt_tokens=usage.input_tokens + cached + written,
             completion_tokens=usage.output_tokens,
@@ -82,10 +105,17 @@ def build_params(request: ChatCompletionRequest, model_id: str, model: ModelConf
             raise ProviderBadRequest(f"model '{model_id}' accepts text content only", param="messages")
         if message.role in ("system", "developer"):
             system.append(message.text())
-        elif message.role in ("user", "assistant"):
-            messages.append({"role": message.role, "content": message.text()})
+        elif message.role == "tool":
+            result = {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text()}
+            previous = messages[-1] if messages else None
+            if previous is not None and previous["role"] == "user" and isinstance(previous["content"], list):
+                previous["content"].append(result)  # the results of one turn's calls travel together
+            else:
+                messages.append({"role": "user", "content": [result]})
+        elif message.role == "assistant" and message.tool_calls:
+            messages.append({"role": "assistant", "content": _tool_use_blocks(message, model_id)})
         else:
-            raise ProviderBadRequest(f"model '{model_id}' does not accept '{message.role}' messages")
+            messages.append({"role": message.role, "content": message.text()})
     if not messages:
         raise ProviderBadRequest(f"model '{model_id}' needs at least one user message", param="messages")
     if request.response_format is not None and request.response_format.type == "json_schema":
@@ -114,7 +144,50 @@ def build_params(request: ChatCompletionRequest, model_id: str, model: ModelConf
         params["extra_body"] = sampling
     if request.stop_list():
         params["stop_sequences"] = request.stop_list()
+    params.update(_tool_params(request))
     return params
+
+
+def _tool_use_blocks(message: ChatMessage, model_id: str) -> list[dict[str, Any]]:
+    """An assistant turn that called tools: its text, then a `tool_use` block per call."""
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": message.text()}] if message.text() else []
+    for call in message.tool_calls or []:
+        try:
+            arguments = json.loads(call.function.arguments or "{}")
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise ProviderBadRequest(
+                f"model '{model_id}' takes a tool call's arguments as a JSON object (call '{call.id}')",
+                param="messages",
+            )
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments})
+    return blocks
+
+
+def _tool_params(request: ChatCompletionRequest) -> dict[str, Any]:
+    """`tools` and `tool_choice` of the Messages API for the request's function definitions."""
+    if not request.tools:
+        return {}
+    tools = []
+    for tool in request.tools:
+        function = tool.function
+        spec: dict[str, Any] = {
+            "name": function.name,
+            "input_schema": function.parameters or {"type": "object", "properties": {}},
+        }
+        if function.description:
+            spec["description"] = function.description
+        tools.append(spec)
+    choice = request.tool_choice
+    mapped: dict[str, Any]
+    if isinstance(choice, NamedToolChoice):
+        mapped = {"type": "tool", "name": choice.function.name}
+    else:
+        mapped = {"type": {"auto": "auto", "required": "any", "none": "none", None: "auto"}[choice]}
+    if request.parallel_tool_calls is False and mapped["type"] != "none":
+        mapped["disable_parallel_tool_use"] = True
+    return {"tools": tools, "tool_choice": mapped}
 
 
 class AnthropicProvider:
@@ -200,6 +273,7 @@ class AnthropicProvider:
     def _deltas(self, events: anthropic.Stream[Any], model_id: str) -> Iterator[StreamDelta]:
         finish: FinishReason | None = None  # neither a stop reason nor message_stop came (yet)
         prompt = completion = cached = written = 0
+        calls: dict[int, int] = {}  # content block index -> tool call index
         try:
             with events:
                 for event in events:
@@ -210,6 +284,18 @@ class AnthropicProvider:
                         prompt = usage.input_tokens + cached + written
                     elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                         yield StreamDelta(text=event.delta.text)
+                    elif event.type == "content_block_start" and event.content_block.type == "tool_use":
+                        block = event.content_block
+                        calls[event.index] = len(calls)
+                        start = FunctionCallDelta(name=block.name, arguments="")
+                        yield StreamDelta(
+                            tool_calls=[
+                                ToolCallDelta(index=calls[event.index], id=block.id, type="function", function=start)
+                            ]
+                        )
+                    elif event.type == "content_block_delta" and event.delta.type == "input_json_delta":
+                        more = FunctionCallDelta(arguments=event.delta.partial_json)
+                        yield StreamDelta(tool_calls=[ToolCallDelta(index=calls[event.index], function=more)])
                     elif event.type == "message_delta":
                         if event.delta.stop_reason is not None:
                             finish = _FINISH.get(event.delta.stop_reason, "stop")

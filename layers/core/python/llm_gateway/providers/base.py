@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..config import ModelConfig
 from ..context_window import upstream_context_error
-from ..contracts import ChatCompletionRequest, FinishReason
+from ..contracts import ChatCompletionRequest, FinishReason, ToolCall, ToolCallDelta
 from ..errors import ProviderBadRequest, ProviderError, ProviderThrottled, ProviderTimeout, ProviderUnavailable
 
 
@@ -29,6 +29,7 @@ class ProviderReply(BaseModel):
     completion_tokens: int
     cached_tokens: int = 0
     cache_write_tokens: int = 0  # input tokens written to the provider's prompt cache (in prompt_tokens)
+    tool_calls: list[ToolCall] = []  # the calls the model asks for (finish_reason "tool_calls")
 
 
 class StreamDelta(BaseModel):
@@ -37,6 +38,7 @@ class StreamDelta(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = ""
+    tool_calls: list[ToolCallDelta] = []  # pieces of tool calls, by the call's index
     finish_reason: FinishReason | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

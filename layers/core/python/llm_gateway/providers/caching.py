@@ -58,12 +58,21 @@ def anthropic_history_breakpoint(messages: list[dict[str, Any]], system_chars: i
         last -= 1
     if last <= 0:
         return
-    prefix = system_chars + sum(len(m["content"]) if isinstance(m["content"], str) else 0 for m in messages[: last + 1])
+    prefix = system_chars + sum(_chars(m["content"]) for m in messages[: last + 1])
     if prefix < MIN_CACHEABLE_CHARS:
         return
     content = messages[last]["content"]
     if isinstance(content, str):
         messages[last]["content"] = [{"type": "text", "text": content, "cache_control": EPHEMERAL}]
+    elif content:  # content blocks (text, tool calls, tool results): the last one ends the prefix
+        content[-1]["cache_control"] = EPHEMERAL
+
+
+def _chars(content: str | list[dict[str, Any]]) -> int:
+    """About how much a message's content weighs: its text, or its blocks' text and JSON input."""
+    if isinstance(content, str):
+        return len(content)
+    return sum(len(str(block.get("text") or block.get("content") or block.get("input") or "")) for block in content)
 
 
 def openai_prompt_cache_key(request: ChatCompletionRequest, model_id: str) -> str | None:

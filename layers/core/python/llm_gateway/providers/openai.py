@@ -18,7 +18,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
 from ..config import ModelConfig
-from ..contracts import ChatCompletionRequest, FinishReason
+from ..contracts import ChatCompletionRequest, FinishReason, FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta
 from ..errors import ProviderError
 from .base import (
     EVENT_STREAM,
@@ -68,8 +68,19 @@ class _Usage(BaseModel):
     prompt_tokens_details: _CachedTokens | None = None
 
 
+class _Function(BaseModel):
+    name: str
+    arguments: str
+
+
+class _ToolCall(BaseModel):
+    id: str
+    function: _Function
+
+
 class _Message(BaseModel):
     content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
 
 
 class _Choice(BaseModel):
@@ -111,8 +122,10 @@ def _reply(result: object, model_id: str) -> ProviderReply:
         cached = 0
         if usage is not None and usage.prompt_tokens_details is not None:
             cached = usage.prompt_tokens_details.cached_tokens or 0
+        calls = [_tool_call(c, model_id) for c in choice.message.tool_calls or []]
         return ProviderReply(
             text=choice.message.content or "",
+            tool_calls=calls,
             finish_reason=_FINISH.get(choice.finish_reason, "stop"),
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
@@ -259,6 +272,8 @@ class OpenAIProvider:
                     for choice in chunk.choices:
                         if choice.delta.content:
                             yield StreamDelta(text=choice.delta.content)
+                        if choice.delta.tool_calls:
+                            yield StreamDelta(tool_calls=[_call_delta(c) for c in choice.delta.tool_calls])
                         if choice.finish_reason:
                             finish = _FINISH.get(choice.finish_reason, "stop")
                     if chunk.usage is not None:
@@ -274,3 +289,22 @@ class OpenAIProvider:
         yield StreamDelta(
             finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
         )
+
+
+def _tool_call(call: Any, model_id: str) -> ToolCall:
+    """A function call of the answer; another kind of call (a custom tool) was never offered."""
+    function = getattr(call, "function", None)
+    if function is None:
+        raise unexpected_format(model_id, detail=" (a tool call that is not a function call)")
+    return ToolCall(id=call.id, function=FunctionCall(name=function.name, arguments=function.arguments))
+
+
+def _call_delta(piece: Any) -> ToolCallDelta:
+    """A streamed tool-call piece of the SDK's chunk, as the gateway's chunk carries it."""
+    function = piece.function
+    return ToolCallDelta(
+        index=piece.index,
+        id=piece.id,
+        type="function" if piece.id else None,
+        function=None if function is None else FunctionCallDelta(name=function.name, arguments=function.arguments),
+    )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..config import GatewayConfig
 from ..contracts import ChatCompletionRequest, GatewayState, RouteResult
-from ..errors import ModelNotFound
+from ..errors import InvalidRequest, ModelNotFound
 from .candidates import usable_route
 
 if TYPE_CHECKING:
@@ -59,7 +59,24 @@ def planned_route(state: GatewayState, deps: Deps) -> RouteResult:
 
 def plan_route(state: GatewayState, deps: Deps, tenant: str, route: RouteResult) -> RouteResult:
     """The tenant's resolved route's models to try, in order: a metadata pin, else the complexity
-    router's tier (then the tiers above it and the route's fallbacks), else the route's own order."""
+    router's tier (then the tiers above it and the route's fallbacks), else the route's own order;
+    for a request that uses tools, only the models that take them (`tools_unsupported` when none)."""
+    planned = _ordered(state, deps, tenant, route)
+    if not state.request.uses_tools():
+        return planned
+    models = deps.config.models
+    kept = [m for m in planned.candidates if models[m].supports_tools()]
+    if not kept:
+        names = ", ".join(f"'{m}'" for m in planned.candidates)
+        raise InvalidRequest(
+            f"This request uses tools, which the models of route '{route.route}' ({names}) do not support.",
+            param="tools",
+            code="tools_unsupported",
+        )
+    return planned if kept == planned.candidates else planned.model_copy(update={"candidates": kept})
+
+
+def _ordered(state: GatewayState, deps: Deps, tenant: str, route: RouteResult) -> RouteResult:
     settings = deps.config.tenants[tenant].routes.get(route.route)
     if settings is None:
         return route

@@ -100,7 +100,11 @@ def semantic_allowed(request: ChatCompletionRequest, max_temperature: float = DE
     No when its temperature (unset counts as the providers' default, 1.0) is above the tenant's
     limit — the caller asked for variety, not a stored answer; when there is no user message or its
     text is blank; or when the last user message carries images, which the query text does not
-    describe. (`n` is always 1 in this API, so one stored answer is a complete answer.)"""
+    describe; or when the request uses tools (the answer depends on the tools offered and on their
+    results, which the query text does not hold: such requests are cached exactly only).
+    (`n` is always 1 in this API, so one stored answer is a complete answer.)"""
+    if request.uses_tools():
+        return False
     temperature = PROVIDER_DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
     if temperature > max_temperature:
         return False
