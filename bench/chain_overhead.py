@@ -28,9 +28,14 @@ from llm_gateway.providers.base import default_registry
 from llm_gateway.runner import InProcessRunner
 
 KEY = "sk-bench"
+PLAIN = "miss, no-store (cache lookup skipped)"
+TOOLED = "miss, no-store, carrying 3 tools and a tool result"
 CONFIG = f"""
 models:
-  echo: {{provider: echo, price: {{input_per_mtok: 0.15, cached_input_per_mtok: 0.075, output_per_mtok: 0.6}}}}
+  echo:
+    provider: echo
+    tools: true  # echo answers in text; the tool-carrying scenario measures the chain around it
+    price: {{input_per_mtok: 0.15, cached_input_per_mtok: 0.075, output_per_mtok: 0.6}}
 tenants:
   bench:
     api_keys: [{{id: k1, sha256: {hash_key(KEY)}}}]
@@ -41,17 +46,47 @@ tenants:
     output_blocklist: {{keywords: [forbidden], patterns: ['\\b\\d{{3}}-\\d{{2}}-\\d{{4}}\\b']}}
 """
 SYSTEM = "You are a concise assistant for an online store. Answer in one short paragraph."
+# An agent's turn: three function definitions, and the conversation's last call and its result.
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "order_id": {"type": "string", "pattern": "^[A-Z0-9-]{6,20}$"},
+                    "detail": {"type": "boolean"},
+                },
+                "required": ["order_id"],
+            },
+        },
+    }
+    for name, description in (
+        ("order_status", "Where an order is and when it arrives."),
+        ("refund_status", "Whether a refund was issued, and when."),
+        ("cancel_order", "Cancel an order that has not shipped."),
+    )
+]
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "order_status", "arguments": '{"order_id": "A-123456"}'},
+}
 
 
-def make_state(question: str, cache_control: str | None) -> GatewayState:
+def make_state(question: str, cache_control: str | None, tools: bool = False) -> GatewayState:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    extra = {}
+    if tools:
+        messages += [
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "Shipped on Monday; arrives Thursday."},
+        ]
+        extra = {"tools": TOOLS, "tool_choice": "auto"}
     request = ChatCompletionRequest.model_validate(
-        {
-            "model": "default",
-            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
-            "max_tokens": 16,
-            "temperature": 0,
-            "user": "user-42",
-        }
+        {"model": "default", "messages": messages, "max_tokens": 16, "temperature": 0, "user": "user-42", **extra}
     )
     return GatewayState(
         request_id=uuid.uuid4().hex,
@@ -62,13 +97,13 @@ def make_state(question: str, cache_control: str | None) -> GatewayState:
 
 
 def measure(
-    runner: InProcessRunner, n: int, question: Callable[[int], str], cache_control: str | None
+    runner: InProcessRunner, n: int, question: Callable[[int], str], cache_control: str | None, tools: bool = False
 ) -> dict[str, float]:
     totals: list[float] = []
     overheads: list[float] = []
     gc.collect()
     for i in range(n):
-        state = make_state(question(i), cache_control)
+        state = make_state(question(i), cache_control, tools)
         t0 = time.perf_counter()
         runner.run(state)
         elapsed_ms = (time.perf_counter() - t0) * 1000
@@ -105,10 +140,9 @@ def main() -> None:
             "miss, answer stored (unique questions)": measure(
                 runner, n, lambda i: f"Where is my order number {i}?", None
             ),
-            "miss, no-store (cache lookup skipped)": measure(
-                runner, n, lambda i: f"Do you ship to country {i}?", "no-store"
-            ),
+            PLAIN: measure(runner, n, lambda i: f"Do you ship to country {i}?", "no-store"),
             "exact cache hit": measure(runner, n, lambda i: f"Where is my order number {i % 100}?", None),
+            TOOLED: measure(runner, n, lambda i: f"Do you ship to country {i}?", "no-store", tools=True),
         }
     print(f"# chain overhead, {n} requests per scenario, {platform.python_version()}, {platform.machine()}")
     print()
@@ -119,6 +153,10 @@ def main() -> None:
             f"| {name} | {r['overhead_p50']:.3f} | {r['overhead_p99']:.3f} | {r['overhead_mean']:.3f} "
             f"| {r['total_p50']:.3f} | {r['total_p99']:.3f} |"
         )
+    plain, tooled = scenarios[PLAIN], scenarios[TOOLED]
+    print()
+    p50, mean = (tooled[k] / plain[k] for k in ("overhead_p50", "overhead_mean"))
+    print(f"tool-carrying / plain overhead: p50 {p50:.3f}x, mean {mean:.3f}x")
 
 
 if __name__ == "__main__":

@@ -9,11 +9,13 @@ what makes one safe to use (RE2 patterns, local references only, size and depth 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 from .contracts import ChatCompletionRequest, ChatMessage
 from .errors import InvalidRequest
+from .memo import TextMemo
 from .schema_safety import MAX_ANSWER_DEPTH, json_too_deep, schema_refusal
 
 MAX_PROBLEM_CHARS = 300
@@ -39,14 +41,34 @@ def check_schema(request: ChatCompletionRequest) -> None:
 
 
 def _check_one(schema: dict[str, Any], param: str) -> None:
+    verdict = schema_verdict(schema)
+    if verdict is not None:
+        raise InvalidRequest(f"{param} {verdict}", param=param)
+
+
+# Verdicts on the schemas seen lately, by digest: an agent sends the same tool definitions (and a
+# client the same response_format) on every call, and checking one costs ~1 ms.
+_VERDICTS: TextMemo[str | None] = TextMemo(size=1024)
+
+
+def schema_verdict(schema: Any) -> str | None:
+    """Why a caller's schema is refused ("is not accepted: ..." / "is not a valid JSON Schema:
+    ..."), or None; remembered by a digest of the schema as it came (key order included)."""
+    try:
+        written = repr(schema)  # C-fast, unlike a canonical JSON dump; the same schema sent again matches
+    except RecursionError:  # nested past what Python can walk: far past the depth limit too
+        return _verdict(schema)
+    return _VERDICTS.get(hashlib.sha256(written.encode()).hexdigest(), lambda _: _verdict(schema))
+
+
+def _verdict(schema: Any) -> str | None:
     refusal = schema_refusal(schema)  # first: it bounds the depth the meta-schema check recurses to
     if refusal is not None:
-        raise InvalidRequest(f"{param} is not accepted: {refusal}.", param=param)
+        return f"is not accepted: {refusal}."
     from .schema_validator import meta_schema_problem
 
     problem = meta_schema_problem(schema)
-    if problem is not None:
-        raise InvalidRequest(f"{param} is not a valid JSON Schema: {problem}", param=param)
+    return None if problem is None else f"is not a valid JSON Schema: {problem}"
 
 
 def format_problem(request: ChatCompletionRequest, text: str, *, quote_answer: bool = True) -> str | None:

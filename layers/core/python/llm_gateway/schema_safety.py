@@ -119,7 +119,7 @@ def pointer(path: Path) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
 
 
-def _shape_problem(schema: Any) -> str | None:
+def shape_problem(schema: Any) -> str | None:
     """Too deep or too many nodes, found without recursion."""
     stack: list[tuple[Any, int]] = [(schema, 1)]
     nodes = 0
@@ -282,7 +282,7 @@ def _cycle_problem(edges: dict[Path, list[Path]]) -> str | None:
 
 def schema_refusal(schema: Any) -> str | None:
     """Why the gateway will not hold answers against `schema`, or None when it will."""
-    problem = _shape_problem(schema)
+    problem = shape_problem(schema)
     if problem is not None or not isinstance(schema, dict):
         return problem
     return _Walk(schema).run()

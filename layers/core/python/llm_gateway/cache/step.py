@@ -43,6 +43,9 @@ def cache_lookup_step(state: GatewayState, deps: Deps) -> CacheResult:
     if not deps.config.cache.enabled:
         return CacheResult(status="bypass", store=False)
     lookup, store = cache_directives(state.caller.cache_control)
+    if not (lookup or store):  # `no-store`: nothing to look up, nothing to key an answer by
+        deps.metrics.count("cache_lookups", status="bypass")
+        return CacheResult(status="bypass", store=False)
     tenant = state.tenant().tenant
     planned = planned_route(state, deps)  # what the router will choose: the model and the request it gets
     model, request = planned.candidates[0], state.model_request(planned)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..memo import TextMemo
 from ..weights import sigmoid
-from .text_classifier import LinearTextClassifier, TextMemo, read_artefact
+from .text_classifier import LinearTextClassifier, read_artefact
 
 ARTEFACT_PATH = Path(__file__).parent / "data" / "injection.json.gz"
 

@@ -21,12 +21,11 @@ import itertools
 import json
 import math
 import re
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from itertools import chain
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -214,35 +213,6 @@ def _ratio(dots: Any, norms: Any) -> Any:
     """dot / sqrt(norm), 0 where the norm is 0 (a text with no in-vocabulary n-gram)."""
     safe = np.where(norms > 0, norms, 1.0)
     return np.where(norms > 0, dots / np.sqrt(safe), 0.0)
-
-
-class TextMemo(Generic[T]):
-    """The results of a function of one text for the last `size` texts of up to `max_chars`
-    characters (a conversation's earlier messages are scanned again on every turn); thread-safe."""
-
-    def __init__(self, size: int = 1024, max_chars: int = 4000) -> None:
-        self._size, self._max_chars = size, max_chars
-        self._results: OrderedDict[str, T] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._results.clear()
-
-    def get(self, text: str, compute: Callable[[str], T]) -> T:
-        if len(text) > self._max_chars:
-            return compute(text)
-        with self._lock:
-            found = self._results.get(text)
-            if found is not None:
-                self._results.move_to_end(text)
-                return found
-        result = compute(text)
-        with self._lock:
-            self._results[text] = result
-            if len(self._results) > self._size:
-                self._results.popitem(last=False)
-        return result
 
 
 def encode_block_terms(terms: list[str], idf: list[float], weights: list[list[float]]) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..guard.embedding_head import EmbeddingHead
-from ..guard.text_classifier import LinearTextClassifier, TextMemo, read_artefact
+from ..guard.text_classifier import LinearTextClassifier, read_artefact
+from ..memo import TextMemo
 from ..weights import sigmoid
 
 ARTEFACT_PATH = Path(__file__).parent / "data" / "harmful.json.gz"
