@@ -35,6 +35,7 @@ WEATHER = {
 }
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 ASK = [{"role": "user", "content": "What is the weather in Lisbon and Oslo?"}]
+STRICT_KEY = "sk-test-strict"
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,13 @@ tenants:
     routes: {{default: {{model: gpt}}, claude: {{model: claude}}, plain: {{model: plain}}}}
     guards: {{injection: {{enabled: true, action: block}}, pii: {{enabled: true, default: mask, restore: [EMAIL]}}}}
     output_blocklist: {{keywords: [rm -rf]}}
+  strict:
+    api_keys: [{{id: k1, sha256: {hash_key(STRICT_KEY)}}}]
+    routes:
+      default: {{model: gpt}}
+      support: {{model: claude, system_prompt: {{text: "You answer for the support desk only.", mode: enforce}}}}
+    system_prompt: {{text: "You are the store's assistant."}}
+    tools: {{allow: [get_weather, get_time], deny: [get_time]}}
 """)
     runner = InProcessRunner(make_deps(config, db=tmp_path_factory.mktemp("tools") / "gateway.db"))
     with serve(create_app(runner)) as url:
@@ -73,8 +81,8 @@ def keys(upstreams: tuple[FakeServer, FakeServer], monkeypatch: pytest.MonkeyPat
         server.script.reset()
 
 
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=ACME_KEY, max_retries=0)
+def client(base_url: str, key: str = ACME_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
 
 
 TWO_CALLS = calls(("get_weather", {"city": "Lisbon"}), ("get_weather", {"city": "Oslo", "unit": "C"}))
@@ -268,3 +276,31 @@ def test_hostile_or_broken_tool_definitions_are_refused(gateway: str, tools: lis
     with pytest.raises(openai.BadRequestError) as raised:
         client(gateway).chat.completions.create(model="default", messages=ASK, tools=tools)
     assert raised.value.param == param
+
+
+def test_a_tenants_tool_policy_refuses_functions_it_does_not_allow(
+    gateway: str, upstreams: tuple[FakeServer, FakeServer]
+) -> None:
+    shell = {"type": "function", "function": {"name": "run_shell"}}
+    for tools in ([WEATHER, shell], [TIME]):  # not in `allow`; in `deny`
+        with pytest.raises(openai.BadRequestError) as raised:
+            client(gateway, STRICT_KEY).chat.completions.create(model="default", messages=ASK, tools=tools)  # type: ignore[arg-type]
+        assert raised.value.code == "tool_not_allowed"
+    assert upstreams[0].script.requests == []
+    upstreams[0].script.push(TWO_CALLS)
+    allowed = client(gateway, STRICT_KEY).chat.completions.create(model="default", messages=ASK, tools=[WEATHER])  # type: ignore[arg-type]
+    assert allowed.choices[0].finish_reason == "tool_calls"
+
+
+def test_a_tenants_system_prompt_is_prepended_or_enforced_per_route(
+    gateway: str, upstreams: tuple[FakeServer, FakeServer]
+) -> None:
+    gpt, claude = upstreams
+    gpt.script.push(ok("Hi."))
+    claude.script.push(ok("Hi."))
+    mine = [{"role": "system", "content": "Talk like a pirate."}, {"role": "user", "content": "Hello there!"}]
+    client(gateway, STRICT_KEY).chat.completions.create(model="default", messages=mine)  # type: ignore[arg-type]
+    client(gateway, STRICT_KEY).chat.completions.create(model="support", messages=mine)  # type: ignore[arg-type]
+    prepended = gpt.script.last.body["messages"]
+    assert [m["content"] for m in prepended[:2]] == ["You are the store's assistant.", "Talk like a pirate."]
+    assert claude.script.last.body["system"] == "You answer for the support desk only."  # the caller's is gone

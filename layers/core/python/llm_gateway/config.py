@@ -144,6 +144,25 @@ class ComplexityRouting(_Config):
         return self
 
 
+class SystemPrompt(_Config):
+    """The tenant's own instructions for the model. `prepend`: before the caller's system and
+    developer messages; `enforce`: instead of them (a caller cannot set its own)."""
+
+    text: str = Field(min_length=1, max_length=100_000)
+    mode: Literal["prepend", "enforce"] = "prepend"
+
+
+class ToolPolicy(_Config):
+    """Which functions a tenant's callers may offer the model, by name: `allow` (unset: any) less
+    `deny`. A request defining another is refused (400 `tool_not_allowed`)."""
+
+    allow: list[str] | None = None
+    deny: list[str] = Field(default_factory=list)
+
+    def refused(self, name: str) -> bool:
+        return name in self.deny or (self.allow is not None and name not in self.allow)
+
+
 class RouteConfig(_Config):
     # With `complexity`, `model` defaults to its largest model (used for requests it does not score).
     model: str = Field(min_length=1)
@@ -155,6 +174,7 @@ class RouteConfig(_Config):
     # requests (a single short question without code).
     max_tokens: int | None = Field(default=None, ge=1)
     brief_simple: bool = False
+    system_prompt: SystemPrompt | None = None  # this route's own, over the tenant's
 
     @model_validator(mode="before")
     @classmethod
@@ -416,6 +436,12 @@ class TenantConfig(_Config):
     budgets: list[Budget] = Field(default_factory=list)
     compression: Compression = Field(default_factory=Compression)
     budget_alerts: list[float] = Field(default_factory=lambda: [0.8])  # shares of a budget that raise an alert
+    system_prompt: SystemPrompt | None = None  # the tenant's instructions on every route without its own
+    tools: ToolPolicy = Field(default_factory=ToolPolicy)
+
+    def system_prompt_for(self, route: str) -> SystemPrompt | None:
+        settings = self.routes.get(route)
+        return settings.system_prompt if settings is not None and settings.system_prompt else self.system_prompt
 
 
 class Limits(_Config):

@@ -11,8 +11,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..compression import Compressed, compress
-from ..config import Compression, Guards, InjectionGuard, PiiGuard, TopicGuard
-from ..contracts import ChatMessage, GatewayState, GuardDecision, GuardResult, RouteResult, TenantContext, TextPart
+from ..config import Compression, Guards, InjectionGuard, PiiGuard, SystemPrompt, TopicGuard
+from ..contracts import (
+    PROMPT_ROLES,
+    ChatMessage,
+    GatewayState,
+    GuardDecision,
+    GuardResult,
+    RouteResult,
+    TenantContext,
+    TextPart,
+)
 from ..decisions import record_layer, submit_for_review
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
 from ..identity import pseudonym
@@ -164,6 +173,13 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
     resolved = resolve_route(deps.config, context.tenant, state.request.model)  # unknown model: 404 first
     if state.caller.batch_tenant is None:  # a batch is paced by its job, not by the online limits
         check_rate(context, deps, state.caller.client_ip)
+    tools = deps.config.tenants[context.tenant].tools
+    refused_tool = next((t.function.name for t in state.request.tools or [] if tools.refused(t.function.name)), None)
+    if refused_tool is not None:
+        refusal = f"The function '{refused_tool}' may not be offered to models under this tenant's policy."
+        return GuardResult(
+            outcome="blocked", tenant=context, layer="tool_not_allowed", reason=refused_tool, message=refusal
+        )
     blocklist = deps.input_blocklists[context.tenant]
     for message in state.request.messages:
         rule = blocklist.first_match(message.text())
@@ -180,6 +196,13 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         if verdict.decision.action == "block":
             return _blocked(screen, verdict)
     return _allowed(screen, plan_route(state, deps, context.tenant, resolved))  # a refused request never plans
+
+
+def with_system_prompt(messages: list[ChatMessage], prompt: SystemPrompt) -> list[ChatMessage]:
+    """The tenant's system prompt first; with `enforce`, the caller's own system and developer
+    messages are dropped."""
+    kept = [m for m in messages if not (prompt.mode == "enforce" and m.role in PROMPT_ROLES)]
+    return [ChatMessage(role="system", content=prompt.text), *kept]
 
 
 def _screen(state: GatewayState, deps: Deps, context: TenantContext) -> Screening:
@@ -238,6 +261,9 @@ def _allowed(screen: Screening, route: RouteResult) -> GuardResult:
         if compressed.chars_after < compressed.chars_before:
             masked, saved = compressed.messages, compressed.saved_tokens
             deps.metrics.count("compression_saved_tokens", saved, tenant=tenant)
+    prompt = deps.config.tenants[tenant].system_prompt_for(route.route)
+    if prompt is not None:
+        masked = with_system_prompt(masked if masked is not None else screen.state.request.messages, prompt)
     if deps.review is not None and any(d.action == "flag" for d in screen.decisions):
         submit_for_review(
             screen.state, deps.review, tenant, "input", screen.decisions, scored_text(screen.seen), deps.clock()
