@@ -137,6 +137,12 @@ def test_repeat_is_served_from_cache_and_other_tenant_is_not(served: Served) -> 
     assert results[1].parse().choices[0].message.content == results[0].parse().choices[0].message.content
 
 
+def test_every_demo_tenant_embeds_through_its_embedding_route(served: Served) -> None:
+    for tenant in served.keys:
+        answer = served.client(tenant).embeddings.create(model="embedding", input=["Where is my parcel?", "Hi"])
+        assert [len(row.embedding) for row in answer.data] == [384, 384] and answer.usage.prompt_tokens > 0
+
+
 def test_wrong_key_is_refused(served: Served) -> None:
     client = openai.OpenAI(base_url=served.url, api_key="sk-gw-not-a-real-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):

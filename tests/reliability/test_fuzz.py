@@ -291,6 +291,7 @@ def test_the_served_document_is_the_fuzzed_one(gateway: FuzzGateway) -> None:
     routes = {(method.upper(), path) for path, item in served.json()["paths"].items() for method in item}
     app_routes = {
         ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/embeddings"),
         ("GET", "/v1/models"),
         ("GET", "/v1/models/{model}"),
         ("GET", "/v1/batches"),

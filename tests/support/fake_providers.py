@@ -21,6 +21,7 @@ Anthropic fake reports them as Anthropic does (`input_tokens` excludes cache rea
 from __future__ import annotations
 
 import itertools
+import hashlib
 import json
 import re
 import threading
@@ -353,6 +354,14 @@ async def _openai_stream(answer: Ok, head: dict[str, Any], include_usage: bool) 
     yield b"data: [DONE]\n\n"
 
 
+def fake_vector(text: str, size: int) -> list[float]:
+    """A unit vector that depends only on the text: what the fake embedding model answers."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [digest[i % len(digest)] - 127.5 for i in range(size)]
+    norm = sum(v * v for v in raw) ** 0.5
+    return [v / norm for v in raw]
+
+
 def openai_completion(answer: Ok, body: dict[str, Any], head: dict[str, Any] | None = None) -> dict[str, Any]:
     """A chat completion object answering `body`."""
     if head is None:
@@ -395,6 +404,24 @@ def fake_openai_app(script: Script, models: Sequence[str] = ("gpt-fake",)) -> St
             return StreamingResponse(_openai_stream(behaviour, head, include_usage), media_type="text/event-stream")
         return JSONResponse(openai_completion(behaviour, body, head))
 
+    async def embeddings(request: Request) -> Response:
+        body = await _receive(script, request)
+        inputs = body.get("input") if isinstance(body, dict) else None
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) and t for t in inputs):
+            return openai_error(400, "'input' must be a non-empty list of non-empty strings")
+        behaviour = await _play(request, script.next(body))
+        if behaviour is None:
+            return _hung_up()
+        if isinstance(behaviour, Status):
+            return openai_error(behaviour.code, behaviour.message, _retry_headers(behaviour))
+        if isinstance(behaviour, Fault):
+            return fault_response("openai", behaviour, body["model"], False)
+        size = int(body.get("dimensions") or 8)
+        data = [{"object": "embedding", "index": i, "embedding": fake_vector(t, size)} for i, t in enumerate(inputs)]
+        tokens = sum(len(t.split()) for t in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse({"object": "list", "data": data, "model": body["model"], "usage": usage})
+
     async def list_models(request: Request) -> Response:
         await _receive(script, request)
         data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in models]
@@ -406,6 +433,7 @@ def fake_openai_app(script: Script, models: Sequence[str] = ("gpt-fake",)) -> St
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             *openai_batch_routes(script),
         ]
     )

@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-ProviderName = Literal["openai", "anthropic", "sagemaker", "echo"]
+ProviderName = Literal["openai", "anthropic", "sagemaker", "echo", "embedder"]  # embedder: the packaged one
 LOCAL_ENDPOINT = "local"
-TOOL_PROVIDERS = ("openai", "anthropic")  # providers whose models call tools unless a model says not
+TOOL_PROVIDERS = ("openai", "anthropic")
+EMBEDDING_PROVIDERS = ("embedder", "openai")  # providers whose models call tools unless a model says not
 
 
 class _Config(BaseModel):
@@ -52,6 +53,9 @@ class ModelConfig(_Config):
     """One pinned model version and how to reach it."""
 
     provider: ProviderName
+    # `chat` models answer /v1/chat/completions; `embedding` models /v1/embeddings (the packaged
+    # all-MiniLM-L6-v2 with provider `embedder`, or an OpenAI embedding model).
+    kind: Literal["chat", "embedding"] = "chat"
     provider_model: str | None = None  # the provider's own name; defaults to the gateway's id
     base_url: str | None = None  # OpenAI/Anthropic-compatible base URL override
     api_key_env: str | None = None  # environment variable holding the provider key
@@ -81,6 +85,14 @@ class ModelConfig(_Config):
     # What a line answered through the provider's batch API costs; unset, half the online price
     # (both APIs' discount). Lines answered directly cost the online price.
     batch_price: Price | None = None
+
+    @model_validator(mode="after")
+    def _kind_fits_provider(self) -> ModelConfig:
+        if self.provider == "embedder" and self.kind != "embedding":
+            raise ValueError("provider 'embedder' serves embedding models only (kind: embedding)")
+        if self.kind == "embedding" and self.provider not in EMBEDDING_PROVIDERS:
+            raise ValueError(f"embedding models are served by {' or '.join(EMBEDDING_PROVIDERS)}")
+        return self
 
     def supports_tools(self) -> bool:
         return self.tools if self.tools is not None else self.provider in TOOL_PROVIDERS
@@ -467,6 +479,8 @@ class GatewayConfig(_Config):
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:
         problems = reference_problems(self.models, self.tenants)
+        if not problems:
+            problems = kind_problems(self.models, self.tenants)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -511,6 +525,17 @@ def reference_problems(models: Collection[str], tenants: Mapping[str, TenantConf
             if key.sha256 in seen_keys:
                 problems.append(f"tenants.{name}: API key '{key.id}' is also used by '{seen_keys[key.sha256]}'")
             seen_keys.setdefault(key.sha256, name)
+    return problems
+
+
+def kind_problems(models: Mapping[str, ModelConfig], tenants: Mapping[str, TenantConfig]) -> list[str]:
+    """A route whose models are not all chat models or all embedding models."""
+    problems = []
+    for name, tenant in tenants.items():
+        for route_name, route in tenant.routes.items():
+            kinds = {models[m].kind for m in route.models()}
+            if len(kinds) > 1:
+                problems.append(f"tenants.{name}.routes.{route_name}: mixes chat and embedding models")
     return problems
 
 

@@ -257,6 +257,44 @@ def context_prompt(passages: list[str]) -> str:
     )
 
 
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class EmbeddingRequest(_Request):
+    """OpenAI `POST /v1/embeddings` body (text inputs; token-id arrays are refused)."""
+
+    model: str = Field(min_length=1, max_length=256)
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: PositiveJsonInt | None = None
+    user: str | None = Field(default=None, max_length=256)
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class Embedding(_Strict):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # floats, or base64 of little-endian float32 (`encoding_format`)
+
+
+class EmbeddingUsage(_Strict):
+    prompt_tokens: int
+    total_tokens: int
+    cost_usd: float = 0.0
+
+
+class EmbeddingList(_Strict):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 

@@ -47,12 +47,16 @@ def authenticate(state: GatewayState, deps: Deps) -> TenantContext:
         if state.caller.batch_tenant not in deps.config.tenants:
             raise AuthenticationFailed("The batch's tenant is not configured.")
         return TenantContext(tenant=state.caller.batch_tenant, key_id="batch", user=state.request.user)
-    digest = state.caller.api_key_sha256
+    return authenticate_key(state.caller.api_key_sha256, deps, state.request.user)
+
+
+def authenticate_key(digest: str | None, deps: Deps, user: str | None) -> TenantContext:
+    """The tenant holding the key with this digest (`AuthenticationFailed` for none)."""
     found = deps.keys.get(digest) if digest else None
     if found is None:
         raise AuthenticationFailed("Incorrect API key provided.")
     tenant, key_id = found
-    return TenantContext(tenant=tenant, key_id=key_id, user=state.request.user)
+    return TenantContext(tenant=tenant, key_id=key_id, user=user)
 
 
 def check_size(state: GatewayState, deps: Deps) -> None:
@@ -392,6 +396,20 @@ def check_pii(
     summary = ", ".join(f"{entity} x{count}" for entity, count in sorted(found.items()))
     restorable = {p: v for p, v in vault.values.items() if placeholder_entity(p) in policy.restore}
     return GuardDecision(layer="pii", action="mask", reason=f"masked {summary}"), masked, masked_context, restorable
+
+
+def mask_texts(texts: list[str], policy: PiiGuard) -> tuple[GuardDecision, list[str]]:
+    """`check_pii` for plain texts (inputs to embed): the texts with PII masked (placeholders are
+    not restored: an embedding has nothing to put them back in), or a blocking decision."""
+    watched, named = _watched(policy)
+    if not (watched or named):
+        return GuardDecision(layer="pii", action="pass"), texts
+    vault, found = Vault(), Counter[str]()
+    masked = [_masked_text(text, watched, named, vault, found) for text in texts]
+    rejected = sorted(e for e in found if policy.action(e) == "reject")
+    if rejected:
+        return GuardDecision(layer="pii", action="block", reason=f"not allowed: {', '.join(rejected)}"), texts
+    return GuardDecision(layer="pii", action="mask" if found else "pass"), masked
 
 
 def _watched(policy: PiiGuard) -> tuple[list[str], list[str]]:

@@ -15,12 +15,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from ..cache.purge import PurgeRequest, purge_caches
 from ..config import hash_key
-from ..contracts import CallerContext, ChatCompletionRequest, ErrorBody, GatewayState
+from ..contracts import CallerContext, ChatCompletionRequest, EmbeddingRequest, ErrorBody, GatewayState
 from ..errors import (
     AuthenticationFailed,
     ClientClosedRequest,
@@ -95,7 +95,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise ClientClosedRequest("The client closed the connection while sending the request.") from None
 
 
-def _parse(body: bytes) -> ChatCompletionRequest:
+Parsed = TypeVar("Parsed", bound=BaseModel)
+
+
+def _parse(body: bytes, model: type[Parsed]) -> Parsed:
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -103,7 +106,7 @@ def _parse(body: bytes) -> ChatCompletionRequest:
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     try:
-        return ChatCompletionRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise from_validation_error(exc) from exc
 
@@ -208,7 +211,7 @@ class GatewayApp:
         try:
             try:
                 body = await _read_body(request, self.deps.config.limits.max_body_bytes)
-                chat = _parse(body)
+                chat = _parse(body, ChatCompletionRequest)
             except GatewayError as error:
                 self._record_edge_refusal(request_id, received_at, key, request, error)
                 raise
@@ -268,6 +271,41 @@ class GatewayApp:
         headers = _decision_headers(state, model)
         headers[STREAM_CACHE_CONTROL.name] = "no-cache"
         return _ClosingStream(_sse(items), closing=items, media_type="text/event-stream", headers=headers)
+
+    async def embeddings(self, request: Request) -> Response:
+        """`POST /v1/embeddings` (`embedding_api`): the tenant's embedding routes, in a worker thread."""
+        from ..embedding_api import embed_request
+
+        request_id, received_at, key = uuid.uuid4().hex, time.time(), _api_key(request)
+        try:
+            try:
+                body = await _read_body(request, self.deps.config.limits.max_body_bytes)
+                parsed = _parse(body, EmbeddingRequest)
+            except GatewayError as error:
+                self._record_edge_refusal(request_id, received_at, key, request, error)
+                raise
+            caller = CallerContext(
+                api_key_sha256=hash_key(key) if key else None,
+                client_ip=request.client.host if request.client else None,
+                body_bytes=len(body),
+            )
+            run = functools.partial(
+                contextvars.copy_context().run, embed_request, self.deps, parsed, caller, request_id, received_at
+            )
+            answer = await asyncio.get_running_loop().run_in_executor(self._chain_pool(), run)
+        except GatewayError as error:
+            return _error_response(error, request_id)
+        except Exception:
+            log.exception("unexpected error", extra={"request_id": request_id})
+            return _error_response(InternalError("The gateway failed to process the request."), request_id)
+        headers = {
+            REQUEST_ID.name: request_id,
+            CACHE.name: "exact" if answer.cached else "miss",
+            MODEL.name: answer.body.model,
+            ROUTE.name: answer.route,
+            COST.name: f"{answer.body.usage.cost_usd:.8f}",
+        }
+        return Response(answer.body.model_dump_json(), media_type=JSON, headers=headers)
 
     async def models(self, request: Request) -> Response:
         """`GET /v1/models[/{model}]`: the routes and pinned models the caller's tenant may use, as
@@ -408,6 +446,7 @@ def create_app(runner: InProcessRunner) -> GatewayAsgi:
     routes = Starlette(
         routes=[
             Route(CHAT_PATH, gateway.chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", gateway.embeddings, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
             Route("/v1/models/{model:path}", gateway.models, methods=["GET"]),
             Route("/v1/batches", gateway.batches, methods=["GET"]),

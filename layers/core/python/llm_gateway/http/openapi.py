@@ -14,7 +14,14 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from ..cache.purge import PurgeRequest
-from ..contracts import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorBody
+from ..contracts import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
+    ErrorBody,
+)
 from ..response_headers import METHOD_NOT_ALLOWED, openapi_headers
 
 _REF = "#/components/schemas/{model}"
@@ -186,7 +193,9 @@ def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
             (ChatCompletionRequest, "validation"),
+            (EmbeddingRequest, "validation"),
             (PurgeRequest, "validation"),
+            (EmbeddingList, "serialization"),
             (ChatCompletion, "serialization"),
             (ChatCompletionChunk, "serialization"),
             (ErrorBody, "serialization"),
@@ -220,6 +229,24 @@ def openapi_document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/v1/chat/completions": {"post": _chat_completions()},
+            "/v1/embeddings": {
+                "post": {
+                    "summary": "Embed texts with the route's embedding model.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("EmbeddingRequest")}},
+                    },
+                    "responses": {
+                        "200": _json("One embedding per input, in order.", "EmbeddingList"),
+                        "400": _error("Invalid request, a chat route, or refused by a guardrail."),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("Unknown model or route."),
+                        "413": _error("Request body over the limit."),
+                        "429": _error("Rate limit or budget reached."),
+                        "503": _error("No embedding model of the route answered."),
+                    },
+                }
+            },
             "/v1/models": {
                 "get": {
                     "summary": "Routes and models the key may use.",

@@ -93,6 +93,20 @@ class _Completion(BaseModel):
     usage: _Usage | None = None
 
 
+class _EmbeddingRow(BaseModel):
+    index: int
+    embedding: list[float]
+
+
+class _EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+
+
+class _Embeddings(BaseModel):
+    data: list[_EmbeddingRow]
+    usage: _EmbeddingUsage
+
+
 class _Upstream:
     """Where and how to call one (base URL, API key): the URL and headers the SDK would send."""
 
@@ -173,6 +187,28 @@ class OpenAIProvider:
         except MALFORMED as exc:  # not JSON, or not a chat completion
             raise unexpected_format(model_id) from exc
         return _reply(result, model_id)
+
+    def embed(
+        self, texts: list[str], model_id: str, model: ModelConfig, dimensions: int | None
+    ) -> tuple[list[list[float]], int]:
+        """The embedding of each text by an OpenAI embedding model, and the input tokens it counted."""
+        upstream = self._upstreams.get(model_id, model)
+        body: dict[str, Any] = {"model": model.provider_model or model_id, "input": texts, "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        url = upstream.url.removesuffix("chat/completions") + "embeddings"
+        response = self._http.post(url, pydantic_core.to_json(body), upstream.headers, model.timeout_s, model_id)
+        if not 200 <= response.status < 300:
+            text = response.body.decode("utf-8", "replace")
+            raise http_status_error(response.status, model_id, response.headers.get("retry-after"), error_body(text))
+        try:
+            result = _Embeddings.model_validate_json(response.body)
+            rows = sorted(result.data, key=lambda row: row.index)
+            if [row.index for row in rows] != list(range(len(texts))):
+                raise unexpected_format(model_id, detail=" (not one embedding per input)")
+        except MALFORMED as exc:
+            raise unexpected_format(model_id) from exc
+        return [row.embedding for row in rows], result.usage.prompt_tokens
 
     # ------------------------------------------------------------------ Batch API (batches.BatchAPI)
 

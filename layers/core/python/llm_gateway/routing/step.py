@@ -61,6 +61,12 @@ def plan_route(state: GatewayState, deps: Deps, tenant: str, route: RouteResult)
     """The tenant's resolved route's models to try, in order: a metadata pin, else the complexity
     router's tier (then the tiers above it and the route's fallbacks), else the route's own order;
     for a request that uses tools, only the models that take them (`tools_unsupported` when none)."""
+    if deps.config.models[route.candidates[0]].kind != "chat":
+        raise InvalidRequest(
+            f"'{route.route}' is an embedding model: it answers POST /v1/embeddings.",
+            param="model",
+            code="model_not_supported",
+        )
     planned = _ordered(state, deps, tenant, route)
     if not state.request.uses_tools():
         return planned

@@ -190,6 +190,10 @@ class Embedder:
                 self._recent.popitem(last=False)
         return vector
 
+    def count_tokens(self, texts: list[str]) -> int:
+        """The tokens the model reads of these texts (each truncated where the model stops)."""
+        return sum(sum(e.attention_mask) for e in self._tokenizer.encode_batch([normalize_text(t) for t in texts]))
+
     def embed(self, texts: list[str]) -> FloatMatrix:
         """Return one unit-length float32 row per text (shape (len(texts), 384)), batched internally."""
         if not texts:
