@@ -20,8 +20,8 @@ Anthropic fake reports them as Anthropic does (`input_tokens` excludes cache rea
 
 from __future__ import annotations
 
-import itertools
 import hashlib
+import itertools
 import json
 import re
 import threading
