@@ -13,8 +13,9 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -28,7 +29,14 @@ from starlette.routing import Route
 
 from ..cache.purge import PurgeRequest, purge_caches
 from ..config import hash_key
-from ..contracts import CallerContext, ChatCompletionRequest, EmbeddingRequest, ErrorBody, GatewayState
+from ..contracts import (
+    CallerContext,
+    ChatCompletion,
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    ErrorBody,
+    GatewayState,
+)
 from ..errors import (
     AuthenticationFailed,
     ClientClosedRequest,
@@ -144,13 +152,18 @@ def _decision_headers(state: GatewayState, model: str | None) -> dict[str, str]:
 
 def _finish_error(state: GatewayState) -> Response:
     """The error answer finish decided on (a guard refusal)."""
+    error, status, headers = _finish_failure(state)
+    return Response(error.model_dump_json(), status_code=status, headers=headers, media_type=JSON)
+
+
+def _finish_failure(state: GatewayState) -> tuple[ErrorBody, int, dict[str, str]]:
     finish = state.finish
     if finish is None or finish.error is None:
         raise RuntimeError("the chain ended without an answer")
     headers = {REQUEST_ID.name: state.request_id}
     if finish.retry_after_s is not None:
         headers[RETRY_AFTER.name] = str(max(1, int(finish.retry_after_s + 0.999)))
-    return Response(finish.error.model_dump_json(), status_code=finish.status, headers=headers, media_type=JSON)
+    return finish.error, finish.status, headers
 
 
 def _sse(items: Iterator[StreamItem]) -> Iterator[bytes]:
@@ -163,6 +176,56 @@ def _sse(items: Iterator[StreamItem]) -> Iterator[bytes]:
         failed = failed or isinstance(item, ErrorBody)
     if not failed:
         yield b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one API's requests become the chain's, and its answers and errors go back."""
+
+    parse: Callable[[bytes], ChatCompletionRequest]
+    answer: Callable[[ChatCompletion, GatewayState], bytes]
+    events: Callable[[Iterator[StreamItem], GatewayState, str], Iterator[bytes]]
+    error: Callable[[GatewayError, str | None], Response]
+    finish_error: Callable[[GatewayState], Response]
+
+
+OPENAI = Dialect(
+    parse=lambda body: _parse(body, ChatCompletionRequest),
+    answer=lambda completion, _state: completion.model_dump_json().encode(),
+    events=lambda items, _state, _model: _sse(items),
+    error=_error_response,
+    finish_error=_finish_error,
+)
+
+
+def anthropic_dialect() -> Dialect:
+    from .. import messages_api
+
+    def parse(body: bytes) -> ChatCompletionRequest:
+        try:
+            return messages_api.to_chat(_parse(body, messages_api.MessagesRequest))
+        except ValidationError as exc:  # what the chat request refuses (a tool name, a role's rules)
+            raise from_validation_error(exc) from exc
+
+    def error(failure: GatewayError, request_id: str | None) -> Response:
+        status, headers, _ = to_http(failure)
+        if request_id is not None:
+            headers[REQUEST_ID.name] = request_id
+        return Response(
+            messages_api.error_body(failure.body(), status), status_code=status, headers=headers, media_type=JSON
+        )
+
+    def finish_error(state: GatewayState) -> Response:
+        error, status, headers = _finish_failure(state)
+        return Response(messages_api.error_body(error, status), status_code=status, headers=headers, media_type=JSON)
+
+    return Dialect(
+        parse=parse,
+        answer=lambda completion, state: orjson.dumps(messages_api.to_message(completion, state)),
+        events=messages_api.stream_events,
+        error=error,
+        finish_error=finish_error,
+    )
 
 
 class _ClosingStream(StreamingResponse):
@@ -204,6 +267,13 @@ class GatewayApp:
         return self._pool
 
     async def chat_completions(self, request: Request) -> Response:
+        return await self._chat(request, OPENAI)
+
+    async def messages(self, request: Request) -> Response:
+        """`POST /v1/messages`: Anthropic's Messages API over the same chain (`messages_api`)."""
+        return await self._chat(request, anthropic_dialect())
+
+    async def _chat(self, request: Request, dialect: Dialect) -> Response:
         request_id = uuid.uuid4().hex
         received_at = time.time()
         key = _api_key(request)
@@ -211,7 +281,7 @@ class GatewayApp:
         try:
             try:
                 body = await _read_body(request, self.deps.config.limits.max_body_bytes)
-                chat = _parse(body, ChatCompletionRequest)
+                chat = dialect.parse(body)
             except GatewayError as error:
                 self._record_edge_refusal(request_id, received_at, key, request, error)
                 raise
@@ -227,14 +297,14 @@ class GatewayApp:
                 ),
             )
             if chat.stream:
-                return await self._stream(state)
+                return await self._stream(state, dialect)
             # The chain blocks (SQLite, the provider call): a worker thread, through the event
             # loop's own executor hop (a third less CPU than anyio's), with the caller's context.
             run = functools.partial(contextvars.copy_context().run, self.runner.run, state)
             await asyncio.get_running_loop().run_in_executor(self._chain_pool(), run)
-            return self._answer(state)
+            return self._answer(state, dialect)
         except GatewayError as error:
-            return _error_response(error, request_id)
+            return dialect.error(error, request_id)
         except Exception:
             log.exception("unexpected error", extra={"request_id": request_id})
             internal = InternalError("The gateway failed to process the request.")
@@ -243,7 +313,7 @@ class GatewayApp:
                     self._record_edge_refusal(request_id, received_at, key, request, internal)
                 except Exception:
                     log.exception("recording a failed request failed", extra={"request_id": request_id})
-            return _error_response(internal, request_id)
+            return dialect.error(internal, request_id)
 
     def _record_edge_refusal(
         self, request_id: str, received_at: float, key: str | None, request: Request, error: GatewayError
@@ -254,23 +324,24 @@ class GatewayApp:
         client_ip = request.client.host if request.client else None
         self.deps.audit.record(refused_record(request_id, received_at, tenant, key_id, client_ip, error, time.time()))
 
-    def _answer(self, state: GatewayState) -> Response:
+    def _answer(self, state: GatewayState, dialect: Dialect) -> Response:
         finish = state.finish
         if finish is None or finish.response is None:
-            return _finish_error(state)
+            return dialect.finish_error(state)
         return Response(
-            finish.response.model_dump_json(),
+            dialect.answer(finish.response, state),
             media_type=JSON,
             headers=_decision_headers(state, finish.response.model),
         )
 
-    async def _stream(self, state: GatewayState) -> Response:
+    async def _stream(self, state: GatewayState, dialect: Dialect) -> Response:
         model, items = await anyio.to_thread.run_sync(start_stream, self.runner, state, limiter=self._threads())
         if state.finish is not None and state.finish.error is not None:
-            return _finish_error(state)
+            return dialect.finish_error(state)
         headers = _decision_headers(state, model)
         headers[STREAM_CACHE_CONTROL.name] = "no-cache"
-        return _ClosingStream(_sse(items), closing=items, media_type="text/event-stream", headers=headers)
+        events = dialect.events(items, state, model or state.request.model)
+        return _ClosingStream(events, closing=items, media_type="text/event-stream", headers=headers)
 
     async def embeddings(self, request: Request) -> Response:
         """`POST /v1/embeddings` (`embedding_api`): the tenant's embedding routes, in a worker thread."""
@@ -446,6 +517,7 @@ def create_app(runner: InProcessRunner) -> GatewayAsgi:
     routes = Starlette(
         routes=[
             Route(CHAT_PATH, gateway.chat_completions, methods=["POST"]),
+            Route("/v1/messages", gateway.messages, methods=["POST"]),
             Route("/v1/embeddings", gateway.embeddings, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
             Route("/v1/models/{model:path}", gateway.models, methods=["GET"]),

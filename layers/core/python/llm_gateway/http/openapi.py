@@ -22,6 +22,7 @@ from ..contracts import (
     EmbeddingRequest,
     ErrorBody,
 )
+from ..messages_api import MessagesRequest
 from ..response_headers import METHOD_NOT_ALLOWED, openapi_headers
 
 _REF = "#/components/schemas/{model}"
@@ -96,6 +97,16 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
     ),
     "BatchList": _list_of("Batch", has_more={"type": "boolean"}),
     # One server-sent event of a stream: a chunk, the error that ends a failed stream, or [DONE].
+    "MessagesEvent": {
+        "type": "object",
+        "description": "A Messages streaming event: message_start, content_block_start, content_block_delta, "
+        "content_block_stop, message_delta, message_stop, or error.",
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"contentMediaType": "application/json", "contentSchema": {"type": "object", "required": ["type"]}},
+        },
+        "required": ["event", "data"],
+    },
     "ChatCompletionEvent": {
         "type": "object",
         "properties": {
@@ -194,6 +205,7 @@ def openapi_document() -> dict[str, Any]:
         [
             (ChatCompletionRequest, "validation"),
             (EmbeddingRequest, "validation"),
+            (MessagesRequest, "validation"),
             (PurgeRequest, "validation"),
             (EmbeddingList, "serialization"),
             (ChatCompletion, "serialization"),
@@ -229,6 +241,32 @@ def openapi_document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/v1/chat/completions": {"post": _chat_completions()},
+            "/v1/messages": {
+                "post": {
+                    "summary": "Anthropic's Messages API over the same routes, guards and accounting.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("MessagesRequest")}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "A Message, or a text/event-stream of Messages events when stream is true.",
+                            "headers": openapi_headers("200"),
+                            "content": {
+                                "application/json": {"schema": {"type": "object"}},
+                                "text/event-stream": {"schema": _ref("MessagesEvent")},
+                            },
+                        },
+                        **{
+                            status: {
+                                "description": "An error in Anthropic's shape: {type: error, error: {type, message}}.",
+                                "content": {"application/json": {"schema": {"type": "object"}}},
+                            }
+                            for status in ("400", "401", "404", "413", "429", "502", "503")
+                        },
+                    },
+                }
+            },
             "/v1/embeddings": {
                 "post": {
                     "summary": "Embed texts with the route's embedding model.",
