@@ -378,6 +378,18 @@ def openai_completion(answer: Ok, body: dict[str, Any], head: dict[str, Any] | N
     return {**head, "object": "chat.completion", "choices": [choice], "usage": _openai_usage(answer)}
 
 
+async def _openai_play(request: Request, script: Script, body: dict[str, Any], stream: bool) -> Ok | Response:
+    """The script's next behaviour for `body`: an answer to give, or the error response it plays."""
+    behaviour = await _play(request, script.next(body))
+    if behaviour is None:
+        return _hung_up()
+    if isinstance(behaviour, Status):
+        return openai_error(behaviour.code, behaviour.message, _retry_headers(behaviour))
+    if isinstance(behaviour, Fault):
+        return fault_response("openai", behaviour, body["model"], stream)
+    return behaviour
+
+
 def fake_openai_app(script: Script, models: Sequence[str] = ("gpt-fake",)) -> Starlette:
     """The OpenAI Chat Completions API, playing `script`."""
 
@@ -385,13 +397,9 @@ def fake_openai_app(script: Script, models: Sequence[str] = ("gpt-fake",)) -> St
         body = await _receive(script, request)
         if not isinstance(body, dict) or not body.get("model") or not body.get("messages"):
             return openai_error(400, "'model' and 'messages' are required")
-        behaviour = await _play(request, script.next(body))
-        if behaviour is None:
-            return _hung_up()
-        if isinstance(behaviour, Status):
-            return openai_error(behaviour.code, behaviour.message, _retry_headers(behaviour))
-        if isinstance(behaviour, Fault):
-            return fault_response("openai", behaviour, body["model"], bool(body.get("stream")))
+        behaviour = await _openai_play(request, script, body, bool(body.get("stream")))
+        if isinstance(behaviour, Response):
+            return behaviour
         head = {
             "id": f"chatcmpl-fake-{next(_ids)}",
             "created": int(time.time()),
@@ -409,13 +417,9 @@ def fake_openai_app(script: Script, models: Sequence[str] = ("gpt-fake",)) -> St
         inputs = body.get("input") if isinstance(body, dict) else None
         if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) and t for t in inputs):
             return openai_error(400, "'input' must be a non-empty list of non-empty strings")
-        behaviour = await _play(request, script.next(body))
-        if behaviour is None:
-            return _hung_up()
-        if isinstance(behaviour, Status):
-            return openai_error(behaviour.code, behaviour.message, _retry_headers(behaviour))
-        if isinstance(behaviour, Fault):
-            return fault_response("openai", behaviour, body["model"], False)
+        played = await _openai_play(request, script, body, False)
+        if isinstance(played, Response):
+            return played
         size = int(body.get("dimensions") or 8)
         data = [{"object": "embedding", "index": i, "embedding": fake_vector(t, size)} for i, t in enumerate(inputs)]
         tokens = sum(len(t.split()) for t in inputs)
