@@ -33,11 +33,32 @@ def check_schema(request: ChatCompletionRequest) -> None:
     """Refuse a `json_schema` response_format, or a tool's `parameters`, whose schema is not a valid
     JSON Schema, or not one the gateway can hold answers against safely
     (`schema_safety.schema_refusal`)."""
-    schemas = [(SCHEMA_PARAM, _schema(request))]
-    schemas += [(f"tools[{i}].function.parameters", t.function.parameters) for i, t in enumerate(request.tools or [])]
-    for param, schema in schemas:
-        if schema is not None:
-            _check_one(schema, param)
+    schema = _schema(request)
+    if schema is not None:
+        _check_one(schema, SCHEMA_PARAM)
+    if request.tools:
+        refused = _tools_verdict([t.function.parameters for t in request.tools])
+        if refused is not None:
+            param, verdict = refused
+            raise InvalidRequest(f"{param} {verdict}", param=param)
+
+
+def _tools_verdict(schemas: list[dict[str, Any] | None]) -> tuple[str, str] | None:
+    """The first refused tool schema's parameter and verdict, or None; an agent
+    offers the same tools on every call, so the whole list's verdict is remembered at once."""
+    try:
+        written = repr(schemas)
+    except RecursionError:  # nested past what Python can walk: far past the depth limit too
+        return _first_refusal(schemas)
+    return _TOOL_VERDICTS.get(hashlib.sha256(written.encode()).hexdigest(), lambda _: _first_refusal(schemas))
+
+
+def _first_refusal(schemas: list[dict[str, Any] | None]) -> tuple[str, str] | None:
+    for i, schema in enumerate(schemas):
+        verdict = None if schema is None else schema_verdict(schema)
+        if verdict is not None:
+            return f"tools[{i}].function.parameters", verdict
+    return None
 
 
 def _check_one(schema: dict[str, Any], param: str) -> None:
@@ -49,6 +70,7 @@ def _check_one(schema: dict[str, Any], param: str) -> None:
 # Verdicts on the schemas seen lately, by digest: an agent sends the same tool definitions (and a
 # client the same response_format) on every call, and checking one costs ~1 ms.
 _VERDICTS: TextMemo[str | None] = TextMemo(size=1024)
+_TOOL_VERDICTS: TextMemo[tuple[str, str] | None] = TextMemo(size=1024)
 
 
 def schema_verdict(schema: Any) -> str | None:
