@@ -60,10 +60,11 @@ class EmbeddingAnswer:
 
 
 class _Vectors:
-    """Recent vectors by (tenant, model, dimensions, text) digest, with their expiry."""
+    """Recent vectors by (tenant, model, dimensions, text) digest, with their expiry; float32, so
+    4,096 of OpenAI's largest (3,072 dimensions) hold ~50 MB."""
 
     def __init__(self, size: int = 4096) -> None:
-        self._rows: OrderedDict[str, tuple[float, list[float]]] = OrderedDict()
+        self._rows: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
@@ -73,11 +74,12 @@ class _Vectors:
             if found is None or found[0] <= now:
                 return None
             self._rows.move_to_end(key)
-            return found[1]
+            return found[1].tolist()  # type: ignore[no-any-return]
 
     def put(self, key: str, vector: list[float], expires_at: float) -> None:
+        packed = np.asarray(vector, dtype=np.float32)
         with self._lock:
-            self._rows[key] = (expires_at, vector)
+            self._rows[key] = (expires_at, packed)
             while len(self._rows) > self._size:
                 self._rows.popitem(last=False)
 
