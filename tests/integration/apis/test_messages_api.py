@@ -16,7 +16,8 @@ from llm_gateway.config import parse_config
 from llm_gateway.http.app import create_app
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, hash_key, make_deps, store_of
-from tests.support.fake_providers import FakeServer, calls, fake_server, ok
+from tests.integration.apis.conftest import upstream_models
+from tests.support.fake_providers import FakeServer, calls, ok
 from tests.support.servers import serve
 
 WEATHER = {
@@ -28,23 +29,12 @@ ASK = [{"role": "user", "content": "What is the weather in Lisbon?"}]
 
 
 @pytest.fixture(scope="module")
-def upstreams() -> Iterator[tuple[FakeServer, FakeServer]]:
-    with fake_server("openai") as gpt, fake_server("anthropic") as claude:
-        yield gpt, claude
-
-
-@pytest.fixture(scope="module")
 def gateway(
     upstreams: tuple[FakeServer, FakeServer], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, InProcessRunner]]:
-    gpt, claude = upstreams
     config = parse_config(f"""
 models:
-  gpt: {{provider: openai, provider_model: gpt-fake, base_url: {gpt.base_url}, api_key_env: FAKE_OPENAI_KEY,
-        price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}}}
-  claude: {{provider: anthropic, provider_model: claude-fake, base_url: {claude.base_url},
-           api_key_env: FAKE_ANTHROPIC_KEY, price: {{input_per_mtok: 3.0, output_per_mtok: 15.0}}}}
-tenants:
+{upstream_models(upstreams)}tenants:
   acme:
     api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
     routes: {{default: {{model: gpt}}, claude: {{model: claude}}}}
@@ -53,14 +43,6 @@ tenants:
     runner = InProcessRunner(make_deps(config, db=tmp_path_factory.mktemp("messages") / "gateway.db"))
     with serve(create_app(runner)) as url:
         yield url, runner
-
-
-@pytest.fixture(autouse=True)
-def keys(upstreams: tuple[FakeServer, FakeServer], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-fake-openai")
-    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-fake-anthropic")
-    for server in upstreams:
-        server.script.reset()
 
 
 def client(gateway: tuple[str, InProcessRunner], key: str = ACME_KEY) -> anthropic.Anthropic:
