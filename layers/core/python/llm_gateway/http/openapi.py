@@ -22,7 +22,6 @@ from ..contracts import (
     EmbeddingRequest,
     ErrorBody,
 )
-from ..messages_api import MessagesRequest
 from ..response_headers import METHOD_NOT_ALLOWED, openapi_headers
 
 _REF = "#/components/schemas/{model}"
@@ -201,6 +200,8 @@ def _one_purge_selector(schema: dict[str, Any]) -> dict[str, Any]:
 
 @cache
 def openapi_document() -> dict[str, Any]:
+    from ..messages_api import MessagesRequest  # on first use: not every process serves the document
+
     _, schemas = models_json_schema(
         [
             (ChatCompletionRequest, "validation"),
