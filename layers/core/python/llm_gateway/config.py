@@ -175,6 +175,14 @@ class ToolPolicy(_Config):
         return name in self.deny or (self.allow is not None and name not in self.allow)
 
 
+class Conversations(_Config):
+    """The Responses API's conversation store for a tenant: whether responses are kept (a request's
+    `store: true`) and for how long; `previous_response_id` continues only a kept one."""
+
+    store: bool = True
+    retention_days: float = Field(default=30, gt=0, le=3650)
+
+
 class RouteConfig(_Config):
     # With `complexity`, `model` defaults to its largest model (used for requests it does not score).
     model: str = Field(min_length=1)
@@ -450,6 +458,7 @@ class TenantConfig(_Config):
     budget_alerts: list[float] = Field(default_factory=lambda: [0.8])  # shares of a budget that raise an alert
     system_prompt: SystemPrompt | None = None  # the tenant's instructions on every route without its own
     tools: ToolPolicy = Field(default_factory=ToolPolicy)
+    conversations: Conversations = Field(default_factory=Conversations)
 
     def system_prompt_for(self, route: str) -> SystemPrompt | None:
         settings = self.routes.get(route)

@@ -17,6 +17,7 @@ from .ports import (
     AuditLog,
     BatchJobs,
     BudgetLedger,
+    ConversationStore,
     ExactCache,
     GuardAllowList,
     RateLimiter,
@@ -43,6 +44,7 @@ class Deps:
     allowlist: GuardAllowList | None = None  # None: reviewed false refusals are not let through
     budgets: BudgetLedger | None = None  # None: tenants' `budgets` are not enforced (refused at start)
     batch_jobs: BatchJobs | None = None  # None: no batch job status on this deployment's API
+    conversations: ConversationStore | None = None  # None: the Responses API keeps no responses
     model_endpoint: EndpointMonitor | None = None  # a model endpoint this process runs (serve's local model)
     # The invoke step's retries, fallbacks and deadline: the REST chain's functions use the shorter
     # `pipeline.REST_INVOKE_POLICY` (API Gateway's 29 s), everything else `INVOKE_POLICY`.

@@ -1,5 +1,5 @@
 """Interfaces of the stores: caches, rate limits, ledgers, audit, review, allow-list, budgets, batch
-jobs and objects. Local adapters live in `adapters.local`, AWS ones in `adapters.aws`.
+jobs, objects and conversations. Local adapters live in `adapters.local`, AWS ones in `adapters.aws`.
 
 Interfaces that sit beside their domain code: the semantic index (`semantic.index.SemanticIndex`),
 metrics (`observability.MetricsSink`), providers (`providers.base.Provider`,
@@ -9,9 +9,10 @@ code depends on the protocols only; it never imports boto3 or momento.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -321,4 +322,52 @@ class ObjectStore(Protocol):
 
     def put(self, key: str, data: bytes) -> str:
         """Write an object; returns its version."""
+        ...
+
+
+class StoredResponse(BaseModel):
+    """One answer of the Responses API as its tenant's conversation store keeps it, PII masked per
+    the tenant's policy (`responses_api`). `conversation` is what a later `previous_response_id`
+    continues from: the chat messages of every earlier turn, this turn's input and its answer (the
+    request's `instructions` excluded: they do not carry over)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    tenant: str
+    created_at: float
+    expires_at: float
+    previous_response_id: str | None = None
+    response: dict[str, Any]  # the Response object as `GET /v1/responses/{id}` returns it
+    input_items: list[dict[str, Any]]  # this turn's input items (`GET /v1/responses/{id}/input_items`)
+    conversation: list[dict[str, Any]]
+
+    def packed(self) -> bytes:
+        """The stored form: compressed JSON (a conversation's text compresses three to five times)."""
+        return zlib.compress(self.model_dump_json().encode(), 6)
+
+    @classmethod
+    def unpacked(cls, data: bytes) -> StoredResponse:
+        return cls.model_validate_json(zlib.decompress(data))
+
+
+class ConversationTooLarge(Exception):
+    """The stored form of a response exceeds what the store can keep in one item."""
+
+
+class ConversationStore(Protocol):
+    """Responses, partitioned by tenant: a response is found only under the tenant that created
+    it, and only until it expires."""
+
+    def put(self, item: StoredResponse) -> None:
+        """Keep a new response (`ConversationTooLarge` when it cannot)."""
+        ...
+
+    def get(self, tenant: str, response_id: str, now: float) -> StoredResponse | None:
+        """The tenant's response; None when there is none, it expired, or another tenant's it is."""
+        ...
+
+    def delete(self, tenant: str, response_id: str) -> int:
+        """Remove the tenant's response and every response that continues from it (each holds its
+        turns); how many were removed (0: there was none)."""
         ...

@@ -195,6 +195,18 @@ class Vault:
     _by_value: dict[tuple[str, str], str] = field(default_factory=dict)
     _counts: dict[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def after(cls, texts: Iterable[str]) -> Vault:
+        """A vault whose new placeholders number after those `texts` already hold: a conversation
+        that carries earlier turns' placeholders (`[EMAIL_1]`) gives a new value `[EMAIL_2]`."""
+        vault = cls()
+        for text in texts:
+            if "[" in text:
+                for match in _PLACEHOLDER.finditer(text):
+                    entity, number = match.group(1), int(match.group(2))
+                    vault._counts[entity] = max(vault._counts.get(entity, 0), number)
+        return vault
+
     def placeholder(self, entity: str, value: str) -> str:
         key = (entity, value)
         found = self._by_value.get(key)

@@ -383,7 +383,7 @@ def check_pii(
     watched, named = _watched(policy)
     if not (watched or named):
         return GuardDecision(layer="pii", action="pass"), None, None, {}
-    vault = Vault()
+    vault = Vault.after(m.text() for m in state.request.messages)
     found: Counter[str] = Counter()
     masked = [_mask_message(message, watched, named, vault, found) for message in state.request.messages]
     context = state.request.context
@@ -396,6 +396,39 @@ def check_pii(
     summary = ", ".join(f"{entity} x{count}" for entity, count in sorted(found.items()))
     restorable = {p: v for p, v in vault.values.items() if placeholder_entity(p) in policy.restore}
     return GuardDecision(layer="pii", action="mask", reason=f"masked {summary}"), masked, masked_context, restorable
+
+
+def masked_conversation(
+    messages: list[ChatMessage], answer: list[ChatMessage], policy: PiiGuard
+) -> tuple[list[ChatMessage], list[ChatMessage]]:
+    """A conversation as a store may keep it: `messages` masked as `check_pii` masks a request
+    holding them (the same walk, so the same placeholders), then `answer` with the same
+    placeholders (a value the answer restored goes back to its placeholder) and new ones for PII
+    it added. Every type the policy does not allow is masked (a `reject` type too: nothing raw
+    is kept). Tool calls' arguments are masked as text (a placeholder keeps JSON valid)."""
+    watched, named = _watched(policy)
+    if not (policy.enabled and (watched or named)):
+        return messages, answer
+    vault = Vault.after(m.text() for m in messages)
+    found: Counter[str] = Counter()
+
+    def masked(message: ChatMessage) -> ChatMessage:
+        copy = _mask_message(message, watched, named, vault, found)
+        if not message.tool_calls:
+            return copy
+        calls = [
+            call.model_copy(
+                update={
+                    "function": call.function.model_copy(
+                        update={"arguments": _masked_text(call.function.arguments, watched, named, vault, found)}
+                    )
+                }
+            )
+            for call in message.tool_calls
+        ]
+        return copy.model_copy(update={"tool_calls": calls})
+
+    return [masked(m) for m in messages], [masked(m) for m in answer]
 
 
 def mask_texts(texts: list[str], policy: PiiGuard) -> tuple[GuardDecision, list[str]]:

@@ -37,6 +37,7 @@ from ..contracts import (
     ErrorBody,
     GatewayState,
 )
+from ..deps import Deps
 from ..errors import (
     AuthenticationFailed,
     ClientClosedRequest,
@@ -187,6 +188,8 @@ class Dialect:
     events: Callable[[Iterator[StreamItem], GatewayState, str], Iterator[bytes]]
     error: Callable[[GatewayError, str | None], Response]
     finish_error: Callable[[GatewayState], Response]
+    blocking_parse: bool = False  # parsing reads a store: in a worker thread, not on the event loop
+    after_chain: Callable[[GatewayState], None] | None = None  # in the chain's worker thread, once it answered
 
 
 OPENAI = Dialect(
@@ -225,6 +228,49 @@ def anthropic_dialect() -> Dialect:
         events=messages_api.stream_events,
         error=error,
         finish_error=finish_error,
+    )
+
+
+def responses_dialect(deps: Deps, owner: tuple[str, str] | None) -> Dialect:
+    """The Responses API (`responses_api`) for a caller whose key `owner` names (None: none does,
+    and the chain refuses it): the conversation it continues is read from its tenant's store
+    while parsing, and the answer is stored once the chain has given it."""
+    from .. import responses_api
+
+    tenant = owner[0] if owner is not None else None
+    turns: list[responses_api.Turn] = []
+
+    def parse(body: bytes) -> ChatCompletionRequest:
+        parsed = _parse(body, responses_api.ResponsesRequest)
+        prior: list[dict[str, Any]] = []
+        if parsed.previous_response_id is not None:
+            if tenant is None:
+                raise AuthenticationFailed("Incorrect API key provided.")
+            prior = responses_api.prior_conversation(
+                deps.conversations, tenant, parsed.previous_response_id, deps.clock()
+            )
+        turns.append(responses_api.Turn(parsed, tenant, prior))
+        try:
+            return responses_api.to_chat(parsed, prior)
+        except ValidationError as exc:  # what the chat request refuses (a tool name, a role's rules)
+            raise from_validation_error(exc) from exc
+
+    def finish(state: GatewayState, completion: ChatCompletion) -> dict[str, Any]:
+        policy = deps.config.tenants[state.guard.tenant.tenant] if state.guard and state.guard.tenant else None
+        return turns[0].finish(state, completion, deps.conversations, policy)
+
+    def after_chain(state: GatewayState) -> None:
+        if state.finish is not None and state.finish.response is not None:
+            finish(state, state.finish.response)
+
+    return Dialect(
+        parse=parse,
+        answer=lambda _completion, _state: orjson.dumps(turns[0].response),
+        events=lambda items, state, model: turns[0].events(items, state, model, functools.partial(finish, state)),
+        error=_error_response,
+        finish_error=_finish_error,
+        blocking_parse=True,
+        after_chain=after_chain,
     )
 
 
@@ -281,7 +327,10 @@ class GatewayApp:
         try:
             try:
                 body = await _read_body(request, self.deps.config.limits.max_body_bytes)
-                chat = dialect.parse(body)
+                if dialect.blocking_parse:
+                    chat = await asyncio.get_running_loop().run_in_executor(self._chain_pool(), dialect.parse, body)
+                else:
+                    chat = dialect.parse(body)
             except GatewayError as error:
                 self._record_edge_refusal(request_id, received_at, key, request, error)
                 raise
@@ -300,7 +349,7 @@ class GatewayApp:
                 return await self._stream(state, dialect)
             # The chain blocks (SQLite, the provider call): a worker thread, through the event
             # loop's own executor hop (a third less CPU than anyio's), with the caller's context.
-            run = functools.partial(contextvars.copy_context().run, self.runner.run, state)
+            run = functools.partial(contextvars.copy_context().run, self._run_chain, state, dialect)
             await asyncio.get_running_loop().run_in_executor(self._chain_pool(), run)
             return self._answer(state, dialect)
         except GatewayError as error:
@@ -314,6 +363,52 @@ class GatewayApp:
                 except Exception:
                     log.exception("recording a failed request failed", extra={"request_id": request_id})
             return dialect.error(internal, request_id)
+
+    def _run_chain(self, state: GatewayState, dialect: Dialect) -> None:
+        self.runner.run(state)
+        if dialect.after_chain is not None:
+            dialect.after_chain(state)
+
+    async def responses(self, request: Request) -> Response:
+        """`POST /v1/responses`: OpenAI's Responses API over the same chain (`responses_api`)."""
+        return await self._chat(request, responses_dialect(self.deps, self._key_owner(_api_key(request))))
+
+    async def stored_response(self, request: Request) -> Response:
+        """`GET|DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`: the caller's
+        tenant's stored responses only (any other id, another tenant's included, is a 404)."""
+        try:
+            found = self._key_owner(_api_key(request))
+            if found is None:
+                raise AuthenticationFailed("Incorrect API key provided.")
+            what = (
+                "delete"
+                if request.method == "DELETE"
+                else "items"
+                if request.url.path.endswith("/input_items")
+                else "get"
+            )
+            answer = await anyio.to_thread.run_sync(
+                self._stored_response, found[0], request.path_params["response_id"], what
+            )
+        except GatewayError as error:
+            return _error_response(error)
+        return JSONResponse(answer)
+
+    def _stored_response(self, tenant: str, response_id: str, what: str) -> dict[str, Any]:
+        from ..responses_api import input_items_page
+
+        store = self.deps.conversations
+        missing = NotFound(f"No response with id '{response_id}' found.")
+        if store is None:
+            raise missing
+        if what == "delete":
+            if not store.delete(tenant, response_id):
+                raise missing
+            return {"id": response_id, "object": "response.deleted", "deleted": True}
+        stored = store.get(tenant, response_id, self.deps.clock())
+        if stored is None:
+            raise missing
+        return input_items_page(stored) if what == "items" else stored.response
 
     def _record_edge_refusal(
         self, request_id: str, received_at: float, key: str | None, request: Request, error: GatewayError
@@ -518,6 +613,9 @@ def create_app(runner: InProcessRunner) -> GatewayAsgi:
         routes=[
             Route(CHAT_PATH, gateway.chat_completions, methods=["POST"]),
             Route("/v1/messages", gateway.messages, methods=["POST"]),
+            Route("/v1/responses", gateway.responses, methods=["POST"]),
+            Route("/v1/responses/{response_id}", gateway.stored_response, methods=["GET", "DELETE"]),
+            Route("/v1/responses/{response_id}/input_items", gateway.stored_response, methods=["GET"]),
             Route("/v1/embeddings", gateway.embeddings, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
             Route("/v1/models/{model:path}", gateway.models, methods=["GET"]),

@@ -31,6 +31,7 @@ def local_deps(
     from .allowlist import SqliteGuardAllowList
     from .batch import SqliteBatchJobs
     from .budget import SqliteBudgetLedger
+    from .conversations import SqliteConversationStore
     from .memory import MemoryRateLimiter
     from .review import SqliteReviewQueue
     from .semantic import LocalSemanticIndex
@@ -46,8 +47,10 @@ def local_deps(
     allowlist = stack.enter_context(contextlib.closing(SqliteGuardAllowList(path)))
     budgets = stack.enter_context(contextlib.closing(SqliteBudgetLedger(path)))
     batch_jobs = stack.enter_context(contextlib.closing(SqliteBatchJobs(path)))
+    conversations = stack.enter_context(contextlib.closing(SqliteConversationStore(path)))
     return Deps(
         batch_jobs=batch_jobs,
+        conversations=conversations,
         config=config,
         cache=store,
         semantic=semantic,
