@@ -54,6 +54,7 @@ ENV_PSEUDONYM_SECRET = "PSEUDONYM_SECRET_ARN"  # noqa: S105 - the variable's nam
 ENV_REVIEW_QUEUE_URL = "REVIEW_QUEUE_URL"
 ENV_REVIEW_TABLE = "REVIEW_TABLE"
 ENV_BUDGET_TABLE = "BUDGET_TABLE"
+ENV_CONVERSATION_TABLE = "CONVERSATION_TABLE"
 ENV_BATCH_TABLE = "BATCH_TABLE"
 ENV_BATCH_BUCKET = "BATCH_BUCKET"
 ENV_IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
@@ -73,6 +74,8 @@ PROVIDER_KEYS = "provider_keys"  # JSON object: environment variable name -> pro
 PSEUDONYMS = "pseudonyms"  # the generated key of the audit and usage records' pseudonyms
 REVIEW = "review"  # tier 4: send flagged items to the review queue
 BUDGETS = "budgets"  # reserve (router), settle (finish), release (record_failure)
+CONVERSATIONS = "conversations"  # the Responses API's stored responses (the streaming function)
+CONVERSATION_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query")
 BUDGET_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query")
 REVIEW_INGEST_FOLDER = "review_ingest"  # consumes the review queue into the review table
 REVIEW_QUEUE_RECEIVES = 5  # deliveries before a message goes to the dead-letter queue
@@ -113,8 +116,8 @@ FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     "finish": frozenset({MOMENTO, USAGE, AUDIT, BUDGETS, PSEUDONYMS}),
     "record_failure": frozenset({AUDIT, BUDGETS, PSEUDONYMS}),  # the audit record of a failed request, its release
     STREAM_FOLDER: frozenset(
-        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, PSEUDONYMS}
-    ),  # runs the whole chain in-process
+        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, CONVERSATIONS, PSEUDONYMS}
+    ),  # runs the whole chain in-process, and the Responses API
     BATCH_SUBMIT_FOLDER: frozenset(
         {BATCH_JOBS, IDEMPOTENCY, PSEUDONYMS}
     ),  # creates jobs (reads the bucket's batches/in/)

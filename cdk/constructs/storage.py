@@ -26,6 +26,7 @@ class GatewayStores(Construct):
         self.audit = self._table("Audit", stage)
         self.review_table, self.review_queue = self._review(stage)
         self.budgets = self._budgets(stage)
+        self.conversations = self._conversations(stage)
         self.batch_jobs, self.idempotency = self._batch(stage)
         self.momento_secret = self._secret(
             "MomentoApiKey",
@@ -69,6 +70,7 @@ class GatewayStores(Construct):
             c.ENV_REVIEW_QUEUE_URL: self.review_queue.queue_url,
             c.ENV_REVIEW_TABLE: self.review_table.table_name,
             c.ENV_BUDGET_TABLE: self.budgets.table_name,
+            c.ENV_CONVERSATION_TABLE: self.conversations.table_name,
         }
 
     def grant(self, grantee: iam.IGrantable, access: Iterable[str]) -> None:
@@ -105,6 +107,12 @@ class GatewayStores(Construct):
                     grantee=grantee,
                     actions=list(c.BUDGET_ACTIONS),
                     resource_arns=[self.budgets.table_arn, f"{self.budgets.table_arn}/index/held"],
+                )
+            elif store == c.CONVERSATIONS:  # stored responses, and the index deletions follow
+                iam.Grant.add_to_principal(
+                    grantee=grantee,
+                    actions=list(c.CONVERSATION_ACTIONS),
+                    resource_arns=[self.conversations.table_arn, f"{self.conversations.table_arn}/index/by_parent"],
                 )
             else:
                 tables[store].grant(grantee, *c.TABLE_WRITE_ACTIONS)
@@ -159,6 +167,17 @@ class GatewayStores(Construct):
             index_name="held",
             partition_key=dynamodb.Attribute(name="held", type=dynamodb.AttributeType.STRING),
             sort_key=dynamodb.Attribute(name="expires_at", type=dynamodb.AttributeType.NUMBER),
+            projection_type=dynamodb.ProjectionType.KEYS_ONLY,
+        )
+        return table
+
+    def _conversations(self, stage: StageConfig) -> dynamodb.Table:
+        """The Responses API's stored responses, by tenant (`adapters/aws/conversations.py` has the
+        layout); each expires with its tenant's retention (TTL)."""
+        table = self._table("Conversations", stage, partition=c.TABLE_PARTITION_KEY, sort="id")
+        table.add_global_secondary_index(
+            index_name="by_parent",
+            partition_key=dynamodb.Attribute(name="parent", type=dynamodb.AttributeType.STRING),
             projection_type=dynamodb.ProjectionType.KEYS_ONLY,
         )
         return table

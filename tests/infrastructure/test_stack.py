@@ -285,6 +285,7 @@ def test_only_finish_record_failure_and_review_ingest_write_the_record_tables(te
     review = next(key for key in tables if key.startswith("StoresReview"))
     budgets = next(key for key in tables if key.startswith("StoresBudgets"))
     batch_tables = {key for key in tables if key.startswith(("StoresBatchJobs", "StoresIdempotency"))}
+    batch_tables |= {key for key in tables if key.startswith("StoresConversations")}  # its own test below
     expected_tables = {
         "finish": {usage, audit},
         "record_failure": {audit},
@@ -308,6 +309,31 @@ def test_only_finish_record_failure_and_review_ingest_write_the_record_tables(te
         for statement in on_budgets:
             assert set(actions(statement)) == set(c.BUDGET_ACTIONS)
             assert sorted(resource_refs(statement)) == sorted([f"<{budgets}.Arn>", f"<{budgets}.Arn>/index/held"])
+
+
+def test_only_the_streaming_function_keeps_conversations_in_a_tenant_keyed_table_with_ttl(
+    template: dict[str, Any],
+) -> None:
+    tables = resources(template, "AWS::DynamoDB::Table")
+    (table_id,) = [key for key in tables if key.startswith("StoresConversations")]
+    table = tables[table_id]["Properties"]
+    assert table["KeySchema"] == [
+        {"AttributeName": "tenant", "KeyType": "HASH"},
+        {"AttributeName": "id", "KeyType": "RANGE"},
+    ]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": c.TABLE_TTL_ATTRIBUTE, "Enabled": True}
+    (index,) = table["GlobalSecondaryIndexes"]
+    assert (index["IndexName"], index["KeySchema"][0]["AttributeName"]) == ("by_parent", "parent")
+    reachers = set()
+    for folder, (_, properties) in functions_by_folder(template).items():
+        for statement in role_statements(template, properties):
+            refs = resource_refs(statement)
+            if any(table_id in ref for ref in refs):
+                reachers.add(folder)
+                assert set(actions(statement)) == set(c.CONVERSATION_ACTIONS)
+                assert sorted(refs) == sorted([f"<{table_id}.Arn>", f"<{table_id}.Arn>/index/by_parent"])
+                assert properties["Environment"]["Variables"][c.ENV_CONVERSATION_TABLE] == {"Ref": table_id}
+    assert reachers == {c.STREAM_FOLDER}
 
 
 @pytest.mark.parametrize(

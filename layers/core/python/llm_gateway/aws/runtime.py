@@ -39,6 +39,7 @@ class LambdaSettings(BaseModel):
     review_queue_url: str = Field(default="", alias="REVIEW_QUEUE_URL")  # tier 4: flagged items go here
     review_table: str = Field(default="", alias="REVIEW_TABLE")
     budget_table: str = Field(default="", alias="BUDGET_TABLE")  # reservations and budget counters
+    conversation_table: str = Field(default="", alias="CONVERSATION_TABLE")  # the Responses API's store
     # Batch jobs: the job table, the bucket, the workflow, batch_submit's idempotency records,
     # and the first wait between looks at a provider batch (doubling, at most 5 minutes).
     batch_table: str = Field(default="", alias="BATCH_TABLE")
@@ -77,6 +78,7 @@ def momento_client() -> Any:
 
 def _aws_deps(current: LambdaSettings, invoke_policy: RetryPolicy) -> Deps:
     from ..adapters.aws.budget import DynamoBudgetLedger
+    from ..adapters.aws.conversations import DynamoConversationStore
     from ..adapters.aws.dynamodb import DynamoAuditLog, DynamoUsageLedger, default_client
     from ..adapters.aws.momento import MomentoExactCache, MomentoRateLimiter
     from ..adapters.aws.momento_semantic import MomentoSemanticIndex
@@ -85,6 +87,9 @@ def _aws_deps(current: LambdaSettings, invoke_policy: RetryPolicy) -> Deps:
     return Deps(
         review=review_queue(current, dynamodb),
         budgets=DynamoBudgetLedger(current.budget_table, dynamodb) if current.budget_table else None,
+        conversations=(
+            DynamoConversationStore(current.conversation_table, dynamodb) if current.conversation_table else None
+        ),
         config=load_config(current.config_path),
         cache=MomentoExactCache(momento_client, current.momento_cache),
         limiter=MomentoRateLimiter(momento_client, current.momento_cache),
