@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from llm_gateway.adapters.local.batch import SqliteBatchJobs
 from llm_gateway.adapters.local.budget import SqliteBudgetLedger
+from llm_gateway.adapters.local.conversations import SqliteConversationStore
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
 from llm_gateway.config import hash_key, parse_config
 from llm_gateway.deps import Deps
@@ -145,6 +146,7 @@ def fuzz_gateway(folder: Path) -> Iterator[FuzzGateway]:
     db = folder / "gateway.db"
     deps = make_deps(parse_config(CONFIG), db=db, metrics=InMemoryMetrics(), budgets=SqliteBudgetLedger(db))
     deps.semantic = LocalSemanticIndex(db)
+    deps.conversations = SqliteConversationStore(db)
     jobs = SqliteBatchJobs(folder / "batches.db")
     jobs.create(_batch_job(BATCH_ID, "fuzz"), [])
     jobs.create(_batch_job(OTHER_BATCH_ID, "other"), [])

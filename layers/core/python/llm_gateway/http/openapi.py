@@ -106,6 +106,48 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
         },
         "required": ["event", "data"],
     },
+    "ResponsesEvent": {
+        "type": "object",
+        "description": "A Responses streaming event: response.created, response.in_progress, "
+        "response.output_item.added, response.content_part.added, response.output_text.delta, "
+        "response.output_text.done, response.content_part.done, response.function_call_arguments.delta, "
+        "response.function_call_arguments.done, response.output_item.done, then response.completed, "
+        "response.incomplete or response.failed.",
+        "properties": {
+            "event": {"type": "string"},
+            "data": {
+                "contentMediaType": "application/json",
+                "contentSchema": {"type": "object", "required": ["type", "sequence_number"]},
+            },
+        },
+        "required": ["event", "data"],
+    },
+    "Response": {
+        "type": "object",
+        "description": "A Responses API answer: id resp_<x-request-id>, status completed or incomplete, "
+        "output items (message with output_text, function_call), usage.",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "response"},
+            "status": {"enum": ["completed", "incomplete", "in_progress", "failed"]},
+            "output": {"type": "array", "items": {"type": "object"}},
+            "previous_response_id": _NULLABLE_STRING,
+            "store": {"type": "boolean"},
+        },
+        "required": ["id", "object", "status", "output"],
+    },
+    "ResponseDeleted": _object(
+        {"id": {"type": "string"}, "object": {"const": "response.deleted"}, "deleted": {"const": True}}
+    ),
+    "InputItemList": _object(
+        {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": {"type": "object"}},
+            "first_id": _NULLABLE_STRING,
+            "last_id": _NULLABLE_STRING,
+            "has_more": {"type": "boolean"},
+        }
+    ),
     "ChatCompletionEvent": {
         "type": "object",
         "properties": {
@@ -143,6 +185,7 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
 }
 
 _UNAUTHORIZED = _error("Missing or unknown API key.")
+_RESPONSE_ID = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _ADMIN_ONLY = _error("Missing API key, or not an admin key.")
 
 
@@ -201,12 +244,14 @@ def _one_purge_selector(schema: dict[str, Any]) -> dict[str, Any]:
 @cache
 def openapi_document() -> dict[str, Any]:
     from ..messages_api import MessagesRequest  # on first use: not every process serves the document
+    from ..responses_api import ResponsesRequest
 
     _, schemas = models_json_schema(
         [
             (ChatCompletionRequest, "validation"),
             (EmbeddingRequest, "validation"),
             (MessagesRequest, "validation"),
+            (ResponsesRequest, "validation"),
             (PurgeRequest, "validation"),
             (EmbeddingList, "serialization"),
             (ChatCompletion, "serialization"),
@@ -265,6 +310,64 @@ def openapi_document() -> dict[str, Any]:
                             }
                             for status in ("400", "401", "404", "413", "429", "502", "503")
                         },
+                    },
+                }
+            },
+            "/v1/responses": {
+                "post": {
+                    "summary": "OpenAI's Responses API over the same routes, guards and accounting; "
+                    "previous_response_id continues a conversation the key's tenant stored.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ResponsesRequest")}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "A Response, or a text/event-stream of Responses events when stream is true.",
+                            "headers": openapi_headers("200"),
+                            "content": {
+                                "application/json": {"schema": _ref("Response")},
+                                "text/event-stream": {"schema": _ref("ResponsesEvent")},
+                            },
+                        },
+                        "400": _error("Invalid request, or refused by a guardrail."),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("Unknown route, or a previous_response_id the tenant has not stored."),
+                        "413": _error("Request body over the limit."),
+                        "429": _error("Rate limit or budget reached."),
+                        "502": _error("The upstream model failed."),
+                        "503": _error("No model of the route answered."),
+                    },
+                }
+            },
+            "/v1/responses/{response_id}": {
+                "get": {
+                    "summary": "A response the key's tenant stored (PII masked as stored).",
+                    "parameters": [_RESPONSE_ID],
+                    "responses": {
+                        "200": _json("The response.", "Response"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such response for this tenant (or it expired)."),
+                    },
+                },
+                "delete": {
+                    "summary": "Delete a stored response and every response that continues from it.",
+                    "parameters": [_RESPONSE_ID],
+                    "responses": {
+                        "200": _json("Deleted.", "ResponseDeleted"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such response for this tenant."),
+                    },
+                },
+            },
+            "/v1/responses/{response_id}/input_items": {
+                "get": {
+                    "summary": "The input items of a stored response's turn.",
+                    "parameters": [_RESPONSE_ID],
+                    "responses": {
+                        "200": _json("The turn's input items.", "InputItemList"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such response for this tenant (or it expired)."),
                     },
                 }
             },
