@@ -323,7 +323,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": {
-                            "description": "A Response, or a text/event-stream of Responses events when stream is true.",
+                            "description": "A Response, or a text/event-stream of Responses events (stream: true).",
                             "headers": openapi_headers("200"),
                             "content": {
                                 "application/json": {"schema": _ref("Response")},
