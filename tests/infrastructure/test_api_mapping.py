@@ -38,7 +38,9 @@ SAMPLES: list[tuple[dict[str, Any], bool]] = [
     ({"model": "default", "messages": [USER], "top_p": 0}, False),
     ({"model": "default", "messages": [USER], "top_p": 1}, True),
     ({"model": "default", "messages": [USER], "n": 1}, True),
-    ({"model": "default", "messages": [USER], "n": 2}, False),
+    ({"model": "default", "messages": [USER], "n": 2}, True),  # limits.max_choices caps it in the guard
+    ({"model": "default", "messages": [USER], "n": 129}, False),
+    ({"model": "default", "messages": [USER], "n": 0}, False),
     ({"model": "default", "messages": [USER], "temperature": 3}, False),
     ({"model": "default", "messages": [{"role": "robot", "content": "x"}]}, False),
     ({"model": "default", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}, True),

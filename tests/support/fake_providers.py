@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import anyio
@@ -375,7 +375,13 @@ def openai_completion(answer: Ok, body: dict[str, Any], head: dict[str, Any] | N
             for c in answer.tool_calls
         ]
     choice = {"index": 0, "message": message, "finish_reason": answer.finish("openai"), "logprobs": None}
-    return {**head, "object": "chat.completion", "choices": [choice], "usage": _openai_usage(answer)}
+    n = body.get("n") or 1  # as OpenAI: n choices (here the text, then "<text> (choice i)"), the prompt paid once
+    choices = [choice] + [
+        {**choice, "index": i, "message": {**message, "content": f"{answer.text} (choice {i + 1})"}}
+        for i in range(1, n)
+    ]
+    usage = _openai_usage(replace(answer, completion_tokens=answer.completion_tokens * n))
+    return {**head, "object": "chat.completion", "choices": choices, "usage": usage}
 
 
 async def _openai_play(request: Request, script: Script, body: dict[str, Any], stream: bool) -> Ok | Response:

@@ -36,7 +36,7 @@ def test_missing_messages_is_a_missing_parameter() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("temperature", 3), ("top_p", 0), ("n", 2), ("max_tokens", 0), ("stop", ["a", "b", "c", "d", "e"])],
+    [("temperature", 3), ("top_p", 0), ("n", 0), ("n", 129), ("max_tokens", 0), ("stop", ["a", "b", "c", "d", "e"])],
 )
 def test_out_of_range_generation_parameters_are_refused(field: str, value: Any) -> None:
     error = refusal({"model": "m", "messages": [{"role": "user", "content": "x"}], field: value})

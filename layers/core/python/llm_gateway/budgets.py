@@ -76,16 +76,18 @@ def input_token_bound(request: ChatCompletionRequest) -> int:
 
 
 def worst_case(config: GatewayConfig, request: ChatCompletionRequest, candidates: list[str]) -> tuple[int, int]:
-    """(nano-dollars, tokens) the request can cost at most, over the route's candidates."""
+    """(nano-dollars, tokens) the request can cost at most, over the route's candidates: each of
+    its `n` choices may be a call of its own, paying for the prompt again."""
     prompt = input_token_bound(request)
+    choices = request.choices_wanted()
     nusd = tokens = 0
     for model_id in candidates:
         model = config.models[model_id]
         completion = output_limit(request, model)
         # Every input token written to the provider's cache, where a write costs more than input.
         writes = prompt if (model.price.cache_write_per_mtok or 0.0) > model.price.input_per_mtok else 0
-        nusd = max(nusd, nano_usd(model.price.cost(prompt, completion, 0, writes)))
-        tokens = max(tokens, prompt + completion)
+        nusd = max(nusd, choices * nano_usd(model.price.cost(prompt, completion, 0, writes)))
+        tokens = max(tokens, choices * (prompt + completion))
     return nusd, tokens
 
 

@@ -470,6 +470,7 @@ class Limits(_Config):
     max_header_bytes: int = Field(default=32_768, ge=1024)  # all request headers together (431 above)
     max_messages: int = Field(default=512, ge=1)
     max_prompt_chars: int = Field(default=400_000, ge=1)
+    max_choices: int = Field(default=8, ge=1, le=128)  # a request's `n` at most (each choice is paid for)
 
 
 class CacheSettings(_Config):

@@ -193,7 +193,7 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: PositiveJsonInt | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: Annotated[int, Field(ge=1, le=1), BeforeValidator(_integral)] | None = None  # a Literal would take true
+    n: Annotated[int, Field(ge=1, le=128), BeforeValidator(_integral)] | None = None  # `limits.max_choices` caps it
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     seed: JsonInt | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -230,6 +230,10 @@ class ChatCompletionRequest(_Request):
     def output_limit(self) -> int | None:
         """The caller's cap on generated tokens (`max_completion_tokens` wins over `max_tokens`)."""
         return self.max_completion_tokens or self.max_tokens
+
+    def choices_wanted(self) -> int:
+        """How many choices the caller asked for (`n`, 1 when unset)."""
+        return self.n or 1
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -490,12 +494,28 @@ class InvokeResult(_Strict):
     latency_ms: float
 
 
+ModerationOutcome = Literal["passed", "filtered", "redacted"]
+
+
+class ChoiceModeration(_Strict):
+    """The output checks' verdict on one choice of an answer with several (`n` > 1)."""
+
+    outcome: ModerationOutcome
+    layer: str | None = None
+    rule: str | None = None
+    content: str | None = None  # "redacted": the choice's text as the client receives it
+
+
 class ModerateResult(_Strict):
-    outcome: Literal["passed", "filtered", "redacted"]
+    """The verdict on the answer; with several choices, the worst choice's (filtered over redacted
+    over passed), each choice's own in `choices`."""
+
+    outcome: ModerationOutcome
     layer: str | None = None
     rule: str | None = None
     content: str | None = None  # "redacted": the answer's text as the client receives it
     decisions: list[GuardDecision] = Field(default_factory=list)  # harmful-content cascade on the answer
+    choices: list[ChoiceModeration] | None = None
 
 
 class FinishResult(_Strict):

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 
 from .budgets import settle
 from .cache.keys import cache_tags
-from .contracts import AssistantMessage, ChatCompletion, Choice, FinishResult, GatewayState, GuardDecision
+from .contracts import (
+    AssistantMessage,
+    ChatCompletion,
+    Choice,
+    ChoiceModeration,
+    FinishResult,
+    GatewayState,
+    GuardDecision,
+)
 from .errors import GatewayError, GuardrailBlocked, from_step_error
 from .guard.pii import restore, restore_in_json
 from .identity import pseudonym
@@ -36,16 +44,21 @@ def final_response(state: GatewayState) -> ChatCompletion:
     if state.invoke is None:
         raise RuntimeError("no answer to return: the chain ended before invoke")
     response = state.invoke.response
-    if state.moderate is not None and state.moderate.outcome == "filtered":
-        withheld = Choice(message=AssistantMessage(content=None), finish_reason="content_filter")
-        return response.model_copy(update={"choices": [withheld]})
-    if state.moderate is not None and state.moderate.outcome == "redacted" and response.choices:
-        first = response.choices[0]
-        redacted = first.model_copy(
-            update={"message": first.message.model_copy(update={"content": state.moderate.content})}
-        )
-        response = response.model_copy(update={"choices": [redacted, *response.choices[1:]]})
-    return _restored(state, response)
+    moderate = state.moderate
+    if moderate is None:
+        return _restored(state, response)
+    verdicts = moderate.choices or [ChoiceModeration(outcome=moderate.outcome, content=moderate.content)]
+    choices = [_moderated_choice(choice, verdict) for choice, verdict in zip(response.choices, verdicts, strict=False)]
+    return _restored(state, response.model_copy(update={"choices": choices}))
+
+
+def _moderated_choice(choice: Choice, verdict: ChoiceModeration) -> Choice:
+    """A choice as the output checks let it through: withheld, redacted, or as it was."""
+    if verdict.outcome == "filtered":
+        return Choice(index=choice.index, message=AssistantMessage(content=None), finish_reason="content_filter")
+    if verdict.outcome == "redacted":
+        return choice.model_copy(update={"message": choice.message.model_copy(update={"content": verdict.content})})
+    return choice
 
 
 def _restored(state: GatewayState, response: ChatCompletion) -> ChatCompletion:

@@ -62,6 +62,11 @@ def start_stream(runner: InProcessRunner, state: GatewayState) -> tuple[str | No
     Raises `GatewayError` (already recorded) when the request fails before any token; a blocked
     request is finished and returned as is for the caller to refuse.
     """
+    if state.request.choices_wanted() > 1:  # several choices: answered whole, each checked, then sent
+        runner.run(state)
+        if state.finish is None or state.finish.response is None:
+            return None, iter(())  # refused or failed (recorded): the caller answers the error
+        return state.finish.response.model, _replay(state, state.finish.response)
     runner.run(state, stop_before="invoke")
     if state.finish is not None:  # an exit was taken: blocked or cache hit
         if state.cache is not None and state.cache.response is not None:
@@ -101,13 +106,13 @@ class StartedRelay(Iterator[StreamItem]):
 
 
 def _chunk(
-    state: GatewayState, model: str, delta: ChunkDelta, finish: FinishReason | None = None
+    state: GatewayState, model: str, delta: ChunkDelta, finish: FinishReason | None = None, index: int = 0
 ) -> ChatCompletionChunk:
     return ChatCompletionChunk(
         id=f"chatcmpl-{state.request_id}",
         created=int(state.received_at),
         model=model,
-        choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+        choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish)],
     )
 
 
@@ -126,15 +131,17 @@ def _wants_usage(state: GatewayState) -> bool:
     return options is not None and options.include_usage
 
 
-def _replay(state: GatewayState) -> Iterator[StreamItem]:
-    answer = final_response(state)
-    yield _chunk(state, answer.model, ChunkDelta(role="assistant", content=""))
-    if answer.text():
-        yield _chunk(state, answer.model, ChunkDelta(content=answer.text()))
-    calls = answer.choices[0].message.tool_calls if answer.choices else None
-    if calls:
-        yield _chunk(state, answer.model, ChunkDelta(tool_calls=_call_deltas(calls)))
-    yield _chunk(state, answer.model, ChunkDelta(), answer.choices[0].finish_reason)
+def _replay(state: GatewayState, answer: ChatCompletion | None = None) -> Iterator[StreamItem]:
+    """A whole answer (a cache hit's, or one of several choices) as chunks, choice after choice."""
+    answer = answer if answer is not None else final_response(state)
+    for choice in answer.choices:
+        index, text, calls = choice.index, choice.message.content, choice.message.tool_calls
+        yield _chunk(state, answer.model, ChunkDelta(role="assistant", content=""), index=index)
+        if text:
+            yield _chunk(state, answer.model, ChunkDelta(content=text), index=index)
+        if calls:
+            yield _chunk(state, answer.model, ChunkDelta(tool_calls=_call_deltas(calls)), index=index)
+        yield _chunk(state, answer.model, ChunkDelta(), choice.finish_reason, index=index)
     if _wants_usage(state):
         yield _usage_chunk(state, answer.model, answer.usage)
 

@@ -238,7 +238,9 @@ class BatchRunner:
         by_model: dict[str, list[BatchLine]] = {}
         for line in self.jobs.lines(job_id, "ready"):
             assert line.model is not None
-            if line.provider_batch != DIRECT and self._batch_api(line.model) is not None:
+            # a provider batch answers one choice a line: a line asking for several is answered directly
+            several = self._state(line).request.choices_wanted() > 1
+            if line.provider_batch != DIRECT and not several and self._batch_api(line.model) is not None:
                 by_model.setdefault(line.model, []).append(line)
             else:
                 direct.append(line)

@@ -63,6 +63,8 @@ def check_size(state: GatewayState, deps: Deps) -> None:
     limits = deps.config.limits
     if state.caller.body_bytes > limits.max_body_bytes:
         raise PayloadTooLarge(f"Request body exceeds {limits.max_body_bytes} bytes.")
+    if state.request.choices_wanted() > limits.max_choices:
+        raise InvalidRequest(f"n may be at most {limits.max_choices}.", param="n")
     messages = state.request.messages
     if len(messages) > limits.max_messages:
         raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")

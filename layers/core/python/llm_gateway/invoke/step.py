@@ -8,12 +8,14 @@ the request id and treated as `ProviderUnavailable`), so it is retried, falls ba
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import random
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
 from ..backoff import jittered_delay
@@ -40,7 +42,7 @@ from ..errors import (
 )
 from ..output_format import format_problem, repair_request
 from ..pipeline import RetryPolicy
-from ..providers.base import Provider, ProviderReply, StreamDelta
+from ..providers.base import Provider, ProviderReply, ReplyChoice, StreamDelta
 
 if TYPE_CHECKING:
     from ..config import ModelConfig, Price
@@ -176,10 +178,15 @@ def _ms_since(t0: float) -> float:
 
 
 def build_completion(
-    state: GatewayState, deps: Deps, model_id: str, reply: ProviderReply, price: Price | None = None
+    state: GatewayState,
+    deps: Deps,
+    model_id: str,
+    reply: ProviderReply,
+    price: Price | None = None,
+    choices: list[ReplyChoice] | None = None,
 ) -> ChatCompletion:
     """The OpenAI-shaped answer with usage and cost from the model's price table (or `price`:
-    a provider batch's)."""
+    a provider batch's); `choices`: the answer's choices when not `reply.choices()`."""
     usage = Usage.of(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens)
     price = price or deps.config.models[model_id].price
     usage.cost_usd = price.cost(
@@ -189,7 +196,10 @@ def build_completion(
         id=f"chatcmpl-{state.request_id}",
         created=int(state.received_at),
         model=model_id,
-        choices=[Choice(message=assistant_message(reply.text, reply.tool_calls), finish_reason=reply.finish_reason)],
+        choices=[
+            Choice(index=i, message=assistant_message(c.text, c.tool_calls), finish_reason=c.finish_reason)
+            for i, c in enumerate(reply.choices() if choices is None else choices)
+        ],
         usage=usage,
     )
 
@@ -202,24 +212,71 @@ def assistant_message(text: str, tool_calls: list[ToolCall]) -> AssistantMessage
 
 
 def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
-    """Call the chosen model (with retries and fallbacks) and price the answer. An answer that
-    does not satisfy the request's response_format gets one repair call to the same model."""
+    """Call the chosen model (with retries and fallbacks) and price the answer. A request for `n`
+    choices that the provider answers one per call gets the rest from that model, in parallel. A
+    choice that does not satisfy the request's response_format gets one repair call to the same
+    model. Every call is paid for and recorded."""
     t0 = time.monotonic()
-    deadline = invoke_deadline(deps)  # shared with the repair call
+    deadline = invoke_deadline(deps)  # shared with the calls for more choices and the repairs
     request = state.model_request()
     model_id, provider, reply, attempts = call_with_fallback(
         state, deps, lambda p, m, config: p.complete(request, m, config), deadline
     )
-    problem = None if reply.tool_calls else format_problem(request, reply.text)  # a tool call is no answer yet
-    if problem is not None:
-        reply = _repaired(state, deps, model_id, request, reply, problem, attempts, deadline)
+    wanted = request.choices_wanted()
+    if 1 + len(reply.more) < wanted:
+        reply = _with_more_choices(state, deps, model_id, request, reply, attempts, deadline)
+    choices = reply.choices()[:wanted]
+    single = request if wanted == 1 else request.model_copy(update={"n": None})
+    for index, choice in enumerate(choices):
+        problem = None if choice.tool_calls else format_problem(request, choice.text)  # a tool call is no answer yet
+        if problem is not None:
+            fixed = _repaired(state, deps, model_id, single, choice.text, problem, attempts, deadline)
+            reply = reply.plus_usage(fixed)
+            choices[index] = ReplyChoice(text=fixed.text, finish_reason=fixed.finish_reason)
     return InvokeResult(
         model=model_id,
         provider=provider.name,
-        response=build_completion(state, deps, model_id, reply),
+        response=build_completion(state, deps, model_id, reply, choices=choices),
         attempts=attempts,
         latency_ms=_ms_since(t0),
     )
+
+
+def _only(state: GatewayState, model_id: str) -> GatewayState:
+    """The state with `model_id` as the router's only candidate (more calls to the model that answered)."""
+    if state.router is None:
+        raise RuntimeError("invoke runs after router")
+    return state.model_copy(update={"router": state.router.model_copy(update={"candidates": [model_id]})})
+
+
+def _with_more_choices(
+    state: GatewayState,
+    deps: Deps,
+    model_id: str,
+    request: ChatCompletionRequest,
+    reply: ProviderReply,
+    attempts: list[Attempt],
+    deadline: float,
+) -> ProviderReply:
+    """`reply` with the choices it lacks of the request's `n`, each from a call of its own to the
+    same model (retried like any call to it), made side by side; their usage added."""
+    missing = request.choices_wanted() - 1 - len(reply.more)
+    single = request.model_copy(update={"n": None})
+    only = _only(state, model_id)
+
+    def one(_: int) -> tuple[ProviderReply, list[Attempt]]:
+        answered = call_with_fallback(only, deps, lambda p, m, config: p.complete(single, m, config), deadline)
+        return answered[2], answered[3]
+
+    with ThreadPoolExecutor(max_workers=missing, thread_name_prefix="choices") as pool:
+        contexts = [contextvars.copy_context() for _ in range(missing)]  # each call in the caller's context
+        results = list(pool.map(lambda context, n: context.run(one, n), contexts, range(missing)))
+    more = list(reply.more)
+    for extra, tried in results:
+        attempts.extend(tried)
+        more += extra.choices()
+        reply = reply.plus_usage(extra)
+    return reply.model_copy(update={"more": more})
 
 
 def _repaired(
@@ -227,22 +284,19 @@ def _repaired(
     deps: Deps,
     model_id: str,
     request: ChatCompletionRequest,
-    reply: ProviderReply,
+    answer: str,
     problem: str,
     attempts: list[Attempt],
     deadline: float,
 ) -> ProviderReply:
-    """Ask the model once more, stating the problem (retried like any call to that model); both
-    calls are paid for and recorded. A repair call that fails after its retries ends like a
+    """Ask the model once more, stating the problem of `answer` (retried like any call to that
+    model): the repair call's reply. A repair call that fails after its retries ends like a
     repair that does not satisfy the format: `OutputFormatInvalid`."""
     deps.metrics.count("output_format_repairs", model=model_id)
-    if state.router is None:
-        raise RuntimeError("invoke runs after router")
-    only_this_model = state.model_copy(update={"router": state.router.model_copy(update={"candidates": [model_id]})})
-    repair = repair_request(request, reply.text, problem)
+    repair = repair_request(request, answer, problem)
     try:
         _, _, second, tried = call_with_fallback(
-            only_this_model, deps, lambda p, m, config: p.complete(repair, m, config), deadline
+            _only(state, model_id), deps, lambda p, m, config: p.complete(repair, m, config), deadline
         )
     except ProviderError as error:
         deps.metrics.count("output_format_failures", model=model_id)
@@ -257,14 +311,7 @@ def _repaired(
         raise OutputFormatInvalid(
             f"The model's answer did not satisfy the requested response_format after one repair: {still}"
         )
-    return ProviderReply(
-        text=second.text,
-        finish_reason=second.finish_reason,
-        prompt_tokens=reply.prompt_tokens + second.prompt_tokens,
-        completion_tokens=reply.completion_tokens + second.completion_tokens,
-        cached_tokens=reply.cached_tokens + second.cached_tokens,
-        cache_write_tokens=reply.cache_write_tokens + second.cache_write_tokens,
-    )
+    return second
 
 
 def open_stream(state: GatewayState, deps: Deps) -> tuple[str, Provider, Iterator[StreamDelta], list[Attempt]]:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import PiiGuard
-from ..contracts import GatewayState, GuardDecision, ModerateResult, ToolCall
+from ..contracts import Choice, ChoiceModeration, GatewayState, GuardDecision, ModerateResult, ToolCall
 from ..decisions import record_layer, submit_for_review
 from ..guard.pii import STRUCTURED_TYPES, find_pii, redact
 from .cascade import harmful_decision
@@ -20,15 +20,34 @@ if TYPE_CHECKING:
     from ..deps import Deps
 
 
+_SEVERITY = {"passed": 0, "redacted": 1, "filtered": 2}
+
+
 def moderate_step(state: GatewayState, deps: Deps) -> ModerateResult:
     """Check the model's answer: the tenant's output blocklist, harmful content, groundedness and
     factual consistency (the first that blocks withholds it; flags queue it for review), then PII
-    the answer contains."""
+    the answer contains. An answer with several choices has each checked on its own."""
     if state.invoke is None:
         raise RuntimeError("moderate runs after invoke")
+    choices = state.invoke.response.choices
+    if len(choices) <= 1:
+        return _moderated(state, deps, choices[0] if choices else None)
+    verdicts = [_moderated(state, deps, choice) for choice in choices]
+    worst = max(verdicts, key=lambda v: _SEVERITY[v.outcome])
+    return worst.model_copy(
+        update={
+            "decisions": [d for v in verdicts for d in v.decisions],
+            "choices": [
+                ChoiceModeration(outcome=v.outcome, layer=v.layer, rule=v.rule, content=v.content) for v in verdicts
+            ],
+        }
+    )
+
+
+def _moderated(state: GatewayState, deps: Deps, choice: Choice | None) -> ModerateResult:
     tenant = state.tenant().tenant
-    text = state.invoke.response.text()
-    calls = tool_calls_text(state)
+    text = (choice.message.content or "") if choice is not None else ""
+    calls = calls_text(choice.message.tool_calls or []) if choice is not None else ""
     text = "\n".join(part for part in (text, calls) if part) if calls else text
     rule = deps.output_blocklists[tenant].first_match(text)
     if rule is not None:
@@ -66,13 +85,6 @@ def moderate_step(state: GatewayState, deps: Deps) -> ModerateResult:
     return ModerateResult(
         outcome="redacted", layer="pii_leak", rule=types, content=redact(text, spans), decisions=decisions
     )
-
-
-def tool_calls_text(state: GatewayState) -> str:
-    """The tool calls the answer asks for, as the output checks read them (`calls_text`)."""
-    if state.invoke is None or not state.invoke.response.choices:
-        return ""
-    return calls_text(state.invoke.response.choices[0].message.tool_calls or [])
 
 
 def calls_text(calls: list[ToolCall]) -> str:

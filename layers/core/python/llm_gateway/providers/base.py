@@ -18,8 +18,20 @@ from ..contracts import ChatCompletionRequest, FinishReason, ToolCall, ToolCallD
 from ..errors import ProviderBadRequest, ProviderError, ProviderThrottled, ProviderTimeout, ProviderUnavailable
 
 
+class ReplyChoice(BaseModel):
+    """One choice of an answer: its text, why it ended, the calls it asks for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    finish_reason: FinishReason
+    tool_calls: list[ToolCall] = []
+
+
 class ProviderReply(BaseModel):
-    """A provider's answer, normalised; cost is added by the invoke step."""
+    """A provider's answer, normalised; cost is added by the invoke step. The first choice's
+    fields are the reply's own; `more` holds the others (a request's `n` > 1 that the provider
+    answered in one call); the usage covers them all."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -30,6 +42,22 @@ class ProviderReply(BaseModel):
     cached_tokens: int = 0
     cache_write_tokens: int = 0  # input tokens written to the provider's prompt cache (in prompt_tokens)
     tool_calls: list[ToolCall] = []  # the calls the model asks for (finish_reason "tool_calls")
+    more: list[ReplyChoice] = []
+
+    def choices(self) -> list[ReplyChoice]:
+        first = ReplyChoice(text=self.text, finish_reason=self.finish_reason, tool_calls=self.tool_calls)
+        return [first, *self.more]
+
+    def plus_usage(self, other: ProviderReply) -> ProviderReply:
+        """This reply, its usage grown by `other`'s (another call made for the same answer)."""
+        return self.model_copy(
+            update={
+                "prompt_tokens": self.prompt_tokens + other.prompt_tokens,
+                "completion_tokens": self.completion_tokens + other.completion_tokens,
+                "cached_tokens": self.cached_tokens + other.cached_tokens,
+                "cache_write_tokens": self.cache_write_tokens + other.cache_write_tokens,
+            }
+        )
 
 
 class StreamDelta(BaseModel):

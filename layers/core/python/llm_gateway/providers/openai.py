@@ -24,6 +24,7 @@ from .base import (
     EVENT_STREAM,
     MALFORMED,
     ProviderReply,
+    ReplyChoice,
     SdkClients,
     StreamDelta,
     error_body,
@@ -84,6 +85,7 @@ class _Message(BaseModel):
 
 
 class _Choice(BaseModel):
+    index: int = 0
     message: _Message
     finish_reason: str | None = None
 
@@ -124,29 +126,39 @@ class _Upstream:
 
 
 def _reply(result: object, model_id: str) -> ProviderReply:
-    """The answer of a chat completion. Anything else (a body that was not JSON, no choices, no
-    message, no finish reason) is the upstream's failure, not an empty answer."""
+    """The answer of a chat completion (every choice: several when `n` > 1). Anything else (a
+    body that was not JSON, no choices, no message, no finish reason) is the upstream's failure,
+    not an empty answer."""
     try:
         if not isinstance(result, ChatCompletion | _Completion) or not result.choices:
             raise unexpected_format(model_id)
-        choice = result.choices[0]
-        if choice.finish_reason is None or choice.message is None:
-            raise unexpected_format(model_id)
+        ordered: list[Any] = sorted(result.choices, key=lambda c: c.index)
+        first, *more = [_choice(c, model_id) for c in ordered]
         usage = result.usage
         cached = 0
         if usage is not None and usage.prompt_tokens_details is not None:
             cached = usage.prompt_tokens_details.cached_tokens or 0
-        calls = [_tool_call(c, model_id) for c in choice.message.tool_calls or []]
         return ProviderReply(
-            text=choice.message.content or "",
-            tool_calls=calls,
-            finish_reason=_FINISH.get(choice.finish_reason, "stop"),
+            text=first.text,
+            tool_calls=first.tool_calls,
+            finish_reason=first.finish_reason,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             cached_tokens=cached,
+            more=more,
         )
     except MALFORMED as exc:
         raise unexpected_format(model_id) from exc
+
+
+def _choice(choice: Any, model_id: str) -> ReplyChoice:
+    if choice.finish_reason is None or choice.message is None:
+        raise unexpected_format(model_id)
+    return ReplyChoice(
+        text=choice.message.content or "",
+        tool_calls=[_tool_call(c, model_id) for c in choice.message.tool_calls or []],
+        finish_reason=_FINISH.get(choice.finish_reason, "stop"),
+    )
 
 
 class OpenAIProvider:

@@ -102,8 +102,8 @@ def semantic_allowed(request: ChatCompletionRequest, max_temperature: float = DE
     text is blank; or when the last user message carries images, which the query text does not
     describe; or when the request uses tools (the answer depends on the tools offered and on their
     results, which the query text does not hold: such requests are cached exactly only).
-    (`n` is always 1 in this API, so one stored answer is a complete answer.)"""
-    if request.uses_tools():
+    Nor when it asks for several choices (`n` > 1): variety again, and a stored answer is one.)"""
+    if request.uses_tools() or request.choices_wanted() > 1:
         return False
     temperature = PROVIDER_DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
     if temperature > max_temperature:
