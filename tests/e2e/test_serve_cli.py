@@ -143,6 +143,43 @@ def test_every_demo_tenant_embeds_through_its_embedding_route(served: Served) ->
         assert [len(row.embedding) for row in answer.data] == [384, 384] and answer.usage.prompt_tokens > 0
 
 
+def test_a_conversation_continues_through_the_responses_api_and_stays_with_its_tenant(served: Served) -> None:
+    first_tenant, second_tenant = list(served.keys)[:2]
+    api = served.client(first_tenant)
+    first = api.responses.create(model="default", input="What is the capital of France?", max_output_tokens=12)
+    assert first.status in ("completed", "incomplete") and first.output_text.strip()
+    events = list(
+        api.responses.create(
+            model="default", input="And of Italy?", previous_response_id=first.id, max_output_tokens=12, stream=True
+        )
+    )
+    # the last event carries the whole response: completed, or incomplete at the token cap (as
+    # OpenAI sends it; the SDK's `responses.stream()` helper only returns a completed one)
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    second = events[-1].response  # type: ignore[union-attr]
+    assert second.previous_response_id == first.id and second.output_text.strip()
+    assert second.usage is not None and first.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens  # the first turn came along
+    other = served.client(second_tenant)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(second.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.create(model="default", input="Go on", previous_response_id=second.id)
+    api.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        api.responses.retrieve(second.id)  # it continued the deleted one
+
+
+def test_the_local_model_answers_several_choices(served: Served) -> None:
+    tenant = next(iter(served.keys))
+    answer = served.client(tenant).chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=6, n=2, temperature=1.0
+    )  # type: ignore[call-overload]
+    assert [c.index for c in answer.choices] == [0, 1]
+    assert all(c.message.content for c in answer.choices)
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+
+
 def test_wrong_key_is_refused(served: Served) -> None:
     client = openai.OpenAI(base_url=served.url, api_key="sk-gw-not-a-real-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
