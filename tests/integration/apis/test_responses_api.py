@@ -280,3 +280,19 @@ def test_unknown_fields_and_tool_types_are_refused_clearly(gateway: tuple[str, I
     assert "reasoning_mode" in unknown.value.message
     with pytest.raises(openai.BadRequestError):
         api.responses.create(model="default", input="hi", tools=[{"type": "web_search"}])  # type: ignore[list-item]
+
+
+def test_a_continued_conversation_is_the_prefix_the_providers_prompt_cache_reuses(
+    gateway: tuple[str, InProcessRunner], upstreams: Upstreams
+) -> None:
+    claude = upstreams[1]
+    long_answer = "A long first answer. " * 300  # past the ~1,024-token floor of Anthropic's prompt cache
+    claude.script.push(ok(long_answer), ok("Short follow-up."))
+    api = client(gateway)
+    first = api.responses.create(model="claude", input="Tell me everything about sourdough.")
+    api.responses.create(model="claude", input="Summarise it.", previous_response_id=first.id)
+    sent = claude.script.last.body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    # the stored turns come back as the same text, and the history ends in a cache breakpoint
+    assert sent[1]["content"][-1]["text"] == long_answer
+    assert sent[1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
