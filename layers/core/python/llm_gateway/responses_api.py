@@ -26,7 +26,6 @@ items and the whole conversation so far, PII masked per the tenant's policy.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -318,7 +317,6 @@ class Turn:
     request: ResponsesRequest
     tenant: str | None
     prior: list[dict[str, Any]] = field(default_factory=list)
-    created_at: int = field(default_factory=lambda: int(time.time()))
     response: dict[str, Any] | None = None
 
     def response_id(self, state: GatewayState) -> str:
@@ -332,7 +330,7 @@ class Turn:
         return {
             "id": self.response_id(state),
             "object": "response",
-            "created_at": self.created_at,
+            "created_at": int(state.received_at),
             "status": "in_progress",
             "error": None,
             "incomplete_details": None,
@@ -405,7 +403,7 @@ class Turn:
         conversation = masked[skipped:] + masked_answer
         this_turn = masked[skipped + len(self.prior) :]
         text = _masked_response(response, masked_answer[0])
-        created = float(self.created_at)
+        created = state.received_at
         return StoredResponse(
             id=response["id"],
             tenant=self.tenant or "",
@@ -494,7 +492,7 @@ class Turn:
         completion = ChatCompletion.model_validate(
             {
                 "id": state.request_id,
-                "created": self.created_at,
+                "created": int(state.received_at),
                 "model": model,
                 "choices": [{"message": message, "finish_reason": finish_reason}],
                 "usage": usage or {},
