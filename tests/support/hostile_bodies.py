@@ -163,6 +163,16 @@ for depth in (10, 1_000, 100_000):
         if len(open_) * depth < MAX_BODY_BYTES:
             deep = schema_format(nested(depth, open_, close, b"{}"))
             HOSTILE[f"{depth} levels of {shape} in a response_format schema"] = chat_body(deep, messages=JSON_PROMPT)
+# Text built to make a scanner's regular expressions backtrack (a long run with no digit, no
+# space, no "@"), just under the fuzz gateway's max_prompt_chars: each guard that reads the
+# message (PII, injection, harmful content) must answer in time, not hold the server.
+for name, run in {
+    "199,000 letters in one word": b"a" * 199_000,
+    "a 199,000-character run of letters and joiners": b"ab.-:#" * 33_000,
+    "a 199,000-character word ending in a digit": b"a" * 198_999 + b"7",
+    "199,000 characters of an address with no domain": b"a." * 99_000 + b"@",
+}.items():
+    HOSTILE[name] = chat_body(messages=message("user", b'"' + run + b'"'))
 for role in ("system", "developer", "user", "assistant", "tool"):
     for name, content in ODD_CONTENT.items():
         HOSTILE[f"{role} message, {name}"] = chat_body(messages=b"[" + USER + b", " + message(role, content)[1:])

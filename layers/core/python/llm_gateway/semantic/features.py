@@ -24,7 +24,13 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _CAPITALISED = re.compile(r"\b[A-Z][A-Za-z0-9&.+#-]*")
 _FROM_TO = re.compile(r"\bfrom\s+(.+?)\s+to\s+(\w[\w ]*?)(?:[?.!,]|$| by | in | on | via | for )")
-_X_TO_Y = re.compile(r"(\w+)\s+(?:to|into|vs\.?|versus|than)\s+(\w+)")
+# A match starts where a word starts and takes the whole word (`\w++`): a long run of word
+# characters is tried once, not once per position (quadratic before).
+_X_TO_Y = re.compile(r"(?<!\w)(\w++)\s+(?:to|into|vs\.?|versus|than)\s+(\w+)")
+# The detectors read a text's first characters only: its question (the embedder reads no more
+# than ~256 tokens either), so a long text costs what a long question costs, not its length
+# squared (the order-discordance pairs and the lazy `from ... to` patterns are not linear).
+MAX_ANALYSED_CHARS = 2_000
 
 NEGATIONS = frozenset(
     [
@@ -255,7 +261,7 @@ class _Text:
 @functools.lru_cache(maxsize=4096)
 def _analyse(raw: str) -> _Text:
     """Cached: a query is compared with several candidates, and popular entries with many queries."""
-    text = normalize_text(raw)  # what the embedder saw
+    text = normalize_text(raw)[:MAX_ANALYSED_CHARS]  # what the embedder saw, as far as it reads
     words = _words(text)
     word_set = frozenset(words)
     numbers = frozenset(_NUMBER.findall(text))
