@@ -49,7 +49,8 @@ def stored(response_id: str, tenant: str = "acme", previous: str | None = None, 
 
 def test_a_response_comes_back_whole_under_its_tenant_only(store: ConversationStore) -> None:
     item = stored("resp_a", previous="resp_0")
-    store.put(item)
+    store.put(stored("resp_0"))
+    assert store.put(item) is True
     assert store.get("acme", "resp_a", NOW) == item
     assert store.get("globex", "resp_a", NOW) is None
     assert store.get("acme", "resp_missing", NOW) is None
@@ -88,3 +89,15 @@ def test_a_response_too_large_for_one_item_is_refused_by_the_dynamodb_store(moto
     large.conversation.append({"role": "user", "content": os.urandom(400_000).hex()})  # random: barely compresses
     with pytest.raises(ConversationTooLarge):
         DynamoConversationStore(table, dynamodb).put(large)
+
+
+def test_a_response_continuing_a_deleted_one_is_not_kept(store: ConversationStore) -> None:
+    assert store.put(stored("root")) is True
+    store.delete("acme", "root")
+    assert store.put(stored("child", previous="root")) is False  # answered while its parent was deleted
+    assert store.get("acme", "child", NOW) is None
+    assert store.put(stored("child", previous="root", tenant="globex")) is False  # another tenant's root is none
+    assert store.put(stored("root2")) is True
+    assert store.put(stored("child2", previous="root2")) is True
+    assert store.put(stored("child2", previous="root2")) is True  # a retried write: the first copy stays
+    assert store.get("acme", "child2", NOW) is not None

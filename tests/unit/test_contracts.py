@@ -91,7 +91,7 @@ def test_a_gateway_error_survives_the_trip_through_a_lambda_error() -> None:
     import json
 
     from llm_gateway.contracts import StepError
-    from llm_gateway.errors import InternalError, RateLimited, from_step_error
+    from llm_gateway.errors import AllModelsFailed, InternalError, RateLimited, from_step_error
 
     original = RateLimited("Rate limit reached for this user.", retry_after_s=1.5)
     cause = json.dumps({"errorMessage": str(original), "errorType": "RateLimited"})
@@ -102,3 +102,8 @@ def test_a_gateway_error_survives_the_trip_through_a_lambda_error() -> None:
     assert isinstance(timeout, InternalError) and "30 seconds" not in timeout.message
     garbled = from_step_error(StepError(Error="AuthenticationFailed", Cause="not json"))
     assert garbled.status == 401
+    # what a request for several choices had paid for when one failed travels with its error
+    spent = {"model": "claude", "provider": "anthropic", "attempts": [], "latency_ms": 1.0, "response": {"x": 1}}
+    paid = AllModelsFailed("No model could answer.", spent=spent)
+    cause = json.dumps({"errorMessage": str(paid), "errorType": "AllModelsFailed"})
+    assert from_step_error(StepError(Error="AllModelsFailed", Cause=cause)).spent == spent

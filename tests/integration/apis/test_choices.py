@@ -16,7 +16,7 @@ from llm_gateway.http.app import create_app
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, hash_key, make_deps, store_of
 from tests.integration.apis.conftest import upstream_models
-from tests.support.fake_providers import FakeServer, ok
+from tests.support.fake_providers import FakeServer, ok, status
 from tests.support.servers import serve
 
 Upstreams = tuple[FakeServer, FakeServer]
@@ -138,3 +138,27 @@ def test_a_budget_holds_the_worst_case_of_every_choice(
     assert refused.value.code == "budget_exceeded" and gpt.script.requests == []
     answer = globex.chat.completions.create(model="default", messages=ASK, n=1, max_tokens=100)  # type: ignore[arg-type]
     assert answer.choices[0].message.content == "One name"
+
+
+def test_a_choice_that_fails_fails_the_request_and_what_was_paid_is_recorded(
+    gateway: tuple[str, InProcessRunner], upstreams: Upstreams
+) -> None:
+    claude = upstreams[1]
+    # the first call and one more answer; the third choice's call fails on every attempt
+    claude.script.push(ok("A", prompt_tokens=30, completion_tokens=4), ok("B", prompt_tokens=30, completion_tokens=4))
+    claude.script.push(*[status(500)] * 3)
+    raw = client(gateway).chat.completions.with_raw_response
+    with pytest.raises(openai.APIStatusError) as failed:
+        raw.create(model="claude", messages=ASK, n=3, seed=5)  # type: ignore[arg-type]
+    assert failed.value.status_code == 503 and failed.value.code == "all_models_failed"
+    request_id = failed.value.response.headers["x-request-id"]
+    store = store_of(gateway[1].deps)
+    usage = store.query(
+        "SELECT prompt_tokens, completion_tokens, cost_usd FROM usage WHERE request_id = ?", (request_id,)
+    )
+    assert [tuple(r)[:2] for r in usage] == [(60, 8)]  # the two answered calls, paid
+    assert usage[0][2] == pytest.approx((60 * 3.0 + 8 * 15.0) / 1e6)
+    audit = store.query("SELECT outcome, error_code, cost_usd, attempts FROM audit WHERE request_id = ?", (request_id,))
+    ((outcome, code, cost, attempts),) = [tuple(r) for r in audit]
+    assert (outcome, code) == ("error", "all_models_failed") and cost == pytest.approx(usage[0][2])
+    assert attempts == 2  # the calls that answered (the failed one's attempts are in the error's message)

@@ -6,6 +6,8 @@ tenant's id is a 404, a deleted conversation is gone), PII masked in what is kep
 from __future__ import annotations
 
 import json
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -15,10 +17,11 @@ import pytest
 
 from llm_gateway.config import parse_config
 from llm_gateway.http.app import create_app
+from llm_gateway.responses_api import WITHHELD
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, hash_key, make_deps, store_of
 from tests.integration.apis.conftest import upstream_models
-from tests.support.fake_providers import FakeServer, calls, ok
+from tests.support.fake_providers import FakeServer, calls, delay, ok
 from tests.support.servers import serve
 
 Upstreams = tuple[FakeServer, FakeServer]
@@ -43,6 +46,7 @@ models:
     guards:
       injection: {{enabled: true, action: block}}
       pii: {{enabled: true, default: mask, restore: [EMAIL]}}
+    output_blocklist: {{keywords: [forbiddenword]}}
   globex:
     api_keys: [{{id: k1, sha256: {hash_key(GLOBEX_KEY)}}}]
     routes: {{default: {{model: gpt}}}}
@@ -296,3 +300,79 @@ def test_a_continued_conversation_is_the_prefix_the_providers_prompt_cache_reuse
     # the stored turns come back as the same text, and the history ends in a cache breakpoint
     assert sent[1]["content"][-1]["text"] == long_answer
     assert sent[1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+
+
+def test_personal_data_in_the_other_fields_is_masked_in_the_store_too(
+    gateway: tuple[str, InProcessRunner], upstreams: Upstreams
+) -> None:
+    upstreams[0].script.push(ok("Done."))
+    api = client(gateway)
+    tool = {**WEATHER, "description": "Weather, for questions from ops@example.net"}
+    answer = api.responses.create(
+        model="default",
+        instructions="Reply to boss@example.com in one line.",
+        input="Hi",
+        user="dave@example.com",
+        metadata={"contact": "erin@example.com"},
+        tools=[tool],  # type: ignore[list-item]
+    )
+    kept = api.responses.retrieve(answer.id)
+    assert kept.instructions == "Reply to [EMAIL_1] in one line."  # the placeholder the model saw
+    assert kept.user == "[EMAIL_2]" and kept.metadata == {"contact": "[EMAIL_3]"}  # type: ignore[attr-defined]
+    assert kept.tools[0].description == "Weather, for questions from [EMAIL_4]"  # type: ignore[union-attr]
+    rows = store_of(gateway[1].deps).query("SELECT body FROM conversations WHERE id = ?", (answer.id,))
+    assert b"@example." not in zlib.decompress(rows[0][0])
+
+
+def test_a_withheld_answer_continues_as_a_marker_the_providers_accept(
+    gateway: tuple[str, InProcessRunner], upstreams: Upstreams
+) -> None:
+    claude = upstreams[1]
+    claude.script.push(ok("this says forbiddenword"), ok("Let us try again."))
+    api = client(gateway)
+    withheld = api.responses.create(model="claude", input="Say the thing.")
+    assert withheld.status == "incomplete" and withheld.incomplete_details.reason == "content_filter"  # type: ignore[union-attr]
+    assert withheld.output_text == ""
+    again = api.responses.create(model="claude", input="Something else, then.", previous_response_id=withheld.id)
+    assert again.output_text == "Let us try again."
+    sent = claude.script.last.body["messages"]
+    assert sent[1] == {"role": "assistant", "content": WITHHELD}  # never empty
+
+
+def test_a_turn_answered_while_its_conversation_was_deleted_is_not_kept(
+    gateway: tuple[str, InProcessRunner], upstreams: Upstreams
+) -> None:
+    gpt = upstreams[0]
+    gpt.script.push(ok("root answer"), delay(1.0, ok("late answer")))
+    api = client(gateway)
+    root = api.responses.create(model="default", input="SECRET root turn")
+    late: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: late.append(api.responses.create(model="default", input="Go on", previous_response_id=root.id))
+    )
+    worker.start()
+    time.sleep(0.5)  # the continuation is with the model
+    api.responses.delete(root.id)
+    worker.join(timeout=10)
+    assert late and late[0].output_text == "late answer" and late[0].store is False
+    with pytest.raises(openai.NotFoundError):
+        api.responses.retrieve(late[0].id)
+    assert all(row[1] not in (root.id, late[0].id) for row in stored_rows(gateway[1]))
+
+
+def test_an_invalid_input_item_is_refused_naming_it(gateway: tuple[str, InProcessRunner]) -> None:
+    api = client(gateway)
+    for items, param in [
+        ([{"role": "robot", "content": "x"}], "input.0.message.role"),
+        ([{"role": "user", "content": "ok"}, {"type": "bogus"}], "input.1"),
+        (
+            [{"type": "function_call_output", "call_id": "c" * 300, "output": "o"}],
+            "input.0.function_call_output.call_id",
+        ),
+    ]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            api.responses.create(model="default", input=items)  # type: ignore[arg-type]
+        assert refused.value.body["param"] == param  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as long_key:
+        api.responses.create(model="default", input="hi", metadata={"k" * 65: "v"})
+    assert long_key.value.body["param"].startswith("metadata")  # type: ignore[index]

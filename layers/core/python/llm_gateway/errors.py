@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,6 +30,7 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after_s: float | None = None,
+        spent: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -36,10 +38,19 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
         self.retry_after_s = retry_after_s
+        # What the request had paid for when it failed (an `InvokeResult` as JSON: the answered
+        # choices of a request for several, when a call for another failed): recorded and charged.
+        self.spent = spent
 
     def __str__(self) -> str:
         # Lambda reports str(exc) as errorMessage; JSON lets the failure step rebuild the error exactly.
-        fields = {"message": self.message, "param": self.param, "code": self.code, "retry_after_s": self.retry_after_s}
+        fields = {
+            "message": self.message,
+            "param": self.param,
+            "code": self.code,
+            "retry_after_s": self.retry_after_s,
+            "spent": self.spent,
+        }
         return json.dumps({k: v for k, v in fields.items() if v is not None})
 
     def body(self) -> ErrorBody:
@@ -213,4 +224,5 @@ def from_step_error(step_error: StepError) -> GatewayError:
         param=fields.get("param"),
         code=fields.get("code"),
         retry_after_s=fields.get("retry_after_s"),
+        spent=fields.get("spent") if isinstance(fields.get("spent"), dict) else None,
     )

@@ -6,6 +6,8 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from .budgets import settle
 from .cache.keys import cache_tags
 from .contracts import (
@@ -16,6 +18,7 @@ from .contracts import (
     FinishResult,
     GatewayState,
     GuardDecision,
+    InvokeResult,
 )
 from .errors import GatewayError, GuardrailBlocked, from_step_error
 from .guard.pii import restore, restore_in_json
@@ -262,10 +265,25 @@ def record_abandoned(state: GatewayState, deps: Deps, error: GatewayError) -> Fi
 
 def record_failure(state: GatewayState, deps: Deps, error: GatewayError) -> FinishResult:
     """Record a request that ended in an error, so nothing goes unaccounted; the error is the answer.
-    A budget reservation is released (nothing was charged for a failed request)."""
+    A budget reservation is released (nothing was charged for a failed request), unless the error
+    says what the request had already paid for (`GatewayError.spent`): that is recorded and charged."""
+    spent = _spent(error)
+    if spent is not None:
+        failed = record_abandoned(state.model_copy(update={"invoke": spent}), deps, error)
+        return failed.model_copy(update={"retry_after_s": error.retry_after_s})
     settle(state.model_copy(update={"invoke": None}), deps)
     deps.audit.record(_audit(state, deps, "error", error.code or type(error).__name__))
     return FinishResult(status=error.status, error=error.body(), retry_after_s=error.retry_after_s)
+
+
+def _spent(error: GatewayError) -> InvokeResult | None:
+    if error.spent is None:
+        return None
+    try:
+        return InvokeResult.model_validate(error.spent)
+    except ValidationError:  # not what the invoke step wrote: nothing to charge
+        log.warning("an error's spent usage could not be read")
+        return None
 
 
 def failure_step(state: GatewayState, deps: Deps) -> FinishResult:

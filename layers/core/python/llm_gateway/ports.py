@@ -359,8 +359,9 @@ class ConversationStore(Protocol):
     """Responses, partitioned by tenant: a response is found only under the tenant that created
     it, and only until it expires."""
 
-    def put(self, item: StoredResponse) -> None:
-        """Keep a new response (`ConversationTooLarge` when it cannot)."""
+    def put(self, item: StoredResponse) -> bool:
+        """Keep a new response; False (and nothing kept) when the response it continues is gone
+        (deleted while this one was answered); `ConversationTooLarge` when it cannot be kept."""
         ...
 
     def get(self, tenant: str, response_id: str, now: float) -> StoredResponse | None:

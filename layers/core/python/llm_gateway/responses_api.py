@@ -28,10 +28,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 from .config import TenantConfig
 from .contracts import (
@@ -48,6 +48,9 @@ from .contracts import (
 )
 from .errors import InvalidRequest, NotFound
 from .ports import ConversationStore, ConversationTooLarge, StoredResponse
+
+if TYPE_CHECKING:  # the guard package: only where responses are stored
+    from .guard.step import ConversationMasker
 
 log = logging.getLogger("llm_gateway.responses")
 _DAY_S = 86_400
@@ -113,16 +116,25 @@ class FunctionCallOutputItem(_Part):
 
 
 def _item_type(value: Any) -> str:
+    """An item's `type` (a message may leave it out); an unknown one is refused by name."""
     kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
-    return kind if kind in ("message", "function_call", "function_call_output") else "message"
+    return kind if isinstance(kind, str) else "message"
 
 
 InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
-    Discriminator(_item_type),
+    Discriminator(
+        _item_type,
+        custom_error_type="invalid_item_type",
+        custom_error_message="An input item's type is message, function_call or function_call_output",
+    ),
 ]
+
+
+def _as_items(value: Any) -> Any:
+    return [{"type": "message", "role": "user", "content": value}] if isinstance(value, str) else value
 
 
 class FunctionTool(_Part):
@@ -154,7 +166,11 @@ class ResponsesRequest(_Part):
     """The body of `POST /v1/responses` (the parts the gateway honours; anything else is a 400)."""
 
     model: str = Field(min_length=1, max_length=256)
-    input: str | Annotated[list[InputItem], Field(min_length=1)]
+    # A string is one user message: made one here, so an invalid list is refused naming its item
+    # (`input.0.role`), not as "not a string".
+    input: Annotated[
+        list[InputItem], Field(min_length=1), BeforeValidator(_as_items, json_schema_input_type=str | list[InputItem])
+    ]
     instructions: str | None = None
     previous_response_id: str | None = Field(default=None, min_length=1, max_length=256)
     store: bool = True
@@ -166,12 +182,15 @@ class ResponsesRequest(_Part):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     user: str | None = Field(default=None, max_length=256)
-    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    metadata: (
+        Annotated[
+            dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+        ]
+        | None
+    ) = None
     text: TextConfig | None = None
 
     def input_items(self) -> list[MessageItem | FunctionCallItem | FunctionCallOutputItem]:
-        if isinstance(self.input, str):
-            return [MessageItem(role="user", content=self.input)]
         return list(self.input)
 
 
@@ -382,37 +401,35 @@ class Turn:
         response = self.complete(state, completion, keep)
         if keep and store is not None and policy is not None:
             try:
-                store.put(self._stored(state, completion, response, policy))
+                kept = store.put(self._stored(state, completion, response, policy))
             except ConversationTooLarge as exc:
                 log.warning("response not stored: %s", exc, extra={"request_id": state.request_id})
-                response["store"] = False
+                kept = False
+            response["store"] = kept  # False too when the conversation it continues was deleted meanwhile
         self.response = response
         return response
 
     def _stored(
         self, state: GatewayState, completion: ChatCompletion, response: dict[str, Any], policy: TenantConfig
     ) -> StoredResponse:
-        from .guard.step import masked_conversation  # the guard package: only where responses are stored
+        from .guard.step import ConversationMasker  # the guard package: only where responses are stored
 
         sent = state.request.messages  # instructions, prior turns, this turn's input
-        answer = ChatMessage.model_validate(
-            completion.choices[0].message.model_dump(exclude={"refusal"}, exclude_none=True) | {"role": "assistant"}
-        )
-        masked, masked_answer = masked_conversation(sent, [answer], policy.guards.pii)
+        masker = ConversationMasker(sent, policy.guards.pii)
+        masked = [masker.message(m) for m in sent]
+        answer = masker.message(_kept_answer(completion))
         skipped = 1 if self.request.instructions else 0
-        conversation = masked[skipped:] + masked_answer
-        this_turn = masked[skipped + len(self.prior) :]
-        text = _masked_response(response, masked_answer[0])
         created = state.received_at
+        kept = _masked_response(response, answer, masker) | {"instructions": masked[0].text() if skipped else None}
         return StoredResponse(
             id=response["id"],
             tenant=self.tenant or "",
             created_at=created,
             expires_at=created + policy.conversations.retention_days * _DAY_S,
             previous_response_id=self.request.previous_response_id,
-            response=text,
-            input_items=messages_to_items(this_turn, f"in_{state.request_id}"),
-            conversation=[m.model_dump(exclude_none=True) for m in conversation],
+            response=kept,
+            input_items=messages_to_items(masked[skipped + len(self.prior) :], f"in_{state.request_id}"),
+            conversation=[m.model_dump(exclude_none=True) for m in [*masked[skipped:], answer]],
         )
 
     def events(
@@ -516,18 +533,38 @@ def _call_events(event: Callable[[str, dict[str, Any]], bytes], calls: list[Tool
         yield event("response.output_item.done", {"output_index": index, "item": _call_item(call, "completed")})
 
 
-def _masked_response(response: dict[str, Any], answer: ChatMessage) -> dict[str, Any]:
-    """The Response as the store keeps it: its output as `answer` (PII masked) reads."""
+WITHHELD = "[The gateway's output checks withheld this answer.]"
+NO_ANSWER = "[No answer.]"
+
+
+def _kept_answer(completion: ChatCompletion) -> ChatMessage:
+    """The answer as the conversation keeps it for the next turn: a withheld or empty answer as a
+    marker the model can read (an assistant turn with no content is refused by the providers)."""
+    choice = completion.choices[0]
+    message = choice.message.model_dump(exclude={"refusal"}, exclude_none=True)
+    if not (choice.message.content or choice.message.tool_calls):
+        message["content"] = WITHHELD if choice.finish_reason == "content_filter" else NO_ANSWER
+    return ChatMessage.model_validate(message | {"role": "assistant"})
+
+
+def _masked_response(response: dict[str, Any], answer: ChatMessage, masker: ConversationMasker) -> dict[str, Any]:
+    """The Response as the store keeps it: its output as `answer` (PII masked) reads, and the
+    caller's other free text (user, metadata, tools) masked with the same placeholders."""
     output = []
     calls = {c.id: c for c in answer.tool_calls or []}
     for item in response["output"]:
         if item["type"] == "message":
-            part = {"type": "output_text", "text": answer.text(), "annotations": []}
-            output.append(item | {"content": [part]})
+            text = "" if answer.text() in (WITHHELD, NO_ANSWER) else answer.text()
+            output.append(item | {"content": [{"type": "output_text", "text": text, "annotations": []}]})
         else:
             call = calls.get(item["call_id"])
             output.append(item | ({"arguments": call.function.arguments} if call else {}))
-    return response | {"output": output}
+    return response | {
+        "output": output,
+        "user": masker.json(response["user"]),
+        "metadata": masker.json(response["metadata"]),
+        "tools": masker.json(response["tools"]),
+    }
 
 
 def prior_conversation(

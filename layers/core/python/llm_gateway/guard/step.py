@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..compression import Compressed, compress
 from ..config import Compression, Guards, InjectionGuard, PiiGuard, SystemPrompt, TopicGuard
@@ -400,37 +400,47 @@ def check_pii(
     return GuardDecision(layer="pii", action="mask", reason=f"masked {summary}"), masked, masked_context, restorable
 
 
-def masked_conversation(
-    messages: list[ChatMessage], answer: list[ChatMessage], policy: PiiGuard
-) -> tuple[list[ChatMessage], list[ChatMessage]]:
-    """A conversation as a store may keep it: `messages` masked as `check_pii` masks a request
-    holding them (the same walk, so the same placeholders), then `answer` with the same
-    placeholders (a value the answer restored goes back to its placeholder) and new ones for PII
-    it added. Every type the policy does not allow is masked (a `reject` type too: nothing raw
-    is kept). Tool calls' arguments are masked as text (a placeholder keeps JSON valid)."""
-    watched, named = _watched(policy)
-    if not (policy.enabled and (watched or named)):
-        return messages, answer
-    vault = Vault.after(m.text() for m in messages)
-    found: Counter[str] = Counter()
+class ConversationMasker:
+    """Masks a conversation as a store may keep it, and the strings kept beside it: messages as
+    `check_pii` masks a request holding them (the same walk from a vault numbered after the
+    placeholders they hold, so the same placeholders), then whatever else is given (the answer,
+    the request's other fields) with the same vault: a value the answer restored goes back to its
+    placeholder, new PII gets a new one. Every type the policy does not allow is masked (a
+    `reject` type too: nothing raw is kept); with nothing to mask, everything stays as it is."""
 
-    def masked(message: ChatMessage) -> ChatMessage:
-        copy = _mask_message(message, watched, named, vault, found)
+    def __init__(self, messages: list[ChatMessage], policy: PiiGuard) -> None:
+        self._watched, self._named = _watched(policy)
+        self.active = policy.enabled and bool(self._watched or self._named)
+        self._vault = Vault.after(m.text() for m in messages) if self.active else Vault()
+        self._found: Counter[str] = Counter()
+
+    def text(self, text: str) -> str:
+        return _masked_text(text, self._watched, self._named, self._vault, self._found) if self.active else text
+
+    def message(self, message: ChatMessage) -> ChatMessage:
+        """The message masked; tool calls' arguments as text (a placeholder keeps JSON valid)."""
+        if not self.active:
+            return message
+        copy = _mask_message(message, self._watched, self._named, self._vault, self._found)
         if not message.tool_calls:
             return copy
         calls = [
             call.model_copy(
-                update={
-                    "function": call.function.model_copy(
-                        update={"arguments": _masked_text(call.function.arguments, watched, named, vault, found)}
-                    )
-                }
+                update={"function": call.function.model_copy(update={"arguments": self.text(call.function.arguments)})}
             )
             for call in message.tool_calls
         ]
         return copy.model_copy(update={"tool_calls": calls})
 
-    return [masked(m) for m in messages], [masked(m) for m in answer]
+    def json(self, value: Any) -> Any:
+        """Parsed JSON with every string masked, keys included."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self.json(item) for item in value]
+        if isinstance(value, dict):
+            return {self.text(str(k)): self.json(v) for k, v in value.items()}
+        return value
 
 
 def mask_texts(texts: list[str], policy: PiiGuard) -> tuple[GuardDecision, list[str]]:

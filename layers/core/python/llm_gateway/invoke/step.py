@@ -224,7 +224,15 @@ def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
     )
     wanted = request.choices_wanted()
     if 1 + len(reply.more) < wanted:
-        reply = _with_more_choices(state, deps, model_id, request, reply, attempts, deadline)
+        try:
+            reply = _with_more_choices(state, deps, model_id, request, reply, attempts, deadline)
+        except _ChoicesFailed as failed:  # the request fails; what its answered calls cost is charged
+            paid = build_completion(state, deps, model_id, failed.reply)
+            spent = InvokeResult(
+                model=model_id, provider=provider.name, response=paid, attempts=attempts, latency_ms=_ms_since(t0)
+            )
+            failed.error.spent = spent.model_dump(mode="json")
+            raise failed.error from None
     choices = reply.choices()[:wanted]
     single = request if wanted == 1 else request.model_copy(update={"n": None})
     for index, choice in enumerate(choices):
@@ -249,6 +257,15 @@ def _only(state: GatewayState, model_id: str) -> GatewayState:
     return state.model_copy(update={"router": state.router.model_copy(update={"candidates": [model_id]})})
 
 
+class _ChoicesFailed(Exception):
+    """A call for one of a request's choices failed after its retries: the error, and the reply
+    with the choices and usage of the calls that answered."""
+
+    def __init__(self, error: GatewayError, reply: ProviderReply) -> None:
+        super().__init__(error.message)
+        self.error, self.reply = error, reply
+
+
 def _with_more_choices(
     state: GatewayState,
     deps: Deps,
@@ -269,14 +286,25 @@ def _with_more_choices(
         return answered[2], answered[3]
 
     with ThreadPoolExecutor(max_workers=missing, thread_name_prefix="choices") as pool:
-        contexts = [contextvars.copy_context() for _ in range(missing)]  # each call in the caller's context
-        results = list(pool.map(lambda context, n: context.run(one, n), contexts, range(missing)))
+        # each call in a copy of the caller's context; every call is waited for, failed or not
+        futures = [pool.submit(contextvars.copy_context().run, one, n) for n in range(missing)]
     more = list(reply.more)
-    for extra, tried in results:
+    failure: GatewayError | None = None
+    for future in futures:
+        error = future.exception()
+        if error is not None:
+            if not isinstance(error, GatewayError):
+                raise error
+            failure = failure or error
+            continue
+        extra, tried = future.result()
         attempts.extend(tried)
         more += extra.choices()
         reply = reply.plus_usage(extra)
-    return reply.model_copy(update={"more": more})
+    reply = reply.model_copy(update={"more": more})
+    if failure is not None:
+        raise _ChoicesFailed(failure, reply)
+    return reply
 
 
 def _repaired(

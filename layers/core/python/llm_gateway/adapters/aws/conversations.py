@@ -12,6 +12,7 @@ An item holds at most 400 KB: a larger packed response raises `ConversationTooLa
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ...ports import ConversationTooLarge, StoredResponse
@@ -47,7 +48,7 @@ class DynamoConversationStore:
         self._table = table
         self._client = client
 
-    def put(self, item: StoredResponse) -> None:
+    def put(self, item: StoredResponse) -> bool:
         body = item.packed()
         if len(body) > MAX_ITEM_BYTES:
             raise ConversationTooLarge(
@@ -59,14 +60,30 @@ class DynamoConversationStore:
             "expires_at": {"N": str(int(item.expires_at))},
             "body": {"B": body},
         }
-        if item.previous_response_id is not None:
-            attributes["parent"] = {"S": f"{item.tenant}#{item.previous_response_id}"}
-        try:
-            self._client.put_item(
-                TableName=self._table, Item=attributes, ConditionExpression="attribute_not_exists(id)"
+        put = {"TableName": self._table, "Item": attributes, "ConditionExpression": "attribute_not_exists(id)"}
+        if item.previous_response_id is None:
+            with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
+                self._client.put_item(**put)  # a retried write fails its condition: the first copy stays
+            return True
+        attributes["parent"] = {"S": f"{item.tenant}#{item.previous_response_id}"}
+        parent = {
+            "TableName": self._table,
+            "Key": self._key(item.tenant, item.previous_response_id),
+            "ConditionExpression": "attribute_exists(id)",
+        }
+        try:  # written only while the response it continues is there (not deleted meanwhile)
+            self._client.transact_write_items(TransactItems=[{"ConditionCheck": parent}, {"Put": put}])
+        except self._client.exceptions.TransactionCanceledException:
+            # the parent is gone, or this response was written before (a retry: the first copy stays)
+            found = self._client.get_item(
+                TableName=self._table, Key=self._key(item.tenant, item.previous_response_id), ConsistentRead=True
             )
-        except self._client.exceptions.ConditionalCheckFailedException:
-            return  # a retried write: the first copy stays
+            return "Item" in found
+        return True
+
+    @staticmethod
+    def _key(tenant: str, response_id: str) -> dict[str, dict[str, str]]:
+        return {"tenant": {"S": tenant}, "id": {"S": response_id}}
 
     def get(self, tenant: str, response_id: str, now: float) -> StoredResponse | None:
         found = self._client.get_item(

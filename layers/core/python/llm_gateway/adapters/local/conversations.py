@@ -35,9 +35,17 @@ class SqliteConversationStore:
         self._lock = threading.Lock()
         self._writes = 0
 
-    def put(self, item: StoredResponse) -> None:
+    def put(self, item: StoredResponse) -> bool:
         body = item.packed()
-        with self._lock:
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")  # the parent's check and the write, at once
+            if (
+                item.previous_response_id is not None
+                and not self._db.execute(
+                    "SELECT 1 FROM conversations WHERE tenant = ? AND id = ?", (item.tenant, item.previous_response_id)
+                ).fetchone()
+            ):
+                return False  # the conversation it continues was deleted meanwhile
             self._db.execute(
                 "INSERT OR IGNORE INTO conversations VALUES (?, ?, ?, ?, ?)",
                 (item.tenant, item.id, item.previous_response_id, item.expires_at, body),
@@ -45,6 +53,7 @@ class SqliteConversationStore:
             self._writes += 1
             if self._writes % _PURGE_EVERY == 0:
                 self._db.execute("DELETE FROM conversations WHERE expires_at <= ?", (item.created_at,))
+            return True
 
     def get(self, tenant: str, response_id: str, now: float) -> StoredResponse | None:
         with self._lock:
