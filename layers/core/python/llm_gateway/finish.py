@@ -48,7 +48,7 @@ def final_response(state: GatewayState) -> ChatCompletion:
         raise RuntimeError("no answer to return: the chain ended before invoke")
     response = state.invoke.response
     moderate = state.moderate
-    if moderate is None:
+    if moderate is None or moderate.outcome == "passed":  # every choice passed: as it came
         return _restored(state, response)
     verdicts = moderate.choices or [ChoiceModeration(outcome=moderate.outcome, content=moderate.content)]
     choices = [_moderated_choice(choice, verdict) for choice, verdict in zip(response.choices, verdicts, strict=False)]

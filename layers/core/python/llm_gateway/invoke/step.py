@@ -196,7 +196,9 @@ def build_completion(
         id=f"chatcmpl-{state.request_id}",
         created=int(state.received_at),
         model=model_id,
-        choices=[
+        choices=[Choice(message=assistant_message(reply.text, reply.tool_calls), finish_reason=reply.finish_reason)]
+        if choices is None and not reply.more
+        else [
             Choice(index=i, message=assistant_message(c.text, c.tool_calls), finish_reason=c.finish_reason)
             for i, c in enumerate(reply.choices() if choices is None else choices)
         ],
@@ -233,14 +235,16 @@ def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
             )
             failed.error.spent = spent.model_dump(mode="json")
             raise failed.error from None
-    choices = reply.choices()[:wanted]
-    single = request if wanted == 1 else request.model_copy(update={"n": None})
-    for index, choice in enumerate(choices):
-        problem = None if choice.tool_calls else format_problem(request, choice.text)  # a tool call is no answer yet
-        if problem is not None:
-            fixed = _repaired(state, deps, model_id, single, choice.text, problem, attempts, deadline)
-            reply = reply.plus_usage(fixed)
-            choices[index] = ReplyChoice(text=fixed.text, finish_reason=fixed.finish_reason)
+    choices: list[ReplyChoice] | None = None  # None: the reply's own (one choice, as it came)
+    if wanted > 1 or request.response_format is not None:
+        choices = reply.choices()[:wanted]
+        single = request if wanted == 1 else request.model_copy(update={"n": None})
+        for index, choice in enumerate(choices):
+            problem = None if choice.tool_calls else format_problem(request, choice.text)  # a call is no answer yet
+            if problem is not None:
+                fixed = _repaired(state, deps, model_id, single, choice.text, problem, attempts, deadline)
+                reply = reply.plus_usage(fixed)
+                choices[index] = ReplyChoice(text=fixed.text, finish_reason=fixed.finish_reason)
     return InvokeResult(
         model=model_id,
         provider=provider.name,
