@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -168,6 +169,22 @@ def test_a_conversation_continues_through_the_responses_api_and_stays_with_its_t
     api.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         api.responses.retrieve(second.id)  # it continued the deleted one
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_anthropic_sdk_gets_a_message_through_the_same_route(served: Served, stream: bool) -> None:
+    tenant = next(iter(served.keys))
+    client = anthropic.Anthropic(
+        base_url=served.url.removesuffix("/v1"), api_key=served.keys[tenant], max_retries=0, timeout=120
+    )
+    ask = [{"role": "user", "content": "Name a colour."}]
+    if stream:
+        with client.messages.stream(model="default", max_tokens=8, messages=ask) as events:  # type: ignore[arg-type]
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(model="default", max_tokens=8, messages=ask)  # type: ignore[arg-type]
+    assert message.content and message.content[0].text.strip()  # type: ignore[union-attr]
+    assert message.model == "smollm2-135m-instruct-q4_1" and message.usage.output_tokens > 0
 
 
 def test_the_local_model_answers_several_choices(served: Served) -> None:
