@@ -124,8 +124,8 @@ def test_the_guard_blocks_an_injection_with_a_typed_decision_and_metrics() -> No
     metrics = deps.metrics
     assert isinstance(metrics, InMemoryMetrics)
     assert metrics.counters[("guard_triggers", (("action", "block"), ("layer", "prompt_injection")))] == 1
-    [(name, labels)] = [key for key in metrics.summaries if key[0] == "guard_layer_ms"]
-    assert labels == (("layer", "prompt_injection"),) and metrics.summaries[(name, labels)][0] == 1  # one run
+    [(name, labels)] = [key for key in metrics.histograms if key[0] == "guard_layer_ms"]
+    assert labels == (("layer", "prompt_injection"),) and metrics.histograms[(name, labels)].count == 1  # one run
 
 
 def test_benign_requests_pass_and_flag_mode_lets_attacks_through_recorded() -> None:

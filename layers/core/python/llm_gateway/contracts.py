@@ -552,6 +552,7 @@ class GatewayState(_Strict):
     moderate: ModerateResult | None = None
     finish: FinishResult | None = None
     error: StepError | None = None
+    first_token_at: float | None = None  # a streamed answer: when its first text reached the client
 
     def model_request(self, route: RouteResult | None = None) -> ChatCompletionRequest:
         """The request as the caches and the model see it: with the guard's PII masking applied,

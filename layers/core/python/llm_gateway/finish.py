@@ -220,13 +220,55 @@ def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
     cached = _store_in_cache(state, deps)
     cost = _record_usage(state, deps)
     settle(state, deps)
-    deps.audit.record(_audit(state, deps, _outcome(state)))
+    outcome = _outcome(state)
+    deps.audit.record(_audit(state, deps, outcome))
+    request_metrics(state, deps, outcome)
     guard = state.guard
     if guard is not None and guard.outcome == "blocked":
         message = guard.message or "The request was refused by the gateway's input policy."
         refusal = GuardrailBlocked(message, code=guard.layer)
         return FinishResult(status=refusal.status, error=refusal.body())
     return FinishResult(cached=cached, cost_usd=cost, response=final_response(state))
+
+
+def request_metrics(state: GatewayState, deps: Deps, outcome: str, error: GatewayError | None = None) -> None:
+    """The request's own metrics (docs/observability.md), labelled tenant, route, model and outcome:
+    `requests`, `request_duration_seconds`, `time_to_first_token_seconds` (a streamed answer's
+    first text; a whole answer's first token comes with the rest, so its duration), and for what a
+    model answered `tokens` by kind, `cost_usd` and `output_tokens`; `errors` by code."""
+    tenant = state.guard.tenant.tenant if state.guard is not None and state.guard.tenant is not None else NO_LABEL
+    route = state.router.route if state.router is not None else None
+    if route is None and state.cache is not None:
+        route = state.cache.route
+    if route is None and state.guard is not None and state.guard.route is not None:
+        route = state.guard.route.route
+    answer = state.invoke.response if state.invoke is not None else state.cache.response if state.cache else None
+    model = answer.model if answer is not None else NO_LABEL
+    labels = {"tenant": tenant, "route": route or NO_LABEL, "model": model, "outcome": outcome}
+    metrics = deps.metrics
+    now = deps.clock()
+    metrics.count("requests", 1.0, **labels)
+    metrics.observe("request_duration_seconds", max(0.0, now - state.received_at), **labels)
+    if error is not None:
+        metrics.count("errors", tenant=tenant, code=error.code or type(error).__name__)
+    elif answer is not None:
+        first = state.first_token_at if state.first_token_at is not None else now
+        metrics.observe("time_to_first_token_seconds", max(0.0, first - state.received_at), **labels)
+    if state.invoke is not None:  # what a model was paid for (a cache hit costs nothing)
+        usage = state.invoke.response.usage
+        cached = usage.prompt_tokens_details.cached_tokens
+        for kind, n in (
+            ("input", usage.prompt_tokens - cached),
+            ("cached", cached),
+            ("output", usage.completion_tokens),
+        ):
+            if n:
+                metrics.count("tokens", n, tenant=tenant, model=model, kind=kind)
+        metrics.count("cost_usd", usage.cost_usd, tenant=tenant, model=model)
+        metrics.observe("output_tokens", usage.completion_tokens, tenant=tenant, route=labels["route"], model=model)
+
+
+NO_LABEL = "_none"  # a label the request never got a value for (refused before its tenant or model was known)
 
 
 def _record_usage(state: GatewayState, deps: Deps) -> float:
@@ -260,6 +302,7 @@ def record_abandoned(state: GatewayState, deps: Deps, error: GatewayError) -> Fi
     _record_usage(state, deps)
     settle(state, deps)
     deps.audit.record(_audit(state, deps, "error", error.code or type(error).__name__))
+    request_metrics(state, deps, "error", error)
     return FinishResult(status=error.status, error=error.body())
 
 
@@ -273,6 +316,7 @@ def record_failure(state: GatewayState, deps: Deps, error: GatewayError) -> Fini
         return failed.model_copy(update={"retry_after_s": error.retry_after_s})
     settle(state.model_copy(update={"invoke": None}), deps)
     deps.audit.record(_audit(state, deps, "error", error.code or type(error).__name__))
+    request_metrics(state, deps, "error", error)
     return FinishResult(status=error.status, error=error.body(), retry_after_s=error.retry_after_s)
 
 

@@ -223,7 +223,11 @@ def _relay(
     ended = _Ended(runner, state, model_id, provider, attempts, t0, progress)
     try:
         yield _chunk(state, model_id, ChunkDelta(role="assistant", content=""))
-        yield from _release(state, model_id, deltas, runner.deps.output_blocklists[state.tenant().tenant], progress)
+        blocklist = runner.deps.output_blocklists[state.tenant().tenant]
+        for item in _release(state, model_id, deltas, blocklist, progress):
+            if state.first_token_at is None and isinstance(item, ChatCompletionChunk) and _carries_output(item):
+                state.first_token_at = time.time()  # the time to first token the metrics report
+            yield item
     except GeneratorExit:
         ended.early(ClientClosedRequest("The client closed the stream."))
         raise
@@ -239,6 +243,10 @@ def _relay(
         if close is not None:
             close()  # stop generating (and paying) as soon as we stop reading
     yield from _settle(runner, state, model_id, provider, attempts, t0, progress)
+
+
+def _carries_output(chunk: ChatCompletionChunk) -> bool:
+    return any(choice.delta.content or choice.delta.tool_calls for choice in chunk.choices)
 
 
 @dataclass
