@@ -68,21 +68,37 @@ def test_each_request_flushes_its_metrics_as_emf_on_stdout(
     answered = chat(stream_function, stream=False)
     assert answered.status_code == 200, answered.text
     first = emf_lines(capsys.readouterr().out)
-    # Then its metrics are on stdout as one EMF record in the gateway's namespace
-    assert len(first) == 1, first
-    directive = first[0]["_aws"]["CloudWatchMetrics"][0]
-    assert directive["Namespace"] == NAMESPACE
-    names = {m["Name"] for m in directive["Metrics"]}
-    assert any(name.startswith("cache_lookups.") for name in names), names
+    # Then its metrics are on stdout as EMF records in the gateway's namespace, one per label set,
+    # the labels as real dimensions (not folded into the names)
+    assert first and all(r["_aws"]["CloudWatchMetrics"][0]["Namespace"] == NAMESPACE for r in first)
+    request = record_of(first, "request_duration_seconds")
+    dimensions = request["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]
+    assert set(dimensions) >= {"tenant", "route", "model", "outcome"}
+    assert (request["tenant"], request["route"], request["model"], request["outcome"]) == (
+        "acme",
+        "default",
+        "echo",
+        "ok",
+    )
+    units = {m["Name"]: m["Unit"] for m in request["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert units["request_duration_seconds"] == "Seconds" and units["requests"] == "Count"
+    lookups = record_of(first, "cache_lookups")
+    assert lookups["status"] == "miss" and "status" in lookups["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]
+    assert not any("." in m["Name"] for r in first for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"])
 
     # When a streamed request is answered (the client read the whole stream)
     streamed = chat(stream_function, stream=True)
     assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
     second = emf_lines(capsys.readouterr().out)
     # Then that request's metrics were flushed too, on their own (not held for a later request)
-    assert len(second) == 1, second
-    assert second[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == NAMESPACE
-    assert second[0]["_aws"]["Timestamp"] >= first[0]["_aws"]["Timestamp"]
+    assert record_of(second, "time_to_first_token_seconds")["outcome"] == "cache_hit"  # the same question again
+    assert min(r["_aws"]["Timestamp"] for r in second) >= min(r["_aws"]["Timestamp"] for r in first)
+
+
+def record_of(records: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The one EMF record that carries `metric`."""
+    (found,) = [r for r in records if any(m["Name"] == metric for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"])]
+    return found
 
 
 def test_a_request_that_records_no_metric_prints_nothing(

@@ -3,10 +3,10 @@ server's app on the Lambda's dependencies, its Powertools metrics flushed per re
 
 A chain function's `@metrics.log_metrics` prints its metrics after each invocation; the streaming
 function has no handler (the adapter forwards HTTP to uvicorn), so `FlushMetrics` does it. What a
-request recorded is printed as one EMF line just before its response's last body message (for a
-stream, after the finish step ran, so the line is out before the client has the end of the
-answer), and anything recorded after that when the request ends. Lambda sends one request at a
-time to an instance, so a line holds one request's metrics.
+request recorded is printed as EMF lines (one per label set) just before its response's last body
+message (for a stream, after the finish step ran, so the lines are out before the client has the
+end of the answer), and anything recorded after that when the request ends. Lambda sends one
+request at a time to an instance, so the lines hold one request's metrics.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Any
 
 from ..http.app import create_app
 from ..runner import InProcessRunner
-from .observability import metrics
+from .observability import labelled, metrics
 from .runtime import deps
 
 
 def flush_metrics() -> None:
-    """Print the metrics recorded so far as one EMF line on stdout, if there are any (Powertools
-    warns on an empty flush), and push it out of Python's buffer: stdout is a pipe on Lambda."""
-    if metrics.metric_set:
+    """Print the metrics recorded so far as EMF lines on stdout, if there are any (Powertools
+    warns on an empty flush), and push them out of Python's buffer: stdout is a pipe on Lambda."""
+    if metrics.metric_set or labelled.pending():
         metrics.flush_metrics()
         sys.stdout.flush()
 
