@@ -183,6 +183,15 @@ class Conversations(_Config):
     retention_days: float = Field(default=30, gt=0, le=3650)
 
 
+class Traces(_Config):
+    """The tenant's request traces (`GET /v1/traces/{id}`, feedback): kept for `retention_days`;
+    the prompt and answer only with `store_content` (PII masked per the tenant's policy)."""
+
+    enabled: bool = True
+    retention_days: float = Field(default=30, gt=0, le=3650)
+    store_content: bool = False
+
+
 class RouteConfig(_Config):
     # With `complexity`, `model` defaults to its largest model (used for requests it does not score).
     model: str = Field(min_length=1)
@@ -459,6 +468,7 @@ class TenantConfig(_Config):
     system_prompt: SystemPrompt | None = None  # the tenant's instructions on every route without its own
     tools: ToolPolicy = Field(default_factory=ToolPolicy)
     conversations: Conversations = Field(default_factory=Conversations)
+    traces: Traces = Field(default_factory=Traces)
 
     def system_prompt_for(self, route: str) -> SystemPrompt | None:
         settings = self.routes.get(route)

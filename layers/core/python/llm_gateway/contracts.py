@@ -553,6 +553,7 @@ class GatewayState(_Strict):
     finish: FinishResult | None = None
     error: StepError | None = None
     first_token_at: float | None = None  # a streamed answer: when its first text reached the client
+    timings_ms: dict[str, float] = Field(default_factory=dict)  # each step's time, where the runner timed it
 
     def model_request(self, route: RouteResult | None = None) -> ChatCompletionRequest:
         """The request as the caches and the model see it: with the guard's PII masking applied,

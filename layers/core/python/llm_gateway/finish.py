@@ -227,8 +227,29 @@ def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
     if guard is not None and guard.outcome == "blocked":
         message = guard.message or "The request was refused by the gateway's input policy."
         refusal = GuardrailBlocked(message, code=guard.layer)
+        _trace(state, deps, outcome, refusal)
         return FinishResult(status=refusal.status, error=refusal.body())
-    return FinishResult(cached=cached, cost_usd=cost, response=final_response(state))
+    response = final_response(state)
+    _trace(state, deps, outcome, answer=response)
+    return FinishResult(cached=cached, cost_usd=cost, response=response)
+
+
+def _trace(
+    state: GatewayState,
+    deps: Deps,
+    outcome: str,
+    error: GatewayError | None = None,
+    answer: ChatCompletion | None = None,
+) -> None:
+    """The request's trace (`traces`); a store that fails loses the trace, never the answer."""
+    if deps.traces is None:
+        return
+    from .traces import record_trace
+
+    try:
+        record_trace(state, deps, outcome, error, answer)
+    except Exception:
+        log.exception("keeping a trace failed", extra={"request_id": state.request_id})
 
 
 def request_metrics(state: GatewayState, deps: Deps, outcome: str, error: GatewayError | None = None) -> None:
@@ -303,6 +324,7 @@ def record_abandoned(state: GatewayState, deps: Deps, error: GatewayError) -> Fi
     settle(state, deps)
     deps.audit.record(_audit(state, deps, "error", error.code or type(error).__name__))
     request_metrics(state, deps, "error", error)
+    _trace(state, deps, "error", error)
     return FinishResult(status=error.status, error=error.body())
 
 
@@ -317,6 +339,7 @@ def record_failure(state: GatewayState, deps: Deps, error: GatewayError) -> Fini
     settle(state.model_copy(update={"invoke": None}), deps)
     deps.audit.record(_audit(state, deps, "error", error.code or type(error).__name__))
     request_metrics(state, deps, "error", error)
+    _trace(state, deps, "error", error)
     return FinishResult(status=error.status, error=error.body(), retry_after_s=error.retry_after_s)
 
 

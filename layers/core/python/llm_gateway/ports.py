@@ -1,5 +1,5 @@
 """Interfaces of the stores: caches, rate limits, ledgers, audit, review, allow-list, budgets, batch
-jobs, objects and conversations. Local adapters live in `adapters.local`, AWS ones in `adapters.aws`.
+jobs, objects, conversations and traces. Local adapters live in `adapters.local`, AWS ones in `adapters.aws`.
 
 Interfaces that sit beside their domain code: the semantic index (`semantic.index.SemanticIndex`),
 metrics (`observability.MetricsSink`), providers (`providers.base.Provider`,
@@ -371,4 +371,73 @@ class ConversationStore(Protocol):
     def delete(self, tenant: str, response_id: str) -> int:
         """Remove the tenant's response and every response that continues from it (each holds its
         turns); how many were removed (0: there was none)."""
+        ...
+
+
+class Feedback(BaseModel):
+    """A user's verdict on one answer: thumbs (-1 or +1) or a rating (1 to 5), and an optional
+    comment (PII masked per the tenant's policy). `satisfaction` maps either to [0, 1]."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["thumbs", "rating"]
+    score: int
+    comment: str | None = None
+    at: float
+
+    @property
+    def satisfaction(self) -> float:
+        return (self.score + 1) / 2 if self.kind == "thumbs" else (self.score - 1) / 4
+
+    @property
+    def negative(self) -> bool:
+        return self.satisfaction < 0.5
+
+
+class StepTrace(BaseModel):
+    """What one step of the chain decided, and how long it took (None where it was not timed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    ms: float | None = None
+    detail: dict[str, Any]
+
+
+class Trace(BaseModel):
+    """One request as its tenant may look it up: each step it went through and what it decided,
+    timings, attempts, tokens, cost; its prompt and answer only when the tenant keeps them
+    (`traces.store_content`, PII masked); the feedback it got. No key, no raw user id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    tenant: str
+    ts: float
+    expires_at: float
+    outcome: str
+    error_code: str | None = None
+    route: str | None = None
+    model: str | None = None
+    latency_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    steps: list[StepTrace]
+    content: dict[str, Any] | None = None
+    feedback: list[Feedback] = []
+
+
+class TraceStore(Protocol):
+    """Traces, partitioned by tenant: found only under the tenant whose request it was, until it expires."""
+
+    def put(self, trace: Trace) -> None:
+        """Keep a request's trace (a repeated put keeps the first)."""
+        ...
+
+    def get(self, tenant: str, request_id: str, now: float) -> Trace | None: ...
+
+    def add_feedback(self, tenant: str, request_id: str, feedback: Feedback, now: float) -> Trace | None:
+        """Add feedback to the tenant's trace; the trace as it now is, or None when there is none."""
         ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +44,9 @@ class InProcessRunner:
                     continue
                 if step.name == stop_before:
                     return state
+                started_at = time.perf_counter()
                 result = function(state, self.deps)
+                state.timings_ms[step.name] = round((time.perf_counter() - started_at) * 1000, 3)
                 setattr(state, step.name, result)
                 if step.exit is not None and step.exit.taken(result):
                     break

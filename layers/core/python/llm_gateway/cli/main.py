@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, hash_key, load_config
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
-from . import batch, cost_report, guard_report
+from . import batch, cost_report, guard_report, trace
 from .store_location import load_local_config, note_if_new
 from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
 
@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     calibrate_cmd.add_argument("--route", help="tenant.route: its models and knob (a share or a cost)")
     batch.add_parser(commands, configured)
     guard_report.add_parser(commands, configured)
+    trace.add_parser(commands, configured)
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "route-calibrate": lambda: route_calibrate(args),
         "batch": lambda: batch.run(args),
         "guard-report": lambda: guard_report.guard_report(args),
+        "trace": lambda: trace.trace(args),
         "hash-key": lambda: print_key_digest(args.key),
     }
     try:

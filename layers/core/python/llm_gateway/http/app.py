@@ -410,6 +410,49 @@ class GatewayApp:
             raise missing
         return input_items_page(stored) if what == "items" else stored.response
 
+    async def trace(self, request: Request) -> Response:
+        """`GET /v1/traces/{request_id}`: the trace of one of the caller's tenant's requests (any
+        other request, another tenant's included, is a 404)."""
+        try:
+            tenant = self._tenant_of(request)
+            request_id = request.path_params["request_id"]
+            store = self.deps.traces
+            found = await anyio.to_thread.run_sync(store.get, tenant, request_id, self.deps.clock()) if store else None
+            if found is None:
+                raise NotFound(f"No trace of request '{request_id}' found.")
+        except GatewayError as error:
+            return _error_response(error)
+        return Response(found.model_dump_json(), media_type=JSON)
+
+    async def feedback(self, request: Request) -> Response:
+        """`POST /v1/feedback` `{"request_id", "score", "kind"?, "comment"?}`: the caller's verdict on
+        one of its tenant's answers (`traces.give_feedback`); 404 for any other request."""
+        from ..traces import FeedbackRequest, give_feedback
+
+        try:
+            tenant = self._tenant_of(request)
+            body = await _read_body(request, self.deps.config.limits.max_body_bytes)
+            given = _parse(body, FeedbackRequest)
+            trace = await anyio.to_thread.run_sync(give_feedback, self.deps, tenant, given)
+        except GatewayError as error:
+            return _error_response(error)
+        latest = trace.feedback[-1]
+        return JSONResponse(
+            {
+                "object": "feedback",
+                "request_id": trace.request_id,
+                "kind": latest.kind,
+                "score": latest.score,
+                "satisfaction": latest.satisfaction,
+            }
+        )
+
+    def _tenant_of(self, request: Request) -> str:
+        found = self._key_owner(_api_key(request))
+        if found is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return found[0]
+
     def _record_edge_refusal(
         self, request_id: str, received_at: float, key: str | None, request: Request, error: GatewayError
     ) -> None:
@@ -617,6 +660,8 @@ def create_app(runner: InProcessRunner) -> GatewayAsgi:
             Route("/v1/responses/{response_id}", gateway.stored_response, methods=["GET", "DELETE"]),
             Route("/v1/responses/{response_id}/input_items", gateway.stored_response, methods=["GET"]),
             Route("/v1/embeddings", gateway.embeddings, methods=["POST"]),
+            Route("/v1/traces/{request_id}", gateway.trace, methods=["GET"]),
+            Route("/v1/feedback", gateway.feedback, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
             Route("/v1/models/{model:path}", gateway.models, methods=["GET"]),
             Route("/v1/batches", gateway.batches, methods=["GET"]),

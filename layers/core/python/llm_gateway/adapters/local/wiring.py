@@ -36,6 +36,7 @@ def local_deps(
     from .review import SqliteReviewQueue
     from .semantic import LocalSemanticIndex
     from .sqlite import SqliteStore
+    from .traces import SqliteTraceStore
 
     if pseudonym_key_beside_store and not os.environ.get(KEY_ENV) and config.storage_path != ":memory:":
         # Pseudonyms keyed per deployment: the key lives beside the store it protects.
@@ -48,7 +49,9 @@ def local_deps(
     budgets = stack.enter_context(contextlib.closing(SqliteBudgetLedger(path)))
     batch_jobs = stack.enter_context(contextlib.closing(SqliteBatchJobs(path)))
     conversations = stack.enter_context(contextlib.closing(SqliteConversationStore(path)))
+    traces = stack.enter_context(contextlib.closing(SqliteTraceStore(path)))
     return Deps(
+        traces=traces,
         batch_jobs=batch_jobs,
         conversations=conversations,
         config=config,
