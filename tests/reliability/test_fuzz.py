@@ -309,6 +309,8 @@ def test_the_served_document_is_the_fuzzed_one(gateway: FuzzGateway) -> None:
         ("GET", "/v1/responses/{response_id}"),
         ("DELETE", "/v1/responses/{response_id}"),
         ("GET", "/v1/responses/{response_id}/input_items"),
+        ("GET", "/v1/traces/{request_id}"),
+        ("POST", "/v1/feedback"),
         ("GET", "/v1/models"),
         ("GET", "/v1/models/{model}"),
         ("GET", "/v1/batches"),

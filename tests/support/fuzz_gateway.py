@@ -26,6 +26,7 @@ from llm_gateway.adapters.local.batch import SqliteBatchJobs
 from llm_gateway.adapters.local.budget import SqliteBudgetLedger
 from llm_gateway.adapters.local.conversations import SqliteConversationStore
 from llm_gateway.adapters.local.semantic import LocalSemanticIndex
+from llm_gateway.adapters.local.traces import SqliteTraceStore
 from llm_gateway.config import hash_key, parse_config
 from llm_gateway.deps import Deps
 from llm_gateway.http.app import create_app
@@ -147,6 +148,7 @@ def fuzz_gateway(folder: Path) -> Iterator[FuzzGateway]:
     deps = make_deps(parse_config(CONFIG), db=db, metrics=InMemoryMetrics(), budgets=SqliteBudgetLedger(db))
     deps.semantic = LocalSemanticIndex(db)
     deps.conversations = SqliteConversationStore(db)
+    deps.traces = SqliteTraceStore(db)
     jobs = SqliteBatchJobs(folder / "batches.db")
     jobs.create(_batch_job(BATCH_ID, "fuzz"), [])
     jobs.create(_batch_job(OTHER_BATCH_ID, "other"), [])

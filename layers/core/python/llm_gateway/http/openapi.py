@@ -22,6 +22,7 @@ from ..contracts import (
     EmbeddingRequest,
     ErrorBody,
 )
+from ..ports import Trace
 from ..response_headers import METHOD_NOT_ALLOWED, openapi_headers
 
 _REF = "#/components/schemas/{model}"
@@ -136,6 +137,15 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
         },
         "required": ["id", "object", "status", "output"],
     },
+    "FeedbackKept": _object(
+        {
+            "object": {"const": "feedback"},
+            "request_id": {"type": "string"},
+            "kind": {"enum": ["thumbs", "rating"]},
+            "score": {"type": "integer"},
+            "satisfaction": {"type": "number", "minimum": 0, "maximum": 1},
+        }
+    ),
     "ResponseDeleted": _object(
         {"id": {"type": "string"}, "object": {"const": "response.deleted"}, "deleted": {"const": True}}
     ),
@@ -245,6 +255,7 @@ def _one_purge_selector(schema: dict[str, Any]) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     from ..messages_api import MessagesRequest  # on first use: not every process serves the document
     from ..responses_api import ResponsesRequest
+    from ..traces import FeedbackRequest
 
     _, schemas = models_json_schema(
         [
@@ -252,6 +263,8 @@ def openapi_document() -> dict[str, Any]:
             (EmbeddingRequest, "validation"),
             (MessagesRequest, "validation"),
             (ResponsesRequest, "validation"),
+            (FeedbackRequest, "validation"),
+            (Trace, "serialization"),
             (PurgeRequest, "validation"),
             (EmbeddingList, "serialization"),
             (ChatCompletion, "serialization"),
@@ -368,6 +381,37 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json("The turn's input items.", "InputItemList"),
                         "401": _UNAUTHORIZED,
                         "404": _error("No such response for this tenant (or it expired)."),
+                    },
+                }
+            },
+            "/v1/traces/{request_id}": {
+                "get": {
+                    "summary": "The trace of one of the key's tenant's requests: each step, what it decided, "
+                    "timings, attempts, tokens, cost, feedback.",
+                    "parameters": [
+                        {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _json("The trace.", "Trace"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such request of this tenant (another tenant's, expired, or never traced)."),
+                    },
+                }
+            },
+            "/v1/feedback": {
+                "post": {
+                    "summary": "A verdict on one of the tenant's answers (thumbs -1/+1 or a 1-5 rating) by its "
+                    "x-request-id.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("FeedbackRequest")}},
+                    },
+                    "responses": {
+                        "200": _json("Kept.", "FeedbackKept"),
+                        "400": _error("Not a feedback body, or a score its kind does not take."),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such request of this tenant."),
+                        "413": _error("Request body over the limit."),
                     },
                 }
             },
