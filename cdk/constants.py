@@ -55,6 +55,7 @@ ENV_REVIEW_QUEUE_URL = "REVIEW_QUEUE_URL"
 ENV_REVIEW_TABLE = "REVIEW_TABLE"
 ENV_BUDGET_TABLE = "BUDGET_TABLE"
 ENV_CONVERSATION_TABLE = "CONVERSATION_TABLE"
+ENV_TRACE_TABLE = "TRACE_TABLE"
 ENV_BATCH_TABLE = "BATCH_TABLE"
 ENV_BATCH_BUCKET = "BATCH_BUCKET"
 ENV_IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
@@ -74,6 +75,10 @@ PROVIDER_KEYS = "provider_keys"  # JSON object: environment variable name -> pro
 PSEUDONYMS = "pseudonyms"  # the generated key of the audit and usage records' pseudonyms
 REVIEW = "review"  # tier 4: send flagged items to the review queue
 BUDGETS = "budgets"  # reserve (router), settle (finish), release (record_failure)
+TRACES = "traces"  # write each request's trace (the functions that finish a request)
+TRACE_WRITE_ACTIONS = ("dynamodb:PutItem",)
+TRACES_API = "traces_api"  # read traces and add feedback too (the streaming function's routes)
+TRACE_API_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
 CONVERSATIONS = "conversations"  # the Responses API's stored responses (the streaming function)
 CONVERSATION_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query")
 BUDGET_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query")
@@ -113,16 +118,19 @@ FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     "moderate": frozenset({PROVIDER_KEYS, REVIEW, PSEUDONYMS}),  # the LLM judge; flagged answers
     "router": frozenset({BUDGETS, PSEUDONYMS}),  # budget reservations
     # cache store, usage and audit records, settling
-    "finish": frozenset({MOMENTO, USAGE, AUDIT, BUDGETS, PSEUDONYMS}),
-    "record_failure": frozenset({AUDIT, BUDGETS, PSEUDONYMS}),  # the audit record of a failed request, its release
+    "finish": frozenset({MOMENTO, USAGE, AUDIT, BUDGETS, TRACES, PSEUDONYMS}),
+    # the audit record and trace of a failed request, its release
+    "record_failure": frozenset({AUDIT, BUDGETS, TRACES, PSEUDONYMS}),
     STREAM_FOLDER: frozenset(
-        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, CONVERSATIONS, PSEUDONYMS}
-    ),  # runs the whole chain in-process, and the Responses API
+        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, CONVERSATIONS, TRACES_API, PSEUDONYMS}
+    ),  # runs the whole chain in-process, the Responses API, traces and feedback
     BATCH_SUBMIT_FOLDER: frozenset(
         {BATCH_JOBS, IDEMPOTENCY, PSEUDONYMS}
     ),  # creates jobs (reads the bucket's batches/in/)
     # runs the whole chain in-process, line by line (reads batches/in/, writes batches/out/)
-    BATCH_WORK_FOLDER: frozenset({MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, BATCH_JOBS, PSEUDONYMS}),
+    BATCH_WORK_FOLDER: frozenset(
+        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, BATCH_JOBS, TRACES, PSEUDONYMS}
+    ),
     BATCH_STATUS_FOLDER: frozenset({BATCH_JOBS_READ}),  # the caller's tenant's jobs and their lines
 }
 

@@ -27,6 +27,7 @@ class GatewayStores(Construct):
         self.review_table, self.review_queue = self._review(stage)
         self.budgets = self._budgets(stage)
         self.conversations = self._conversations(stage)
+        self.traces = self._table("Traces", stage, partition=c.TABLE_PARTITION_KEY, sort="request_id")
         self.batch_jobs, self.idempotency = self._batch(stage)
         self.momento_secret = self._secret(
             "MomentoApiKey",
@@ -71,6 +72,7 @@ class GatewayStores(Construct):
             c.ENV_REVIEW_TABLE: self.review_table.table_name,
             c.ENV_BUDGET_TABLE: self.budgets.table_name,
             c.ENV_CONVERSATION_TABLE: self.conversations.table_name,
+            c.ENV_TRACE_TABLE: self.traces.table_name,
         }
 
     def grant(self, grantee: iam.IGrantable, access: Iterable[str]) -> None:
@@ -108,6 +110,9 @@ class GatewayStores(Construct):
                     actions=list(c.BUDGET_ACTIONS),
                     resource_arns=[self.budgets.table_arn, f"{self.budgets.table_arn}/index/held"],
                 )
+            elif store in (c.TRACES, c.TRACES_API):  # traces: written by who finishes, read by the API
+                actions = c.TRACE_WRITE_ACTIONS if store == c.TRACES else c.TRACE_API_ACTIONS
+                self.traces.grant(grantee, *actions)
             elif store == c.CONVERSATIONS:  # stored responses, and the index deletions follow
                 iam.Grant.add_to_principal(
                     grantee=grantee,

@@ -252,6 +252,15 @@ def test_usage_and_audit_landed_in_dynamodb(deployed: Deployed) -> None:
     outcomes = {item["outcome"]["S"] for item in items}
     assert {"ok", "cache_hit", "blocked"} <= outcomes
     assert KEY not in json.dumps(items) and "capital of France" not in json.dumps(items)
+    # each request's trace, written by the finish (or failure) function, names the steps it took
+    traces_table = next(t for t in tables if "traces" in t.lower())
+    traces = [json.loads(item["trace"]["S"]) for item in dynamodb.scan(TableName=traces_table)["Items"]]
+    answered = [t for t in traces if t["outcome"] == "ok"]
+    assert answered and [s["name"] for s in answered[0]["steps"]] == [
+        "guard", "cache", "router", "invoke", "moderate", "finish"
+    ]  # fmt: skip
+    assert any(t["outcome"] == "blocked" and t["steps"][-1]["name"] == "failed" for t in traces)
+    assert "capital of France" not in json.dumps(traces)  # the tenants keep no content
 
 
 # ----------------------------------------------------------------------------- batch jobs

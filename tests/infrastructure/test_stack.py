@@ -285,7 +285,7 @@ def test_only_finish_record_failure_and_review_ingest_write_the_record_tables(te
     review = next(key for key in tables if key.startswith("StoresReview"))
     budgets = next(key for key in tables if key.startswith("StoresBudgets"))
     batch_tables = {key for key in tables if key.startswith(("StoresBatchJobs", "StoresIdempotency"))}
-    batch_tables |= {key for key in tables if key.startswith("StoresConversations")}  # its own test below
+    batch_tables |= {key for key in tables if key.startswith(("StoresConversations", "StoresTraces"))}  # own tests
     expected_tables = {
         "finish": {usage, audit},
         "record_failure": {audit},
@@ -334,6 +334,28 @@ def test_only_the_streaming_function_keeps_conversations_in_a_tenant_keyed_table
                 assert sorted(refs) == sorted([f"<{table_id}.Arn>", f"<{table_id}.Arn>/index/by_parent"])
                 assert properties["Environment"]["Variables"][c.ENV_CONVERSATION_TABLE] == {"Ref": table_id}
     assert reachers == {c.STREAM_FOLDER}
+
+
+def test_traces_are_written_by_who_finishes_a_request_and_read_by_the_streaming_function(
+    template: dict[str, Any],
+) -> None:
+    tables = resources(template, "AWS::DynamoDB::Table")
+    (table_id,) = [key for key in tables if key.startswith("StoresTraces")]
+    table = tables[table_id]["Properties"]
+    assert [k["AttributeName"] for k in table["KeySchema"]] == ["tenant", "request_id"]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": c.TABLE_TTL_ATTRIBUTE, "Enabled": True}
+    granted: dict[str, set[str]] = {}
+    for folder, (_, properties) in functions_by_folder(template).items():
+        for statement in role_statements(template, properties):
+            if any(table_id in ref for ref in resource_refs(statement)):
+                granted.setdefault(folder, set()).update(actions(statement))
+    writes = set(c.TRACE_WRITE_ACTIONS)
+    assert granted == {
+        "finish": writes,
+        "record_failure": writes,
+        c.BATCH_WORK_FOLDER: writes,
+        c.STREAM_FOLDER: set(c.TRACE_API_ACTIONS),
+    }
 
 
 @pytest.mark.parametrize(

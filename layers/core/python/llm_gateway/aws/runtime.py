@@ -40,6 +40,7 @@ class LambdaSettings(BaseModel):
     review_table: str = Field(default="", alias="REVIEW_TABLE")
     budget_table: str = Field(default="", alias="BUDGET_TABLE")  # reservations and budget counters
     conversation_table: str = Field(default="", alias="CONVERSATION_TABLE")  # the Responses API's store
+    trace_table: str = Field(default="", alias="TRACE_TABLE")  # request traces and their feedback
     # Batch jobs: the job table, the bucket, the workflow, batch_submit's idempotency records,
     # and the first wait between looks at a provider batch (doubling, at most 5 minutes).
     batch_table: str = Field(default="", alias="BATCH_TABLE")
@@ -82,6 +83,7 @@ def _aws_deps(current: LambdaSettings, invoke_policy: RetryPolicy) -> Deps:
     from ..adapters.aws.dynamodb import DynamoAuditLog, DynamoUsageLedger, default_client
     from ..adapters.aws.momento import MomentoExactCache, MomentoRateLimiter
     from ..adapters.aws.momento_semantic import MomentoSemanticIndex
+    from ..adapters.aws.traces import DynamoTraceStore
 
     dynamodb = default_client()
     return Deps(
@@ -90,6 +92,7 @@ def _aws_deps(current: LambdaSettings, invoke_policy: RetryPolicy) -> Deps:
         conversations=(
             DynamoConversationStore(current.conversation_table, dynamodb) if current.conversation_table else None
         ),
+        traces=DynamoTraceStore(current.trace_table, dynamodb) if current.trace_table else None,
         config=load_config(current.config_path),
         cache=MomentoExactCache(momento_client, current.momento_cache),
         limiter=MomentoRateLimiter(momento_client, current.momento_cache),
