@@ -58,7 +58,7 @@ def build_trace(
         answer = state.cache.response
     usage = state.invoke.response.usage if state.invoke is not None else None
     route = state.router.route if state.router is not None else state.cache.route if state.cache else None
-    return Trace(
+    return Trace.model_construct(  # built from validated results: no second validation
         request_id=state.request_id,
         tenant=tenant,
         ts=state.received_at,
@@ -74,6 +74,7 @@ def build_trace(
         cost_usd=usage.cost_usd if usage else 0.0,
         steps=steps(state, error),
         content=_content(state, policy, received) if policy.traces.store_content else None,
+        feedback=[],
     )
 
 
@@ -90,13 +91,13 @@ def steps(state: GatewayState, error: GatewayError | None = None) -> list[StepTr
             detail["planned_route"] = guard.route.route
         if guard.saved_tokens:
             detail["compression_saved_tokens"] = guard.saved_tokens
-        found.append(StepTrace(name="guard", ms=timed.get("guard"), detail=detail))
+        found.append(StepTrace.model_construct(name="guard", ms=timed.get("guard"), detail=detail))
     if state.cache is not None:
         cache = state.cache
         detail = {"status": cache.status, "store": cache.store}
         if cache.score is not None:
             detail.update(score=cache.score, similarity=cache.similarity)
-        found.append(StepTrace(name="cache", ms=timed.get("cache"), detail=detail))
+        found.append(StepTrace.model_construct(name="cache", ms=timed.get("cache"), detail=detail))
     if state.router is not None:
         router = state.router
         detail = {"route": router.route, "candidates": router.candidates, "brief": router.brief}
@@ -104,7 +105,7 @@ def steps(state: GatewayState, error: GatewayError | None = None) -> list[StepTr
             detail["complexity"] = router.complexity
         if router.pinned:
             detail["pinned"] = True
-        found.append(StepTrace(name="router", ms=timed.get("router"), detail=detail))
+        found.append(StepTrace.model_construct(name="router", ms=timed.get("router"), detail=detail))
     if state.invoke is not None:
         invoke = state.invoke
         usage = invoke.response.usage
@@ -116,17 +117,23 @@ def steps(state: GatewayState, error: GatewayError | None = None) -> list[StepTr
             "choices": [c.finish_reason for c in invoke.response.choices],
             "usage": usage.model_dump(exclude={"total_tokens"}),
         }
-        found.append(StepTrace(name="invoke", ms=timed.get("invoke"), detail=detail))
+        found.append(StepTrace.model_construct(name="invoke", ms=timed.get("invoke"), detail=detail))
     if state.moderate is not None:
         moderate = state.moderate
         detail = {"outcome": moderate.outcome, "decisions": _decisions(moderate.decisions)}
         if moderate.layer is not None:
             detail.update(layer=moderate.layer, rule=moderate.rule)
-        found.append(StepTrace(name="moderate", ms=timed.get("moderate"), detail=detail))
+        found.append(StepTrace.model_construct(name="moderate", ms=timed.get("moderate"), detail=detail))
     if error is not None:
-        found.append(StepTrace(name="failed", detail={"status": error.status, "code": error.code, "type": error.type}))
+        found.append(
+            StepTrace.model_construct(
+                name="failed", detail={"status": error.status, "code": error.code, "type": error.type}
+            )
+        )
     else:
-        found.append(StepTrace(name="finish", detail={"status": state.finish.status if state.finish else 200}))
+        found.append(
+            StepTrace.model_construct(name="finish", detail={"status": state.finish.status if state.finish else 200})
+        )
     return found
 
 
