@@ -197,6 +197,30 @@ def test_the_local_model_answers_several_choices(served: Served) -> None:
     assert answer.usage is not None and answer.usage.completion_tokens > 0
 
 
+def test_a_request_is_traced_and_takes_feedback_from_its_tenant_only(served: Served) -> None:
+    first_tenant, second_tenant = list(served.keys)[:2]
+    raw = served.client(first_tenant).chat.completions.with_raw_response.create(
+        model="default",
+        messages=[{"role": "user", "content": "Trace this request."}],
+        max_tokens=6,  # type: ignore[arg-type]
+    )
+    request_id = raw.headers["x-request-id"]
+    root = served.url.removesuffix("/v1")
+
+    def bearer(tenant: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {served.keys[tenant]}"}
+
+    trace = httpx.get(f"{root}/v1/traces/{request_id}", headers=bearer(first_tenant), timeout=30)
+    assert trace.status_code == 200
+    assert [s["name"] for s in trace.json()["steps"]][-1] == "finish" and trace.json()["model"] == raw.headers[
+        "x-gateway-model"
+    ]
+    assert httpx.get(f"{root}/v1/traces/{request_id}", headers=bearer(second_tenant), timeout=30).status_code == 404
+    vote = {"request_id": request_id, "score": 1}
+    assert httpx.post(f"{root}/v1/feedback", json=vote, headers=bearer(second_tenant), timeout=30).status_code == 404
+    assert httpx.post(f"{root}/v1/feedback", json=vote, headers=bearer(first_tenant), timeout=30).status_code == 200
+
+
 def test_wrong_key_is_refused(served: Served) -> None:
     client = openai.OpenAI(base_url=served.url, api_key="sk-gw-not-a-real-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
