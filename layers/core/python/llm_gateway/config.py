@@ -469,6 +469,17 @@ class TenantConfig(_Config):
     tools: ToolPolicy = Field(default_factory=ToolPolicy)
     conversations: Conversations = Field(default_factory=Conversations)
     traces: Traces = Field(default_factory=Traces)
+    alerts: dict[str, float] = Field(default_factory=dict)  # the tenant's thresholds, by alert (`alerts.ALERTS`)
+
+    @field_validator("alerts")
+    @classmethod
+    def _known_alerts(cls, value: dict[str, float]) -> dict[str, float]:
+        from .alerts import ALERT_NAMES
+
+        unknown = sorted(set(value) - set(ALERT_NAMES))
+        if unknown:
+            raise ValueError(f"unknown alerts {unknown}; known: {list(ALERT_NAMES)}")
+        return value
 
     def system_prompt_for(self, route: str) -> SystemPrompt | None:
         settings = self.routes.get(route)
@@ -488,8 +499,16 @@ class CacheSettings(_Config):
     ttl_s: int = Field(default=3600, ge=0)
 
 
+class Alerting(_Config):
+    """How often `serve` evaluates the alerts, and where it posts the ones that start or stop firing."""
+
+    interval_s: float = Field(default=60, ge=1)
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+
+
 class GatewayConfig(_Config):
     limits: Limits = Field(default_factory=Limits)
+    alerting: Alerting = Field(default_factory=Alerting)
     admin_api_keys: list[ApiKey] = Field(default_factory=list)  # may call /admin/* (cache purges)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     storage_path: str = ".llm-gateway/gateway.db"  # relative: from $LLM_GATEWAY_DATA_DIR or ~ (cli/store_location.py)

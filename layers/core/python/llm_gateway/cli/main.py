@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, hash_key, load_config
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
-from . import batch, cost_report, guard_report, trace
+from . import alerts, batch, cost_report, guard_report, trace
 from .store_location import load_local_config, note_if_new
 from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
 
@@ -79,6 +79,7 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
 
             default_embedder()
         deps = local_deps(config, stack)
+        stack.enter_context(alert_watcher(deps))
         if supervisor is not None:
             deps.model_endpoint = supervisor
             supervisor.on_url_change(lambda old, new: repoint(deps, old, new))
@@ -95,6 +96,16 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
         )
         AnnouncingServer(config_, announce).run()
     return 0
+
+
+def alert_watcher(deps: Deps) -> contextlib.AbstractContextManager[object]:
+    """The alerts, evaluated every `alerting.interval_s` over the local store while `serve` runs."""
+    from ..adapters.local.sqlite import SqliteStore
+    from ..alerts import AlertWatcher, LocalAlertHistory
+
+    if not isinstance(deps.audit, SqliteStore):
+        return contextlib.nullcontext()
+    return AlertWatcher(deps.config, LocalAlertHistory(deps.audit.query), deps.clock)
 
 
 def repoint(deps: Deps, old_url: str, new_url: str) -> None:
@@ -266,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_parser(commands, configured)
     guard_report.add_parser(commands, configured)
     trace.add_parser(commands, configured)
+    alerts.add_parser(commands, configured)
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -289,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": lambda: batch.run(args),
         "guard-report": lambda: guard_report.guard_report(args),
         "trace": lambda: trace.trace(args),
+        "alerts": lambda: alerts.alerts(args),
         "hash-key": lambda: print_key_digest(args.key),
     }
     try:
