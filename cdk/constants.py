@@ -62,6 +62,13 @@ ENV_IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
 ENV_BATCH_STATE_MACHINE = "BATCH_STATE_MACHINE_ARN"
 POWERTOOLS_SERVICE_NAME = "llm-gateway"
 POWERTOOLS_METRICS_NAMESPACE = "LlmGateway"
+# The service-level metrics the alarms read (`llm_gateway.aws.observability.SERVICE_LEVEL`).
+METRIC_REQUESTS = "requests"
+METRIC_REQUEST_DURATION = "request_duration_seconds"
+METRIC_ERRORS = "errors"
+METRIC_COST = "cost_usd"
+METRIC_FEEDBACK_SCORE = "feedback_score"
+METRIC_GUARD_TRIGGERS = "guard_triggers"
 
 # Stores.
 TABLE_PARTITION_KEY = "tenant"

@@ -8,6 +8,7 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from cdk.config import StageConfig
+from cdk.constructs.alarms import GatewayAlarms
 from cdk.constructs.api import GatewayApi
 from cdk.constructs.batch import BatchJobs
 from cdk.constructs.functions import ChainFunctions
@@ -46,6 +47,7 @@ class GatewayStack(cdk.Stack):
             if stage.streaming
             else None
         )
+        self.alarms = GatewayAlarms(self, "Alarms", stage=stage)
         self.self_hosted = (
             SelfHostedEndpoint(self, "SelfHosted", stage=stage, config=stage.self_hosted)
             if stage.self_hosted is not None
@@ -67,6 +69,7 @@ class GatewayStack(cdk.Stack):
         cdk.CfnOutput(self, "ApiBaseUrl", value=f"{self.api.api.url}v1", description="OpenAI base URL")
         if self.streaming is not None:
             cdk.CfnOutput(self, "StreamingUrl", value=self.streaming.url.url, description="OpenAI base URL: <url>v1")
+        cdk.CfnOutput(self, "AlertsTopicArn", value=self.alarms.topic.topic_arn, description="subscribe to the alarms")
         cdk.CfnOutput(self, "MomentoSecretArn", value=self.stores.momento_secret.secret_arn)
         cdk.CfnOutput(self, "ProviderKeysSecretArn", value=self.stores.provider_keys.secret_arn)
         cdk.CfnOutput(self, "StateMachineArn", value=self.workflow.state_machine.state_machine_arn)

@@ -358,6 +358,37 @@ def test_traces_are_written_by_who_finishes_a_request_and_read_by_the_streaming_
     }
 
 
+def test_the_five_alerts_are_alarms_that_notify_one_encrypted_topic(template: dict[str, Any]) -> None:
+    from llm_gateway.alerts import ALERTS
+
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    assert len(alarms) == len(ALERTS) == 5
+    (topic_id,) = resources(template, "AWS::SNS::Topic")
+    topic = resources(template, "AWS::SNS::Topic")[topic_id]["Properties"]
+    assert "KmsMasterKeyId" in topic
+    for alarm in alarms.values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic_id}]
+    by_metric = {}
+    for alarm in alarms.values():
+        properties = alarm["Properties"]
+        names = {m["MetricStat"]["Metric"]["MetricName"] for m in properties.get("Metrics", []) if "MetricStat" in m}
+        names.add(properties.get("MetricName", ""))
+        by_metric[frozenset(names - {""})] = properties
+    latency = by_metric[frozenset({c.METRIC_REQUEST_DURATION})]
+    assert (latency["ExtendedStatistic"], latency["Threshold"]) == ("p95", 5.0)
+    assert latency["Dimensions"] == [{"Name": "service", "Value": c.POWERTOOLS_SERVICE_NAME}]
+    rate = by_metric[frozenset({c.METRIC_ERRORS, c.METRIC_REQUESTS})]
+    assert rate["Threshold"] == 0.05 and any("errors / requests" in m.get("Expression", "") for m in rate["Metrics"])
+    for metric, operator in (
+        (c.METRIC_COST, "GreaterThanUpperThreshold"),
+        (c.METRIC_FEEDBACK_SCORE, "LessThanLowerThreshold"),
+        (c.METRIC_GUARD_TRIGGERS, "GreaterThanUpperThreshold"),
+    ):
+        baseline = by_metric[frozenset({metric})]
+        assert baseline["ComparisonOperator"] == operator
+        assert any("ANOMALY_DETECTION_BAND" in m.get("Expression", "") for m in baseline["Metrics"])
+
+
 @pytest.mark.parametrize(
     ("secret", "readers"),
     [

@@ -85,6 +85,11 @@ def test_each_request_flushes_its_metrics_as_emf_on_stdout(
     lookups = record_of(first, "cache_lookups")
     assert lookups["status"] == "miss" and "status" in lookups["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]
     assert not any("." in m["Name"] for r in first for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"])
+    # and the service-level copies the alarms read: the service dimension only
+    service_level = [r for r in first if r["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"]]]
+    assert len(service_level) == 1
+    names = {m["Name"] for m in service_level[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert {"requests", "request_duration_seconds"} <= names and "cache_lookups" not in names
 
     # When a streamed request is answered (the client read the whole stream)
     streamed = chat(stream_function, stream=True)
@@ -96,8 +101,13 @@ def test_each_request_flushes_its_metrics_as_emf_on_stdout(
 
 
 def record_of(records: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    """The one EMF record that carries `metric`."""
-    (found,) = [r for r in records if any(m["Name"] == metric for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"])]
+    """The one labelled EMF record that carries `metric` (not the service-level copy)."""
+    (found,) = [
+        r
+        for r in records
+        if any(m["Name"] == metric for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"])
+        and r["_aws"]["CloudWatchMetrics"][0]["Dimensions"] != [["service"]]
+    ]
     return found
 
 

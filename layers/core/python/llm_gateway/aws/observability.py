@@ -89,6 +89,13 @@ def _unit(name: str, counted: bool) -> MetricUnit:
     return MetricUnit.NoUnit
 
 
+# Also written without their labels (the service dimension only), for the alarms over the whole
+# service (cdk/constructs/alarms.py).
+SERVICE_LEVEL = frozenset(
+    {"requests", "request_duration_seconds", "errors", "cost_usd", "feedback_score", "guard_triggers"}
+)
+
+
 class PowertoolsMetrics:
     """The metrics port on Powertools (CloudWatch embedded metric format): labels are dimensions
     (bounded by the configuration: tenants, routes, models, outcomes, layers, codes)."""
@@ -103,5 +110,5 @@ class PowertoolsMetrics:
     def _add(name: str, unit: MetricUnit, value: float, dimensions: dict[str, str]) -> None:
         if dimensions:
             labelled.add(name, unit, value, dimensions)
-        else:
+        if not dimensions or name in SERVICE_LEVEL:
             metrics.add_metric(name=name, unit=unit, value=value)
