@@ -142,13 +142,16 @@ def _decisions(decisions: list[GuardDecision]) -> list[dict[str, Any]]:
 
 
 def _content(state: GatewayState, policy: TenantConfig, received: ChatCompletion | None) -> dict[str, Any]:
-    """The prompt as the model saw it and the answer the client received, PII masked per the
-    tenant's policy (a value restored for the client goes back to its placeholder)."""
+    """The request as the caller sent it and the answer the client received, PII masked per the
+    tenant's policy with the placeholders the model saw (a value restored for the client goes back
+    to its placeholder)."""
     from .guard.step import ConversationMasker  # the guard package: only where content is kept
 
-    messages = state.guard.masked_messages if state.guard and state.guard.masked_messages else state.request.messages
+    messages = state.request.messages  # as the caller sent them (a replay sends them again)
     masker = ConversationMasker(messages, policy.guards.pii)
     kept: dict[str, Any] = {"messages": [masker.message(m).model_dump(exclude_none=True) for m in messages]}
+    # what else shapes the answer, for a replay (`llm-gateway replay`); RAG passages masked too
+    kept["request"] = {"model": state.request.model, **masker.json(state.request.generation_params())}
     if received is not None:
         answers = [
             ChatMessage.model_validate(
