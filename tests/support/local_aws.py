@@ -247,7 +247,7 @@ def prepare_template(template: dict[str, Any]) -> dict[str, Any]:
     Dropped: the bootstrap-version rule and parameter (there is no bootstrap stack), custom
     resources (their providers are Node.js Lambdas that only matter at deploy time), and the
     types in `_DROPPED_TYPES`, with references to dropped secrets replaced by fake ARNs and
-    outputs that name a dropped resource left out.
+    outputs that name a dropped resource left out. KMS keys' tags take the shape moto reads.
     """
     prepared = json.loads(json.dumps(template))
     prepared.pop("Rules", None)
@@ -263,6 +263,11 @@ def prepare_template(template: dict[str, Any]) -> dict[str, Any]:
     }
     for logical_id in dropped:
         del resources[logical_id]
+    for resource in resources.values():
+        if resource["Type"] == "AWS::KMS::Key" and "Tags" in resource.get("Properties", {}):
+            # moto's CloudFormation reads a KMS key's tags in the KMS API's shape (TagKey, TagValue)
+            tags = resource["Properties"]["Tags"]
+            resource["Properties"]["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]} for t in tags]
     prepared["Resources"] = _substitute(resources, fake_arns)
     outputs = prepared.get("Outputs", {})
     for name in [n for n, o in outputs.items() if any(d in json.dumps(o) for d in dropped)]:
