@@ -7,10 +7,8 @@ import argparse
 import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 
-from ..errors import ConfigError
-from .store_location import load_local_config
+from .store_location import existing_store, load_local_config
 
 
 def add_parser(
@@ -29,9 +27,7 @@ def alerts(args: argparse.Namespace) -> int:
     from ..alerts import LocalAlertHistory, evaluate
 
     config = load_local_config(args.config)
-    path = config.storage_path
-    if path != ":memory:" and not Path(path).exists():
-        raise ConfigError(f"no store at {path}: has `llm-gateway serve` run with this configuration?")
+    path = existing_store(config)
     SqliteTraceStore(path).close()  # the traces table, even where no trace was kept yet
     store = SqliteStore(path, checkpoint_interval_s=0)
     try:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, GatewayError
 from ..ports import Trace
-from .store_location import load_local_config
+from .store_location import existing_store, load_local_config
 
 
 def add_parser(
@@ -41,7 +41,7 @@ def replay(args: argparse.Namespace) -> int:
     from ..runner import InProcessRunner
 
     config = load_local_config(args.config)
-    store = SqliteTraceStore(config.storage_path)
+    store = SqliteTraceStore(existing_store(config))
     try:
         original = store.find(args.request_id)
     finally:

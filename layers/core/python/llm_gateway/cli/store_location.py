@@ -37,6 +37,16 @@ def load_local_config(path: str | Path | None) -> GatewayConfig:
     return config.model_copy(update={"storage_path": storage_path(config.storage_path)})
 
 
+def existing_store(config: GatewayConfig) -> str:
+    """The configuration's store, which `serve` must have written already (`ConfigError` if not)."""
+    from ..errors import ConfigError
+
+    path = config.storage_path
+    if path != ":memory:" and not Path(path).exists():
+        raise ConfigError(f"no store at {path}: has `llm-gateway serve` run with this configuration?")
+    return path
+
+
 def note_if_new(path: str) -> None:
     """Before a read-only command opens the store: one line on stderr when there is none yet (the
     command then reads an empty store, not one that `serve` wrote somewhere else)."""

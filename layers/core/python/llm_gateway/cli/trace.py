@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 from ..errors import ConfigError
 from ..ports import Trace
-from .store_location import load_local_config
+from .store_location import existing_store, load_local_config
 
 
 def add_parser(
@@ -27,9 +26,7 @@ def trace(args: argparse.Namespace) -> int:
     from ..adapters.local.traces import SqliteTraceStore
 
     config = load_local_config(args.config)
-    path = config.storage_path
-    if path != ":memory:" and not Path(path).exists():
-        raise ConfigError(f"no store at {path}: has `llm-gateway serve` run with this configuration?")
+    path = existing_store(config)
     store = SqliteTraceStore(path)
     try:
         found = store.find(args.request_id)
