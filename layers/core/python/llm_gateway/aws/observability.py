@@ -65,18 +65,13 @@ class _Provider(AmazonCloudWatchEMFProvider):
             super().flush_metrics(raise_on_empty_metrics=raise_on_empty_metrics)
 
 
-metrics = Metrics(
-    namespace=NAMESPACE,
-    service=SERVICE,
-    provider=_Provider(
-        metric_set=Metrics._metrics,
-        dimension_set=Metrics._dimensions,
-        metadata_set=Metrics._metadata,
-        default_dimensions=Metrics._default_dimensions,
-        namespace=NAMESPACE,
-        service=SERVICE,
-    ),
-)
+_provider = _Provider(namespace=NAMESPACE, service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE, provider=_provider)
+
+
+def pending() -> bool:
+    """Whether anything was recorded since the last flush."""
+    return bool(_provider.metric_set) or labelled.pending()
 
 
 def _unit(name: str, counted: bool) -> MetricUnit:

@@ -16,14 +16,14 @@ from typing import Any
 
 from ..http.app import create_app
 from ..runner import InProcessRunner
-from .observability import labelled, metrics
+from .observability import metrics, pending
 from .runtime import deps
 
 
 def flush_metrics() -> None:
     """Print the metrics recorded so far as EMF lines on stdout, if there are any (Powertools
     warns on an empty flush), and push them out of Python's buffer: stdout is a pipe on Lambda."""
-    if metrics.metric_set or labelled.pending():
+    if pending():
         metrics.flush_metrics()
         sys.stdout.flush()
 
