@@ -228,7 +228,13 @@ def openai_error_shape(ctx: schemathesis.CheckContext, response: schemathesis.Re
 
 
 def _asks_for_json(case: Any) -> bool:
-    fmt = case.body.get("response_format") if isinstance(case.body, dict) else None
+    """The request asks for JSON: a chat completion's `response_format`, a Responses request's
+    `text.format`."""
+    body = case.body if isinstance(case.body, dict) else {}
+    fmt = body.get("response_format")
+    text = body.get("text")
+    if fmt is None and isinstance(text, dict):
+        fmt = text.get("format")
     return isinstance(fmt, dict) and fmt.get("type") in JSON_FORMATS
 
 
