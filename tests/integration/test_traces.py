@@ -142,6 +142,9 @@ def test_the_operator_reads_a_trace_with_the_cli(
     gateway: tuple[str, InProcessRunner], db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     request_id = ask(gateway, ACME_KEY, "What are your opening hours?")
+    traces = gateway[1].deps.traces
+    assert isinstance(traces, SqliteTraceStore)
+    traces.flush()  # what serve's writer does within a quarter second; the CLI reads the file
     config = tmp_path / "gateway.yaml"
     config.write_text(f"storage_path: {db}\n" + CONFIG)
     assert main(["trace", request_id, "--config", str(config)]) == 0
