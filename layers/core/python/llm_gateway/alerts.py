@@ -25,8 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import httpx
-
 from .ports import Feedback
 
 if TYPE_CHECKING:
@@ -254,6 +252,8 @@ class AlertWatcher:
             "threshold": state.threshold,
             "at": now,
         }
+        import httpx  # only where a webhook is posted: the config reads ALERT_NAMES in functions without httpx
+
         try:
             httpx.post(url, json=body, timeout=5.0).raise_for_status()
         except httpx.HTTPError as exc:  # the alert is logged; the webhook's failure too
