@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -194,11 +195,16 @@ class LocalAlertHistory:
 
     def satisfaction(self, tenant: str, since: float, until: float) -> list[float]:
         # feedback comes after its request: traces of requests up to a day before the range
-        rows = self._query(
-            "SELECT f.value FROM traces, json_each(traces.trace, '$.feedback') AS f "
-            "WHERE traces.tenant = ? AND traces.ts >= ? AND traces.ts < ?",
-            (tenant, since - _DAY, until),
-        )
+        try:
+            rows = self._query(
+                "SELECT f.value FROM traces, json_each(traces.trace, '$.feedback') AS f "
+                "WHERE traces.tenant = ? AND traces.ts >= ? AND traces.ts < ?",
+                (tenant, since - _DAY, until),
+            )
+        except sqlite3.OperationalError as exc:  # a store that never kept a trace has no feedback
+            if "no such table" not in str(exc):
+                raise
+            return []
         given = [Feedback.model_validate_json(str(value)) for (value,) in rows]
         return [f.satisfaction for f in given if since <= f.at < until]
 

@@ -420,6 +420,7 @@ class Trace(BaseModel):
     route: str | None = None
     model: str | None = None
     latency_ms: float
+    first_token_ms: float | None = None  # an answer's first token (a whole answer's: its latency)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0

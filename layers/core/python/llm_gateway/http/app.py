@@ -73,6 +73,7 @@ from ..response_headers import (
 )
 from ..runner import InProcessRunner
 from ..streaming import StreamItem, start_stream
+from .dashboard import Dashboard
 from .openapi import openapi_document
 
 log = logging.getLogger("llm_gateway.http")
@@ -670,6 +671,7 @@ def create_app(runner: InProcessRunner) -> GatewayAsgi:
             Route("/metrics", gateway.metrics, methods=["GET"]),
             Route("/admin/cache/purge", gateway.admin_purge, methods=["POST"]),
             Route("/openapi.json", gateway.openapi, methods=["GET"]),
+            *Dashboard(runner.deps, gateway._is_admin, _error_response).routes(),
         ],
         exception_handlers={404: not_found, 405: not_found},
     )
