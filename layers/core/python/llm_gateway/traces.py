@@ -68,6 +68,7 @@ def build_trace(
         route=route,
         model=answer.model if answer is not None else None,
         latency_ms=round((now - state.received_at) * 1000, 3),
+        first_token_ms=_first_token_ms(state, now) if error is None and answer is not None else None,
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
         cached_tokens=usage.prompt_tokens_details.cached_tokens if usage else 0,
@@ -76,6 +77,12 @@ def build_trace(
         content=_content(state, policy, received) if policy.traces.store_content else None,
         feedback=[],
     )
+
+
+def _first_token_ms(state: GatewayState, now: float) -> float:
+    """As the `time_to_first_token_seconds` metric: a streamed answer's first text, a whole one's end."""
+    first = state.first_token_at if state.first_token_at is not None else now
+    return round(max(0.0, first - state.received_at) * 1000, 3)
 
 
 def steps(state: GatewayState, error: GatewayError | None = None) -> list[StepTrace]:
