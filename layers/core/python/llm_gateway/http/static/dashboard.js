@@ -17,6 +17,12 @@
     return value === null || value === undefined ? "–" : number(value, 1) + " ms";
   }
 
+  function tick(value) {
+    // small values (a request's cost in dollars) keep their significant digits
+    if (value === 0 || Math.abs(value) >= 1) return Number(value).toLocaleString("en-US", { maximumFractionDigits: 2 });
+    return Number(value.toPrecision(2)).toString();
+  }
+
   function series(label, index, extra) {
     return Object.assign({ label: label, stroke: PALETTE[index % PALETTE.length], width: 2, spanGaps: false, points: { show: true, size: 4 } }, extra || {});
   }
@@ -32,7 +38,7 @@
         width: Math.max(el.clientWidth, 300),
         height: 220,
         series: [{}].concat(labels.map(function (label, i) { return series(label, i); })),
-        axes: [{}, { size: 60 }],
+        axes: [{}, { size: 70, values: function (u, splits) { return splits.map(tick); } }],
         legend: { live: true },
       },
       extra || {}
