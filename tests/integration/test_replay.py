@@ -20,7 +20,7 @@ from llm_gateway.config import load_config
 from llm_gateway.contracts import CallerContext, ChatCompletionRequest, GatewayState
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, hash_key
-from tests.support.fake_providers import FakeServer, fake_server, ok
+from tests.support.fake_providers import Behaviour, FakeServer, Script, fake_server, ok, status
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,10 @@ def upstream() -> Iterator[FakeServer]:
 def config_path(upstream: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-fake")
     upstream.script.reset()
+    return write_config(tmp_path, upstream.base_url)
+
+
+def write_config(tmp_path: Path, base_url: str) -> Path:
     model = (
         "{{provider: openai, provider_model: {name}, base_url: {url}, api_key_env: FAKE_OPENAI_KEY, price: {price}}}"
     )
@@ -40,8 +44,8 @@ def config_path(upstream: FakeServer, tmp_path: Path, monkeypatch: pytest.Monkey
     path.write_text(
         f"""storage_path: {tmp_path / "gateway.db"}
 models:
-  gpt-a: {model.format(name="gpt-a", url=upstream.base_url, price="{input_per_mtok: 1.0, output_per_mtok: 2.0}")}
-  gpt-b: {model.format(name="gpt-b", url=upstream.base_url, price="{input_per_mtok: 0.1, output_per_mtok: 0.2}")}
+  gpt-a: {model.format(name="gpt-a", url=base_url, price="{input_per_mtok: 1.0, output_per_mtok: 2.0}")}
+  gpt-b: {model.format(name="gpt-b", url=base_url, price="{input_per_mtok: 0.1, output_per_mtok: 0.2}")}
 tenants:
   acme:
     api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
@@ -112,3 +116,74 @@ def test_a_request_without_kept_content_cannot_be_replayed(
     assert main(["replay", request_id, "--config", str(config_path)]) == 2
     assert "keeps no content" in capsys.readouterr().err
     assert main(["replay", "0" * 32, "--config", str(config_path)]) == 2
+
+
+def by_question(body: dict[str, object]) -> Behaviour:
+    """gpt-a answers question i "Answer i."; gpt-b the same for even i, otherwise in its own words,
+    and fails question 3."""
+    question = str(body["messages"][-1]["content"])  # type: ignore[index]
+    i = int(question.rsplit(" ", 1)[-1].rstrip("?"))
+    if body["model"] == "gpt-a" or i % 2 == 0:
+        return ok(f"Answer {i}.", prompt_tokens=20, completion_tokens=4)
+    return status(500) if i == 3 else ok(f"Answer {i}, in other words.", prompt_tokens=20, completion_tokens=7)
+
+
+def test_a_sample_of_a_tenants_traffic_replays_on_another_model_into_a_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-fake")
+    with fake_server("openai", Script(responder=by_question)) as upstream:  # type: ignore[arg-type]
+        config_path = write_config(tmp_path, upstream.base_url)
+        asked = [answered(config_path, ACME_KEY, f"Mail ana@example.com the answer to question {i}") for i in range(8)]
+        other = answered(config_path, GLOBEX_KEY, "Question 0")  # another tenant: never sampled
+        out = tmp_path / "report"
+        command = ["replay", "--tenant", "acme", "--since", "1h", "--sample", "6", "--seed", "7", "--model", "gpt-b"]
+        assert main([*command, "--out", str(out), "--config", str(config_path)]) == 0
+        replayed = [r.body for r in upstream.script.requests if r.body["model"] == "gpt-b"]
+
+    printed = capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    assert report["stored"] == 8 and report["tenant"] == "acme" and report["model"] == "gpt-b"
+    originals = [c["original"]["request_id"] for c in report["requests"]]
+    assert len(set(originals)) == 6 and set(originals) <= set(asked) and other not in originals
+    numbers = [int(str(b["messages"][-1]["content"]).rsplit(" ", 1)[-1]) for b in replayed]
+    odd = [n for n in set(numbers) if n % 2]
+    summary = report["summary"]
+    assert summary["requests"] == 6
+    assert summary["same_answer"] == 6 - len(odd)  # the even questions: the same answer
+    assert summary["outcome_changed"] == (3 in numbers) and summary["models"]["replay"] == ["gpt-b"]
+    assert summary["cost_usd"]["replay"] < summary["cost_usd"]["original"]
+    assert summary["guards_changed"] == 0  # PII masked in the original, already masked in the replay
+    assert all("[EMAIL_1]" in str(b["messages"][-1]["content"]) for b in replayed)  # masked, as kept
+    changed = [c for c in report["requests"] if c["answer_diff"]]
+    assert len(changed) == len(odd)
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith("# Replay of acme's traffic on gpt-b")
+    assert all(c["original"]["request_id"] in markdown for c in changed)
+    assert "+Answer 1, in other words." in markdown or 1 not in numbers
+    assert "replayed 6 of 8 stored requests of acme" in printed.out
+    # replays are never sampled: the same seed picks the same requests again
+    with fake_server("openai", Script(responder=by_question)) as upstream:  # type: ignore[arg-type]
+        again = tmp_path / "again"
+        assert main([*command, "--out", str(again), "--config", str(write_config(tmp_path, upstream.base_url))]) == 0
+    repeated = json.loads((again / "report.json").read_text())
+    assert repeated["stored"] == 8 and [c["original"]["request_id"] for c in repeated["requests"]] == originals
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "name a request id, or --tenant"),
+        (["0" * 32, "--tenant", "acme"], "not both"),
+        (["--tenant", "initech"], "tenant initech is not in this configuration"),
+        (["--tenant", "acme", "--sample", "0"], "--sample is 1 to"),
+        (["--tenant", "acme", "--since", "yesterday"], "not an ISO date"),
+        (["--tenant", "globex"], "no stored request with its content"),
+    ],
+)
+def test_a_sample_replay_refuses_what_it_cannot_do(
+    config_path: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answered(config_path, GLOBEX_KEY, "Hello?")  # a store exists; globex keeps no content
+    assert main(["replay", *arguments, "--config", str(config_path)]) == 2
+    assert message in capsys.readouterr().err

@@ -426,6 +426,9 @@ class CallerContext(_Strict):
     # A line of a batch job: the tenant its file was uploaded for (the bucket prefix, checked by
     # the batch submitter); no API key, no online rate limits. Never set from a client request.
     batch_tenant: str | None = None
+    # `llm-gateway replay`: the request this one runs again (kept in its trace, so that a sample of
+    # traffic never picks a replay). Never set from a client request.
+    replay_of: str | None = None
 
 
 class GuardDecision(_Strict):

@@ -428,6 +428,7 @@ class Trace(BaseModel):
     steps: list[StepTrace]
     content: dict[str, Any] | None = None
     feedback: list[Feedback] = []
+    replay_of: str | None = None  # `llm-gateway replay`: the request this one ran again
 
 
 class TraceStore(Protocol):

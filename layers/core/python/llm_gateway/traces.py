@@ -76,6 +76,7 @@ def build_trace(
         steps=steps(state, error),
         content=_content(state, policy, received) if policy.traces.store_content else None,
         feedback=[],
+        replay_of=state.caller.replay_of,
     )
 
 

@@ -116,6 +116,19 @@ class SqliteTraceStore:
             row = self._db.execute("SELECT trace FROM traces WHERE request_id = ?", (request_id,)).fetchone()
         return None if row is None else Trace.model_validate_json(row[0])
 
+    def replayable(self, tenant: str, since: float, until: float) -> list[str]:
+        """The ids of the tenant's unexpired requests made in [since, until) whose traces kept the
+        request (`traces.store_content`), replays left out: what `llm-gateway replay --tenant` samples from."""
+        self.flush()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request_id FROM traces WHERE tenant = ? AND ts >= ? AND ts < ? AND expires_at > ? "
+                "AND json_extract(trace, '$.content.request') IS NOT NULL "
+                "AND json_extract(trace, '$.replay_of') IS NULL ORDER BY ts, request_id",
+                (tenant, since, until, until),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def close(self) -> None:
         self._closed = True
         self._wake.set()
