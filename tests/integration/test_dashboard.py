@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from llm_gateway.adapters.local.review import SqliteReviewQueue
 from llm_gateway.adapters.local.sqlite import SqliteStore
 from llm_gateway.adapters.local.traces import SqliteTraceStore
-from llm_gateway.alerts import _percentile
+from llm_gateway.alerts import percentile
 from llm_gateway.config import parse_config
 from llm_gateway.dashboard import WINDOWS, dashboard_data
 from llm_gateway.http.app import create_app
@@ -317,9 +317,9 @@ def test_percentiles_per_bucket_are_the_nearest_rank_values_the_latency_alert_re
     config = parse_config(config_text("http://127.0.0.1:9/v1"))
     data = dashboard_data(store.query, config, window, now)
     for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
-        expected = [_percentile(recorded[b], q) if b in recorded else None for b in range(60)]
+        expected = [percentile(recorded[b], q) if b in recorded else None for b in range(60)]
         assert data["series"]["latency_ms"][name] == expected
         every = [v for values in recorded.values() for v in values]
-        assert data["totals"]["latency_ms"][name] == _percentile(every, q)
+        assert data["totals"]["latency_ms"][name] == percentile(every, q)
     assert data["series"]["ttft_ms"]["p50"] == [None] * 60  # this store keeps no traces: none, not an error
     store.close()

@@ -107,7 +107,7 @@ Reading = tuple[float | None, int]  # what a rule measured (None: too few observ
 def _latency(rule: AlertRule, history: AlertHistory, tenant: str, since: float, before: float, now: float) -> Reading:
     latencies = history.latencies_ms(tenant, since, now)
     enough = len(latencies) >= rule.min_samples
-    return (_percentile(latencies, 0.95) / 1000 if enough else None), len(latencies)
+    return (percentile(latencies, 0.95) / 1000 if enough else None), len(latencies)
 
 
 def _errors(rule: AlertRule, history: AlertHistory, tenant: str, since: float, before: float, now: float) -> Reading:
@@ -154,7 +154,8 @@ def _measure(rule: AlertRule, history: AlertHistory, tenant: str, now: float) ->
     return _MEASURES[rule.name](rule, history, tenant, since, before, now)
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank `q` quantile (the latency alert's; the dashboard's and replay's too)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .alerts import LocalAlertHistory, QueryFn, evaluate
+from .ports import Feedback
 
 if TYPE_CHECKING:
     from .config import GatewayConfig
@@ -156,8 +157,8 @@ def _triggered(part: str) -> bool:
     return len(fields) >= 2 and fields[1] in _TRIGGERS
 
 
-def _index(bucket: object, buckets: int) -> int:
-    return min(max(int(bucket), 0), buckets - 1)  # type: ignore[call-overload]
+def _index(bucket: Any, buckets: int) -> int:
+    return min(max(int(bucket), 0), buckets - 1)
 
 
 class _Reader:
@@ -165,15 +166,15 @@ class _Reader:
 
     def __init__(self, query: QueryFn, since: float, until: float, bucket_s: float, tenant: str | None) -> None:
         self._query = query
-        self._since, self._bucket_s = since, bucket_s
+        self._since, self._until, self._bucket_s = since, until, bucket_s
         self._where = "ts >= ? AND ts < ?" + (" AND tenant = ?" if tenant is not None else "")
         self._params: tuple[object, ...] = (since, until) + ((tenant,) if tenant is not None else ())
         self._bucket = f"CAST((ts - {since!r}) / {bucket_s!r} AS INTEGER)"
 
-    def rows(self, sql: str, table_missing_ok: bool = False) -> list[tuple[object, ...]]:
+    def rows(self, sql: str, table_missing_ok: bool = False) -> list[tuple[Any, ...]]:
         statement = sql.format(b=self._bucket, where=self._where)
         try:
-            return self._query(statement, self._params)
+            return list(self._query(statement, self._params))
         except sqlite3.OperationalError as exc:  # a store that has never kept traces has no such table
             if table_missing_ok and "no such table" in str(exc):
                 return []
@@ -196,9 +197,9 @@ class _Reader:
         found: dict[str, list[float | None]] = {name: [None] * size for name in _QUANTILES}
         for b, v, rn, n in self.rows(sql, table_missing_ok=table == "traces"):
             for name, q in _QUANTILES.items():
-                rank = max(1, math.ceil(q * int(n)))  # type: ignore[call-overload]  # as SQLite picked it
-                if int(rn) == rank:  # type: ignore[call-overload]
-                    found[name][_index(b, size)] = float(v)  # type: ignore[arg-type]
+                rank = max(1, math.ceil(q * int(n)))  # as SQLite picked it
+                if int(rn) == rank:
+                    found[name][_index(b, size)] = float(v)
         return found
 
     def satisfaction(self, buckets: int) -> tuple[list[float | None], int, float | None]:
@@ -210,18 +211,18 @@ class _Reader:
         )
         earlier = (self._since - _DAY_S, *self._params[1:])  # the window's own tenant clause, a day wider
         try:
-            given = self._query(sql.format(where=self._where), earlier)
+            given: list[tuple[Any, ...]] = list(self._query(sql.format(where=self._where), earlier))
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise
             given = []
         sums, counts = [0.0] * buckets, [0] * buckets
         for at, kind, score in given:
-            moment = float(at)  # type: ignore[arg-type]
-            if not self._since <= moment < float(self._params[1]):  # type: ignore[arg-type]
+            moment = float(at)
+            if not self._since <= moment < self._until:
                 continue
             i = _index((moment - self._since) // self._bucket_s, buckets)
-            sums[i] += (int(score) + 1) / 2 if kind == "thumbs" else (int(score) - 1) / 4  # type: ignore[call-overload]
+            sums[i] += Feedback.model_construct(kind=kind, score=int(score), at=moment).satisfaction
             counts[i] += 1
         total = sum(counts)
         mean = sum(sums) / total if total else None
@@ -236,11 +237,11 @@ class _Reader:
             {
                 "tenant": who,
                 "model": model,
-                "requests": int(n),  # type: ignore[call-overload]
-                "cost_usd": round(float(cost or 0.0), 8),  # type: ignore[arg-type]
-                "prompt_tokens": int(prompt or 0),  # type: ignore[call-overload]
-                "completion_tokens": int(completion or 0),  # type: ignore[call-overload]
-                "cached_tokens": int(cached or 0),  # type: ignore[call-overload]
+                "requests": int(n),
+                "cost_usd": round(float(cost or 0.0), 8),
+                "prompt_tokens": int(prompt or 0),
+                "completion_tokens": int(completion or 0),
+                "cached_tokens": int(cached or 0),
             }
             for _, who, model, n, cost, prompt, completion, cached in rows
         ]

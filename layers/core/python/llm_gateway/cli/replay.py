@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import difflib
 import json
-import math
 import random
 import re
 import statistics
@@ -30,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..alerts import percentile
 from ..errors import ConfigError, GatewayError
 from ..ports import Trace
 from .store_location import existing_store, load_local_config
@@ -211,8 +211,7 @@ def sample_report(
             changes[key] = changes.get(key, 0) + 1
 
     def latency(side: list[dict[str, Any]], q: float) -> float:
-        ordered = sorted(s["latency_ms"] for s in side)
-        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+        return percentile([float(s["latency_ms"]) for s in side], q)
 
     return {
         "tenant": args.tenant,
