@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, hash_key, load_config
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
-from . import alerts, batch, cost_report, guard_report, replay, trace
+from . import alerts, batch, cost_report, experiment, guard_report, replay, trace
 from .store_location import load_local_config, note_if_new
 from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
 
@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_parser(commands, configured)
     alerts.add_parser(commands, configured)
     replay.add_parser(commands, configured)
+    experiment.add_parser(commands, configured)
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -304,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "trace": lambda: trace.trace(args),
         "alerts": lambda: alerts.alerts(args),
         "replay": lambda: replay.replay(args),
+        "experiment": lambda: experiment.experiment(args),
         "hash-key": lambda: print_key_digest(args.key),
     }
     try:
