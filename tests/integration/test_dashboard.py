@@ -323,3 +323,56 @@ def test_percentiles_per_bucket_are_the_nearest_rank_values_the_latency_alert_re
         assert data["totals"]["latency_ms"][name] == percentile(every, q)
     assert data["series"]["ttft_ms"]["p50"] == [None] * 60  # this store keeps no traces: none, not an error
     store.close()
+
+
+# --- hostile and damaged input ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """A gateway of its own (the dashboard caches a view for seconds, and counts failed sign-ins)."""
+    db = tmp_path / "gateway.db"
+    config = parse_config(config_text("http://127.0.0.1:9/v1"))
+    deps = make_deps(config, db=db, traces=SqliteTraceStore(db), review=SqliteReviewQueue(db))
+    with serve(create_app(InProcessRunner(deps))) as url:
+        yield url, deps
+
+
+def test_failed_sign_ins_are_throttled_and_an_odd_form_is_just_a_failure(fresh: tuple[str, Any]) -> None:
+    url, _ = fresh
+    odd = httpx.post(url + "/dashboard/login", content=b"a=1&b=2&c=3&d=4&e=5&key=x", headers={"accept": "text/html"})
+    assert odd.status_code == 401 and "That is not an admin key." in odd.text
+    for _ in range(9):
+        assert httpx.post(url + "/dashboard/login", data={"key": "sk-guess"}).status_code == 401
+    throttled = httpx.post(url + "/dashboard/login", data={"key": ADMIN_KEY})  # even the right key waits
+    assert throttled.status_code == 429 and throttled.json()["error"]["type"] == "rate_limit_error"
+    assert "retry-after" in throttled.headers
+
+
+def test_damaged_trace_rows_are_passed_over_and_a_read_never_waits_for_the_stores_lock(
+    fresh: tuple[str, Any],
+) -> None:
+    url, deps = fresh
+    request_id = ask(url, ACME_KEY, "Summarise the release notes.")
+    deps.traces.flush()
+    with deps.audit._lock:  # a request holding the store's connection: the dashboard reads on its own
+        deps.traces._db.executemany(
+            "INSERT INTO traces (tenant, request_id, ts, expires_at, trace, feedback) VALUES (?, ?, ?, ?, ?, 1)",
+            [
+                ("acme", "not-json", deps.clock(), deps.clock() + 3600, "{not json"),
+                (
+                    "acme",
+                    "odd-values",
+                    deps.clock(),
+                    deps.clock() + 3600,
+                    '{"first_token_ms": "fast", "feedback": [{"at": "now", "score": "1", "kind": "thumbs"}, 7]}',
+                ),
+            ],
+        )
+        data = admin(url, "/dashboard/data", params={"window": "hour"}, timeout=20)
+    assert data.status_code == 200, data.text
+    totals = data.json()["totals"]
+    assert totals["requests"] == 1 and totals["feedback"] == 0 and totals["ttft_ms"]["p50"] is not None
+    assert (
+        httpx.get(f"{url}/v1/traces/{request_id}", headers={"authorization": f"Bearer {ACME_KEY}"}).status_code == 200
+    )

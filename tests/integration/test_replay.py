@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -179,6 +180,10 @@ def test_a_sample_of_a_tenants_traffic_replays_on_another_model_into_a_report(
         (["--tenant", "acme", "--sample", "0"], "--sample is 1 to"),
         (["--tenant", "acme", "--since", "yesterday"], "not an ISO date"),
         (["--tenant", "globex"], "no stored request with its content"),
+        (["--tenant", "acme", "--since", "99999999999d"], "further back than a date can be"),
+        (["--tenant", "acme", "--since", "\u00b2h"], "not an ISO date"),
+        (["--tenant", "acme", "--model", "gpt-z"], "gpt-z is neither a route of tenant acme nor a model"),
+        (["--tenant", "acme", "--out", "/dev/null/report"], "cannot write the report there"),
     ],
 )
 def test_a_sample_replay_refuses_what_it_cannot_do(
@@ -187,3 +192,55 @@ def test_a_sample_replay_refuses_what_it_cannot_do(
     answered(config_path, GLOBEX_KEY, "Hello?")  # a store exists; globex keeps no content
     assert main(["replay", *arguments, "--config", str(config_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_damaged_traces_are_left_out_of_a_sample_before_anything_is_replayed(
+    config_path: Path, upstream: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upstream.script.push(ok("Answer \x1b[31mred\x1b[0m."), ok("Answer two."))
+    good = answered(config_path, ACME_KEY, "Question 1")
+    second = answered(config_path, ACME_KEY, "Question 2")
+    db = sqlite3.connect(tmp_path / "gateway.db")
+    kept = json.loads(db.execute("SELECT trace FROM traces WHERE request_id = ?", (second,)).fetchone()[0])
+    damaged = {
+        "not-json": "{not json",
+        "newer": json.dumps({**kept, "request_id": "newer", "a_later_field": 1}),
+        "odd-content": json.dumps(
+            {**kept, "request_id": "odd-content", "content": {"request": {"model": "default"}, "messages": "?"}}
+        ),
+    }
+    now = time.time()
+    with db:
+        db.execute("UPDATE traces SET trace = ? WHERE request_id = ?", (damaged["odd-content"], second))
+        db.execute("UPDATE traces SET request_id = 'odd-content' WHERE request_id = ?", (second,))
+        for request_id in ("not-json", "newer"):
+            db.execute(
+                "INSERT INTO traces (tenant, request_id, ts, expires_at, trace) VALUES ('acme', ?, ?, ?, ?)",
+                (request_id, now, now + 3600, damaged[request_id]),
+            )
+    db.close()
+    asked = len(upstream.script.requests)
+    out = tmp_path / "report"
+    assert main(["replay", "--tenant", "acme", "--since", "1h", "--out", str(out), "--config", str(config_path)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [c["original"]["request_id"] for c in report["requests"]] == [good]
+    assert sorted(report["unreadable"]) == ["newer", "odd-content"]  # a row that is not JSON is never sampled
+    assert len(upstream.script.requests) == asked + 1
+    assert "\x1b" not in (out / "report.md").read_text() and "\\x1b[31m" in (out / "report.md").read_text()
+    # by id: a clear refusal, and an answer's escape sequences never reach the terminal
+    assert main(["replay", "newer", "--config", str(config_path)]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    upstream.script.push(ok("Answer three."))
+    assert main(["replay", good, "--config", str(config_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "-Answer \\x1b[31mred\\x1b[0m." in printed
+
+
+def test_a_report_folder_that_cannot_be_written_is_refused_before_anything_is_replayed(
+    config_path: Path, upstream: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answered(config_path, ACME_KEY, "Question 1")
+    asked = len(upstream.script.requests)
+    assert main(["replay", "--tenant", "acme", "--out", str(config_path), "--config", str(config_path)]) == 2
+    assert "cannot write the report there" in capsys.readouterr().err
+    assert len(upstream.script.requests) == asked

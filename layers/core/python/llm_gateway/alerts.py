@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from pydantic import ValidationError
+
 from .ports import Feedback
 
 if TYPE_CHECKING:
@@ -198,15 +200,21 @@ class LocalAlertHistory:
         # feedback comes after its request: traces of requests up to a day before the range
         try:
             rows = self._query(
-                "SELECT f.value FROM traces, json_each(traces.trace, '$.feedback') AS f "
-                "WHERE traces.tenant = ? AND traces.ts >= ? AND traces.ts < ?",
+                "SELECT f.value FROM traces, json_each(CASE WHEN json_valid(traces.trace) THEN traces.trace "
+                "ELSE '{}' END, '$.feedback') AS f "
+                "WHERE traces.tenant = ? AND traces.ts >= ? AND traces.ts < ? AND traces.feedback > 0",
                 (tenant, since - _DAY, until),
             )
         except sqlite3.OperationalError as exc:  # a store that never kept a trace has no feedback
             if "no such table" not in str(exc):
                 raise
             return []
-        given = [Feedback.model_validate_json(str(value)) for (value,) in rows]
+        given = []
+        for (value,) in rows:
+            try:
+                given.append(Feedback.model_validate_json(str(value)))
+            except ValidationError:  # a damaged entry is passed over
+                continue
         return [f.satisfaction for f in given if since <= f.at < until]
 
 

@@ -24,6 +24,7 @@ import random
 import re
 import statistics
 import time
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,8 @@ from ..ports import Trace
 from .store_location import existing_store, load_local_config
 
 if TYPE_CHECKING:
+    from ..config import GatewayConfig
+    from ..contracts import ChatCompletionRequest
     from ..deps import Deps
 
 
@@ -79,39 +82,66 @@ def replay(args: argparse.Namespace) -> int:
     store = SqliteTraceStore(existing_store(config))
     try:
         original = store.find(args.request_id)
+    except ValueError:  # pydantic's ValidationError too: a row another version wrote, or a damaged one
+        message = f"the trace of request {args.request_id} cannot be read (damaged, or another version's)"
+        raise ConfigError(message) from None
     finally:
         store.close()
     if original is None:
         raise ConfigError(f"no trace of request {args.request_id} (expired, never made, or its tenant keeps none)")
-    if original.content is None or "request" not in original.content:
-        raise ConfigError(
-            f"tenant {original.tenant} keeps no content in its traces (traces.store_content): nothing to replay"
-        )
+    request = replay_request(original, config, args.model)
     with contextlib.ExitStack() as stack:
-        replayed = run_again(local_deps(config, stack), original, args.model)
+        replayed = run_again(local_deps(config, stack), original, request)
     comparison = compare(original, replayed)
     print(json.dumps(comparison, indent=2) if args.json else render(comparison))
     return 0
 
 
-def run_again(deps: Deps, original: Trace, model: str | None) -> Trace:
-    """`original`'s request through the chain again, as its tenant, caches bypassed; its trace."""
-    from ..adapters.local.traces import SqliteTraceStore
-    from ..contracts import CallerContext, ChatCompletionRequest, GatewayState
-    from ..runner import InProcessRunner
+def replay_request(original: Trace, config: GatewayConfig, model: str | None) -> ChatCompletionRequest:
+    """The request `original` kept, to send again (on `model` if given); `ConfigError` when it
+    cannot be (no content kept, content this version cannot read, a tenant or model unknown here)."""
+    from pydantic import ValidationError
 
-    tenant = deps.config.tenants.get(original.tenant)
+    from ..contracts import ChatCompletionRequest
+
+    tenant = config.tenants.get(original.tenant)
     if tenant is None or not tenant.api_keys:
         raise ConfigError(f"tenant {original.tenant} is not in this configuration, or has no API key to replay as")
-    body: dict[str, Any] = {**(original.content or {})["request"], "messages": (original.content or {})["messages"]}
-    if model:
-        body["model"] = model
+    if model and model not in tenant.routes and model not in config.models:
+        raise ConfigError(f"{model} is neither a route of tenant {original.tenant} nor a model of this configuration")
+    content = original.content
+    if not isinstance(content, dict) or "request" not in content:
+        raise ConfigError(
+            f"tenant {original.tenant} keeps no content in its traces (traces.store_content): nothing to replay"
+        )
+    kept = content.get("request")
+    if not isinstance(kept, dict) or not isinstance(content.get("messages"), list):
+        raise ConfigError(
+            f"request {original.request_id}: its kept content cannot be read (damaged, or another version's)"
+        )
+    try:
+        return ChatCompletionRequest.model_validate(
+            {**kept, "messages": content["messages"], **({"model": model} if model else {})}
+        )
+    except ValidationError:
+        raise ConfigError(
+            f"request {original.request_id}: its kept content is not a request this version takes"
+        ) from None
+
+
+def run_again(deps: Deps, original: Trace, request: ChatCompletionRequest) -> Trace:
+    """`request` (`original`'s, from `replay_request`) through the chain again, as its tenant,
+    caches bypassed; its trace."""
+    from ..adapters.local.traces import SqliteTraceStore
+    from ..contracts import CallerContext, GatewayState
+    from ..runner import InProcessRunner
+
     state = GatewayState(
         request_id=uuid.uuid4().hex,
         received_at=time.time(),
-        request=ChatCompletionRequest.model_validate(body),
+        request=request,
         caller=CallerContext(
-            api_key_sha256=tenant.api_keys[0].sha256,
+            api_key_sha256=deps.config.tenants[original.tenant].api_keys[0].sha256,
             cache_control="no-cache, no-store",
             replay_of=original.request_id,
         ),
@@ -130,11 +160,31 @@ def since_bound(text: str, now: float) -> float:
     from ..guard.report import parse_bound
 
     unit = _DURATION_S.get(text[-1:].lower())
-    if unit is not None and text[:-1].isdigit():
-        return now - int(text[:-1]) * unit
-    bound = parse_bound(text)
-    assert bound is not None  # a text was given
-    return bound
+    amount = text[:-1]
+    try:
+        if unit is not None and amount.isascii() and amount.isdigit():
+            since = now - int(amount) * unit
+        else:
+            bound = parse_bound(text)
+            assert bound is not None  # a text was given
+            since = bound
+        _when(since)  # a moment a date can name
+    except (OverflowError, ValueError, OSError):
+        raise ConfigError(f"--since {text!r} is further back than a date can be") from None
+    if since >= now:
+        raise ConfigError("--since must be in the past")
+    return since
+
+
+def _report_folder(out: Path) -> None:
+    """The report's folder, made (and found writable) before anything is replayed and paid for."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".replay-writable"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write the report there ({exc.strerror or exc})") from None
 
 
 def replay_sample(args: argparse.Namespace) -> int:
@@ -149,41 +199,51 @@ def replay_sample(args: argparse.Namespace) -> int:
     config = load_local_config(args.config)
     if args.tenant not in config.tenants:
         raise ConfigError(f"tenant {args.tenant} is not in this configuration")
+    if args.model and args.model not in config.tenants[args.tenant].routes and args.model not in config.models:
+        raise ConfigError(f"{args.model} is neither a route of tenant {args.tenant} nor a model of this configuration")
     now = time.time()
     since = since_bound(args.since, now)
-    if since >= now:
-        raise ConfigError("--since must be in the past")
+    _report_folder(args.out)
     store = SqliteTraceStore(existing_store(config))
+    unreadable: list[str] = []
+    chosen: list[tuple[Trace, ChatCompletionRequest]] = []
     try:
         found = store.replayable(args.tenant, since, now)
         sampler = random.Random(args.seed)  # noqa: S311 - a reproducible sample, not a secret
-        chosen = sorted(sampler.sample(found, min(args.sample, len(found))))
-        originals = [t for t in (store.get(args.tenant, rid, now) for rid in chosen) if t is not None]
+        for request_id in sorted(sampler.sample(found, min(args.sample, len(found)))):
+            try:  # every request is read and checked before the first is replayed (and paid for)
+                original = store.get(args.tenant, request_id, now)
+                if original is not None:
+                    chosen.append((original, replay_request(original, config, args.model)))
+            except (ValueError, ConfigError):  # a damaged row, or another version's: counted, left out
+                unreadable.append(request_id)
     finally:
         store.close()
-    if not originals:
+    if not chosen:
         raise ConfigError(
             f"tenant {args.tenant} has no stored request with its content since {_when(since)} "
             "(its traces keep content only with traces.store_content)"
+            + (f"; {len(unreadable)} could not be read" if unreadable else "")
         )
-    originals.sort(key=lambda t: (t.ts, t.request_id))
+    chosen.sort(key=lambda pair: (pair[0].ts, pair[0].request_id))
     comparisons: list[dict[str, Any]] = []
     console = Console(stderr=True)
     columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with contextlib.ExitStack() as stack, Progress(*columns, console=console, transient=True) as progress:
         deps = local_deps(config, stack)
-        task = progress.add_task("replay", total=len(originals))
-        for original in originals:
-            comparisons.append(compare(original, run_again(deps, original, args.model)))
+        task = progress.add_task("replay", total=len(chosen))
+        for original, request in chosen:
+            comparisons.append(compare(original, run_again(deps, original, request)))
             progress.advance(task)
     report = sample_report(args, since, now, len(found), comparisons)
-    args.out.mkdir(parents=True, exist_ok=True)
+    report["unreadable"] = unreadable
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (args.out / "report.md").write_text(render_sample(report), encoding="utf-8")
     summary = report["summary"]
     print(
-        f"replayed {summary['requests']} of {report['stored']} stored requests of {args.tenant}: "
-        f"{summary['same_answer']} same answers, {summary['outcome_changed']} outcomes changed, "
+        f"replayed {summary['requests']} of {report['stored']} stored requests of {args.tenant}"
+        + (f" ({len(unreadable)} left out: unreadable)" if unreadable else "")
+        + f": {summary['same_answer']} same answers, {summary['outcome_changed']} outcomes changed, "
         f"cost {summary['cost_usd']['original']:.6g} -> {summary['cost_usd']['replay']:.6g} USD; "
         f"report {args.out / 'report.md'} and {args.out / 'report.json'}"
     )
@@ -258,6 +318,10 @@ def _unmasked(side: dict[str, Any]) -> list[str]:
     return [d for d in str(side["guards"]).split() if not d.startswith("pii:")]
 
 
+def _run(side: dict[str, Any]) -> str:
+    return f"{side['model'] or '-'} ({side['outcome']}, {side['cost_usd']:.6g} USD, {side['latency_ms']:.0f} ms)"
+
+
 def render_sample(report: dict[str, Any]) -> str:
     s = report["summary"]
     target = report["model"] or "the same model"
@@ -294,11 +358,10 @@ def render_sample(report: dict[str, Any]) -> str:
         lines += [
             f"### {before['request_id']}",
             "",
-            f"{before['model']} ({before['outcome']}, {before['cost_usd']:.6g} USD, {before['latency_ms']:.0f} ms) -> "
-            f"{after['model']} ({after['outcome']}, {after['cost_usd']:.6g} USD, {after['latency_ms']:.0f} ms)",
+            f"{_run(before)} -> {_run(after)}",
             "",
             fence + "diff",
-            *comparison["answer_diff"],
+            *(_shown(line) for line in comparison["answer_diff"]),
             fence,
             "",
         ]
@@ -307,8 +370,20 @@ def render_sample(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _answer(trace: Trace) -> str:
+    """The answer a trace kept (its choices' text), whatever shape a damaged row gave it."""
+    answers = (trace.content or {}).get("answer")
+    if not isinstance(answers, list):
+        return ""
+    return "\n".join(str(a.get("content") or "") for a in answers if isinstance(a, dict))
+
+
+def _shown(text: str) -> str:
+    """Text for a terminal or markdown: control characters (an answer's escape sequences) escaped."""
+    return "".join(c if c in "\t" or unicodedata.category(c) != "Cc" else f"\\x{ord(c):02x}" for c in text)
+
+
 def _side(trace: Trace) -> dict[str, Any]:
-    answers = (trace.content or {}).get("answer") or []
     return {
         "request_id": trace.request_id,
         "model": trace.model,
@@ -325,7 +400,7 @@ def _side(trace: Trace) -> dict[str, Any]:
             for d in step.detail.get("decisions", [])
         )
         or "-",
-        "answer": "\n".join(str(a.get("content") or "") for a in answers),
+        "answer": _answer(trace),
     }
 
 
@@ -342,6 +417,6 @@ def render(comparison: dict[str, Any]) -> str:
     before, after = comparison["original"], comparison["replay"]
     rows = [f"tenant {comparison['tenant']}", f"{'':<12}{'original':<40}replay"]
     for field in ("request_id", "model", "outcome", "tokens", "cost_usd", "latency_ms", "guards"):
-        rows.append(f"{field:<12}{before[field]!s:<40}{after[field]}")
-    rows += comparison["answer_diff"] or ["(the answers are the same)"]
+        rows.append(f"{field:<12}{before[field] or '-'!s:<40}{after[field] or '-'}")
+    rows += [_shown(line) for line in comparison["answer_diff"]] or ["(the answers are the same)"]
     return "\n".join(rows)

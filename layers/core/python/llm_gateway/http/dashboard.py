@@ -25,8 +25,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..dashboard import WINDOWS, dashboard_data
-from ..errors import AuthenticationFailed, ClientClosedRequest, GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from ..adapters.local.sqlite import SqliteStore
+from ..alerts import AlertState, LocalAlertHistory, evaluate
+from ..dashboard import WINDOWS, Window, dashboard_data
+from ..errors import (
+    AuthenticationFailed,
+    ClientClosedRequest,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+)
 from .serving import read_limited_body
 
 if TYPE_CHECKING:
@@ -42,7 +52,12 @@ _STATIC = {  # the files the page loads: name -> media type
     "uPlot.iife.min.js": "text/javascript; charset=utf-8",
     "uPlot.min.css": "text/css; charset=utf-8",
 }
+_FRESH_S = 10.0  # how long a computed view is served again
+_SIGN_IN_FAILURES = 10  # failed sign-ins from one address ...
+_SIGN_IN_WINDOW_S = 60.0  # ... in this long, and it waits
+_NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 _PAGE_HEADERS = {
+    "X-Frame-Options": "DENY",
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -101,6 +116,10 @@ class Dashboard:
         self._is_admin = is_admin
         self._error = error_response
         self.sessions = DashboardSessions(deps.clock)
+        self.attempts = SignInAttempts(deps.clock)
+        self._computing = threading.Lock()
+        self._cache: dict[tuple[str, str | None], tuple[float, dict[str, object]]] = {}
+        self._alerts: tuple[float, list[AlertState]] | None = None
 
     def routes(self) -> list[Route]:
         return [
@@ -137,9 +156,17 @@ class Dashboard:
             return self._error(error)
         except ClientDisconnect:
             return self._error(ClientClosedRequest("The client closed the request."))
-        fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        client = request.client.host if request.client else "-"
+        if not self.attempts.allowed(client):
+            wait = f"Too many failed sign-ins: try again in {int(_SIGN_IN_WINDOW_S)} s."
+            return self._error(RateLimited(wait, retry_after_s=_SIGN_IN_WINDOW_S))
+        try:
+            fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        except ValueError:  # more fields than a sign-in form has
+            fields = {}
         key = (fields.get("key") or [""])[0].strip()
         if not key or not self._admin_key(key):
+            self.attempts.failed(client)
             return self._sign_in(request, failed=True)
         response = RedirectResponse("/dashboard", status_code=303)
         response.set_cookie(
@@ -149,7 +176,7 @@ class Dashboard:
             path="/dashboard",
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=_https(request),
         )
         return response
 
@@ -162,19 +189,18 @@ class Dashboard:
     async def logout(self, request: Request) -> Response:
         self.sessions.end(request.cookies.get(COOKIE))
         response = RedirectResponse("/dashboard", status_code=303)
-        response.delete_cookie(COOKIE, path="/dashboard")
+        response.delete_cookie(COOKIE, path="/dashboard", httponly=True, samesite="strict", secure=_https(request))
         return response
 
     async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in _STATIC:
             return self._error(NotFound(f"No dashboard file '{name}'."))
-        return Response(_static(name), media_type=_STATIC[name], headers={"Cache-Control": "max-age=3600"})
+        return Response(_static(name), media_type=_STATIC[name], headers={**_NOSNIFF, "Cache-Control": "max-age=3600"})
 
     async def data(self, request: Request) -> Response:
         if not self._allowed(request):
             return self._error(AuthenticationFailed("An admin API key is required."))
-        from ..adapters.local.sqlite import SqliteStore
 
         window = WINDOWS.get(request.query_params.get("window", "hour"))
         tenant = request.query_params.get("tenant") or None
@@ -185,15 +211,58 @@ class Dashboard:
         store = self.deps.audit
         if not isinstance(store, SqliteStore):
             return self._error(NotFound("The dashboard reads the local store; this deployment keeps none."))
-        deps = self.deps
+        found = await anyio.to_thread.run_sync(self._read, store, window, tenant)
+        return JSONResponse(found, headers={**_NOSNIFF, "Cache-Control": "no-store"})
 
-        def read() -> dict[str, object]:
-            flush = getattr(deps.traces, "flush", None)
+    def _read(self, store: SqliteStore, window: Window, tenant: str | None) -> dict[str, object]:
+        """The data, computed at most once every `_FRESH_S` per window and tenant, one computation
+        at a time (however many pages are open), on a read-only connection of its own: a week of
+        a busy store takes seconds to read, and never holds up a request."""
+        key = (window.name, tenant)
+        with self._computing:
+            cached = self._cache.get(key)
+            now = self.deps.clock()
+            if cached is not None and now - cached[0] < _FRESH_S:
+                return cached[1]
+            flush = getattr(self.deps.traces, "flush", None)
             if flush is not None:  # traces queued for the writer are counted too
                 flush()
-            pending = len(deps.review.items("pending", tenant, limit=100_000)) if deps.review is not None else 0
-            found = dashboard_data(store.query, deps.config, window, deps.clock(), tenant, pending)
-            return {**found, "tenants": sorted(deps.config.tenants)}
+            with store.reader() as query:
+                if self._alerts is None or now - self._alerts[0] >= self.deps.config.alerting.interval_s:
+                    # the rules read a week of baseline: evaluated as often as `serve`'s watcher does
+                    self._alerts = (now, evaluate(self.deps.config, LocalAlertHistory(query), now))
+                data = dashboard_data(query, self.deps.config, window, now, tenant, self._alerts[1])
+                found = {**data, "tenants": sorted(self.deps.config.tenants)}
+            self._cache[key] = (now, found)
+            return found
 
-        found = await anyio.to_thread.run_sync(read)
-        return JSONResponse(found, headers={"Cache-Control": "no-store"})
+
+def _https(request: Request) -> bool:
+    """Whether the browser reached the gateway over TLS (directly, or through a proxy that says so)."""
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
+
+
+class SignInAttempts:
+    """Failed sign-ins per client address: `_SIGN_IN_FAILURES` in `_SIGN_IN_WINDOW_S` and the
+    address waits (admin keys are long and random; this keeps guessing slow and the log quiet)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def allowed(self, client: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            recent = [t for t in self._failures.get(client, []) if now - t < _SIGN_IN_WINDOW_S]
+            if recent:
+                self._failures[client] = recent
+            else:
+                self._failures.pop(client, None)
+            return len(recent) < _SIGN_IN_FAILURES
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            if len(self._failures) >= _MAX_SESSIONS and client not in self._failures:
+                self._failures.pop(next(iter(self._failures)))  # the oldest address gives way
+            self._failures.setdefault(client, []).append(self._clock())

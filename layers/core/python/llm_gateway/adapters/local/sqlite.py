@@ -15,11 +15,13 @@ before this purge existed) drains a bounded batch at a time instead of stalling 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ...contracts import ChatCompletion
 from ...ports import AuditRecord, UsageRecord
@@ -71,6 +73,7 @@ CREATE TABLE IF NOT EXISTS audit (
     guard_reasons TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_tenant_ts ON audit (tenant, ts);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 """
 
 PURGE_EVERY_PUTS = 256  # cache writes between two deletions of expired entries
@@ -130,6 +133,7 @@ class SqliteStore:
         self, path: str | Path, checkpoint_interval_s: float = 0.5, clock: Callable[[], float] = time.time
     ) -> None:
         in_memory = str(path) == ":memory:"
+        self._path = str(path)
         self._clock = clock
         self._puts = 0
         self._db = open_database(path)
@@ -206,6 +210,19 @@ class SqliteStore:
         """Read-only access for reports and tests."""
         with self._lock:
             return list(self._db.execute(sql, params).fetchall())
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Callable[..., list[tuple[Any, ...]]]]:
+        """A query function on a read-only connection of its own (WAL lets it read while requests
+        write): a long report never holds the lock every request takes. In memory, `query`."""
+        if self._path == ":memory:":
+            yield self.query
+            return
+        db = sqlite3.connect(f"{Path(self._path).absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            yield lambda sql, params=(): list(db.execute(sql, params).fetchall())
+        finally:
+            db.close()
 
     def _checkpoint_loop(self, path: str, interval_s: float) -> None:
         db = sqlite3.connect(path, isolation_level=None)

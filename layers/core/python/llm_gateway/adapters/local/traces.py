@@ -14,11 +14,12 @@ process that dies loses the traces it had not written yet, never an answer or a 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from pathlib import Path
 
 from ...ports import Feedback, Trace
-from .sqlite import open_database
+from .sqlite import add_missing_column, open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -27,10 +28,14 @@ CREATE TABLE IF NOT EXISTS traces (
     ts REAL NOT NULL,
     expires_at REAL NOT NULL,
     trace TEXT NOT NULL,
+    first_token_ms REAL,  -- copied from the trace: the dashboard reads it without parsing JSON
+    feedback INTEGER NOT NULL DEFAULT 0,  -- how many feedbacks the trace holds
     PRIMARY KEY (tenant, request_id)
 );
 CREATE INDEX IF NOT EXISTS traces_request ON traces (request_id);
 CREATE INDEX IF NOT EXISTS traces_expiry ON traces (expires_at);
+CREATE INDEX IF NOT EXISTS traces_tenant_ts ON traces (tenant, ts);
+CREATE INDEX IF NOT EXISTS traces_ts ON traces (ts);
 """
 _PURGE_EVERY = 1024  # writes between deletions of expired rows
 _WRITE_EVERY_S = 0.25  # the writer's pace; sooner when _BATCH traces are queued
@@ -38,9 +43,23 @@ _BATCH = 256
 log = logging.getLogger("llm_gateway.traces")
 
 
+def _add_dashboard_columns(db: sqlite3.Connection) -> None:
+    """A store an earlier release wrote: the columns the dashboard reads, filled from the traces."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(traces)")}
+    if not columns or "feedback" in columns:
+        return
+    add_missing_column(db, "traces", "first_token_ms", "REAL")
+    add_missing_column(db, "traces", "feedback", "INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "UPDATE traces SET first_token_ms = json_extract(trace, '$.first_token_ms'), "
+        "feedback = json_array_length(trace, '$.feedback') WHERE json_valid(trace)"
+    )
+
+
 class SqliteTraceStore:
     def __init__(self, path: str | Path = ":memory:") -> None:
         self._db = open_database(path)
+        _add_dashboard_columns(self._db)
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()  # the connection
         self._queued: list[Trace] = []
@@ -64,10 +83,14 @@ class SqliteTraceStore:
             traces, self._queued = self._queued, []
         if not traces:
             return
-        rows = [(t.tenant, t.request_id, t.ts, t.expires_at, t.model_dump_json()) for t in traces]
+        rows = [(t.tenant, t.request_id, t.ts, t.expires_at, t.model_dump_json(), t.first_token_ms) for t in traces]
         with self._lock, self._db:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO traces VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO traces (tenant, request_id, ts, expires_at, trace, first_token_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             self._writes += len(rows)
             if self._writes >= _PURGE_EVERY:
                 self._writes = 0
@@ -104,7 +127,7 @@ class SqliteTraceStore:
             trace = Trace.model_validate_json(row[0])
             trace.feedback.append(feedback)
             self._db.execute(
-                "UPDATE traces SET trace = ? WHERE tenant = ? AND request_id = ?",
+                "UPDATE traces SET trace = ?, feedback = feedback + 1 WHERE tenant = ? AND request_id = ?",
                 (trace.model_dump_json(), tenant, request_id),
             )
             return trace
@@ -123,8 +146,8 @@ class SqliteTraceStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT request_id FROM traces WHERE tenant = ? AND ts >= ? AND ts < ? AND expires_at > ? "
-                "AND json_extract(trace, '$.content.request') IS NOT NULL "
-                "AND json_extract(trace, '$.replay_of') IS NULL ORDER BY ts, request_id",
+                "AND CASE WHEN json_valid(trace) THEN json_type(trace, '$.content.request') = 'object' "
+                "AND json_extract(trace, '$.replay_of') IS NULL END ORDER BY ts, request_id",
                 (tenant, since, until, until),
             ).fetchall()
         return [row[0] for row in rows]
