@@ -7,10 +7,12 @@ fresh random key minted by `llm-gateway serve` at each start (printed once, hash
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -190,6 +192,8 @@ class Traces(_Config):
     enabled: bool = True
     retention_days: float = Field(default=30, gt=0, le=3650)
     store_content: bool = False
+    # false: the tenant's requests are left out of the deployment's OpenTelemetry export (`telemetry`)
+    export: bool = True
 
 
 class RouteConfig(_Config):
@@ -506,9 +510,82 @@ class Alerting(_Config):
     webhook_url: str | None = Field(default=None, pattern=r"^https?://")
 
 
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+OTLP_TRACES_PATH = "/v1/traces"
+
+
+class Telemetry(_Config):
+    """Each request as OpenTelemetry spans, sent to a collector over OTLP/HTTP (protobuf) by the
+    process that ran it (`otel.py`; the `otel` extra). Nothing is exported without `otlp_endpoint`.
+
+    `otlp_endpoint`: the collector's base URL (`http://collector:4318`; spans go to its
+    `/v1/traces`) or the full traces URL. `headers` go with every export as written; `headers_env`
+    names, per header, the environment variable holding its value (tokens stay out of the file)."""
+
+    otlp_endpoint: str | None = None
+    service_name: str = Field(default="llm-gateway", min_length=1, max_length=256)
+    headers: dict[str, str] = Field(default_factory=dict)
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=10, gt=0, le=60)  # one export, retries included (off the request path)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("no credentials in the URL: give them as headers_env")
+        if parts.query or parts.fragment:
+            raise ValueError("no query or fragment in the URL")
+        return value
+
+    @field_validator("headers", "headers_env")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = sorted(name for name in value if not _HEADER_NAME.match(name))
+        if bad:
+            raise ValueError(f"not HTTP header names: {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _header_values(self) -> Telemetry:
+        if any("\r" in v or "\n" in v for v in self.headers.values()):
+            raise ValueError("headers: a value may not hold a line break")
+        bad = sorted(v for v in self.headers_env.values() if not _ENV_NAME.match(v))
+        if bad:
+            raise ValueError(f"headers_env: not environment variable names: {bad}")
+        both = sorted({h.lower() for h in self.headers} & {h.lower() for h in self.headers_env})
+        if both:
+            raise ValueError(f"headers and headers_env both set {both}")
+        return self
+
+    def traces_url(self) -> str | None:
+        """Where spans are posted: the endpoint's `/v1/traces` unless it names that path already."""
+        if self.otlp_endpoint is None:
+            return None
+        base = self.otlp_endpoint.rstrip("/")
+        return base if base.endswith(OTLP_TRACES_PATH) else base + OTLP_TRACES_PATH
+
+    def resolved_headers(self, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+        """The export's headers, `headers_env` read from `environ` now (at start-up): a variable
+        that is unset or empty is a `ConfigError`, not a collector that answers 401 for ever."""
+        missing = sorted(f"{header} ({var})" for header, var in self.headers_env.items() if not environ.get(var))
+        if missing:
+            raise ConfigError(f"telemetry.headers_env: environment variables not set: {', '.join(missing)}")
+        found = {header: environ[var] for header, var in self.headers_env.items()}
+        if any("\r" in v or "\n" in v for v in found.values()):
+            raise ConfigError("telemetry.headers_env: a header value may not hold a line break")
+        return {**self.headers, **found}
+
+
 class GatewayConfig(_Config):
     limits: Limits = Field(default_factory=Limits)
     alerting: Alerting = Field(default_factory=Alerting)
+    telemetry: Telemetry = Field(default_factory=Telemetry)  # OpenTelemetry export (off unless an endpoint is set)
     admin_api_keys: list[ApiKey] = Field(default_factory=list)  # may call /admin/* (cache purges)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     storage_path: str = ".llm-gateway/gateway.db"  # relative: from $LLM_GATEWAY_DATA_DIR or ~ (cli/store_location.py)

