@@ -69,6 +69,10 @@ METRIC_ERRORS = "errors"
 METRIC_COST = "cost_usd"
 METRIC_FEEDBACK_SCORE = "feedback_score"
 METRIC_GUARD_TRIGGERS = "guard_triggers"
+# Written with their labels only (no service-level copy); the dashboard reads them by their dimensions.
+METRIC_TIME_TO_FIRST_TOKEN = "time_to_first_token_seconds"  # noqa: S105 - a metric's name, not a secret
+METRIC_TOKENS = "tokens"
+METRIC_CACHE_LOOKUPS = "cache_lookups"
 
 # Stores.
 TABLE_PARTITION_KEY = "tenant"

@@ -5,18 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import aws_cdk as cdk
+from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
+from cdk import constants as c
 from cdk.config import StageConfig
 from cdk.constructs.alarms import GatewayAlarms
 from cdk.constructs.api import GatewayApi
 from cdk.constructs.batch import BatchJobs
+from cdk.constructs.dashboard import GatewayDashboard
 from cdk.constructs.functions import ChainFunctions
 from cdk.constructs.layers import GatewayLayers
 from cdk.constructs.self_hosted import SelfHostedEndpoint
 from cdk.constructs.storage import GatewayStores
 from cdk.constructs.streaming import StreamingEndpoint
 from cdk.constructs.workflow import GatewayWorkflow
+from llm_gateway.pipeline import FAILED, FINISH, STEPS
 
 
 class GatewayStack(cdk.Stack):
@@ -48,6 +52,23 @@ class GatewayStack(cdk.Stack):
             else None
         )
         self.alarms = GatewayAlarms(self, "Alarms", stage=stage)
+        # Every function the stack builds (the authorizer's is inside `GatewayApi`), by its folder.
+        functions: dict[str, lambda_.IFunction] = {
+            **{step.handler: self.functions.by_step[step.name] for step in (*STEPS, FINISH, FAILED)},
+            c.REVIEW_INGEST_FOLDER: self.functions.review_ingest,
+            c.BATCH_SUBMIT_FOLDER: self.batch.submit,
+            c.BATCH_WORK_FOLDER: self.batch.work,
+            c.BATCH_STATUS_FOLDER: self.batch.status,
+            **({c.STREAM_FOLDER: self.streaming.function} if self.streaming is not None else {}),
+        }
+        self.dashboard = GatewayDashboard(
+            self,
+            "Dashboard",
+            stage=stage,
+            alarms=self.alarms.alarms.values(),
+            state_machines={"chain": self.workflow.state_machine, "batch": self.batch.state_machine},
+            functions=functions,
+        )
         self.self_hosted = (
             SelfHostedEndpoint(self, "SelfHosted", stage=stage, config=stage.self_hosted)
             if stage.self_hosted is not None
@@ -70,6 +91,9 @@ class GatewayStack(cdk.Stack):
         if self.streaming is not None:
             cdk.CfnOutput(self, "StreamingUrl", value=self.streaming.url.url, description="OpenAI base URL: <url>v1")
         cdk.CfnOutput(self, "AlertsTopicArn", value=self.alarms.topic.topic_arn, description="subscribe to the alarms")
+        cdk.CfnOutput(
+            self, "DashboardName", value=self.dashboard.dashboard.dashboard_name, description="the CloudWatch dashboard"
+        )
         cdk.CfnOutput(self, "MomentoSecretArn", value=self.stores.momento_secret.secret_arn)
         cdk.CfnOutput(self, "ProviderKeysSecretArn", value=self.stores.provider_keys.secret_arn)
         cdk.CfnOutput(self, "StateMachineArn", value=self.workflow.state_machine.state_machine_arn)

@@ -4,6 +4,7 @@ least-privilege IAM, and a clean cdk-nag report."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -387,6 +388,97 @@ def test_the_five_alerts_are_alarms_that_notify_one_encrypted_topic(template: di
         baseline = by_metric[frozenset({metric})]
         assert baseline["ComparisonOperator"] == operator
         assert any("ANOMALY_DETECTION_BAND" in m.get("Expression", "") for m in baseline["Metrics"])
+
+
+# ----------------------------------------------------------------------------- dashboard
+
+SEARCH = re.compile(r"SEARCH\('\{(?P<schema>[^}]*)\}(?P<terms>[^']*)', '(?P<statistic>[^']+)'")
+METRIC_NAME = re.compile(r'MetricName="(?P<name>[^"]+)"')
+
+
+@pytest.fixture(scope="module")
+def dashboard(template: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's body: its Fn::Join read as text, references as `<LogicalId[.Attr]>`."""
+    (found,) = resources(template, "AWS::CloudWatch::Dashboard").values()
+    body: dict[str, Any] = json.loads(flatten(found["Properties"]["DashboardBody"]))
+    return body
+
+
+def graphed(dashboard: dict[str, Any]) -> list[tuple[str, str, frozenset[str], str]]:
+    """(namespace, metric, dimension names, statistic) of every metric the graphs read, those in
+    a SEARCH included (by its schema and `MetricName`)."""
+    found = []
+    for widget in dashboard["widgets"]:
+        for line in widget["properties"].get("metrics", []):
+            options = line[-1] if isinstance(line[-1], dict) else {}
+            if isinstance(line[0], str):
+                names = line[: -1 if options else None]
+                found.append((names[0], names[1], frozenset(names[2::2]), options.get("stat", "Average")))
+            for search in SEARCH.finditer(options.get("expression", "")):
+                namespace, *dimensions = (part.strip() for part in search["schema"].split(","))
+                (name,) = METRIC_NAME.findall(search["terms"])
+                found.append((namespace, name, frozenset(dimensions), search["statistic"]))
+    return found
+
+
+def test_one_dashboard_named_after_the_stage_is_an_output(template: dict[str, Any]) -> None:
+    dashboards = resources(template, "AWS::CloudWatch::Dashboard")
+    assert len(dashboards) == 1
+    ((logical_id, dashboard),) = dashboards.items()
+    assert dashboard["Properties"]["DashboardName"] == c.resource_name("dev", "dashboard")
+    assert template["Outputs"]["DashboardName"]["Value"] == {"Ref": logical_id}
+
+
+def test_the_dashboard_shows_latency_and_first_token_p95_and_the_five_alarms(
+    template: dict[str, Any], dashboard: dict[str, Any]
+) -> None:
+    lines = graphed(dashboard)
+    service = frozenset({"service"})
+    assert (c.POWERTOOLS_METRICS_NAMESPACE, c.METRIC_REQUEST_DURATION, service, "p95") in lines
+    # written with its labels only: a SEARCH over them, one line per label set
+    ttft = [line for line in lines if line[1] == c.METRIC_TIME_TO_FIRST_TOKEN]
+    assert "p95" in {statistic for *_, statistic in ttft}
+    (alarm_widget,) = [w for w in dashboard["widgets"] if w["type"] == "alarm"]
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    assert len(alarms) == 5
+    assert sorted(alarm_widget["properties"]["alarms"]) == sorted(f"<{logical_id}.Arn>" for logical_id in alarms)
+
+
+def test_every_gateway_metric_on_the_dashboard_is_written_by_the_code_with_those_dimensions(
+    dashboard: dict[str, Any],
+) -> None:
+    from tests.infrastructure.emitted_metrics import emitted_metrics
+
+    written = emitted_metrics()
+    shown = [line for line in graphed(dashboard) if line[0] == c.POWERTOOLS_METRICS_NAMESPACE]
+    for _, name, dimensions, _ in shown:
+        assert name in written, f"{name}: no metric of that name is written"
+        assert dimensions in written[name], f"{name} is not written with the dimensions {sorted(dimensions)}"
+    assert {name for _, name, _, _ in shown} >= {
+        c.METRIC_REQUESTS,
+        c.METRIC_REQUEST_DURATION,
+        c.METRIC_TIME_TO_FIRST_TOKEN,
+        c.METRIC_ERRORS,
+        c.METRIC_COST,
+        c.METRIC_TOKENS,
+        c.METRIC_CACHE_LOOKUPS,
+        c.METRIC_GUARD_TRIGGERS,
+        c.METRIC_FEEDBACK_SCORE,
+    }
+
+
+def test_the_dashboard_graphs_the_errors_of_every_function_but_the_authorizer(
+    template: dict[str, Any], dashboard: dict[str, Any]
+) -> None:
+    errors = {
+        line[3]
+        for widget in dashboard["widgets"]
+        for line in widget["properties"].get("metrics", [])
+        if line[:3] == ["AWS/Lambda", "Errors", "FunctionName"]
+    }
+    functions = functions_by_folder(template)
+    functions.pop(c.AUTHORIZER_FOLDER)  # built inside GatewayApi's TokenAuthorizer, which keeps it to itself
+    assert errors == {f"<{logical_id}>" for logical_id, _ in functions.values()}
 
 
 @pytest.mark.parametrize(
