@@ -18,6 +18,7 @@ from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, hash_key, load_confi
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
 from . import alerts, batch, cost_report, experiment, guard_report, replay, trace
+from . import eval as evals
 from .store_location import load_local_config, note_if_new
 from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
 
@@ -40,6 +41,16 @@ def mint_demo_admin_key(config: GatewayConfig) -> tuple[GatewayConfig, str | Non
         return config, None
     key = "sk-gw-admin-" + secrets.token_urlsafe(24)
     return config.model_copy(update={"admin_api_keys": [ApiKey(id="demo-admin", sha256=hash_key(key))]}), key
+
+
+def chain_config(config: GatewayConfig, stack: contextlib.ExitStack) -> GatewayConfig:
+    """The configuration of a command that sends requests through the chain itself (`eval run`,
+    `replay`): demo tenants get a key to run as, and the local model endpoint runs for the
+    command's lifetime when a model uses it."""
+    config, _ = mint_demo_keys(config)
+    if config.uses_local_endpoint():
+        config = with_endpoint_url(config, stack.enter_context(local_endpoint()))
+    return config
 
 
 class Shutdown(Exception):
@@ -280,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     alerts.add_parser(commands, configured)
     replay.add_parser(commands, configured)
     experiment.add_parser(commands, configured)
+    evals.add_parser(commands, configured)
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -306,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         "alerts": lambda: alerts.alerts(args),
         "replay": lambda: replay.replay(args),
         "experiment": lambda: experiment.experiment(args),
+        "eval": lambda: evals.evaluate(args),
         "hash-key": lambda: print_key_digest(args.key),
     }
     try:

@@ -77,6 +77,7 @@ def replay(args: argparse.Namespace) -> int:
         raise ConfigError("--sample and --out take --tenant (a sample), not a request id")
     from ..adapters.local.traces import SqliteTraceStore
     from ..adapters.local.wiring import local_deps
+    from .main import chain_config
 
     config = load_local_config(args.config)
     store = SqliteTraceStore(existing_store(config))
@@ -91,7 +92,7 @@ def replay(args: argparse.Namespace) -> int:
         raise ConfigError(f"no trace of request {args.request_id} (expired, never made, or its tenant keeps none)")
     request = replay_request(original, config, args.model)
     with contextlib.ExitStack() as stack:
-        replayed = run_again(local_deps(config, stack), original, request)
+        replayed = run_again(local_deps(chain_config(config, stack), stack), original, request)
     comparison = compare(original, replayed)
     print(json.dumps(comparison, indent=2) if args.json else render(comparison))
     return 0
@@ -105,10 +106,10 @@ def replay_request(original: Trace, config: GatewayConfig, model: str | None) ->
     from ..contracts import ChatCompletionRequest
 
     tenant = config.tenants.get(original.tenant)
-    if tenant is None or not tenant.api_keys:
+    if tenant is None or not (tenant.api_keys or tenant.demo):
         raise ConfigError(f"tenant {original.tenant} is not in this configuration, or has no API key to replay as")
-    if model and model not in tenant.routes and model not in config.models:
-        raise ConfigError(f"{model} is neither a route of tenant {original.tenant} nor a model of this configuration")
+    if model and model not in tenant.routes and model not in tenant.allowed_models:
+        raise ConfigError(f"{model} is neither a route of tenant {original.tenant} nor a model it may use")
     content = original.content
     if not isinstance(content, dict) or "request" not in content:
         raise ConfigError(
@@ -193,14 +194,16 @@ def replay_sample(args: argparse.Namespace) -> int:
 
     from ..adapters.local.traces import SqliteTraceStore
     from ..adapters.local.wiring import local_deps
+    from .main import chain_config
 
     if not 1 <= args.sample <= MAX_SAMPLE:
         raise ConfigError(f"--sample is 1 to {MAX_SAMPLE}")
     config = load_local_config(args.config)
     if args.tenant not in config.tenants:
         raise ConfigError(f"tenant {args.tenant} is not in this configuration")
-    if args.model and args.model not in config.tenants[args.tenant].routes and args.model not in config.models:
-        raise ConfigError(f"{args.model} is neither a route of tenant {args.tenant} nor a model of this configuration")
+    usable = config.tenants[args.tenant]
+    if args.model and args.model not in usable.routes and args.model not in usable.allowed_models:
+        raise ConfigError(f"{args.model} is neither a route of tenant {args.tenant} nor a model it may use")
     now = time.time()
     since = since_bound(args.since, now)
     _report_folder(args.out)
@@ -230,7 +233,7 @@ def replay_sample(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with contextlib.ExitStack() as stack, Progress(*columns, console=console, transient=True) as progress:
-        deps = local_deps(config, stack)
+        deps = local_deps(chain_config(config, stack), stack)
         task = progress.add_task("replay", total=len(chosen))
         for original, request in chosen:
             comparisons.append(compare(original, run_again(deps, original, request)))

@@ -1,0 +1,126 @@
+"""`llm-gateway eval`: eval suites through the gateway's chain (docs/experiments.md).
+
+`eval run SUITE.jsonl (--model M | --route R) [--config FILE] --out DIR [--tenant T] [--judge J]
+[--limit N]` runs each case as the tenant (the configuration's first, unless named), caches
+bypassed, scores it and writes `DIR/report.json` (with `pass_rate`) and `DIR/report.md`. SUITE is a
+path or the name of a shipped suite (`humaneval`, `extraction`).
+
+`eval compare RUN_A RUN_B [--alpha 0.05] [--json]` (each a run's folder or its report.json) says
+whether B is worse than A, better, or no evidence either way; exit 1 when worse (for CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .store_location import load_local_config
+
+
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    evals = commands.add_parser("eval", help="run an eval suite through the gateway, or compare two runs")
+    actions = evals.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("run", help="run a suite on a model or route and write its report", parents=parents)
+    run.add_argument("suite", help="a suite's JSONL file, or a shipped suite: humaneval, extraction")
+    target = run.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="a model of the tenant to answer")
+    target.add_argument("--route", help="a route of the tenant to answer")
+    run.add_argument("--out", type=Path, required=True, help="the folder for report.json and report.md")
+    run.add_argument("--tenant", help="run as this tenant (the configuration's first by default)")
+    run.add_argument("--judge", help="the model that grades `judge` cases")
+    run.add_argument("--limit", type=int, help="only the first N cases")
+    compare = actions.add_parser("compare", help="is run B worse than run A? (exit 1 when it is)")
+    compare.add_argument("run_a", type=Path, help="the baseline run's folder or report.json")
+    compare.add_argument("run_b", type=Path, help="the candidate run's folder or report.json")
+    compare.add_argument("--alpha", type=float, default=0.05, help="the test's false-positive rate (0.05)")
+    compare.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    return run(args) if args.action == "run" else compare(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..adapters.local.wiring import local_deps
+    from ..experiments.evals import Gateway, SuiteError, load_suite, render, report, run_suite
+    from .main import chain_config
+
+    config = load_local_config(args.config)
+    tenant = args.tenant or next(iter(config.tenants), None)
+    if tenant is None or tenant not in config.tenants:
+        raise ConfigError(f"tenant {tenant} is not in this configuration")
+    target = args.model or args.route
+    policy = config.tenants[tenant]
+    if target not in (policy.routes if args.route else policy.allowed_models):
+        where = "a route of tenant" if args.route else "a model (allowed_models) of tenant"
+        raise ConfigError(f"{target} is not {where} {tenant}")
+    if args.judge and args.judge not in policy.allowed_models and args.judge not in policy.routes:
+        raise ConfigError(f"judge {args.judge} is neither a route nor a model (allowed_models) of tenant {tenant}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit is at least 1")
+    try:
+        cases = load_suite(args.suite)[: args.limit]
+    except SuiteError as exc:
+        raise ConfigError(str(exc)) from None
+    if any(c.scorer == "judge" for c in cases) and not args.judge:
+        raise ConfigError("the suite has cases a judge scores: name the judge model (--judge)")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {args.out}: {exc.strerror or exc}") from None
+    columns = (TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with contextlib.ExitStack() as stack, Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        gateway = Gateway(local_deps(chain_config(config, stack), stack), tenant)
+        task = bar.add_task("eval", total=len(cases))
+        results = run_suite(cases, gateway, str(target), args.judge, lambda: bar.advance(task))
+    found = report(results, suite=args.suite, target=target, tenant=tenant, judge=args.judge)
+    (args.out / "report.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
+    (args.out / "report.md").write_text(render(found), encoding="utf-8")
+    print(
+        f"pass_rate={found['pass_rate']:.4f} ({found['passed']} of {found['cases']}) cost_usd={found['cost_usd']:.6g} "
+        f"report {args.out / 'report.json'}"
+    )
+    return 0
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    file = path / "report.json" if path.is_dir() else path
+    try:
+        found = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{file}: not a run's report ({exc})") from None
+    if not isinstance(found, dict) or not isinstance(found.get("results"), list):
+        raise ConfigError(f"{file}: not a run's report (no results)")
+    return found
+
+
+def compare(args: argparse.Namespace) -> int:
+    from ..experiments.evals import compare as paired
+
+    if not 0 < args.alpha < 1:
+        raise ConfigError("--alpha is between 0 and 1")
+    try:
+        found = paired(_read_run(args.run_a), _read_run(args.run_b), args.alpha)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot compare these runs: {exc}") from None
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        low, high = found["interval"]
+        print(
+            f"verdict={found['verdict']}\n"
+            f"# B {found['pass_rate_b']:.1%} against A {found['pass_rate_a']:.1%} on {found['cases']} cases: "
+            f"difference {found['difference']:+.1%} ({found['confidence']:.0%} interval {low:+.1%} to {high:+.1%}); "
+            f"A passed and B failed {found['a_passed_b_failed']}, B passed and A failed {found['b_passed_a_failed']}; "
+            f"McNemar p = {found['p_value']:.3g}"
+        )
+    return 1 if found["verdict"] == "worse" else 0
