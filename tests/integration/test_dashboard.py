@@ -140,7 +140,7 @@ def test_the_data_agrees_with_the_traffic_the_metrics_and_the_review_queue(
     # latency and the first token: the answered requests' percentiles, TTFT never after the end
     latency, ttft = totals["latency_ms"], totals["ttft_ms"]
     assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
-    assert 0 < ttft["p50"] <= ttft["p95"]
+    assert 0 < ttft["p50"] <= ttft["p95"] <= latency["p99"]  # one end time for a request's record and trace
     streamed = httpx.get(
         f"{gateway}/v1/traces/{traffic['streamed']}", headers={"authorization": f"Bearer {ACME_KEY}"}
     ).json()

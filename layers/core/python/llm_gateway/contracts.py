@@ -12,6 +12,7 @@ and chunks are built by the gateway and forbid extras too.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
@@ -557,6 +558,14 @@ class GatewayState(_Strict):
     error: StepError | None = None
     first_token_at: float | None = None  # a streamed answer: when its first text reached the client
     timings_ms: dict[str, float] = Field(default_factory=dict)  # each step's time, where the runner timed it
+    _ended_at: float | None = PrivateAttr(default=None)
+
+    def ended_at(self, clock: Callable[[], float]) -> float:
+        """When the request ended: the first time it is asked, so that its record, its metrics and
+        its trace give it one latency."""
+        if self._ended_at is None:
+            self._ended_at = clock()
+        return self._ended_at
 
     def model_request(self, route: RouteResult | None = None) -> ChatCompletionRequest:
         """The request as the caches and the model see it: with the guard's PII masking applied,

@@ -177,7 +177,7 @@ def _audit(state: GatewayState, deps: Deps, outcome: Outcome, error_code: str | 
         completion_tokens=usage.completion_tokens if usage else 0,
         cached_tokens=usage.prompt_tokens_details.cached_tokens if usage else 0,
         cost_usd=state.invoke.response.usage.cost_usd if state.invoke else 0.0,
-        latency_ms=round((deps.clock() - state.received_at) * 1000, 3),
+        latency_ms=round((state.ended_at(deps.clock) - state.received_at) * 1000, 3),
         attempts=len(state.invoke.attempts) if state.invoke else 0,
         outcome=outcome,
         error_code=error_code,
@@ -272,7 +272,7 @@ def request_metrics(state: GatewayState, deps: Deps, outcome: str, error: Gatewa
     model = answer.model if answer is not None else NO_LABEL
     labels = {"tenant": tenant, "route": route or NO_LABEL, "model": model, "outcome": outcome}
     metrics = deps.metrics
-    now = deps.clock()
+    now = state.ended_at(deps.clock)
     metrics.count("requests", 1.0, **labels)
     metrics.observe("request_duration_seconds", max(0.0, now - state.received_at), **labels)
     if error is not None:

@@ -52,7 +52,7 @@ def build_trace(
     error: GatewayError | None,
     received: ChatCompletion | None = None,
 ) -> Trace:
-    now = deps.clock()
+    now = state.ended_at(deps.clock)
     answer = state.invoke.response if state.invoke is not None else None
     if answer is None and state.cache is not None:
         answer = state.cache.response
