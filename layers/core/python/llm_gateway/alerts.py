@@ -222,9 +222,36 @@ class QueryFn(Protocol):
     def __call__(self, sql: str, params: tuple[object, ...] = ...) -> list[tuple[object, ...]]: ...
 
 
+class Periodic:
+    """Calls `action` every `interval_s` on a thread of its own while the context is open; a call
+    that fails is logged and the next one runs."""
+
+    def __init__(self, interval_s: float, action: Callable[[], object], name: str) -> None:
+        self.interval_s, self.action, self.name = interval_s, action, name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Periodic:
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.action()
+            except Exception:
+                log.exception("%s failed", self.name)
+
+
 class AlertWatcher:
-    """`serve`'s evaluator: every `interval_s` it evaluates the rules and, for each alert that
-    starts or stops firing, logs a line and (with `webhook_url`) posts
+    """`serve`'s evaluator (run every `alerting.interval_s` by a `Periodic`): it evaluates the
+    rules and, for each alert that starts or stops firing, logs a line and (with `webhook_url`) posts
     `{"alert", "tenant", "state": "firing" | "resolved", "value", "threshold", "at"}`."""
 
     def __init__(
@@ -235,8 +262,6 @@ class AlertWatcher:
     ) -> None:
         self.config, self.history, self.clock = config, history, clock
         self.firing: dict[tuple[str, str], AlertState] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def check(self) -> list[tuple[str, AlertState]]:
         """Evaluate once; what changed, as ("firing" | "resolved", state), announced."""
@@ -273,20 +298,3 @@ class AlertWatcher:
             httpx.post(url, json=body, timeout=5.0).raise_for_status()
         except httpx.HTTPError as exc:  # the alert is logged; the webhook's failure too
             log.warning("alert webhook failed: %s", exc)
-
-    def __enter__(self) -> AlertWatcher:
-        self._thread = threading.Thread(target=self._loop, name="alerts", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.alerting.interval_s):
-            try:
-                self.check()
-            except Exception:  # a failed evaluation is logged; the next one runs
-                log.exception("evaluating the alerts failed")

@@ -449,6 +449,7 @@ class RouteResult(_Strict):
     brief: bool = False  # add the brevity instruction (a simple request on a `brief_simple` route)
     complexity: float | None = None  # the complexity router's score (routes with `complexity`)
     pinned: bool = False  # a metadata pin chose the model
+    variant: str | None = None  # a rollout's arm for this caller: `<rollout id>:candidate` or `:baseline`
 
 
 class GuardResult(_Strict):

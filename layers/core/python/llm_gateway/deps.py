@@ -22,6 +22,7 @@ from .ports import (
     GuardAllowList,
     RateLimiter,
     ReviewQueue,
+    RolloutStore,
     TraceStore,
     UsageLedger,
 )
@@ -48,6 +49,7 @@ class Deps:
     batch_jobs: BatchJobs | None = None  # None: no batch job status on this deployment's API
     conversations: ConversationStore | None = None  # None: the Responses API keeps no responses
     traces: TraceStore | None = None  # None: no request traces (nor feedback) on this deployment
+    rollouts: RolloutStore | None = None  # None: routes are never rolled out on this deployment
     model_endpoint: EndpointMonitor | None = None  # a model endpoint this process runs (serve's local model)
     # The invoke step's retries, fallbacks and deadline: the REST chain's functions use the shorter
     # `pipeline.REST_INVOKE_POLICY` (API Gateway's 29 s), everything else `INVOKE_POLICY`.

@@ -183,7 +183,16 @@ def _audit(state: GatewayState, deps: Deps, outcome: Outcome, error_code: str | 
         error_code=error_code,
         guards=decision_summary(state),
         guard_reasons=decision_reasons(state),
+        variant=_variant(state),
     )
+
+
+def _variant(state: GatewayState) -> str | None:
+    """The request's rollout arm, where its route has a rollout (planned by the guard)."""
+    if state.router is not None:
+        return state.router.variant
+    planned = state.guard.route if state.guard is not None else None
+    return planned.variant if planned is not None else None
 
 
 def _decisions(state: GatewayState) -> list[tuple[str, GuardDecision]]:

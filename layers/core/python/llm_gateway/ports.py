@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .config import RateLimit
 from .contracts import ChatCompletion
@@ -69,6 +69,7 @@ class AuditRecord(BaseModel):
     # reason], ...]` (kind `input` or `output`); reasons name scores, categories, topics, entity
     # types and rule indexes, never the text. For `llm-gateway guard-report`.
     guard_reasons: str | None = None
+    variant: str | None = None  # a rollout's arm (`<rollout id>:candidate` or `:baseline`)
 
 
 class ExactCache(Protocol):
@@ -443,3 +444,76 @@ class TraceStore(Protocol):
     def add_feedback(self, tenant: str, request_id: str, feedback: Feedback, now: float) -> Trace | None:
         """Add feedback to the tenant's trace; the trace as it now is, or None when there is none."""
         ...
+
+
+class RolloutGates(BaseModel):
+    """When a rollout's stage advances, and when it rolls back (`experiments.rollouts`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_requests: int = Field(default=200, ge=1)  # candidate requests a stage needs before it may advance
+    error_margin: float = Field(
+        default=0.02, ge=0, le=1
+    )  # how far the candidate's error rate may exceed the baseline's
+    latency_ratio: float = Field(default=1.25, gt=0)  # the candidate's p95 at most this times the baseline's
+    feedback_margin: float = Field(default=0.1, ge=0, le=1)  # satisfaction at most this below the baseline's
+    min_feedback: int = Field(default=20, ge=1)  # feedbacks per arm before satisfaction counts
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    watch_alerts: bool = True  # the tenant's error-rate or latency alert firing rolls back
+
+
+class Rollout(BaseModel):
+    """A route of a tenant moving from `baseline` to `candidate` through `stages` (shares in %)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rollout_id: str
+    tenant: str
+    route: str
+    baseline: str
+    candidate: str
+    stages: list[float] = Field(min_length=1)
+    stage: int = 0  # the index in `stages` now
+    status: Literal["running", "completed", "rolled_back"] = "running"
+    gates: RolloutGates = Field(default_factory=RolloutGates)
+    started_at: float
+    stage_started_at: float
+    updated_at: float
+    reason: str | None = None  # why it last changed
+
+    @property
+    def share(self) -> float:
+        """The share (%) of the route's users the candidate answers now."""
+        if self.status == "rolled_back":
+            return 0.0
+        return 100.0 if self.status == "completed" else self.stages[self.stage]
+
+
+class RolloutEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rollout_id: str
+    at: float
+    action: Literal["start", "advance", "complete", "rollback"]
+    stage: int
+    share: float
+    actor: str  # `gates` (the evaluator), or who ran the command
+    detail: dict[str, Any] = {}
+
+
+class RolloutStore(Protocol):
+    """Rollouts and every transition of theirs, kept for audit."""
+
+    def active(self, tenant: str, route: str) -> Rollout | None:
+        """The rollout the router applies to this route now (running or completed), if any."""
+        ...
+
+    def get(self, rollout_id: str) -> Rollout | None: ...
+
+    def all(self, tenant: str | None = None) -> list[Rollout]: ...
+
+    def save(self, rollout: Rollout, event: RolloutEvent) -> None:
+        """Keep the rollout as it now is, and the transition that made it so, together."""
+        ...
+
+    def events(self, rollout_id: str) -> list[RolloutEvent]: ...

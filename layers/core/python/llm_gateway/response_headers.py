@@ -119,6 +119,16 @@ COMPLEXITY = ResponseHeader(
     _DECIMAL_4,
     rest_note="the number as the execution output holds it",
 )
+VARIANT = ResponseHeader(
+    "x-gateway-variant",
+    "the arm of the route's rollout this caller is on (sticky per user): the candidate is tried "
+    "first on its arm, the baseline after it",
+    "`<rollout id>:candidate` or `<rollout id>:baseline`",
+    "200 answers on a route with a rollout (docs/experiments.md), cache hits left out",
+    (APP,),
+    ANSWER,
+    {"type": "string", "pattern": r"^ro_[0-9a-f]{12}:(candidate|baseline)$"},
+)
 ATTEMPTS = ResponseHeader(
     "x-gateway-attempts",
     "provider calls made for the answer, retries and fallbacks included",
@@ -195,6 +205,7 @@ HEADERS: tuple[ResponseHeader, ...] = (
     MODEL,
     ROUTE,
     COMPLEXITY,
+    VARIANT,
     ATTEMPTS,
     COST,
     COMPRESSION_SAVED_TOKENS,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, hash_key, load_config
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
-from . import alerts, batch, cost_report, experiment, guard_report, replay, trace
+from . import alerts, batch, cost_report, experiment, guard_report, replay, rollout, trace
 from . import eval as evals
 from .store_location import load_local_config, note_if_new
 from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
@@ -91,6 +91,7 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
             default_embedder()
         deps = local_deps(config, stack)
         stack.enter_context(alert_watcher(deps))
+        stack.enter_context(rollout_watcher(deps))
         if supervisor is not None:
             deps.model_endpoint = supervisor
             supervisor.on_url_change(lambda old, new: repoint(deps, old, new))
@@ -112,11 +113,24 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
 def alert_watcher(deps: Deps) -> contextlib.AbstractContextManager[object]:
     """The alerts, evaluated every `alerting.interval_s` over the local store while `serve` runs."""
     from ..adapters.local.sqlite import SqliteStore
-    from ..alerts import AlertWatcher, LocalAlertHistory
+    from ..alerts import AlertWatcher, LocalAlertHistory, Periodic
 
     if not isinstance(deps.audit, SqliteStore):
         return contextlib.nullcontext()
-    return AlertWatcher(deps.config, LocalAlertHistory(deps.audit.query), deps.clock)
+    watcher = AlertWatcher(deps.config, LocalAlertHistory(deps.audit.query), deps.clock)
+    return Periodic(deps.config.alerting.interval_s, watcher.check, "alerts")
+
+
+def rollout_watcher(deps: Deps) -> contextlib.AbstractContextManager[object]:
+    """The running rollouts' gates, evaluated every `ROLLOUT_CHECK_S` while `serve` runs."""
+    from ..adapters.local.sqlite import SqliteStore
+    from ..alerts import Periodic
+    from ..experiments.rollouts import ROLLOUT_CHECK_S, RolloutController
+
+    if not isinstance(deps.audit, SqliteStore) or deps.rollouts is None:
+        return contextlib.nullcontext()
+    controller = RolloutController(deps.rollouts, deps.audit.query, deps.config, deps.clock)
+    return Periodic(ROLLOUT_CHECK_S, controller.check, "rollouts")
 
 
 def repoint(deps: Deps, old_url: str, new_url: str) -> None:
@@ -292,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_parser(commands, configured)
     experiment.add_parser(commands, configured)
     evals.add_parser(commands, configured)
+    rollout.add_parser(commands, configured)
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -319,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "replay": lambda: replay.replay(args),
         "experiment": lambda: experiment.experiment(args),
         "eval": lambda: evals.evaluate(args),
+        "rollout": lambda: rollout.rollout(args),
         "hash-key": lambda: print_key_digest(args.key),
     }
     try:

@@ -24,6 +24,7 @@ from ..contracts import (
 )
 from ..decisions import record_layer, submit_for_review
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
+from ..experiments.rollouts import with_rollout
 from ..identity import pseudonym
 from ..moderation.cascade import TIER2 as HARMFUL_LAYER
 from ..moderation.cascade import harmful_decision
@@ -201,7 +202,8 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         screen.decisions.append(verdict.decision)
         if verdict.decision.action == "block":
             return _blocked(screen, verdict)
-    return _allowed(screen, plan_route(state, deps, context.tenant, resolved))  # a refused request never plans
+    planned = with_rollout(deps.rollouts, context, plan_route(state, deps, context.tenant, resolved))
+    return _allowed(screen, planned)  # a refused request never plans
 
 
 def with_system_prompt(messages: list[ChatMessage], prompt: SystemPrompt) -> list[ChatMessage]:

@@ -70,6 +70,7 @@ from ..response_headers import (
     RETRY_AFTER,
     ROUTE,
     STREAM_CACHE_CONTROL,
+    VARIANT,
 )
 from ..runner import InProcessRunner
 from ..streaming import StreamItem, start_stream
@@ -134,6 +135,8 @@ def _decision_headers(state: GatewayState, model: str | None) -> dict[str, str]:
         headers[ROUTE.name] = state.router.route
         if state.router.complexity is not None:
             headers[COMPLEXITY.name] = f"{state.router.complexity:.4f}"
+        if state.router.variant is not None:
+            headers[VARIANT.name] = state.router.variant
     if state.invoke is not None:
         headers[ATTEMPTS.name] = str(len(state.invoke.attempts))
         headers[COST.name] = f"{state.invoke.response.usage.cost_usd:.8f}"

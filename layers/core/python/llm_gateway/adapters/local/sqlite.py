@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS audit (
     outcome TEXT NOT NULL,
     error_code TEXT,
     guards TEXT,
-    guard_reasons TEXT
+    guard_reasons TEXT,
+    variant TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_tenant_ts ON audit (tenant, ts);
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
@@ -140,6 +141,7 @@ class SqliteStore:
         add_missing_column(self._db, "exact_cache", "tags", "TEXT NOT NULL DEFAULT ''")
         add_missing_column(self._db, "audit", "guards", "TEXT")
         add_missing_column(self._db, "audit", "guard_reasons", "TEXT")
+        add_missing_column(self._db, "audit", "variant", "TEXT")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._stop = threading.Event()

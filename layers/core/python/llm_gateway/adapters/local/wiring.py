@@ -34,6 +34,7 @@ def local_deps(
     from .conversations import SqliteConversationStore
     from .memory import MemoryRateLimiter
     from .review import SqliteReviewQueue
+    from .rollouts import SqliteRolloutStore
     from .semantic import LocalSemanticIndex
     from .sqlite import SqliteStore
     from .traces import SqliteTraceStore
@@ -50,8 +51,10 @@ def local_deps(
     batch_jobs = stack.enter_context(contextlib.closing(SqliteBatchJobs(path)))
     conversations = stack.enter_context(contextlib.closing(SqliteConversationStore(path)))
     traces = stack.enter_context(contextlib.closing(SqliteTraceStore(path)))
+    rollouts = stack.enter_context(contextlib.closing(SqliteRolloutStore(path)))
     return Deps(
         traces=traces,
+        rollouts=rollouts,
         batch_jobs=batch_jobs,
         conversations=conversations,
         config=config,

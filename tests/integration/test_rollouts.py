@@ -1,0 +1,181 @@
+"""Staged rollouts through the HTTP API, fake models behind a fake OpenAI upstream: a candidate that
+fails 10 % of requests rolls back on its own within its first stage, and no user outside the
+stage's share is ever sent to it (each answer's `x-gateway-variant` against the user's bucket); its
+failures never reach the user (the baseline answers them); a healthy candidate advances stage by
+stage to 100 %; every transition is kept. `llm-gateway rollout start|status|advance|rollback`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from llm_gateway.adapters.local.rollouts import REFRESH_S, SqliteRolloutStore
+from llm_gateway.adapters.local.traces import SqliteTraceStore
+from llm_gateway.cli.main import main
+from llm_gateway.config import load_config
+from llm_gateway.experiments.rollouts import RolloutController, bucket
+from llm_gateway.http.app import create_app
+from llm_gateway.runner import InProcessRunner
+from tests.conftest import ACME_KEY, hash_key, make_deps
+from tests.support.fake_providers import Behaviour, FakeServer, Script, fake_server, ok, status
+from tests.support.servers import serve
+
+USERS = 400
+
+
+def answer(body: dict[str, Any]) -> Behaviour:
+    """gpt-bad fails one request in ten (the same ones on every retry); the others always answer."""
+    text = str(body["messages"][-1]["content"])
+    if body["model"] == "gpt-bad" and hashlib.sha256(text.encode()).digest()[0] % 10 == 0:
+        return status(500)
+    return ok(f"{body['model']} says hello.", prompt_tokens=10, completion_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeServer]:
+    with fake_server("openai", Script(responder=answer)) as server:  # type: ignore[arg-type]
+        yield server
+
+
+@pytest.fixture
+def gateway(upstream: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-fake")
+    model = "{{provider: openai, provider_model: {0}, base_url: {1}, api_key_env: FAKE_OPENAI_KEY, price: {2}}}"
+    price = "{input_per_mtok: 1.0, output_per_mtok: 2.0}"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"""storage_path: {tmp_path / "gateway.db"}
+models:
+  gpt-old: {model.format("gpt-old", upstream.base_url, price)}
+  gpt-bad: {model.format("gpt-bad", upstream.base_url, price)}
+  gpt-good: {model.format("gpt-good", upstream.base_url, price)}
+tenants:
+  acme:
+    api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
+    routes: {{default: {{model: gpt-old}}}}
+    rate_limit: {{requests_per_minute: 1000000, burst: 100000}}
+    user_rate_limit: {{requests_per_minute: 1000000, burst: 100000}}
+"""
+    )
+    config = load_config(str(path))
+    db = tmp_path / "gateway.db"
+    deps = make_deps(config, db=db, traces=SqliteTraceStore(db), rollouts=SqliteRolloutStore(db))
+    with serve(create_app(InProcessRunner(deps))) as url:
+        controller = RolloutController(deps.rollouts, deps.audit.query, config)  # type: ignore[arg-type, attr-defined]
+        yield {"url": url, "config": path, "controller": controller, "store": deps.rollouts}
+
+
+def start(gateway: dict[str, Any], candidate: str, *options: str) -> str:
+    command = ["rollout", "start", "--tenant", "acme", "--route", "default", "--to", candidate, "--stages", "10,50,100"]
+    assert main([*command, *options, "--no-alerts", "--config", str(gateway["config"])]) == 0
+    time.sleep(REFRESH_S + 0.1)  # the serving process reads the store's rollouts once a second
+    rollouts = gateway["store"].all("acme")
+    return str(rollouts[-1].rollout_id)
+
+
+def one_round(gateway: dict[str, Any], rollout_id: str, share: float, round_: int) -> dict[str, int]:
+    """Every user asks once; each answer's arm is the one the user's bucket gives at `share`."""
+    client = openai.OpenAI(base_url=gateway["url"] + "/v1", api_key=ACME_KEY, max_retries=0)
+    seen = {"candidate": 0, "baseline": 0}
+    for i in range(USERS):
+        user = f"user-{i}"
+        raw = client.chat.completions.with_raw_response.create(
+            model="default",
+            messages=[{"role": "user", "content": f"Round {round_}: question {i} of {user}."}],
+            user=user,
+            extra_headers={"cache-control": "no-store"},
+        )
+        assert raw.http_response.status_code == 200  # a failed candidate call is answered by the baseline
+        expected = "candidate" if bucket(rollout_id, "acme", f"user:{user}") < share * 100 else "baseline"
+        variant = raw.headers.get("x-gateway-variant")
+        assert variant == f"{rollout_id}:{expected}", (user, share)
+        seen[expected] += 1
+    return seen
+
+
+def test_a_candidate_that_fails_10_percent_rolls_back_within_its_first_stage(
+    gateway: dict[str, Any], upstream: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rollout_id = start(gateway, "gpt-bad", "--min-requests", "100")
+    seen = one_round(gateway, rollout_id, 10.0, 1)
+    assert 20 <= seen["candidate"] <= 60  # about 10 % of the users
+    moved = gateway["controller"].check()
+    assert [(r.rollout_id, r.status, r.stage) for r in moved] == [(rollout_id, "rolled_back", 0)]
+    assert "the candidate failed" in (moved[0].reason or "")
+    events = gateway["store"].events(rollout_id)
+    assert [(e.action, e.actor, e.share) for e in events][1:] == [("rollback", "gates", 0.0)]
+    # nobody reaches the candidate any more
+    time.sleep(REFRESH_S + 0.1)
+    client = openai.OpenAI(base_url=gateway["url"] + "/v1", api_key=ACME_KEY, max_retries=0)
+    before = sum(1 for r in upstream.script.requests if r.body and r.body.get("model") == "gpt-bad")
+    for i in range(50):
+        raw = client.chat.completions.with_raw_response.create(
+            model="default", messages=[{"role": "user", "content": f"After: {i}"}], user=f"user-{i}"
+        )
+        assert "x-gateway-variant" not in raw.headers and raw.headers["x-gateway-model"] == "gpt-old"
+    assert sum(1 for r in upstream.script.requests if r.body and r.body.get("model") == "gpt-bad") == before
+    capsys.readouterr()
+    assert main(["rollout", "status", rollout_id, "--config", str(gateway["config"])]) == 0
+    printed = capsys.readouterr().out
+    assert f"{rollout_id} acme/default gpt-old -> gpt-bad: rolled_back" in printed and "rollback" in printed
+
+
+def test_a_healthy_candidate_advances_stage_by_stage_to_all_users(
+    gateway: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rollout_id = start(gateway, "gpt-good", "--min-requests", "30", "--error-margin", "0.05", "--latency-ratio", "5")
+    shares = [10.0]
+    for round_ in range(1, 10):
+        seen = one_round(gateway, rollout_id, shares[-1], round_)
+        assert seen["candidate"] + seen["baseline"] == USERS
+        moved = gateway["controller"].check()
+        rollout = gateway["store"].get(rollout_id)
+        if moved:
+            time.sleep(REFRESH_S + 0.1)
+            shares.append(rollout.share)
+        if rollout.status != "running":
+            break
+    assert rollout.status == "completed" and shares == [10.0, 50.0, 100.0, 100.0]
+    assert one_round(gateway, rollout_id, 100.0, 99) == {"candidate": USERS, "baseline": 0}
+    actions = [e.action for e in gateway["store"].events(rollout_id)]
+    assert actions == ["start", "advance", "advance", "complete"]
+    capsys.readouterr()
+    assert main(["rollout", "status", "--json", "--config", str(gateway["config"])]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown[-1]["status"] == "completed" and len(shown[-1]["events"]) == 4
+
+
+def test_rollout_commands_by_hand_and_what_they_refuse(
+    gateway: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(gateway["config"])
+    rollout_id = start(gateway, "gpt-good")
+    assert main(["rollout", "advance", rollout_id, "--config", config]) == 0
+    assert "50 % on gpt-good" in capsys.readouterr().out
+    assert (
+        main(["rollout", "start", "--tenant", "acme", "--route", "default", "--to", "gpt-bad", "--config", config]) == 2
+    )
+    assert "already rolling out" in capsys.readouterr().err
+    assert main(["rollout", "rollback", rollout_id, "--reason", "a customer complained", "--config", config]) == 0
+    assert main(["rollout", "rollback", rollout_id, "--config", config]) == 2
+    assert "is rolled_back" in capsys.readouterr().err
+    for options, message in (
+        (["--to", "gpt-nope"], "gpt-nope is not a model"),
+        (["--to", "gpt-old"], "already answers with gpt-old"),
+        (["--to", "gpt-good", "--stages", "50,10"], "stages are increasing"),
+        (["--to", "gpt-good", "--stages", "nan"], "stages are increasing"),
+        (["--to", "gpt-good", "--confidence", "2"], "confidence"),
+    ):
+        command = ["rollout", "start", "--tenant", "acme", "--route", "default", *options, "--config", config]
+        assert main(command) == 2, options
+        assert message in capsys.readouterr().err, options
+    events = gateway["store"].events(rollout_id)
+    assert [e.action for e in events] == ["start", "advance", "rollback"]
+    assert events[-1].detail["reason"] == "a customer complained" and events[-1].actor.startswith("cli")
