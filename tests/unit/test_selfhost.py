@@ -43,7 +43,7 @@ def test_the_cli_prints_the_table_and_the_break_even(tmp_path: Path, capsys: pyt
     config.write_text(
         """
 models:
-  gpt-4o: {provider: openai, price: {input_per_mtok: 2.5, output_per_mtok: 10.0}}
+  gpt-4o: {provider: openai, provider_model: gpt-4o-2024-08-06, price: {input_per_mtok: 2.5, output_per_mtok: 10.0}}
   llama-1b-h200: {provider: sagemaker, endpoint: llama-1b, hourly_usd: 4.0, tokens_per_second: 2426}
 tenants:
   acme: {routes: {default: {model: gpt-4o}}}
@@ -68,8 +68,9 @@ def test_the_report_for_a_route_prices_its_models_at_the_routers_shares(
     config.write_text(
         """
 models:
-  gpt-4o: {provider: openai, price: {input_per_mtok: 2.5, output_per_mtok: 10.0}}
-  gpt-4o-mini: {provider: openai, price: {input_per_mtok: 0.15, output_per_mtok: 0.6}}
+  gpt-4o: {provider: openai, provider_model: gpt-4o-2024-08-06, price: {input_per_mtok: 2.5, output_per_mtok: 10.0}}
+  gpt-4o-mini:
+    {provider: openai, provider_model: gpt-4o-mini-2024-07-18, price: {input_per_mtok: 0.15, output_per_mtok: 0.6}}
   llama-1b-h200: {provider: sagemaker, endpoint: llama-1b, hourly_usd: 4.0, tokens_per_second: 2426}
 tenants:
   acme:

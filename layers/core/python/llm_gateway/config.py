@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 from collections.abc import Collection, Mapping
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .registry import registry_problems
 
 ProviderName = Literal["openai", "anthropic", "sagemaker", "echo", "embedder"]  # embedder: the packaged one
 LOCAL_ENDPOINT = "local"
@@ -87,6 +89,12 @@ class ModelConfig(_Config):
     # What a line answered through the provider's batch API costs; unset, half the online price
     # (both APIs' discount). Lines answered directly cost the online price.
     batch_price: Price | None = None
+    # The registry (`registry`): where this version is in its life (a route may not name a retired
+    # one), the date its provider retires it (routes naming it are warned of within 30 days), and
+    # whether its provider name may be a moving alias such as `gpt-4o` (refused unless allowed).
+    lifecycle: Literal["candidate", "shadow", "canary", "live", "retired"] = "live"
+    retires_on: date | None = None
+    allow_unpinned: bool = False
 
     @model_validator(mode="after")
     def _kind_fits_provider(self) -> ModelConfig:
@@ -596,7 +604,7 @@ class GatewayConfig(_Config):
     def _references_resolve(self) -> GatewayConfig:
         problems = reference_problems(self.models, self.tenants)
         if not problems:
-            problems = kind_problems(self.models, self.tenants)
+            problems = kind_problems(self.models, self.tenants) + registry_problems(self.models, self.tenants)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -11,12 +11,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, hash_key, load_config
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
+from ..registry import warn_retiring
 from . import alerts, batch, cost_report, experiment, guard_report, replay, rollout, trace
 from . import eval as evals
 from .store_location import load_local_config, note_if_new
@@ -90,6 +92,7 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
 
             default_embedder()
         deps = local_deps(config, stack)
+        warn_retiring(deps.config, deps.metrics, datetime.now(UTC).date())
         stack.enter_context(alert_watcher(deps))
         stack.enter_context(rollout_watcher(deps))
         if supervisor is not None:

@@ -103,6 +103,8 @@ def start(
         raise ValueError(f"tenant {tenant} has no route {route}")
     if candidate not in config.models:
         raise ValueError(f"{candidate} is not a model of this configuration")
+    if config.models[candidate].lifecycle == "retired":
+        raise ValueError(f"{candidate} is retired")
     if candidate == settings.model:
         raise ValueError(f"route {route} already answers with {candidate}")
     if not stages or any(not 0 < s <= 100 for s in stages) or list(stages) != sorted(set(stages)):
