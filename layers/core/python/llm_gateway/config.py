@@ -204,6 +204,15 @@ class Traces(_Config):
     export: bool = True
 
 
+class ShadowConfig(_Config):
+    """A sampled copy of the route's answered requests sent to `model` after the user's answer
+    (`experiments.shadow`): never shown, never cached, at most `budget_usd_per_day` a tenant."""
+
+    model: str = Field(min_length=1)
+    sample: float = Field(gt=0, le=1)  # the share of answered requests copied
+    budget_usd_per_day: float = Field(default=1.0, ge=0)
+
+
 class RouteConfig(_Config):
     # With `complexity`, `model` defaults to its largest model (used for requests it does not score).
     model: str = Field(min_length=1)
@@ -216,6 +225,7 @@ class RouteConfig(_Config):
     max_tokens: int | None = Field(default=None, ge=1)
     brief_simple: bool = False
     system_prompt: SystemPrompt | None = None  # this route's own, over the tenant's
+    shadow: ShadowConfig | None = None  # a candidate model answering copies of the route's requests
 
     @model_validator(mode="before")
     @classmethod
@@ -637,6 +647,11 @@ def reference_problems(models: Collection[str], tenants: Mapping[str, TenantConf
             ]
         problems += [
             f"tenants.{name}.allowed_models: unknown model '{m}'" for m in tenant.allowed_models if m not in models
+        ]
+        problems += [
+            f"tenants.{name}.routes.{route_name}.shadow: unknown model '{route.shadow.model}'"
+            for route_name, route in tenant.routes.items()
+            if route.shadow is not None and route.shadow.model not in models
         ]
         checkers = {
             "harmful.judge_model": tenant.guards.harmful.judge_model,

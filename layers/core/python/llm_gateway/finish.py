@@ -240,6 +240,8 @@ def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
         return FinishResult(status=refusal.status, error=refusal.body())
     response = final_response(state)
     _trace(state, deps, outcome, answer=response)
+    if deps.shadows is not None and state.invoke is not None:
+        deps.shadows.offer(state, deps, state.invoke.response)  # a sampled copy, sent after the answer
     return FinishResult(cached=cached, cost_usd=cost, response=response)
 
 

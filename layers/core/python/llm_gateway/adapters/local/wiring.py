@@ -26,6 +26,7 @@ def local_deps(
 
     `pseudonym_key_beside_store`: key the pseudonyms with a key file next to the store (unless
     LLM_GATEWAY_PSEUDONYM_KEY is set); a Lambda sets its key from Secrets Manager instead."""
+    from ...experiments.shadow import ShadowRunner
     from ...identity import KEY_ENV, key_file, set_pseudonym_key
     from ...providers.base import default_registry
     from .allowlist import SqliteGuardAllowList
@@ -52,9 +53,11 @@ def local_deps(
     conversations = stack.enter_context(contextlib.closing(SqliteConversationStore(path)))
     traces = stack.enter_context(contextlib.closing(SqliteTraceStore(path)))
     rollouts = stack.enter_context(contextlib.closing(SqliteRolloutStore(path)))
+    shadows = stack.enter_context(contextlib.closing(ShadowRunner(path)))
     return Deps(
         traces=traces,
         rollouts=rollouts,
+        shadows=shadows,
         batch_jobs=batch_jobs,
         conversations=conversations,
         config=config,
