@@ -104,9 +104,13 @@ def test_a_candidate_that_fails_10_percent_rolls_back_within_its_first_stage(
     gateway: dict[str, Any], upstream: FakeServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rollout_id = start(gateway, "gpt-bad", "--min-requests", "100")
-    seen = one_round(gateway, rollout_id, 10.0, 1)
-    assert 20 <= seen["candidate"] <= 60  # about 10 % of the users
-    moved = gateway["controller"].check()
+    moved = []
+    for round_ in range(1, 6):  # the gates judge after each round of every user's request
+        seen = one_round(gateway, rollout_id, 10.0, round_)
+        assert 20 <= seen["candidate"] <= 60  # about 10 % of the users, and never another one
+        moved = gateway["controller"].check()
+        if moved:
+            break
     assert [(r.rollout_id, r.status, r.stage) for r in moved] == [(rollout_id, "rolled_back", 0)]
     assert "the candidate failed" in (moved[0].reason or "")
     events = gateway["store"].events(rollout_id)
