@@ -190,13 +190,6 @@ def format_failures(runs: dict[str, Run]) -> list[dict[str, Any]]:
     return failed
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="bug: invoke/step.py `_repaired` raises OutputFormatInvalid without `spent`, so record_failure "
-    "releases the budget reservation and neither the answer nor the repair call is charged or "
-    "recorded (docs/guardrails.md: 'both calls are paid and recorded as attempts')",
-)
 def test_a_failed_format_repair_is_charged_for_both_calls(runs: dict[str, Run], data_dir: Path) -> None:
     for result in format_failures(runs):
         assert audited(data_dir, result["request_id"])["attempts"] >= 2
@@ -204,13 +197,6 @@ def test_a_failed_format_repair_is_charged_for_both_calls(runs: dict[str, Run], 
         assert ledger is not None and ledger[0] > 0 and ledger[1] > 0
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="bug: experiments/evals.py `run_suite` takes usage from `state.invoke` only, which a failed "
-    "request never has; what it paid (`GatewayError.spent`) is left out of the case's cost and tokens (and a format "
-    "failure's error carries no `spent` yet: the bug above)",
-)
 def test_a_failed_case_counts_what_its_calls_cost_in_the_report(runs: dict[str, Run]) -> None:
     for result in format_failures(runs):
         assert result["cost_usd"] > 0 and result["completion_tokens"] > 0

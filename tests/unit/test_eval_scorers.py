@@ -139,6 +139,13 @@ def test_humaneval_canonical_solutions_pass_and_the_prompt_alone_fails() -> None
         assert score(shipped[task], f"```python\n{problems[task]['prompt']}{canonical}```").passed, task
         assert score(shipped[task], canonical).passed, task  # the body alone, after the prompt
         assert not score(shipped[task], "    return None\n").passed, task
+    # the whole function restated without the prompt's imports (`List`): the prompt's imports come first
+    prompt = problems["HumanEval/0"]["prompt"]
+    restated = "".join(line for line in prompt.splitlines(keepends=True) if not line.startswith("from typing"))
+    assert (
+        "List" in restated
+        and score(shipped["HumanEval/0"], restated + problems["HumanEval/0"]["canonical_solution"]).passed
+    )
 
 
 def test_the_extraction_suites_expected_values_pass_its_own_schema() -> None:

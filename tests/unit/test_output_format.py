@@ -95,8 +95,11 @@ def test_a_second_invalid_answer_is_refused_with_a_clear_502_and_recorded() -> N
     assert (caught.value.status, error.code) == (502, "response_format_mismatch")
     assert "after one repair" in error.message
     assert error.message.endswith("at (root): fails the schema's 'required' rule (['name', 'age'])")
-    rows = store_of(runner.deps).query("SELECT outcome, error_code FROM audit")
-    assert rows[-1] == ("error", "response_format_mismatch")
+    rows = store_of(runner.deps).query("SELECT outcome, error_code, attempts, prompt_tokens, cost_usd FROM audit")
+    outcome, code, attempts, prompt_tokens, cost = rows[-1]
+    assert (outcome, code, attempts, prompt_tokens) == ("error", "response_format_mismatch", 2, 20)  # both paid
+    usage = store_of(runner.deps).query("SELECT prompt_tokens, cost_usd FROM usage")
+    assert usage and usage[-1][0] == 20 and usage[-1][1] == cost  # charged, as any answer is
 
 
 def test_a_valid_first_answer_costs_one_call() -> None:

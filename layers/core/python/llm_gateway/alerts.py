@@ -215,7 +215,7 @@ class LocalAlertHistory:
                 given.append(Feedback.model_validate_json(str(value)))
             except ValidationError:  # a damaged entry is passed over
                 continue
-        return [f.satisfaction for f in given if since <= f.at < until]
+        return [f.satisfaction for f in given if since <= f.at < until and f.kind != "task"]
 
 
 class QueryFn(Protocol):

@@ -449,7 +449,11 @@ class RouteResult(_Strict):
     brief: bool = False  # add the brevity instruction (a simple request on a `brief_simple` route)
     complexity: float | None = None  # the complexity router's score (routes with `complexity`)
     pinned: bool = False  # a metadata pin chose the model
-    variant: str | None = None  # a rollout's arm for this caller: `<rollout id>:candidate` or `:baseline`
+    # a rollout's arm for this caller (`<rollout id>:candidate` or `:baseline`), or an experiment's
+    # variant (`<experiment id>:<variant>`), with the variant's parameters and system prompt
+    variant: str | None = None
+    params: dict[str, float | int] | None = None
+    system_prompt: str | None = None
 
 
 class GuardResult(_Strict):
@@ -581,11 +585,15 @@ class GatewayState(_Strict):
         extra = [context_prompt(context)] if context else []
         if router is not None and router.brief:
             extra.append(BREVITY_INSTRUCTION)
+        if router is not None and router.system_prompt is not None:  # an experiment's variant
+            extra.insert(0, router.system_prompt)
         if extra:
             messages = list(request.messages)
             at = next((i for i, m in enumerate(messages) if m.role not in PROMPT_ROLES), len(messages))
             messages[at:at] = [ChatMessage(role="system", content=text) for text in extra]
             request = request.model_copy(update={"messages": messages, "context": None})
+        if router is not None and router.params:
+            request = request.model_copy(update=router.params)
         cap = router.max_tokens if router is not None else None
         if cap is not None and (request.output_limit() or cap) >= cap:
             request = request.model_copy(update={"max_tokens": cap, "max_completion_tokens": None})

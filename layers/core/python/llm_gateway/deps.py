@@ -19,6 +19,7 @@ from .ports import (
     BudgetLedger,
     ConversationStore,
     ExactCache,
+    ExperimentStore,
     GuardAllowList,
     RateLimiter,
     ReviewQueue,
@@ -51,6 +52,7 @@ class Deps:
     conversations: ConversationStore | None = None  # None: the Responses API keeps no responses
     traces: TraceStore | None = None  # None: no request traces (nor feedback) on this deployment
     rollouts: RolloutStore | None = None  # None: routes are never rolled out on this deployment
+    experiments: ExperimentStore | None = None  # None: no A/B experiments on this deployment
     shadows: ShadowRunner | None = None  # None: routes' `shadow` copies are not sent on this deployment
     model_endpoint: EndpointMonitor | None = None  # a model endpoint this process runs (serve's local model)
     # The invoke step's retries, fallbacks and deadline: the REST chain's functions use the shorter

@@ -381,18 +381,21 @@ class Feedback(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["thumbs", "rating"]
+    kind: Literal["thumbs", "rating", "task"]  # task: whether the answer did the job (0 or 1), for experiments
     score: int
     comment: str | None = None
     at: float
 
     @property
     def satisfaction(self) -> float:
+        """Thumbs and ratings in [0, 1]; a task outcome is its score (0 or 1)."""
+        if self.kind == "task":
+            return float(self.score)
         return (self.score + 1) / 2 if self.kind == "thumbs" else (self.score - 1) / 4
 
     @property
     def negative(self) -> bool:
-        return self.satisfaction < 0.5
+        return self.kind != "task" and self.satisfaction < 0.5
 
 
 class StepTrace(BaseModel):
@@ -517,3 +520,46 @@ class RolloutStore(Protocol):
         ...
 
     def events(self, rollout_id: str) -> list[RolloutEvent]: ...
+
+
+class Variant(BaseModel):
+    """One arm of an experiment: its model (None: the route's), generation parameters and system
+    prompt over the request's, and its share of the route's users."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    model: str | None = None
+    params: dict[str, float | int] = {}  # temperature, top_p, max_tokens, ...
+    system_prompt: str | None = Field(default=None, max_length=20_000)
+    weight: float = Field(default=1.0, gt=0)
+
+
+class Experiment(BaseModel):
+    """An A/B experiment on a tenant's route; the first variant is the control."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment_id: str
+    tenant: str
+    route: str
+    variants: list[Variant] = Field(min_length=2, max_length=10)
+    metric: Literal["task_success", "satisfaction"] = "task_success"
+    mde: float  # the planned absolute effect on the metric (its mSPRT's mixing scale)
+    alpha: float = 0.05
+    error_margin: float = 0.02  # guardrail: a variant failing this much more than the control stops it
+    status: Literal["running", "stopped"] = "running"
+    winner: str | None = None
+    reason: str | None = None
+    started_at: float
+    stopped_at: float | None = None
+
+
+class ExperimentStore(Protocol):
+    def active(self, tenant: str, route: str) -> Experiment | None: ...
+
+    def get(self, experiment_id: str) -> Experiment | None: ...
+
+    def all(self, tenant: str | None = None) -> list[Experiment]: ...
+
+    def save(self, experiment: Experiment) -> None: ...

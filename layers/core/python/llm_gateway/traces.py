@@ -172,20 +172,21 @@ def _content(state: GatewayState, policy: TenantConfig, received: ChatCompletion
 
 
 class FeedbackRequest(BaseModel):
-    """The body of `POST /v1/feedback`: thumbs (-1 or +1) or a rating (1 to 5) on one answer,
-    named by its `x-request-id`. `kind` may be left out where the score says it (a 1 is a thumbs
-    up unless `kind` is `rating`)."""
+    """The body of `POST /v1/feedback`: thumbs (-1 or +1), a rating (1 to 5), or a task outcome
+    (`kind: task`, 0 or 1: whether the answer did the job, an experiment's success metric) on one
+    answer, named by its `x-request-id`. `kind` may be left out where the score says it (a 1 is a
+    thumbs up unless `kind` is `rating` or `task`)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     request_id: str = Field(min_length=1, max_length=256)
     score: int
-    kind: Literal["thumbs", "rating"] | None = None
+    kind: Literal["thumbs", "rating", "task"] | None = None
     comment: str | None = Field(default=None, max_length=4000)
 
     def feedback(self, at: float, comment: str | None) -> Feedback:
         kind = self.kind or ("thumbs" if self.score in (-1, 1) else "rating")
-        allowed = (-1, 1) if kind == "thumbs" else (1, 2, 3, 4, 5)
+        allowed = {"thumbs": (-1, 1), "rating": (1, 2, 3, 4, 5), "task": (0, 1)}[kind]
         if self.score not in allowed:
             raise InvalidRequest(f"A {kind} score is one of {', '.join(map(str, allowed))}.", param="score")
         return Feedback(kind=kind, score=self.score, comment=comment, at=at)
@@ -204,9 +205,12 @@ def give_feedback(deps: Deps, tenant: str, request: FeedbackRequest) -> Trace:
     trace = deps.traces.add_feedback(tenant, request.request_id, feedback, deps.clock()) if deps.traces else None
     if trace is None:
         raise NotFound(f"No request '{request.request_id}' of yours to give feedback on.", param="request_id")
-    verdict = "negative" if feedback.negative else "positive"
-    deps.metrics.count("feedback", tenant=tenant, kind=feedback.kind, verdict=verdict)
-    deps.metrics.observe("feedback_score", feedback.satisfaction, tenant=tenant)
+    if feedback.kind == "task":  # an experiment's success metric, not a satisfaction
+        deps.metrics.count("feedback", tenant=tenant, kind="task", verdict="success" if feedback.score else "failure")
+    else:
+        verdict = "negative" if feedback.negative else "positive"
+        deps.metrics.count("feedback", tenant=tenant, kind=feedback.kind, verdict=verdict)
+        deps.metrics.observe("feedback_score", feedback.satisfaction, tenant=tenant)
     if feedback.negative and deps.review is not None:
         answer = (trace.content or {}).get("answer") or []
         deps.review.submit(

@@ -26,7 +26,7 @@ from ..errors import GatewayError, GuardrailBlocked
 from .scorers import EvalCase, Judge, Score, score
 
 if TYPE_CHECKING:
-    from ..contracts import GatewayState
+    from ..contracts import GatewayState, Usage
     from ..deps import Deps
 
 SUITES = ("humaneval", "extraction")  # shipped with the package (`experiments/suites/`)
@@ -165,7 +165,7 @@ def run_suite(
                 verdict = score(case, text, judge)
             except RuntimeError as exc:  # the judge failed: this case is not scored as passed
                 verdict = Score(False, 0.0, str(exc)[:300])
-        usage = state.invoke.response.usage if state.invoke is not None else None
+        usage = state.invoke.response.usage if state.invoke is not None else _spent_usage(error)
         results.append(
             CaseResult(
                 id=case.id,
@@ -186,6 +186,15 @@ def run_suite(
         )
         advance()
     return results
+
+
+def _spent_usage(error: GatewayError | None) -> Usage | None:
+    """What a failed request had paid for (a format repair that failed, a choice that failed)."""
+    from ..contracts import InvokeResult
+
+    if error is None or not error.spent:
+        return None
+    return InvokeResult.model_validate(error.spent).response.usage
 
 
 def report(results: list[CaseResult], **about: Any) -> dict[str, Any]:

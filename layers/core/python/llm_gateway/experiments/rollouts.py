@@ -30,7 +30,7 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from ..alerts import LocalAlertHistory, QueryFn, evaluate, percentile
-from ..ports import Feedback, Rollout, RolloutEvent, RolloutGates, RolloutStore
+from ..ports import ExperimentStore, Feedback, Rollout, RolloutEvent, RolloutGates, RolloutStore
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig
@@ -93,6 +93,7 @@ def start(
     gates: RolloutGates | None = None,
     actor: str = "cli",
     now: float | None = None,
+    experiments: ExperimentStore | None = None,
 ) -> Rollout:
     """A new running rollout of the tenant's route to `candidate` (ValueError when it cannot be)."""
     policy = config.tenants.get(tenant)
@@ -112,6 +113,8 @@ def start(
     current = store.active(tenant, route)
     if current is not None and current.status == "running":
         raise ValueError(f"route {route} of tenant {tenant} is already rolling out ({current.rollout_id})")
+    if experiments is not None and experiments.active(tenant, route) is not None:
+        raise ValueError(f"route {route} of tenant {tenant} runs an experiment: stop it first")
     at = time.time() if now is None else now
     rollout = Rollout(
         rollout_id=f"ro_{uuid.uuid4().hex[:12]}",
@@ -228,24 +231,28 @@ def read(query: QueryFn, rollout: Rollout) -> Readings:
 
 
 def _satisfaction(query: QueryFn, arms: dict[str, str]) -> dict[str, list[float]]:
-    """Each arm's feedback (satisfaction 0 to 1), from the traces of its requests."""
-    if not arms:
-        return {}
-    found: dict[str, list[float]] = {}
-    ids = list(arms)
-    for start_at in range(0, len(ids), 500):
-        chunk = ids[start_at : start_at + 500]
-        marks = ", ".join("?" * len(chunk))
+    """Each arm's satisfaction (0 to 1) from its requests' thumbs and ratings."""
+    return {arm: [f.satisfaction for f in given if f.kind != "task"] for arm, given in feedback_of(query, arms).items()}
+
+
+def feedback_of(query: QueryFn, groups: dict[str, str]) -> dict[str, list[Feedback]]:
+    """The feedback on some requests (request id -> group), by group, from their traces."""
+    found: dict[str, list[Feedback]] = {}
+    ids = list(groups)
+    for at in range(0, len(ids), 500):
+        chunk = ids[at : at + 500]
         try:
-            rows: list[tuple[Any, ...]] = list(query(_FEEDBACK_OF.format(marks=marks), tuple(chunk)))
+            rows: list[tuple[Any, ...]] = list(
+                query(_FEEDBACK_OF.format(marks=", ".join("?" * len(chunk))), tuple(chunk))
+            )
         except sqlite3.OperationalError as exc:  # a store that never kept a trace
             if "no such table" not in str(exc):
                 raise
             return {}
         for request_id, value in rows:
             try:
-                found.setdefault(arms[request_id], []).append(Feedback.model_validate_json(str(value)).satisfaction)
-            except ValueError:
+                found.setdefault(groups[request_id], []).append(Feedback.model_validate_json(str(value)))
+            except ValueError:  # a damaged entry is passed over
                 continue
     return found
 

@@ -227,8 +227,12 @@ def _execution(case: EvalCase, answer: str, judge: Judge | None) -> Score:
     folder with no environment, CPU, memory and file-size limits and a timeout. The tests define
     `check(candidate)`, called with the function named `entry_point`."""
     code = fenced(answer, ("python", "py", "python3")) or answer
-    if not re.search(rf"^\s*def\s+{case.entry_point}\s*\(", code, re.MULTILINE) and case.prompt:
-        code = case.prompt + code
+    if case.prompt:
+        if not re.search(rf"^\s*def\s+{case.entry_point}\s*\(", code, re.MULTILINE):
+            code = case.prompt + code  # the body alone: it completes the prompt
+        else:  # the whole function: with the prompt's imports, which an answer often leaves out
+            imports = [line for line in case.prompt.splitlines() if re.match(r"(import|from)\s+\w", line)]
+            code = "\n".join([*imports, code])
     program = f"{_LIMITS}\n{code}\n\n{case.tests}\n\ncheck({case.entry_point})\n"
     with tempfile.TemporaryDirectory(prefix="llm-gateway-eval-") as folder:
         script = Path(folder) / "case.py"

@@ -24,6 +24,7 @@ from ..contracts import (
 )
 from ..decisions import record_layer, submit_for_review
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
+from ..experiments.ab import with_experiment
 from ..experiments.rollouts import with_rollout
 from ..identity import pseudonym
 from ..moderation.cascade import TIER2 as HARMFUL_LAYER
@@ -203,6 +204,7 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         if verdict.decision.action == "block":
             return _blocked(screen, verdict)
     planned = with_rollout(deps.rollouts, context, plan_route(state, deps, context.tenant, resolved))
+    planned = with_experiment(deps.experiments, context, planned)
     return _allowed(screen, planned)  # a refused request never plans
 
 

@@ -225,16 +225,21 @@ def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
         state, deps, lambda p, m, config: p.complete(request, m, config), deadline
     )
     wanted = request.choices_wanted()
+
+    def charged(failed: _ChoicesFailed) -> GatewayError:
+        """The request fails; what its answered calls cost goes with the error, to be charged."""
+        paid = build_completion(state, deps, model_id, failed.reply)
+        spent = InvokeResult(
+            model=model_id, provider=provider.name, response=paid, attempts=attempts, latency_ms=_ms_since(t0)
+        )
+        failed.error.spent = spent.model_dump(mode="json")
+        return failed.error
+
     if 1 + len(reply.more) < wanted:
         try:
             reply = _with_more_choices(state, deps, model_id, request, reply, attempts, deadline)
-        except _ChoicesFailed as failed:  # the request fails; what its answered calls cost is charged
-            paid = build_completion(state, deps, model_id, failed.reply)
-            spent = InvokeResult(
-                model=model_id, provider=provider.name, response=paid, attempts=attempts, latency_ms=_ms_since(t0)
-            )
-            failed.error.spent = spent.model_dump(mode="json")
-            raise failed.error from None
+        except _ChoicesFailed as failed:
+            raise charged(failed) from None
     choices: list[ReplyChoice] | None = None  # None: the reply's own (one choice, as it came)
     if wanted > 1 or request.response_format is not None:
         choices = reply.choices()[:wanted]
@@ -242,7 +247,10 @@ def invoke_step(state: GatewayState, deps: Deps) -> InvokeResult:
         for index, choice in enumerate(choices):
             problem = None if choice.tool_calls else format_problem(request, choice.text)  # a call is no answer yet
             if problem is not None:
-                fixed = _repaired(state, deps, model_id, single, choice.text, problem, attempts, deadline)
+                try:
+                    fixed = _repaired(state, deps, model_id, single, choice.text, problem, attempts, deadline)
+                except _ChoicesFailed as failed:  # the first answer and the repair were paid for
+                    raise charged(_ChoicesFailed(failed.error, reply.plus_usage(failed.reply))) from None
                 reply = reply.plus_usage(fixed)
                 choices[index] = ReplyChoice(text=fixed.text, finish_reason=fixed.finish_reason)
     return InvokeResult(
@@ -323,7 +331,8 @@ def _repaired(
 ) -> ProviderReply:
     """Ask the model once more, stating the problem of `answer` (retried like any call to that
     model): the repair call's reply. A repair call that fails after its retries ends like a
-    repair that does not satisfy the format: `OutputFormatInvalid`."""
+    repair that does not satisfy the format: `OutputFormatInvalid`, raised in a `_ChoicesFailed`
+    with what the repair was paid (the caller adds the first answer's and charges both)."""
     deps.metrics.count("output_format_repairs", model=model_id)
     repair = repair_request(request, answer, problem)
     try:
@@ -332,17 +341,20 @@ def _repaired(
         )
     except ProviderError as error:
         deps.metrics.count("output_format_failures", model=model_id)
-        raise OutputFormatInvalid(
+        failed = OutputFormatInvalid(
             "The model's answer did not satisfy the requested response_format, and the call to repair it"
             f" failed: {error.message}"
-        ) from error
+        )
+        unpaid = ProviderReply(text="", finish_reason="stop", prompt_tokens=0, completion_tokens=0)
+        raise _ChoicesFailed(failed, unpaid) from error  # a failed call is not paid
     attempts.extend(tried)
     still = format_problem(request, second.text, quote_answer=False)
     if still is not None:
         deps.metrics.count("output_format_failures", model=model_id)
-        raise OutputFormatInvalid(
+        failed = OutputFormatInvalid(
             f"The model's answer did not satisfy the requested response_format after one repair: {still}"
         )
+        raise _ChoicesFailed(failed, second)  # the repair was paid for too
     return second
 
 

@@ -33,6 +33,7 @@ def local_deps(
     from .batch import SqliteBatchJobs
     from .budget import SqliteBudgetLedger
     from .conversations import SqliteConversationStore
+    from .experiments import SqliteExperimentStore
     from .memory import MemoryRateLimiter
     from .review import SqliteReviewQueue
     from .rollouts import SqliteRolloutStore
@@ -54,7 +55,9 @@ def local_deps(
     traces = stack.enter_context(contextlib.closing(SqliteTraceStore(path)))
     rollouts = stack.enter_context(contextlib.closing(SqliteRolloutStore(path)))
     shadows = stack.enter_context(contextlib.closing(ShadowRunner(path)))
+    experiments = stack.enter_context(contextlib.closing(SqliteExperimentStore(path)))
     return Deps(
+        experiments=experiments,
         traces=traces,
         rollouts=rollouts,
         shadows=shadows,
