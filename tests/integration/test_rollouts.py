@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,9 @@ import pytest
 from llm_gateway.adapters.local.rollouts import REFRESH_S, SqliteRolloutStore
 from llm_gateway.adapters.local.traces import SqliteTraceStore
 from llm_gateway.cli.main import main
-from llm_gateway.config import load_config
-from llm_gateway.experiments.rollouts import RolloutController, bucket
+from llm_gateway.config import load_config, parse_config
+from llm_gateway.contracts import RouteResult, TenantContext
+from llm_gateway.experiments.rollouts import RolloutController, bucket, move, read, with_rollout
 from llm_gateway.http.app import create_app
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, hash_key, make_deps
@@ -69,7 +71,7 @@ tenants:
     deps = make_deps(config, db=db, traces=SqliteTraceStore(db), rollouts=SqliteRolloutStore(db))
     with serve(create_app(InProcessRunner(deps))) as url:
         controller = RolloutController(deps.rollouts, deps.audit.query, config)  # type: ignore[arg-type, attr-defined]
-        yield {"url": url, "config": path, "controller": controller, "store": deps.rollouts}
+        yield {"url": url, "config": path, "controller": controller, "store": deps.rollouts}  # type: ignore[dict-item]
 
 
 def start(gateway: dict[str, Any], candidate: str, *options: str) -> str:
@@ -183,3 +185,66 @@ def test_rollout_commands_by_hand_and_what_they_refuse(
     events = gateway["store"].events(rollout_id)
     assert [e.action for e in events] == ["start", "advance", "rollback"]
     assert events[-1].detail["reason"] == "a customer complained" and events[-1].actor.startswith("cli")
+
+
+def test_the_router_survives_what_could_go_wrong_with_a_rollout(
+    gateway: dict[str, Any], upstream: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, store = str(gateway["config"]), gateway["store"]
+    # a gate that is not a finite number is refused, never stored
+    command = ["rollout", "start", "--tenant", "acme", "--route", "default", "--to", "gpt-good"]
+    assert main([*command, "--latency-ratio", "inf", "--config", config]) == 2
+    assert "latency_ratio" in capsys.readouterr().err
+    # a second running rollout of the route cannot be stored, whoever starts it
+    rollout_id = start(gateway, "gpt-good")
+    first = store.get(rollout_id)
+    twin = first.model_copy(update={"rollout_id": "ro_000000000000"})
+    with pytest.raises(ValueError, match="already rolling out"):
+        store.save(twin, store.events(rollout_id)[0].model_copy(update={"rollout_id": twin.rollout_id}))
+    # a move decided on a rollout someone changed meanwhile is refused
+    assert main(["rollout", "rollback", rollout_id, "--config", config]) == 0
+    with pytest.raises(ValueError, match="changed meanwhile"):
+        move(store, first, "advance", "the gates held", "gates", time.time(), {})
+    assert store.get(rollout_id).status == "rolled_back"
+    # a damaged row is passed over: requests are answered
+    with sqlite3.connect(gateway["config"].parent / "gateway.db") as db:
+        db.execute("INSERT INTO rollouts VALUES ('ro_damaged', 'acme', 'default', 'running', 1.0, '{not json')")
+    time.sleep(REFRESH_S + 0.1)
+    client = openai.OpenAI(base_url=gateway["url"] + "/v1", api_key=ACME_KEY, max_retries=0)
+    answered = client.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert answered.http_response.status_code == 200 and "x-gateway-variant" not in answered.headers
+
+
+def test_a_candidate_that_refuses_a_request_hands_it_to_the_baseline(
+    gateway: dict[str, Any], upstream: FakeServer
+) -> None:
+    rollout_id = start(gateway, "gpt-good", "--stages", "100")
+    upstream.script.push(status(400, message="this model does not take that parameter"))
+    client = openai.OpenAI(base_url=gateway["url"] + "/v1", api_key=ACME_KEY, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "hi"}], user="someone"
+    )
+    assert raw.headers["x-gateway-variant"] == f"{rollout_id}:candidate" and raw.headers["x-gateway-model"] == "gpt-old"
+    readings = read(gateway["controller"].query, gateway["store"].get(rollout_id))
+    assert (readings.candidate_requests, readings.candidate_failures) == (1, 1)  # counted against the candidate
+
+
+def test_a_completed_rollout_yields_to_the_configuration_and_can_be_rolled_back(
+    gateway: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(gateway["config"])
+    rollout_id = start(gateway, "gpt-good", "--stages", "100")
+    assert main(["rollout", "advance", rollout_id, "--config", config]) == 0
+    assert gateway["store"].get(rollout_id).status == "completed"
+    context = TenantContext(tenant="acme", key_id="k1", user="u1")
+    planned = RouteResult(route="default", candidates=["gpt-old"])
+    loaded = load_config(config)
+    assert with_rollout(gateway["store"], loaded, context, planned).candidates[0] == "gpt-good"
+    # the configuration names the candidate now
+    moved_on = parse_config(gateway["config"].read_text().replace("{model: gpt-old}", "{model: gpt-good}"))
+    assert with_rollout(gateway["store"], moved_on, context, planned).variant is None
+    assert main(["rollout", "rollback", rollout_id, "--reason", "back after all", "--config", config]) == 0
+    time.sleep(REFRESH_S + 0.1)
+    assert with_rollout(gateway["store"], loaded, context, planned).variant is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 import time
 from importlib import resources
 from pathlib import Path
@@ -84,6 +85,18 @@ def test_execution_runs_the_answers_code_against_the_tests_with_limits() -> None
     assert not looping.passed and time.monotonic() - started < 30
     greedy = score(case(**EXECUTION), "def add(a, b):\n    x = bytearray(4 << 30)\n    return a + b\n")
     assert not greedy.passed and "MemoryError" in greedy.detail
+    # an early clean exit is no pass; the answer's own `from __future__` works; a message is not reported
+    assert not score(case(**EXECUTION), "import os\nos._exit(0)\ndef add(a, b):\n    return 0\n").passed
+    future = "from __future__ import annotations\ndef add(a: int, b: int) -> int:\n    return a + b\n"
+    assert score(case(**EXECUTION), future).passed
+    leaky = score(case(**EXECUTION), "def add(a, b):\n    raise ValueError('sk-secret-found-somewhere')\n")
+    assert leaky.detail == "tests failed: ValueError"
+    # what the code starts ends with it
+    marker = "61.4242"
+    daemon = f"import subprocess\nsubprocess.Popen(['/bin/sleep', '{marker}'])\ndef add(a, b):\n    return a + b\n"
+    assert score(case(**EXECUTION), daemon).passed
+    time.sleep(0.2)
+    assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, check=False).returncode == 1
     # a body alone completes the prompt
     body = case(**EXECUTION, prompt="def add(a, b):\n")
     assert score(body, "    return a + b\n").passed
@@ -94,7 +107,10 @@ def test_execution_runs_the_answers_code_against_the_tests_with_limits() -> None
     [
         ({"scorer": "regex", "pattern": "(a+)+$\\1"}, "pattern"),
         ({"scorer": "json_schema", "schema": {"$ref": "https://example.com/schema.json"}}, "schema"),
-        ({"scorer": "numeric", "expected": "forty-two"}, "needs a number"),
+        ({"scorer": "numeric", "expected": "forty-two"}, "needs a finite number"),
+        ({"scorer": "numeric", "expected": True}, "needs a finite number"),
+        ({"scorer": "exact", "expected": "x", "params": {"stream": True}}, "the suite runner.s"),
+        ({"scorer": "exact", "expected": "x", "params": {"max_tokens": -1}}, "max_tokens"),
         ({"scorer": "execution", "tests": "...", "entry_point": "os; import os"}, "entry_point"),
         ({"scorer": "contains"}, "needs expected"),
         ({"scorer": "exact", "expected": "x", "surprise": 1}, "surprise"),

@@ -430,6 +430,9 @@ class CallerContext(_Strict):
     # `llm-gateway replay`: the request this one runs again (kept in its trace, so that a sample of
     # traffic never picks a replay). Never set from a client request.
     replay_of: str | None = None
+    # An eval run or a replay: never assigned to a rollout's or an experiment's arm (its requests
+    # would steer their gates). Never set from a client request.
+    offline: bool = False
 
 
 class GuardDecision(_Strict):

@@ -452,7 +452,7 @@ class TraceStore(Protocol):
 class RolloutGates(BaseModel):
     """When a rollout's stage advances, and when it rolls back (`experiments.rollouts`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     min_requests: int = Field(default=200, ge=1)  # candidate requests a stage needs before it may advance
     error_margin: float = Field(
@@ -468,7 +468,7 @@ class RolloutGates(BaseModel):
 class Rollout(BaseModel):
     """A route of a tenant moving from `baseline` to `candidate` through `stages` (shares in %)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     rollout_id: str
     tenant: str
@@ -515,8 +515,10 @@ class RolloutStore(Protocol):
 
     def all(self, tenant: str | None = None) -> list[Rollout]: ...
 
-    def save(self, rollout: Rollout, event: RolloutEvent) -> None:
-        """Keep the rollout as it now is, and the transition that made it so, together."""
+    def save(self, rollout: Rollout, event: RolloutEvent, expected_updated_at: float | None = None) -> None:
+        """Keep the rollout as it now is, and the transition that made it so, together; with
+        `expected_updated_at`, only if it has not changed since (ValueError otherwise). A second
+        running rollout of a route is a ValueError."""
         ...
 
     def events(self, rollout_id: str) -> list[RolloutEvent]: ...
@@ -526,7 +528,7 @@ class Variant(BaseModel):
     """One arm of an experiment: its model (None: the route's), generation parameters and system
     prompt over the request's, and its share of the route's users."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
     model: str | None = None
@@ -538,7 +540,7 @@ class Variant(BaseModel):
 class Experiment(BaseModel):
     """An A/B experiment on a tenant's route; the first variant is the control."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     experiment_id: str
     tenant: str

@@ -67,6 +67,7 @@ _UNVERSIONED = {"text-embedding-3-small", "text-embedding-3-large", "text-embedd
 def alias_advice(provider: str, provider_name: str) -> str | None:
     """Why `provider_name` is a moving alias of `provider` and what to name instead; None when it is not."""
     known = ALIASES.get(provider)
+    provider_name = provider_name.strip().lower().removeprefix(f"{provider}/")  # as the provider reads it
     if known is None or provider_name in _UNVERSIONED:
         return None
     base = provider_name.removesuffix("-latest")
@@ -86,10 +87,23 @@ def registry_problems(models: Mapping[str, ModelConfig], tenants: Mapping[str, T
         advice = None if model.allow_unpinned else alias_advice(model.provider, model.provider_model or name)
         if advice is not None:
             problems.append(f"models.{name}: {advice}")
+
+    def retired(name: str | None) -> bool:
+        return name is not None and name in models and models[name].lifecycle == "retired"
+
     for tenant_name, tenant in tenants.items():
+        where = f"tenants.{tenant_name}"
         for route_name, route in tenant.routes.items():
-            retired = [m for m in route.models() if m in models and models[m].lifecycle == "retired"]
-            problems += [f"tenants.{tenant_name}.routes.{route_name}: model '{m}' is retired" for m in retired]
+            problems += [f"{where}.routes.{route_name}: model '{m}' is retired" for m in route.models() if retired(m)]
+            if route.shadow is not None and retired(route.shadow.model):
+                problems.append(f"{where}.routes.{route_name}.shadow: model '{route.shadow.model}' is retired")
+        problems += [f"{where}.allowed_models: model '{m}' is retired" for m in tenant.allowed_models if retired(m)]
+        for field, checker in (
+            ("guards.harmful.judge_model", tenant.guards.harmful.judge_model),
+            ("guards.grounded.check_model", tenant.guards.grounded.check_model),
+        ):
+            if retired(checker):
+                problems.append(f"{where}.{field}: model '{checker}' is retired")
     return problems
 
 

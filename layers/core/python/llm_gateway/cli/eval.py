@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .store_location import load_local_config
+from .store_location import load_local_config, report_folder
 
 
 def add_parser(
@@ -73,10 +73,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     if any(c.scorer == "judge" for c in cases) and not args.judge:
         raise ConfigError("the suite has cases a judge scores: name the judge model (--judge)")
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out {args.out}: {exc.strerror or exc}") from None
+    report_folder(args.out, ("report.json", "report.md"))
+    if not (policy.api_keys or policy.demo):
+        raise ConfigError(f"tenant {tenant} has no API key to run as")
     columns = (TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with contextlib.ExitStack() as stack, Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         gateway = Gateway(local_deps(chain_config(config, stack), stack), tenant)

@@ -125,15 +125,25 @@ def alert_watcher(deps: Deps) -> contextlib.AbstractContextManager[object]:
 
 
 def rollout_watcher(deps: Deps) -> contextlib.AbstractContextManager[object]:
-    """The running rollouts' gates, evaluated every `ROLLOUT_CHECK_S` while `serve` runs."""
+    """The running rollouts' gates and experiments' guardrails, evaluated every `ROLLOUT_CHECK_S`
+    while `serve` runs."""
     from ..adapters.local.sqlite import SqliteStore
     from ..alerts import Periodic
     from ..experiments.rollouts import ROLLOUT_CHECK_S, RolloutController
 
     if not isinstance(deps.audit, SqliteStore) or deps.rollouts is None:
         return contextlib.nullcontext()
+    from ..experiments import ab
+
     controller = RolloutController(deps.rollouts, deps.audit.query, deps.config, deps.clock)
-    return Periodic(ROLLOUT_CHECK_S, controller.check, "rollouts")
+    experiments, query = deps.experiments, deps.audit.query
+
+    def check() -> None:
+        controller.check()
+        if experiments is not None:
+            ab.check(experiments, query)
+
+    return Periodic(ROLLOUT_CHECK_S, check, "rollouts")
 
 
 def repoint(deps: Deps, old_url: str, new_url: str) -> None:

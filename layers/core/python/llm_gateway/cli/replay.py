@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..alerts import percentile
 from ..errors import ConfigError, GatewayError
 from ..ports import Trace
-from .store_location import existing_store, load_local_config
+from .store_location import existing_store, load_local_config, report_folder
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig
@@ -145,6 +145,7 @@ def run_again(deps: Deps, original: Trace, request: ChatCompletionRequest) -> Tr
             api_key_sha256=deps.config.tenants[original.tenant].api_keys[0].sha256,
             cache_control="no-cache, no-store",
             replay_of=original.request_id,
+            offline=True,
         ),
     )
     with contextlib.suppress(GatewayError):  # a refusal or failure is an outcome to compare too
@@ -177,17 +178,6 @@ def since_bound(text: str, now: float) -> float:
     return since
 
 
-def _report_folder(out: Path) -> None:
-    """The report's folder, made (and found writable) before anything is replayed and paid for."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".replay-writable"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot write the report there ({exc.strerror or exc})") from None
-
-
 def replay_sample(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -206,7 +196,7 @@ def replay_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.model} is neither a route of tenant {args.tenant} nor a model it may use")
     now = time.time()
     since = since_bound(args.since, now)
-    _report_folder(args.out)
+    report_folder(args.out, ("report.json", "report.md"))
     store = SqliteTraceStore(existing_store(config))
     unreadable: list[str] = []
     chosen: list[tuple[Trace, ChatCompletionRequest]] = []

@@ -56,3 +56,20 @@ def note_if_new(path: str) -> None:
             f"(a relative storage_path is taken from ${DATA_DIR_ENV}, else the home folder)",
             file=sys.stderr,
         )
+
+
+def report_folder(out: Path, files: tuple[str, ...]) -> None:
+    """A report's folder, made and found writable (and its `files` not folders) before a command
+    sends, and pays for, anything."""
+    from ..errors import ConfigError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".llm-gateway-writable"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write the report there ({exc.strerror or exc})") from None
+    taken = [name for name in files if (out / name).is_dir()]
+    if taken:
+        raise ConfigError(f"--out {out}: {', '.join(taken)} is a folder; the report is written there")

@@ -9,9 +9,9 @@ of the difference in pass rate; "worse", "better" or "no evidence".
 
 from __future__ import annotations
 
-import gzip
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 SUITES = ("humaneval", "extraction")  # shipped with the package (`experiments/suites/`)
 MAX_CASES = 100_000
+MAX_SUITE_BYTES = 256 << 20
 BOOTSTRAP_SAMPLES = 10_000
 
 
@@ -48,9 +49,9 @@ def suite_path(name: str) -> Path:
 def load_suite(name: str) -> list[EvalCase]:
     path = suite_path(name)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        raw = _bounded(path)
         lines = raw.decode("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+    except (OSError, UnicodeDecodeError, zlib.error) as exc:
         raise SuiteError(f"{path}: cannot be read ({exc})") from None
     cases: list[EvalCase] = []
     seen: set[str] = set()
@@ -72,6 +73,19 @@ def load_suite(name: str) -> list[EvalCase]:
     if not cases:
         raise SuiteError(f"{path}: no case")
     return cases
+
+
+def _bounded(path: Path) -> bytes:
+    """The suite file's bytes (gunzipped for `.gz`), refused past `MAX_SUITE_BYTES`."""
+    if path.suffix != ".gz":
+        if path.stat().st_size > MAX_SUITE_BYTES:
+            raise SuiteError(f"{path}: larger than {MAX_SUITE_BYTES >> 20} MiB")
+        return path.read_bytes()
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing
+    raw = inflate.decompress(path.read_bytes(), MAX_SUITE_BYTES + 1)
+    if len(raw) > MAX_SUITE_BYTES or inflate.unconsumed_tail:
+        raise SuiteError(f"{path}: unpacks to more than {MAX_SUITE_BYTES >> 20} MiB")
+    return raw
 
 
 @dataclass
@@ -113,7 +127,7 @@ class Gateway:
             request_id=uuid.uuid4().hex,
             received_at=time.time(),
             request=ChatCompletionRequest.model_validate(body),
-            caller=CallerContext(api_key_sha256=self.key, cache_control="no-cache, no-store"),
+            caller=CallerContext(api_key_sha256=self.key, cache_control="no-cache, no-store", offline=True),
         )
         try:
             self.runner.run(state)
@@ -257,16 +271,36 @@ def render(found: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _passed(run: dict[str, Any], label: str) -> dict[str, bool]:
+    """A run's case id -> passed, every entry checked (a report edited by hand is refused)."""
+    found: dict[str, bool] = {}
+    for entry in run["results"]:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("id"), str)
+            or not isinstance(entry.get("passed"), bool)
+        ):
+            raise ValueError(f"run {label}: a result without a string id and a true or false passed")
+        if entry["id"] in found:
+            raise ValueError(f"run {label}: case {entry['id']!r} is in it twice")
+        found[entry["id"]] = entry["passed"]
+    return found
+
+
 def compare(a: dict[str, Any], b: dict[str, Any], alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
     """B against A on the cases both ran: McNemar's exact test (two-sided) and a paired bootstrap
     interval of B's pass rate minus A's. "worse" or "better" when the test rejects at `alpha`."""
     from scipy.stats import binomtest
 
-    passed_a = {r["id"]: bool(r["passed"]) for r in a["results"]}
-    passed_b = {r["id"]: bool(r["passed"]) for r in b["results"]}
-    shared = sorted(passed_a.keys() & passed_b.keys())
+    passed_a, passed_b = _passed(a, "A"), _passed(b, "B")
+    if passed_a.keys() != passed_b.keys():
+        only_a, only_b = len(passed_a.keys() - passed_b.keys()), len(passed_b.keys() - passed_a.keys())
+        raise ValueError(
+            f"the runs are of different cases ({only_a} only in A, {only_b} only in B): run the same suite and --limit"
+        )
+    shared = sorted(passed_a)
     if not shared:
-        raise ValueError("the two runs share no case")
+        raise ValueError("the runs have no case")
     pairs = [(passed_a[i], passed_b[i]) for i in shared]
     only_a = sum(x and not y for x, y in pairs)  # A passed, B failed
     only_b = sum(y and not x for x, y in pairs)
@@ -274,15 +308,18 @@ def compare(a: dict[str, Any], b: dict[str, Any], alpha: float = 0.05, seed: int
     p_value = float(binomtest(min(only_a, only_b), discordant, 0.5).pvalue) if discordant else 1.0
     difference = (only_b - only_a) / len(pairs)
     deltas = np.array([int(y) - int(x) for x, y in pairs], dtype=np.float64)
-    resampled = np.random.default_rng(seed).integers(0, len(deltas), size=(BOOTSTRAP_SAMPLES, len(deltas)))
-    boot = sorted(deltas[resampled].mean(axis=1).tolist())
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(BOOTSTRAP_SAMPLES, 2_000_000 // len(deltas)))  # resamples at a time: bounded memory
+    boot: list[float] = []
+    while len(boot) < BOOTSTRAP_SAMPLES:
+        size = min(chunk, BOOTSTRAP_SAMPLES - len(boot))
+        boot += deltas[rng.integers(0, len(deltas), size=(size, len(deltas)))].mean(axis=1).tolist()
+    boot.sort()
     low, high = percentile(boot, alpha / 2), percentile(boot, 1 - alpha / 2)
     verdict = "no evidence" if p_value >= alpha else ("worse" if only_a > only_b else "better")
     return {
         "verdict": verdict,
         "cases": len(pairs),
-        "only_in_a": len(passed_a.keys() - passed_b.keys()),
-        "only_in_b": len(passed_b.keys() - passed_a.keys()),
         "pass_rate_a": sum(x for x, _ in pairs) / len(pairs),
         "pass_rate_b": sum(y for _, y in pairs) / len(pairs),
         "difference": difference,

@@ -66,14 +66,22 @@ def arm(rollout: Rollout, context: TenantContext) -> str:
     return "candidate" if bucket(rollout.rollout_id, context.tenant, identity(context)) < share_buckets else "baseline"
 
 
-def with_rollout(store: RolloutStore | None, context: TenantContext, planned: RouteResult) -> RouteResult:
+def with_rollout(
+    store: RolloutStore | None, config: GatewayConfig, context: TenantContext, planned: RouteResult
+) -> RouteResult:
     """The planned route with the route's rollout applied: on the candidate's arm the candidate
     first, the baseline after it. A pinned route, or one whose first model is not the rollout's
-    baseline (another tier of a complexity route), is left as it is."""
+    baseline (another tier of a complexity route), is left as it is; so is a route whose
+    configuration has moved on (its model is no longer the baseline) or whose candidate is no
+    longer a model it may call (gone from the configuration, or retired)."""
     if store is None or planned.pinned:
         return planned
     rollout = store.active(context.tenant, planned.route)
     if rollout is None or planned.candidates[0] not in (rollout.baseline, rollout.candidate):
+        return planned
+    settings = config.tenants[context.tenant].routes.get(planned.route)
+    candidate = config.models.get(rollout.candidate)
+    if settings is None or settings.model != rollout.baseline or candidate is None or candidate.lifecycle == "retired":
         return planned
     side = arm(rollout, context)
     variant = f"{rollout.rollout_id}:{side}"
@@ -108,8 +116,8 @@ def start(
         raise ValueError(f"{candidate} is retired")
     if candidate == settings.model:
         raise ValueError(f"route {route} already answers with {candidate}")
-    if not stages or any(not 0 < s <= 100 for s in stages) or list(stages) != sorted(set(stages)):
-        raise ValueError("stages are increasing shares above 0 and at most 100 (e.g. 1,5,25,50,100)")
+    if not stages or any(not 0.01 <= s <= 100 for s in stages) or list(stages) != sorted(set(stages)):
+        raise ValueError("stages are increasing shares from 0.01 to 100 (e.g. 1,5,25,50,100)")
     current = store.active(tenant, route)
     if current is not None and current.status == "running":
         raise ValueError(f"route {route} of tenant {tenant} is already rolling out ({current.rollout_id})")
@@ -139,8 +147,9 @@ def start(
 def move(
     store: RolloutStore, rollout: Rollout, action: str, reason: str, actor: str, now: float, detail: dict[str, Any]
 ) -> Rollout:
-    """`advance` (to the next stage, or `complete` after the last) or `rollback`, recorded."""
-    if rollout.status != "running":
+    """`advance` (to the next stage, or `complete` after the last) or `rollback` (a running or a
+    completed rollout), recorded; only if the rollout has not changed since it was read."""
+    if rollout.status == "rolled_back" or (rollout.status == "completed" and action != "rollback"):
         raise ValueError(f"rollout {rollout.rollout_id} is {rollout.status}")
     if action == "rollback":
         update: dict[str, Any] = {"status": "rolled_back"}
@@ -158,7 +167,7 @@ def move(
         actor=actor,
         detail={"reason": reason, **detail},
     )
-    store.save(moved, event)
+    store.save(moved, event, expected_updated_at=rollout.updated_at)
     return moved
 
 
@@ -324,8 +333,13 @@ class RolloutController:
             readings = read(self.query, rollout)
             alerts = firing.get(rollout.tenant, []) if rollout.gates.watch_alerts else []
             action, why = verdict(rollout, readings, alerts)
-            if action is not None:
+            if action is None:
+                continue
+            try:
                 moved.append(move(self.store, rollout, action, why, "gates", now, readings.as_detail()))
+            except ValueError:  # someone moved it meanwhile: judged again next time
+                log.info("rollout %s changed while its gates were read", rollout.rollout_id)
+                continue
                 log.warning(
                     "rollout %s of %s/%s: %s (%s)", rollout.rollout_id, rollout.tenant, rollout.route, action, why
                 )

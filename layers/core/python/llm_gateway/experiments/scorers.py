@@ -21,9 +21,13 @@ validation, no reference that fetches anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
+import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,13 +44,18 @@ ScorerName = Literal["exact", "contains", "regex", "json_schema", "numeric", "si
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 _FENCED = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 EXECUTION_TIMEOUT_S = 10.0
+_OUTPUT_READ = 1 << 20  # what is read of the child's output (its files cannot grow past its limit anyway)
 # the program's first lines: CPU seconds, memory, file size and core dumps limited before the answer runs
-_LIMITS = f"""import resource as _r
-_r.setrlimit(_r.RLIMIT_CPU, ({int(EXECUTION_TIMEOUT_S)}, {int(EXECUTION_TIMEOUT_S)}))
-_r.setrlimit(_r.RLIMIT_AS, ({1 << 30}, {1 << 30}))
-_r.setrlimit(_r.RLIMIT_FSIZE, ({1 << 20}, {1 << 20}))
+# The child's bootstrap: CPU seconds, memory, file size (its output goes to files) and core dumps
+# limited, then the case file run as `__main__` (compiled on its own: its `from __future__` lines
+# stay first), then the sentinel only a finished `check` reaches (an early `os._exit(0)` is no pass).
+_BOOTSTRAP = """import resource as _r, runpy as _p, sys as _s
+_r.setrlimit(_r.RLIMIT_CPU, ({cpu}, {cpu}))
+_r.setrlimit(_r.RLIMIT_AS, ({memory}, {memory}))
+_r.setrlimit(_r.RLIMIT_FSIZE, ({output}, {output}))
 _r.setrlimit(_r.RLIMIT_CORE, (0, 0))
-del _r
+_p.run_path("case.py", run_name="__main__")
+_s.stdout.write("\\n{sentinel}\\n")
 """
 
 
@@ -90,8 +99,20 @@ class EvalCase(BaseModel):
             raise ValueError(
                 f"scorer {self.scorer} needs {', '.join('schema' if m == 'json_schema' else m for m in missing)}"
             )
-        if self.scorer == "numeric" and not isinstance(self.expected, int | float):
-            raise ValueError("scorer numeric needs a number as expected")
+        if self.scorer == "numeric" and (
+            isinstance(self.expected, bool)
+            or not isinstance(self.expected, int | float)
+            or not math.isfinite(self.expected)
+        ):
+            raise ValueError("scorer numeric needs a finite number as expected")
+        refused = sorted(set(self.params) & {"model", "messages", "stream", "n", "user"})
+        if refused:
+            raise ValueError(f"params: {', '.join(refused)} are the suite runner's, not a case's")
+        from ..contracts import ChatCompletionRequest
+
+        ChatCompletionRequest.model_validate(
+            {**self.params, "model": "-", "messages": [m.model_dump() for m in self.messages]}
+        )
         if self.scorer == "regex":
             from ..schema_safety import PatternRefused, compile_pattern
 
@@ -102,9 +123,9 @@ class EvalCase(BaseModel):
         if self.json_schema is not None:
             from ..schema_safety import schema_refusal
 
-            refused = schema_refusal(self.json_schema)
-            if refused is not None:
-                raise ValueError(f"schema: {refused}")
+            problem = schema_refusal(self.json_schema)
+            if problem is not None:
+                raise ValueError(f"schema: {problem}")
         return self
 
 
@@ -223,9 +244,14 @@ def _judge(case: EvalCase, answer: str, judge: Judge | None) -> Score:
 
 def _execution(case: EvalCase, answer: str, judge: Judge | None) -> Score:
     """The answer's code (its fenced Python block, else the whole answer; after `prompt` when it
-    lacks the function's own `def`) and the case's tests, run by a separate Python in an empty
-    folder with no environment, CPU, memory and file-size limits and a timeout. The tests define
-    `check(candidate)`, called with the function named `entry_point`."""
+    lacks the function's own `def`, else after the prompt's imports) and the case's tests, run by
+    a separate Python in an empty folder with no environment, limits on CPU, memory and output,
+    and a timeout; its process group is ended afterwards. The tests define `check(candidate)`,
+    called with the function named `entry_point`; it passes when `check` returns.
+
+    Limits, not a sandbox: the code runs as this user and can read what it can. Run suites scored
+    by execution where the process holds nothing the model's code may not see. What failed is
+    reported by its exception's name only (a message could carry what the code found)."""
     code = fenced(answer, ("python", "py", "python3")) or answer
     if case.prompt:
         if not re.search(rf"^\s*def\s+{case.entry_point}\s*\(", code, re.MULTILINE):
@@ -233,25 +259,41 @@ def _execution(case: EvalCase, answer: str, judge: Judge | None) -> Score:
         else:  # the whole function: with the prompt's imports, which an answer often leaves out
             imports = [line for line in case.prompt.splitlines() if re.match(r"(import|from)\s+\w", line)]
             code = "\n".join([*imports, code])
-    program = f"{_LIMITS}\n{code}\n\n{case.tests}\n\ncheck({case.entry_point})\n"
+    sentinel = secrets.token_hex(16)
+    bootstrap = _BOOTSTRAP.format(cpu=int(EXECUTION_TIMEOUT_S), memory=1 << 30, output=1 << 20, sentinel=sentinel)
     with tempfile.TemporaryDirectory(prefix="llm-gateway-eval-") as folder:
-        script = Path(folder) / "case.py"
-        script.write_text(program, encoding="utf-8")
-        try:
-            done = subprocess.run(
-                [sys.executable, "-I", "-S", str(script)],
+        (Path(folder) / "case.py").write_text(
+            f"{code}\n\n{case.tests}\n\ncheck({case.entry_point})\n", encoding="utf-8"
+        )
+        with (Path(folder) / "out").open("w+b") as out, (Path(folder) / "err").open("w+b") as err:
+            child = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", bootstrap],
                 cwd=folder,
                 env={},
-                capture_output=True,
-                timeout=EXECUTION_TIMEOUT_S,
-                check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # its own process group: whatever it starts ends with it
             )
-        except subprocess.TimeoutExpired:
-            return Score(False, 0.0, f"timed out after {EXECUTION_TIMEOUT_S:g} s")
-    if done.returncode == 0:
+            try:
+                child.wait(timeout=EXECUTION_TIMEOUT_S)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+            out.seek(0)
+            finished = sentinel.encode() in out.read(_OUTPUT_READ)
+            err.seek(0)
+            errors = err.read(_OUTPUT_READ).decode("utf-8", "replace").strip().splitlines()
+    if timed_out:
+        return Score(False, 0.0, f"timed out after {EXECUTION_TIMEOUT_S:g} s")
+    if finished and child.returncode == 0:
         return Score(True, 1.0, "tests passed")
-    last = (done.stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
-    return Score(False, 0.0, f"tests failed: {last[:200]}")
+    raised = re.match(r"([A-Za-z_][\w.]*)(:|$)", errors[-1]) if errors else None
+    return Score(False, 0.0, f"tests failed: {raised.group(1) if raised else 'the tests did not finish'}")
 
 
 Judge = Callable[[str], str]

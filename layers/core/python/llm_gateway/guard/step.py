@@ -203,8 +203,10 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         screen.decisions.append(verdict.decision)
         if verdict.decision.action == "block":
             return _blocked(screen, verdict)
-    planned = with_rollout(deps.rollouts, context, plan_route(state, deps, context.tenant, resolved))
-    planned = with_experiment(deps.experiments, context, planned)
+    planned = plan_route(state, deps, context.tenant, resolved)
+    if not state.caller.offline:  # an eval or a replay is never put on a rollout's or an experiment's arm
+        planned = with_rollout(deps.rollouts, deps.config, context, planned)
+        planned = with_experiment(deps.experiments, context, planned)
     return _allowed(screen, planned)  # a refused request never plans
 
 

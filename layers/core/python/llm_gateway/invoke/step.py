@@ -134,6 +134,9 @@ def call_with_fallback(
                 attempts.append(Attempt(model=model_id, outcome="ok", latency_ms=_ms_since(t0)))
                 return model_id, provider, result, attempts
             attempts.append(Attempt(model=model_id, outcome=_outcome(error), latency_ms=_ms_since(t0)))
+            if _on_trial(state, model_id) and isinstance(error, ProviderBadRequest):
+                last_error = error  # a rollout's candidate refused it: the baseline answers, the gates count it
+                break
             if isinstance(error, ProviderBadRequest) or _named_in(error, policy.never_retry):
                 raise error
             last_error = error
@@ -150,6 +153,19 @@ def call_with_fallback(
     within = f" within the {policy.deadline_s:g} s deadline" if cut_short else ""
     retry_after = last_error.retry_after_s if isinstance(last_error, ProviderThrottled) else None
     raise AllModelsFailed(f"No model could answer{within}{f' ({tried})' if tried else ''}.", retry_after_s=retry_after)
+
+
+def _on_trial(state: GatewayState, model_id: str) -> bool:
+    """Whether `model_id` is a rollout's candidate tried first on its arm: a request it refuses
+    as bad goes on to the baseline (which may take it), and counts against the candidate."""
+    router = state.router
+    return (
+        router is not None
+        and router.variant is not None
+        and router.variant.endswith(":candidate")
+        and model_id == router.candidates[0]
+        and len(router.candidates) > 1
+    )
 
 
 def unexpected_provider_failure(exc: Exception, request_id: str, model_id: str) -> ProviderUnavailable:

@@ -4,9 +4,12 @@ route's running experiment on every request: they are read into memory at most o
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ...ports import Experiment
@@ -21,8 +24,28 @@ CREATE TABLE IF NOT EXISTS experiments (
     started_at REAL NOT NULL,
     experiment TEXT NOT NULL
 );
+-- one running experiment a route, however many processes start one at once
+CREATE UNIQUE INDEX IF NOT EXISTS experiments_one_running ON experiments (tenant, route) WHERE status = 'running';
 """
 REFRESH_S = 1.0
+log = logging.getLogger("llm_gateway.experiments")
+
+
+def _parsed(row: tuple[str]) -> Experiment | None:
+    """A stored experiment, or None for a row this version cannot read (logged, passed over)."""
+    try:
+        return Experiment.model_validate_json(row[0])
+    except ValueError:
+        log.exception("a stored experiment cannot be read; it is ignored")
+        return None
+
+
+@contextlib.contextmanager
+def _one_running(experiment: Experiment) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise ValueError(f"route {experiment.route} of tenant {experiment.tenant} already runs an experiment") from None
 
 
 class SqliteExperimentStore:
@@ -47,7 +70,7 @@ class SqliteExperimentStore:
             row = self._db.execute(
                 "SELECT experiment FROM experiments WHERE experiment_id = ?", (experiment_id,)
             ).fetchone()
-        return None if row is None else Experiment.model_validate_json(row[0])
+        return None if row is None else _parsed(row)
 
     def all(self, tenant: str | None = None) -> list[Experiment]:
         with self._lock:
@@ -55,10 +78,10 @@ class SqliteExperimentStore:
                 "SELECT experiment FROM experiments WHERE (? IS NULL OR tenant = ?) ORDER BY started_at",
                 (tenant, tenant),
             ).fetchall()
-        return [Experiment.model_validate_json(row[0]) for row in rows]
+        return [e for e in map(_parsed, rows) if e is not None]
 
     def save(self, experiment: Experiment) -> None:
-        with self._lock, self._db:
+        with self._lock, self._db, _one_running(experiment):
             self._db.execute(
                 "INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experiment_id) DO UPDATE SET "
                 "status = excluded.status, experiment = excluded.experiment",
