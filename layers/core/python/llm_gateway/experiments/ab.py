@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from ..alerts import QueryFn, percentile
 from ..ports import Experiment, ExperimentStore, Feedback, Variant
 from .rollouts import feedback_of, wilson
-from .stats import Sequential
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig
@@ -155,6 +154,8 @@ def analyse(query: QueryFn, experiment: Experiment) -> dict[str, Any]:
             "metric_successes": sum(outcomes),
             "metric_rate": sum(outcomes) / len(outcomes) if outcomes else None,
         }
+    from .stats import Sequential  # scipy: the report's, never the router's
+
     control = experiment.variants[0].name
     comparisons = {}
     z = NormalDist().inv_cdf(0.95)
