@@ -20,15 +20,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import uuid
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
-from ..alerts import QueryFn, percentile
 from ..ports import Experiment, ExperimentStore, Feedback, Variant
 from .rollouts import feedback_of, wilson
 
 if TYPE_CHECKING:
+    from ..alerts import QueryFn
     from ..config import GatewayConfig
     from ..contracts import RouteResult, TenantContext
 
@@ -102,6 +100,8 @@ def start(
     running = rollouts.active(tenant, route) if rollouts is not None else None
     if running is not None and running.status == "running":
         raise ValueError(f"route {route} of tenant {tenant} is rolling out ({running.rollout_id})")
+    import uuid
+
     experiment = Experiment(
         experiment_id=f"ex_{uuid.uuid4().hex[:12]}",
         tenant=tenant,
@@ -130,6 +130,11 @@ def stop(store: ExperimentStore, experiment: Experiment, reason: str, winner: st
 
 def analyse(query: QueryFn, experiment: Experiment) -> dict[str, Any]:
     """Each variant's numbers, and each treatment against the control."""
+    from statistics import NormalDist
+
+    from ..alerts import percentile
+    from .stats import Sequential  # scipy: the report's, never the router's
+
     ids = {v.name: f"{experiment.experiment_id}:{v.name}" for v in experiment.variants}
     rows: list[tuple[Any, ...]] = list(
         query(
@@ -154,7 +159,7 @@ def analyse(query: QueryFn, experiment: Experiment) -> dict[str, Any]:
             "metric_successes": sum(outcomes),
             "metric_rate": sum(outcomes) / len(outcomes) if outcomes else None,
         }
-    from .stats import Sequential  # scipy: the report's, never the router's
+
 
     control = experiment.variants[0].name
     comparisons = {}

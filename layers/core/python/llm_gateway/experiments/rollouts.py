@@ -21,18 +21,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import sqlite3
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
-from ..alerts import LocalAlertHistory, QueryFn, evaluate, percentile
 from ..ports import ExperimentStore, Feedback, Rollout, RolloutEvent, RolloutGates, RolloutStore
 
 if TYPE_CHECKING:
+    from ..alerts import QueryFn
     from ..config import GatewayConfig
     from ..contracts import RouteResult, TenantContext
 
@@ -124,6 +121,8 @@ def start(
     if experiments is not None and experiments.active(tenant, route) is not None:
         raise ValueError(f"route {route} of tenant {tenant} runs an experiment: stop it first")
     at = time.time() if now is None else now
+    import uuid
+
     rollout = Rollout(
         rollout_id=f"ro_{uuid.uuid4().hex[:12]}",
         tenant=tenant,
@@ -207,6 +206,8 @@ def read(query: QueryFn, rollout: Rollout) -> Readings:
     """The rollout's requests from the audit log: those a model was asked for (cache hits and
     refusals before the model left out); the candidate's failures are its errors and the requests
     its arm sent on to the baseline."""
+    from ..alerts import percentile
+
     rows: list[tuple[Any, ...]] = list(
         query(
             "SELECT variant, outcome, model, latency_ms, ts, request_id FROM audit WHERE tenant = ? AND route = ? "
@@ -246,6 +247,8 @@ def _satisfaction(query: QueryFn, arms: dict[str, str]) -> dict[str, list[float]
 
 def feedback_of(query: QueryFn, groups: dict[str, str]) -> dict[str, list[Feedback]]:
     """The feedback on some requests (request id -> group), by group, from their traces."""
+    import sqlite3  # the gates' and reports', not the router's
+
     found: dict[str, list[Feedback]] = {}
     ids = list(groups)
     for at in range(0, len(ids), 500):
@@ -268,6 +271,8 @@ def feedback_of(query: QueryFn, groups: dict[str, str]) -> dict[str, list[Feedba
 
 def verdict(rollout: Rollout, readings: Readings, alerts_firing: list[str]) -> tuple[str | None, str]:
     """("rollback" | "advance" | None, why) for a running rollout."""
+    from statistics import NormalDist  # the gates', not the router's
+
     gates = rollout.gates
     z = NormalDist().inv_cdf(gates.confidence)  # one-sided: "worse" or "not worse", with confidence
     base_rate = readings.baseline_failures / readings.baseline_requests if readings.baseline_requests else 0.0
@@ -321,6 +326,8 @@ class RolloutController:
 
     def check(self) -> list[Rollout]:
         """Each running rollout judged now; those that moved, as they now are."""
+        from ..alerts import LocalAlertHistory, evaluate
+
         now = self.clock()
         moved = []
         running = [r for r in self.store.all() if r.status == "running"]

@@ -24,8 +24,6 @@ from ..contracts import (
 )
 from ..decisions import record_layer, submit_for_review
 from ..errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge, RateLimited
-from ..experiments.ab import with_experiment
-from ..experiments.rollouts import with_rollout
 from ..identity import pseudonym
 from ..moderation.cascade import TIER2 as HARMFUL_LAYER
 from ..moderation.cascade import harmful_decision
@@ -204,7 +202,11 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         if verdict.decision.action == "block":
             return _blocked(screen, verdict)
     planned = plan_route(state, deps, context.tenant, resolved)
-    if not state.caller.offline:  # an eval or a replay is never put on a rollout's or an experiment's arm
+    # an eval or a replay is never put on a rollout's or an experiment's arm
+    if not state.caller.offline and (deps.rollouts is not None or deps.experiments is not None):
+        from ..experiments.ab import with_experiment  # only where a runtime keeps them
+        from ..experiments.rollouts import with_rollout
+
         planned = with_rollout(deps.rollouts, deps.config, context, planned)
         planned = with_experiment(deps.experiments, context, planned)
     return _allowed(screen, planned)  # a refused request never plans
