@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from llm_gateway.adapters.local.memory import MemoryRateLimiter
 from llm_gateway.adapters.local.sqlite import SqliteStore
@@ -141,21 +142,28 @@ def _summary(totals: list[float], overheads: list[float]) -> dict[str, float]:
     }
 
 
+def bench_runner(path: Path, config: str = CONFIG, **extra: Any) -> InProcessRunner:
+    """The chain on one SQLite file (cache, usage, audit), an in-process rate limiter and `extra`
+    dependencies (metrics, traces, shadows, ...)."""
+    store = SqliteStore(path)
+    deps = Deps(
+        config=parse_config(config),
+        cache=store,
+        limiter=MemoryRateLimiter(),
+        usage=store,
+        audit=store,
+        providers=default_registry(),
+        **extra,
+    )
+    return InProcessRunner(deps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteStore(Path(tmp) / "bench.db")
-        deps = Deps(
-            config=parse_config(CONFIG),
-            cache=store,
-            limiter=MemoryRateLimiter(),
-            usage=store,
-            audit=store,
-            providers=default_registry(),
-        )
-        runner = InProcessRunner(deps)
+        runner = bench_runner(Path(tmp) / "bench.db")
         n = args.requests
         measure(runner, 300, lambda i: f"warm-up question {i}", "no-store")
         scenarios = {

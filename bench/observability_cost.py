@@ -17,36 +17,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-from llm_gateway.adapters.local.memory import MemoryRateLimiter
-from llm_gateway.adapters.local.sqlite import SqliteStore
 from llm_gateway.adapters.local.traces import SqliteTraceStore
-from llm_gateway.config import parse_config
-from llm_gateway.deps import Deps
 from llm_gateway.observability import InMemoryMetrics, NullMetrics
-from llm_gateway.providers.base import default_registry
 from llm_gateway.runner import InProcessRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chain_overhead import CONFIG, _timed, make_state
+from chain_overhead import _timed, bench_runner, make_state
 
 GOAL_MS = 0.2
 
 
 def runner(folder: Path, observed: bool) -> InProcessRunner:
     path = folder / ("observed.db" if observed else "bare.db")
-    store = SqliteStore(path)
-    return InProcessRunner(
-        Deps(
-            config=parse_config(CONFIG),
-            cache=store,
-            limiter=MemoryRateLimiter(),
-            usage=store,
-            audit=store,
-            providers=default_registry(),
-            metrics=InMemoryMetrics() if observed else NullMetrics(),
-            traces=SqliteTraceStore(path) if observed else None,
-        )
-    )
+    if not observed:
+        return bench_runner(path, metrics=NullMetrics())
+    return bench_runner(path, metrics=InMemoryMetrics(), traces=SqliteTraceStore(path))
 
 
 def main() -> None:

@@ -18,17 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from llm_gateway.adapters.local.memory import MemoryRateLimiter
-from llm_gateway.adapters.local.sqlite import SqliteStore
-from llm_gateway.config import parse_config
-from llm_gateway.deps import Deps
 from llm_gateway.experiments.shadow import ShadowRunner
-from llm_gateway.providers.base import default_registry
 from llm_gateway.runner import InProcessRunner
 from llm_gateway.semantic.embeddings import default_embedder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chain_overhead import CONFIG, _timed, make_state
+from chain_overhead import CONFIG, _timed, bench_runner, make_state
 
 SHADOWED = CONFIG.replace(
     "routes: {default: {model: echo, fallbacks: []}}",
@@ -38,18 +33,8 @@ SHADOWED = CONFIG.replace(
 
 def runner(folder: Path, shadowed: bool) -> tuple[InProcessRunner, ShadowRunner | None]:
     path = folder / ("shadowed.db" if shadowed else "plain.db")
-    store = SqliteStore(path)
     shadows = ShadowRunner(path) if shadowed else None
-    deps = Deps(
-        config=parse_config(SHADOWED if shadowed else CONFIG),
-        cache=store,
-        limiter=MemoryRateLimiter(),
-        usage=store,
-        audit=store,
-        providers=default_registry(),
-        shadows=shadows,
-    )
-    return InProcessRunner(deps), shadows
+    return bench_runner(path, SHADOWED if shadowed else CONFIG, shadows=shadows), shadows
 
 
 def main() -> None:

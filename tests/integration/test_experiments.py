@@ -24,8 +24,9 @@ from llm_gateway.config import load_config
 from llm_gateway.experiments import ab
 from llm_gateway.http.app import create_app
 from llm_gateway.runner import InProcessRunner
-from tests.conftest import ACME_KEY, hash_key, make_deps
+from tests.conftest import ACME_KEY, make_deps
 from tests.support.fake_providers import Behaviour, FakeServer, Script, fake_server, ok, status
+from tests.support.model_configs import acme_config
 from tests.support.servers import serve
 
 USERS = 300
@@ -48,23 +49,7 @@ def upstream() -> Iterator[FakeServer]:
 def gateway(upstream: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-fake")
     upstream.script.reset()
-    model = "{{provider: openai, provider_model: {0}, base_url: {1}, api_key_env: FAKE_OPENAI_KEY, price: {2}}}"
-    price = "{input_per_mtok: 1.0, output_per_mtok: 2.0}"
-    path = tmp_path / "gateway.yaml"
-    path.write_text(
-        f"""storage_path: {tmp_path / "gateway.db"}
-models:
-  gpt-a: {model.format("gpt-a", upstream.base_url, price)}
-  gpt-b: {model.format("gpt-b", upstream.base_url, price)}
-  gpt-flaky: {model.format("gpt-flaky", upstream.base_url, price)}
-tenants:
-  acme:
-    api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
-    routes: {{default: {{model: gpt-a}}}}
-    rate_limit: {{requests_per_minute: 1000000, burst: 100000}}
-    user_rate_limit: {{requests_per_minute: 1000000, burst: 100000}}
-"""
-    )
+    path = acme_config(tmp_path, upstream.base_url, ["gpt-a", "gpt-b", "gpt-flaky"], "{model: gpt-a}")
     db = tmp_path / "gateway.db"
     stores = {"experiments": SqliteExperimentStore(db), "rollouts": SqliteRolloutStore(db)}
     deps = make_deps(load_config(str(path)), db=db, traces=SqliteTraceStore(db), **stores)

@@ -25,8 +25,9 @@ from llm_gateway.contracts import RouteResult, TenantContext
 from llm_gateway.experiments.rollouts import RolloutController, bucket, move, read, with_rollout
 from llm_gateway.http.app import create_app
 from llm_gateway.runner import InProcessRunner
-from tests.conftest import ACME_KEY, hash_key, make_deps
+from tests.conftest import ACME_KEY, make_deps
 from tests.support.fake_providers import Behaviour, FakeServer, Script, fake_server, ok, status
+from tests.support.model_configs import acme_config
 from tests.support.servers import serve
 
 USERS = 400
@@ -49,23 +50,7 @@ def upstream() -> Iterator[FakeServer]:
 @pytest.fixture
 def gateway(upstream: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-fake")
-    model = "{{provider: openai, provider_model: {0}, base_url: {1}, api_key_env: FAKE_OPENAI_KEY, price: {2}}}"
-    price = "{input_per_mtok: 1.0, output_per_mtok: 2.0}"
-    path = tmp_path / "gateway.yaml"
-    path.write_text(
-        f"""storage_path: {tmp_path / "gateway.db"}
-models:
-  gpt-old: {model.format("gpt-old", upstream.base_url, price)}
-  gpt-bad: {model.format("gpt-bad", upstream.base_url, price)}
-  gpt-good: {model.format("gpt-good", upstream.base_url, price)}
-tenants:
-  acme:
-    api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
-    routes: {{default: {{model: gpt-old}}}}
-    rate_limit: {{requests_per_minute: 1000000, burst: 100000}}
-    user_rate_limit: {{requests_per_minute: 1000000, burst: 100000}}
-"""
-    )
+    path = acme_config(tmp_path, upstream.base_url, ["gpt-old", "gpt-bad", "gpt-good"], "{model: gpt-old}")
     config = load_config(str(path))
     db = tmp_path / "gateway.db"
     deps = make_deps(config, db=db, traces=SqliteTraceStore(db), rollouts=SqliteRolloutStore(db))

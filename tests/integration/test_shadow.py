@@ -20,8 +20,9 @@ from llm_gateway.experiments.shadow import ShadowRunner
 from llm_gateway.http.app import create_app
 from llm_gateway.observability import InMemoryMetrics
 from llm_gateway.runner import InProcessRunner
-from tests.conftest import ACME_KEY, hash_key, make_deps
+from tests.conftest import ACME_KEY, make_deps
 from tests.support.fake_providers import Behaviour, FakeServer, Script, delay, fake_server, ok, status
+from tests.support.model_configs import acme_config
 from tests.support.servers import serve
 
 LIVE = "Paris is the capital of France."
@@ -45,22 +46,9 @@ def upstream() -> Iterator[FakeServer]:
 
 
 def gateway(upstream: FakeServer, tmp_path: Path, budget: float) -> tuple[Path, dict[str, Any]]:
-    model = "{{provider: openai, provider_model: {0}, base_url: {1}, api_key_env: FAKE_OPENAI_KEY, price: {2}}}"
-    price = "{input_per_mtok: 1.0, output_per_mtok: 2.0}"
-    path = tmp_path / "gateway.yaml"
-    path.write_text(
-        f"""storage_path: {tmp_path / "gateway.db"}
-models:
-  gpt-live: {model.format("gpt-live", upstream.base_url, price)}
-  gpt-shadow: {model.format("gpt-shadow", upstream.base_url, price)}
-tenants:
-  acme:
-    api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
-    routes:
-      default: {{model: gpt-live, shadow: {{model: gpt-shadow, sample: 1.0, budget_usd_per_day: {budget}}}}}
-    guards: {{pii: {{enabled: true, default: mask}}}}
-"""
-    )
+    shadow = f"{{model: gpt-live, shadow: {{model: gpt-shadow, sample: 1.0, budget_usd_per_day: {budget}}}}}"
+    pii = "    guards: {pii: {enabled: true, default: mask}}\n"
+    path = acme_config(tmp_path, upstream.base_url, ["gpt-live", "gpt-shadow"], shadow, pii)
     db = tmp_path / "gateway.db"
     parts = {"shadows": ShadowRunner(db), "metrics": InMemoryMetrics()}
     return path, {**parts, "deps": make_deps(load_config(str(path)), db=db, **parts)}
