@@ -18,15 +18,19 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from llm_gateway.adapters.local.experiments import SqliteExperimentStore
 from llm_gateway.adapters.local.review import SqliteReviewQueue
+from llm_gateway.adapters.local.rollouts import SqliteRolloutStore
 from llm_gateway.adapters.local.sqlite import SqliteStore
 from llm_gateway.adapters.local.traces import SqliteTraceStore
 from llm_gateway.alerts import percentile
 from llm_gateway.config import parse_config
 from llm_gateway.dashboard import WINDOWS, dashboard_data
+from llm_gateway.experiments import ab
+from llm_gateway.experiments.rollouts import start as start_rollout
 from llm_gateway.http.app import create_app
 from llm_gateway.observability import InMemoryMetrics
-from llm_gateway.ports import AuditRecord
+from llm_gateway.ports import AuditRecord, Variant
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, GLOBEX_KEY, hash_key, make_deps
 from tests.support.servers import free_port, serve
@@ -333,7 +337,14 @@ def fresh(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     """A gateway of its own (the dashboard caches a view for seconds, and counts failed sign-ins)."""
     db = tmp_path / "gateway.db"
     config = parse_config(config_text("http://127.0.0.1:9/v1"))
-    deps = make_deps(config, db=db, traces=SqliteTraceStore(db), review=SqliteReviewQueue(db))
+    deps = make_deps(
+        config,
+        db=db,
+        traces=SqliteTraceStore(db),
+        review=SqliteReviewQueue(db),
+        rollouts=SqliteRolloutStore(db),
+        experiments=SqliteExperimentStore(db),
+    )
     with serve(create_app(InProcessRunner(deps))) as url:
         yield url, deps
 
@@ -376,3 +387,27 @@ def test_damaged_trace_rows_are_passed_over_and_a_read_never_waits_for_the_store
     assert (
         httpx.get(f"{url}/v1/traces/{request_id}", headers={"authorization": f"Bearer {ACME_KEY}"}).status_code == 200
     )
+
+
+def test_the_rollouts_and_experiments_are_on_the_dashboard(fresh: tuple[str, Any], browser: Any) -> None:
+    url, deps = fresh
+    rollout = start_rollout(deps.rollouts, deps.config, "acme", "default", "down", (5.0, 100.0))
+    variants = [Variant(name="control"), Variant(name="cool", params={"temperature": 0.1})]
+    experiment = ab.start(deps.experiments, deps.config, "globex", "default", variants, 0.1, rollouts=deps.rollouts)
+    for i in range(6):
+        ask(url, GLOBEX_KEY, f"Translate sentence {i} into French.")
+    data = admin(url, "/dashboard/data", params={"window": "hour"}).json()
+    assert [(r["rollout_id"], r["status"], r["share"]) for r in data["rollouts"]] == [
+        (rollout.rollout_id, "running", 5.0)
+    ]
+    shown = data["experiments"][0]
+    assert shown["experiment_id"] == experiment.experiment_id and set(shown["variants"]) == {"control", "cool"}
+    assert sum(v["requests"] for v in shown["variants"].values()) == 6
+    assert shown["against_control"]["cool"]["verdict"] == "no evidence yet"
+    context = browser.new_context(extra_http_headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    page = context.new_page()
+    page.goto(url + "/dashboard")
+    page.wait_for_selector("body[data-loaded=true]", timeout=15_000)
+    assert rollout.rollout_id in page.inner_text("#rollouts")
+    assert page.locator("#experiments tbody tr").count() == 2  # a row a variant
+    context.close()

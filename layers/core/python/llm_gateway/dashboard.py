@@ -21,6 +21,7 @@ from .ports import Feedback
 
 if TYPE_CHECKING:
     from .config import GatewayConfig
+    from .ports import ExperimentStore, RolloutStore
 
 
 @dataclass(frozen=True)
@@ -232,3 +233,41 @@ class _Reader:
             }
             for who, model, n, cost, prompt, completion, cached in rows
         ]
+
+
+def model_changes(
+    rollouts: RolloutStore | None, experiments: ExperimentStore | None, query: QueryFn, tenant: str | None
+) -> dict[str, Any]:
+    """The rollouts and the experiments (running, and the last ones ended), for the dashboard's
+    tables: each rollout's stage and share; each experiment's variants and verdicts (its report)."""
+    from .experiments.ab import analyse
+
+    shown_rollouts = [r for r in (rollouts.all(tenant) if rollouts is not None else [])][-10:]
+    shown_experiments = [e for e in (experiments.all(tenant) if experiments is not None else [])][-5:]
+    return {
+        "rollouts": [
+            {
+                "rollout_id": r.rollout_id,
+                "tenant": r.tenant,
+                "route": r.route,
+                "change": f"{r.baseline} -> {r.candidate}",
+                "status": r.status,
+                "share": r.share,
+                "reason": r.reason,
+            }
+            for r in reversed(shown_rollouts)
+        ],
+        "experiments": [
+            {
+                "experiment_id": e.experiment_id,
+                "tenant": e.tenant,
+                "route": e.route,
+                "status": e.status,
+                "winner": e.winner,
+                "metric": e.metric,
+                "variants": report["variants"],
+                "against_control": report["against_control"],
+            }
+            for e, report in ((e, analyse(query, e)) for e in reversed(shown_experiments))
+        ],
+    }

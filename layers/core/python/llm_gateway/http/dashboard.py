@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from ..adapters.local.sqlite import SqliteStore
 from ..alerts import AlertState, LocalAlertHistory, evaluate
-from ..dashboard import WINDOWS, Window, dashboard_data
+from ..dashboard import WINDOWS, Window, dashboard_data, model_changes
 from ..errors import (
     AuthenticationFailed,
     ClientClosedRequest,
@@ -232,7 +232,8 @@ class Dashboard:
                     # the rules read a week of baseline: evaluated as often as `serve`'s watcher does
                     self._alerts = (now, evaluate(self.deps.config, LocalAlertHistory(query), now))
                 data = dashboard_data(query, self.deps.config, window, now, tenant, self._alerts[1])
-                found = {**data, "tenants": sorted(self.deps.config.tenants)}
+                changes = model_changes(self.deps.rollouts, self.deps.experiments, query, tenant)
+                found = {**data, **changes, "tenants": sorted(self.deps.config.tenants)}
             self._cache[key] = (now, found)
             return found
 

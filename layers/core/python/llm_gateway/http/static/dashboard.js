@@ -91,15 +91,29 @@
 
     fill("alerts", data.alerts.map(function (a) {
       return [a.tenant, a.alert, a.value === null ? "n/a" : number(a.value, 4), number(a.threshold, 4)];
-    }), "No alert is firing.");
+    }), "No alert is firing.", [2, 3]);
     fill("cost-by-model", data.cost_by_model.map(function (r) {
       return [r.tenant, r.model, number(r.requests, 0), number(r.prompt_tokens, 0), number(r.completion_tokens, 0), number(r.cost_usd, 6)];
-    }), "No model was paid in this window.");
+    }), "No model was paid in this window.", [2, 3, 4, 5]);
+    fill("rollouts", (data.rollouts || []).map(function (r) {
+      return [r.rollout_id, r.tenant + "/" + r.route, r.change, r.status, number(r.share, 2) + " %"];
+    }), "No rollout.", [4]);
+    const rows = [];
+    (data.experiments || []).forEach(function (e) {
+      Object.keys(e.variants).forEach(function (name) {
+        const v = e.variants[name];
+        const c = e.against_control[name];
+        const verdict = c ? c.verdict + " (" + number(c.difference, 3) + ", p " + number(c.p_value, 3) + ")" : "control";
+        const rate = v.metric_rate === null ? "–" : number(v.metric_rate, 3) + " of " + v.metric_n;
+        rows.push([e.experiment_id, e.tenant + "/" + e.route, e.status + (e.winner ? ", winner " + e.winner : ""), name, number(v.requests, 0), rate, verdict]);
+      });
+    });
+    fill("experiments", rows, "No experiment.", [4, 5]);
     document.getElementById("updated").textContent = "updated " + new Date(data.at * 1000).toLocaleTimeString();
     document.body.dataset.loaded = "true";
   }
 
-  function fill(id, rows, empty) {
+  function fill(id, rows, empty, numeric) {
     const body = document.querySelector("#" + id + " tbody");
     body.replaceChildren();
     if (!rows.length) {
@@ -115,7 +129,7 @@
       row.forEach(function (cell, i) {
         const td = tr.insertCell();
         td.textContent = cell; // text only: tenant and model names are never markup
-        if (i >= 2) td.className = "num";
+        if ((numeric || []).indexOf(i) >= 0) td.className = "num";
       });
     });
   }
