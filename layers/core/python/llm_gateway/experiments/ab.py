@@ -160,7 +160,6 @@ def analyse(query: QueryFn, experiment: Experiment) -> dict[str, Any]:
             "metric_rate": sum(outcomes) / len(outcomes) if outcomes else None,
         }
 
-
     control = experiment.variants[0].name
     comparisons = {}
     z = NormalDist().inv_cdf(0.95)
