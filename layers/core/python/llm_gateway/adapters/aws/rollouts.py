@@ -1,0 +1,165 @@
+"""`RolloutStore` on DynamoDB: the same promises as the SQLite store (`tests/contract/
+test_rollout_store.py`), for a deployment whose functions share the rollouts.
+
+One table, string keys `pk` and `sk`:
+
+- a rollout: `pk` `<tenant>#<route>`, `sk` `rollout#<id>`, with `rollout_id`, `status`,
+  `updated_at` and `body` (the rollout as JSON); the sparse index `by_id` (partition key
+  `rollout_id`) finds one by its id;
+- the route's running rollout: `pk` `<tenant>#<route>`, `sk` `running`, naming it: created with
+  the rollout in one transaction only where none exists, so a route never has two, whichever
+  function or process starts one; deleted in the transaction that ends it;
+- a transition: `pk` `events#<id>`, `sk` `<when>#<random>`, `body`.
+
+A change made with `expected_updated_at` is written only if the rollout's `updated_at` is still
+that (a condition in the same transaction as its event). The router reads a route's rollouts at
+most once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ...ports import Rollout, RolloutEvent
+
+BY_ID = "by_id"
+REFRESH_S = 1.0
+log = logging.getLogger("llm_gateway.rollouts")
+
+
+def rollout_key_schema() -> dict[str, Any]:
+    """`create_table` arguments for the rollout table (tests and local tooling)."""
+    return {
+        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        "AttributeDefinitions": [
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+            {"AttributeName": "rollout_id", "AttributeType": "S"},
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": BY_ID,
+                "KeySchema": [{"AttributeName": "rollout_id", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    }
+
+
+def _parsed(item: dict[str, Any]) -> Rollout | None:
+    try:
+        return Rollout.model_validate_json(item["body"]["S"])
+    except (KeyError, ValueError):  # a damaged item is passed over, never the router stopped
+        log.exception("a stored rollout cannot be read; it is ignored")
+        return None
+
+
+class DynamoRolloutStore:
+    def __init__(self, table: str, client: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self._table, self._client, self._clock = table, client, clock
+        self._cache: dict[tuple[str, str], tuple[float, Rollout | None]] = {}
+
+    def active(self, tenant: str, route: str) -> Rollout | None:
+        now = self._clock()
+        cached = self._cache.get((tenant, route))
+        if cached is not None and now - cached[0] < REFRESH_S:
+            return cached[1]
+        found = self._client.query(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :kind)",
+            ExpressionAttributeValues={":pk": {"S": f"{tenant}#{route}"}, ":kind": {"S": "rollout#"}},
+        )["Items"]
+        live = [r for r in map(_parsed, found) if r is not None and r.status in ("running", "completed")]
+        latest = max(live, key=lambda r: r.updated_at, default=None)
+        self._cache[(tenant, route)] = (now, latest)
+        return latest
+
+    def get(self, rollout_id: str) -> Rollout | None:
+        found = self._client.query(
+            TableName=self._table,
+            IndexName=BY_ID,
+            KeyConditionExpression="rollout_id = :id",
+            ExpressionAttributeValues={":id": {"S": rollout_id}},
+        )["Items"]
+        return _parsed(found[0]) if found else None
+
+    def all(self, tenant: str | None = None) -> list[Rollout]:
+        items: list[dict[str, Any]] = []
+        pages = self._client.get_paginator("scan").paginate(
+            TableName=self._table,
+            FilterExpression="begins_with(sk, :kind)",
+            ExpressionAttributeValues={":kind": {"S": "rollout#"}},
+        )
+        for page in pages:
+            items += page["Items"]
+        found = [r for r in map(_parsed, items) if r is not None and tenant in (None, r.tenant)]
+        return sorted(found, key=lambda r: r.updated_at)
+
+    def save(self, rollout: Rollout, event: RolloutEvent, expected_updated_at: float | None = None) -> None:
+        pk = {"S": f"{rollout.tenant}#{rollout.route}"}
+        put: dict[str, Any] = {
+            "TableName": self._table,
+            "Item": {
+                "pk": pk,
+                "sk": {"S": f"rollout#{rollout.rollout_id}"},
+                "rollout_id": {"S": rollout.rollout_id},
+                "status": {"S": rollout.status},
+                "updated_at": {"N": repr(rollout.updated_at)},
+                "body": {"S": rollout.model_dump_json()},
+            },
+        }
+        if expected_updated_at is None:
+            put["ConditionExpression"] = "attribute_not_exists(sk)"
+        else:
+            put["ConditionExpression"] = "updated_at = :expected"
+            put["ExpressionAttributeValues"] = {":expected": {"N": repr(expected_updated_at)}}
+        steps: list[dict[str, Any]] = [{"Put": put}]
+        running = {"pk": pk, "sk": {"S": "running"}}
+        if expected_updated_at is None and rollout.status == "running":  # a new rollout: the route's only one
+            item = {**running, "rollout_id": {"S": rollout.rollout_id}}
+            steps.append(
+                {"Put": {"TableName": self._table, "Item": item, "ConditionExpression": "attribute_not_exists(sk)"}}
+            )
+        elif rollout.status != "running":  # it ends: the route may run another
+            steps.append(
+                {
+                    "Delete": {
+                        "TableName": self._table,
+                        "Key": running,
+                        "ConditionExpression": "attribute_not_exists(sk) OR rollout_id = :id",
+                        "ExpressionAttributeValues": {":id": {"S": rollout.rollout_id}},
+                    }
+                }
+            )
+        steps.append(
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": {
+                        "pk": {"S": f"events#{rollout.rollout_id}"},
+                        "sk": {"S": f"{event.at:020.6f}#{uuid.uuid4().hex}"},
+                        "body": {"S": event.model_dump_json()},
+                    },
+                }
+            }
+        )
+        try:
+            self._client.transact_write_items(TransactItems=steps)
+        except self._client.exceptions.TransactionCanceledException as exc:
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if expected_updated_at is not None and reasons and reasons[0] == "ConditionalCheckFailed":
+                raise ValueError(f"rollout {rollout.rollout_id} changed meanwhile: look at it again") from None
+            raise ValueError(f"route {rollout.route} of tenant {rollout.tenant} is already rolling out") from None
+        self._cache.pop((rollout.tenant, rollout.route), None)  # this process sees its own change at once
+
+    def events(self, rollout_id: str) -> list[RolloutEvent]:
+        found = self._client.query(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": f"events#{rollout_id}"}},
+        )["Items"]
+        return [RolloutEvent.model_validate_json(item["body"]["S"]) for item in found]
