@@ -27,9 +27,13 @@ pytestmark = pytest.mark.model
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
+ADMIN = "(admin)"  # the announcement's admin key, among the tenants' keys until `Served` takes it
+
+
 class Served:
     def __init__(self, process: subprocess.Popen[str], url: str, keys: dict[str, str]) -> None:
         self.process, self.url, self.keys = process, url, keys
+        self.admin_key = keys.pop(ADMIN, "")
 
     def client(self, tenant: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url, api_key=self.keys[tenant], max_retries=0, timeout=120)
@@ -59,7 +63,9 @@ def read_announcement(process: subprocess.Popen[str], timeout_s: float = 180) ->
             url = line.split()[1]
         elif (match := re.fullmatch(r"tenant (\S+) key=(\S+)\n", line)) is not None:
             keys[match[1]] = match[2]
-        if url and len(keys) >= 2:
+        elif (match := re.fullmatch(r"admin key=(\S+)\n", line)) is not None:
+            keys[ADMIN] = match[1]
+        if url and len(keys) >= 3 and ADMIN in keys:
             return url, keys
     raise AssertionError(f"no ready line (exit code {process.poll()})")
 
@@ -304,3 +310,18 @@ def test_a_crashed_model_endpoint_is_reaped_logged_and_restarted(tmp_path: Path)
     logged = log.read_text()
     assert "died: signal SIGSEGV" in logged and "died: signal SIGKILL" in logged
     assert logged.count("serves again") == 2
+
+
+def test_the_printed_admin_key_reads_the_metrics_and_the_dashboard(served: Served) -> None:
+    base = served.url.removesuffix("/v1")
+    served.client("acme").chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "Say hello to the dashboard."}], max_tokens=8
+    )
+    admin = {"authorization": f"Bearer {served.admin_key}"}
+    assert served.admin_key.startswith("sk-gw-admin-")
+    assert httpx.get(base + "/metrics").status_code == 401
+    assert "llm_gateway_request_duration_seconds_bucket" in httpx.get(base + "/metrics", headers=admin).text
+    data = httpx.get(base + "/dashboard/data", params={"window": "hour"}, headers=admin, timeout=60).json()
+    assert data["totals"]["requests"] >= 1 and "acme" in data["tenants"]
+    page = httpx.get(base + "/dashboard", headers=admin)
+    assert page.status_code == 200 and "/dashboard/static/uPlot.iife.min.js" in page.text
