@@ -188,7 +188,7 @@ def _audit(state: GatewayState, deps: Deps, outcome: Outcome, error_code: str | 
 
 
 def _variant(state: GatewayState) -> str | None:
-    """The request's rollout arm, where its route has a rollout (planned by the guard)."""
+    """The request's rollout arm or experiment variant, where its route has one (planned by the guard)."""
     if state.router is not None:
         return state.router.variant
     planned = state.guard.route if state.guard is not None else None
@@ -241,7 +241,10 @@ def finish_step(state: GatewayState, deps: Deps) -> FinishResult:
     response = final_response(state)
     _trace(state, deps, outcome, answer=response)
     if deps.shadows is not None and state.invoke is not None:
-        deps.shadows.offer(state, deps, state.invoke.response)  # a sampled copy, sent after the answer
+        try:  # a sampled copy, sent after the answer; whatever befalls it, never the answer's business
+            deps.shadows.offer(state, deps, state.invoke.response)
+        except Exception:
+            log.exception("offering a shadow copy failed", extra={"request_id": state.request_id})
     return FinishResult(cached=cached, cost_usd=cost, response=response)
 
 
