@@ -61,6 +61,17 @@ def run(gateway: dict[str, Any], *arguments: str) -> int:
     return main([*arguments, "--config", gateway["config"]])
 
 
+def start_experiment(
+    gateway: dict[str, Any], capsys: pytest.CaptureFixture[str], variants: list[str], *options: str
+) -> str:
+    """`experiment start` on acme's route with these variants and options; its id."""
+    command = ["experiment", "start", "--tenant", "acme", "--route", "default", *options]
+    assert run(gateway, *command, *[x for v in variants for x in ("--variant", v)]) == 0
+    experiment_id = capsys.readouterr().out.split()[1].rstrip(":")
+    time.sleep(REFRESH_S + 0.1)  # the serving process reads the store's experiments once a second
+    return experiment_id
+
+
 def ask_everyone(gateway: dict[str, Any], round_: int) -> dict[str, tuple[str, str]]:
     """Each user asks once: user -> (variant header, request id)."""
     client = openai.OpenAI(base_url=gateway["url"] + "/v1", api_key=ACME_KEY, max_retries=0)
@@ -80,28 +91,8 @@ def test_users_stay_on_their_variant_and_task_feedback_makes_the_verdict(
     gateway: dict[str, Any], upstream: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     (tmp_path / "terse.txt").write_text("Answer in one sentence.")
-    assert (
-        run(
-            gateway,
-            "experiment",
-            "start",
-            "--tenant",
-            "acme",
-            "--route",
-            "default",
-            "--variant",
-            "control",
-            "--variant",
-            f"terse=gpt-b,temperature=0.1,system={tmp_path / 'terse.txt'}",
-            "--weights",
-            "50,50",
-            "--mde",
-            "0.2",
-        )
-        == 0
-    )
-    experiment_id = capsys.readouterr().out.split()[1].rstrip(":")
-    time.sleep(REFRESH_S + 0.1)
+    terse = f"terse=gpt-b,temperature=0.1,system={tmp_path / 'terse.txt'}"
+    experiment_id = start_experiment(gateway, capsys, ["control", terse], "--weights", "50,50", "--mde", "0.2")
     first, second = ask_everyone(gateway, 1), ask_everyone(gateway, 2)
     assert {u: v for u, (v, _) in first.items()} == {u: v for u, (v, _) in second.items()}  # sticky
     arms = [v.split(":")[1] for v, _ in first.values()]
@@ -139,26 +130,7 @@ def test_users_stay_on_their_variant_and_task_feedback_makes_the_verdict(
 def test_a_variant_that_fails_more_is_stopped_by_its_guardrail(
     gateway: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert (
-        run(
-            gateway,
-            "experiment",
-            "start",
-            "--tenant",
-            "acme",
-            "--route",
-            "default",
-            "--variant",
-            "control",
-            "--variant",
-            "flaky=gpt-flaky",
-            "--mde",
-            "0.1",
-        )
-        == 0
-    )
-    experiment_id = capsys.readouterr().out.split()[1].rstrip(":")
-    time.sleep(REFRESH_S + 0.1)
+    experiment_id = start_experiment(gateway, capsys, ["control", "flaky=gpt-flaky"], "--mde", "0.1")
     ask_everyone(gateway, 1)
     stopped = ab.check(gateway["experiments"], gateway["deps"].audit.query)
     assert [e.experiment_id for e in stopped] == [experiment_id]
