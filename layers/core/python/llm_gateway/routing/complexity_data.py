@@ -22,7 +22,7 @@ Easy (label 0):
 - The opening user turns of `chatterbot-corpus` 1.3.3 (BSD-3): tech support ("My printer is not
   printing."), trivia, small talk, simple definitions and small coding questions ("can you write
   a fizzbuzz in Python?").
-- Quora questions (the QQP pairs in ../shared/data): everyday questions on every subject.
+- Quora questions (the QQP question pairs the training scripts read): everyday questions on every subject.
 
 Split: 30 % of each source is held out by a digest of the text (stable across runs and library
 versions); the router is trained and calibrated on the rest only.
