@@ -80,6 +80,8 @@ def test_shadow_copies_never_reach_the_user_and_are_kept_as_scored_pairs(
     for question in questions:
         assert ask(running["url"], question).choices[0].message.content == LIVE  # never the shadow's answer
     assert running["shadows"].drain()
+    assert all(p["similarity"] is None for p in running["shadows"].pairs("acme"))  # scored later, not by serve
+    assert running["shadows"].score_pending() == len(questions) - 1
     pairs = running["shadows"].pairs("acme")
     assert len(pairs) == len(questions)
     failed = [p for p in pairs if p["outcome"] == "error"]

@@ -36,6 +36,7 @@ def shadow(args: argparse.Namespace) -> int:
     since = since_bound(args.since, time.time())
     runner = ShadowRunner(existing_store(config))
     try:
+        runner.score_pending()
         pairs = runner.pairs(args.tenant, args.route, since)
     finally:
         runner.close()

@@ -13,8 +13,8 @@ user's answer is done, to see how that model would have answered, at no risk to 
   tenant's usage ledger or budgets.
 - **What is kept.** Each pair (`shadow_pairs`): both models, answers (as the models wrote them:
   placeholders where PII was masked; the first 4,000 characters), latencies, costs, whether the
-  answers are the same, and their similarity (the embedding scorer of the eval suites).
-  `llm-gateway shadow report` sums them up.
+  answers are the same, and their similarity (the embedding scorer of the eval suites, run by
+  `llm-gateway shadow report` before it sums the pairs up, not by the serving process).
 """
 
 from __future__ import annotations
@@ -142,7 +142,8 @@ class ShadowRunner:
             shadow_cost = answer.response.usage.cost_usd
         shadow_ms = (time.monotonic() - t0) * 1000
         live_text = _text(state.invoke.response)
-        same, similarity = (None, None) if shadow_text is None else _agreement(live_text, shadow_text)
+        same = None if shadow_text is None else live_text.strip() == shadow_text.strip()
+        similarity = 1.0 if same else None  # the embedding scorer runs later (`score_pending`), off this process's CPU
         deps.metrics.count("shadow_requests", tenant=tenant, route=route, model=job.shadow_model, outcome=outcome)
         row = (
             state.request_id,
@@ -172,6 +173,20 @@ class ShadowRunner:
                 (tenant, route, now - now % _DAY_S),
             ).fetchone()
         return float(found[0] or 0.0)
+
+    def score_pending(self) -> int:
+        """Score the pairs answered since the last call (the similarity of the two answers, by the
+        eval suites' embedding scorer), as `llm-gateway shadow report` does before it sums up: the
+        serving process keeps its CPU for its requests. How many were scored."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request_id, live_answer, shadow_answer FROM shadow_pairs "
+                "WHERE outcome = 'ok' AND similarity IS NULL"
+            ).fetchall()
+        scored = [(_similarity(live, shadow), request_id) for request_id, live, shadow in rows]
+        with self._lock, self._db:
+            self._db.executemany("UPDATE shadow_pairs SET similarity = ? WHERE request_id = ?", scored)
+        return len(scored)
 
     def drain(self, timeout_s: float = 30.0) -> bool:
         """Wait until every queued copy has been handled (for tests and shutdown); False on timeout."""
@@ -204,22 +219,19 @@ def _text(response: ChatCompletion) -> str:
     return "\n".join(c.message.content or "" for c in response.choices)
 
 
-def _agreement(live: str, shadow: str) -> tuple[bool, float | None]:
-    """Whether the answers are the same (trimmed), and their similarity (the eval suites'
-    embedding scorer; None where the embedding model cannot run)."""
+def _similarity(live: str, shadow: str) -> float | None:
+    """The answers' similarity (the eval suites' embedding scorer; None where the embedding model
+    cannot run)."""
     from .scorers import EvalCase, score
 
-    same = live.strip() == shadow.strip()
-    if same:
-        return True, 1.0
     case = EvalCase.model_validate(
         {"id": "shadow", "messages": [{"role": "user", "content": "-"}], "scorer": "similarity", "reference": live}
     )
     try:
-        return False, round(score(case, shadow).value, 4)
+        return round(score(case, shadow).value, 4)
     except Exception:  # the embedding model's files: the pair is kept without a similarity
         log.exception("scoring a shadow pair failed")
-        return False, None
+        return None
 
 
 def summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
