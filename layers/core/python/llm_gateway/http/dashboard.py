@@ -25,9 +25,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..adapters.local.sqlite import SqliteStore
-from ..alerts import AlertState, LocalAlertHistory, evaluate
-from ..dashboard import WINDOWS, Window, dashboard_data, model_changes
 from ..errors import (
     AuthenticationFailed,
     ClientClosedRequest,
@@ -39,7 +36,10 @@ from ..errors import (
 )
 from .serving import read_limited_body
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the dashboard's reading: loaded on its first view, not with the app
+    from ..adapters.local.sqlite import SqliteStore
+    from ..alerts import AlertState
+    from ..dashboard import Window
     from ..deps import Deps
 
 COOKIE = "llm_gateway_dashboard"
@@ -201,6 +201,8 @@ class Dashboard:
     async def data(self, request: Request) -> Response:
         if not self._allowed(request):
             return self._error(AuthenticationFailed("An admin API key is required."))
+        from ..adapters.local.sqlite import SqliteStore
+        from ..dashboard import WINDOWS
 
         window = WINDOWS.get(request.query_params.get("window", "hour"))
         tenant = request.query_params.get("tenant") or None
@@ -218,6 +220,9 @@ class Dashboard:
         """The data, computed at most once every `_FRESH_S` per window and tenant, one computation
         at a time (however many pages are open), on a read-only connection of its own: a week of
         a busy store takes seconds to read, and never holds up a request."""
+        from ..alerts import LocalAlertHistory, evaluate
+        from ..dashboard import dashboard_data, model_changes
+
         key = (window.name, tenant)
         with self._computing:
             cached = self._cache.get(key)
