@@ -257,16 +257,17 @@ def _trace(
 ) -> None:
     """The request's trace (`traces`) and its spans (`telemetry`); a store or an exporter that
     fails loses them, never the answer."""
+    kept = None
     if deps.traces is not None:
         from .traces import record_trace
 
         try:
-            record_trace(state, deps, outcome, error, answer)
+            kept = record_trace(state, deps, outcome, error, answer)
         except Exception:
             log.exception("keeping a trace failed", extra={"request_id": state.request_id})
     if deps.spans is not None:
         try:
-            deps.spans.export(state, deps, outcome, error, answer)
+            deps.spans.export(state, deps, outcome, error, answer, kept)  # the same trace: built once
         except Exception:
             log.exception("exporting a request's spans failed", extra={"request_id": state.request_id})
 

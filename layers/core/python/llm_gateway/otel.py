@@ -95,9 +95,11 @@ class RequestSpans:
         outcome: str,
         error: GatewayError | None = None,
         answer: ChatCompletion | None = None,
+        kept: Trace | None = None,
     ) -> None:
         """Queue the spans of a finished request whose tenant is known and not opted out
-        (`traces.export`); `answer`: what the client received."""
+        (`traces.export`); `answer`: what the client received; `kept`: the trace the store just
+        kept of it, if any (its content is never exported)."""
         guard = state.guard
         tenant = guard.tenant.tenant if guard is not None and guard.tenant is not None else None
         policy = deps.config.tenants.get(tenant) if tenant is not None else None
@@ -105,7 +107,10 @@ class RequestSpans:
             return
         if self._closed:
             return
-        trace = build_trace(state, deps, tenant, _without_content(policy), outcome, error)
+        if kept is not None:
+            trace = kept if kept.content is None else kept.model_copy(update={"content": None})
+        else:
+            trace = build_trace(state, deps, tenant, _without_content(policy), outcome, error)
         try:
             self._queue.put_nowait((trace, request_attributes(state, answer)))
         except queue.Full:

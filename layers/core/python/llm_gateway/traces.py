@@ -31,16 +31,18 @@ def record_trace(
     outcome: str,
     error: GatewayError | None = None,
     answer: ChatCompletion | None = None,
-) -> None:
+) -> Trace | None:
     """Keep the request's trace when the deployment keeps traces and its tenant is known and
-    wants them; `answer`: what the client received."""
+    wants them; `answer`: what the client received. The trace kept, if one was."""
     tenant = state.guard.tenant.tenant if state.guard is not None and state.guard.tenant is not None else None
     if deps.traces is None or tenant is None:
-        return
+        return None
     policy = deps.config.tenants[tenant]
     if not policy.traces.enabled:
-        return
-    deps.traces.put(build_trace(state, deps, tenant, policy, outcome, error, answer))
+        return None
+    trace = build_trace(state, deps, tenant, policy, outcome, error, answer)
+    deps.traces.put(trace)
+    return trace
 
 
 def build_trace(
