@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -197,6 +196,8 @@ class LocalAlertHistory:
         return float(rows[0][0] or 0.0)  # type: ignore[arg-type]
 
     def satisfaction(self, tenant: str, since: float, until: float) -> list[float]:
+        import sqlite3  # the local store's: not with the configuration, which every function reads
+
         # feedback comes after its request: traces of requests up to a day before the range
         try:
             rows = self._query(
