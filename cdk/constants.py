@@ -56,6 +56,8 @@ ENV_REVIEW_TABLE = "REVIEW_TABLE"
 ENV_BUDGET_TABLE = "BUDGET_TABLE"
 ENV_CONVERSATION_TABLE = "CONVERSATION_TABLE"
 ENV_TRACE_TABLE = "TRACE_TABLE"
+ENV_ROLLOUT_TABLE = "ROLLOUT_TABLE"
+ENV_ROLLOUT_ALARMS = "ROLLOUT_ALARMS"
 ENV_BATCH_TABLE = "BATCH_TABLE"
 ENV_BATCH_BUCKET = "BATCH_BUCKET"
 ENV_IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
@@ -110,6 +112,21 @@ IDEMPOTENCY_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateI
 BATCH_SUBMIT_FOLDER = "batch_submit"  # S3 ObjectCreated -> a job and its workflow
 BATCH_WORK_FOLDER = "batch_work"  # the batch workflow's task
 BATCH_STATUS_FOLDER = "batch_status"  # GET /v1/batches[/{batch_id}] on the REST API
+ROLLOUTS = "rollouts"  # read the routes' rollouts (the functions that plan a route)
+ROLLOUT_READ_ACTIONS = ("dynamodb:Query",)
+ROLLOUT_GATES_FOLDER = "rollout_gates"  # the rollouts' gates, on a schedule
+ROLLOUT_GATES_MINUTES = 1
+ROLLOUT_GATES = "rollout_gates"  # judge the rollouts: read them, the audit log and feedback; move them
+ROLLOUT_GATE_ACTIONS = (  # reads, and the transactions that move a rollout (their items' actions too)
+    "dynamodb:Query",
+    "dynamodb:Scan",
+    "dynamodb:TransactWriteItems",
+    "dynamodb:PutItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:ConditionCheckItem",
+)
+AUDIT_READ_ACTIONS = ("dynamodb:Query",)
+TRACE_FEEDBACK_ACTIONS = ("dynamodb:BatchGetItem",)
 BATCH_SUBMIT_TIMEOUT_S = 120
 BATCH_WORK_TIMEOUT_S = 900
 BATCH_WORKFLOW_HOURS = 30  # a provider batch may take 24 h
@@ -123,7 +140,7 @@ BATCH_OUT_DAYS = 90
 # function that builds the AWS dependencies (`aws.runtime.deps`) reads the pseudonym key.
 FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     # rate-limit counters; the LLM judge (provider keys) and flagged requests (review queue)
-    "guard": frozenset({MOMENTO, PROVIDER_KEYS, REVIEW, PSEUDONYMS}),
+    "guard": frozenset({MOMENTO, PROVIDER_KEYS, REVIEW, PSEUDONYMS, ROLLOUTS}),
     "cache_lookup": frozenset({MOMENTO, PSEUDONYMS}),  # exact and semantic cache reads
     "invoke": frozenset({PROVIDER_KEYS, PSEUDONYMS}),  # OpenAI / Anthropic API keys
     "moderate": frozenset({PROVIDER_KEYS, REVIEW, PSEUDONYMS}),  # the LLM judge; flagged answers
@@ -133,7 +150,7 @@ FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     # the audit record and trace of a failed request, its release
     "record_failure": frozenset({AUDIT, BUDGETS, TRACES, PSEUDONYMS}),
     STREAM_FOLDER: frozenset(
-        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, CONVERSATIONS, TRACES_API, PSEUDONYMS}
+        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, CONVERSATIONS, TRACES_API, PSEUDONYMS, ROLLOUTS}
     ),  # runs the whole chain in-process, the Responses API, traces and feedback
     BATCH_SUBMIT_FOLDER: frozenset(
         {BATCH_JOBS, IDEMPOTENCY, PSEUDONYMS}
@@ -143,6 +160,7 @@ FUNCTION_ACCESS: dict[str, frozenset[str]] = {
         {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, BATCH_JOBS, TRACES, PSEUDONYMS}
     ),
     BATCH_STATUS_FOLDER: frozenset({BATCH_JOBS_READ}),  # the caller's tenant's jobs and their lines
+    ROLLOUT_GATES_FOLDER: frozenset({ROLLOUT_GATES}),  # the rollouts, their audit records and feedback
 }
 
 # State machine states that are not steps of the chain, and where they put the HTTP answer.

@@ -86,6 +86,7 @@ FUNCTION_FEATURES: dict[str, frozenset[str]] = {
     "review_ingest": frozenset(),
     "batch_submit": frozenset(),
     "batch_status": frozenset(),  # GET /v1/batches on the REST API
+    "rollout_gates": frozenset(),  # the rollouts' gates, every minute
     "batch_work": frozenset({"embedding", "momento", "providers"}),  # the whole chain, line by line
     "stream": frozenset({"embedding", "momento", "providers", "web"}),  # the whole chain in-process
 }

@@ -107,11 +107,21 @@ _SECRET_VARIABLES = {
 }
 
 
+# Tables a function uses as soon as it is named to it, by the variable naming them, and the
+# accesses that let it (a routing function names the rollout table: it reads it on every request).
+_TABLE_VARIABLES = {c.ENV_ROLLOUT_TABLE: frozenset({c.ROLLOUTS, c.ROLLOUT_GATES})}
+
+
 def readable(folder: str, environment: Mapping[str, str]) -> dict[str, str]:
-    """`environment` without the secrets `FUNCTION_ACCESS` does not let the function read: it would
-    read them at its cold start and fail with AccessDenied."""
+    """`environment` without the secrets and tables `FUNCTION_ACCESS` does not let the function
+    read: it would read them (at its cold start, or on every request) and fail with AccessDenied."""
     access = c.FUNCTION_ACCESS.get(folder, frozenset())
-    return {k: v for k, v in environment.items() if k not in _SECRET_VARIABLES or _SECRET_VARIABLES[k] in access}
+    return {
+        k: v
+        for k, v in environment.items()
+        if (k not in _SECRET_VARIABLES or _SECRET_VARIABLES[k] in access)
+        and (k not in _TABLE_VARIABLES or _TABLE_VARIABLES[k] & access)
+    }
 
 
 def step_timeout_s(step: Step) -> int:

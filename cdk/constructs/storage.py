@@ -29,6 +29,7 @@ class GatewayStores(Construct):
         self.conversations = self._conversations(stage)
         self.traces = self._table("Traces", stage, partition=c.TABLE_PARTITION_KEY, sort="request_id")
         self.batch_jobs, self.idempotency = self._batch(stage)
+        self.rollouts = self._rollouts(stage)
         self.momento_secret = self._secret(
             "MomentoApiKey",
             stage,
@@ -73,6 +74,7 @@ class GatewayStores(Construct):
             c.ENV_BUDGET_TABLE: self.budgets.table_name,
             c.ENV_CONVERSATION_TABLE: self.conversations.table_name,
             c.ENV_TRACE_TABLE: self.traces.table_name,
+            c.ENV_ROLLOUT_TABLE: self.rollouts.table_name,
         }
 
     def grant(self, grantee: iam.IGrantable, access: Iterable[str]) -> None:
@@ -113,6 +115,18 @@ class GatewayStores(Construct):
             elif store in (c.TRACES, c.TRACES_API):  # traces: written by who finishes, read by the API
                 actions = c.TRACE_WRITE_ACTIONS if store == c.TRACES else c.TRACE_API_ACTIONS
                 self.traces.grant(grantee, *actions)
+            elif store == c.ROLLOUTS:  # a route's rollouts, read where routes are planned (the table, no index)
+                iam.Grant.add_to_principal(
+                    grantee=grantee, actions=list(c.ROLLOUT_READ_ACTIONS), resource_arns=[self.rollouts.table_arn]
+                )
+            elif store == c.ROLLOUT_GATES:
+                iam.Grant.add_to_principal(
+                    grantee=grantee,
+                    actions=list(c.ROLLOUT_GATE_ACTIONS),
+                    resource_arns=[self.rollouts.table_arn, f"{self.rollouts.table_arn}/index/by_id"],
+                )
+                self.audit.grant(grantee, *c.AUDIT_READ_ACTIONS)
+                self.traces.grant(grantee, *c.TRACE_FEEDBACK_ACTIONS)
             elif store == c.CONVERSATIONS:  # stored responses, and the index deletions follow
                 iam.Grant.add_to_principal(
                     grantee=grantee,
@@ -198,6 +212,15 @@ class GatewayStores(Construct):
         )
         idempotency = self._table("Idempotency", stage, partition="id", sort=None, ttl="expiration")
         return jobs, idempotency
+
+    def _rollouts(self, stage: StageConfig) -> dynamodb.Table:
+        """Staged rollouts, each route's running pointer and every transition
+        (`adapters/aws/rollouts.py` has the layout); kept, never expired."""
+        table = self._table("Rollouts", stage, partition="pk", sort="sk", ttl=None)
+        table.add_global_secondary_index(
+            index_name="by_id", partition_key=dynamodb.Attribute(name="rollout_id", type=dynamodb.AttributeType.STRING)
+        )
+        return table
 
     def _queue(self, construct_id: str, stage: StageConfig, **options: Any) -> sqs.Queue:
         """Encrypted (SQS-managed keys), TLS only, messages kept 14 days."""

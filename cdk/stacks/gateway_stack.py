@@ -16,6 +16,7 @@ from cdk.constructs.batch import BatchJobs
 from cdk.constructs.dashboard import GatewayDashboard
 from cdk.constructs.functions import ChainFunctions
 from cdk.constructs.layers import GatewayLayers
+from cdk.constructs.rollouts import RolloutGates
 from cdk.constructs.self_hosted import SelfHostedEndpoint
 from cdk.constructs.storage import GatewayStores
 from cdk.constructs.streaming import StreamingEndpoint
@@ -52,6 +53,15 @@ class GatewayStack(cdk.Stack):
             else None
         )
         self.alarms = GatewayAlarms(self, "Alarms", stage=stage)
+        self.rollout_gates = RolloutGates(
+            self,
+            "RolloutGates",
+            stage=stage,
+            layers=self.layers,
+            stores=self.stores,
+            environment=self.functions.environment,
+            alarms=self.alarms.alarms,
+        )
         # Every function the stack builds (the authorizer's is inside `GatewayApi`), by its folder.
         functions: dict[str, lambda_.IFunction] = {
             **{step.handler: self.functions.by_step[step.name] for step in (*STEPS, FINISH, FAILED)},
@@ -59,6 +69,7 @@ class GatewayStack(cdk.Stack):
             c.BATCH_SUBMIT_FOLDER: self.batch.submit,
             c.BATCH_WORK_FOLDER: self.batch.work,
             c.BATCH_STATUS_FOLDER: self.batch.status,
+            c.ROLLOUT_GATES_FOLDER: self.rollout_gates.function,
             **({c.STREAM_FOLDER: self.streaming.function} if self.streaming is not None else {}),
         }
         self.dashboard = GatewayDashboard(
@@ -97,6 +108,12 @@ class GatewayStack(cdk.Stack):
         cdk.CfnOutput(self, "MomentoSecretArn", value=self.stores.momento_secret.secret_arn)
         cdk.CfnOutput(self, "ProviderKeysSecretArn", value=self.stores.provider_keys.secret_arn)
         cdk.CfnOutput(self, "StateMachineArn", value=self.workflow.state_machine.state_machine_arn)
+        cdk.CfnOutput(
+            self,
+            "RolloutTable",
+            value=self.stores.rollouts.table_name,
+            description="llm-gateway rollout ... --table <this>",
+        )
         cdk.CfnOutput(self, "BatchBucket", value=self.batch.bucket.bucket_name, description="batches/in/<tenant>/")
         if stage.gateway_store == "aws" and not stage.momento_endpoint:
             cdk.Annotations.of(self).add_warning_v2(

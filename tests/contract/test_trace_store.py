@@ -70,3 +70,28 @@ def test_feedback_is_appended_to_the_tenants_trace_only(store: TraceStore) -> No
     assert again is not None and [f.satisfaction for f in again.feedback] == [0.0, 0.75]
     store.put(trace("r3", ttl_s=10))
     assert store.add_feedback("acme", "r3", rated, NOW + 11) is None  # expired
+
+
+def test_the_rollout_gates_read_the_feedback_on_many_requests_at_once_from_dynamodb(moto: MotoServer) -> None:
+    """`DynamoTraceStore.feedback_of` (the gates function's read): more ids than one BatchGetItem
+    takes, only the tenant's, only those with feedback, a damaged entry passed over."""
+    dynamodb = moto.client("dynamodb")
+    table = f"traces-{uuid.uuid4().hex[:8]}"
+    dynamodb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **trace_key_schema())
+    store = DynamoTraceStore(table, dynamodb)
+    up = Feedback(kind="thumbs", score=1, at=NOW)
+    for i in range(230):
+        store.put(trace(f"q{i}"))
+        if i % 3 == 0:
+            store.add_feedback("acme", f"q{i}", up, NOW)
+    store.put(trace("theirs", tenant="globex"))
+    store.add_feedback("globex", "theirs", up, NOW)
+    dynamodb.update_item(
+        TableName=table,
+        Key={"tenant": {"S": "acme"}, "request_id": {"S": "q0"}},
+        UpdateExpression="SET feedback = list_append(feedback, :bad)",
+        ExpressionAttributeValues={":bad": {"L": [{"S": "{not json"}]}},
+    )
+    found = store.feedback_of("acme", [f"q{i}" for i in range(230)] + ["theirs", "missing", "q3"])
+    assert sorted(found) == sorted(f"q{i}" for i in range(0, 230, 3))
+    assert all(given == [up] for given in found.values())

@@ -30,7 +30,7 @@ from llm_gateway.pipeline import FAILED, FINISH, STEPS
 from tests.support.api_front import RestFront, proxy_routes
 from tests.support.batch_files import chat_line
 from tests.support.fake_providers import FakeServer, fake_server
-from tests.support.local_aws import LocalAws, connect_bucket_notifications, deploy_assembly, local_aws
+from tests.support.local_aws import REGION, LocalAws, connect_bucket_notifications, deploy_assembly, local_aws
 from tests.support.momento_standin import MomentoStandIn
 from tests.support.servers import serve
 
@@ -370,3 +370,54 @@ def test_a_tenant_reads_its_batch_through_the_rest_api_and_no_other_tenant_can(d
     # A key of no tenant passes the authorizer (it only hashes) and is refused by the function
     with pytest.raises(openai.AuthenticationError):
         deployed.client("sk-not-a-key").batches.retrieve(job_id)
+
+
+# ----------------------------------------------------------------------------- staged rollouts
+
+
+def test_a_rollout_in_the_deployed_table_puts_callers_on_its_arm_and_the_gates_function_judges_it(
+    deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rollout start --table` writes the stack's rollout table; the deployed guard function reads
+    it and sends the caller to the candidate; the scheduled gates function, invoked as the
+    schedule invokes it, reads the rollout's audit records; `rollout rollback --table` ends it."""
+    from llm_gateway.cli.main import main
+
+    for name, value in deployed.aws.moto.environment(REGION).items():
+        monkeypatch.setenv(name, value)
+    table = resource_of(deployed.template, deployed.resources, "AWS::DynamoDB::Table", "Rollouts")
+    config = deployed.aws.lambdas.env_overrides["GATEWAY_CONFIG_PATH"]
+    command = ["rollout", "start", "--tenant", "acme", "--route", "default", "--to", "gpt-batch", "--stages", "100"]
+    assert main([*command, "--no-alerts", "--table", table, "--config", config]) == 0
+    from llm_gateway.adapters.aws.rollouts import DynamoRolloutStore
+
+    rollout_id = DynamoRolloutStore(table, deployed.aws.client("dynamodb")).all("acme")[-1].rollout_id
+    try:
+        raw = deployed.client().chat.completions.with_raw_response.create(
+            model="default",
+            messages=[{"role": "user", "content": "Which arm answers me?"}],  # type: ignore[list-item]
+            user="e2e-rollout-user",
+            max_tokens=8,
+            extra_headers={"cache-control": "no-store"},
+        )
+        assert raw.headers["x-gateway-variant"] == f"{rollout_id}:candidate"
+        assert raw.headers["x-gateway-model"] == "gpt-batch"
+        gates = resource_of(deployed.template, deployed.resources, "AWS::Lambda::Function", "RolloutGates")
+        answer = deployed.aws.client("lambda").invoke(FunctionName=gates, Payload=json.dumps({"source": "aws.events"}))
+        assert "FunctionError" not in answer, answer["Payload"].read()
+        assert json.loads(answer["Payload"].read()) == {"moved": []}  # one request: too few to judge
+        audit = next(t for t in deployed.aws.client("dynamodb").list_tables()["TableNames"] if "audit" in t.lower())
+        variants = [
+            i.get("variant", {}).get("S") for i in deployed.aws.client("dynamodb").scan(TableName=audit)["Items"]
+        ]
+        assert f"{rollout_id}:candidate" in variants
+    finally:
+        assert main(["rollout", "rollback", rollout_id, "--table", table, "--config", config]) == 0
+    after = deployed.client().chat.completions.with_raw_response.create(
+        model="default",
+        messages=[{"role": "user", "content": "Which arm answers me now?"}],  # type: ignore[list-item]
+        user="e2e-rollout-user",
+        max_tokens=8,
+        extra_headers={"cache-control": "no-store"},
+    )
+    assert "x-gateway-variant" not in after.headers

@@ -287,12 +287,14 @@ def test_only_finish_record_failure_and_review_ingest_write_the_record_tables(te
     budgets = next(key for key in tables if key.startswith("StoresBudgets"))
     batch_tables = {key for key in tables if key.startswith(("StoresBatchJobs", "StoresIdempotency"))}
     batch_tables |= {key for key in tables if key.startswith(("StoresConversations", "StoresTraces"))}  # own tests
+    batch_tables |= {key for key in tables if key.startswith("StoresRollouts")}  # its own test
     expected_tables = {
         "finish": {usage, audit},
         "record_failure": {audit},
         c.STREAM_FOLDER: {usage, audit},
         c.BATCH_WORK_FOLDER: {usage, audit},
         c.REVIEW_INGEST_FOLDER: {review},
+        c.ROLLOUT_GATES_FOLDER: {audit},  # read: the rollouts' requests
     }
     expected_budgets = {"router", "finish", "record_failure", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}
     for folder, (_, properties) in functions_by_folder(template).items():
@@ -303,7 +305,8 @@ def test_only_finish_record_failure_and_review_ingest_write_the_record_tables(te
         records = [s for s in dynamodb if s not in on_budgets and s not in on_batch]
         touched = {ref.strip("<>").removesuffix(".Arn") for s in records for ref in resource_refs(s)}
         assert touched == expected_tables.get(folder, set()), folder
-        assert all(set(actions(s)) <= set(c.TABLE_WRITE_ACTIONS) for s in records), folder
+        allowed = c.AUDIT_READ_ACTIONS if folder == c.ROLLOUT_GATES_FOLDER else c.TABLE_WRITE_ACTIONS
+        assert all(set(actions(s)) <= set(allowed) for s in records), folder
         # Budgets: the table and its `held` index, with the ledger's four actions, for the steps that
         # reserve, settle or release
         assert bool(on_budgets) == (folder in expected_budgets), folder
@@ -356,7 +359,51 @@ def test_traces_are_written_by_who_finishes_a_request_and_read_by_the_streaming_
         "record_failure": writes,
         c.BATCH_WORK_FOLDER: writes,
         c.STREAM_FOLDER: set(c.TRACE_API_ACTIONS),
+        c.ROLLOUT_GATES_FOLDER: set(c.TRACE_FEEDBACK_ACTIONS),  # the feedback on the rollouts' requests
     }
+
+
+def test_rollouts_are_read_where_routes_are_planned_and_judged_every_minute_by_the_gates_function(
+    template: dict[str, Any],
+) -> None:
+    tables = resources(template, "AWS::DynamoDB::Table")
+    (table_id,) = [key for key in tables if key.startswith("StoresRollouts")]
+    table = tables[table_id]["Properties"]
+    assert [k["AttributeName"] for k in table["KeySchema"]] == ["pk", "sk"]
+    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["by_id"]
+    granted: dict[str, set[str]] = {}
+    told: set[str] = set()
+    by_folder = functions_by_folder(template)
+    for folder, (_, properties) in by_folder.items():
+        for statement in role_statements(template, properties):
+            if any(table_id in ref for ref in resource_refs(statement)):
+                granted.setdefault(folder, set()).update(actions(statement))
+        if c.ENV_ROLLOUT_TABLE in properties["Environment"]["Variables"]:
+            told.add(folder)
+    assert granted == {
+        "guard": set(c.ROLLOUT_READ_ACTIONS),
+        c.STREAM_FOLDER: set(c.ROLLOUT_READ_ACTIONS),
+        c.ROLLOUT_GATES_FOLDER: set(c.ROLLOUT_GATE_ACTIONS),
+    }
+    assert told == set(granted)  # a function told of the table may read it, and only those
+    # every minute, the schedule invokes the gates function, one at a time
+    gates_id, gates = by_folder[c.ROLLOUT_GATES_FOLDER]
+    (rule,) = resources(template, "AWS::Events::Rule").values()
+    assert rule["Properties"]["ScheduleExpression"] == f"rate({c.ROLLOUT_GATES_MINUTES} minute)"
+    assert [flatten(t["Arn"]) for t in rule["Properties"]["Targets"]] == [f"<{gates_id}.Arn>"]
+    assert gates["ReservedConcurrentExecutions"] == 1
+    # it reads the error-rate and latency alarms, and only those
+    alarms = {
+        key
+        for key in resources(template, "AWS::CloudWatch::Alarm")
+        if key.startswith(("AlarmsErrorRate", "AlarmsLatencyP95"))
+    }
+    assert len(alarms) == 2
+    (describe,) = [s for s in role_statements(template, gates) if "cloudwatch:DescribeAlarms" in actions(s)]
+    assert {ref.strip("<>").removesuffix(".Arn") for ref in resource_refs(describe)} == alarms
+    named = flatten(gates["Environment"]["Variables"][c.ENV_ROLLOUT_ALARMS])
+    assert all(f"<{alarm}>" in named for alarm in alarms) and "error_rate" in named and "latency_p95" in named
+    assert flatten(template["Outputs"]["RolloutTable"]["Value"]) == f"<{table_id}>"
 
 
 def test_the_five_alerts_are_alarms_that_notify_one_encrypted_topic(template: dict[str, Any]) -> None:
@@ -536,7 +583,7 @@ def test_every_function_on_the_aws_store_starts_with_the_settings_its_environmen
         environment = {k: v if isinstance(v, str) else f"{k.lower()}-at-deploy" for k, v in variables.items()}
         environment[c.ENV_MOMENTO_ENDPOINT] = "cell-1.example.momentohq.com"  # the operator's, per stage
         LambdaSettings.model_validate(environment)
-        if folder not in {"review_ingest", c.BATCH_STATUS_FOLDER}:  # they read settings only
+        if folder not in {"review_ingest", c.BATCH_STATUS_FOLDER, c.ROLLOUT_GATES_FOLDER}:  # they read settings only
             assert c.ENV_PSEUDONYM_SECRET in environment, folder
         checked += 1
     assert checked >= 12

@@ -2,10 +2,15 @@
 by weight and sticky on their variant (`x-gateway-variant`), each variant's model, parameters and
 system prompt sent upstream; task outcomes reported through `POST /v1/feedback` (`kind: task`)
 make the report's always-valid verdict; a variant that fails more than the control is stopped by
-its guardrail. `llm-gateway experiment start|report|stop`."""
+its guardrail. `llm-gateway experiment start|report|stop`.
+
+The verdict and the guardrail run twice: on the local store (`serve`'s checks), and on the AWS
+adapters against moto's server (the experiment in the rollout table, the audit and trace tables,
+the `rollout_gates` function judging it and saving its report, the commands with `--table`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -16,6 +21,8 @@ import httpx
 import openai
 import pytest
 
+from llm_gateway.adapters.aws.experiments import DynamoExperimentStore
+from llm_gateway.adapters.aws.rollouts import DynamoRolloutStore
 from llm_gateway.adapters.local.experiments import REFRESH_S, SqliteExperimentStore
 from llm_gateway.adapters.local.rollouts import SqliteRolloutStore
 from llm_gateway.adapters.local.traces import SqliteTraceStore
@@ -23,10 +30,13 @@ from llm_gateway.cli.main import main
 from llm_gateway.config import load_config
 from llm_gateway.experiments import ab
 from llm_gateway.http.app import create_app
+from llm_gateway.ports import Experiment
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, make_deps
+from tests.support.aws_gates import deployment
 from tests.support.fake_providers import Behaviour, FakeServer, Script, fake_server, ok, status
 from tests.support.model_configs import acme_config
+from tests.support.moto_server import MotoServer, moto_server
 from tests.support.servers import serve
 
 USERS = 300
@@ -57,8 +67,52 @@ def gateway(upstream: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         yield {"url": url, "config": str(path), "deps": deps, **stores}
 
 
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def aws_gateway(
+    upstream: FakeServer, moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
+    """The gateway on the AWS adapters; the scheduled gates function judges the experiments."""
+    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-fake")
+    upstream.script.reset()
+    path = acme_config(tmp_path, upstream.base_url, ["gpt-a", "gpt-b", "gpt-flaky"], "{model: gpt-a}")
+    with deployment(moto, monkeypatch, path) as deployed:
+        client = moto.client("dynamodb")
+        stores = {
+            "experiments": DynamoExperimentStore(deployed.names["rollouts"], client),
+            "rollouts": DynamoRolloutStore(deployed.names["rollouts"], client),
+        }
+        deps = dataclasses.replace(
+            make_deps(load_config(str(path)), db=tmp_path / "gateway.db"),
+            audit=deployed.audit,
+            traces=deployed.traces,
+            **stores,
+        )
+        with serve(create_app(InProcessRunner(deps))) as url:
+            yield {"url": url, "config": str(path), "deps": deps, **stores, "deployed": deployed}
+
+
+@pytest.fixture(params=["sqlite", "aws"])
+def any_gateway(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return request.getfixturevalue("gateway" if request.param == "sqlite" else "aws_gateway")  # type: ignore[no-any-return]
+
+
+def judge(gateway: dict[str, Any]) -> list[Experiment]:
+    """The guardrails, judged where the gateway judges them: `serve`'s check, or the gates function."""
+    if "deployed" in gateway:
+        stopped = gateway["deployed"].gates()["stopped"]
+        return [gateway["experiments"].get(experiment_id) for experiment_id in stopped]
+    return ab.check(gateway["experiments"], lambda e: ab.analyse(gateway["deps"].audit.query, e))
+
+
 def run(gateway: dict[str, Any], *arguments: str) -> int:
-    return main([*arguments, "--config", gateway["config"]])
+    table = gateway["deployed"].table_option if "deployed" in gateway and arguments[1] != "plan" else []
+    return main([*arguments, *table, "--config", gateway["config"]])
 
 
 def start_experiment(
@@ -88,8 +142,9 @@ def ask_everyone(gateway: dict[str, Any], round_: int) -> dict[str, tuple[str, s
 
 
 def test_users_stay_on_their_variant_and_task_feedback_makes_the_verdict(
-    gateway: dict[str, Any], upstream: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    any_gateway: dict[str, Any], upstream: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    gateway = any_gateway
     (tmp_path / "terse.txt").write_text("Answer in one sentence.")
     terse = f"terse=gpt-b,temperature=0.1,system={tmp_path / 'terse.txt'}"
     experiment_id = start_experiment(gateway, capsys, ["control", terse], "--weights", "50,50", "--mde", "0.2")
@@ -112,6 +167,7 @@ def test_users_stay_on_their_variant_and_task_feedback_makes_the_verdict(
             headers={"authorization": f"Bearer {ACME_KEY}"},
         )
         assert given.status_code == 200, given.text
+    assert judge(gateway) == []  # on AWS, the gates function saves the report `report` reads
     assert run(gateway, "experiment", "report", experiment_id, "--json") == 0
     report = json.loads(capsys.readouterr().out)[0]
     terse_vs = report["against_control"]["terse"]
@@ -128,11 +184,12 @@ def test_users_stay_on_their_variant_and_task_feedback_makes_the_verdict(
 
 
 def test_a_variant_that_fails_more_is_stopped_by_its_guardrail(
-    gateway: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    any_gateway: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    gateway = any_gateway
     experiment_id = start_experiment(gateway, capsys, ["control", "flaky=gpt-flaky"], "--mde", "0.1")
     ask_everyone(gateway, 1)
-    stopped = ab.check(gateway["experiments"], gateway["deps"].audit.query)
+    stopped = judge(gateway)
     assert [e.experiment_id for e in stopped] == [experiment_id]
     assert (stopped[0].reason or "").startswith("guardrail: flaky: error rate at least")
 

@@ -229,13 +229,27 @@ def _zip_dir(directory: Path) -> bytes:
 # the streaming Function URL (not on the REST path) and Secrets Manager secrets (their ARNs are
 # substituted; the test sets what the functions read from them through the environment).
 # moto's CloudFormation leaves CloudWatch alarms out, so a dashboard that names them cannot be made
-_DROPPED_TYPES = ("AWS::Lambda::Url", "AWS::SecretsManager::Secret", "AWS::CDK::Metadata", "AWS::CloudWatch::Dashboard")
+_DROPPED_TYPES = (
+    "AWS::Lambda::Url",
+    "AWS::SecretsManager::Secret",
+    "AWS::CDK::Metadata",
+    "AWS::CloudWatch::Dashboard",
+    "AWS::CloudWatch::Alarm",  # moto's CloudFormation does not make them; references get stand-ins
+)
+# What a reference to a dropped resource becomes: its `Ref` and its `Arn`.
+_STAND_INS = {
+    "AWS::SecretsManager::Secret": lambda k: (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{k}-AbCdEf",) * 2,
+    "AWS::CloudWatch::Alarm": lambda k: (k, f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{k}"),
+}
 
 
-def _substitute(value: Any, replacements: dict[str, str]) -> Any:
+def _substitute(value: Any, replacements: dict[str, tuple[str, str]]) -> Any:
     if isinstance(value, dict):
         if set(value) == {"Ref"} and value["Ref"] in replacements:
-            return replacements[value["Ref"]]
+            return replacements[value["Ref"]][0]
+        attribute = value.get("Fn::GetAtt") if set(value) == {"Fn::GetAtt"} else None
+        if isinstance(attribute, list) and attribute[0] in replacements and attribute[1] == "Arn":
+            return replacements[attribute[0]][1]
         return {k: _substitute(v, replacements) for k, v in value.items()}
     if isinstance(value, list):
         return [_substitute(v, replacements) for v in value]
@@ -247,8 +261,9 @@ def prepare_template(template: dict[str, Any]) -> dict[str, Any]:
 
     Dropped: the bootstrap-version rule and parameter (there is no bootstrap stack), custom
     resources (their providers are Node.js Lambdas that only matter at deploy time), and the
-    types in `_DROPPED_TYPES`, with references to dropped secrets replaced by fake ARNs and
-    outputs that name a dropped resource left out. KMS keys' tags take the shape moto reads.
+    types in `_DROPPED_TYPES`, with references to dropped secrets and alarms replaced by stand-in
+    names and ARNs (`_STAND_INS`) and outputs that name a dropped resource left out. KMS keys'
+    tags take the shape moto reads.
     """
     prepared = json.loads(json.dumps(template))
     prepared.pop("Rules", None)
@@ -257,11 +272,7 @@ def prepare_template(template: dict[str, Any]) -> dict[str, Any]:
         prepared.pop("Parameters", None)
     resources = prepared["Resources"]
     dropped = [k for k, v in resources.items() if v["Type"].startswith("Custom::") or v["Type"] in _DROPPED_TYPES]
-    fake_arns = {
-        k: f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{k}-AbCdEf"
-        for k in dropped
-        if resources[k]["Type"] == "AWS::SecretsManager::Secret"
-    }
+    stand_ins = {k: _STAND_INS[resources[k]["Type"]](k) for k in dropped if resources[k]["Type"] in _STAND_INS}
     for logical_id in dropped:
         del resources[logical_id]
     for resource in resources.values():
@@ -269,7 +280,7 @@ def prepare_template(template: dict[str, Any]) -> dict[str, Any]:
             # moto's CloudFormation reads a KMS key's tags in the KMS API's shape (TagKey, TagValue)
             tags = resource["Properties"]["Tags"]
             resource["Properties"]["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]} for t in tags]
-    prepared["Resources"] = _substitute(resources, fake_arns)
+    prepared["Resources"] = _substitute(resources, stand_ins)
     outputs = prepared.get("Outputs", {})
     for name in [n for n, o in outputs.items() if any(d in json.dumps(o) for d in dropped)]:
         del outputs[name]

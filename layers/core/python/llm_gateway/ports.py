@@ -463,6 +463,7 @@ class RolloutGates(BaseModel):
     min_feedback: int = Field(default=20, ge=1)  # feedbacks per arm before satisfaction counts
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     watch_alerts: bool = True  # the tenant's error-rate or latency alert firing rolls back
+    eval_margin: float = Field(default=0.02, ge=0, le=1)  # how far below the baseline's its eval pass rate may be
 
 
 class Rollout(BaseModel):

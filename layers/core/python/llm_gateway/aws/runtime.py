@@ -41,6 +41,10 @@ class LambdaSettings(BaseModel):
     budget_table: str = Field(default="", alias="BUDGET_TABLE")  # reservations and budget counters
     conversation_table: str = Field(default="", alias="CONVERSATION_TABLE")  # the Responses API's store
     trace_table: str = Field(default="", alias="TRACE_TABLE")  # request traces and their feedback
+    # Staged rollouts: the table (read by the functions that plan routes, written by the gates
+    # function) and the alarms that roll them back (JSON: alert rule -> CloudWatch alarm name).
+    rollout_table: str = Field(default="", alias="ROLLOUT_TABLE")
+    rollout_alarms: str = Field(default="{}", alias="ROLLOUT_ALARMS")
     # Batch jobs: the job table, the bucket, the workflow, batch_submit's idempotency records,
     # and the first wait between looks at a provider batch (doubling, at most 5 minutes).
     batch_table: str = Field(default="", alias="BATCH_TABLE")
@@ -81,8 +85,10 @@ def _aws_deps(current: LambdaSettings, invoke_policy: RetryPolicy) -> Deps:
     from ..adapters.aws.budget import DynamoBudgetLedger
     from ..adapters.aws.conversations import DynamoConversationStore
     from ..adapters.aws.dynamodb import DynamoAuditLog, DynamoUsageLedger, default_client
+    from ..adapters.aws.experiments import DynamoExperimentStore
     from ..adapters.aws.momento import MomentoExactCache, MomentoRateLimiter
     from ..adapters.aws.momento_semantic import MomentoSemanticIndex
+    from ..adapters.aws.rollouts import DynamoRolloutStore
     from ..adapters.aws.traces import DynamoTraceStore
 
     dynamodb = default_client()
@@ -93,6 +99,8 @@ def _aws_deps(current: LambdaSettings, invoke_policy: RetryPolicy) -> Deps:
             DynamoConversationStore(current.conversation_table, dynamodb) if current.conversation_table else None
         ),
         traces=DynamoTraceStore(current.trace_table, dynamodb) if current.trace_table else None,
+        rollouts=DynamoRolloutStore(current.rollout_table, dynamodb) if current.rollout_table else None,
+        experiments=DynamoExperimentStore(current.rollout_table, dynamodb) if current.rollout_table else None,
         config=load_config(current.config_path),
         cache=MomentoExactCache(momento_client, current.momento_cache),
         limiter=MomentoRateLimiter(momento_client, current.momento_cache),

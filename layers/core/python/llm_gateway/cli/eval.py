@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_run(path: Path) -> dict[str, Any]:
+def read_run(path: Path) -> dict[str, Any]:
     file = path / "report.json" if path.is_dir() else path
     try:
         found = json.loads(file.read_text(encoding="utf-8"))
@@ -108,7 +108,7 @@ def compare(args: argparse.Namespace) -> int:
     if not 0 < args.alpha < 1:
         raise ConfigError("--alpha is between 0 and 1")
     try:
-        found = paired(_read_run(args.run_a), _read_run(args.run_b), args.alpha)
+        found = paired(read_run(args.run_a), read_run(args.run_b), args.alpha)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot compare these runs: {exc}") from None
     if args.json:

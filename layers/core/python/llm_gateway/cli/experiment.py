@@ -9,6 +9,9 @@ the same power while it is read every day (`experiments.stats`).
 --mde D [--metric task_success|satisfaction] [--alpha 0.05]` starts one (the first variant is the
 control; `--weights 50,50` splits the users otherwise than evenly); `experiment report ID [--json]`
 reads it (any day: the analysis stays valid); `experiment stop ID [--winner NAME] [--reason TEXT]`.
+With `--table ROLLOUT_TABLE` (the stack's `RolloutTable` output) they work on a deployment's
+DynamoDB table with the environment's AWS credentials; there `report` shows what the scheduled
+gates function last computed (every minute).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +27,8 @@ from ..errors import ConfigError
 from .store_location import existing_store, load_local_config
 
 if TYPE_CHECKING:
-    from ..ports import Variant
+    from ..config import GatewayConfig
+    from ..ports import Experiment, Variant
 
 
 def add_parser(
@@ -64,6 +69,8 @@ def add_parser(
     stop.add_argument("experiment_id")
     stop.add_argument("--winner", help="the variant to remember as the winner")
     stop.add_argument("--reason", default="stopped by hand")
+    for name in ("start", "report", "stop"):
+        actions.choices[name].add_argument("--table", help="a deployment's DynamoDB rollout table (RolloutTable)")
 
 
 def experiment(args: argparse.Namespace) -> int:
@@ -122,14 +129,11 @@ def parse_variant(text: str) -> Variant:
 
 
 def _manage(args: argparse.Namespace) -> int:
-    from ..adapters.local.experiments import SqliteExperimentStore
-    from ..adapters.local.rollouts import SqliteRolloutStore
-    from ..adapters.local.sqlite import SqliteStore
     from ..experiments import ab
 
     config = load_local_config(args.config)
-    path = existing_store(config)
-    store = SqliteExperimentStore(path)
+    stores = _stores(config, args.table)
+    store, rollouts = stores.experiments, stores.rollouts
     try:
         if args.action == "start":
             variants = [parse_variant(v) for v in args.variant]
@@ -141,15 +145,12 @@ def _manage(args: argparse.Namespace) -> int:
                 if len(weights) != len(variants) or not all(math.isfinite(w) and w > 0 for w in weights):
                     raise ConfigError("--weights: one positive number per variant")
                 variants = [v.model_copy(update={"weight": w}) for v, w in zip(variants, weights, strict=True)]
-            rollouts = SqliteRolloutStore(path)
             try:
                 started = ab.start(
                     store, config, args.tenant, args.route, variants, args.mde, args.metric, args.alpha, rollouts
                 )
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-            finally:
-                rollouts.close()
             names = ", ".join(v.name for v in started.variants)
             print(
                 f"started {started.experiment_id} on {args.tenant}/{args.route}: {names} "
@@ -169,15 +170,63 @@ def _manage(args: argparse.Namespace) -> int:
         chosen = [e for e in store.all() if args.experiment_id in (None, e.experiment_id)]
         if args.experiment_id and not chosen:
             raise ConfigError(f"no experiment {args.experiment_id}")
-        audit = SqliteStore(path, checkpoint_interval_s=0)
-        try:
-            reports = [ab.analyse(audit.query, e) for e in chosen]
-        finally:
-            audit.close()
+        reports = [stores.report(e) for e in chosen]
         print(json.dumps(reports, indent=2) if args.json else "\n\n".join(map(_render, reports)) or "no experiment")
         return 0
     finally:
-        store.close()
+        stores.close()
+
+
+class _Stores:
+    """Where the command reads and writes: the local store, or a deployment's table."""
+
+    def __init__(self, experiments: Any, rollouts: Any, report: Any, close: Any) -> None:
+        self.experiments, self.rollouts, self.report, self.close = experiments, rollouts, report, close
+
+
+def _stores(config: GatewayConfig, table: str | None) -> _Stores:
+    if table:
+        from ..adapters.aws.dynamodb import default_client
+        from ..adapters.aws.experiments import DynamoExperimentStore
+        from ..adapters.aws.rollouts import DynamoRolloutStore
+
+        client = default_client()
+        experiments = DynamoExperimentStore(table, client)
+
+        def saved(experiment: Experiment) -> dict[str, Any]:
+            found = experiments.report(experiment)
+            if found is None:  # the gates function has not judged it yet
+                control = experiment.variants[0].name
+                return {
+                    "experiment": experiment.model_dump(),
+                    "control": control,
+                    "variants": {},
+                    "against_control": {},
+                }
+            at, report = found
+            return {**report, "experiment": experiment.model_dump(), "reported_at": at}
+
+        return _Stores(experiments, DynamoRolloutStore(table, client), saved, lambda: None)
+    from ..adapters.local.experiments import SqliteExperimentStore
+    from ..adapters.local.rollouts import SqliteRolloutStore
+    from ..adapters.local.sqlite import SqliteStore
+    from ..experiments import ab
+
+    path = existing_store(config)
+    local, rollouts = SqliteExperimentStore(path), SqliteRolloutStore(path)
+
+    def analysed(experiment: Experiment) -> dict[str, Any]:
+        audit = SqliteStore(path, checkpoint_interval_s=0)
+        try:
+            return ab.analyse(audit.query, experiment)
+        finally:
+            audit.close()
+
+    def close() -> None:
+        local.close()
+        rollouts.close()
+
+    return _Stores(local, rollouts, analysed, close)
 
 
 def _render(report: dict[str, Any]) -> str:
@@ -188,6 +237,10 @@ def _render(report: dict[str, Any]) -> str:
         + f"; metric {e['metric']} (mde {e['mde']:g}, alpha {e['alpha']:g})",
         f"{'variant':<14}{'requests':>9}{'errors':>8}{'p95 ms':>9}{'cost USD':>12}{'metric':>16}",
     ]
+    if "reported_at" in report:
+        lines.insert(
+            1, f"as judged at {datetime.fromtimestamp(report['reported_at'], UTC).isoformat(timespec='seconds')}"
+        )
     for name, v in report["variants"].items():
         rate = "n/a" if v["metric_rate"] is None else f"{v['metric_rate']:.3f} ({v['metric_n']})"
         p95 = "n/a" if v["latency_p95_ms"] is None else f"{v['latency_p95_ms']:.0f}"

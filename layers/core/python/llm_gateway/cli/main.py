@@ -129,19 +129,19 @@ def rollout_watcher(deps: Deps) -> contextlib.AbstractContextManager[object]:
     while `serve` runs."""
     from ..adapters.local.sqlite import SqliteStore
     from ..alerts import Periodic
-    from ..experiments.rollouts import ROLLOUT_CHECK_S, RolloutController
+    from ..experiments.rollouts import ROLLOUT_CHECK_S, LocalEvidence, RolloutController
 
     if not isinstance(deps.audit, SqliteStore) or deps.rollouts is None:
         return contextlib.nullcontext()
     from ..experiments import ab
 
-    controller = RolloutController(deps.rollouts, deps.audit.query, deps.config, deps.clock)
+    controller = RolloutController(deps.rollouts, LocalEvidence(deps.audit.query, deps.config), deps.clock)
     experiments, query = deps.experiments, deps.audit.query
 
     def check() -> None:
         controller.check()
         if experiments is not None:
-            ab.check(experiments, query)
+            ab.check(experiments, lambda experiment: ab.analyse(query, experiment))
 
     return Periodic(ROLLOUT_CHECK_S, check, "rollouts")
 

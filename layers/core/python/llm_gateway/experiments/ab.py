@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..ports import Experiment, ExperimentStore, Feedback, Variant
@@ -128,22 +129,32 @@ def stop(store: ExperimentStore, experiment: Experiment, reason: str, winner: st
     return stopped
 
 
+# What the analysis counts, from an audit record:
+# (variant, outcome, latency_ms, cost_usd, prompt_tokens, completion_tokens, request_id).
+AuditRow = tuple[str, str, float, float, int, int, str]
+
+
 def analyse(query: QueryFn, experiment: Experiment) -> dict[str, Any]:
-    """Each variant's numbers, and each treatment against the control."""
-    from statistics import NormalDist
-
-    from ..alerts import percentile
-    from .stats import Sequential  # scipy: the report's, never the router's
-
-    ids = {v.name: f"{experiment.experiment_id}:{v.name}" for v in experiment.variants}
-    rows: list[tuple[Any, ...]] = list(
+    """Each variant's numbers, and each treatment against the control, from the local store."""
+    rows: list[Any] = list(
         query(
             "SELECT variant, outcome, latency_ms, cost_usd, prompt_tokens, completion_tokens, request_id FROM audit "
             "WHERE tenant = ? AND route = ? AND ts >= ? AND variant LIKE ?",
             (experiment.tenant, experiment.route, experiment.started_at, f"{experiment.experiment_id}:%"),
         )
     )
-    feedback = feedback_of(query, {r[6]: r[0] for r in rows})
+    return analysed(rows, feedback_of(query, {r[6]: r[0] for r in rows}), experiment)
+
+
+def analysed(rows: list[AuditRow], feedback: dict[str, list[Feedback]], experiment: Experiment) -> dict[str, Any]:
+    """Each variant's numbers, and each treatment against the control, from the experiment's
+    audit rows and the feedback on them (by variant label), whichever store they come from."""
+    from statistics import NormalDist
+
+    from ..alerts import percentile
+    from .stats import Sequential  # scipy: the report's, never the router's
+
+    ids = {v.name: f"{experiment.experiment_id}:{v.name}" for v in experiment.variants}
     stats: dict[str, dict[str, Any]] = {}
     for name, label in ids.items():
         mine = [r for r in rows if r[0] == label and r[1] != "blocked"]
@@ -197,13 +208,14 @@ def _outcomes(experiment: Experiment, given: list[Feedback]) -> list[int]:
     return [int(f.satisfaction >= 0.5) for f in given if f.kind != "task"]
 
 
-def check(store: ExperimentStore, query: QueryFn) -> list[Experiment]:
-    """Stop each running experiment a variant of which hurts (its guardrail); those stopped."""
+def check(store: ExperimentStore, analyse: Callable[[Experiment], dict[str, Any]]) -> list[Experiment]:
+    """Stop each running experiment a variant of which hurts (its guardrail); those stopped.
+    `analyse`: an experiment's report (`analyse` over the local store, or another store's)."""
     stopped = []
     for experiment in store.all():
         if experiment.status != "running":
             continue
-        hurting = {k: v for k, v in analyse(query, experiment)["against_control"].items() if v["hurts"]}
+        hurting = {k: v for k, v in analyse(experiment)["against_control"].items() if v["hurts"]}
         if hurting:
             why = "; ".join(f"{name}: {v['guardrail']}" for name, v in hurting.items())
             stopped.append(stop(store, experiment, f"guardrail: {why}"))

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..ports import ExperimentStore, Feedback, Rollout, RolloutEvent, RolloutGates, RolloutStore
 
@@ -39,7 +39,7 @@ ARMS = ("candidate", "baseline")
 DEFAULT_STAGES = (1.0, 5.0, 25.0, 50.0, 100.0)
 ROLLOUT_CHECK_S = 10.0  # how often `serve` evaluates the running rollouts' gates
 _ROLLBACK_FLOOR = 10  # candidate requests before the error gate may roll back
-_WATCHED_ALERTS = ("error_rate", "latency_p95")
+WATCHED_ALERTS = ("error_rate", "latency_p95")
 # the feedback on some requests (`marks`: one placeholder per request id)
 _FEEDBACK_OF = (
     "SELECT traces.request_id, f.value FROM traces, json_each(CASE WHEN json_valid(traces.trace) "
@@ -99,8 +99,12 @@ def start(
     actor: str = "cli",
     now: float | None = None,
     experiments: ExperimentStore | None = None,
+    evals: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> Rollout:
-    """A new running rollout of the tenant's route to `candidate` (ValueError when it cannot be)."""
+    """A new running rollout of the tenant's route to `candidate` (ValueError when it cannot be).
+    `evals`: the reports of one eval suite run on the baseline (or the route) and on the candidate;
+    the rollout starts only if the candidate is not worse beyond the gates' `eval_margin`
+    (`eval_gate`), and its start event keeps the comparison."""
     policy = config.tenants.get(tenant)
     if policy is None:
         raise ValueError(f"tenant {tenant} is not in this configuration")
@@ -120,6 +124,8 @@ def start(
         raise ValueError(f"route {route} of tenant {tenant} is already rolling out ({current.rollout_id})")
     if experiments is not None and experiments.active(tenant, route) is not None:
         raise ValueError(f"route {route} of tenant {tenant} runs an experiment: stop it first")
+    gates = gates or RolloutGates()
+    compared = eval_gate(evals, route, settings.model, candidate, gates) if evals is not None else None
     at = time.time() if now is None else now
     import uuid
 
@@ -130,7 +136,7 @@ def start(
         baseline=settings.model,
         candidate=candidate,
         stages=list(stages),
-        gates=gates or RolloutGates(),
+        gates=gates,
         started_at=at,
         stage_started_at=at,
         updated_at=at,
@@ -138,9 +144,45 @@ def start(
     )
     store.save(
         rollout,
-        RolloutEvent(rollout_id=rollout.rollout_id, at=at, action="start", stage=0, share=rollout.share, actor=actor),
+        RolloutEvent(
+            rollout_id=rollout.rollout_id,
+            at=at,
+            action="start",
+            stage=0,
+            share=rollout.share,
+            actor=actor,
+            detail={"eval": compared} if compared is not None else {},
+        ),
     )
     return rollout
+
+
+def eval_gate(
+    runs: tuple[dict[str, Any], dict[str, Any]], route: str, baseline: str, candidate: str, gates: RolloutGates
+) -> dict[str, Any]:
+    """The eval gate before a rollout starts: the candidate's run of a suite against the
+    baseline's (or the route's) run of the same cases, paired (`evals.compare`), with an interval
+    whose lower bound holds at the gates' confidence (one-sided). ValueError when the runs are not
+    of those models and the same suite, or when the candidate is worse beyond `eval_margin`: its
+    pass rate's difference from the baseline's may be below -margin. The comparison otherwise."""
+    from .evals import compare
+
+    base_run, candidate_run = runs
+    if base_run.get("target") not in (baseline, route):
+        raise ValueError(f"the baseline's eval run is of {base_run.get('target')!r}, not {baseline} (or route {route})")
+    if candidate_run.get("target") != candidate:
+        raise ValueError(f"the candidate's eval run is of {candidate_run.get('target')!r}, not {candidate}")
+    if base_run.get("suite") != candidate_run.get("suite"):
+        raise ValueError("the eval runs are of different suites")
+    found = compare(base_run, candidate_run, alpha=2 * (1 - gates.confidence))
+    low = found["interval"][0]
+    if low < -gates.eval_margin:
+        raise ValueError(
+            f"the candidate's eval pass rate {found['pass_rate_b']:.1%} against the baseline's "
+            f"{found['pass_rate_a']:.1%} on {found['cases']} cases may be {-low:.1%} lower "
+            f"({gates.confidence:.0%} confidence): more than the margin {gates.eval_margin:.1%}"
+        )
+    return {k: found[k] for k in ("cases", "pass_rate_a", "pass_rate_b", "difference", "interval", "p_value")}
 
 
 def move(
@@ -202,13 +244,44 @@ def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def read(query: QueryFn, rollout: Rollout) -> Readings:
-    """The rollout's requests from the audit log: those a model was asked for (cache hits and
-    refusals before the model left out); the candidate's failures are its errors and the requests
-    its arm sent on to the baseline."""
+# What the gates count, from an audit record: (variant, outcome, model, latency_ms, ts, request_id).
+AuditRow = tuple[str, str, str | None, float, float, str]
+GATED_OUTCOMES = ("ok", "error", "filtered")  # requests a model was asked for
+
+
+def readings(
+    rows: list[AuditRow], rollout: Rollout, satisfaction: Callable[[dict[str, str]], dict[str, list[float]]]
+) -> Readings:
+    """The gates' readings from the rollout's audit rows (any store's): the candidate's in this
+    stage, the baseline's over the rollout; the candidate's failures are its errors and the
+    requests its arm sent on to the baseline. `satisfaction` gives each arm's satisfaction from
+    its requests (request id -> arm)."""
     from ..alerts import percentile
 
-    rows: list[tuple[Any, ...]] = list(
+    arms = (f"{rollout.rollout_id}:candidate", f"{rollout.rollout_id}:baseline")
+    rows = [r for r in rows if r[0] in arms and r[1] in GATED_OUTCOMES and r[4] >= rollout.started_at]
+    candidate = [r for r in rows if r[0] == arms[0] and r[4] >= rollout.stage_started_at]
+    baseline = [r for r in rows if r[0] == arms[1]]
+    failed_c = sum(r[1] == "error" or r[2] != rollout.candidate for r in candidate)
+    failed_b = sum(r[1] == "error" for r in baseline)
+    latency_c = [float(r[3]) for r in candidate if r[1] != "error" and r[2] == rollout.candidate]
+    latency_b = [float(r[3]) for r in baseline if r[1] != "error"]
+    given = satisfaction({r[5]: "candidate" for r in candidate} | {r[5]: "baseline" for r in baseline})
+    return Readings(
+        len(candidate),
+        failed_c,
+        len(baseline),
+        failed_b,
+        percentile(latency_c, 0.95) if latency_c else None,
+        percentile(latency_b, 0.95) if latency_b else None,
+        given.get("candidate", []),
+        given.get("baseline", []),
+    )
+
+
+def read(query: QueryFn, rollout: Rollout) -> Readings:
+    """The gates' readings from the local store's audit log and traces."""
+    rows: list[Any] = list(
         query(
             "SELECT variant, outcome, model, latency_ms, ts, request_id FROM audit WHERE tenant = ? AND route = ? "
             "AND ts >= ? AND variant IN (?, ?) AND outcome IN ('ok', 'error', 'filtered')",
@@ -221,28 +294,16 @@ def read(query: QueryFn, rollout: Rollout) -> Readings:
             ),
         )
     )
-    candidate = [r for r in rows if r[0].endswith(":candidate") and r[4] >= rollout.stage_started_at]
-    baseline = [r for r in rows if r[0].endswith(":baseline")]
-    failed_c = sum(r[1] == "error" or r[2] != rollout.candidate for r in candidate)
-    failed_b = sum(r[1] == "error" for r in baseline)
-    latency_c = [float(r[3]) for r in candidate if r[1] != "error" and r[2] == rollout.candidate]
-    latency_b = [float(r[3]) for r in baseline if r[1] != "error"]
-    satisfaction = _satisfaction(query, {r[5]: "candidate" for r in candidate} | {r[5]: "baseline" for r in baseline})
-    return Readings(
-        len(candidate),
-        failed_c,
-        len(baseline),
-        failed_b,
-        percentile(latency_c, 0.95) if latency_c else None,
-        percentile(latency_b, 0.95) if latency_b else None,
-        satisfaction.get("candidate", []),
-        satisfaction.get("baseline", []),
-    )
+    return readings(rows, rollout, lambda arms: _satisfaction(query, arms))
+
+
+def satisfaction_of(feedback: dict[str, list[Feedback]]) -> dict[str, list[float]]:
+    """Each arm's satisfaction (0 to 1) from its requests' thumbs and ratings."""
+    return {arm: [f.satisfaction for f in given if f.kind != "task"] for arm, given in feedback.items()}
 
 
 def _satisfaction(query: QueryFn, arms: dict[str, str]) -> dict[str, list[float]]:
-    """Each arm's satisfaction (0 to 1) from its requests' thumbs and ratings."""
-    return {arm: [f.satisfaction for f in given if f.kind != "task"] for arm, given in feedback_of(query, arms).items()}
+    return satisfaction_of(feedback_of(query, arms))
 
 
 def feedback_of(query: QueryFn, groups: dict[str, str]) -> dict[str, list[Feedback]]:
@@ -311,33 +372,52 @@ def verdict(rollout: Rollout, readings: Readings, alerts_firing: list[str]) -> t
     return None, "waiting for enough requests to tell"
 
 
-class RolloutController:
-    """Evaluates the running rollouts' gates (`serve` every `interval_s`; `llm-gateway rollout
-    status` once) and moves them: advance, complete, roll back."""
+class Evidence(Protocol):
+    """What the gates read, wherever the deployment keeps it."""
 
-    def __init__(
-        self,
-        store: RolloutStore,
-        query: QueryFn,
-        config: GatewayConfig,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store, self.query, self.config, self.clock = store, query, config, clock
+    def readings(self, rollout: Rollout) -> Readings: ...
+
+    def firing(self, tenants: set[str], now: float) -> dict[str, list[str]]:
+        """The watched alerts firing now, by tenant (of `tenants`)."""
+        ...
+
+
+class LocalEvidence:
+    """The local store: its audit log and traces, and the local alert evaluator's per-tenant
+    error-rate and latency alerts."""
+
+    def __init__(self, query: QueryFn, config: GatewayConfig) -> None:
+        self.query, self.config = query, config
+
+    def readings(self, rollout: Rollout) -> Readings:
+        return read(self.query, rollout)
+
+    def firing(self, tenants: set[str], now: float) -> dict[str, list[str]]:
+        from ..alerts import LocalAlertHistory, evaluate
+
+        found: dict[str, list[str]] = {}
+        for state in evaluate(self.config, LocalAlertHistory(self.query), now):
+            if state.firing and state.rule in WATCHED_ALERTS and state.tenant in tenants:
+                found.setdefault(state.tenant, []).append(state.rule)
+        return found
+
+
+class RolloutController:
+    """Evaluates the running rollouts' gates (`serve` every `interval_s`, the scheduled function
+    on AWS, `llm-gateway rollout status --check` once) and moves them: advance, complete, roll back."""
+
+    def __init__(self, store: RolloutStore, evidence: Evidence, clock: Callable[[], float] = time.time) -> None:
+        self.store, self.evidence, self.clock = store, evidence, clock
 
     def check(self) -> list[Rollout]:
         """Each running rollout judged now; those that moved, as they now are."""
-        from ..alerts import LocalAlertHistory, evaluate
-
         now = self.clock()
         moved = []
         running = [r for r in self.store.all() if r.status == "running"]
-        firing: dict[str, list[str]] = {}
-        if any(r.gates.watch_alerts for r in running):
-            for state in evaluate(self.config, LocalAlertHistory(self.query), now):
-                if state.firing and state.rule in _WATCHED_ALERTS:
-                    firing.setdefault(state.tenant, []).append(state.rule)
+        watching = {r.tenant for r in running if r.gates.watch_alerts}
+        firing = self.evidence.firing(watching, now) if watching else {}
         for rollout in running:
-            readings = read(self.query, rollout)
+            readings = self.evidence.readings(rollout)
             alerts = firing.get(rollout.tenant, []) if rollout.gates.watch_alerts else []
             action, why = verdict(rollout, readings, alerts)
             if action is None:
@@ -347,7 +427,5 @@ class RolloutController:
             except ValueError:  # someone moved it meanwhile: judged again next time
                 log.info("rollout %s changed while its gates were read", rollout.rollout_id)
                 continue
-                log.warning(
-                    "rollout %s of %s/%s: %s (%s)", rollout.rollout_id, rollout.tenant, rollout.route, action, why
-                )
+            log.warning("rollout %s of %s/%s: %s (%s)", rollout.rollout_id, rollout.tenant, rollout.route, action, why)
         return moved

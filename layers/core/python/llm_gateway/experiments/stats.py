@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-from scipy.stats import norm
+from statistics import NormalDist
 
 _MAX_PER_ARM = 10**9
 
@@ -73,7 +72,8 @@ def sequential_per_arm(baseline: float, mde: float, alpha: float = 0.05, power: 
         variance = spread / n
         cut, sd = _threshold(variance, tau2, alpha), math.sqrt(variance)
         shift = abs(mde)
-        return float(norm.sf((cut - shift) / sd) + norm.cdf((-cut - shift) / sd)) >= power
+        normal = NormalDist()  # upper tail by symmetry: sf(x) = cdf(-x)
+        return normal.cdf((shift - cut) / sd) + normal.cdf((-cut - shift) / sd) >= power
 
     low, high = 1, per_arm_sample_size(baseline, mde, alpha, power)
     while not reached(high):

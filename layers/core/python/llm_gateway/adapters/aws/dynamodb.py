@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
@@ -96,10 +97,18 @@ class _RecordTable(Generic[Record]):
             )
 
     def query(
-        self, tenant: str | None, since_ts: float, until_ts: float | None = None, *, consistent: bool = False
+        self,
+        tenant: str | None,
+        since_ts: float,
+        until_ts: float | None = None,
+        *,
+        consistent: bool = False,
+        where: Mapping[str, Sequence[str]] | None = None,
     ) -> list[Record]:
         """A tenant's records with `since_ts <= ts` (and `ts < until_ts` when given), oldest first.
-        Bounds are compared at microsecond precision. `tenant=None` reads audit records without a tenant."""
+        Bounds are compared at microsecond precision. `tenant=None` reads audit records without a tenant.
+        `where`: only records whose string field is one of the values given for it (a filter: the
+        records are read, but not returned)."""
         condition = "#pk = :pk AND #sk >= :lo"
         values: dict[str, dict[str, str]] = {
             ":pk": {"S": tenant or NO_TENANT},
@@ -115,6 +124,16 @@ class _RecordTable(Generic[Record]):
             "ExpressionAttributeValues": values,
             "ConsistentRead": consistent,
         }
+        if where:
+            clauses = []
+            for i, (name, allowed) in enumerate(sorted(where.items())):
+                request["ExpressionAttributeNames"][f"#f{i}"] = name
+                marks = []
+                for j, value in enumerate(allowed):
+                    values[f":f{i}_{j}"] = {"S": value}
+                    marks.append(f":f{i}_{j}")
+                clauses.append(f"#f{i} IN ({', '.join(marks)})")
+            request["FilterExpression"] = " AND ".join(clauses)
         records: list[Record] = []
         while True:
             page = self._client.query(**request)

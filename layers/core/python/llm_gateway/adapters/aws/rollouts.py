@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ...ports import Rollout, RolloutEvent
+from ...ports import Experiment, Feedback, Rollout, RolloutEvent
 
 BY_ID = "by_id"
 REFRESH_S = 1.0
@@ -163,3 +163,58 @@ class DynamoRolloutStore:
             ExpressionAttributeValues={":pk": {"S": f"events#{rollout_id}"}},
         )["Items"]
         return [RolloutEvent.model_validate_json(item["body"]["S"]) for item in found]
+
+
+class DynamoEvidence:
+    """What the gates read on AWS: the rollout's audit records (DynamoDB audit table), the feedback
+    on them (the trace table), and the deployment's error-rate and latency alarms (CloudWatch); an
+    experiment's report from the same tables.
+    The alarms watch the whole service: one in ALARM rolls back every running rollout that
+    watches alerts."""
+
+    def __init__(self, audit: Any, traces: Any, cloudwatch: Any, alarms: dict[str, str]) -> None:
+        self.audit, self.traces, self.cloudwatch, self.alarms = audit, traces, cloudwatch, alarms
+
+    def readings(self, rollout: Rollout) -> Any:
+        from ...experiments.rollouts import GATED_OUTCOMES, readings, satisfaction_of
+
+        arms = [f"{rollout.rollout_id}:candidate", f"{rollout.rollout_id}:baseline"]
+        records = self.audit.query(
+            rollout.tenant,
+            rollout.started_at,
+            where={"route": [rollout.route], "variant": arms, "outcome": list(GATED_OUTCOMES)},
+        )
+        rows = [(r.variant, r.outcome, r.model, r.latency_ms, r.ts, r.request_id) for r in records]
+
+        return readings(rows, rollout, lambda arms: satisfaction_of(self._feedback(rollout.tenant, arms)))
+
+    def _feedback(self, tenant: str, groups: dict[str, str]) -> dict[str, list[Feedback]]:
+        """The feedback on some of the tenant's requests (request id -> group), by group."""
+        by_group: dict[str, list[Feedback]] = {}
+        if self.traces is None:
+            return by_group
+        for request_id, given in self.traces.feedback_of(tenant, list(groups)).items():
+            by_group.setdefault(groups[request_id], []).extend(given)
+        return by_group
+
+    def analyse(self, experiment: Experiment) -> dict[str, Any]:
+        """An A/B experiment's report (`experiments.ab.analysed`) over the audit and trace tables."""
+        from ...experiments.ab import analysed
+
+        labels = [f"{experiment.experiment_id}:{v.name}" for v in experiment.variants]
+        records = self.audit.query(
+            experiment.tenant, experiment.started_at, where={"route": [experiment.route], "variant": labels}
+        )
+        rows = [
+            (r.variant, r.outcome, r.latency_ms, r.cost_usd, r.prompt_tokens, r.completion_tokens, r.request_id)
+            for r in records
+        ]
+        return analysed(rows, self._feedback(experiment.tenant, {r[6]: r[0] for r in rows}), experiment)
+
+    def firing(self, tenants: set[str], now: float) -> dict[str, list[str]]:
+        names = {name: rule for rule, name in self.alarms.items() if name}
+        if not names:
+            return {}
+        found = self.cloudwatch.describe_alarms(AlarmNames=sorted(names))
+        rules = sorted(names[a["AlarmName"]] for a in found.get("MetricAlarms", []) if a.get("StateValue") == "ALARM")
+        return {tenant: rules for tenant in tenants} if rules else {}

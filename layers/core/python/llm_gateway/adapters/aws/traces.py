@@ -10,11 +10,15 @@ past that is kept without the content (`content_dropped` in the trace).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from ...ports import Feedback, Trace
 
 MAX_ITEM_BYTES = 380_000  # DynamoDB's 400 KB item limit, less the keys, names and some feedback
+_BATCH_GET = 100  # keys per BatchGetItem, DynamoDB's most
+_BATCH_GET_ATTEMPTS = 8
 
 
 def trace_key_schema() -> dict[str, Any]:
@@ -77,6 +81,32 @@ class DynamoTraceStore:
             return None  # no such trace of this tenant, or it expired
         return _trace(updated.get("Attributes"), now)
 
+    def feedback_of(self, tenant: str, request_ids: Sequence[str]) -> dict[str, list[Feedback]]:
+        """The feedback given on some of the tenant's requests (those with any), by request id:
+        read 100 at a time (BatchGetItem), the feedback attribute only."""
+        found: dict[str, list[Feedback]] = {}
+        ids = list(dict.fromkeys(request_ids))
+        for at in range(0, len(ids), _BATCH_GET):
+            wanted: dict[str, Any] = {
+                self._table: {
+                    "Keys": [self._key(tenant, request_id) for request_id in ids[at : at + _BATCH_GET]],
+                    "ProjectionExpression": "request_id, feedback",
+                }
+            }
+            for attempt in range(_BATCH_GET_ATTEMPTS):
+                page = self._client.batch_get_item(RequestItems=wanted)
+                for item in page.get("Responses", {}).get(self._table, []):
+                    given = _feedback(item)
+                    if given:
+                        found[item["request_id"]["S"]] = given
+                wanted = page.get("UnprocessedKeys") or {}
+                if not wanted:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0))  # DynamoDB throttled part of the batch
+            else:
+                raise RuntimeError("the trace table kept throttling the feedback reads")
+        return found
+
     @staticmethod
     def _key(tenant: str, request_id: str) -> dict[str, dict[str, str]]:
         return {"tenant": {"S": tenant}, "request_id": {"S": request_id}}
@@ -86,5 +116,15 @@ def _trace(item: dict[str, Any] | None, now: float) -> Trace | None:
     if item is None or float(item["expires_at"]["N"]) <= now:
         return None
     trace = Trace.model_validate_json(item["trace"]["S"])
-    trace.feedback = [Feedback.model_validate_json(f["S"]) for f in item.get("feedback", {}).get("L", [])]
+    trace.feedback = _feedback(item)
     return trace
+
+
+def _feedback(item: dict[str, Any]) -> list[Feedback]:
+    given = []
+    for entry in item.get("feedback", {}).get("L", []):
+        try:
+            given.append(Feedback.model_validate_json(entry["S"]))
+        except (KeyError, ValueError):  # a damaged entry is passed over
+            continue
+    return given
