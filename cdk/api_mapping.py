@@ -126,6 +126,9 @@ RESPONSE_TEMPLATE = (
 #if($state.router.complexity)
 #set($context.responseOverride.header.x-gateway-complexity = "$state.router.complexity")
 #end
+#if($state.router.variant)
+#set($context.responseOverride.header.x-gateway-variant = $state.router.variant)
+#end
 #elseif($state.cache.route)
 #set($context.responseOverride.header.x-gateway-route = $state.cache.route)
 #end

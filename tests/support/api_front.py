@@ -147,6 +147,8 @@ class RestFront:
             headers["x-gateway-cache-score"] = str(cache["score"])
         if finish.get("response") is not None:
             headers["x-gateway-model"] = finish["response"]["model"]
+        if answer["status"] == 200 and (output.get("router") or {}).get("variant"):
+            headers["x-gateway-variant"] = output["router"]["variant"]  # the response template's rule
         # `http.body` is the answer as JSON text, exactly what the response mapping template prints.
         return Response(answer["body"], status_code=answer["status"], headers=headers, media_type="application/json")
 

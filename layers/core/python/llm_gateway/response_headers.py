@@ -121,13 +121,13 @@ COMPLEXITY = ResponseHeader(
 )
 VARIANT = ResponseHeader(
     "x-gateway-variant",
-    "the arm of the route's rollout this caller is on (sticky per user): the candidate is tried "
-    "first on its arm, the baseline after it",
-    "`<rollout id>:candidate` or `<rollout id>:baseline`",
-    "200 answers on a route with a rollout (docs/experiments.md), cache hits left out",
-    (APP,),
+    "the arm of the route's rollout, or the variant of its A/B experiment, this caller is on (sticky "
+    "per user): on a rollout's candidate arm the candidate is tried first, the baseline after it",
+    "`<rollout id>:candidate`, `<rollout id>:baseline` or `<experiment id>:<variant>`",
+    "200 answers on a route with a rollout or an experiment (docs/experiments.md), cache hits left out",
+    (APP, REST),
     ANSWER,
-    {"type": "string", "pattern": r"^ro_[0-9a-f]{12}:(candidate|baseline)$"},
+    {"type": "string", "pattern": r"^(ro_[0-9a-f]{12}:(candidate|baseline)|ex_[0-9a-f]{12}:[A-Za-z0-9_-]{1,40})$"},
 )
 ATTEMPTS = ResponseHeader(
     "x-gateway-attempts",
