@@ -58,6 +58,8 @@ ENV_CONVERSATION_TABLE = "CONVERSATION_TABLE"
 ENV_TRACE_TABLE = "TRACE_TABLE"
 ENV_ROLLOUT_TABLE = "ROLLOUT_TABLE"
 ENV_ROLLOUT_ALARMS = "ROLLOUT_ALARMS"
+ENV_SHADOW_QUEUE_URL = "SHADOW_QUEUE_URL"
+ENV_SHADOW_TABLE = "SHADOW_TABLE"
 ENV_BATCH_TABLE = "BATCH_TABLE"
 ENV_BATCH_BUCKET = "BATCH_BUCKET"
 ENV_IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
@@ -126,6 +128,12 @@ ROLLOUT_GATE_ACTIONS = (  # reads, and the transactions that move a rollout (the
     "dynamodb:ConditionCheckItem",
 )
 AUDIT_READ_ACTIONS = ("dynamodb:Query",)
+SHADOW = "shadow"  # hand sampled copies of answered requests to the shadow queue
+SHADOW_PAIRS = "shadow_pairs"  # keep the shadow pairs and the routes' daily shadow spend
+SHADOW_PAIR_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
+SHADOW_FOLDER = "shadow"  # consumes the shadow queue: the shadow model's answers, the pairs
+SHADOW_TIMEOUT_S = 120  # one batch of copies, each a model call with its retries
+SHADOW_BATCH = 5
 TRACE_FEEDBACK_ACTIONS = ("dynamodb:BatchGetItem",)
 BATCH_SUBMIT_TIMEOUT_S = 120
 BATCH_WORK_TIMEOUT_S = 900
@@ -146,11 +154,11 @@ FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     "moderate": frozenset({PROVIDER_KEYS, REVIEW, PSEUDONYMS}),  # the LLM judge; flagged answers
     "router": frozenset({BUDGETS, PSEUDONYMS}),  # budget reservations
     # cache store, usage and audit records, settling
-    "finish": frozenset({MOMENTO, USAGE, AUDIT, BUDGETS, TRACES, PSEUDONYMS}),
+    "finish": frozenset({MOMENTO, USAGE, AUDIT, BUDGETS, TRACES, PSEUDONYMS, SHADOW}),
     # the audit record and trace of a failed request, its release
     "record_failure": frozenset({AUDIT, BUDGETS, TRACES, PSEUDONYMS}),
     STREAM_FOLDER: frozenset(
-        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, CONVERSATIONS, TRACES_API, PSEUDONYMS, ROLLOUTS}
+        {MOMENTO, USAGE, AUDIT, PROVIDER_KEYS, REVIEW, BUDGETS, CONVERSATIONS, TRACES_API, PSEUDONYMS, ROLLOUTS, SHADOW}
     ),  # runs the whole chain in-process, the Responses API, traces and feedback
     BATCH_SUBMIT_FOLDER: frozenset(
         {BATCH_JOBS, IDEMPOTENCY, PSEUDONYMS}
@@ -161,6 +169,7 @@ FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     ),
     BATCH_STATUS_FOLDER: frozenset({BATCH_JOBS_READ}),  # the caller's tenant's jobs and their lines
     ROLLOUT_GATES_FOLDER: frozenset({ROLLOUT_GATES}),  # the rollouts, their audit records and feedback
+    SHADOW_FOLDER: frozenset({PROVIDER_KEYS, PSEUDONYMS, SHADOW_PAIRS}),  # calls the shadow models, keeps the pairs
 }
 
 # State machine states that are not steps of the chain, and where they put the HTTP answer.

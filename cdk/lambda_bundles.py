@@ -87,6 +87,7 @@ FUNCTION_FEATURES: dict[str, frozenset[str]] = {
     "batch_submit": frozenset(),
     "batch_status": frozenset(),  # GET /v1/batches on the REST API
     "rollout_gates": frozenset(),  # the rollouts' gates, every minute
+    "shadow": frozenset({"providers"}),  # the shadow copies' model calls
     "batch_work": frozenset({"embedding", "momento", "providers"}),  # the whole chain, line by line
     "stream": frozenset({"embedding", "momento", "providers", "web"}),  # the whole chain in-process
 }

@@ -109,7 +109,11 @@ _SECRET_VARIABLES = {
 
 # Tables a function uses as soon as it is named to it, by the variable naming them, and the
 # accesses that let it (a routing function names the rollout table: it reads it on every request).
-_TABLE_VARIABLES = {c.ENV_ROLLOUT_TABLE: frozenset({c.ROLLOUTS, c.ROLLOUT_GATES})}
+_TABLE_VARIABLES = {
+    c.ENV_ROLLOUT_TABLE: frozenset({c.ROLLOUTS, c.ROLLOUT_GATES}),
+    c.ENV_SHADOW_QUEUE_URL: frozenset({c.SHADOW}),  # a finishing function sends sampled copies to it
+    c.ENV_SHADOW_TABLE: frozenset({c.SHADOW_PAIRS}),
+}
 
 
 def readable(folder: str, environment: Mapping[str, str]) -> dict[str, str]:
@@ -183,6 +187,22 @@ class ChainFunctions(Construct):
         )
         self.review_ingest.add_event_source(
             lambda_event_sources.SqsEventSource(stores.review_queue, batch_size=10, report_batch_item_failures=True)
+        )
+        self.shadow = gateway_function(
+            self,
+            "Shadow",
+            stage=stage,
+            name=c.SHADOW_FOLDER,
+            code=function_code(c.SHADOW_FOLDER),
+            layers=layers,
+            environment=self.environment,
+            timeout_s=c.SHADOW_TIMEOUT_S,
+        )
+        stores.grant(self.shadow, c.FUNCTION_ACCESS[c.SHADOW_FOLDER])
+        self.shadow.add_event_source(
+            lambda_event_sources.SqsEventSource(
+                stores.shadow_queue, batch_size=c.SHADOW_BATCH, report_batch_item_failures=True
+            )
         )
 
 

@@ -30,6 +30,7 @@ class GatewayStores(Construct):
         self.traces = self._table("Traces", stage, partition=c.TABLE_PARTITION_KEY, sort="request_id")
         self.batch_jobs, self.idempotency = self._batch(stage)
         self.rollouts = self._rollouts(stage)
+        self.shadow_pairs, self.shadow_queue = self._shadow(stage)
         self.momento_secret = self._secret(
             "MomentoApiKey",
             stage,
@@ -75,6 +76,8 @@ class GatewayStores(Construct):
             c.ENV_CONVERSATION_TABLE: self.conversations.table_name,
             c.ENV_TRACE_TABLE: self.traces.table_name,
             c.ENV_ROLLOUT_TABLE: self.rollouts.table_name,
+            c.ENV_SHADOW_QUEUE_URL: self.shadow_queue.queue_url,
+            c.ENV_SHADOW_TABLE: self.shadow_pairs.table_name,
         }
 
     def grant(self, grantee: iam.IGrantable, access: Iterable[str]) -> None:
@@ -90,6 +93,10 @@ class GatewayStores(Construct):
                 secrets[store].grant_read(grantee)
             elif store == c.REVIEW:
                 self.review_queue.grant_send_messages(grantee)
+            elif store == c.SHADOW:
+                self.shadow_queue.grant_send_messages(grantee)
+            elif store == c.SHADOW_PAIRS:
+                self.shadow_pairs.grant(grantee, *c.SHADOW_PAIR_ACTIONS)
             elif store == c.BATCH_JOBS:
                 iam.Grant.add_to_principal(
                     grantee=grantee,
@@ -145,15 +152,7 @@ class GatewayStores(Construct):
             partition_key=dynamodb.Attribute(name="status", type=dynamodb.AttributeType.STRING),
             sort_key=dynamodb.Attribute(name="created_sk", type=dynamodb.AttributeType.STRING),
         )
-        dead_letters = self._queue("ReviewDeadLetters", stage)
-        acknowledge(dead_letters, "SQS3", "This is the review queue's dead-letter queue.")
-        queue = self._queue(
-            "ReviewQueue",
-            stage,
-            visibility_timeout=cdk.Duration.seconds(c.STEP_TIMEOUT_S * 6),
-            dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=c.REVIEW_QUEUE_RECEIVES, queue=dead_letters),
-        )
-        return table, queue
+        return table, self._consumed_queue("Review", stage, c.STEP_TIMEOUT_S)
 
     def _table(
         self,
@@ -221,6 +220,25 @@ class GatewayStores(Construct):
             index_name="by_id", partition_key=dynamodb.Attribute(name="rollout_id", type=dynamodb.AttributeType.STRING)
         )
         return table
+
+    def _shadow(self, stage: StageConfig) -> tuple[dynamodb.Table, sqs.Queue]:
+        """Shadow copies: the queue the finishing functions hand them to (with a dead-letter
+        queue) and the pair table the `shadow` function keeps (`adapters/aws/shadow.py`)."""
+        table = self._table("ShadowPairs", stage, partition="pk", sort="sk")
+        return table, self._consumed_queue("Shadow", stage, c.SHADOW_TIMEOUT_S)
+
+    def _consumed_queue(self, name: str, stage: StageConfig, consumer_timeout_s: int) -> sqs.Queue:
+        """`<name>Queue`, consumed by a function that runs up to `consumer_timeout_s` (its messages
+        stay hidden six times that, as Lambda advises), and its `<name>DeadLetters` queue after
+        `REVIEW_QUEUE_RECEIVES` deliveries."""
+        dead_letters = self._queue(f"{name}DeadLetters", stage)
+        acknowledge(dead_letters, "SQS3", f"This is the {name.lower()} queue's dead-letter queue.")
+        return self._queue(
+            f"{name}Queue",
+            stage,
+            visibility_timeout=cdk.Duration.seconds(consumer_timeout_s * 6),
+            dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=c.REVIEW_QUEUE_RECEIVES, queue=dead_letters),
+        )
 
     def _queue(self, construct_id: str, stage: StageConfig, **options: Any) -> sqs.Queue:
         """Encrypted (SQS-managed keys), TLS only, messages kept 14 days."""

@@ -70,6 +70,7 @@ class GatewayStack(cdk.Stack):
             c.BATCH_WORK_FOLDER: self.batch.work,
             c.BATCH_STATUS_FOLDER: self.batch.status,
             c.ROLLOUT_GATES_FOLDER: self.rollout_gates.function,
+            c.SHADOW_FOLDER: self.functions.shadow,
             **({c.STREAM_FOLDER: self.streaming.function} if self.streaming is not None else {}),
         }
         self.dashboard = GatewayDashboard(
@@ -86,8 +87,9 @@ class GatewayStack(cdk.Stack):
             else None
         )
         if self.self_hosted is not None:
-            # The functions that call models: the invoke step, the streaming function, the batch worker.
-            callers = [self.functions.by_step["invoke"], self.batch.work]
+            # The functions that call models: the invoke step, the streaming function, the batch
+            # worker, the shadow copies' function.
+            callers = [self.functions.by_step["invoke"], self.batch.work, self.functions.shadow]
             if self.streaming is not None:
                 callers.append(self.streaming.function)
             for caller in callers:
@@ -113,6 +115,12 @@ class GatewayStack(cdk.Stack):
             "RolloutTable",
             value=self.stores.rollouts.table_name,
             description="llm-gateway rollout ... --table <this>",
+        )
+        cdk.CfnOutput(
+            self,
+            "ShadowTable",
+            value=self.stores.shadow_pairs.table_name,
+            description="llm-gateway shadow report --table <this>",
         )
         cdk.CfnOutput(self, "BatchBucket", value=self.batch.bucket.bucket_name, description="batches/in/<tenant>/")
         if stage.gateway_store == "aws" and not stage.momento_endpoint:

@@ -375,6 +375,17 @@ def test_a_tenant_reads_its_batch_through_the_rest_api_and_no_other_tenant_can(d
 # ----------------------------------------------------------------------------- staged rollouts
 
 
+def ask_as_one_user(deployed: Deployed, question: str) -> Any:
+    """A question of one user of acme, past the cache: the raw answer."""
+    return deployed.client().chat.completions.with_raw_response.create(
+        model="default",
+        messages=[{"role": "user", "content": question}],
+        user="e2e-rollout-user",
+        max_tokens=8,
+        extra_headers={"cache-control": "no-store"},
+    )
+
+
 def test_a_rollout_in_the_deployed_table_puts_callers_on_its_arm_and_the_gates_function_judges_it(
     deployed: Deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -393,13 +404,7 @@ def test_a_rollout_in_the_deployed_table_puts_callers_on_its_arm_and_the_gates_f
 
     rollout_id = DynamoRolloutStore(table, deployed.aws.client("dynamodb")).all("acme")[-1].rollout_id
     try:
-        raw = deployed.client().chat.completions.with_raw_response.create(
-            model="default",
-            messages=[{"role": "user", "content": "Which arm answers me?"}],  # type: ignore[list-item]
-            user="e2e-rollout-user",
-            max_tokens=8,
-            extra_headers={"cache-control": "no-store"},
-        )
+        raw = ask_as_one_user(deployed, "Which arm answers me?")
         assert raw.headers.get("x-gateway-variant") == f"{rollout_id}:candidate", dict(raw.headers)
         assert raw.headers["x-gateway-model"] == "gpt-batch"
         gates = resource_of(deployed.template, deployed.resources, "AWS::Lambda::Function", "RolloutGates")
@@ -413,11 +418,29 @@ def test_a_rollout_in_the_deployed_table_puts_callers_on_its_arm_and_the_gates_f
         assert f"{rollout_id}:candidate" in variants
     finally:
         assert main(["rollout", "rollback", rollout_id, "--table", table, "--config", config]) == 0
-    after = deployed.client().chat.completions.with_raw_response.create(
-        model="default",
-        messages=[{"role": "user", "content": "Which arm answers me now?"}],  # type: ignore[list-item]
-        user="e2e-rollout-user",
-        max_tokens=8,
-        extra_headers={"cache-control": "no-store"},
-    )
+    after = ask_as_one_user(deployed, "Which arm answers me now?")
     assert "x-gateway-variant" not in after.headers
+
+
+# ----------------------------------------------------------------------------- evals
+
+
+def test_an_eval_suite_runs_as_a_batch_job_of_the_deployment_and_is_scored(
+    deployed: Deployed, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`eval run --batch-bucket`: the shipped extraction suite's first cases uploaded under
+    batches/in/acme/evals/, answered by the deployed batch workflow, the output scored here."""
+    from llm_gateway.cli.main import main
+
+    for name, value in deployed.aws.moto.environment(REGION).items():
+        monkeypatch.setenv(name, value)
+    bucket = resource_of(deployed.template, deployed.resources, "AWS::S3::Bucket", "BatchBucket")
+    config = deployed.aws.lambdas.env_overrides["GATEWAY_CONFIG_PATH"]
+    command = ["eval", "run", "extraction", "--model", "gpt-batch", "--tenant", "acme", "--limit", "2"]
+    options = ["--batch-bucket", bucket, "--poll-s", "1", "--wait", "240", "--out", str(tmp_path / "run")]
+    assert main([*command, *options, "--config", config]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["cases"] == 2 and report["outcomes"] == {"answered": 2}
+    assert report["batch"]["input"].startswith("batches/in/acme/evals/extraction-gpt-batch-")
+    assert report["batch"]["job_id"].startswith("batch_") and report["cost_usd"] > 0
+    assert all(r["request_id"].startswith(report["batch"]["job_id"]) for r in report["results"])

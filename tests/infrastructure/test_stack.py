@@ -287,7 +287,7 @@ def test_only_finish_record_failure_and_review_ingest_write_the_record_tables(te
     budgets = next(key for key in tables if key.startswith("StoresBudgets"))
     batch_tables = {key for key in tables if key.startswith(("StoresBatchJobs", "StoresIdempotency"))}
     batch_tables |= {key for key in tables if key.startswith(("StoresConversations", "StoresTraces"))}  # own tests
-    batch_tables |= {key for key in tables if key.startswith("StoresRollouts")}  # its own test
+    batch_tables |= {key for key in tables if key.startswith(("StoresRollouts", "StoresShadowPairs"))}  # own tests
     expected_tables = {
         "finish": {usage, audit},
         "record_failure": {audit},
@@ -533,7 +533,7 @@ def test_the_dashboard_graphs_the_errors_of_every_function_but_the_authorizer(
     [
         ("StoresMomentoApiKey", {"guard", "cache_lookup", "finish", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}),
         # guard, moderate: the judge; batch_work runs the whole chain
-        ("StoresProviderKeys", {"invoke", "guard", "moderate", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}),
+        ("StoresProviderKeys", {"invoke", "guard", "moderate", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER, c.SHADOW_FOLDER}),
     ],
 )
 def test_only_the_functions_that_need_a_secret_read_it(
@@ -615,11 +615,52 @@ def test_flagged_items_go_through_an_encrypted_queue_with_dead_letters_into_the_
             environment = properties["Environment"]["Variables"]
             assert c.ENV_REVIEW_QUEUE_URL in environment and c.ENV_REVIEW_TABLE in environment
     assert senders == {"guard", "moderate", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}
-    (mapping,) = resources(template, "AWS::Lambda::EventSourceMapping").values()
-    assert queue_id in flatten(mapping["Properties"]["EventSourceArn"])
+    assert consumer_of(template, queue_id) == c.REVIEW_INGEST_FOLDER
+
+
+def consumer_of(template: dict[str, Any], queue_id: str) -> str:
+    """The function folder the queue's one event source mapping feeds, reporting per-item failures."""
+    (mapping,) = [
+        m
+        for m in resources(template, "AWS::Lambda::EventSourceMapping").values()
+        if queue_id in flatten(m["Properties"]["EventSourceArn"])
+    ]
     assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    ingest_id, _ = functions_by_folder(template)[c.REVIEW_INGEST_FOLDER]
-    assert ingest_id in flatten(mapping["Properties"]["FunctionName"])
+    (folder,) = [
+        folder
+        for folder, (logical_id, _) in functions_by_folder(template).items()
+        if logical_id in flatten(mapping["Properties"]["FunctionName"])
+    ]
+    return folder
+
+
+def test_shadow_copies_go_from_the_finishing_functions_through_an_encrypted_queue_to_the_shadow_function(
+    template: dict[str, Any],
+) -> None:
+    queues = resources(template, "AWS::SQS::Queue")
+    (queue_id,) = [key for key in queues if key.startswith("StoresShadowQueue")]
+    (dead_id,) = [key for key in queues if key.startswith("StoresShadowDeadLetters")]
+    queue = queues[queue_id]["Properties"]
+    assert queue["SqsManagedSseEnabled"] is True and dead_id in flatten(queue["RedrivePolicy"])
+    assert queue["VisibilityTimeout"] >= c.SHADOW_TIMEOUT_S  # a batch is never handed out twice at once
+    (table_id,) = [key for key in resources(template, "AWS::DynamoDB::Table") if key.startswith("StoresShadowPairs")]
+    senders, keepers, told = set(), {}, {}
+    for folder, (_, properties) in functions_by_folder(template).items():
+        statements = role_statements(template, properties)
+        if any("sqs:SendMessage" in actions(s) and f"<{queue_id}.Arn>" in resource_refs(s) for s in statements):
+            senders.add(folder)
+        for statement in statements:
+            if any(table_id in ref for ref in resource_refs(statement)):
+                keepers.setdefault(folder, set()).update(actions(statement))
+        environment = properties["Environment"]["Variables"]
+        told[folder] = {v for v in (c.ENV_SHADOW_QUEUE_URL, c.ENV_SHADOW_TABLE) if v in environment}
+    # the functions that finish a live request hand copies off; batch lines are never shadowed
+    assert senders == {"finish", c.STREAM_FOLDER}
+    assert keepers == {c.SHADOW_FOLDER: set(c.SHADOW_PAIR_ACTIONS)}
+    assert {f for f, names in told.items() if c.ENV_SHADOW_QUEUE_URL in names} == senders
+    assert {f for f, names in told.items() if c.ENV_SHADOW_TABLE in names} == {c.SHADOW_FOLDER}
+    assert consumer_of(template, queue_id) == c.SHADOW_FOLDER
+    assert flatten(template["Outputs"]["ShadowTable"]["Value"]) == f"<{table_id}>"
 
 
 def test_no_function_has_a_wildcard_resource_except_for_xray(template: dict[str, Any]) -> None:

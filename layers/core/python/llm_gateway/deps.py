@@ -30,7 +30,7 @@ from .ports import (
 from .providers.base import ProviderRegistry
 
 if TYPE_CHECKING:  # numpy, opentelemetry: not every function needs them
-    from .experiments.shadow import ShadowRunner
+    from .experiments.shadow import ShadowHandOff
     from .otel import RequestSpans
     from .semantic.index import SemanticIndex
 
@@ -53,7 +53,7 @@ class Deps:
     traces: TraceStore | None = None  # None: no request traces (nor feedback) on this deployment
     rollouts: RolloutStore | None = None  # None: routes are never rolled out on this deployment
     experiments: ExperimentStore | None = None  # None: no A/B experiments on this deployment
-    shadows: ShadowRunner | None = None  # None: routes' `shadow` copies are not sent on this deployment
+    shadows: ShadowHandOff | None = None  # None: routes' `shadow` copies are not sent on this deployment
     model_endpoint: EndpointMonitor | None = None  # a model endpoint this process runs (serve's local model)
     # The invoke step's retries, fallbacks and deadline: the REST chain's functions use the shorter
     # `pipeline.REST_INVOKE_POLICY` (API Gateway's 29 s), everything else `INVOKE_POLICY`.

@@ -45,6 +45,9 @@ class LambdaSettings(BaseModel):
     # function) and the alarms that roll them back (JSON: alert rule -> CloudWatch alarm name).
     rollout_table: str = Field(default="", alias="ROLLOUT_TABLE")
     rollout_alarms: str = Field(default="{}", alias="ROLLOUT_ALARMS")
+    # Shadow copies: the queue the functions that finish requests hand them to, the pair table.
+    shadow_queue_url: str = Field(default="", alias="SHADOW_QUEUE_URL")
+    shadow_table: str = Field(default="", alias="SHADOW_TABLE")
     # Batch jobs: the job table, the bucket, the workflow, batch_submit's idempotency records,
     # and the first wait between looks at a provider batch (doubling, at most 5 minutes).
     batch_table: str = Field(default="", alias="BATCH_TABLE")
@@ -101,6 +104,7 @@ def _aws_deps(current: LambdaSettings, invoke_policy: RetryPolicy) -> Deps:
         traces=DynamoTraceStore(current.trace_table, dynamodb) if current.trace_table else None,
         rollouts=DynamoRolloutStore(current.rollout_table, dynamodb) if current.rollout_table else None,
         experiments=DynamoExperimentStore(current.rollout_table, dynamodb) if current.rollout_table else None,
+        shadows=shadow_hand_off(current),
         config=load_config(current.config_path),
         cache=MomentoExactCache(momento_client, current.momento_cache),
         limiter=MomentoRateLimiter(momento_client, current.momento_cache),
@@ -111,6 +115,22 @@ def _aws_deps(current: LambdaSettings, invoke_policy: RetryPolicy) -> Deps:
         metrics=PowertoolsMetrics(),
         invoke_policy=invoke_policy,
     )
+
+
+def shadow_hand_off(current: LambdaSettings) -> Any:
+    """The shadow queue when this function hands copies to it (those that finish requests), else None."""
+    if not current.shadow_queue_url:
+        return None
+    from ..adapters.aws.shadow import SqsShadowHandOff
+
+    def client() -> Any:  # made at the first copy
+        import boto3
+        from botocore.config import Config
+
+        quick = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=1, read_timeout=2)
+        return boto3.client("sqs", config=quick)
+
+    return SqsShadowHandOff(current.shadow_queue_url, client)
 
 
 def review_queue(current: LambdaSettings, dynamodb: Any) -> Any:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 IN_PREFIX = "batches/in/"
 OUT_PREFIX = "batches/out/"
+EVALS_FOLDER = "evals/"  # batches/in/<tenant>/evals/...: an eval suite's run (`llm-gateway eval run --batch-bucket`)
 Progress = Callable[[int, int], None]  # (lines done, lines in the job)
 PENDING = "pending:"  # a submitted line's provider batch before the provider has named it
 DIRECT = "direct"  # a ready line to answer online (its provider batch could not answer it)
@@ -69,6 +70,11 @@ def tenant_of(deps: Deps, key: str) -> str:
     if tenant not in deps.config.tenants:
         raise BatchRejected(f"no tenant '{tenant}' in the configuration")
     return tenant
+
+
+def is_eval(job: BatchJob) -> bool:
+    """A job of an eval suite's run: its file is under `batches/in/<tenant>/evals/`."""
+    return job.source.startswith(f"{IN_PREFIX}{job.tenant}/{EVALS_FOLDER}")
 
 
 def job_id_for(tenant: str, key: str, version: str) -> str:
@@ -183,11 +189,14 @@ class BatchRunner:
                 status=400,
                 body=json.dumps(record, separators=(",", ":")),
             )
+        caller = CallerContext(batch_tenant=job.tenant)
+        if is_eval(job):  # an eval measures the model: no cache answers it, no rollout or experiment arm takes it
+            caller = caller.model_copy(update={"cache_control": "no-cache, no-store", "offline": True})
         state = GatewayState(
             request_id=f"{job.job_id}-{index}",
             received_at=now,
             request=entry.request,
-            caller=CallerContext(batch_tenant=job.tenant),
+            caller=caller,
         )
         return BatchLine(
             job_id=job.job_id,

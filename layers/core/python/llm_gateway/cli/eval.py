@@ -3,7 +3,10 @@
 `eval run SUITE.jsonl (--model M | --route R) [--config FILE] --out DIR [--tenant T] [--judge J]
 [--limit N]` runs each case as the tenant (the configuration's first, unless named), caches
 bypassed, scores it and writes `DIR/report.json` (with `pass_rate`) and `DIR/report.md`. SUITE is a
-path or the name of a shipped suite (`humaneval`, `extraction`).
+path or the name of a shipped suite (`humaneval`, `extraction`). With `--batch-bucket BUCKET` (a
+deployment's batch bucket) the suite runs as one batch job of that deployment instead
+(`experiments.batch_eval`): uploaded under `batches/in/<tenant>/evals/`, waited for (`--wait`,
+`--poll-s`), its results scored here.
 
 `eval compare RUN_A RUN_B [--alpha 0.05] [--json]` (each a run's folder or its report.json) says
 whether B is worse than A, better, or no evidence either way; exit 1 when worse (for CI).
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,13 @@ def add_parser(
     run.add_argument("--tenant", help="run as this tenant (the configuration's first by default)")
     run.add_argument("--judge", help="the model that grades `judge` cases")
     run.add_argument("--limit", type=int, help="only the first N cases")
+    run.add_argument(
+        "--batch-bucket",
+        help="run it as a batch job of a deployment (the stack's BatchBucket output), with the environment's AWS "
+        "credentials, and wait for its results",
+    )
+    run.add_argument("--wait", type=float, default=86_400.0, help="how long to wait for the batch, in seconds (1 day)")
+    run.add_argument("--poll-s", type=float, default=10.0, help="how often to look for the batch's results (10 s)")
     compare = actions.add_parser("compare", help="is run B worse than run A? (exit 1 when it is)")
     compare.add_argument("run_a", type=Path, help="the baseline run's folder or report.json")
     compare.add_argument("run_b", type=Path, help="the candidate run's folder or report.json")
@@ -51,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..adapters.local.wiring import local_deps
-    from ..experiments.evals import Gateway, SuiteError, load_suite, render, report, run_suite
+    from ..experiments.evals import Gateway, SuiteError, load_suite, report, run_suite
     from .main import chain_config
 
     config = load_local_config(args.config)
@@ -74,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if any(c.scorer == "judge" for c in cases) and not args.judge:
         raise ConfigError("the suite has cases a judge scores: name the judge model (--judge)")
     report_folder(args.out, ("report.json", "report.md"))
+    if args.batch_bucket:
+        return _run_in_batch(args, tenant, str(target), cases)
     if not (policy.api_keys or policy.demo):
         raise ConfigError(f"tenant {tenant} has no API key to run as")
     columns = (TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -82,13 +95,61 @@ def run(args: argparse.Namespace) -> int:
         task = bar.add_task("eval", total=len(cases))
         results = run_suite(cases, gateway, str(target), args.judge, lambda: bar.advance(task))
     found = report(results, suite=args.suite, target=target, tenant=tenant, judge=args.judge)
-    (args.out / "report.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
-    (args.out / "report.md").write_text(render(found), encoding="utf-8")
+    return _written(args.out, found)
+
+
+def _written(out: Path, found: dict[str, Any]) -> int:
+    from ..experiments.evals import render
+
+    (out / "report.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(render(found), encoding="utf-8")
     print(
         f"pass_rate={found['pass_rate']:.4f} ({found['passed']} of {found['cases']}) cost_usd={found['cost_usd']:.6g} "
-        f"report {args.out / 'report.json'}"
+        f"report {out / 'report.json'}"
     )
     return 0
+
+
+def _run_in_batch(args: argparse.Namespace, tenant: str, target: str, cases: list[Any]) -> int:
+    """The suite as one batch file of the deployment's bucket; its results scored when the job is done."""
+    import time
+
+    import boto3
+
+    from ..batch.runner import job_id_for, output_keys
+    from ..experiments.batch_eval import batch_file, batch_key, batch_results
+    from ..experiments.evals import report
+
+    if args.judge:
+        raise ConfigError("a judge runs after each answer: run judged suites online (without --batch-bucket)")
+    if args.poll_s <= 0 or args.wait <= 0:
+        raise ConfigError("--poll-s and --wait are positive")
+    try:
+        data = batch_file(cases, target)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    s3 = boto3.client("s3")
+    key = batch_key(tenant, args.suite, target, time.time())
+    put = s3.put_object(Bucket=args.batch_bucket, Key=key, Body=data, ContentType="application/jsonl")
+    version = put.get("VersionId")
+    if not version:
+        raise ConfigError(f"bucket {args.batch_bucket} keeps no object versions: it is not a deployment's batch bucket")
+    job_id = job_id_for(tenant, key, version)
+    print(f"batch {job_id}: {len(cases)} cases in s3://{args.batch_bucket}/{key}", file=sys.stderr)
+    results_key, errors_key = output_keys(tenant, job_id)
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            results = s3.get_object(Bucket=args.batch_bucket, Key=results_key)["Body"].read()
+            errors = s3.get_object(Bucket=args.batch_bucket, Key=errors_key)["Body"].read()
+            break
+        except s3.exceptions.NoSuchKey:
+            if time.monotonic() > deadline:
+                print(f"batch {job_id} has not finished in {args.wait:g} s; GET /v1/batches/{job_id}", file=sys.stderr)
+                return 2
+            time.sleep(args.poll_s)
+    found = report(batch_results(cases, results, errors), suite=args.suite, target=target, tenant=tenant, judge=None)
+    return _written(args.out, {**found, "latency_ms": {}, "batch": {"job_id": job_id, "input": key}})
 
 
 def read_run(path: Path) -> dict[str, Any]:

@@ -1,12 +1,16 @@
 """`llm-gateway shadow report [--tenant T] [--route R] [--since 7d] [--json]`: what the routes'
 shadow models did with the copies of live requests they were sent (`experiments.shadow`): how
-often they agreed with the live model, failed, cost and took, from the local store `serve` writes."""
+often they agreed with the live model, failed, cost and took, from the local store `serve` writes,
+or with `--table` from a deployment's pair table (the stack's `ShadowTable` output; the pairs are
+scored here, by the embedding scorer, as they are read)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from .replay import since_bound
@@ -25,21 +29,17 @@ def add_parser(
     report.add_argument("--route")
     report.add_argument("--since", default="7d", help="30m, 24h, 7d, 2w back, or an ISO date or date-time (7d)")
     report.add_argument("--json", action="store_true")
+    report.add_argument("--table", help="a deployment's DynamoDB shadow pair table (the stack's ShadowTable output)")
 
 
 def shadow(args: argparse.Namespace) -> int:
-    from ..experiments.shadow import ShadowRunner, summary
+    from ..experiments.shadow import summary
 
     config = load_local_config(args.config)
     if args.tenant is not None and args.tenant not in config.tenants:
         raise ConfigError(f"tenant {args.tenant} is not in this configuration")
     since = since_bound(args.since, time.time())
-    runner = ShadowRunner(existing_store(config))
-    try:
-        runner.score_pending()
-        pairs = runner.pairs(args.tenant, args.route, since)
-    finally:
-        runner.close()
+    pairs = _deployed_pairs(args, since) if args.table else _local_pairs(args, existing_store(config), since)
     found = summary(pairs)
     if args.json:
         print(json.dumps(found, indent=2))
@@ -65,3 +65,26 @@ def shadow(args: argparse.Namespace) -> int:
         )
     print("\n".join(lines))
     return 0
+
+
+def _local_pairs(args: argparse.Namespace, path: str | Path, since: float) -> list[dict[str, Any]]:
+    from ..experiments.shadow import ShadowRunner
+
+    runner = ShadowRunner(path)
+    try:
+        runner.score_pending()
+        return runner.pairs(args.tenant, args.route, since)
+    finally:
+        runner.close()
+
+
+def _deployed_pairs(args: argparse.Namespace, since: float) -> list[dict[str, Any]]:
+    from ..adapters.aws.dynamodb import default_client
+    from ..adapters.aws.shadow import DynamoShadowPairs
+    from ..experiments.shadow import similarity
+
+    pairs = DynamoShadowPairs(args.table, default_client()).pairs(args.tenant, args.route, since)
+    for pair in pairs:
+        if pair["outcome"] == "ok" and pair.get("similarity") is None:
+            pair["similarity"] = similarity(pair["live_answer"], pair["shadow_answer"] or "")
+    return pairs

@@ -180,26 +180,42 @@ def run_suite(
             except RuntimeError as exc:  # the judge failed: this case is not scored as passed
                 verdict = Score(False, 0.0, str(exc)[:300])
         usage = state.invoke.response.usage if state.invoke is not None else _spent_usage(error)
-        results.append(
-            CaseResult(
-                id=case.id,
-                tags=case.tags,
-                passed=verdict.passed,
-                value=round(verdict.value, 6),
-                detail=verdict.detail,
-                outcome=outcome,
-                request_id=state.request_id,
-                model=state.invoke.response.model if state.invoke is not None else None,
-                cost_usd=usage.cost_usd if usage else 0.0,
-                judge_cost_usd=sum(judge_costs[spent_before:]),
-                latency_ms=round(latency_ms, 3),
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                answer=(text or "")[:4000],
-            )
-        )
+        spent = usage.model_dump() if usage else {}
+        model = state.invoke.response.model if state.invoke is not None else None
+        result = case_result(case, verdict, outcome, state.request_id, model, spent, text)
+        result.judge_cost_usd, result.latency_ms = sum(judge_costs[spent_before:]), round(latency_ms, 3)
+        results.append(result)
         advance()
     return results
+
+
+def case_result(
+    case: EvalCase,
+    verdict: Score,
+    outcome: str,
+    request_id: str,
+    model: str | None,
+    usage: dict[str, Any],
+    text: str | None,
+) -> CaseResult:
+    """A case's result from its verdict and its request's usage (`cost_usd`, `prompt_tokens`,
+    `completion_tokens`); no judge cost or latency yet."""
+    return CaseResult(
+        id=case.id,
+        tags=case.tags,
+        passed=verdict.passed,
+        value=round(verdict.value, 6),
+        detail=verdict.detail,
+        outcome=outcome,
+        request_id=request_id,
+        model=model,
+        cost_usd=float(usage.get("cost_usd") or 0.0),
+        judge_cost_usd=0.0,
+        latency_ms=0.0,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        answer=(text or "")[:4000],
+    )
 
 
 def _spent_usage(error: GatewayError | None) -> Usage | None:

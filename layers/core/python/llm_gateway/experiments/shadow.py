@@ -24,12 +24,11 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..adapters.local.sqlite import open_database
-from ..alerts import percentile
 from ..errors import GatewayError
 
 if TYPE_CHECKING:
@@ -65,21 +64,115 @@ _INSERT = "INSERT OR IGNORE INTO shadow_pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,
 
 
 @dataclass(frozen=True)
-class _Job:
+class ShadowJob:
+    """A sampled copy to send: the answered request, the live answer, the shadow model, the route's
+    daily shadow budget."""
+
     state: GatewayState
     live: ChatCompletion
     shadow_model: str
     budget_usd: float
 
 
+class ShadowHandOff(Protocol):
+    """Where the finish step offers answered requests: a local worker, or a queue on AWS."""
+
+    def offer(self, state: GatewayState, deps: Deps, live: ChatCompletion) -> bool: ...
+
+
+def draw(state: GatewayState, deps: Deps, rng: random.Random, live: ChatCompletion) -> ShadowJob | None:
+    """The sampling draw: a copy for the route's shadow model, or None (no shadow, not drawn)."""
+    tenant = state.guard.tenant.tenant if state.guard is not None and state.guard.tenant is not None else None
+    if tenant is None or state.router is None or state.invoke is None:
+        return None
+    route = deps.config.tenants[tenant].routes.get(state.router.route)
+    shadow = route.shadow if route is not None else None
+    if shadow is None or rng.random() >= shadow.sample:
+        return None
+    return ShadowJob(state, live, shadow.model, shadow.budget_usd_per_day)
+
+
+def shadow_pair(job: ShadowJob, deps: Deps, spent_today: Callable[[str, str, float], float]) -> dict[str, Any] | None:
+    """Send the copy to the shadow model alone (its retries, no fallback, no cache) and build the
+    pair (`shadow_pairs`' columns); None when the route's shadow budget for today is spent."""
+    from ..invoke.step import invoke_step
+
+    state = job.state
+    assert state.router is not None and state.invoke is not None
+    tenant, route = state.tenant().tenant, state.router.route
+    if spent_today(tenant, route, deps.clock()) >= job.budget_usd:
+        deps.metrics.count("shadow_dropped", tenant=tenant, route=route, reason="budget")
+        return None
+    copy = state.model_copy(
+        update={"router": state.router.model_copy(update={"candidates": [job.shadow_model], "variant": None})}
+    )
+    t0 = time.monotonic()
+    problem: str | None = None
+    shadow_text: str | None = None
+    try:
+        answer = invoke_step(copy, deps)
+    except GatewayError as error:
+        outcome, problem = "error", error.code or type(error).__name__
+        spent = error.spent or {}  # what its answered calls cost, where it paid for some
+        shadow_cost = float(((spent.get("response") or {}).get("usage") or {}).get("cost_usd") or 0.0)
+    else:
+        outcome = "ok"
+        shadow_text = _text(answer.response)
+        shadow_cost = answer.response.usage.cost_usd
+    shadow_ms = (time.monotonic() - t0) * 1000
+    live_text = _text(job.live)
+    same = None if shadow_text is None else live_text.strip() == shadow_text.strip()
+    deps.metrics.count("shadow_requests", tenant=tenant, route=route, model=job.shadow_model, outcome=outcome)
+    return {
+        "request_id": state.request_id,
+        "tenant": tenant,
+        "route": route,
+        "ts": deps.clock(),
+        "live_model": state.invoke.model,
+        "shadow_model": job.shadow_model,
+        "outcome": outcome,
+        "error": problem,
+        "live_ms": state.invoke.latency_ms,
+        "shadow_ms": round(shadow_ms, 3),
+        "live_cost_usd": job.live.usage.cost_usd,
+        "shadow_cost_usd": shadow_cost,
+        "same": same,
+        "similarity": 1.0 if same else None,  # the embedding scorer runs later, off the serving process's CPU
+        "live_answer": live_text[:_KEPT_CHARS],
+        "shadow_answer": None if shadow_text is None else shadow_text[:_KEPT_CHARS],
+    }
+
+
+COLUMNS = (
+    "request_id",
+    "tenant",
+    "route",
+    "ts",
+    "live_model",
+    "shadow_model",
+    "outcome",
+    "error",
+    "live_ms",
+    "shadow_ms",
+    "live_cost_usd",
+    "shadow_cost_usd",
+    "same",
+    "similarity",
+    "live_answer",
+    "shadow_answer",
+)
+
+
 class ShadowRunner:
     """The local runtime's shadow worker and the pairs it keeps (SQLite, the store `serve` uses)."""
 
     def __init__(self, path: str | Path = ":memory:", seed: int | None = None) -> None:
+        from ..adapters.local.sqlite import open_database  # the local runtime's: not the functions' on AWS
+
         self._db = open_database(path)
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._queue: queue.Queue[_Job | None] = queue.Queue(QUEUE_SIZE)
+        self._queue: queue.Queue[ShadowJob | None] = queue.Queue(QUEUE_SIZE)
         self._draw = random.Random(seed)  # noqa: S311 - sampling traffic, not a secret
         self._deps: Deps | None = None
         self._worker = threading.Thread(target=self._work, name="shadow", daemon=True)
@@ -88,18 +181,15 @@ class ShadowRunner:
     def offer(self, state: GatewayState, deps: Deps, live: ChatCompletion) -> bool:
         """After a model answered the user: maybe queue a copy for the route's shadow model.
         Constant time; True when a copy was queued."""
-        tenant = state.guard.tenant.tenant if state.guard is not None and state.guard.tenant is not None else None
-        if tenant is None or state.router is None or state.invoke is None:
-            return False
-        route = deps.config.tenants[tenant].routes.get(state.router.route)
-        shadow = route.shadow if route is not None else None
-        if shadow is None or self._draw.random() >= shadow.sample:
+        job = draw(state, deps, self._draw, live)
+        if job is None:
             return False
         self._deps = deps
         try:
-            self._queue.put_nowait(_Job(state, live, shadow.model, shadow.budget_usd_per_day))
+            self._queue.put_nowait(job)
         except queue.Full:
-            deps.metrics.count("shadow_dropped", tenant=tenant, route=state.router.route, reason="queue_full")
+            route = job.state.router.route if job.state.router is not None else ""
+            deps.metrics.count("shadow_dropped", tenant=job.state.tenant().tenant, route=route, reason="queue_full")
             return False
         return True
 
@@ -115,56 +205,12 @@ class ShadowRunner:
             finally:
                 self._queue.task_done()
 
-    def _shadow(self, job: _Job) -> None:
-        from ..invoke.step import invoke_step
-
-        deps, state = self._deps, job.state
-        assert deps is not None and state.router is not None and state.invoke is not None
-        tenant, route = state.tenant().tenant, state.router.route
-        if self.spent_today(tenant, route, deps.clock()) >= job.budget_usd:
-            deps.metrics.count("shadow_dropped", tenant=tenant, route=route, reason="budget")
-            return
-        copy = state.model_copy(
-            update={"router": state.router.model_copy(update={"candidates": [job.shadow_model], "variant": None})}
-        )
-        t0 = time.monotonic()
-        problem: str | None = None
-        shadow_text: str | None = None
-        try:
-            answer = invoke_step(copy, deps)
-        except GatewayError as error:
-            outcome, problem = "error", error.code or type(error).__name__
-            spent = error.spent or {}  # what its answered calls cost, where it paid for some
-            shadow_cost = float(((spent.get("response") or {}).get("usage") or {}).get("cost_usd") or 0.0)
-        else:
-            outcome = "ok"
-            shadow_text = _text(answer.response)
-            shadow_cost = answer.response.usage.cost_usd
-        shadow_ms = (time.monotonic() - t0) * 1000
-        live_text = _text(state.invoke.response)
-        same = None if shadow_text is None else live_text.strip() == shadow_text.strip()
-        similarity = 1.0 if same else None  # the embedding scorer runs later (`score_pending`), off this process's CPU
-        deps.metrics.count("shadow_requests", tenant=tenant, route=route, model=job.shadow_model, outcome=outcome)
-        row = (
-            state.request_id,
-            tenant,
-            route,
-            deps.clock(),
-            state.invoke.model,
-            job.shadow_model,
-            outcome,
-            problem,
-            state.invoke.latency_ms,
-            round(shadow_ms, 3),
-            state.invoke.response.usage.cost_usd,
-            shadow_cost,
-            same,
-            similarity,
-            live_text[:_KEPT_CHARS],
-            None if shadow_text is None else shadow_text[:_KEPT_CHARS],
-        )
-        with self._lock:
-            self._db.execute(_INSERT, row)
+    def _shadow(self, job: ShadowJob) -> None:
+        assert self._deps is not None
+        pair = shadow_pair(job, self._deps, self.spent_today)
+        if pair is not None:
+            with self._lock:
+                self._db.execute(_INSERT, tuple(pair[c] for c in COLUMNS))
 
     def spent_today(self, tenant: str, route: str, now: float) -> float:
         with self._lock:
@@ -183,7 +229,7 @@ class ShadowRunner:
                 "SELECT request_id, live_answer, shadow_answer FROM shadow_pairs "
                 "WHERE outcome = 'ok' AND similarity IS NULL"
             ).fetchall()
-        scored = [(_similarity(live, shadow), request_id) for request_id, live, shadow in rows]
+        scored = [(similarity(live, shadow), request_id) for request_id, live, shadow in rows]
         with self._lock, self._db:
             self._db.executemany("UPDATE shadow_pairs SET similarity = ? WHERE request_id = ?", scored)
         return len(scored)
@@ -219,7 +265,7 @@ def _text(response: ChatCompletion) -> str:
     return "\n".join(c.message.content or "" for c in response.choices)
 
 
-def _similarity(live: str, shadow: str) -> float | None:
+def similarity(live: str, shadow: str) -> float | None:
     """The answers' similarity (the eval suites' embedding scorer; None where the embedding model
     cannot run)."""
     from .scorers import EvalCase, score
@@ -236,6 +282,8 @@ def _similarity(live: str, shadow: str) -> float | None:
 
 def summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """What `llm-gateway shadow report` shows for a set of pairs."""
+    from ..alerts import percentile
+
     answered = [p for p in pairs if p["outcome"] == "ok"]
     similar = [p["similarity"] for p in answered if p["similarity"] is not None]
     live_ms = [float(p["live_ms"]) for p in answered]

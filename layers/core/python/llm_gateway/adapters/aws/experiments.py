@@ -18,59 +18,32 @@ The router reads a route's experiments at most once a second.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ...ports import Experiment
+from .route_table import RouteItems
 
-REFRESH_S = 1.0
 _RUNNING = "experiment-running"
-log = logging.getLogger("llm_gateway.experiments")
-
-
-def _parsed(item: dict[str, Any]) -> Experiment | None:
-    try:
-        return Experiment.model_validate_json(item["body"]["S"])
-    except (KeyError, ValueError):  # a damaged item is passed over, never the router stopped
-        log.exception("a stored experiment cannot be read; it is ignored")
-        return None
 
 
 class DynamoExperimentStore:
     def __init__(self, table: str, client: Any, clock: Callable[[], float] = time.monotonic) -> None:
-        self._table, self._client, self._clock = table, client, clock
-        self._cache: dict[tuple[str, str], tuple[float, Experiment | None]] = {}
+        self._table, self._client = table, client
+        self._items = RouteItems(table, client, "experiment#", Experiment, clock)
 
     def active(self, tenant: str, route: str) -> Experiment | None:
-        now = self._clock()
-        cached = self._cache.get((tenant, route))
-        if cached is not None and now - cached[0] < REFRESH_S:
-            return cached[1]
-        found = self._client.query(
-            TableName=self._table,
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :kind)",
-            ExpressionAttributeValues={":pk": {"S": f"{tenant}#{route}"}, ":kind": {"S": "experiment#"}},
-        )["Items"]
-        running = [e for e in map(_parsed, found) if e is not None and e.status == "running"]
-        latest = max(running, key=lambda e: e.started_at, default=None)
-        self._cache[(tenant, route)] = (now, latest)
-        return latest
+        def latest_running(found: list[Experiment]) -> Experiment | None:
+            return max((e for e in found if e.status == "running"), key=lambda e: e.started_at, default=None)
+
+        return self._items.latest(tenant, route, latest_running)
 
     def get(self, experiment_id: str) -> Experiment | None:
         return next((e for e in self.all() if e.experiment_id == experiment_id), None)
 
     def all(self, tenant: str | None = None) -> list[Experiment]:
-        items: list[dict[str, Any]] = []
-        pages = self._client.get_paginator("scan").paginate(
-            TableName=self._table,
-            FilterExpression="begins_with(sk, :kind)",
-            ExpressionAttributeValues={":kind": {"S": "experiment#"}},
-        )
-        for page in pages:
-            items += page["Items"]
-        found = [e for e in map(_parsed, items) if e is not None and tenant in (None, e.tenant)]
+        found = [e for e in self._items.every() if tenant in (None, e.tenant)]
         return sorted(found, key=lambda e: e.started_at)
 
     def save(self, experiment: Experiment) -> None:
@@ -107,7 +80,7 @@ class DynamoExperimentStore:
             raise ValueError(
                 f"route {experiment.route} of tenant {experiment.tenant} already runs an experiment"
             ) from None
-        self._cache.pop((experiment.tenant, experiment.route), None)  # this process sees its own change at once
+        self._items.forget(experiment.tenant, experiment.route)
 
     def save_report(self, experiment: Experiment, report: dict[str, Any], at: float) -> None:
         """The experiment's latest report (the gates function's, every minute)."""

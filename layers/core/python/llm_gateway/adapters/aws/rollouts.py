@@ -18,17 +18,15 @@ most once a second.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from ...ports import Experiment, Feedback, Rollout, RolloutEvent
+from .route_table import RouteItems
 
 BY_ID = "by_id"
-REFRESH_S = 1.0
-log = logging.getLogger("llm_gateway.rollouts")
 
 
 def rollout_key_schema() -> dict[str, Any]:
@@ -50,33 +48,17 @@ def rollout_key_schema() -> dict[str, Any]:
     }
 
 
-def _parsed(item: dict[str, Any]) -> Rollout | None:
-    try:
-        return Rollout.model_validate_json(item["body"]["S"])
-    except (KeyError, ValueError):  # a damaged item is passed over, never the router stopped
-        log.exception("a stored rollout cannot be read; it is ignored")
-        return None
-
-
 class DynamoRolloutStore:
     def __init__(self, table: str, client: Any, clock: Callable[[], float] = time.monotonic) -> None:
-        self._table, self._client, self._clock = table, client, clock
-        self._cache: dict[tuple[str, str], tuple[float, Rollout | None]] = {}
+        self._table, self._client = table, client
+        self._items = RouteItems(table, client, "rollout#", Rollout, clock)
 
     def active(self, tenant: str, route: str) -> Rollout | None:
-        now = self._clock()
-        cached = self._cache.get((tenant, route))
-        if cached is not None and now - cached[0] < REFRESH_S:
-            return cached[1]
-        found = self._client.query(
-            TableName=self._table,
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :kind)",
-            ExpressionAttributeValues={":pk": {"S": f"{tenant}#{route}"}, ":kind": {"S": "rollout#"}},
-        )["Items"]
-        live = [r for r in map(_parsed, found) if r is not None and r.status in ("running", "completed")]
-        latest = max(live, key=lambda r: r.updated_at, default=None)
-        self._cache[(tenant, route)] = (now, latest)
-        return latest
+        def latest_live(found: list[Rollout]) -> Rollout | None:
+            live = [r for r in found if r.status in ("running", "completed")]
+            return max(live, key=lambda r: r.updated_at, default=None)
+
+        return self._items.latest(tenant, route, latest_live)
 
     def get(self, rollout_id: str) -> Rollout | None:
         found = self._client.query(
@@ -85,18 +67,10 @@ class DynamoRolloutStore:
             KeyConditionExpression="rollout_id = :id",
             ExpressionAttributeValues={":id": {"S": rollout_id}},
         )["Items"]
-        return _parsed(found[0]) if found else None
+        return self._items.parsed(found[0]) if found else None
 
     def all(self, tenant: str | None = None) -> list[Rollout]:
-        items: list[dict[str, Any]] = []
-        pages = self._client.get_paginator("scan").paginate(
-            TableName=self._table,
-            FilterExpression="begins_with(sk, :kind)",
-            ExpressionAttributeValues={":kind": {"S": "rollout#"}},
-        )
-        for page in pages:
-            items += page["Items"]
-        found = [r for r in map(_parsed, items) if r is not None and tenant in (None, r.tenant)]
+        found = [r for r in self._items.every() if tenant in (None, r.tenant)]
         return sorted(found, key=lambda r: r.updated_at)
 
     def save(self, rollout: Rollout, event: RolloutEvent, expected_updated_at: float | None = None) -> None:
@@ -154,7 +128,7 @@ class DynamoRolloutStore:
             if expected_updated_at is not None and reasons and reasons[0] == "ConditionalCheckFailed":
                 raise ValueError(f"rollout {rollout.rollout_id} changed meanwhile: look at it again") from None
             raise ValueError(f"route {rollout.route} of tenant {rollout.tenant} is already rolling out") from None
-        self._cache.pop((rollout.tenant, rollout.route), None)  # this process sees its own change at once
+        self._items.forget(rollout.tenant, rollout.route)
 
     def events(self, rollout_id: str) -> list[RolloutEvent]:
         found = self._client.query(
