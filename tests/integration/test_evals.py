@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,9 @@ def test_a_suite_runs_through_the_chain_and_a_worse_model_is_flagged_worse(
     assert good["outcomes"] == {"answered": CASES, "refused": 1}  # the tenant's blocklist held
     assert good["by_tag"]["odd"]["pass_rate"] == 1.0 and good["cost_usd"] > 0
     assert (tmp_path / "good" / "report.md").read_text().startswith("# Eval:")
+    with sqlite3.connect(tmp_path / "gateway.db") as db:  # every case asked the route, not what answered the last
+        routes = db.execute("SELECT DISTINCT route FROM audit WHERE outcome != 'blocked'").fetchall()
+    assert routes == [("default",)]
     run(config, suite, tmp_path / "same", "--model", "gpt-same")
     worse = run(config, suite, tmp_path / "worse", "--model", "gpt-worse")
     assert worse["pass_rate"] == pytest.approx((CASES * 0.6) / (CASES + 1))

@@ -181,8 +181,8 @@ def run_suite(
                 verdict = Score(False, 0.0, str(exc)[:300])
         usage = state.invoke.response.usage if state.invoke is not None else _spent_usage(error)
         spent = usage.model_dump() if usage else {}
-        model = state.invoke.response.model if state.invoke is not None else None
-        result = case_result(case, verdict, outcome, state.request_id, model, spent, text)
+        answered_by = state.invoke.response.model if state.invoke is not None else None
+        result = case_result(case, verdict, outcome, state.request_id, answered_by, spent, text)
         result.judge_cost_usd, result.latency_ms = sum(judge_costs[spent_before:]), round(latency_ms, 3)
         results.append(result)
         advance()
