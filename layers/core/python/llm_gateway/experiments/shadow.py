@@ -2,8 +2,8 @@
 user's answer is done, to see how that model would have answered, at no risk to the user.
 
 - **Off the user's path.** The finish step offers the answered request (`ShadowRunner.offer`: a
-  sampling draw and a put on a bounded queue, nothing else); a worker thread calls the shadow
-  model later. A full queue drops the copy (counted), never waits. A shadow failure is recorded and
+  sampling draw and a put on a bounded queue, nothing else); worker threads (`WORKERS`) call the
+  shadow model later. A full queue drops the copy (counted), never waits. A shadow failure is recorded and
   counted, never seen by the user.
 - **What is sent.** The request exactly as the live model got it (PII masked, the route's
   instructions and cap), to the shadow model alone: no fallback, no cache (neither read nor
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llm_gateway.shadow")
 QUEUE_SIZE = 1000
+WORKERS = 4  # copies sent at once: a shadow model's latency is waiting, not CPU
 _KEPT_CHARS = 4000
 _DAY_S = 86_400.0
 _SCHEMA = """
@@ -166,7 +167,7 @@ COLUMNS = (
 class ShadowRunner:
     """The local runtime's shadow worker and the pairs it keeps (SQLite, the store `serve` uses)."""
 
-    def __init__(self, path: str | Path = ":memory:", seed: int | None = None) -> None:
+    def __init__(self, path: str | Path = ":memory:", seed: int | None = None, workers: int = WORKERS) -> None:
         from ..adapters.local.sqlite import open_database  # the local runtime's: not the functions' on AWS
 
         self._db = open_database(path)
@@ -175,8 +176,12 @@ class ShadowRunner:
         self._queue: queue.Queue[ShadowJob | None] = queue.Queue(QUEUE_SIZE)
         self._draw = random.Random(seed)  # noqa: S311 - sampling traffic, not a secret
         self._deps: Deps | None = None
-        self._worker = threading.Thread(target=self._work, name="shadow", daemon=True)
-        self._worker.start()
+        self._spent: dict[tuple[str, str, float], float] = {}  # (tenant, route, day) -> shadow USD
+        self._workers = [
+            threading.Thread(target=self._work, name=f"shadow-{i}", daemon=True) for i in range(max(1, workers))
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def offer(self, state: GatewayState, deps: Deps, live: ChatCompletion) -> bool:
         """After a model answered the user: maybe queue a copy for the route's shadow model.
@@ -211,14 +216,23 @@ class ShadowRunner:
         if pair is not None:
             with self._lock:
                 self._db.execute(_INSERT, tuple(pair[c] for c in COLUMNS))
+                key = (pair["tenant"], pair["route"], pair["ts"] - pair["ts"] % _DAY_S)
+                if key in self._spent:
+                    self._spent[key] += pair["shadow_cost_usd"]
 
     def spent_today(self, tenant: str, route: str, now: float) -> float:
+        """The route's shadow spend today: summed from the pairs once a day, then kept up as pairs
+        are added (checked before each copy: copies in flight at once may pass the budget by theirs)."""
+        key = (tenant, route, now - now % _DAY_S)
         with self._lock:
-            found = self._db.execute(
-                "SELECT SUM(shadow_cost_usd) FROM shadow_pairs WHERE tenant = ? AND route = ? AND ts >= ?",
-                (tenant, route, now - now % _DAY_S),
-            ).fetchone()
-        return float(found[0] or 0.0)
+            if key not in self._spent:
+                found = self._db.execute(
+                    "SELECT SUM(shadow_cost_usd) FROM shadow_pairs WHERE tenant = ? AND route = ? AND ts >= ?",
+                    (tenant, route, key[2]),
+                ).fetchone()
+                self._spent = {k: v for k, v in self._spent.items() if k[2] == key[2]}  # earlier days: forgotten
+                self._spent[key] = float(found[0] or 0.0)
+            return self._spent[key]
 
     def score_pending(self) -> int:
         """Score the pairs answered since the last call (the similarity of the two answers, by the
@@ -254,9 +268,18 @@ class ShadowRunner:
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def close(self) -> None:
+        """Wait a little for the queued copies, then stop the workers (copies still queued are lost)."""
         self.drain(timeout_s=10.0)
-        self._queue.put(None)
-        self._worker.join(timeout=5)
+        while True:  # empty what is left, so that each worker's stop fits in the queue
+            try:
+                self._queue.get_nowait()
+                self._queue.task_done()
+            except queue.Empty:
+                break
+        for _ in self._workers:
+            self._queue.put_nowait(None)
+        for worker in self._workers:
+            worker.join(timeout=5)
         with self._lock:
             self._db.close()
 
