@@ -95,6 +95,9 @@ class ModelConfig(_Config):
     lifecycle: Literal["candidate", "shadow", "canary", "live", "retired"] = "live"
     retires_on: date | None = None
     allow_unpinned: bool = False
+    # The operator's statement that the provider's terms allow training other models on this
+    # model's outputs (`llm-gateway distill collect` refuses the answers of a model without it).
+    allows_training: bool = False
 
     @model_validator(mode="after")
     def _kind_fits_provider(self) -> ModelConfig:
@@ -202,6 +205,13 @@ class Traces(_Config):
     store_content: bool = False
     # false: the tenant's requests are left out of the deployment's OpenTelemetry export (`telemetry`)
     export: bool = True
+
+
+class Training(_Config):
+    """Whether the tenant's traffic may become training data (`llm-gateway distill collect`): its
+    answers kept in its traces (`traces.store_content`, PII masked), only with `opt_in`."""
+
+    opt_in: bool = False
 
 
 class ShadowConfig(_Config):
@@ -491,6 +501,7 @@ class TenantConfig(_Config):
     tools: ToolPolicy = Field(default_factory=ToolPolicy)
     conversations: Conversations = Field(default_factory=Conversations)
     traces: Traces = Field(default_factory=Traces)
+    training: Training = Field(default_factory=Training)
     alerts: dict[str, float] = Field(default_factory=dict)  # the tenant's thresholds, by alert (`alerts.ALERTS`)
 
     @field_validator("alerts")

@@ -19,7 +19,7 @@ from ..config import EXAMPLE_CONFIG, ApiKey, GatewayConfig, hash_key, load_confi
 from ..contracts import ChatCompletionRequest
 from ..errors import ConfigError
 from ..registry import warn_retiring
-from . import alerts, batch, cost_report, experiment, guard_report, replay, rollout, shadow, trace
+from . import alerts, batch, cost_report, distill, experiment, guard_report, replay, rollout, shadow, trace
 from . import eval as evals
 from .store_location import load_local_config, note_if_new
 from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     evals.add_parser(commands, configured)
     rollout.add_parser(commands, configured)
     shadow.add_parser(commands, configured)
+    distill.add_parser(commands, configured)
     hash_cmd = commands.add_parser("hash-key", help="print the SHA-256 digest to put in a tenant's api_keys")
     hash_cmd.add_argument("key", help="the API key, or - to read it from standard input (keeps it out of history)")
     args = parser.parse_args(argv)
@@ -350,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": lambda: evals.evaluate(args),
         "rollout": lambda: rollout.rollout(args),
         "shadow": lambda: shadow.shadow(args),
+        "distill": lambda: distill.distill(args),
         "hash-key": lambda: print_key_digest(args.key),
     }
     try:

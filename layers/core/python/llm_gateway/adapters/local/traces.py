@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ...ports import Feedback, Trace
@@ -151,6 +152,23 @@ class SqliteTraceStore:
                 (tenant, since, until, until),
             ).fetchall()
         return [row[0] for row in rows]
+
+    def with_content(self, tenant: str, since: float, until: float) -> Iterator[Trace]:
+        """The tenant's unexpired traces made in [since, until) that kept their content, replays
+        left out, oldest first (what `llm-gateway distill collect` reads); a damaged one is passed over."""
+        self.flush()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT trace FROM traces WHERE tenant = ? AND ts >= ? AND ts < ? AND expires_at > ? "
+                "AND CASE WHEN json_valid(trace) THEN json_type(trace, '$.content.answer') = 'array' "
+                "AND json_extract(trace, '$.replay_of') IS NULL END ORDER BY ts, request_id",
+                (tenant, since, until, until),
+            ).fetchall()
+        for (row,) in rows:
+            try:
+                yield Trace.model_validate_json(row)
+            except ValueError:
+                log.warning("a damaged trace was passed over")
 
     def close(self) -> None:
         self._closed = True
