@@ -24,6 +24,12 @@ class GatewayStores(Construct):
         super().__init__(scope, construct_id)
         self.usage = self._table("Usage", stage)
         self.audit = self._table("Audit", stage)
+        # the requests on a rollout's or an experiment's arm (sparse): what their gates read
+        self.audit.add_global_secondary_index(
+            index_name="by_variant",
+            partition_key=dynamodb.Attribute(name="variant", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name=c.TABLE_SORT_KEY, type=dynamodb.AttributeType.STRING),
+        )
         self.review_table, self.review_queue = self._review(stage)
         self.budgets = self._budgets(stage)
         self.conversations = self._conversations(stage)
@@ -132,7 +138,11 @@ class GatewayStores(Construct):
                     actions=list(c.ROLLOUT_GATE_ACTIONS),
                     resource_arns=[self.rollouts.table_arn, f"{self.rollouts.table_arn}/index/by_id"],
                 )
-                self.audit.grant(grantee, *c.AUDIT_READ_ACTIONS)
+                iam.Grant.add_to_principal(  # the arms' requests: the variant index only
+                    grantee=grantee,
+                    actions=list(c.AUDIT_READ_ACTIONS),
+                    resource_arns=[f"{self.audit.table_arn}/index/by_variant"],
+                )
                 self.traces.grant(grantee, *c.TRACE_FEEDBACK_ACTIONS)
             elif store == c.CONVERSATIONS:  # stored responses, and the index deletions follow
                 iam.Grant.add_to_principal(
@@ -140,8 +150,10 @@ class GatewayStores(Construct):
                     actions=list(c.CONVERSATION_ACTIONS),
                     resource_arns=[self.conversations.table_arn, f"{self.conversations.table_arn}/index/by_parent"],
                 )
-            else:
-                tables[store].grant(grantee, *c.TABLE_WRITE_ACTIONS)
+            else:  # the table itself: records are put, never read back (no index)
+                iam.Grant.add_to_principal(
+                    grantee=grantee, actions=list(c.TABLE_WRITE_ACTIONS), resource_arns=[tables[store].table_arn]
+                )
 
     def _review(self, stage: StageConfig) -> tuple[dynamodb.Table, sqs.Queue]:
         """Tier 4: the queue flagged items are sent to (with a dead-letter queue) and the table the

@@ -94,14 +94,25 @@ def test_a_change_made_on_a_stale_read_is_refused(store: RolloutStore) -> None:
     assert [e.action for e in store.events("ro_1")] == ["start", "rollback"]
 
 
-def test_a_damaged_stored_rollout_is_passed_over(store: RolloutStore) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{not json",
+        # JSON a rollout is not: a stage past its stages, a share over 100 %, an id a header cannot carry
+        rollout("ro_bad").model_dump_json().replace('"stage":0', '"stage":7'),
+        rollout("ro_bad").model_dump_json().replace("[5.0,100.0]", "[5000.0]"),
+        rollout("ro_bad").model_dump_json().replace('"ro_bad"', '"ro_a\\r\\nSet-Cookie: x"'),
+    ],
+    ids=["not-json", "stage-past-stages", "share-over-100", "header-injection"],
+)
+def test_a_damaged_stored_rollout_is_passed_over(store: RolloutStore, body: str) -> None:
     store.save(rollout("ro_1", route="other"), event("ro_1", "start", NOW))
     if isinstance(store, SqliteRolloutStore):
         with store._lock, store._db:
-            store._db.execute("INSERT INTO rollouts VALUES ('ro_bad', 'acme', 'default', 'running', 1.0, '{not json')")
+            store._db.execute("INSERT INTO rollouts VALUES ('ro_bad', 'acme', 'default', 'running', 1.0, ?)", (body,))
     else:
         assert isinstance(store, DynamoRolloutStore)
         bad = {"pk": {"S": "acme#default"}, "sk": {"S": "rollout#ro_bad"}, "rollout_id": {"S": "ro_bad"}}
-        store._client.put_item(TableName=store._table, Item={**bad, "body": {"S": "{not json"}})
+        store._client.put_item(TableName=store._table, Item={**bad, "body": {"S": body}})
     assert store.active("acme", "default") is None  # the router goes on as if there were none
     assert [r.rollout_id for r in store.all()] == ["ro_1"] and store.get("ro_bad") is None

@@ -294,7 +294,7 @@ def test_only_finish_record_failure_and_review_ingest_write_the_record_tables(te
         c.STREAM_FOLDER: {usage, audit},
         c.BATCH_WORK_FOLDER: {usage, audit},
         c.REVIEW_INGEST_FOLDER: {review},
-        c.ROLLOUT_GATES_FOLDER: {audit},  # read: the rollouts' requests
+        c.ROLLOUT_GATES_FOLDER: {audit},  # read: the arms' requests, through the variant index only
     }
     expected_budgets = {"router", "finish", "record_failure", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}
     for folder, (_, properties) in functions_by_folder(template).items():
@@ -303,10 +303,14 @@ def test_only_finish_record_failure_and_review_ingest_write_the_record_tables(te
         on_budgets = [s for s in dynamodb if any(budgets in ref for ref in resource_refs(s))]
         on_batch = [s for s in dynamodb if any(t in ref for t in batch_tables for ref in resource_refs(s))]
         records = [s for s in dynamodb if s not in on_budgets and s not in on_batch]
-        touched = {ref.strip("<>").removesuffix(".Arn") for s in records for ref in resource_refs(s)}
+        touched = {ref.split(">")[0].strip("<").removesuffix(".Arn") for s in records for ref in resource_refs(s)}
         assert touched == expected_tables.get(folder, set()), folder
         allowed = c.AUDIT_READ_ACTIONS if folder == c.ROLLOUT_GATES_FOLDER else c.TABLE_WRITE_ACTIONS
         assert all(set(actions(s)) <= set(allowed) for s in records), folder
+        if folder == c.ROLLOUT_GATES_FOLDER:  # never the table itself: the whole tenant's traffic
+            assert [ref for s in records for ref in resource_refs(s)] == [f"<{audit}.Arn>/index/by_variant"]
+        else:
+            assert all(not ref.endswith(("/index/*", "/index/by_variant")) for s in records for ref in resource_refs(s))
         # Budgets: the table and its `held` index, with the ledger's four actions, for the steps that
         # reserve, settle or release
         assert bool(on_budgets) == (folder in expected_budgets), folder

@@ -30,7 +30,7 @@ from llm_gateway.cli.main import main
 from llm_gateway.config import load_config
 from llm_gateway.experiments import ab
 from llm_gateway.http.app import create_app
-from llm_gateway.ports import Experiment
+from llm_gateway.ports import Experiment, Variant
 from llm_gateway.runner import InProcessRunner
 from tests.conftest import ACME_KEY, make_deps
 from tests.support.aws_gates import deployment
@@ -213,3 +213,23 @@ def test_experiment_commands_refuse_what_cannot_run(
     assert run(gateway, "rollout", "start", "--tenant", "acme", "--route", "default", "--to", "gpt-b") == 0
     assert run(gateway, *base, "--variant", "a", "--variant", "b") == 2
     assert "is rolling out" in capsys.readouterr().err
+
+
+def test_an_experiment_naming_a_model_the_configuration_no_longer_has_is_left_alone(gateway: dict[str, Any]) -> None:
+    """Every request of the route is answered as configured, never a 500 for the whole route."""
+    gone = Experiment(
+        experiment_id="ex_0123456789ab",
+        tenant="acme",
+        route="default",
+        variants=[Variant(name="control"), Variant(name="gone", model="gpt-gone")],
+        mde=0.1,
+        started_at=time.time(),
+    )
+    gateway["experiments"].save(gone)
+    time.sleep(REFRESH_S + 0.1)
+    client = openai.OpenAI(base_url=gateway["url"] + "/v1", api_key=ACME_KEY, max_retries=0)
+    for i in range(10):
+        raw = client.chat.completions.with_raw_response.create(
+            model="default", messages=[{"role": "user", "content": f"Question {i}"}], user=f"u{i}"
+        )
+        assert raw.http_response.status_code == 200 and "x-gateway-variant" not in raw.headers

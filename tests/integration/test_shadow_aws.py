@@ -7,8 +7,10 @@ stops them), and `llm-gateway shadow report --table` sums them up, scoring them 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ def deployed(
     upstream: FakeServer, moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, Any]]:
     route = "{model: gpt-live, shadow: {model: gpt-shadow, sample: 1.0, budget_usd_per_day: 1.0}}"
-    pii = "    guards: {pii: {enabled: true, default: mask}}\n"
+    pii = "    guards: {pii: {enabled: true, default: mask, restore: [EMAIL]}}\n"
     path = acme_config(tmp_path, upstream.base_url, ["gpt-live", "gpt-shadow"], route, pii)
     sqs, dynamodb = moto.client("sqs"), moto.client("dynamodb")
     queue = sqs.create_queue(QueueName=f"shadow-{uuid.uuid4().hex[:8]}")["QueueUrl"]
@@ -92,6 +94,7 @@ def deployed(
                 "table": table,
                 "metrics": metrics,
                 "deps": deps,
+                "dynamodb": dynamodb,
             }
     finally:
         forget()
@@ -136,28 +139,53 @@ def test_copies_go_through_the_queue_to_the_shadow_function_and_into_the_pair_ta
     questions = [f"Capital of France, question {i}?" for i in range(3)] + ["Please fail now.", "Mail ana@example.com"]
     for question in questions:
         raw = client.chat.completions.with_raw_response.create(
-            model="default", messages=[{"role": "user", "content": question}]
+            model="default",
+            messages=[{"role": "user", "content": question}],
+            user="user-7f3a",
+            metadata={"note": "John Doe 123-45-6789"},
         )
         assert raw.headers["x-gateway-model"] == "gpt-live"  # the user has the live answer, whatever the shadow does
     bodies = [m["Body"] for m in queued(deployed)]
     assert len(bodies) == len(questions)
-    assert not any("ana@example.com" in body for body in bodies)  # the copy is what the model saw: masked
+    for raw_value in (
+        "ana@example.com",
+        "user-7f3a",
+        "John Doe",
+        "127.0.0.1",
+    ):  # what the caller sent, where it came from
+        assert not any(raw_value in body for body in bodies), raw_value  # the copy is what the model saw: masked
     answered = shadow_function.lambda_handler(sqs_event([*bodies, "not a copy"]), Context())  # type: ignore[arg-type]
     assert answered == {"batchItemFailures": []}  # a message that is not a copy is dropped, not retried
     called = len(upstream.script.requests)
     again = shadow_function.lambda_handler(sqs_event(bodies[:2]), Context())  # type: ignore[arg-type]
     assert again == {"batchItemFailures": []}
     assert len(upstream.script.requests) == called  # redelivered copies whose pairs are kept: not sent again
-    # a copy whose route's budget is spent is not sent
+    # a copy whose route's budget (the configuration's, not the message's) is spent is not sent
     spent = json.loads(bodies[0])
-    spent["budget_usd"] = 0.0
-    spent["state"]["request_id"] = "over-budget"
-    shadow_function.lambda_handler(sqs_event([json.dumps(spent)]), Context())  # type: ignore[arg-type]
+    spent["state"]["request_id"], spent["budget_usd"] = "over-budget", 1e308
+    day = datetime.now(UTC).date().isoformat()
+    deployed["dynamodb"].update_item(
+        TableName=deployed["table"],
+        Key={"pk": {"S": "spend#acme#default"}, "sk": {"S": day}},
+        UpdateExpression="ADD usd :spent",
+        ExpressionAttributeValues={":spent": {"N": "1.0"}},
+    )
+    # a damaged pair is passed over by the report
+    deployed["dynamodb"].put_item(
+        TableName=deployed["table"],
+        Item={"pk": {"S": "acme#default"}, "sk": {"S": f"{time.time():017.6f}#x"}, "pair": {"S": '{"ts": 1}'}},
+    )
+    # and one whose configuration shadows to another model now, or not at all, is dropped
+    elsewhere = json.loads(bodies[1])
+    elsewhere["state"]["request_id"], elsewhere["shadow_model"] = "elsewhere", "gpt-live"
+    called = len(upstream.script.requests)
+    shadow_function.lambda_handler(sqs_event([json.dumps(spent), json.dumps(elsewhere)]), Context())  # type: ignore[arg-type]
+    assert len(upstream.script.requests) == called
     capsys.readouterr()  # the function's logs
     assert main(["shadow", "report", "--json", "--table", deployed["table"], "--config", str(deployed["config"])]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["pairs"] == len(questions)  # once each, the redelivered ones too; none over budget
-    assert report["shadow_failed"] == 1 and report["models"] == ["gpt-live -> gpt-shadow"]
+    assert report["models"] == ["gpt-live -> gpt-shadow"]
     assert report["agreement"] is not None and report["agreement"] >= 0.75  # scored as read: similar answers
     assert report["cost_usd"]["shadow"] > 0
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from llm_gateway.adapters.aws.dynamodb import DynamoAuditLog, key_schema
+from llm_gateway.adapters.aws.dynamodb import DynamoAuditLog, audit_key_schema
 from llm_gateway.adapters.aws.experiments import DynamoExperimentStore
 from llm_gateway.adapters.aws.rollouts import DynamoRolloutStore, rollout_key_schema
 from llm_gateway.adapters.aws.traces import DynamoTraceStore, trace_key_schema
@@ -58,7 +58,11 @@ class Deployment:
 def deployment(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, config: Path) -> Iterator[Deployment]:
     dynamodb = moto.client("dynamodb")
     names = {kind: f"{kind}-{uuid.uuid4().hex[:8]}" for kind in ("audit", "traces", "rollouts")}
-    for kind, schema in (("audit", key_schema()), ("traces", trace_key_schema()), ("rollouts", rollout_key_schema())):
+    for kind, schema in (
+        ("audit", audit_key_schema()),
+        ("traces", trace_key_schema()),
+        ("rollouts", rollout_key_schema()),
+    ):
         dynamodb.create_table(TableName=names[kind], BillingMode="PAY_PER_REQUEST", **schema)
     environment = {
         **moto.environment(),

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .config import RateLimit
 from .contracts import ChatCompletion
@@ -471,19 +471,29 @@ class Rollout(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    rollout_id: str
+    rollout_id: str = Field(pattern=r"^ro_[A-Za-z0-9_-]{1,64}$")  # named in a response header: plain ASCII
     tenant: str
     route: str
     baseline: str
     candidate: str
-    stages: list[float] = Field(min_length=1)
-    stage: int = 0  # the index in `stages` now
+    stages: list[float] = Field(min_length=1, max_length=100)
+    stage: int = Field(default=0, ge=0)  # the index in `stages` now
     status: Literal["running", "completed", "rolled_back"] = "running"
     gates: RolloutGates = Field(default_factory=RolloutGates)
     started_at: float
     stage_started_at: float
     updated_at: float
     reason: str | None = None  # why it last changed
+
+    @model_validator(mode="after")
+    def _stages_hold(self) -> Rollout:
+        """A stored rollout read back is checked as one being started: a damaged one is refused
+        (and passed over by the stores), never a route sent to the candidate by a stray number."""
+        if any(not 0.01 <= s <= 100 for s in self.stages) or self.stages != sorted(set(self.stages)):
+            raise ValueError("stages are increasing shares from 0.01 to 100")
+        if self.stage >= len(self.stages):
+            raise ValueError("the stage is one of the stages")
+        return self
 
     @property
     def share(self) -> float:
@@ -543,7 +553,7 @@ class Experiment(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    experiment_id: str
+    experiment_id: str = Field(pattern=r"^ex_[A-Za-z0-9_-]{1,64}$")  # named in a response header: plain ASCII
     tenant: str
     route: str
     variants: list[Variant] = Field(min_length=2, max_length=10)

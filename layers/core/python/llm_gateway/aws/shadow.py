@@ -1,7 +1,8 @@
 """The `shadow` function: SQS batches of shadow copies (`adapters/aws/shadow.py`) -> the route's
 shadow model -> the pair table, after the users had their answers.
 
-Each copy is sent to the shadow model alone, with the chain's own invoke step (its retries, no
+Each copy is sent to the shadow model the configuration names for its route now (a copy of a route
+that no longer has it is dropped) alone, with the chain's own invoke step (its retries, no
 fallback, no cache, no moderation: the answer is never shown), unless the route's shadow budget
 for the day is spent; the pair is kept once per request, and a redelivered message whose pair is kept
 is not sent again.
@@ -39,16 +40,23 @@ def pairs() -> DynamoShadowPairs:
 
 
 def _record(record: SQSRecord) -> None:
+    current = deps()
     try:
-        job = job_of(record.body)
-    except (KeyError, TypeError, ValueError):  # not a copy: dropped, not retried
-        logger.exception("a shadow message that is not a copy was dropped", extra={"message_id": record.message_id})
+        job = job_of(record.body, current.config)
+    except (KeyError, TypeError, ValueError) as exc:  # not a copy: dropped, not retried (its content never logged)
+        logger.warning(
+            "a shadow message that is not a copy was dropped",
+            extra={"message_id": record.message_id, "error": type(exc).__name__},
+        )
+        return
+    if job is None:
+        logger.info("a copy the configuration no longer shadows was dropped", extra={"message_id": record.message_id})
         return
     state = job.state
     route = state.router.route if state.router is not None else ""
     if pairs().kept(state.tenant().tenant, route, state.received_at, state.request_id):
         return  # a redelivered copy: sent and kept already
-    pair = shadow_pair(job, deps(), pairs().spent_today)
+    pair = shadow_pair(job, current, pairs().spent_today)
     if pair is not None:
         pairs().add(pair, state.received_at)
 

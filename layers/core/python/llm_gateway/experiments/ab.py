@@ -49,14 +49,20 @@ def variant_for(experiment: Experiment, context: TenantContext) -> Variant:
     return experiment.variants[-1]
 
 
-def with_experiment(store: ExperimentStore | None, context: TenantContext, planned: RouteResult) -> RouteResult:
+def with_experiment(
+    store: ExperimentStore | None, config: GatewayConfig, context: TenantContext, planned: RouteResult
+) -> RouteResult:
     """The planned route with the route's running experiment applied (a route under a rollout, or
-    pinned by metadata, is left as it is)."""
+    pinned by metadata, is left as it is; so is one whose experiment names a model the
+    configuration no longer has, or has retired)."""
     if store is None or planned.pinned or planned.variant is not None:
         return planned
     experiment = store.active(context.tenant, planned.route)
     if experiment is None:
         return planned
+    for named in {v.model for v in experiment.variants if v.model is not None}:
+        if named not in config.models or config.models[named].lifecycle == "retired":
+            return planned
     variant = variant_for(experiment, context)
     update: dict[str, Any] = {
         "variant": f"{experiment.experiment_id}:{variant.name}",
@@ -215,7 +221,11 @@ def check(store: ExperimentStore, analyse: Callable[[Experiment], dict[str, Any]
     for experiment in store.all():
         if experiment.status != "running":
             continue
-        hurting = {k: v for k, v in analyse(experiment)["against_control"].items() if v["hurts"]}
+        try:
+            hurting = {k: v for k, v in analyse(experiment)["against_control"].items() if v["hurts"]}
+        except Exception:  # one experiment's readings failing never stops the others' guardrails
+            log.exception("judging experiment %s failed; judged again next time", experiment.experiment_id)
+            continue
         if hurting:
             why = "; ".join(f"{name}: {v['guardrail']}" for name, v in hurting.items())
             stopped.append(stop(store, experiment, f"guardrail: {why}"))

@@ -417,15 +417,24 @@ class RolloutController:
         watching = {r.tenant for r in running if r.gates.watch_alerts}
         firing = self.evidence.firing(watching, now) if watching else {}
         for rollout in running:
-            readings = self.evidence.readings(rollout)
             alerts = firing.get(rollout.tenant, []) if rollout.gates.watch_alerts else []
-            action, why = verdict(rollout, readings, alerts)
-            if action is None:
-                continue
             try:
-                moved.append(move(self.store, rollout, action, why, "gates", now, readings.as_detail()))
+                action: str | None
+                detail: dict[str, Any]
+                if alerts:  # an alarm rolls back at once, whatever the readings would say (or fail to)
+                    action, why, detail = "rollback", f"the tenant's alerts fired: {', '.join(alerts)}", {}
+                else:
+                    readings = self.evidence.readings(rollout)
+                    action, why = verdict(rollout, readings, alerts)
+                    detail = readings.as_detail()
+                if action is None:
+                    continue
+                moved.append(move(self.store, rollout, action, why, "gates", now, detail))
             except ValueError:  # someone moved it meanwhile: judged again next time
                 log.info("rollout %s changed while its gates were read", rollout.rollout_id)
+                continue
+            except Exception:  # one rollout's store or readings failing never stops the others' gates
+                log.exception("judging rollout %s failed; judged again next time", rollout.rollout_id)
                 continue
             log.warning("rollout %s of %s/%s: %s (%s)", rollout.rollout_id, rollout.tenant, rollout.route, action, why)
         return moved

@@ -208,7 +208,7 @@ def guard_step(state: GatewayState, deps: Deps) -> GuardResult:
         from ..experiments.rollouts import with_rollout
 
         planned = with_rollout(deps.rollouts, deps.config, context, planned)
-        planned = with_experiment(deps.experiments, context, planned)
+        planned = with_experiment(deps.experiments, deps.config, context, planned)
     return _allowed(screen, planned)  # a refused request never plans
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +27,7 @@ PARTITION_KEY = "tenant"
 SORT_KEY = "sk"
 TTL_ATTRIBUTE = "expires_at"
 NO_TENANT = "_none"
+VARIANT_INDEX = "by_variant"  # the audit table's requests on a rollout's or an experiment's arm
 _DAY_S = 86_400
 
 Record = TypeVar("Record", UsageRecord, AuditRecord)
@@ -97,18 +97,10 @@ class _RecordTable(Generic[Record]):
             )
 
     def query(
-        self,
-        tenant: str | None,
-        since_ts: float,
-        until_ts: float | None = None,
-        *,
-        consistent: bool = False,
-        where: Mapping[str, Sequence[str]] | None = None,
+        self, tenant: str | None, since_ts: float, until_ts: float | None = None, *, consistent: bool = False
     ) -> list[Record]:
         """A tenant's records with `since_ts <= ts` (and `ts < until_ts` when given), oldest first.
-        Bounds are compared at microsecond precision. `tenant=None` reads audit records without a tenant.
-        `where`: only records whose string field is one of the values given for it (a filter: the
-        records are read, but not returned)."""
+        Bounds are compared at microsecond precision. `tenant=None` reads audit records without a tenant."""
         condition = "#pk = :pk AND #sk >= :lo"
         values: dict[str, dict[str, str]] = {
             ":pk": {"S": tenant or NO_TENANT},
@@ -124,16 +116,6 @@ class _RecordTable(Generic[Record]):
             "ExpressionAttributeValues": values,
             "ConsistentRead": consistent,
         }
-        if where:
-            clauses = []
-            for i, (name, allowed) in enumerate(sorted(where.items())):
-                request["ExpressionAttributeNames"][f"#f{i}"] = name
-                marks = []
-                for j, value in enumerate(allowed):
-                    values[f":f{i}_{j}"] = {"S": value}
-                    marks.append(f":f{i}_{j}")
-                clauses.append(f"#f{i} IN ({', '.join(marks)})")
-            request["FilterExpression"] = " AND ".join(clauses)
         records: list[Record] = []
         while True:
             page = self._client.query(**request)
@@ -161,13 +143,50 @@ class DynamoUsageLedger(_RecordTable[UsageRecord]):
 
 
 class DynamoAuditLog(_RecordTable[AuditRecord]):
-    """`AuditLog` on a DynamoDB table (layout in the module doc)."""
+    """`AuditLog` on a DynamoDB table (layout in the module doc), with the sparse index `by_variant`
+    (partition key `variant`, sort key `sk`): only the requests a rollout or an experiment put on
+    an arm are in it, so their gates read those and nothing else of the tenant's traffic."""
 
     def __init__(self, table_name: str, client: Any = None, *, retention_days: float = 400) -> None:
         super().__init__(table_name, AuditRecord, retention_days, client)
 
     def record(self, entry: AuditRecord) -> None:
         self._put(entry)
+
+    def on_arm(self, variant: str, since_ts: float) -> list[AuditRecord]:
+        """The records of the requests put on one arm (`<rollout id>:candidate`, `<experiment id>:<variant>`)
+        since `since_ts`, oldest first."""
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": VARIANT_INDEX,
+            "KeyConditionExpression": "#v = :v AND #sk >= :lo",
+            "ExpressionAttributeNames": {"#v": "variant", "#sk": SORT_KEY},
+            "ExpressionAttributeValues": {":v": {"S": variant}, ":lo": {"S": f"{since_ts:017.6f}"}},
+        }
+        records: list[AuditRecord] = []
+        while True:
+            page = self._client.query(**request)
+            records.extend(self._record(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return records
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def audit_key_schema() -> dict[str, Any]:
+    """`create_table` arguments of the audit table: the key schema and the `by_variant` index."""
+    found = key_schema()
+    found["AttributeDefinitions"] = [*found["AttributeDefinitions"], {"AttributeName": "variant", "AttributeType": "S"}]
+    found["GlobalSecondaryIndexes"] = [
+        {
+            "IndexName": VARIANT_INDEX,
+            "KeySchema": [
+                {"AttributeName": "variant", "KeyType": "HASH"},
+                {"AttributeName": SORT_KEY, "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "ALL"},
+        }
+    ]
+    return found
 
 
 def key_schema() -> dict[str, Any]:

@@ -153,14 +153,20 @@ class DynamoEvidence:
         from ...experiments.rollouts import GATED_OUTCOMES, readings, satisfaction_of
 
         arms = [f"{rollout.rollout_id}:candidate", f"{rollout.rollout_id}:baseline"]
-        records = self.audit.query(
-            rollout.tenant,
-            rollout.started_at,
-            where={"route": [rollout.route], "variant": arms, "outcome": list(GATED_OUTCOMES)},
-        )
-        rows = [(r.variant, r.outcome, r.model, r.latency_ms, r.ts, r.request_id) for r in records]
+        records = self._on_arms(rollout.tenant, rollout.route, arms, rollout.started_at)
+        rows = [
+            (r.variant, r.outcome, r.model, r.latency_ms, r.ts, r.request_id)
+            for r in records
+            if r.outcome in GATED_OUTCOMES
+        ]
 
         return readings(rows, rollout, lambda arms: satisfaction_of(self._feedback(rollout.tenant, arms)))
+
+    def _on_arms(self, tenant: str, route: str, arms: list[str], since: float) -> list[Any]:
+        """The tenant's records on the route's arms since `since` (the audit table's variant index:
+        the arms' requests only, however much else the tenant sends)."""
+        found = [r for arm in arms for r in self.audit.on_arm(arm, since) if r.tenant == tenant and r.route == route]
+        return sorted(found, key=lambda r: (r.ts, r.request_id))
 
     def _feedback(self, tenant: str, groups: dict[str, str]) -> dict[str, list[Feedback]]:
         """The feedback on some of the tenant's requests (request id -> group), by group."""
@@ -176,9 +182,7 @@ class DynamoEvidence:
         from ...experiments.ab import analysed
 
         labels = [f"{experiment.experiment_id}:{v.name}" for v in experiment.variants]
-        records = self.audit.query(
-            experiment.tenant, experiment.started_at, where={"route": [experiment.route], "variant": labels}
-        )
+        records = self._on_arms(experiment.tenant, experiment.route, labels, experiment.started_at)
         rows = [
             (r.variant, r.outcome, r.latency_ms, r.cost_usd, r.prompt_tokens, r.completion_tokens, r.request_id)
             for r in records

@@ -2,8 +2,10 @@
 (`SqsShadowHandOff`), the `shadow` function sends it to the shadow model and keeps the pair in a
 DynamoDB table (`DynamoShadowPairs`), off the user's path.
 
-The message holds the request as the model saw it (the guard's PII-masked messages and passages
-in place of the caller's), the live answer, the shadow model and the route's daily budget. A copy
+The message holds, from an allow-list, the request as the model saw it (the guard's PII-masked
+messages and passages; no user id, metadata, address or restorable values), the route's plan,
+the tenant, the live answer and the shadow model; the function takes the shadow model and its
+budget from the configuration, and drops a copy the configuration no longer shadows. A copy
 over SQS's 256 KiB is not sent (counted as `shadow_dropped{reason="too_large"}`); a failed send
 is counted (`reason="hand_off"`) and never reaches the user.
 
@@ -24,9 +26,10 @@ import random
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ...experiments.shadow import ShadowJob, draw
+from ...experiments.shadow import COLUMNS, ShadowJob, draw
 
 if TYPE_CHECKING:
+    from ...config import GatewayConfig
     from ...contracts import ChatCompletion, GatewayState
     from ...deps import Deps
 
@@ -37,35 +40,58 @@ _DAY_S = 86_400
 
 
 def message(job: ShadowJob) -> str:
-    """The queue message of a copy: the request as the model saw it, never the caller's raw text."""
+    """The queue message of a copy, from an allow-list: the request as the model saw it (the guard's
+    PII-masked messages and passages; no user id, metadata, address or restorable values), the
+    route's plan, the tenant, and the live answer once. Never the caller's raw text."""
+    from ...contracts import CallerContext, GatewayState, GuardResult, InvokeResult, TenantContext
+
     state, guard = job.state, job.state.guard
-    request = state.request
-    if guard is not None and guard.masked_messages is not None:
+    assert guard is not None and guard.tenant is not None and state.router is not None and state.invoke is not None
+    request = state.request.model_copy(update={"user": None, "metadata": None})
+    if guard.masked_messages is not None:
         request = request.model_copy(update={"messages": guard.masked_messages})
-    if guard is not None and guard.masked_context is not None:
+    if guard.masked_context is not None:
         request = request.model_copy(update={"context": guard.masked_context})
-    copied = state.model_copy(update={"request": request})
+    tenant = TenantContext(tenant=guard.tenant.tenant, key_id=guard.tenant.key_id)
+    copied = GatewayState(
+        request_id=state.request_id,
+        received_at=state.received_at,
+        request=request,
+        caller=CallerContext(),
+        guard=GuardResult(outcome="allowed", tenant=tenant),
+        router=state.router,
+        invoke=InvokeResult(
+            model=state.invoke.model,
+            provider=state.invoke.provider,
+            response=job.live,
+            attempts=[],
+            latency_ms=state.invoke.latency_ms,
+        ),
+    )
     return json.dumps(
-        {
-            "state": json.loads(copied.model_dump_json()),
-            "live": json.loads(job.live.model_dump_json()),
-            "shadow_model": job.shadow_model,
-            "budget_usd": job.budget_usd,
-        }
+        {"state": json.loads(copied.model_dump_json(exclude_none=True)), "shadow_model": job.shadow_model},
+        ensure_ascii=False,
     )
 
 
-def job_of(body: str) -> ShadowJob:
-    """A copy from its queue message (ValueError when it is not one)."""
-    from ...contracts import ChatCompletion, GatewayState
+def job_of(body: str, config: GatewayConfig) -> ShadowJob | None:
+    """A copy from its queue message, its shadow model and budget as the configuration says now;
+    None for a message that is not a copy, or a copy whose tenant, route or shadow the
+    configuration no longer has (ValueError for a message that cannot be read)."""
+    from ...contracts import GatewayState
 
     found = json.loads(body)
-    return ShadowJob(
-        GatewayState.model_validate(found["state"]),
-        ChatCompletion.model_validate(found["live"]),
-        str(found["shadow_model"]),
-        float(found["budget_usd"]),
-    )
+    if not isinstance(found, dict):
+        raise ValueError("not a copy")
+    state = GatewayState.model_validate(found["state"])
+    if state.guard is None or state.guard.tenant is None or state.router is None or state.invoke is None:
+        return None
+    policy = config.tenants.get(state.guard.tenant.tenant)
+    route = policy.routes.get(state.router.route) if policy is not None else None
+    shadow = route.shadow if route is not None else None
+    if shadow is None or shadow.model != found.get("shadow_model") or shadow.model not in config.models:
+        return None  # the configuration moved on: the copy is not sent
+    return ShadowJob(state, state.invoke.response, shadow.model, shadow.budget_usd_per_day)
 
 
 class SqsShadowHandOff:
@@ -167,6 +193,8 @@ class DynamoShadowPairs:
                 pair = json.loads(item["pair"]["S"])
             except (KeyError, ValueError):  # a damaged item is passed over
                 continue
-            if tenant in (None, pair.get("tenant")) and route in (None, pair.get("route")) and pair["ts"] >= since:
+            if not isinstance(pair, dict) or not set(COLUMNS) <= set(pair) or not isinstance(pair["ts"], int | float):
+                continue  # not a pair this version wrote
+            if tenant in (None, pair["tenant"]) and route in (None, pair["route"]) and pair["ts"] >= since:
                 found.append(pair)
         return sorted(found, key=lambda p: p["ts"])
