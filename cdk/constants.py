@@ -134,6 +134,7 @@ SHADOW_PAIR_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateI
 SHADOW_FOLDER = "shadow"  # consumes the shadow queue: the shadow model's answers, the pairs
 SHADOW_TIMEOUT_S = 120  # one batch of copies, each a model call with its retries
 SHADOW_BATCH = 5
+SHADOW_CONCURRENCY = 4  # copies answered at once: bounds what they may pass the daily budget by
 TRACE_FEEDBACK_ACTIONS = ("dynamodb:BatchGetItem",)
 BATCH_SUBMIT_TIMEOUT_S = 120
 BATCH_WORK_TIMEOUT_S = 900

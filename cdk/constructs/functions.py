@@ -197,6 +197,7 @@ class ChainFunctions(Construct):
             layers=layers,
             environment=self.environment,
             timeout_s=c.SHADOW_TIMEOUT_S,
+            reserved_concurrency=c.SHADOW_CONCURRENCY,
         )
         stores.grant(self.shadow, c.FUNCTION_ACCESS[c.SHADOW_FOLDER])
         self.shadow.add_event_source(

@@ -36,7 +36,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Experiment
     rollout = Rollout(
         rollout_id="ro_1",
         tenant="acme",
-        route="other",
+        route="rolling",
         baseline="gpt-a",
         candidate="gpt-b",
         stages=[100.0],
@@ -90,3 +90,27 @@ def test_a_damaged_stored_experiment_is_passed_over(store: ExperimentStore, tmp_
             ExpressionAttributeValues={":bad": {"S": "{not json"}},
         )
     assert store.active("acme", "default") is None and store.all() == []
+
+
+def test_on_aws_a_route_runs_a_rollout_or_an_experiment_never_both(store: ExperimentStore) -> None:
+    """In one table, each start checks the other kind's pointer in its own transaction."""
+    if not isinstance(store, DynamoExperimentStore):
+        pytest.skip("the local stores check each other when a command starts one (docs/experiments.md)")
+    rollouts = DynamoRolloutStore(store._table, store._client)
+    with pytest.raises(ValueError, match="is rolling out"):
+        store.save(experiment("ex_9", route="rolling"))  # the fixture's running rollout is on `rolling`
+    store.save(experiment("ex_1"))
+    running = Rollout(
+        rollout_id="ro_2",
+        tenant="acme",
+        route="default",
+        baseline="gpt-a",
+        candidate="gpt-b",
+        stages=[100.0],
+        started_at=NOW,
+        stage_started_at=NOW,
+        updated_at=NOW,
+    )
+    with pytest.raises(ValueError, match="runs an experiment"):
+        rollouts.save(running, RolloutEvent(rollout_id="ro_2", at=NOW, action="start", stage=0, share=100.0, actor="t"))
+    assert rollouts.get("ro_1") is not None and rollouts.get("ro_1").status == "running"  # type: ignore[union-attr]

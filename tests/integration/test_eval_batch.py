@@ -76,7 +76,10 @@ def test_a_suite_runs_as_an_eval_batch_past_the_cache_and_is_scored_from_the_out
     ]
     asked = [r.body["messages"][-1]["content"] for r in upstream.script.calls("/v1/chat/completions")]
     assert "Capital of France?" in asked  # the cached answer was not used
-    assert upstream.script.calls("/v1/chat/completions")[-1].body["max_tokens"] == 5  # a case's params are sent
+    (shout,) = [
+        c for c in upstream.script.calls("/v1/chat/completions") if c.body["messages"][-1]["content"] == "France?"
+    ]
+    assert shout.body["max_tokens"] == 5  # a case's params are sent (lines are answered in parallel: found by content)
     assert all(r.cost_usd > 0 and r.prompt_tokens == 12 for r in results if r.outcome == "answered")
     audit = store_of(deps)._db.execute("SELECT outcome, variant FROM audit WHERE request_id LIKE 'batch_%'").fetchall()
     assert "cache_hit" not in {o for o, _ in audit} and {v for _, v in audit} == {None}
@@ -100,3 +103,24 @@ def test_what_an_eval_batch_refuses_and_a_case_missing_from_the_output() -> None
         False,
         "failed: no result in the batch's output",
     )
+
+
+def test_a_damaged_batch_output_fails_its_cases_or_the_file_never_crashes() -> None:
+    suite = cases()[:2]
+    hostile = "\n".join(
+        json.dumps(record)
+        for record in (
+            {
+                "custom_id": "fr",
+                "response": {"status_code": 200, "body": {"choices": ["x"], "usage": {"cost_usd": "abc"}}},
+            },
+            {"custom_id": "fr", "response": {"status_code": 500, "body": "nope"}},  # a second record for the id
+            {"custom_id": "de", "response": "nope", "error": ["x"]},
+        )
+    ).encode()
+    first, second = batch_results(suite, hostile, b"")
+    assert (first.outcome, first.cost_usd, first.answer) == ("answered", 0.0, "")  # the first record for an id counts
+    assert (second.outcome, second.passed) == ("failed", False)
+    for damaged in (b"not json\n", b"\xff\xfe"):
+        with pytest.raises(ValueError, match="not a batch output file"):
+            batch_results(suite, damaged, b"")

@@ -367,6 +367,16 @@ def test_the_eval_gate_lets_a_rollout_start_only_when_the_candidate_is_not_worse
             "different suites",
         ),
         (["--to", "gpt-good", "--eval", str(base_run), str(tmp_path / "nowhere")], "not a run's report"),
+        (
+            [
+                "--to",
+                "gpt-good",
+                "--eval",
+                str(_eval_run(tmp_path / "tiny-b", "gpt-old", [True])),
+                str(_eval_run(tmp_path / "tiny-c", "gpt-good", [True])),
+            ],
+            "at least 30 cases",
+        ),
     ):
         assert main([*command, *options]) == 2, options
         assert message in capsys.readouterr().err, options

@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 
 def alarm_names(current: LambdaSettings) -> dict[str, str]:
     """The watched alert rules' CloudWatch alarms (`ROLLOUT_ALARMS`); other rules are refused."""
-    named = json.loads(current.rollout_alarms or "{}")
+    try:
+        named = json.loads(current.rollout_alarms or "{}")
+    except ValueError:
+        raise ValueError("ROLLOUT_ALARMS is a JSON object: alert rule -> alarm name") from None
     if not isinstance(named, dict) or not all(isinstance(v, str) for v in named.values()):
         raise ValueError("ROLLOUT_ALARMS is a JSON object: alert rule -> alarm name")
     unknown = sorted(set(named) - set(WATCHED_ALERTS))

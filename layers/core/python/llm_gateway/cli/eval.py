@@ -124,6 +124,10 @@ def _run_in_batch(args: argparse.Namespace, tenant: str, target: str, cases: lis
         raise ConfigError("a judge runs after each answer: run judged suites online (without --batch-bucket)")
     if args.poll_s <= 0 or args.wait <= 0:
         raise ConfigError("--poll-s and --wait are positive")
+    from ..batch.format import MAX_LINES
+
+    if len(cases) > MAX_LINES:
+        raise ConfigError(f"a batch holds at most {MAX_LINES} requests; the suite has {len(cases)}: use --limit")
     try:
         data = batch_file(cases, target)
     except ValueError as exc:
@@ -148,13 +152,22 @@ def _run_in_batch(args: argparse.Namespace, tenant: str, target: str, cases: lis
                 print(f"batch {job_id} has not finished in {args.wait:g} s; GET /v1/batches/{job_id}", file=sys.stderr)
                 return 2
             time.sleep(args.poll_s)
-    found = report(batch_results(cases, results, errors), suite=args.suite, target=target, tenant=tenant, judge=None)
+    try:
+        scored = batch_results(cases, results, errors)
+    except ValueError as exc:
+        raise ConfigError(f"batch {job_id}: {exc}") from None
+    found = report(scored, suite=args.suite, target=target, tenant=tenant, judge=None)
     return _written(args.out, {**found, "latency_ms": {}, "batch": {"job_id": job_id, "input": key}})
+
+
+MAX_REPORT_BYTES = 512 * 2**20  # a run of the largest suite with its answers is well under this
 
 
 def read_run(path: Path) -> dict[str, Any]:
     file = path / "report.json" if path.is_dir() else path
     try:
+        if file.stat().st_size > MAX_REPORT_BYTES:
+            raise ConfigError(f"{file}: larger than a run's report can be ({MAX_REPORT_BYTES // 2**20} MiB)")
         found = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{file}: not a run's report ({exc})") from None

@@ -186,11 +186,11 @@ class _Stores:
 
 def _stores(config: GatewayConfig, table: str | None) -> _Stores:
     if table:
-        from ..adapters.aws.dynamodb import default_client
         from ..adapters.aws.experiments import DynamoExperimentStore
         from ..adapters.aws.rollouts import DynamoRolloutStore
+        from .main import deployment_table_client
 
-        client = default_client()
+        client = deployment_table_client()
         experiments = DynamoExperimentStore(table, client)
 
         def saved(experiment: Experiment) -> dict[str, Any]:

@@ -363,6 +363,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a deployment's AWS service refused (--table, --batch-bucket): said in one line
+        if not _aws_error(exc):
+            raise
+        print(f"llm-gateway: AWS refused: {exc}", file=sys.stderr)
+        return 2
+
+
+def _aws_error(exc: Exception) -> bool:
+    """Whether `exc` is botocore's (a missing table or bucket, credentials, throttling...)."""
+    return type(exc).__module__.startswith("botocore")
 
 
 def deployment_table_client() -> Any:

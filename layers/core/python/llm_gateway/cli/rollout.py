@@ -133,10 +133,10 @@ def rollout(args: argparse.Namespace) -> int:
 def _store(config: GatewayConfig, table: str | None) -> tuple[RolloutStore, Callable[[], None]]:
     """The rollout store the command works on, and how to close it."""
     if table:
-        from ..adapters.aws.dynamodb import default_client
         from ..adapters.aws.rollouts import DynamoRolloutStore
+        from .main import deployment_table_client
 
-        return DynamoRolloutStore(table, default_client()), lambda: None
+        return DynamoRolloutStore(table, deployment_table_client()), lambda: None
     from ..adapters.local.rollouts import SqliteRolloutStore
 
     local = SqliteRolloutStore(existing_store(config))
@@ -146,10 +146,10 @@ def _store(config: GatewayConfig, table: str | None) -> tuple[RolloutStore, Call
 def _experiments(config: GatewayConfig, table: str | None) -> ExperimentStore:
     """The experiments beside the rollouts (a route runs one or the other)."""
     if table:
-        from ..adapters.aws.dynamodb import default_client
         from ..adapters.aws.experiments import DynamoExperimentStore
+        from .main import deployment_table_client
 
-        return DynamoExperimentStore(table, default_client())
+        return DynamoExperimentStore(table, deployment_table_client())
     from ..adapters.local.experiments import SqliteExperimentStore
 
     return SqliteExperimentStore(existing_store(config))

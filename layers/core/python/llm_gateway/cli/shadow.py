@@ -79,11 +79,11 @@ def _local_pairs(args: argparse.Namespace, path: str | Path, since: float) -> li
 
 
 def _deployed_pairs(args: argparse.Namespace, since: float) -> list[dict[str, Any]]:
-    from ..adapters.aws.dynamodb import default_client
     from ..adapters.aws.shadow import DynamoShadowPairs
     from ..experiments.shadow import similarity
+    from .main import deployment_table_client
 
-    pairs = DynamoShadowPairs(args.table, default_client()).pairs(args.tenant, args.route, since)
+    pairs = DynamoShadowPairs(args.table, deployment_table_client()).pairs(args.tenant, args.route, since)
     for pair in pairs:
         if pair["outcome"] == "ok" and pair.get("similarity") is None:
             pair["similarity"] = similarity(pair["live_answer"], pair["shadow_answer"] or "")

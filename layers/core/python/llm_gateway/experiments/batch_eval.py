@@ -10,6 +10,7 @@ need a model call per answer after the batch: such suites run online (`eval run`
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -41,13 +42,31 @@ def batch_file(cases: list[EvalCase], target: str) -> bytes:
 
 
 def _records(jsonl: bytes) -> dict[str, dict[str, Any]]:
+    """A batch output file's records by custom id (the first for an id); ValueError for a file
+    that is not one."""
     found: dict[str, dict[str, Any]] = {}
-    for raw in jsonl.decode("utf-8").splitlines():
-        if raw.strip():
-            record = json.loads(raw)
-            if isinstance(record, dict) and isinstance(record.get("custom_id"), str):
-                found[record["custom_id"]] = record
+    try:
+        lines = jsonl.decode("utf-8").splitlines()
+        for raw in lines:
+            if raw.strip():
+                record = json.loads(raw)
+                if isinstance(record, dict) and isinstance(record.get("custom_id"), str):
+                    found.setdefault(record["custom_id"], record)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"the batch's output is not a batch output file ({exc})") from None
     return found
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any) -> float:
+    try:
+        number = float(value or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 def batch_results(cases: list[EvalCase], results: bytes, errors: bytes) -> list[CaseResult]:
@@ -56,20 +75,24 @@ def batch_results(cases: list[EvalCase], results: bytes, errors: bytes) -> list[
     found = []
     for case in cases:
         record = answered.get(case.id) or failed.get(case.id)
-        response = (record or {}).get("response") or {}
-        body = response.get("body") or {}
-        usage = body.get("usage") or {}
+        response = _mapping(_mapping(record).get("response"))
+        body = _mapping(response.get("body"))
+        raw_usage = _mapping(body.get("usage"))
+        usage = {k: _number(raw_usage.get(k)) for k in ("cost_usd", "prompt_tokens", "completion_tokens")}
+        choices = body.get("choices")
         text = None
-        if response.get("status_code") == 200 and body.get("choices"):
-            text = (body["choices"][0].get("message") or {}).get("content") or ""
+        if response.get("status_code") == 200 and isinstance(choices, list) and choices:
+            content = _mapping(_mapping(choices[0]).get("message")).get("content")
+            text = content if isinstance(content, str) else ""
         if text is not None:
             outcome, verdict = "answered", score(case, text)
         else:
-            error = (record or {}).get("error") or {}
-            refused = (body.get("error") or {}).get("type") == "guardrail"
+            refused = _mapping(body.get("error")).get("type") == "guardrail"
             outcome = "refused" if refused else "failed"
-            why = error.get("message") or ("no result in the batch's output" if record is None else "")
+            why = _mapping(_mapping(record).get("error")).get("message")
+            why = str(why) if why else ("no result in the batch's output" if record is None else "")
             verdict = Score(False, 0.0, f"{outcome}: {why}"[:300])
-        model = body.get("model")
-        found.append(case_result(case, verdict, outcome, str(response.get("request_id") or ""), model, usage, text))
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        request_id = str(response.get("request_id") or "")
+        found.append(case_result(case, verdict, outcome, request_id, model, usage, text))
     return found

@@ -38,6 +38,7 @@ BUCKETS = 10_000
 ARMS = ("candidate", "baseline")
 DEFAULT_STAGES = (1.0, 5.0, 25.0, 50.0, 100.0)
 ROLLOUT_CHECK_S = 10.0  # how often `serve` evaluates the running rollouts' gates
+MIN_EVAL_CASES = 30  # fewer cases than this cannot show a candidate not worse
 _ROLLBACK_FLOOR = 10  # candidate requests before the error gate may roll back
 WATCHED_ALERTS = ("error_rate", "latency_p95")
 # the feedback on some requests (`marks`: one placeholder per request id)
@@ -172,8 +173,10 @@ def eval_gate(
         raise ValueError(f"the baseline's eval run is of {base_run.get('target')!r}, not {baseline} (or route {route})")
     if candidate_run.get("target") != candidate:
         raise ValueError(f"the candidate's eval run is of {candidate_run.get('target')!r}, not {candidate}")
-    if base_run.get("suite") != candidate_run.get("suite"):
-        raise ValueError("the eval runs are of different suites")
+    if not base_run.get("suite") or base_run.get("suite") != candidate_run.get("suite"):
+        raise ValueError("the eval runs are of different suites (or name none)")
+    if len(base_run.get("results") or []) < MIN_EVAL_CASES:
+        raise ValueError(f"an eval gate needs runs of at least {MIN_EVAL_CASES} cases to tell anything")
     found = compare(base_run, candidate_run, alpha=2 * (1 - gates.confidence))
     low = found["interval"][0]
     if low < -gates.eval_margin:

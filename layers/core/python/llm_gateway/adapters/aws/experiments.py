@@ -23,9 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ...ports import Experiment
+from .rollouts import EXPERIMENT_RUNNING, RUNNING
 from .route_table import RouteItems
-
-_RUNNING = "experiment-running"
 
 
 class DynamoExperimentStore:
@@ -55,12 +54,19 @@ class DynamoExperimentStore:
             "started_at": {"N": repr(experiment.started_at)},
             "body": {"S": experiment.model_dump_json()},
         }
-        running = {"pk": pk, "sk": {"S": _RUNNING}}
+        running = {"pk": pk, "sk": {"S": EXPERIMENT_RUNNING}}
         if experiment.status == "running":  # a new experiment: the route's only running one
             pointer = {**running, "experiment_id": {"S": experiment.experiment_id}}
             steps: list[dict[str, Any]] = [
                 {"Put": {"TableName": self._table, "Item": item, "ConditionExpression": "attribute_not_exists(sk)"}},
                 {"Put": {"TableName": self._table, "Item": pointer, "ConditionExpression": "attribute_not_exists(sk)"}},
+                {  # and none while the route rolls out
+                    "ConditionCheck": {
+                        "TableName": self._table,
+                        "Key": {"pk": pk, "sk": {"S": RUNNING}},
+                        "ConditionExpression": "attribute_not_exists(sk)",
+                    }
+                },
             ]
         else:  # it stops: the route may run another
             steps = [
@@ -76,21 +82,25 @@ class DynamoExperimentStore:
             ]
         try:
             self._client.transact_write_items(TransactItems=steps)
-        except self._client.exceptions.TransactionCanceledException:
-            raise ValueError(
-                f"route {experiment.route} of tenant {experiment.tenant} already runs an experiment"
-            ) from None
+        except self._client.exceptions.TransactionCanceledException as exc:
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            where = f"route {experiment.route} of tenant {experiment.tenant}"
+            if len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
+                raise ValueError(f"{where} is rolling out: an experiment waits for the rollout's end") from None
+            raise ValueError(f"{where} already runs an experiment") from None
         self._items.forget(experiment.tenant, experiment.route)
 
     def save_report(self, experiment: Experiment, report: dict[str, Any], at: float) -> None:
-        """The experiment's latest report (the gates function's, every minute)."""
+        """The experiment's latest report (the gates function's, every minute), without the
+        experiment itself (its variants' prompts are in its own item): numbers, small."""
+        report = {k: v for k, v in report.items() if k != "experiment"}
         self._client.put_item(
             TableName=self._table,
             Item={
                 "pk": {"S": f"{experiment.tenant}#{experiment.route}"},
                 "sk": {"S": f"report#{experiment.experiment_id}"},
                 "at": {"N": repr(at)},
-                "body": {"S": json.dumps(report)},
+                "body": {"S": json.dumps(report, ensure_ascii=False)},
             },
         )
 

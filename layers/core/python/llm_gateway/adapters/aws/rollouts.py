@@ -27,6 +27,8 @@ from ...ports import Experiment, Feedback, Rollout, RolloutEvent
 from .route_table import RouteItems
 
 BY_ID = "by_id"
+RUNNING = "running"  # a route's running rollout
+EXPERIMENT_RUNNING = "experiment-running"  # a route's running experiment (`adapters/aws/experiments.py`)
 
 
 def rollout_key_schema() -> dict[str, Any]:
@@ -67,6 +69,8 @@ class DynamoRolloutStore:
             KeyConditionExpression="rollout_id = :id",
             ExpressionAttributeValues={":id": {"S": rollout_id}},
         )["Items"]
+        # the index holds the rollout and, while it runs, the route's pointer naming it
+        found = [item for item in found if item["sk"]["S"].startswith("rollout#")]
         return self._items.parsed(found[0]) if found else None
 
     def all(self, tenant: str | None = None) -> list[Rollout]:
@@ -92,11 +96,20 @@ class DynamoRolloutStore:
             put["ConditionExpression"] = "updated_at = :expected"
             put["ExpressionAttributeValues"] = {":expected": {"N": repr(expected_updated_at)}}
         steps: list[dict[str, Any]] = [{"Put": put}]
-        running = {"pk": pk, "sk": {"S": "running"}}
+        running = {"pk": pk, "sk": {"S": RUNNING}}
         if expected_updated_at is None and rollout.status == "running":  # a new rollout: the route's only one
             item = {**running, "rollout_id": {"S": rollout.rollout_id}}
             steps.append(
                 {"Put": {"TableName": self._table, "Item": item, "ConditionExpression": "attribute_not_exists(sk)"}}
+            )
+            steps.append(  # and none while the route runs an experiment (`adapters/aws/experiments.py`)
+                {
+                    "ConditionCheck": {
+                        "TableName": self._table,
+                        "Key": {"pk": pk, "sk": {"S": EXPERIMENT_RUNNING}},
+                        "ConditionExpression": "attribute_not_exists(sk)",
+                    }
+                }
             )
         elif rollout.status != "running":  # it ends: the route may run another
             steps.append(
@@ -127,6 +140,10 @@ class DynamoRolloutStore:
             reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
             if expected_updated_at is not None and reasons and reasons[0] == "ConditionalCheckFailed":
                 raise ValueError(f"rollout {rollout.rollout_id} changed meanwhile: look at it again") from None
+            if len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
+                raise ValueError(
+                    f"route {rollout.route} of tenant {rollout.tenant} runs an experiment: stop it first"
+                ) from None
             raise ValueError(f"route {rollout.route} of tenant {rollout.tenant} is already rolling out") from None
         self._items.forget(rollout.tenant, rollout.route)
 
