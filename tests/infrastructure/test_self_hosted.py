@@ -87,7 +87,7 @@ def test_only_the_functions_that_call_models_may_invoke_the_endpoint(template: d
                 assert "sagemaker:InvokeEndpointWithResponseStream" in actions(statement)
                 assert flatten(statement["Resource"]).endswith(":endpoint/llm-gateway-gpu-self-hosted")
                 invoking.add(folder)
-    assert invoking == {"invoke", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER}
+    assert invoking == {"invoke", c.STREAM_FOLDER, c.BATCH_WORK_FOLDER, c.SHADOW_FOLDER}  # the shadow copies too
 
 
 def test_a_stage_without_self_hosted_has_no_endpoint(dev: Any) -> None:
