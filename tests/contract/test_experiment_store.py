@@ -32,11 +32,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Experiment
     dynamodb = moto.client("dynamodb")
     table = f"rollouts-{uuid.uuid4().hex[:8]}"
     dynamodb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **rollout_key_schema())
-    rollouts = DynamoRolloutStore(table, dynamodb)
+    start_rollout(DynamoRolloutStore(table, dynamodb), "ro_1", "rolling")
+    yield DynamoExperimentStore(table, dynamodb, clock=lambda: float(clock()) * 10)
+
+
+def start_rollout(rollouts: DynamoRolloutStore, rollout_id: str, route: str) -> None:
+    """A running rollout of acme's route, saved as `rollout start` saves one."""
     rollout = Rollout(
-        rollout_id="ro_1",
+        rollout_id=rollout_id,
         tenant="acme",
-        route="rolling",
+        route=route,
         baseline="gpt-a",
         candidate="gpt-b",
         stages=[100.0],
@@ -44,8 +49,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Experiment
         stage_started_at=NOW,
         updated_at=NOW,
     )
-    rollouts.save(rollout, RolloutEvent(rollout_id="ro_1", at=NOW, action="start", stage=0, share=100.0, actor="t"))
-    yield DynamoExperimentStore(table, dynamodb, clock=lambda: float(clock()) * 10)
+    event = RolloutEvent(rollout_id=rollout_id, at=NOW, action="start", stage=0, share=100.0, actor="t")
+    rollouts.save(rollout, event)
 
 
 def experiment(experiment_id: str, route: str = "default", at: float = NOW) -> Experiment:
@@ -100,17 +105,6 @@ def test_on_aws_a_route_runs_a_rollout_or_an_experiment_never_both(store: Experi
     with pytest.raises(ValueError, match="is rolling out"):
         store.save(experiment("ex_9", route="rolling"))  # the fixture's running rollout is on `rolling`
     store.save(experiment("ex_1"))
-    running = Rollout(
-        rollout_id="ro_2",
-        tenant="acme",
-        route="default",
-        baseline="gpt-a",
-        candidate="gpt-b",
-        stages=[100.0],
-        started_at=NOW,
-        stage_started_at=NOW,
-        updated_at=NOW,
-    )
     with pytest.raises(ValueError, match="runs an experiment"):
-        rollouts.save(running, RolloutEvent(rollout_id="ro_2", at=NOW, action="start", stage=0, share=100.0, actor="t"))
+        start_rollout(rollouts, "ro_2", "default")
     assert rollouts.get("ro_1") is not None and rollouts.get("ro_1").status == "running"  # type: ignore[union-attr]

@@ -116,6 +116,10 @@ class _RecordTable(Generic[Record]):
             "ExpressionAttributeValues": values,
             "ConsistentRead": consistent,
         }
+        return self._queried(request)
+
+    def _queried(self, request: dict[str, Any]) -> list[Record]:
+        """Every record a query finds, page after page."""
         records: list[Record] = []
         while True:
             page = self._client.query(**request)
@@ -163,13 +167,7 @@ class DynamoAuditLog(_RecordTable[AuditRecord]):
             "ExpressionAttributeNames": {"#v": "variant", "#sk": SORT_KEY},
             "ExpressionAttributeValues": {":v": {"S": variant}, ":lo": {"S": f"{since_ts:017.6f}"}},
         }
-        records: list[AuditRecord] = []
-        while True:
-            page = self._client.query(**request)
-            records.extend(self._record(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return records
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return self._queried(request)
 
 
 def audit_key_schema() -> dict[str, Any]:
