@@ -90,6 +90,21 @@ def _mean_loss(student: Any, batches: list[tuple[Any, Any, Any]]) -> float:
     return sum(held) / len(held)
 
 
+def save_checkpoint(model: Any, tokenizer: Any, out: Path) -> None:
+    """The merged weights as a checkpoint directory (safetensors, config, tokenizer). The model was
+    read from a GGUF file, which transformers marks as not to be saved again; its weights are
+    plain float32 tensors by now, written here as they are (tied ones once)."""
+    from safetensors.torch import save_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(str(out))
+    save_model(model, str(out / "model.safetensors"))
+    tokenizer.save_pretrained(str(out))
+
+
 def load_base() -> tuple[Any, Any]:
     """The packaged model and its tokenizer, as the endpoint's torch engine reads them (float32)."""
     import torch
@@ -151,9 +166,7 @@ def train(data: Path, out: Path, settings: Settings = Settings()) -> dict[str, A
     assert best is not None
     student.load_state_dict(best[1], strict=False)  # the best epoch's adapter
     merged: Any = student.merge_and_unload()
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
+    save_checkpoint(merged, tokenizer, out)
     found = {
         "base": "smollm2-135m-instruct (packaged GGUF)",
         "examples": {"train": len(train_set), "validation": len(validation)},
