@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/distill-bench"))  # noqa: S108 - scratch
     args = parser.parse_args()
-    rng = random.Random(0)  # noqa: S311 - synthetic data
+    rng = random.Random(0)
     rows = [ticket(rng) for _ in range(300)]
     data = args.out / "data"
     data.mkdir(parents=True, exist_ok=True)
