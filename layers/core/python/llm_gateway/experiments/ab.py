@@ -158,7 +158,7 @@ def analysed(rows: list[AuditRow], feedback: dict[str, list[Feedback]], experime
     from statistics import NormalDist
 
     from ..alerts import percentile
-    from .stats import Sequential  # scipy: the report's, never the router's
+    from .stats import Sequential  # the report's and the gates', never the router's
 
     ids = {v.name: f"{experiment.experiment_id}:{v.name}" for v in experiment.variants}
     stats: dict[str, dict[str, Any]] = {}
