@@ -219,7 +219,9 @@ def _local_judge(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Judge every band text with the self-hosted model through the real endpoint and provider;
     an unparseable verdict falls back to tier 2's threshold and counts as queued for review."""
-    from llm_gateway.cli.main import local_endpoint, with_endpoint_url
+    import contextlib
+
+    from llm_gateway.cli.main import start_local_endpoints
     from llm_gateway.config import HarmfulGuard
     from llm_gateway.contracts import TenantContext
     from llm_gateway.moderation.cascade import harmful_decision
@@ -231,9 +233,10 @@ def _local_judge(
     queued = np.zeros_like(band)
     fallbacks = 0
     started = time.perf_counter()
-    with local_endpoint() as url:
+    with contextlib.ExitStack() as stack:
+        pointed, _ = start_local_endpoints(config, stack)
         tenant = next(iter(config.tenants))
-        deps = _deps(with_endpoint_url(config, url), tenant, "bench-key")
+        deps = _deps(pointed, tenant, "bench-key")
         context = TenantContext(tenant=tenant, key_id="bench")
         for i in np.flatnonzero(band):
             decision = harmful_decision(examples[i].text, "input", policy, deps, f"bench-{i}", context)

@@ -163,7 +163,7 @@ tenants:
 def test_healthz_and_requests_while_the_endpoint_restarts(crash_file: Path, fallback: bool) -> None:
     with EndpointSupervisor({"local-model"}, command=FAKE, backoff=Backoff(30.0, 30.0)) as endpoint:
         deps = make_deps(_config(endpoint.url, fallback))
-        deps.model_endpoint = endpoint
+        deps.model_endpoints = (endpoint,)
         with serve(create_app(InProcessRunner(deps))) as url:
             healthy = httpx.get(url + "/healthz")
             assert healthy.status_code == 200
@@ -200,3 +200,49 @@ def test_healthz_and_requests_while_the_endpoint_restarts(crash_file: Path, fall
             other = openai.OpenAI(base_url=url + "/v1", api_key=GLOBEX_KEY, max_retries=0)
             with pytest.raises(openai.APIStatusError, match="restarting"):
                 other.chat.completions.create(model="default", messages=messages)  # type: ignore[arg-type]
+
+
+def test_one_endpoint_down_leaves_the_other_endpoints_models_answering(crash_file: Path) -> None:
+    """Two endpoints (the packaged model's and a student's): the student's crashing refuses only
+    the route on it; /healthz names which endpoint is down and the models it serves."""
+    text = f"""
+models:
+  local-model: {{provider: sagemaker, endpoint: local, timeout_s: 5}}
+  student: {{provider: sagemaker, endpoint: local, weights: /students/v1, timeout_s: 5}}
+tenants:
+  acme:
+    api_keys: [{{id: k1, sha256: {hash_key(ACME_KEY)}}}]
+    routes:
+      default: {{model: local-model}}
+      learned: {{model: student}}
+"""
+    config = parse_config(text)
+    with (
+        EndpointSupervisor({"local-model"}, command=FAKE) as packaged,
+        EndpointSupervisor({"student"}, command=FAKE, backoff=Backoff(30.0, 30.0)) as student,
+    ):
+        config = with_endpoint_url(config, packaged.url, models={"local-model"})
+        config = with_endpoint_url(config, student.url, models={"student"})
+        assert config.models["student"].endpoint == student.url != config.models["local-model"].endpoint
+        deps = make_deps(config)
+        deps.model_endpoints = (packaged, student)
+        pid = student.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: reaped(pid) and not student.health().ready)
+        with serve(create_app(InProcessRunner(deps))) as url:
+            health = httpx.get(url + "/healthz")
+            assert health.status_code == 200  # the default route still answers
+            body = health.json()
+            assert body["status"] == "degraded"
+            assert body["model_endpoint"]["state"] == "ready"
+            states = {tuple(e["models"]): e["state"] for e in body["model_endpoints"]}
+            assert states == {("local-model",): "ready", ("student",): "restarting"}
+            client = openai.OpenAI(base_url=url + "/v1", api_key=ACME_KEY, max_retries=0)
+            messages = [{"role": "user", "content": "What is the capital of France?"}]
+            answered = client.chat.completions.create(model="default", messages=messages)  # type: ignore[arg-type]
+            assert answered.choices[0].message.content == "fake answer"
+            with pytest.raises(openai.APIStatusError) as refused:
+                client.chat.completions.create(model="learned", messages=messages)  # type: ignore[arg-type]
+            assert refused.value.status_code == 503
+            assert refused.value.response.json()["error"]["code"] == "model_endpoint_restarting"

@@ -3,7 +3,8 @@
     python tests/support/fake_endpoint.py [--crash-file PATH] --host 127.0.0.1 --port 0
 
 Binds the port (exit status 1 when it cannot), prints `ready http://HOST:PORT` like the real
-endpoint, and answers `GET /ping` with `{"status": "ok", "model": "fake", "context_tokens": 512}`.
+endpoint, answers `GET /ping` with `{"status": "ok", "model": "fake", "context_tokens": 512}` and
+`POST /invocations` (unstreamed) with the text `fake answer`.
 While PATH exists, it kills itself with SIGSEGV before it is ready (a crash loop on demand).
 """
 
@@ -21,6 +22,16 @@ from pathlib import Path
 class Ping(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = json.dumps({"status": "ok", "model": "fake", "context_tokens": 512}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        answer = {"text": "fake answer", "finish_reason": "stop", "model": "fake"}
+        body = json.dumps({**answer, "usage": {"prompt_tokens": 5, "completion_tokens": 2}}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))

@@ -9,7 +9,7 @@ import pytest
 
 from llm_gateway.cache.keys import kb_tag, prompt_tag
 from llm_gateway.cli.main import main, mint_demo_keys, with_endpoint_url
-from llm_gateway.config import EXAMPLE_CONFIG, hash_key, load_config
+from llm_gateway.config import EXAMPLE_CONFIG, hash_key, load_config, parse_config
 
 
 def test_serve_with_a_bad_config_exits_2_with_the_problem_named(
@@ -48,6 +48,60 @@ def test_local_models_are_pointed_at_the_started_endpoint() -> None:
     config = with_endpoint_url(load_config(EXAMPLE_CONFIG), "http://127.0.0.1:9999")
     assert config.models["smollm2-135m-instruct-q4_1"].endpoint == "http://127.0.0.1:9999"
     assert not config.uses_local_endpoint()
+
+
+STUDENTS = """
+models:
+  packaged: {provider: sagemaker, endpoint: local}
+  student-a: {provider: sagemaker, endpoint: local, weights: /students/a}
+  student-a-long: {provider: sagemaker, endpoint: local, weights: /students/a, default_max_tokens: 64}
+  student-b: {provider: sagemaker, endpoint: local, weights: /students/b.gguf}
+  hosted: {provider: echo}
+tenants:
+  t: {routes: {default: {model: packaged}}}
+"""
+
+
+def test_each_distinct_weights_is_one_endpoint_with_the_engine_its_format_needs() -> None:
+    from llm_gateway.cli.supervisor import endpoint_command, local_endpoint_groups
+
+    config = parse_config(STUDENTS)
+    groups = local_endpoint_groups(config)
+    assert groups == {
+        None: {"packaged"},
+        "/students/a": {"student-a", "student-a-long"},
+        "/students/b.gguf": {"student-b"},
+    }
+    assert next(iter(groups)) is None  # the packaged model's endpoint first (/healthz's `model_endpoint`)
+    assert endpoint_command(None)[1:] == ["-m", "model_server"]
+    assert endpoint_command("/students/a")[3:] == ["--engine", "torch", "--model-path", "/students/a"]
+    assert endpoint_command("/students/b.gguf")[3:] == ["--engine", "llamacpp", "--model-path", "/students/b.gguf"]
+    pointed = with_endpoint_url(config, "http://127.0.0.1:9", models=groups["/students/a"])
+    moved = [name for name, model in pointed.models.items() if model.endpoint == "http://127.0.0.1:9"]
+    assert moved == ["student-a", "student-a-long"]
+    assert pointed.models["student-a"].weights is None and pointed.models["student-b"].weights == "/students/b.gguf"
+
+
+def test_weights_belong_to_local_endpoint_models_and_must_exist(tmp_path: Path) -> None:
+    import contextlib
+
+    from llm_gateway.cli.supervisor import start_local_endpoints
+    from llm_gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="served by the local endpoint only"):
+        parse_config("models: {m: {provider: echo, weights: /w}}\ntenants: {t: {routes: {d: {model: m}}}}\n")
+    with pytest.raises(ConfigError, match="served by the local endpoint only"):
+        parse_config(
+            "models: {m: {provider: sagemaker, endpoint: my-endpoint, weights: /w}}\n"
+            "tenants: {t: {routes: {d: {model: m}}}}\n"
+        )
+    missing = str(tmp_path / "gone")
+    config = parse_config(
+        f"models: {{m: {{provider: sagemaker, endpoint: local, weights: {missing}}}}}\n"
+        "tenants: {t: {routes: {d: {model: m}}}}\n"
+    )
+    with contextlib.ExitStack() as stack, pytest.raises(ConfigError, match=f"model m: weights {missing} do not exist"):
+        start_local_endpoints(config, stack)
 
 
 def test_purge_command_removes_the_tenants_cached_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -64,6 +64,11 @@ class ModelConfig(_Config):
     base_url: str | None = None  # OpenAI/Anthropic-compatible base URL override
     api_key_env: str | None = None  # environment variable holding the provider key
     endpoint: str | None = None  # sagemaker: endpoint name, a URL, or "local"
+    # `endpoint: local` only: the weights the endpoint `serve` runs for this model serves — a
+    # checkpoint directory (its torch engine) or a GGUF file (its llama.cpp engine), such as a
+    # student `llm-gateway distill register` wrote; unset, the packaged model. Each distinct
+    # `weights` is one more supervised endpoint process.
+    weights: str | None = Field(default=None, min_length=1)
     region: str | None = None
     price: Price = Field(default_factory=Price)
     timeout_s: float = Field(default=60.0, gt=0, le=900)
@@ -127,6 +132,8 @@ class ModelConfig(_Config):
     def _endpoint_for_sagemaker(self) -> ModelConfig:
         if self.provider == "sagemaker" and not self.endpoint:
             raise ValueError("a sagemaker model needs `endpoint` (endpoint name, URL or 'local')")
+        if self.weights is not None and (self.provider != "sagemaker" or self.endpoint != LOCAL_ENDPOINT):
+            raise ValueError("`weights` are served by the local endpoint only (provider: sagemaker, endpoint: local)")
         return self
 
 

@@ -54,7 +54,7 @@ class Deps:
     rollouts: RolloutStore | None = None  # None: routes are never rolled out on this deployment
     experiments: ExperimentStore | None = None  # None: no A/B experiments on this deployment
     shadows: ShadowHandOff | None = None  # None: routes' `shadow` copies are not sent on this deployment
-    model_endpoint: EndpointMonitor | None = None  # a model endpoint this process runs (serve's local model)
+    model_endpoints: tuple[EndpointMonitor, ...] = ()  # the model endpoints this process runs (serve's local models)
     # The invoke step's retries, fallbacks and deadline: the REST chain's functions use the shorter
     # `pipeline.REST_INVOKE_POLICY` (API Gateway's 29 s), everything else `INVOKE_POLICY`.
     invoke_policy: RetryPolicy = INVOKE_POLICY

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..adapters.local.batch import FolderObjects, SqliteBatchJobs
     from ..adapters.local.wiring import local_deps
     from ..batch.runner import BatchRejected, BatchRunner
-    from .main import deployment_table_client, local_endpoint, with_endpoint_url
+    from .main import deployment_table_client, start_local_endpoints
 
     if args.table:
         if args.action != "status":
@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
             return _status(jobs, args.target, args.tenant)
         if source is None:
             return _results(jobs, objects, args.target, args.errors)
-        if config.uses_local_endpoint():
-            config = with_endpoint_url(config, stack.enter_context(local_endpoint()))
+        config, _ = start_local_endpoints(config, stack)
         key = f"batches/in/{args.tenant}/{source.name}"
         runner = BatchRunner(local_deps(config, stack), jobs, objects, parallel=args.parallel)
         objects.put(key, data)

@@ -22,9 +22,9 @@ from ..registry import warn_retiring
 from . import alerts, batch, cost_report, distill, experiment, guard_report, replay, rollout, shadow, trace
 from . import eval as evals
 from .store_location import load_local_config, note_if_new
-from .supervisor import Backoff, EndpointSupervisor, local_endpoint, local_models, with_endpoint_url
+from .supervisor import Backoff, start_local_endpoints, with_endpoint_url
 
-__all__ = ["local_endpoint", "main", "mint_demo_keys", "with_endpoint_url"]  # cli.batch and bench use these
+__all__ = ["main", "mint_demo_keys", "start_local_endpoints", "with_endpoint_url"]  # cli.batch and bench use these
 
 if TYPE_CHECKING:
     from ..deps import Deps
@@ -50,8 +50,7 @@ def chain_config(config: GatewayConfig, stack: contextlib.ExitStack) -> GatewayC
     `replay`): demo tenants get a key to run as, and the local model endpoint runs for the
     command's lifetime when a model uses it."""
     config, _ = mint_demo_keys(config)
-    if config.uses_local_endpoint():
-        config = with_endpoint_url(config, stack.enter_context(local_endpoint()))
+    config, _ = start_local_endpoints(config, stack)
     return config
 
 
@@ -64,8 +63,8 @@ def _shutdown(signum: int, frame: object) -> None:
 
 
 def serve(host: str, port: int, config_path: str | None, restart: Backoff | None = None) -> int:
-    """Serve the gateway; with a local model, run its endpoint under an `EndpointSupervisor`
-    (restarted with `restart` backoff when it dies)."""
+    """Serve the gateway; with local models, run their endpoints, each under an
+    `EndpointSupervisor` (restarted with `restart` backoff when it dies)."""
     import uvicorn
 
     from ..adapters.local.wiring import local_deps
@@ -82,10 +81,7 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
     signal.signal(signal.SIGINT, _shutdown)
     signal.signal(signal.SIGTERM, _shutdown)
     with contextlib.ExitStack() as stack:
-        supervisor = None
-        if config.uses_local_endpoint():
-            supervisor = stack.enter_context(EndpointSupervisor(local_models(config), backoff=restart))
-            config = with_endpoint_url(config, supervisor.url, context_tokens=supervisor.context_tokens)
+        config, supervisors = start_local_endpoints(config, stack, restart)
         if any(t.semantic_cache.enabled for t in config.tenants.values()):
             # Load (on a new machine: first prepare) the embedding model now, not on the first request.
             from ..semantic.embeddings import default_embedder
@@ -95,8 +91,8 @@ def serve(host: str, port: int, config_path: str | None, restart: Backoff | None
         warn_retiring(deps.config, deps.metrics, datetime.now(UTC).date())
         stack.enter_context(alert_watcher(deps))
         stack.enter_context(rollout_watcher(deps))
-        if supervisor is not None:
-            deps.model_endpoint = supervisor
+        deps.model_endpoints = tuple(supervisors)
+        for supervisor in supervisors:
             supervisor.on_url_change(lambda old, new: repoint(deps, old, new))
         app = create_app(InProcessRunner(deps))
 

@@ -27,8 +27,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
@@ -68,31 +69,72 @@ def describe_exit(returncode: int) -> str:
 
 
 def local_models(config: GatewayConfig) -> frozenset[str]:
-    """The models served by the endpoint that `serve` runs (`endpoint: local`)."""
+    """The models served by the endpoints that `serve` runs (`endpoint: local`)."""
     return frozenset(n for n, m in config.models.items() if m.provider == "sagemaker" and m.endpoint == LOCAL_ENDPOINT)
 
 
+def local_endpoint_groups(config: GatewayConfig) -> dict[str | None, frozenset[str]]:
+    """The endpoints `serve` runs, one per distinct `weights` (None: the packaged model), and the
+    models each serves; the packaged model's first."""
+    groups: dict[str | None, set[str]] = {}
+    for name in sorted(local_models(config)):
+        groups.setdefault(config.models[name].weights, set()).add(name)
+    ordered = sorted(groups, key=lambda weights: (weights is not None, weights or ""))
+    return {weights: frozenset(groups[weights]) for weights in ordered}
+
+
 def with_endpoint_url(
-    config: GatewayConfig, url: str, *, current: str = LOCAL_ENDPOINT, context_tokens: int | None = None
+    config: GatewayConfig,
+    url: str,
+    *,
+    current: str = LOCAL_ENDPOINT,
+    context_tokens: int | None = None,
+    models: Collection[str] | None = None,
 ) -> GatewayConfig:
-    """Point every model served at `current` (the local endpoint, or its former URL) at `url`;
-    with `context_tokens` (what the endpoint reports), that is their context window."""
-    update: dict[str, object] = {"endpoint": url}
+    """Point every model served at `current` (the local endpoint, or its former URL) at `url`, or
+    only those of `models` among them; with `context_tokens` (what the endpoint reports), that is
+    their context window."""
+    update: dict[str, object] = {"endpoint": url, "weights": None}
     if context_tokens is not None:
         update["context_tokens"] = context_tokens
-    models = {
-        name: model.model_copy(update=update) if model.endpoint == current else model
+    pointed = {
+        name: model.model_copy(update=update)
+        if model.endpoint == current and (models is None or name in models)
+        else model
         for name, model in config.models.items()
     }
-    return config.model_copy(update={"models": models})
+    return config.model_copy(update={"models": pointed})
+
+
+def start_local_endpoints(
+    config: GatewayConfig, stack: contextlib.ExitStack, backoff: Backoff | None = None
+) -> tuple[GatewayConfig, list[EndpointSupervisor]]:
+    """Run an endpoint for each of `local_endpoint_groups` for the `stack`'s lifetime; the
+    configuration pointed at them, and their supervisors. A checkpoint that cannot be served is a
+    `ConfigError` naming it."""
+    supervisors = []
+    for weights, models in local_endpoint_groups(config).items():
+        if weights is not None and not Path(weights).exists():
+            raise ConfigError(f"model {', '.join(sorted(models))}: weights {weights} do not exist")
+        supervisor = EndpointSupervisor(models, command=endpoint_command(weights), backoff=backoff)
+        stack.enter_context(supervisor)
+        supervisors.append(supervisor)
+        config = with_endpoint_url(config, supervisor.url, context_tokens=supervisor.context_tokens, models=models)
+    return config, supervisors
 
 
 class EndpointStartFailed(Exception):
     """The child did not become ready (it exited, timed out, or the supervisor is stopping)."""
 
 
-def endpoint_command() -> list[str]:
-    return [sys.executable, "-m", "model_server"]
+def endpoint_command(weights: str | None = None) -> list[str]:
+    """The endpoint's command line: the packaged model, or `weights` (a GGUF file for the llama.cpp
+    engine, a checkpoint directory for the torch engine)."""
+    command = [sys.executable, "-m", "model_server"]
+    if weights is not None:
+        engine = "llamacpp" if weights.endswith(".gguf") else "torch"
+        command += ["--engine", engine, "--model-path", weights]
+    return command
 
 
 class EndpointSupervisor:
@@ -314,10 +356,3 @@ def _end(process: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-@contextlib.contextmanager
-def local_endpoint(host: str = "127.0.0.1") -> Iterator[str]:
-    """A supervised model endpoint for a command's lifetime; yields its base URL once it is ready."""
-    with EndpointSupervisor(host=host) as supervisor:
-        yield supervisor.url

@@ -595,16 +595,26 @@ class GatewayApp:
         return JSONResponse({**selected, "removed": removed})
 
     async def healthz(self, request: Request) -> Response:
-        """`{"status": "ok"}`, and with a model endpoint this process runs (serve's local model) its
-        state under `model_endpoint`. While that endpoint is down the status is `degraded`: HTTP 200
-        when some route still has a model elsewhere, 503 when every route's models are on it."""
-        monitor = self.deps.model_endpoint
-        if monitor is None:
+        """`{"status": "ok"}`, and with model endpoints this process runs (serve's local models) the
+        first's state under `model_endpoint` (the packaged model's, when it runs) and, with more
+        than one, each one's with its models under `model_endpoints`. While an endpoint is down the
+        status is `degraded`: HTTP 200 when some route still has a model elsewhere, 503 when every
+        route's models are on endpoints that are down."""
+        monitors = self.deps.model_endpoints
+        if not monitors:
             return JSONResponse({"status": "ok"})
-        health = monitor.health()
-        body = {"status": "ok" if health.ready else "degraded", "model_endpoint": health.as_json()}
+        healths = [(monitor, monitor.health()) for monitor in monitors]
+        down = {m for monitor, health in healths if not health.ready for m in monitor.models}
+        body: dict[str, Any] = {
+            "status": "degraded" if down else "ok",
+            "model_endpoint": healths[0][1].as_json(),
+        }
+        if len(healths) > 1:
+            body["model_endpoints"] = [
+                {"models": sorted(monitor.models), **health.as_json()} for monitor, health in healths
+            ]
         routes = [route for tenant in self.deps.config.tenants.values() for route in tenant.routes.values()]
-        answerable = health.ready or any(m not in monitor.models for route in routes for m in route.models())
+        answerable = not down or any(m not in down for route in routes for m in route.models())
         return JSONResponse(body, status_code=200 if answerable else 503)
 
     async def openapi(self, request: Request) -> Response:

@@ -177,7 +177,15 @@ _HAND_WRITTEN: dict[str, dict[str, Any]] = {
         "type": "object",
         "properties": {
             "status": {"enum": ["ok", "degraded"]},
-            "model_endpoint": {"type": "object", "description": "The state of the model endpoint this process runs."},
+            "model_endpoint": {
+                "type": "object",
+                "description": "The state of the (first) model endpoint this process runs.",
+            },
+            "model_endpoints": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "With more than one endpoint: each one's state and the models it serves.",
+            },
         },
         "required": ["status"],
         "additionalProperties": False,

@@ -6,7 +6,7 @@ pass it, in order; when it would keep none, it refuses the request with its own 
    (`max_tokens`, within the route's cap and the model's maximum; without one, at least one token).
    A model without `context_tokens` always passes. None fits: 400 `context_length_exceeded`,
    naming the largest window among the candidates.
-2. endpoint: a model on the endpoint `serve` runs (`deps.model_endpoint`) while that endpoint is
+2. endpoint: a model on an endpoint `serve` runs (`deps.model_endpoints`) while that endpoint is
    down (crashed, restarting). None left: 503 that says the endpoint is restarting and why.
 
 Skipped candidates are counted (`route_skips`, by reason) so that a route that keeps falling back
@@ -54,17 +54,18 @@ def fits_context(state: GatewayState, deps: Deps, route: RouteResult, candidates
 
 
 def endpoint_up(state: GatewayState, deps: Deps, route: RouteResult, candidates: list[str]) -> list[str]:
-    """The candidates not served by the supervised endpoint while it is down; refuses the request
-    when every one of them is."""
-    monitor = deps.model_endpoint
-    if monitor is None or not monitor.models.intersection(candidates):
-        return candidates
-    health = monitor.health()
-    if health.ready:
-        return candidates
-    kept = [m for m in candidates if m not in monitor.models]
-    if not kept:
-        raise endpoint_down(health)
+    """The candidates not served by a supervised endpoint while it is down; refuses the request
+    when every one of them is (saying why the first of those endpoints is down)."""
+    kept, first_down = candidates, None
+    for monitor in deps.model_endpoints:
+        if not monitor.models.intersection(kept):
+            continue
+        health = monitor.health()
+        if not health.ready:
+            kept = [m for m in kept if m not in monitor.models]
+            first_down = first_down or health
+    if not kept and first_down is not None:
+        raise endpoint_down(first_down)
     return kept
 
 
