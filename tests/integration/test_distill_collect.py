@@ -120,6 +120,12 @@ def traffic(upstream: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             headers={"authorization": f"Bearer {ACME_KEY}"},
         )
         assert feedback.status_code == 200, feedback.text
+        # an eval run through the route (as `eval run` and `distill eval` send it): not a user's request
+        from llm_gateway.experiments.evals import Gateway
+
+        messages = [{"role": "user", "content": "Eval case: the speaker of the eval hums. Which product?"}]
+        _, text, _ = Gateway(deps, "acme").ask({"model": "default", "messages": messages})
+        assert text == json.dumps({"product": "speaker"})
     traces.close()
     return {"config": path, "excluded": excluded, "ids": ids}
 
@@ -166,6 +172,7 @@ def test_only_the_opted_in_tenants_good_masked_unique_answers_are_collected_spli
         "Globex",
         "blender smokes",
         "Which product?!",
+        "Eval case",
     ):
         assert kept_out not in everything, kept_out
     assert "ana.lopez@example.com" not in everything and "leaked.person@example.org" not in everything
@@ -186,6 +193,7 @@ def test_only_the_opted_in_tenants_good_masked_unique_answers_are_collected_spli
     card = json.loads((tmp_path / "data" / "card.json").read_text())
     assert card["teachers"] == ["teacher"] and card["removed"]["near-duplicate"] == 1
     assert card["removed"]["scored down"] == 1
+    assert card["removed"]["an eval or a replay"] == 1
     assert (
         card["removed"]["moderated"] + card["removed"]["pii"] == 1
     )  # the leaked address: moderation's or the PII check's

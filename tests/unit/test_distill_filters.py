@@ -1,6 +1,7 @@
 """The collection's filters on traces built by hand: a raw PII value the tenant's masking let
 through drops the example (never unmasked into a dataset); another tenant's trace, a cache hit,
-a redacted answer and a failed task are left out; the split is by time."""
+a redacted answer, a failed task, an eval run's request and a replay are left out; the split is
+by time."""
 
 from __future__ import annotations
 
@@ -78,6 +79,8 @@ def test_what_the_filters_leave_out() -> None:
         trace(25, "failed task", feedback=[Feedback(kind="task", score=0, at=1.0)]),
         trace(26, "low rating", feedback=[Feedback(kind="rating", score=2, at=1.0)]),
         trace(27, "question 3"),  # the same question again
+        trace(28, "an eval case", offline=True),
+        trace(29, "a replayed question", replay_of="r1"),
     ]
     found = collect(CONFIG, "acme", "default", traces, embed)
     kept = [e.request_id for e in [*found.train, *found.validation, *found.test]]
@@ -85,6 +88,7 @@ def test_what_the_filters_leave_out() -> None:
     assert [e.request_id for e in found.test] == ["r18", "r19"] and len(found.train) == 16
     assert found.removed == {
         "not an answer on the route": 1,
+        "an eval or a replay": 2,
         "not a finished model answer": 1,
         "moderated": 1,
         "scored down": 2,

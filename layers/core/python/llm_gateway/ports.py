@@ -433,6 +433,7 @@ class Trace(BaseModel):
     content: dict[str, Any] | None = None
     feedback: list[Feedback] = []
     replay_of: str | None = None  # `llm-gateway replay`: the request this one ran again
+    offline: bool = False  # an eval run's or a replay's request, not a user's
 
 
 class TraceStore(Protocol):

@@ -79,6 +79,7 @@ def build_trace(
         content=_content(state, policy, received) if policy.traces.store_content else None,
         feedback=[],
         replay_of=state.caller.replay_of,
+        offline=state.caller.offline,
     )
 
 

@@ -5,6 +5,8 @@ An example is a request a model answered for the tenant, as its trace keeps it
 saw). Kept, in this order of filters (each counted in the data card):
 
 - the tenant opted in (`training.opt_in`), and the trace is of the route asked for;
+- a user asked it: not an eval run's request nor a replay's (the test split of an earlier
+  collection, evaluated through the route, must not come back as training data);
 - the teacher that answered says `allows_training` (the operator's statement that the provider's
   terms allow training on its outputs): otherwise collection refuses, naming the model;
 - a model answered it (no cache hit: a semantic hit answers another question) and every choice
@@ -140,6 +142,7 @@ def collect(
         raise CollectionRefused(f"tenant {tenant} has no route {route}")
     removed = {
         "not an answer on the route": 0,
+        "an eval or a replay": 0,
         "not a finished model answer": 0,
         "moderated": 0,
         "scored down": 0,
@@ -151,6 +154,8 @@ def collect(
         read += 1
         if trace.tenant != tenant or trace.route != route or trace.outcome != "ok" or not trace.model:
             removed["not an answer on the route"] += 1
+        elif trace.offline or trace.replay_of is not None:
+            removed["an eval or a replay"] += 1
         elif not _finished(trace):
             removed["not a finished model answer"] += 1
         elif not _moderated_ok(trace):
