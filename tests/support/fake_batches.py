@@ -1,7 +1,8 @@
 """The providers' batch APIs for the fake servers, on the real wire formats the SDKs speak:
 
-* OpenAI: `POST /v1/files` (multipart upload, purpose `batch`), `POST /v1/batches`,
-  `GET /v1/batches/{id}`, `GET /v1/batches` (list), `GET /v1/files/{id}/content`;
+* OpenAI: `POST /v1/files` (multipart upload, purpose `batch`; purpose `fine-tune` goes to the
+  fine-tuning routes of `fake_finetuning`), `POST /v1/batches`, `GET /v1/batches/{id}`,
+  `GET /v1/batches` (list), `GET /v1/files/{id}/content`;
 * Anthropic: `POST /v1/messages/batches`, `GET /v1/messages/batches/{id}`,
   `GET /v1/messages/batches/{id}/results` (JSONL).
 
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .fake_finetuning import fine_tuning_upload, openai_fine_tuning_routes
 from .fake_providers import (
     BatchBook,
     Delay,
@@ -84,6 +86,8 @@ def openai_batch_routes(script: Script) -> list[Route]:
 
     async def upload(request: Request) -> Response:
         fields = _multipart(request, await request.body())
+        if fields.get("purpose") == b"fine-tune" and "file" in fields:
+            return fine_tuning_upload(script, fields["file"])
         if fields.get("purpose") != b"batch" or "file" not in fields:
             return openai_error(400, "purpose must be batch and a file is required")
         file_id = f"file-{next(_ids)}"
@@ -151,6 +155,7 @@ def openai_batch_routes(script: Script) -> list[Route]:
         Route("/v1/batches", create, methods=["POST"]),
         Route("/v1/batches", listing, methods=["GET"]),
         Route("/v1/batches/{batch_id}", retrieve, methods=["GET"]),
+        *openai_fine_tuning_routes(script),
     ]
 
 
