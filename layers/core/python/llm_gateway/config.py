@@ -219,6 +219,10 @@ class Training(_Config):
     answers kept in its traces (`traces.store_content`, PII masked), only with `opt_in`."""
 
     opt_in: bool = False
+    # The least quality a student may keep to be registered (`llm-gateway distill register`): its
+    # pass rate on the held-out test split over the teacher's, both scored against the teacher's
+    # stored answers.
+    min_quality_ratio: float = Field(default=0.9, gt=0, le=1)
 
 
 class ShadowConfig(_Config):

@@ -1,22 +1,41 @@
 """`llm-gateway distill`: a tenant's own traffic into a smaller self-hosted model (docs/distillation.md).
 
-    distill collect --tenant T --route R [--since 30d] --out DIR
+    distill collect --tenant T --route R [--since 30d] --out DATA
+    distill train DATA --out STUDENT [--epochs 4] [--learning-rate 1e-3] [--rank 16] [--batch 8] [--threads N]
+    distill train DATA --out STUDENT --provider-model MODEL [--suffix S] [--poll-s 30] [--wait 86400]
+    distill eval DATA --student STUDENT --name NAME --out EVAL [--teacher ROUTE_OR_MODEL] [--baseline MODEL]
+                 [--tenant T] [--like MODEL] [--scoring auto|json|exact|similarity] [--limit N]
+    distill register EVAL --config FILE [--route R [--stages 1,5,25,50,100]]
 
-reads the tenant's traces in the local store `serve` writes (the tenant must have opted in, and
-keep content: `training.opt_in`, `traces.store_content`), keeps the answers fit to learn from
-(`distill.collect`) and writes the splits, a Hugging Face dataset and a data card into DIR.
+`collect` reads the tenant's traces in the local store `serve` writes (the tenant must have opted
+in, and keep content: `training.opt_in`, `traces.store_content`), keeps the answers fit to learn
+from (`distill.collect`) and writes the splits, a Hugging Face dataset and a data card into DATA.
+`train` fine-tunes the packaged model with LoRA on this machine (`distill.train`; the `distill`
+extra) into a checkpoint the local endpoint serves, or starts a fine-tuning job at the provider of
+the configuration's `--provider-model` and waits for it (`distill.provider`; STUDENT/job.json).
+`eval` runs the test split through the gateway on the teacher, the student (under NAME) and an
+optional baseline, and writes each run's report and their comparison (`distill.evaluate`).
+`register` writes a student whose quality ratio meets its tenant's `training.min_quality_ratio`
+into the configuration file as a candidate model allowed to the tenant (`distill.register`), and
+with `--route` starts a staged rollout of that route to it, gated on the eval's runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from .replay import since_bound
 from .store_location import existing_store, load_local_config, report_folder
+
+JOB_FILE = "job.json"  # a provider fine-tune's result in the train command's --out
+RUNS = ("teacher", "student", "baseline")
 
 
 def add_parser(
@@ -32,8 +51,44 @@ def add_parser(
     collect.add_argument("--since", default="30d", help="30m, 24h, 7d, 2w back, or an ISO date or date-time (30d)")
     collect.add_argument("--out", type=Path, required=True, help="the dataset's folder")
 
+    train = actions.add_parser("train", help="fine-tune a student on a collection", parents=parents)
+    train.add_argument("data", type=Path, help="a collection's folder (distill collect --out)")
+    train.add_argument("--out", type=Path, required=True, help="the student's folder")
+    train.add_argument("--epochs", type=int, default=4, help="at most this many (early stopping on validation loss)")
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--rank", type=int, default=16, help="LoRA rank (16)")
+    train.add_argument("--batch", type=int, default=8)
+    train.add_argument("--threads", type=int, help="CPU threads for training (torch's default)")
+    train.add_argument("--provider-model", help="fine-tune this openai model of the configuration at its provider")
+    train.add_argument("--suffix", help="the provider's fine-tuned model name suffix")
+    train.add_argument("--poll-s", type=float, default=30.0, help="how often to look at the provider's job (30 s)")
+    train.add_argument("--wait", type=float, default=86_400.0, help="how long to wait for the provider's job (1 day)")
+
+    evaluate = actions.add_parser("eval", help="the student against the teacher on the test split", parents=parents)
+    evaluate.add_argument("data", type=Path, help="the collection's folder (its test.jsonl and card.json)")
+    evaluate.add_argument("--student", type=Path, required=True, help="the train command's --out")
+    evaluate.add_argument("--name", required=True, help="the model name the student is evaluated and registered as")
+    evaluate.add_argument("--out", type=Path, required=True, help="the folder for the reports")
+    evaluate.add_argument("--teacher", help="the route or model answering as the teacher (the collection's route)")
+    evaluate.add_argument("--baseline", help="a model of the tenant to run too (for example the untuned one)")
+    evaluate.add_argument("--tenant", help="run as this tenant (the collection's)")
+    evaluate.add_argument("--like", help="the model whose price and limits a local student takes (the packaged one)")
+    evaluate.add_argument("--scoring", choices=("auto", "json", "exact", "similarity"), default="auto")
+    evaluate.add_argument("--limit", type=int, help="only the first N test examples")
+
+    register = actions.add_parser("register", help="a student that met its bar into the configuration")
+    register.add_argument("eval", type=Path, help="the eval command's --out")
+    register.add_argument("--config", required=True, help="the configuration file to add the student to")
+    register.add_argument("--route", help="then start a staged rollout of this route of the tenant to the student")
+    register.add_argument("--stages", default="1,5,25,50,100", help="the rollout's shares, in %% (1,5,25,50,100)")
+
 
 def distill(args: argparse.Namespace) -> int:
+    actions = {"collect": _collect, "train": _train, "eval": _evaluate, "register": _register}
+    return actions[args.action](args)
+
+
+def _collect(args: argparse.Namespace) -> int:
     from ..adapters.local.traces import SqliteTraceStore
     from ..distill.collect import CollectionRefused, collect
     from ..distill.dataset import write
@@ -59,4 +114,270 @@ def distill(args: argparse.Namespace) -> int:
         store.close()
     written = write(found, args.out, tenant=args.tenant, route=args.route, since=since)
     print(json.dumps({"examples": written["examples"], "removed": written["removed"], "out": str(args.out)}))
+    return 0
+
+
+def _collection(data: Path, splits: tuple[str, ...]) -> dict[str, Any]:
+    """The collection's card; ConfigError when `data` is not a collection with `splits`."""
+    missing = [name for name in ("card.json", *(f"{s}.jsonl" for s in splits)) if not (data / name).is_file()]
+    if missing:
+        raise ConfigError(f"{data}: not a collection (distill collect --out): no {', '.join(missing)}")
+    try:
+        found = json.loads((data / "card.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{data / 'card.json'}: cannot be read ({exc})") from None
+    if not isinstance(found, dict):
+        raise ConfigError(f"{data / 'card.json'}: not a data card")
+    return found
+
+
+def _train(args: argparse.Namespace) -> int:
+    _collection(args.data, ("train", "validation"))
+    if args.provider_model:
+        return _train_at_provider(args)
+    if args.epochs < 1 or args.rank < 1 or args.batch < 1 or not args.learning_rate > 0:
+        raise ConfigError("--epochs, --rank and --batch are at least 1, --learning-rate is positive")
+    if args.out.exists() and any(args.out.iterdir()):
+        raise ConfigError(f"--out {args.out}: not empty (a student's folder holds one student)")
+    try:
+        from ..distill.train import Settings, train
+    except ImportError as exc:  # pragma: no cover - the distill extra is part of dev
+        raise ConfigError(f"fine-tuning needs the distill extra: pip install 'llm-gateway[distill]' ({exc})") from None
+    settings = Settings(
+        epochs=args.epochs, learning_rate=args.learning_rate, rank=args.rank, batch=args.batch, threads=args.threads
+    )
+    try:
+        found = train(args.data, args.out, settings)
+    except ImportError as exc:
+        raise ConfigError(f"fine-tuning needs the distill extra: pip install 'llm-gateway[distill]' ({exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{args.data}: {exc}") from None
+    best = min(found["epochs"], key=lambda e: e["validation_loss"])
+    print(
+        json.dumps(
+            {
+                "student": str(args.out),
+                "epochs": len(found["epochs"]),
+                "best_epoch": best["epoch"],
+                "validation_loss": round(best["validation_loss"], 4),
+                "seconds": found["seconds"],
+            }
+        )
+    )
+    return 0
+
+
+def _train_at_provider(args: argparse.Namespace) -> int:
+    from ..distill.provider import FineTuningFailed, FineTuningRefused, registered_model, submit_and_wait
+
+    config = load_local_config(args.config)
+    report_folder(args.out, (JOB_FILE,))
+    try:
+        found = submit_and_wait(config, args.data, args.provider_model, args.suffix, args.poll_s, args.wait)
+    except FineTuningRefused as exc:
+        raise ConfigError(str(exc)) from None
+    except FineTuningFailed as exc:
+        print(f"llm-gateway: {exc}", flush=True)
+        return 1
+    student = registered_model(config.models[args.provider_model], str(found["fine_tuned_model"]))
+    found["model"] = student.model_dump(mode="json", exclude_defaults=True)
+    (args.out / JOB_FILE).write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: found[k] for k in ("job_id", "status", "fine_tuned_model", "trained_tokens")}))
+    return 0
+
+
+def _student(config: Any, student: Path, like: str | None) -> tuple[Any, dict[str, Any]]:
+    """The student's model configuration and what the eval report records of where it came from."""
+    from pydantic import ValidationError
+
+    from ..config import ModelConfig
+    from ..distill.evaluate import like_model, student_model, weights_digest
+
+    job = student / JOB_FILE
+    if job.is_file():
+        try:
+            found = json.loads(job.read_text(encoding="utf-8"))
+            return ModelConfig.model_validate(found["model"]), {"provider_job": found.get("job_id")}
+        except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+            raise ConfigError(f"{job}: not a provider fine-tune's result ({exc})") from None
+    weights = student.resolve()
+    served = (weights.is_file() and weights.suffix == ".gguf") or (weights / "config.json").is_file()
+    if not served:
+        raise ConfigError(f"--student {student}: neither a checkpoint folder (config.json), a GGUF file nor {JOB_FILE}")
+    try:
+        model = student_model(like_model(config, like), weights)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return model, {"weights": str(weights), "weights_sha256": weights_digest(weights)}
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..adapters.local.wiring import local_deps
+    from ..distill.evaluate import render, suite_name, summary, test_cases, with_student
+    from ..experiments.evals import Gateway, report, run_suite
+    from ..experiments.evals import render as render_run
+    from .main import chain_config
+
+    card = _collection(args.data, ("test",))
+    config = load_local_config(args.config)
+    tenant = args.tenant or card.get("tenant")
+    if not isinstance(tenant, str) or tenant not in config.tenants:
+        raise ConfigError(f"tenant {tenant} is not in this configuration")
+    policy = config.tenants[tenant]
+    teacher = args.teacher or card.get("route")
+    for role, target in (("teacher", teacher), ("baseline", args.baseline)):
+        if target is not None and target not in policy.routes and target not in policy.allowed_models:
+            raise ConfigError(f"--{role} {target} is neither a route nor a model (allowed_models) of tenant {tenant}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit is at least 1")
+    try:
+        cases = test_cases(args.data, args.scoring)[: args.limit]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    model, origin = _student(config, args.student, args.like)
+    try:
+        config = with_student(config, tenant, args.name, model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    report_folder(args.out, ("report.json", "report.md"))
+    targets = {"teacher": str(teacher), "student": args.name, **({"baseline": args.baseline} if args.baseline else {})}
+    for name in targets:
+        report_folder(args.out / name, ("report.json", "report.md"))
+    suite = suite_name(args.data)
+    runs: dict[str, dict[str, Any]] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with contextlib.ExitStack() as stack, Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        gateway = Gateway(local_deps(chain_config(config, stack), stack), tenant)
+        for name, target in targets.items():
+            task = bar.add_task(name, total=len(cases))
+            results = run_suite(cases, gateway, target, None, functools.partial(bar.advance, task))
+            runs[name] = report(results, suite=suite, target=target, tenant=tenant, judge=None)
+            (args.out / name / "report.json").write_text(json.dumps(runs[name], indent=2) + "\n", encoding="utf-8")
+            (args.out / name / "report.md").write_text(render_run(runs[name]), encoding="utf-8")
+    found = summary(
+        runs,
+        policy.training.min_quality_ratio,
+        name=args.name,
+        tenant=tenant,
+        route=card.get("route"),
+        suite=suite,
+        model=model.model_dump(mode="json", exclude_defaults=True),
+        **origin,
+    )
+    (args.out / "report.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
+    (args.out / "report.md").write_text(render(found), encoding="utf-8")
+    quality = found["quality_ratio"]
+    print(
+        f"quality_ratio={'-' if quality is None else f'{quality:.4f}'} meets_bar={str(found['meets_bar']).lower()} "
+        + " ".join(f"{name}_pass_rate={run['pass_rate']:.4f}" for name, run in found["runs"].items())
+        + f" cost_ratio={found['cost_ratio']} report {args.out / 'report.json'}"
+    )
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from ..config import ModelConfig
+    from ..distill.evaluate import weights_digest
+    from ..distill.register import RegistrationByHand, register
+    from .eval import read_run
+
+    runs = {name: args.eval / name / "report.json" for name in ("teacher", "student", "")}
+    if not all(path.is_file() for path in runs.values()):
+        raise ConfigError(f"{args.eval}: not a distill eval's folder (distill eval --out)")
+    summary = _summary(args.eval / "report.json")
+    name, tenant = str(summary.get("name")), str(summary.get("tenant"))
+    config_path = Path(args.config)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--config {args.config}: cannot be read ({exc.strerror or exc})") from None
+    config = load_local_config(config_path)
+    if tenant not in config.tenants:
+        raise ConfigError(f"the eval's tenant {tenant} is not in {args.config}")
+    bar = config.tenants[tenant].training.min_quality_ratio
+    quality = summary.get("quality_ratio")
+    if not isinstance(quality, int | float) or quality < bar:
+        raise ConfigError(
+            f"{name}'s quality ratio {quality} on the held-out split is below tenant {tenant}'s bar {bar} "
+            "(training.min_quality_ratio): not registered"
+        )
+    try:
+        model = ModelConfig.model_validate(summary.get("model"))
+    except ValidationError as exc:
+        raise ConfigError(f"{args.eval / 'report.json'}: the student's model is not valid ({exc})") from None
+    if model.weights is not None:
+        weights = Path(model.weights)
+        if not weights.exists() or weights_digest(weights) != summary.get("weights_sha256"):
+            raise ConfigError(f"the weights at {weights} are not the ones evaluated: evaluate them again")
+    if args.route is not None and args.route not in config.tenants[tenant].routes:
+        raise ConfigError(f"tenant {tenant} has no route {args.route}")
+    try:
+        edited = register(text, name, model, tenant)
+    except RegistrationByHand as exc:
+        raise ConfigError(f"{args.config}: {exc}") from None
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError(f"{args.config}: {exc}") from None
+    staged = config_path.with_name(f".{config_path.name}.registering")
+    staged.write_text(edited, encoding="utf-8")
+    staged.replace(config_path)
+    print(f"registered {name} (candidate, tenant {tenant}) in {args.config}: restart `llm-gateway serve` to serve it")
+    if args.route is None:
+        return 0
+    return _rollout(args, tenant, name, (read_run(runs["teacher"]), read_run(runs["student"])), summary)
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(found, dict) or "quality_ratio" not in found or "name" not in found:
+        raise ConfigError(f"{path}: not a distill eval's report")
+    return found
+
+
+def _rollout(
+    args: argparse.Namespace,
+    tenant: str,
+    name: str,
+    evals: tuple[dict[str, Any], dict[str, Any]],
+    summary: dict[str, Any],
+) -> int:
+    """The staged rollout of the route to the registered student, gated on the eval's paired runs:
+    its pass rate may be lower than the teacher's by the share its tenant's bar allows."""
+    from ..experiments.rollouts import start
+    from ..ports import RolloutGates
+    from .rollout import _actor, _experiments, _store
+
+    config = load_local_config(args.config)
+    teacher_rate = float(summary["runs"]["teacher"]["pass_rate"])
+    margin = max(0.02, teacher_rate * (1 - config.tenants[tenant].training.min_quality_ratio))
+    try:
+        stages = tuple(float(s) for s in args.stages.split(","))
+    except ValueError:
+        raise ConfigError(f"--stages {args.stages}: shares in %, comma-separated") from None
+    store, close = _store(config, None)
+    try:
+        started = start(
+            store,
+            config,
+            tenant,
+            args.route,
+            name,
+            stages,
+            RolloutGates(eval_margin=round(margin, 4)),
+            _actor(),
+            experiments=_experiments(config, None),
+            evals=evals,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{name} is registered, but its rollout did not start: {exc}") from None
+    finally:
+        close()
+    print(f"started {started.rollout_id}: {tenant}/{args.route} {started.baseline} -> {name} at {started.share:g} %")
     return 0
