@@ -2,6 +2,7 @@
 
     distill collect --tenant T --route R [--since 30d] --out DATA
     distill train DATA --out STUDENT [--epochs 4] [--learning-rate 1e-3] [--rank 16] [--batch 8] [--threads N]
+                  [--gguf q8_0|q4_1|f16|f32]
     distill train DATA --out STUDENT --provider-model MODEL [--suffix S] [--poll-s 30] [--wait 86400]
     distill eval DATA --student STUDENT --name NAME --out EVAL [--teacher ROUTE_OR_MODEL] [--baseline MODEL]
                  [--tenant T] [--like MODEL] [--scoring auto|json|exact|similarity] [--limit N]
@@ -11,7 +12,8 @@
 in, and keep content: `training.opt_in`, `traces.store_content`), keeps the answers fit to learn
 from (`distill.collect`) and writes the splits, a Hugging Face dataset and a data card into DATA.
 `train` fine-tunes the packaged model with LoRA on this machine (`distill.train`; the `distill`
-extra) into a checkpoint the local endpoint serves, or starts a fine-tuning job at the provider of
+extra) into a checkpoint the local endpoint's torch engine serves (with `--gguf`, also a GGUF file
+for its llama.cpp engine: `distill.export`), or starts a fine-tuning job at the provider of
 the configuration's `--provider-model` and waits for it (`distill.provider`; STUDENT/job.json).
 `eval` runs the test split through the gateway on the teacher, the student (under NAME) and an
 optional baseline, and writes each run's report and their comparison (`distill.evaluate`).
@@ -26,6 +28,7 @@ import argparse
 import contextlib
 import functools
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,9 @@ from ..errors import ConfigError
 from .replay import since_bound
 from .store_location import existing_store, load_local_config, report_folder
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # it names the answering model in headers
 JOB_FILE = "job.json"  # a provider fine-tune's result in the train command's --out
+GGUF_FILE = "student.gguf"  # the student for the llama.cpp engine (train --gguf)
 RUNS = ("teacher", "student", "baseline")
 
 
@@ -59,6 +64,11 @@ def add_parser(
     train.add_argument("--rank", type=int, default=16, help="LoRA rank (16)")
     train.add_argument("--batch", type=int, default=8)
     train.add_argument("--threads", type=int, help="CPU threads for training (torch's default)")
+    train.add_argument(
+        "--gguf",
+        choices=("q8_0", "q4_1", "f16", "f32"),
+        help="also write STUDENT/student.gguf for the llama.cpp engine, its matrices in this type",
+    )
     train.add_argument("--provider-model", help="fine-tune this openai model of the configuration at its provider")
     train.add_argument("--suffix", help="the provider's fine-tuned model name suffix")
     train.add_argument("--poll-s", type=float, default=30.0, help="how often to look at the provider's job (30 s)")
@@ -152,11 +162,17 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError(f"fine-tuning needs the distill extra: pip install 'llm-gateway[distill]' ({exc})") from None
     except ValueError as exc:
         raise ConfigError(f"{args.data}: {exc}") from None
+    exported = None
+    if args.gguf:
+        from ..distill.export import export_gguf
+
+        exported = export_gguf(args.out, args.out / GGUF_FILE, args.gguf, args.out.resolve().name)["gguf"]
     best = min(found["epochs"], key=lambda e: e["validation_loss"])
     print(
         json.dumps(
             {
                 "student": str(args.out),
+                "gguf": exported,
                 "epochs": len(found["epochs"]),
                 "best_epoch": best["epoch"],
                 "validation_loss": round(best["validation_loss"], 4),
@@ -237,6 +253,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         cases = test_cases(args.data, args.scoring)[: args.limit]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if not MODEL_NAME.fullmatch(args.name):
+        raise ConfigError(f"--name {args.name!r}: letters, digits and . _ : - only (at most 128), as in a header")
     model, origin = _student(config, args.student, args.like)
     try:
         config = with_student(config, tenant, args.name, model)
@@ -361,7 +379,10 @@ def _rollout(
         stages = tuple(float(s) for s in args.stages.split(","))
     except ValueError:
         raise ConfigError(f"--stages {args.stages}: shares in %, comma-separated") from None
-    store, close = _store(config, None)
+    try:
+        store, close = _store(config, None)
+    except ConfigError as exc:
+        raise ConfigError(f"{name} is registered, but its rollout did not start: {exc}") from None
     try:
         started = start(
             store,
