@@ -94,7 +94,9 @@ def add_parser(
 
 
 def distill(args: argparse.Namespace) -> int:
-    actions = {"collect": _collect, "train": _train, "eval": _evaluate, "register": _register}
+    from .distill_register import register_command
+
+    actions = {"collect": _collect, "train": _train, "eval": _evaluate, "register": register_command}
     return actions[args.action](args)
 
 
@@ -144,11 +146,22 @@ def _collection(data: Path, splits: tuple[str, ...]) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> int:
     _collection(args.data, ("train", "validation"))
     if args.provider_model:
+        if args.gguf:
+            raise ConfigError("--gguf exports a student trained here; a provider's fine-tune stays at the provider")
         return _train_at_provider(args)
     if args.epochs < 1 or args.rank < 1 or args.batch < 1 or not args.learning_rate > 0:
         raise ConfigError("--epochs, --rank and --batch are at least 1, --learning-rate is positive")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads is at least 1")
     if args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"--out {args.out}: not empty (a student's folder holds one student)")
+    from ..distill.evaluate import check_conversations
+
+    try:
+        for split in ("train", "validation"):
+            check_conversations(args.data / f"{split}.jsonl")
+    except ValueError as exc:
+        raise ConfigError(f"{args.data}: {exc}") from None
     try:
         from ..distill.train import Settings, train
     except ImportError as exc:  # pragma: no cover - the distill extra is part of dev
@@ -166,7 +179,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.gguf:
         from ..distill.export import export_gguf
 
-        exported = export_gguf(args.out, args.out / GGUF_FILE, args.gguf, args.out.resolve().name)["gguf"]
+        try:
+            exported = export_gguf(args.out, args.out / GGUF_FILE, args.gguf, args.out.resolve().name)["gguf"]
+        except ValueError as exc:
+            raise ConfigError(f"the student in {args.out} is trained, but not exported as GGUF: {exc}") from None
     best = min(found["epochs"], key=lambda e: e["validation_loss"])
     print(
         json.dumps(
@@ -186,8 +202,12 @@ def _train(args: argparse.Namespace) -> int:
 def _train_at_provider(args: argparse.Namespace) -> int:
     from ..distill.provider import FineTuningFailed, FineTuningRefused, registered_model, submit_and_wait
 
+    if not (args.poll_s > 0 and args.wait > 0):
+        raise ConfigError("--poll-s and --wait are positive (seconds)")
     config = load_local_config(args.config)
     report_folder(args.out, (JOB_FILE,))
+    if (args.out / JOB_FILE).exists():
+        raise ConfigError(f"--out {args.out}: holds a fine-tune's {JOB_FILE} already (a student's folder holds one)")
     try:
         found = submit_and_wait(config, args.data, args.provider_model, args.suffix, args.poll_s, args.wait)
     except FineTuningRefused as exc:
@@ -208,6 +228,7 @@ def _student(config: Any, student: Path, like: str | None) -> tuple[Any, dict[st
 
     from ..config import ModelConfig
     from ..distill.evaluate import like_model, student_model, weights_digest
+    from .supervisor import weights_problem
 
     job = student / JOB_FILE
     if job.is_file():
@@ -217,14 +238,38 @@ def _student(config: Any, student: Path, like: str | None) -> tuple[Any, dict[st
         except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
             raise ConfigError(f"{job}: not a provider fine-tune's result ({exc})") from None
     weights = student.resolve()
-    served = (weights.is_file() and weights.suffix == ".gguf") or (weights / "config.json").is_file()
-    if not served:
+    if weights_problem(weights) is not None:
         raise ConfigError(f"--student {student}: neither a checkpoint folder (config.json), a GGUF file nor {JOB_FILE}")
     try:
         model = student_model(like_model(config, like), weights)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return model, {"weights": str(weights), "weights_sha256": weights_digest(weights)}
+    try:
+        digest = weights_digest(weights)
+    except OSError as exc:
+        raise ConfigError(f"--student {student}: cannot be read ({exc.strerror or exc})") from None
+    return model, {"weights": str(weights), "weights_sha256": digest}
+
+
+def _eval_targets(args: argparse.Namespace, card: dict[str, Any], config: Any) -> tuple[str, str]:
+    """The tenant the eval runs as and the teacher it asks, the arguments checked."""
+    tenant = args.tenant or card.get("tenant")
+    if not isinstance(tenant, str) or tenant not in config.tenants:
+        raise ConfigError(f"tenant {tenant} is not in this configuration")
+    policy = config.tenants[tenant]
+    teacher = args.teacher or card.get("route")
+    if not isinstance(teacher, str):
+        raise ConfigError(f"{args.data / 'card.json'} names no route: say --teacher ROUTE_OR_MODEL")
+    for role, target in (("teacher", teacher), ("baseline", args.baseline)):
+        if target is not None and target not in policy.routes and target not in policy.allowed_models:
+            raise ConfigError(f"--{role} {target} is neither a route nor a model (allowed_models) of tenant {tenant}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit is at least 1")
+    if not MODEL_NAME.fullmatch(args.name):
+        raise ConfigError(f"--name {args.name!r}: letters, digits and . _ : - only (at most 128), as in a header")
+    if args.name in policy.routes:  # a request for it would reach the route, never the student
+        raise ConfigError(f"--name {args.name}: tenant {tenant} has a route of that name")
+    return tenant, teacher
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -239,23 +284,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     card = _collection(args.data, ("test",))
     config = load_local_config(args.config)
-    tenant = args.tenant or card.get("tenant")
-    if not isinstance(tenant, str) or tenant not in config.tenants:
-        raise ConfigError(f"tenant {tenant} is not in this configuration")
+    tenant, teacher = _eval_targets(args, card, config)
     policy = config.tenants[tenant]
-    teacher = args.teacher or card.get("route")
-    for role, target in (("teacher", teacher), ("baseline", args.baseline)):
-        if target is not None and target not in policy.routes and target not in policy.allowed_models:
-            raise ConfigError(f"--{role} {target} is neither a route nor a model (allowed_models) of tenant {tenant}")
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit is at least 1")
     try:
         cases = test_cases(args.data, args.scoring)[: args.limit]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if not MODEL_NAME.fullmatch(args.name):
-        raise ConfigError(f"--name {args.name!r}: letters, digits and . _ : - only (at most 128), as in a header")
     model, origin = _student(config, args.student, args.like)
+    if "weights" in origin and args.out.resolve().is_relative_to(args.student.resolve()):
+        raise ConfigError(f"--out {args.out}: inside --student (the reports would change the weights evaluated)")
     try:
         config = with_student(config, tenant, args.name, model)
     except ValueError as exc:
@@ -293,112 +330,4 @@ def _evaluate(args: argparse.Namespace) -> int:
         + " ".join(f"{name}_pass_rate={run['pass_rate']:.4f}" for name, run in found["runs"].items())
         + f" cost_ratio={found['cost_ratio']} report {args.out / 'report.json'}"
     )
-    return 0
-
-
-def _register(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from ..config import ModelConfig
-    from ..distill.evaluate import weights_digest
-    from ..distill.register import RegistrationByHand, register
-    from .eval import read_run
-
-    runs = {name: args.eval / name / "report.json" for name in ("teacher", "student", "")}
-    if not all(path.is_file() for path in runs.values()):
-        raise ConfigError(f"{args.eval}: not a distill eval's folder (distill eval --out)")
-    summary = _summary(args.eval / "report.json")
-    name, tenant = str(summary.get("name")), str(summary.get("tenant"))
-    config_path = Path(args.config)
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"--config {args.config}: cannot be read ({exc.strerror or exc})") from None
-    config = load_local_config(config_path)
-    if tenant not in config.tenants:
-        raise ConfigError(f"the eval's tenant {tenant} is not in {args.config}")
-    bar = config.tenants[tenant].training.min_quality_ratio
-    quality = summary.get("quality_ratio")
-    if not isinstance(quality, int | float) or quality < bar:
-        raise ConfigError(
-            f"{name}'s quality ratio {quality} on the held-out split is below tenant {tenant}'s bar {bar} "
-            "(training.min_quality_ratio): not registered"
-        )
-    try:
-        model = ModelConfig.model_validate(summary.get("model"))
-    except ValidationError as exc:
-        raise ConfigError(f"{args.eval / 'report.json'}: the student's model is not valid ({exc})") from None
-    if model.weights is not None:
-        weights = Path(model.weights)
-        if not weights.exists() or weights_digest(weights) != summary.get("weights_sha256"):
-            raise ConfigError(f"the weights at {weights} are not the ones evaluated: evaluate them again")
-    if args.route is not None and args.route not in config.tenants[tenant].routes:
-        raise ConfigError(f"tenant {tenant} has no route {args.route}")
-    try:
-        edited = register(text, name, model, tenant)
-    except RegistrationByHand as exc:
-        raise ConfigError(f"{args.config}: {exc}") from None
-    except (ValueError, ConfigError) as exc:
-        raise ConfigError(f"{args.config}: {exc}") from None
-    staged = config_path.with_name(f".{config_path.name}.registering")
-    staged.write_text(edited, encoding="utf-8")
-    staged.replace(config_path)
-    print(f"registered {name} (candidate, tenant {tenant}) in {args.config}: restart `llm-gateway serve` to serve it")
-    if args.route is None:
-        return 0
-    return _rollout(args, tenant, name, (read_run(runs["teacher"]), read_run(runs["student"])), summary)
-
-
-def _summary(path: Path) -> dict[str, Any]:
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc})") from None
-    if not isinstance(found, dict) or "quality_ratio" not in found or "name" not in found:
-        raise ConfigError(f"{path}: not a distill eval's report")
-    return found
-
-
-def _rollout(
-    args: argparse.Namespace,
-    tenant: str,
-    name: str,
-    evals: tuple[dict[str, Any], dict[str, Any]],
-    summary: dict[str, Any],
-) -> int:
-    """The staged rollout of the route to the registered student, gated on the eval's paired runs:
-    its pass rate may be lower than the teacher's by the share its tenant's bar allows."""
-    from ..experiments.rollouts import start
-    from ..ports import RolloutGates
-    from .rollout import _actor, _experiments, _store
-
-    config = load_local_config(args.config)
-    teacher_rate = float(summary["runs"]["teacher"]["pass_rate"])
-    margin = max(0.02, teacher_rate * (1 - config.tenants[tenant].training.min_quality_ratio))
-    try:
-        stages = tuple(float(s) for s in args.stages.split(","))
-    except ValueError:
-        raise ConfigError(f"--stages {args.stages}: shares in %, comma-separated") from None
-    try:
-        store, close = _store(config, None)
-    except ConfigError as exc:
-        raise ConfigError(f"{name} is registered, but its rollout did not start: {exc}") from None
-    try:
-        started = start(
-            store,
-            config,
-            tenant,
-            args.route,
-            name,
-            stages,
-            RolloutGates(eval_margin=round(margin, 4)),
-            _actor(),
-            experiments=_experiments(config, None),
-            evals=evals,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"{name} is registered, but its rollout did not start: {exc}") from None
-    finally:
-        close()
-    print(f"started {started.rollout_id}: {tenant}/{args.route} {started.baseline} -> {name} at {started.share:g} %")
     return 0

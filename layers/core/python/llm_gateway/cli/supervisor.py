@@ -114,13 +114,32 @@ def start_local_endpoints(
     `ConfigError` naming it."""
     supervisors = []
     for weights, models in local_endpoint_groups(config).items():
-        if weights is not None and not Path(weights).exists():
-            raise ConfigError(f"model {', '.join(sorted(models))}: weights {weights} do not exist")
+        named = f"model {', '.join(sorted(models))}"
+        problem = None if weights is None else weights_problem(Path(weights))
+        if problem is not None:
+            raise ConfigError(f"{named}: weights {weights} {problem}")
         supervisor = EndpointSupervisor(models, command=endpoint_command(weights), backoff=backoff)
-        stack.enter_context(supervisor)
+        try:
+            stack.enter_context(supervisor)
+        except ConfigError as exc:
+            raise ConfigError(f"{named}{'' if weights is None else f' (weights {weights})'}: {exc}") from None
         supervisors.append(supervisor)
         config = with_endpoint_url(config, supervisor.url, context_tokens=supervisor.context_tokens, models=models)
     return config, supervisors
+
+
+def _is_gguf(weights: str) -> bool:
+    return weights.lower().endswith(".gguf")
+
+
+def weights_problem(weights: Path) -> str | None:
+    """Why the endpoint cannot serve `weights` (None: it can): a GGUF file (.gguf) for the
+    llama.cpp engine, or a checkpoint folder (its config.json) for the torch engine."""
+    if weights.is_file():
+        return None if _is_gguf(weights.name) else "are a file but not a GGUF file (.gguf)"
+    if weights.is_dir():
+        return None if (weights / "config.json").is_file() else "are a folder without config.json (no checkpoint)"
+    return "do not exist"
 
 
 class EndpointStartFailed(Exception):
@@ -132,7 +151,7 @@ def endpoint_command(weights: str | None = None) -> list[str]:
     engine, a checkpoint directory for the torch engine)."""
     command = [sys.executable, "-m", "model_server"]
     if weights is not None:
-        engine = "llamacpp" if weights.endswith(".gguf") else "torch"
+        engine = "llamacpp" if _is_gguf(weights) else "torch"
         command += ["--engine", engine, "--model-path", weights]
     return command
 

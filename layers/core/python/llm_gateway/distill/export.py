@@ -14,6 +14,7 @@ packaged file.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ def _shape_problem(config: dict[str, Any], reader: Any) -> str | None:
         "intermediate_size": "llama.feed_forward_length",
         "num_attention_heads": "llama.attention.head_count",
         "num_key_value_heads": "llama.attention.head_count_kv",
+        "vocab_size": "llama.vocab_size",  # the packaged tokenizer's, which the file carries
     }
     for key, field in wanted.items():
         packaged = int(reader.fields[field].contents())
@@ -55,32 +57,64 @@ def _shape_problem(config: dict[str, Any], reader: Any) -> str | None:
 
 def export_gguf(checkpoint: Path, out: Path, quantization: str = "q8_0", name: str = "student") -> dict[str, Any]:
     """Write `checkpoint` (a merged student's folder) as the GGUF file `out`; what was written.
-    ValueError when the checkpoint is not of the packaged model's shape or a tensor has no GGUF name."""
+    ValueError when the checkpoint is not of the packaged model's shape (its layers, widths, heads,
+    vocabulary, tied output projection), cannot be read, or a tensor has no GGUF name; `out` is
+    written whole or not at all."""
     import gguf
-    import numpy as np
-    from safetensors.numpy import load_file
 
     from model_server.engines.packaged import packaged_model_path
 
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization {quantization!r}: one of {', '.join(QUANTIZATIONS)}")
-    qtype = gguf.GGMLQuantizationType[quantization.upper()]
-    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    config = _checkpoint_config(checkpoint)
     reader = gguf.GGUFReader(str(packaged_model_path()))
     problem = _shape_problem(config, reader)
     if problem is not None:
         raise ValueError(f"{checkpoint} is not a student of the packaged model: {problem}")
-    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
-    state = load_file(str(checkpoint / "model.safetensors"))
+    state = _weights(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")  # a GGUF file only once it is whole
+    try:
+        writer = gguf.GGUFWriter(str(partial), "llama")
+        _copy_metadata(reader, writer)
+        writer.add_name(name)
+        file_type = getattr(gguf.LlamaFileType, f"MOSTLY_{quantization.upper()}", gguf.LlamaFileType.ALL_F32)
+        writer.add_file_type(int(file_type))
+        written = _add_tensors(writer, state, config, gguf.GGMLQuantizationType[quantization.upper()], checkpoint)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return {"gguf": str(out), "quantization": quantization, "tensors": written, "bytes": out.stat().st_size}
+
+
+def _weights(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's tensors by name, the token embedding among them (the output projection is it)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    try:
+        state = load_file(str(checkpoint / "model.safetensors"))
+    except (OSError, ValueError) as exc:  # absent, sharded, or not safetensors
+        raise ValueError(f"{checkpoint}: no readable model.safetensors ({exc})") from None
     # tied: safetensors keeps one name of a shared tensor, which may be the output projection's
     if "model.embed_tokens.weight" not in state and "lm_head.weight" in state:
         state["model.embed_tokens.weight"] = state["lm_head.weight"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(out), "llama")
-    _copy_metadata(reader, writer)
-    writer.add_name(name)
-    writer.add_file_type(int(getattr(gguf.LlamaFileType, f"MOSTLY_{quantization.upper()}", gguf.LlamaFileType.ALL_F32)))
+    head, embedding = state.get("lm_head.weight"), state.get("model.embed_tokens.weight")
+    if head is not None and (embedding is None or not np.array_equal(head, embedding)):
+        raise ValueError(f"{checkpoint}: its output projection is not its token embedding (the packaged model's is)")
+    return state
+
+
+def _add_tensors(writer: Any, state: dict[str, Any], config: dict[str, Any], qtype: Any, checkpoint: Path) -> int:
+    """Each tensor under its GGUF name, the rotary projections permuted, matrices in `qtype`; how many."""
+    import gguf
+    import numpy as np
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     written = 0
     for key in sorted(state):
         if key == "lm_head.weight":  # tied to the token embedding, as in the packaged file
@@ -90,16 +124,22 @@ def export_gguf(checkpoint: Path, out: Path, quantization: str = "q8_0", name: s
             raise ValueError(f"{checkpoint}: tensor {key} has no GGUF name")
         data = state[key].astype(np.float32)
         if key.endswith("self_attn.q_proj.weight"):
-            data = _permute(data, heads)
+            data = _permute(data, config["num_attention_heads"])
         elif key.endswith("self_attn.k_proj.weight"):
-            data = _permute(data, kv_heads)
+            data = _permute(data, config["num_key_value_heads"])
         if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(target, data)
         else:
             writer.add_tensor(target, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         written += 1
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return {"gguf": str(out), "quantization": quantization, "tensors": written, "bytes": out.stat().st_size}
+    return written
+
+
+def _checkpoint_config(checkpoint: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{checkpoint}: no readable config.json ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{checkpoint}: config.json is not a model configuration")
+    return config

@@ -239,11 +239,14 @@ def wait(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> FineTuneJob:
-    """Look at the job every `poll_s` until it ends; the succeeded job. FineTuningFailed when it
-    failed or was cancelled (with the provider's reason), or is still going after `timeout_s`."""
+    """Look at the job every `poll_s` until it ends; the succeeded job, with its model. FineTuningFailed
+    when it failed or was cancelled (with the provider's reason), succeeded without naming a model,
+    or is still going after `timeout_s`."""
     deadline = clock() + timeout_s
     while True:
         job = tuner.status(job_id)
+        if job.status == "succeeded" and not job.fine_tuned_model:
+            raise FineTuningFailed(f"fine-tuning job {job_id} succeeded, but the provider names no fine-tuned model")
         if job.status == "succeeded":
             return job
         if job.status in TERMINAL:
