@@ -37,17 +37,21 @@ LOG_RETENTION_DAYS = (
 )
 
 
+_IMAGE_URI = r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+[:@].+$"
+_INSTANCE_TYPE = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"
+
+
 class SelfHostedConfig(BaseModel):
     """The self-hosted model: a SageMaker real-time endpoint running the `model_server` image."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>, built from model_server/Dockerfile.gpu
-    image_uri: str = Field(pattern=r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+[:@].+$")
+    image_uri: str = Field(pattern=_IMAGE_URI)
     # s3://bucket/key.tar.gz, unpacked into /opt/ml/model (MODEL_SERVER_MODEL_PATH points inside it)
     model_data_url: str | None = Field(default=None, pattern=r"^s3://[a-z0-9.-]+/.+$")
     endpoint_name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-    instance_type: str = Field(default="ml.g6e.xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    instance_type: str = Field(default="ml.g6e.xlarge", pattern=_INSTANCE_TYPE)
     min_instances: int = Field(default=1, ge=1)
     max_instances: int = Field(default=2, ge=1)
     # Scale out above this many invocations per instance per minute (target tracking).
@@ -63,6 +67,30 @@ class SelfHostedConfig(BaseModel):
         if value < info.data.get("min_instances", 1):
             raise ValueError("max_instances must be at least min_instances")
         return value
+
+
+class DistillConfig(BaseModel):
+    """The distillation workflow's SageMaker jobs (cdk/constructs/distill.py): the training job on
+    the collection, the batch transform of the test split through the student."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The GPU image (model_server/Dockerfile.gpu: `train` and `serve`). None: the self-hosted
+    # model's image, else <account>.dkr.ecr.<region>.amazonaws.com/llm-gateway-model-server-gpu:latest.
+    image_uri: str | None = Field(default=None, pattern=_IMAGE_URI)
+    instance_type: str = Field(default="ml.g5.xlarge", pattern=_INSTANCE_TYPE)
+    max_runtime_hours: int = Field(default=4, ge=1, le=24)  # the training job is stopped after this
+    volume_gb: int = Field(default=30, ge=1, le=512)
+    transform_instance_type: str = Field(default="ml.g5.xlarge", pattern=_INSTANCE_TYPE)
+    # distill.train.Settings: what `llm-gateway distill train` takes as options
+    epochs: int = Field(default=4, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    rank: int = Field(default=16, ge=1)
+    batch: int = Field(default=8, ge=1)
+
+    def hyperparameters(self) -> dict[str, str]:
+        """The training job's hyperparameters, as SageMaker passes them (strings)."""
+        return {name: str(getattr(self, name)) for name in ("epochs", "learning_rate", "rank", "batch")}
 
 
 class StageConfig(BaseModel):
@@ -92,6 +120,7 @@ class StageConfig(BaseModel):
     streaming: bool = True  # deploy the streaming function (Function URL, response streaming)
     web_adapter_layer_arn: str | None = None  # None: the published Lambda Web Adapter layer of the architecture
     self_hosted: SelfHostedConfig | None = None  # a SageMaker endpoint for the `sagemaker` provider
+    distill: DistillConfig = Field(default_factory=DistillConfig)  # the distillation workflow's jobs
 
     @field_validator("log_retention_days")
     @classmethod

@@ -64,6 +64,7 @@ ENV_BATCH_TABLE = "BATCH_TABLE"
 ENV_BATCH_BUCKET = "BATCH_BUCKET"
 ENV_IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
 ENV_BATCH_STATE_MACHINE = "BATCH_STATE_MACHINE_ARN"
+ENV_DISTILL_BUCKET = "DISTILL_BUCKET"
 POWERTOOLS_SERVICE_NAME = "llm-gateway"
 POWERTOOLS_METRICS_NAMESPACE = "LlmGateway"
 # The service-level metrics the alarms read (`llm_gateway.aws.observability.SERVICE_LEVEL`).
@@ -145,6 +146,24 @@ BATCH_IN_DAYS = 30
 CDK_NOTIFICATIONS_HANDLER = "BucketNotificationsHandler050a0587b7544547bf325f094a3db834"  # CDK's singleton
 BATCH_OUT_DAYS = 90
 
+# Distillation on AWS (docs/distillation.md): the workflow's two functions, its files in the batch
+# bucket (object key patterns, `llm_gateway.aws.distill_run` has the layout), its SageMaker jobs.
+DISTILL_COLLECT_FOLDER = "distill_collect"  # the tenant's traces -> the collection under data/
+DISTILL_EVALUATE_FOLDER = "distill_evaluate"  # the batch transform's answers scored -> eval/report.json
+DISTILL_TIMEOUT_S = 900
+DISTILL_MEMORY_MB = 2048
+DISTILL_DATA = "distill/*/data/*"  # the collection: written by distill_collect, read by the jobs
+DISTILL_MODEL = "distill/*/model/*"  # the training job's output
+DISTILL_EVAL = "distill/*/eval/*"  # the batch transform's output and the report
+DISTILL_WORKFLOW_HOURS = 30  # the training job's longest run (`distill.max_runtime_hours`) and the transform
+DISTILL_JOB_PREFIX = "distill-"  # every SageMaker job of a run is named distill-<tenant>-<run_id>-<digest>
+DISTILL_PACKAGE_GROUP = "students"  # the model package group: llm-gateway-<stage>-students
+# Where the GPU image is when the stage names none (model_server/Dockerfile.gpu, pushed by the
+# operator): <account>.dkr.ecr.<region>.amazonaws.com/<this>:latest
+DISTILL_DEFAULT_REPOSITORY = "llm-gateway-model-server-gpu"
+TRACES_QUERY = "traces_query"  # read a tenant's traces (distill_collect: one Query per page)
+TRACE_QUERY_ACTIONS = ("dynamodb:Query",)
+
 # Least privilege: which function folder reaches which store. Folders not listed reach none. Every
 # function that builds the AWS dependencies (`aws.runtime.deps`) reads the pseudonym key.
 FUNCTION_ACCESS: dict[str, frozenset[str]] = {
@@ -171,6 +190,7 @@ FUNCTION_ACCESS: dict[str, frozenset[str]] = {
     BATCH_STATUS_FOLDER: frozenset({BATCH_JOBS_READ}),  # the caller's tenant's jobs and their lines
     ROLLOUT_GATES_FOLDER: frozenset({ROLLOUT_GATES}),  # the rollouts, their audit records and feedback
     SHADOW_FOLDER: frozenset({PROVIDER_KEYS, PSEUDONYMS, SHADOW_PAIRS}),  # calls the shadow models, keeps the pairs
+    DISTILL_COLLECT_FOLDER: frozenset({TRACES_QUERY}),  # the tenant's traces (and writes distill/*/data/)
 }
 
 # State machine states that are not steps of the chain, and where they put the HTTP answer.

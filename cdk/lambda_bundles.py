@@ -90,6 +90,8 @@ FUNCTION_FEATURES: dict[str, frozenset[str]] = {
     "shadow": frozenset({"providers"}),  # the shadow copies' model calls
     "batch_work": frozenset({"embedding", "momento", "providers"}),  # the whole chain, line by line
     "stream": frozenset({"embedding", "momento", "providers", "web"}),  # the whole chain in-process
+    "distill_collect": frozenset({"embedding"}),  # near-duplicates by the semantic cache's embedding
+    "distill_evaluate": frozenset({"embedding"}),  # the similarity scorer
 }
 
 # Provided by Lambda's Python runtime (boto3 and what it needs); never shipped.

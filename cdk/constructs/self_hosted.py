@@ -30,6 +30,49 @@ def ecr_repository_arn(image_uri: str) -> str:
     return f"arn:{cdk.Aws.PARTITION}:ecr:{region}:{account}:repository/{name}"
 
 
+def container_role(
+    scope: Construct, construct_id: str, *, repository_arn: str, namespace: str, log_group: str, log_streams: str = "*"
+) -> iam.Role:
+    """A SageMaker execution role that pulls one image repository and writes its container's logs
+    (`log_group`, streams named `log_streams`) and metrics (`namespace`): an endpoint's, a
+    training or transform job's. What it reads and writes in S3 is granted by its owner."""
+    role = iam.Role(scope, construct_id, assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"))
+    role.add_to_policy(
+        iam.PolicyStatement(
+            actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            resources=[repository_arn],
+        )
+    )
+    # These two actions have no resource to scope them to.
+    role.add_to_policy(iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]))
+    role.add_to_policy(
+        iam.PolicyStatement(
+            actions=["cloudwatch:PutMetricData"],
+            resources=["*"],
+            conditions={"StringEquals": {"cloudwatch:namespace": namespace}},
+        )
+    )
+    group = f"arn:{cdk.Aws.PARTITION}:logs:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:log-group:{log_group}"
+    role.add_to_policy(
+        iam.PolicyStatement(
+            actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            resources=[group, f"{group}:log-stream:{log_streams}"],
+        )
+    )
+    acknowledge(
+        role,
+        "IAM5",
+        "ECR authorization tokens and CloudWatch metrics have no resource ARN (metrics are limited to "
+        f"SageMaker's namespace); SageMaker names the log streams of the {log_group} log group itself.",
+        [
+            "Resource::*",
+            "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:"
+            f"{log_group}:log-stream:{log_streams}",
+        ],
+    )
+    return role
+
+
 class SelfHostedEndpoint(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, stage: StageConfig, config: SelfHostedConfig) -> None:
         super().__init__(scope, construct_id)
@@ -83,31 +126,12 @@ class SelfHostedEndpoint(Construct):
 
     def _role(self, config: SelfHostedConfig) -> iam.Role:
         """What the container needs: pull its image, read its model data, write its logs and metrics."""
-        role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"))
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-                resources=[ecr_repository_arn(config.image_uri)],
-            )
-        )
-        # These two actions have no resource to scope them to.
-        role.add_to_policy(iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]))
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["cloudwatch:PutMetricData"],
-                resources=["*"],
-                conditions={"StringEquals": {"cloudwatch:namespace": "/aws/sagemaker/Endpoints"}},
-            )
-        )
-        log_group = (
-            f"arn:{cdk.Aws.PARTITION}:logs:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}:log-group:"
-            f"/aws/sagemaker/Endpoints/{self.endpoint_name}"
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-                resources=[log_group, f"{log_group}:log-stream:*"],
-            )
+        role = container_role(
+            self,
+            "Role",
+            repository_arn=ecr_repository_arn(config.image_uri),
+            namespace="/aws/sagemaker/Endpoints",
+            log_group=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
         )
         if config.model_data_url:
             bucket, _, key = config.model_data_url.removeprefix("s3://").partition("/")
@@ -116,17 +140,6 @@ class SelfHostedEndpoint(Construct):
                     actions=["s3:GetObject"], resources=[f"arn:{cdk.Aws.PARTITION}:s3:::{bucket}/{key}"]
                 )
             )
-        acknowledge(
-            role,
-            "IAM5",
-            "ECR authorization tokens and CloudWatch metrics have no resource ARN (metrics are limited to "
-            "SageMaker's namespace); SageMaker names the log streams of the endpoint's log group itself.",
-            [
-                "Resource::*",
-                "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:"
-                f"/aws/sagemaker/Endpoints/{self.endpoint_name}:log-stream:*",
-            ],
-        )
         return role
 
     def grant_invoke(self, grantee: iam.IGrantable) -> None:

@@ -128,6 +128,10 @@ class GatewayStores(Construct):
             elif store in (c.TRACES, c.TRACES_API):  # traces: written by who finishes, read by the API
                 actions = c.TRACE_WRITE_ACTIONS if store == c.TRACES else c.TRACE_API_ACTIONS
                 self.traces.grant(grantee, *actions)
+            elif store == c.TRACES_QUERY:  # a tenant's traces, read (distillation's collection)
+                iam.Grant.add_to_principal(
+                    grantee=grantee, actions=list(c.TRACE_QUERY_ACTIONS), resource_arns=[self.traces.table_arn]
+                )
             elif store == c.ROLLOUTS:  # a route's rollouts, read where routes are planned (the table, no index)
                 iam.Grant.add_to_principal(
                     grantee=grantee, actions=list(c.ROLLOUT_READ_ACTIONS), resource_arns=[self.rollouts.table_arn]

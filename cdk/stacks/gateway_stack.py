@@ -14,6 +14,7 @@ from cdk.constructs.alarms import GatewayAlarms
 from cdk.constructs.api import GatewayApi
 from cdk.constructs.batch import BatchJobs
 from cdk.constructs.dashboard import GatewayDashboard
+from cdk.constructs.distill import DistillWorkflow
 from cdk.constructs.functions import ChainFunctions
 from cdk.constructs.layers import GatewayLayers
 from cdk.constructs.rollouts import RolloutGates
@@ -62,6 +63,15 @@ class GatewayStack(cdk.Stack):
             environment=self.functions.environment,
             alarms=self.alarms.alarms,
         )
+        self.distill = DistillWorkflow(
+            self,
+            "Distill",
+            stage=stage,
+            layers=self.layers,
+            stores=self.stores,
+            bucket=self.batch.bucket,
+            environment=self.functions.environment,
+        )
         # Every function the stack builds (the authorizer's is inside `GatewayApi`), by its folder.
         functions: dict[str, lambda_.IFunction] = {
             **{step.handler: self.functions.by_step[step.name] for step in (*STEPS, FINISH, FAILED)},
@@ -71,6 +81,8 @@ class GatewayStack(cdk.Stack):
             c.BATCH_STATUS_FOLDER: self.batch.status,
             c.ROLLOUT_GATES_FOLDER: self.rollout_gates.function,
             c.SHADOW_FOLDER: self.functions.shadow,
+            c.DISTILL_COLLECT_FOLDER: self.distill.collect,
+            c.DISTILL_EVALUATE_FOLDER: self.distill.evaluate,
             **({c.STREAM_FOLDER: self.streaming.function} if self.streaming is not None else {}),
         }
         self.dashboard = GatewayDashboard(
@@ -78,7 +90,11 @@ class GatewayStack(cdk.Stack):
             "Dashboard",
             stage=stage,
             alarms=self.alarms.alarms.values(),
-            state_machines={"chain": self.workflow.state_machine, "batch": self.batch.state_machine},
+            state_machines={
+                "chain": self.workflow.state_machine,
+                "batch": self.batch.state_machine,
+                "distill": self.distill.state_machine,
+            },
             functions=functions,
         )
         self.self_hosted = (
@@ -123,6 +139,18 @@ class GatewayStack(cdk.Stack):
             description="llm-gateway shadow report --table <this>",
         )
         cdk.CfnOutput(self, "BatchBucket", value=self.batch.bucket.bucket_name, description="batches/in/<tenant>/")
+        cdk.CfnOutput(
+            self,
+            "DistillWorkflowArn",
+            value=self.distill.state_machine.state_machine_arn,
+            description='start-execution --name <run_id> --input {"tenant", "route", "since", "run_id"}',
+        )
+        cdk.CfnOutput(
+            self,
+            "DistillModelPackageGroup",
+            value=self.distill.package_group_name,
+            description="the registered students (PendingManualApproval until an operator approves one)",
+        )
         if stage.gateway_store == "aws" and not stage.momento_endpoint:
             cdk.Annotations.of(self).add_warning_v2(
                 "llm-gateway:momentoEndpoint",

@@ -42,6 +42,7 @@ KEY = "sk-e2e-acme"
 OTHER_TENANT_KEY = "sk-e2e-globex"
 STACK = "LlmGateway-dev"
 MOMENTO_CACHE = "llm-gateway"
+DISTILL_TENANT = "umbrella"  # opted in to training, keeps content
 
 
 @dataclass
@@ -91,6 +92,7 @@ models:
     timeout_s: 120
     default_max_tokens: 8
     price: {{input_per_mtok: 0.02, output_per_mtok: 0.08}}
+    allows_training: true
   gpt-batch:
     provider: openai
     provider_model: gpt-fake
@@ -108,6 +110,11 @@ tenants:
   globex:
     api_keys: [{{id: e2e, sha256: {hash_key(OTHER_TENANT_KEY)}}}]
     routes: {{default: {{model: smollm2-135m-instruct-q4_1}}}}
+  {DISTILL_TENANT}:
+    api_keys: [{{id: e2e, sha256: {hash_key("sk-e2e-umbrella")}}}]
+    routes: {{default: {{model: smollm2-135m-instruct-q4_1}}}}
+    traces: {{store_content: true}}
+    training: {{opt_in: true, min_quality_ratio: 0.9}}
 """
     )
     return path
@@ -444,3 +451,150 @@ def test_an_eval_suite_runs_as_a_batch_job_of_the_deployment_and_is_scored(
     assert report["batch"]["input"].startswith("batches/in/acme/evals/extraction-gpt-batch-")
     assert report["batch"]["job_id"].startswith("batch_") and report["cost_usd"] > 0
     assert all(r["request_id"].startswith(report["batch"]["job_id"]) for r in report["results"])
+
+
+# ----------------------------------------------------------------------------- distillation
+
+
+def run_execution(deployed: Deployed, machine: str, name: str, started: dict[str, Any]) -> dict[str, Any]:
+    """Start a named execution and wait for it to end: its description and its history's events."""
+    sfn = deployed.aws.client("stepfunctions")
+    arn = sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(started))["executionArn"]
+    deadline = time.monotonic() + 240
+    while (execution := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline, "the distillation workflow did not end"
+        time.sleep(1)
+    events = sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+    return {**execution, "events": events}
+
+
+def entered(events: list[dict[str, Any]]) -> list[str]:
+    return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+def distill_run(deployed: Deployed, run_id: str, answers: list[str]) -> tuple[dict[str, Any], Any, str]:
+    """The opted-in tenant's traffic (and globex's, of the same hour) in the deployed trace table,
+    the model package group, the transform's output (the student's `answers` to the two test
+    tickets: moto's transform writes nothing), then the run's execution: it, the run's files and
+    the bucket. Traces are put once whatever the test (a repeated put keeps the first)."""
+    from llm_gateway.adapters.aws.traces import DynamoTraceStore
+    from llm_gateway.aws.distill_run import RunFiles
+    from tests.support.distill_traces import ticket_trace
+
+    aws, now = deployed.aws, time.time()
+    bucket = resource_of(deployed.template, deployed.resources, "AWS::S3::Bucket", "BatchBucket")
+    table = resource_of(deployed.template, deployed.resources, "AWS::DynamoDB::Table", "Traces")
+    machine = resource_of(deployed.template, deployed.resources, "AWS::StepFunctions::StateMachine", "Distill")
+    traces = DynamoTraceStore(table, aws.client("dynamodb"))
+    model = "smollm2-135m-instruct-q4_1"
+    for i in range(20):  # 16 train, 2 validation, 2 test
+        traces.put(ticket_trace(i, ts=now - 3600 + 60 * i, tenant=DISTILL_TENANT, model=model))
+        traces.put(ticket_trace(100 + i, ts=now - 3600 + 60 * i, tenant="globex", model=model))
+    # What CloudFormation would have made (moto's skips model package groups)
+    group = c.resource_name("dev", c.DISTILL_PACKAGE_GROUP)
+    sagemaker = aws.client("sagemaker")
+    if not sagemaker.list_model_package_groups(NameContains=group)["ModelPackageGroupSummaryList"]:
+        sagemaker.create_model_package_group(ModelPackageGroupName=group)
+    files = RunFiles(bucket, DISTILL_TENANT, run_id)
+    usage = {"prompt_tokens": 9, "completion_tokens": 6}
+    lines = [{"text": text, "finish_reason": "stop", "usage": usage, "model": "m"} for text in answers]
+    body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    aws.client("s3").put_object(Bucket=bucket, Key=files.transform_output, Body=body)
+    started = {"tenant": DISTILL_TENANT, "route": "default", "since": now - 86_400, "run_id": run_id}
+    return run_execution(deployed, machine, run_id, started), files, bucket
+
+
+def test_the_distillation_workflow_collects_trains_evaluates_and_registers_on_sagemaker(deployed: Deployed) -> None:
+    """An opted-in tenant's traces in the deployed trace table -> the Standard workflow on moto:
+    `distill_collect` writes the collection to the bucket (another tenant's traces absent); a
+    SageMaker training job is submitted with the `train` channel on that prefix, the stage's
+    hyperparameters and the run's model prefix; the student's model and a batch transform of the
+    test split's endpoint requests follow; `distill_evaluate` scores the transform's output and
+    the student is registered for approval. moto runs no container: its jobs complete at once and
+    write nothing, so the transform's output (the student's answers) is put by the test."""
+    from llm_gateway.aws.distill_run import job_name
+    from tests.support.distill_traces import question, teacher_answer
+
+    # Given a student that answers both test tickets as the teacher did
+    execution, files, bucket = distill_run(deployed, "e2e-run", [teacher_answer(i) for i in (18, 19)])
+    s3, sagemaker = deployed.aws.client("s3"), deployed.aws.client("sagemaker")
+    group = c.resource_name("dev", c.DISTILL_PACKAGE_GROUP)
+    assert deployed.template["Outputs"]["DistillModelPackageGroup"]["Value"] == group
+
+    assert execution["status"] == "SUCCEEDED", execution["events"][-3:]
+    assert entered(execution["events"]) == [
+        "collect", "train", "student", "transform", "evaluate", "meets_bar", "register", "registered"
+    ]  # fmt: skip
+    # The collection: counts, split by time, globex absent
+    card = json.loads(s3.get_object(Bucket=bucket, Key=files.data + "card.json")["Body"].read())
+    assert card["examples"] == {"train": 16, "validation": 2, "test": 2} and card["tenant"] == DISTILL_TENANT
+    train = s3.get_object(Bucket=bucket, Key=files.data + "train.jsonl")["Body"].read().decode()
+    assert [json.loads(x)["messages"][1]["content"] for x in train.splitlines()] == [question(i) for i in range(16)]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=files.data)["Contents"]]
+    collected = "".join(s3.get_object(Bucket=bucket, Key=k)["Body"].read().decode() for k in keys)
+    assert not any(question(100 + i) in collected for i in range(20))  # globex's tickets
+    # The training job: the train channel on the collection, the hyperparameters, the model prefix
+    job = sagemaker.describe_training_job(TrainingJobName=job_name(DISTILL_TENANT, "e2e-run"))
+    (channel,) = job["InputDataConfig"]
+    assert channel["ChannelName"] == "train"
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{bucket}/{files.data}"
+    assert channel["DataSource"]["S3DataSource"]["S3DataType"] == "S3Prefix"
+    assert job["HyperParameters"] == {"epochs": "4", "learning_rate": "0.001", "rank": "16", "batch": "8"}
+    assert job["OutputDataConfig"]["S3OutputPath"] == f"s3://{bucket}/{files.model}"
+    assert job["AlgorithmSpecification"]["TrainingImage"] == (
+        f"123456789012.dkr.ecr.{REGION}.amazonaws.com/{c.DISTILL_DEFAULT_REPOSITORY}:latest"
+    )
+    assert job["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
+    assert job["StoppingCondition"]["MaxRuntimeInSeconds"] == 4 * 3600
+    assert "TrainingRole" in job["RoleArn"]
+    # The student's batch transform: the test split's endpoint requests in, the eval prefix out
+    transform = sagemaker.describe_transform_job(TransformJobName=job_name(DISTILL_TENANT, "e2e-run"))
+    source = transform["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+    assert source == f"s3://{bucket}/{files.data}test-invocations.jsonl"
+    assert transform["TransformOutput"]["S3OutputPath"] == f"s3://{bucket}/{files.transform}"
+    # The report, and the registered student awaiting an operator's approval
+    report = json.loads(s3.get_object(Bucket=bucket, Key=files.eval + "report.json")["Body"].read())
+    assert (report["quality_ratio"], report["meets_bar"], report["cases"]) == (1.0, True, 2)
+    packages = sagemaker.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
+    runs = [sagemaker.describe_model_package(ModelPackageName=p["ModelPackageArn"]) for p in packages]
+    (described,) = [d for d in runs if d["CustomerMetadataProperties"]["run_id"] == "e2e-run"]
+    assert described["ModelApprovalStatus"] == "PendingManualApproval"
+    assert described["CustomerMetadataProperties"]["quality_ratio"] == "1.0"
+    assert described["CustomerMetadataProperties"]["tenant"] == DISTILL_TENANT
+    assert described["InferenceSpecification"]["Containers"][0]["ModelDataUrl"].startswith(
+        f"s3://{bucket}/{files.model}"
+    )
+
+
+def test_a_student_below_its_tenants_bar_ends_the_distillation_workflow_unregistered(deployed: Deployed) -> None:
+    from tests.support.distill_traces import teacher_answer
+
+    # Given a student that gets one of the two test tickets wrong: quality ratio 0.5, bar 0.9
+    execution, files, bucket = distill_run(deployed, "e2e-below", [teacher_answer(18), '{"product": "toaster"}'])
+    assert execution["status"] == "FAILED"
+    assert entered(execution["events"])[-3:] == ["evaluate", "meets_bar", "below_bar"]
+    (failed,) = [e["executionFailedEventDetails"] for e in execution["events"] if "executionFailedEventDetails" in e]
+    assert failed["error"] == "StudentBelowBar"
+    report = json.loads(
+        deployed.aws.client("s3").get_object(Bucket=bucket, Key=files.eval + "report.json")["Body"].read()
+    )
+    assert (report["quality_ratio"], report["bar"], report["meets_bar"]) == (0.5, 0.9, False)
+    sagemaker = deployed.aws.client("sagemaker")
+    group = c.resource_name("dev", c.DISTILL_PACKAGE_GROUP)
+    for package in sagemaker.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]:
+        described = sagemaker.describe_model_package(ModelPackageName=package["ModelPackageArn"])
+        assert described["CustomerMetadataProperties"]["run_id"] != "e2e-below"
+
+
+def test_a_refused_collection_fails_the_distillation_workflow_with_the_reason(deployed: Deployed) -> None:
+    """globex has not opted in: the collect step refuses, the execution fails with its error."""
+    machine = resource_of(deployed.template, deployed.resources, "AWS::StepFunctions::StateMachine", "Distill")
+    started = {"tenant": "globex", "route": "default", "since": "7d", "run_id": "e2e-refused"}
+    execution = run_execution(deployed, machine, "e2e-refused", started)
+    assert execution["status"] == "FAILED"
+    assert entered(execution["events"]) == ["collect"]
+    (failed,) = [e["executionFailedEventDetails"] for e in execution["events"] if "executionFailedEventDetails" in e]
+    assert failed["error"] == "CollectionRefused"
+    assert "tenant globex has not opted in to training on its traffic" in failed["cause"]
+    jobs = deployed.aws.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]
+    assert not any("globex" in j["TrainingJobName"] for j in jobs)

@@ -364,6 +364,7 @@ def test_traces_are_written_by_who_finishes_a_request_and_read_by_the_streaming_
         c.BATCH_WORK_FOLDER: writes,
         c.STREAM_FOLDER: set(c.TRACE_API_ACTIONS),
         c.ROLLOUT_GATES_FOLDER: set(c.TRACE_FEEDBACK_ACTIONS),  # the feedback on the rollouts' requests
+        c.DISTILL_COLLECT_FOLDER: set(c.TRACE_QUERY_ACTIONS),  # a tenant's traces, for distillation
     }
 
 

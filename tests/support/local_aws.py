@@ -8,6 +8,9 @@ it. Everything else — CloudFormation, S3, DynamoDB, IAM, Step Functions — is
 
 Known gaps worked around here, not hidden: no StartSyncExecution (the API front polls
 DescribeExecution), executions must be named, JSONata is not supported (the app uses JSONPath).
+moto's Step Functions forwards a SageMaker task to moto's SageMaker but refuses `.sync` before the
+call: `SageMakerJobs` submits the job and waits for it as Step Functions does (Describe... until it
+ends). moto runs no container: a job is `Completed` as soon as it is created, and writes nothing.
 """
 
 from __future__ import annotations
@@ -165,6 +168,50 @@ def _in_layers(value: str, layer_dirs: list[Path]) -> str:
     return value
 
 
+def _sagemaker_jobs() -> Any:
+    """A SageMaker task service for moto's Step Functions that runs `.sync` (RUN_JOB): the create
+    call goes to moto's SageMaker as moto sends it, then the job is described until it ends."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import ResourceCondition
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
+        StateTaskServiceCallback,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_unsupported import (
+        StateTaskServiceUnsupported,
+    )
+    from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
+
+    describe = {  # create action -> (describe action, name parameter, status field)
+        "createTrainingJob": ("describe_training_job", "TrainingJobName", "TrainingJobStatus"),
+        "createTransformJob": ("describe_transform_job", "TransformJobName", "TransformJobStatus"),
+    }
+
+    class SageMakerJobs(StateTaskServiceUnsupported):  # type: ignore[misc]
+        def __init__(self) -> None:
+            patterns = {ResourceCondition.WaitForTaskToken, ResourceCondition.Sync}
+            StateTaskServiceCallback.__init__(self, supported_integration_patterns=patterns)
+
+        def _build_sync_resolver(
+            self, env: Any, resource_runtime_part: Any, normalised_parameters: dict[str, Any], state_credentials: Any
+        ) -> Any:
+            action, key, status = describe[self.resource.api_action]
+            client = boto_client_for(
+                service="sagemaker", region=resource_runtime_part.region, state_credentials=state_credentials
+            )
+            env.stack.pop()  # the create call's answer: the task's output is the job's description
+            name = normalised_parameters[key]
+
+            def resolve() -> dict[str, Any] | None:
+                found = getattr(client, action)(**{key: name})
+                found.pop("ResponseMetadata", None)
+                if found[status] in ("Failed", "Stopped"):
+                    raise RuntimeError(f"SageMaker job {name}: {found[status]}")
+                return json.loads(json.dumps(found, default=str)) if found[status] == "Completed" else None
+
+            return resolve
+
+    return SageMakerJobs
+
+
 class LocalAws:
     """A running moto server with Step Functions execution on and subprocess Lambdas."""
 
@@ -186,15 +233,23 @@ def local_aws(
 ) -> Iterator[LocalAws]:
     """Start moto's server on a free loopback port; Step Functions executes, Lambda runs locally
     (in its bundle, isolated when `runtime_provided` is given: see `SubprocessLambdas`)."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_task_factory
+
     moto = MotoServer(free_port())
     lambdas = SubprocessLambdas(workdir, env_overrides, bundles, runtime_provided)
     original = lambda_models.LambdaFunction._invoke_lambda
+    original_service_for = state_task_factory.state_task_service_for
     saved_port = os.environ.get("MOTO_PORT")
+    sagemaker_jobs = _sagemaker_jobs()
 
     def invoke(self: Any, event: Any = None) -> tuple[str, bool, str]:
         return lambdas.run(self, event if event is not None else {})
 
+    def service_for(service_name: str) -> Any:
+        return sagemaker_jobs() if service_name == "sagemaker" else original_service_for(service_name)
+
     lambda_models.LambdaFunction._invoke_lambda = invoke  # type: ignore[method-assign]
+    state_task_factory.state_task_service_for = service_for
     try:
         with moto:
             # Step Functions calls Lambda through boto3 at localhost:MOTO_PORT: point it at this server.
@@ -205,6 +260,7 @@ def local_aws(
             yield LocalAws(moto, lambdas)
     finally:
         lambda_models.LambdaFunction._invoke_lambda = original  # type: ignore[method-assign]
+        state_task_factory.state_task_service_for = original_service_for
         if saved_port is None:
             os.environ.pop("MOTO_PORT", None)
         else:

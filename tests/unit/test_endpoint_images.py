@@ -242,3 +242,23 @@ def test_the_images_pins_are_pyprojects(image: Image) -> None:
     for req in pip_installs(ENDPOINT / image.dockerfile).requirements:
         assert normalized(req.name) in pins, f"{req.name} is not declared in pyproject.toml"
         assert str(req.specifier) == pins[normalized(req.name)], req
+
+
+def test_the_gpu_image_runs_the_distillation_training_job(tmp_path: Path) -> None:
+    """The same image is the distillation workflow's training image (SageMaker runs its `train`):
+    with only the image's packages, the training entrypoint and the training code's libraries
+    import, and the packaged base model it fine-tunes is there."""
+    for module in (*GPU.needs, "peft"):
+        pytest.importorskip(module)
+    text = (ENDPOINT / GPU.dockerfile).read_text()
+    assert re.search(r"^COPY --chmod=0755 .*model_server/train .*/usr/local/bin/", text, re.MULTILINE)
+    installs = pip_installs(ENDPOINT / GPU.dockerfile)
+    site = image_site_packages(closure(tuple(str(r) for r in installs.requirements) + GPU.from_base), tmp_path)
+    code = (
+        "import peft, safetensors.torch, transformers\n"
+        "import llm_gateway.distill.train_job\n"
+        "from model_server.engines.packaged import packaged_model_path\n"
+        "assert packaged_model_path().suffix == '.gguf'\n"
+    )
+    result = python_with_only(code, site)
+    assert result.returncode == 0, result.stderr[-3000:]

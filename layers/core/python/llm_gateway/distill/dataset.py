@@ -35,6 +35,11 @@ def card(collected: Collected, **about: Any) -> dict[str, Any]:
     }
 
 
+def split_lines(examples: list[Example]) -> str:
+    """A split as JSONL in the chat fine-tuning format, one example a line (the teacher's answer last)."""
+    return "".join(json.dumps(example.chat(), ensure_ascii=False) + "\n" for example in examples)
+
+
 def write(collected: Collected, out: Path, **about: Any) -> dict[str, Any]:
     """Write the splits, the Hugging Face dataset and the card into `out`; the card."""
     from datasets import Dataset, DatasetDict
@@ -44,9 +49,7 @@ def write(collected: Collected, out: Path, **about: Any) -> dict[str, Any]:
     for name in SPLITS:
         examples: list[Example] = getattr(collected, name)
         rows[name] = [{**e.chat(), "request_id": e.request_id, "teacher": e.model} for e in examples]
-        with (out / f"{name}.jsonl").open("w", encoding="utf-8") as file:
-            for example in examples:
-                file.write(json.dumps(example.chat(), ensure_ascii=False) + "\n")
+        (out / f"{name}.jsonl").write_text(split_lines(examples), encoding="utf-8")
     DatasetDict({name: Dataset.from_list(rows[name]) for name in SPLITS if rows[name]}).save_to_disk(str(out / "hf"))
     found = card(collected, **about)
     (out / "card.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")

@@ -29,6 +29,7 @@ class Settings:
     max_tokens: int = 512  # an example's tokens, prompt and answer (longer ones are cut from the left)
     seed: int = 0
     threads: int | None = None
+    device: str | None = None  # torch's device; None: cuda when torch sees a GPU, else cpu
 
 
 def read_split(path: Path) -> list[list[dict[str, str]]]:
@@ -54,16 +55,18 @@ def encode(tokenizer: Any, conversation: list[dict[str, str]], max_tokens: int) 
     return ids[-max_tokens:], labels[-max_tokens:]
 
 
-def _batches(examples: list[tuple[list[int], list[int]]], size: int, pad: int) -> list[tuple[Any, Any, Any]]:
+def _batches(
+    examples: list[tuple[list[int], list[int]]], size: int, pad: int, device: Any = None
+) -> list[tuple[Any, Any, Any]]:
     import torch
 
     found = []
     for at in range(0, len(examples), size):
         chunk = examples[at : at + size]
         width = max(len(ids) for ids, _ in chunk)
-        ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in chunk])
-        labels = torch.tensor([lab + [IGNORED] * (width - len(lab)) for _, lab in chunk])
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk])
+        ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in chunk], device=device)
+        labels = torch.tensor([lab + [IGNORED] * (width - len(lab)) for _, lab in chunk], device=device)
+        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk], device=device)
         found.append((ids, mask, labels))
     return found
 
@@ -129,6 +132,8 @@ def train(data: Path, out: Path, settings: Settings = Settings()) -> dict[str, A
     if settings.threads:
         torch.set_num_threads(settings.threads)
     model, tokenizer = load_base()
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_set = [encode(tokenizer, c, settings.max_tokens) for c in read_split(data / "train.jsonl")]
     validation = [encode(tokenizer, c, settings.max_tokens) for c in read_split(data / "validation.jsonl")]
@@ -147,11 +152,11 @@ def train(data: Path, out: Path, settings: Settings = Settings()) -> dict[str, A
     losses: list[dict[str, float]] = []
     best: tuple[float, dict[str, Any]] | None = None
     waited, steps = 0, 0
-    held_out = _batches(validation, settings.batch, pad)
+    held_out = _batches(validation, settings.batch, pad, device)
     for epoch in range(1, settings.epochs + 1):
         order = list(train_set)
         random.shuffle(order)
-        batches = _batches(order, settings.batch, pad)
+        batches = _batches(order, settings.batch, pad, device)
         train_loss = _epoch(student, optimizer, batches)
         steps += len(batches)
         validation_loss = _mean_loss(student, held_out)
@@ -165,7 +170,7 @@ def train(data: Path, out: Path, settings: Settings = Settings()) -> dict[str, A
                 break
     assert best is not None
     student.load_state_dict(best[1], strict=False)  # the best epoch's adapter
-    merged: Any = student.merge_and_unload()
+    merged: Any = student.merge_and_unload().to("cpu")  # saved from host memory
     save_checkpoint(merged, tokenizer, out)
     found = {
         "base": "smollm2-135m-instruct (packaged GGUF)",
@@ -174,6 +179,7 @@ def train(data: Path, out: Path, settings: Settings = Settings()) -> dict[str, A
         "best_validation_loss": best[0],
         "steps": steps,
         "seconds": round(time.monotonic() - started, 1),
+        "device": str(device),
         "settings": asdict(settings),
     }
     (out / "training.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")

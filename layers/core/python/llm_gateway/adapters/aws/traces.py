@@ -10,11 +10,14 @@ past that is kept without the content (`content_dropped` in the trace).
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ...ports import Feedback, Trace
+
+log = logging.getLogger("llm_gateway.traces")
 
 MAX_ITEM_BYTES = 380_000  # DynamoDB's 400 KB item limit, less the keys, names and some feedback
 _BATCH_GET = 100  # keys per BatchGetItem, DynamoDB's most
@@ -106,6 +109,34 @@ class DynamoTraceStore:
             else:
                 raise RuntimeError("the trace table kept throttling the feedback reads")
         return found
+
+    def with_content(self, tenant: str, since: float, until: float) -> Iterator[Trace]:
+        """The tenant's unexpired traces made in [since, until) that kept their content, replays
+        left out, oldest first, each with its feedback (what the `distill_collect` function reads);
+        a damaged one is passed over. A trace's time is inside its JSON, not in a key: one
+        paginated Query reads the tenant's partition (DynamoDB leaves out the items expired by
+        `until`), and the window is applied to what it returns."""
+        found: list[Trace] = []
+        pages = self._client.get_paginator("query").paginate(
+            TableName=self._table,
+            KeyConditionExpression="tenant = :tenant",
+            FilterExpression="expires_at > :until",
+            ExpressionAttributeValues={":tenant": {"S": tenant}, ":until": {"N": repr(float(until))}},
+            ConsistentRead=True,
+        )
+        for page in pages:
+            for item in page.get("Items", []):
+                try:
+                    trace = Trace.model_validate_json(item["trace"]["S"])
+                except (KeyError, ValueError):
+                    log.warning("a damaged trace was passed over")
+                    continue
+                kept = isinstance((trace.content or {}).get("answer"), list) and trace.replay_of is None
+                if kept and since <= trace.ts < until:
+                    trace.feedback = _feedback(item)
+                    found.append(trace)
+        found.sort(key=lambda t: (t.ts, t.request_id))
+        return iter(found)
 
     @staticmethod
     def _key(tenant: str, request_id: str) -> dict[str, dict[str, str]]:
