@@ -155,11 +155,11 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("--threads is at least 1")
     if args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"--out {args.out}: not empty (a student's folder holds one student)")
-    from ..distill.evaluate import check_conversations
+    from ..distill.train import read_split
 
     try:
         for split in ("train", "validation"):
-            check_conversations(args.data / f"{split}.jsonl")
+            read_split(args.data / f"{split}.jsonl")
     except ValueError as exc:
         raise ConfigError(f"{args.data}: {exc}") from None
     try:

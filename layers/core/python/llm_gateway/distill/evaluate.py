@@ -36,45 +36,14 @@ def _json_object(text: str) -> dict[str, Any] | None:
     return found if isinstance(found, dict) and found else None
 
 
-def _conversation_problem(raw: str) -> str | None:
-    """Why a split's line is not a conversation of text messages ending with the answer (None: it is)."""
-    try:
-        found = json.loads(raw)
-    except ValueError as exc:
-        return f"not JSON ({exc})"
-    messages = found.get("messages") if isinstance(found, dict) else None
-    if not isinstance(messages, list) or not messages:
-        return "not a JSON object with a non-empty `messages` list"
-    for number, message in enumerate(messages, 1):
-        if not isinstance(message, dict) or not all(isinstance(message.get(k), str) for k in ("role", "content")):
-            return f"message {number} is not an object with a text `role` and `content`"
-    if messages[-1]["role"] != "assistant":
-        return "the last message is not the assistant's answer"
-    return None if len(messages) > 1 else "no prompt before the answer"
-
-
-def check_conversations(path: Path) -> None:
-    """ValueError naming the split and its first line that is not a conversation of text messages
-    ending with the answer (`read_split` takes each line's shape on trust)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot be read ({exc})") from None
-    for number, raw in enumerate(lines, 1):
-        problem = _conversation_problem(raw) if raw.strip() else None
-        if problem is not None:
-            raise ValueError(f"{path.name} line {number}: {problem}")
-
-
 def test_cases(data: Path, scoring: Scoring = "auto") -> list[EvalCase]:
     """The test split as eval cases: the prompt, and the teacher's answer as what is expected —
     the same JSON object (`json`: every field equal), the same text (`exact`), or an answer whose
     embedding is within `SIMILARITY_THRESHOLD` of it (`similarity`); `auto` takes `json` for an
     answer that is a JSON object and `similarity` otherwise. Greedy, with as many tokens as the
     teacher's answer has characters (several times its tokens; 64 to 2,048). ValueError naming the
-    line when the split is not one of conversations (`check_conversations`)."""
+    line when the split is not one of conversations (`read_split`)."""
     cases = []
-    check_conversations(data / "test.jsonl")
     for number, conversation in enumerate(read_split(data / "test.jsonl"), 1):
         prompt, answer = conversation[:-1], conversation[-1]["content"]
         params = {"temperature": 0, "max_tokens": min(MAX_MAX_TOKENS, max(MIN_MAX_TOKENS, len(answer)))}

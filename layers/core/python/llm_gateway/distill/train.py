@@ -32,16 +32,39 @@ class Settings:
     device: str | None = None  # torch's device; None: cuda when torch sees a GPU, else cpu
 
 
+def _conversation_problem(raw: str) -> str | None:
+    """Why a split's line is not a conversation of text messages ending with the answer (None: it is)."""
+    try:
+        found = json.loads(raw)
+    except ValueError as exc:
+        return f"not JSON ({exc})"
+    messages = found.get("messages") if isinstance(found, dict) else None
+    if not isinstance(messages, list) or not messages:
+        return "not a JSON object with a non-empty `messages` list"
+    for number, message in enumerate(messages, 1):
+        if not isinstance(message, dict) or not all(isinstance(message.get(k), str) for k in ("role", "content")):
+            return f"message {number} is not an object with a text `role` and `content`"
+    if messages[-1]["role"] != "assistant":
+        return "the last message is not the assistant's answer"
+    return None if len(messages) > 1 else "no prompt before the answer"
+
+
 def read_split(path: Path) -> list[list[dict[str, str]]]:
-    """A split's conversations (each ends with the teacher's answer)."""
+    """A split's conversations (each ends with the teacher's answer); ValueError naming the split
+    and its first line that is not a conversation of text messages ending with the answer."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot be read ({exc})") from None
     conversations = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
-        messages = json.loads(raw).get("messages")
-        if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
-            raise ValueError(f"{path.name} line {number}: not a conversation ending with the answer")
-        conversations.append([{"role": str(m["role"]), "content": str(m["content"])} for m in messages])
+        problem = _conversation_problem(raw)
+        if problem is not None:
+            raise ValueError(f"{path.name} line {number}: {problem}")
+        messages = json.loads(raw)["messages"]
+        conversations.append([{"role": m["role"], "content": m["content"]} for m in messages])
     return conversations
 
 
