@@ -167,7 +167,7 @@ def run(workdir: Path, requests: int = 300, epochs: int = 1, probes: int = 10) -
         timings["train"] = time.monotonic() - step
 
         step = time.monotonic()
-        # the GGUF file: the llama.cpp engine serves it several times faster than the checkpoint on a CPU
+        # the GGUF file: the llama.cpp engine serves it about twice as fast as the checkpoint on a CPU
         evaluate = ["distill", "eval", str(data), "--student", str(student / "student.gguf"), "--name", STUDENT]
         command(env, *evaluate, "--baseline", PACKAGED, "--out", str(evaluated), "--config", str(config))
         found["eval"] = json.loads((evaluated / "report.json").read_text(encoding="utf-8"))

@@ -1,7 +1,7 @@
 """The merged student as a GGUF file for the endpoint's llama.cpp engine (`distill train --gguf
 q8_0`): the packaged SmolLM2-135M's GGUF metadata (architecture, shape, tokenizer, chat template)
 with the student's weights in place of its own, so llama.cpp serves the student as it serves the
-packaged model, several times faster per token on a CPU than the torch engine.
+packaged model, about twice as fast on a CPU as the torch engine serves the checkpoint.
 
 The student is the packaged model fine-tuned, so its shape must be the packaged model's (checked).
 Weights are read from the checkpoint's safetensors as transformers saved them; the query and key
