@@ -54,7 +54,7 @@ STUDENTS = """
 models:
   packaged: {provider: sagemaker, endpoint: local}
   student-a: {provider: sagemaker, endpoint: local, weights: /students/a}
-  student-a-long: {provider: sagemaker, endpoint: local, weights: /students/a, default_max_tokens: 64}
+  student-a-long: {provider: sagemaker, endpoint: local, weights: /students/x/../a/, default_max_tokens: 64}
   student-b: {provider: sagemaker, endpoint: local, weights: /students/b.gguf}
   hosted: {provider: echo}
 tenants:

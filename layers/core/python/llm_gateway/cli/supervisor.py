@@ -74,11 +74,13 @@ def local_models(config: GatewayConfig) -> frozenset[str]:
 
 
 def local_endpoint_groups(config: GatewayConfig) -> dict[str | None, frozenset[str]]:
-    """The endpoints `serve` runs, one per distinct `weights` (None: the packaged model), and the
+    """The endpoints `serve` runs, one per distinct `weights` file or folder (None: the packaged
+    model; spellings of one path — a trailing slash, `..`, a symlink — are one endpoint), and the
     models each serves; the packaged model's first."""
     groups: dict[str | None, set[str]] = {}
     for name in sorted(local_models(config)):
-        groups.setdefault(config.models[name].weights, set()).add(name)
+        weights = config.models[name].weights
+        groups.setdefault(None if weights is None else os.path.realpath(weights), set()).add(name)
     ordered = sorted(groups, key=lambda weights: (weights is not None, weights or ""))
     return {weights: frozenset(groups[weights]) for weights in ordered}
 
