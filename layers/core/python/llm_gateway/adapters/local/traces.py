@@ -140,31 +140,28 @@ class SqliteTraceStore:
             row = self._db.execute("SELECT trace FROM traces WHERE request_id = ?", (request_id,)).fetchone()
         return None if row is None else Trace.model_validate_json(row[0])
 
-    def replayable(self, tenant: str, since: float, until: float) -> list[str]:
-        """The ids of the tenant's unexpired requests made in [since, until) whose traces kept the
-        request (`traces.store_content`), replays left out: what `llm-gateway replay --tenant` samples from."""
+    def _in_window(self, column: str, tenant: str, since: float, until: float, content: str, kind: str) -> list[str]:
+        """`column` of the tenant's unexpired traces made in [since, until) whose content at `content`
+        is a JSON `kind`, replays left out, oldest first."""
         self.flush()
         with self._lock:
             rows = self._db.execute(
-                "SELECT request_id FROM traces WHERE tenant = ? AND ts >= ? AND ts < ? AND expires_at > ? "
-                "AND CASE WHEN json_valid(trace) THEN json_type(trace, '$.content.request') = 'object' "
+                f"SELECT {column} FROM traces WHERE tenant = ? AND ts >= ? AND ts < ? AND expires_at > ? "  # noqa: S608 - our own column name
+                "AND CASE WHEN json_valid(trace) THEN json_type(trace, ?) = ? "
                 "AND json_extract(trace, '$.replay_of') IS NULL END ORDER BY ts, request_id",
-                (tenant, since, until, until),
+                (tenant, since, until, until, content, kind),
             ).fetchall()
         return [row[0] for row in rows]
+
+    def replayable(self, tenant: str, since: float, until: float) -> list[str]:
+        """The ids of the tenant's unexpired requests made in [since, until) whose traces kept the
+        request (`traces.store_content`), replays left out: what `llm-gateway replay --tenant` samples from."""
+        return self._in_window("request_id", tenant, since, until, "$.content.request", "object")
 
     def with_content(self, tenant: str, since: float, until: float) -> Iterator[Trace]:
         """The tenant's unexpired traces made in [since, until) that kept their content, replays
         left out, oldest first (what `llm-gateway distill collect` reads); a damaged one is passed over."""
-        self.flush()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT trace FROM traces WHERE tenant = ? AND ts >= ? AND ts < ? AND expires_at > ? "
-                "AND CASE WHEN json_valid(trace) THEN json_type(trace, '$.content.answer') = 'array' "
-                "AND json_extract(trace, '$.replay_of') IS NULL END ORDER BY ts, request_id",
-                (tenant, since, until, until),
-            ).fetchall()
-        for (row,) in rows:
+        for row in self._in_window("trace", tenant, since, until, "$.content.answer", "array"):
             try:
                 yield Trace.model_validate_json(row)
             except ValueError:
