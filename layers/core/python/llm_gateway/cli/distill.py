@@ -155,17 +155,13 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("--threads is at least 1")
     if args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"--out {args.out}: not empty (a student's folder holds one student)")
-    from ..distill.train import read_split
+    from ..distill.train import Settings, read_split, train  # torch and peft are imported by `train` itself
 
     try:
         for split in ("train", "validation"):
             read_split(args.data / f"{split}.jsonl")
     except ValueError as exc:
         raise ConfigError(f"{args.data}: {exc}") from None
-    try:
-        from ..distill.train import Settings, train
-    except ImportError as exc:  # pragma: no cover - the distill extra is part of dev
-        raise ConfigError(f"fine-tuning needs the distill extra: pip install 'llm-gateway[distill]' ({exc})") from None
     settings = Settings(
         epochs=args.epochs, learning_rate=args.learning_rate, rank=args.rank, batch=args.batch, threads=args.threads
     )
@@ -279,7 +275,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..adapters.local.wiring import local_deps
     from ..distill.evaluate import render, suite_name, summary, test_cases, with_student
     from ..experiments.evals import Gateway, report, run_suite
-    from ..experiments.evals import render as render_run
+    from .eval import write_run
     from .main import chain_config
 
     card = _collection(args.data, ("test",))
@@ -310,8 +306,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             task = bar.add_task(name, total=len(cases))
             results = run_suite(cases, gateway, target, None, functools.partial(bar.advance, task))
             runs[name] = report(results, suite=suite, target=target, tenant=tenant, judge=None)
-            (args.out / name / "report.json").write_text(json.dumps(runs[name], indent=2) + "\n", encoding="utf-8")
-            (args.out / name / "report.md").write_text(render_run(runs[name]), encoding="utf-8")
+            write_run(args.out / name, runs[name])
     found = summary(
         runs,
         policy.training.min_quality_ratio,

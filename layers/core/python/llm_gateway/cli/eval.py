@@ -98,11 +98,16 @@ def run(args: argparse.Namespace) -> int:
     return _written(args.out, found)
 
 
-def _written(out: Path, found: dict[str, Any]) -> int:
+def write_run(out: Path, found: dict[str, Any]) -> None:
+    """A run's `report.json` and `report.md` in `out`."""
     from ..experiments.evals import render
 
     (out / "report.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render(found), encoding="utf-8")
+
+
+def _written(out: Path, found: dict[str, Any]) -> int:
+    write_run(out, found)
     print(
         f"pass_rate={found['pass_rate']:.4f} ({found['passed']} of {found['cases']}) cost_usd={found['cost_usd']:.6g} "
         f"report {out / 'report.json'}"
