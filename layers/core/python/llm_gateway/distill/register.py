@@ -18,9 +18,9 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import yaml
 
@@ -167,38 +167,19 @@ def register(text: str, name: str, model: ModelConfig, tenant: str) -> str:
 # --------------------------------------------------------------------------- what may be registered
 
 
-def _a_candidate(model: ModelConfig, name: str, routes: Collection[str]) -> str | None:
-    return None if model.lifecycle == "candidate" else f"its lifecycle is {model.lifecycle}, not candidate"
-
-
-def _not_a_teacher(model: ModelConfig, name: str, routes: Collection[str]) -> str | None:
-    return "it says allows_training: true (a student is never a teacher)" if model.allows_training else None
-
-
-def _weights_absolute(model: ModelConfig, name: str, routes: Collection[str]) -> str | None:
-    if model.weights is None or Path(model.weights).is_absolute():
-        return None
-    return f"its weights {model.weights} are not an absolute path"
-
-
-def _name_not_a_route(model: ModelConfig, name: str, routes: Collection[str]) -> str | None:
-    # a request for `name` would reach the route, never the student
-    return f"the tenant has a route named {name}" if name in routes else None
-
-
-STUDENT_CHECKS: Final[tuple[Callable[[ModelConfig, str, Collection[str]], str | None], ...]] = (
-    _a_candidate,
-    _not_a_teacher,
-    _weights_absolute,
-    _name_not_a_route,
-)
-
-
 def student_problem(model: ModelConfig, name: str, routes: Collection[str]) -> str | None:
     """Why `model` may not be registered as `name` for a tenant with `routes` (None: it may): a
     student goes in as a candidate, never a teacher, its weights an absolute path, under a name no
-    route of the tenant takes."""
-    return next((p for check in STUDENT_CHECKS if (p := check(model, name, routes)) is not None), None)
+    route of the tenant takes (a request for it would reach the route, never the student)."""
+    if model.lifecycle != "candidate":
+        return f"its lifecycle is {model.lifecycle}, not candidate"
+    if model.allows_training:
+        return "it says allows_training: true (a student is never a teacher)"
+    if model.weights is not None and not Path(model.weights).is_absolute():
+        return f"its weights {model.weights} are not an absolute path"
+    if name in routes:
+        return f"the tenant has a route named {name}"
+    return None
 
 
 # --------------------------------------------------------------------------- writing the file
