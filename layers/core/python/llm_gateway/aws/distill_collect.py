@@ -19,10 +19,8 @@ are left to fill the three splits. The function reads the trace table (Query) an
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -87,7 +85,7 @@ def collect_run(
     now: float,
 ) -> dict[str, Any]:
     """Collect the run's examples and write them to the bucket; what the workflow reads next."""
-    from ..distill.evaluate import test_cases
+    from ..distill.evaluate import cases_of
 
     since = moment(start.since, now)
     until = moment(start.until, now, end=True) if start.until is not None else now
@@ -108,9 +106,7 @@ def collect_run(
     files = RunFiles(bucket, start.tenant, start.run_id)
     about = card(found, tenant=start.tenant, route=start.route, since=since, until=until, run_id=start.run_id)
     bodies = {f"{name}.jsonl": split_lines(getattr(found, name)) for name in SPLITS}
-    with tempfile.TemporaryDirectory() as work:
-        (Path(work) / "test.jsonl").write_text(bodies["test.jsonl"], encoding="utf-8")
-        cases = test_cases(Path(work))
+    cases = cases_of([example.chat()["messages"] for example in found.test])
     bodies[INVOCATIONS] = "".join(invocation(case).model_dump_json() + "\n" for case in cases)
     bodies[CARD] = json.dumps(about, indent=2) + "\n"
     for name, body in bodies.items():

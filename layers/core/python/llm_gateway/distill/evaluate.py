@@ -37,14 +37,19 @@ def _json_object(text: str) -> dict[str, Any] | None:
 
 
 def test_cases(data: Path, scoring: Scoring = "auto") -> list[EvalCase]:
-    """The test split as eval cases: the prompt, and the teacher's answer as what is expected —
-    the same JSON object (`json`: every field equal), the same text (`exact`), or an answer whose
-    embedding is within `SIMILARITY_THRESHOLD` of it (`similarity`); `auto` takes `json` for an
-    answer that is a JSON object and `similarity` otherwise. Greedy, with as many tokens as the
-    teacher's answer has characters (several times its tokens; 64 to 2,048). ValueError naming the
-    line when the split is not one of conversations (`read_split`)."""
+    """The collection's test split (`data/test.jsonl`) as eval cases (`cases_of`). ValueError
+    naming the line when the split is not one of conversations (`read_split`)."""
+    return cases_of(read_split(data / "test.jsonl"), scoring)
+
+
+def cases_of(conversations: list[list[dict[str, str]]], scoring: Scoring = "auto") -> list[EvalCase]:
+    """Conversations ending with the teacher's answer as eval cases: the prompt, and the answer as
+    what is expected — the same JSON object (`json`: every field equal), the same text (`exact`),
+    or an answer whose embedding is within `SIMILARITY_THRESHOLD` of it (`similarity`); `auto`
+    takes `json` for an answer that is a JSON object and `similarity` otherwise. Greedy, with as
+    many tokens as the teacher's answer has characters (several times its tokens; 64 to 2,048)."""
     cases = []
-    for number, conversation in enumerate(read_split(data / "test.jsonl"), 1):
+    for number, conversation in enumerate(conversations, 1):
         prompt, answer = conversation[:-1], conversation[-1]["content"]
         params = {"temperature": 0, "max_tokens": min(MAX_MAX_TOKENS, max(MIN_MAX_TOKENS, len(answer)))}
         about: dict[str, Any] = {"id": f"test-{number}", "messages": prompt, "params": params, "tags": ["test"]}
@@ -62,7 +67,7 @@ def test_cases(data: Path, scoring: Scoring = "auto") -> list[EvalCase]:
         else:
             cases.append(EvalCase(**about, scorer="similarity", reference=answer, threshold=SIMILARITY_THRESHOLD))
     if not cases:
-        raise ValueError(f"{data / 'test.jsonl'} holds no example to evaluate on")
+        raise ValueError("test.jsonl holds no example to evaluate on")
     return cases
 
 
