@@ -203,6 +203,18 @@ def test_only_the_opted_in_tenants_good_masked_unique_answers_are_collected_spli
     assert load_from_disk(str(tmp_path / "data" / "hf"))["train"].num_rows == 49
 
 
+def test_the_split_is_the_callers_and_the_card_says_so(
+    traffic: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert collect(traffic["config"], tmp_path / "data", "--split", "60,10,30") == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == {"train": 37, "validation": 6, "test": 18}
+    card = json.loads((tmp_path / "data" / "card.json").read_text())
+    assert card["split"] == "by time: the oldest 60 % train, the next 10 % validation, the newest 30 % test"
+    assert collect(traffic["config"], tmp_path / "bad", "--split", "90,10,10") == 2
+    assert "--split: split '90,10,10': three whole percentages" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_an_opted_out_tenant_and_a_teacher_without_licence_are_refused(
     traffic: dict[str, Any], upstream: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -135,6 +135,20 @@ def test_a_window_is_epoch_seconds_or_what_distill_collect_takes(deployment: Dep
         deployment.collect(run_id="empty-window", since=NOW - 10, until=NOW - 20)
 
 
+def test_the_split_is_the_runs_own_and_shares_that_are_not_three_are_refused(deployment: Deployment) -> None:
+    assert deployment.collect(run_id="held-out", split="50,20,30")["examples"] == {
+        "train": 10,
+        "validation": 4,
+        "test": 6,
+    }
+    card = json.loads(deployment.read(RunFiles(BUCKET, "acme", "held-out").data + "card.json"))
+    assert card["split"].startswith("by time: the oldest 50 % train")
+    for bad in ("80,20", "0,50,50", "x" * 40):
+        with pytest.raises(ValueError, match="split"):
+            deployment.collect(run_id="bad-split", split=bad)
+    assert not [k for k in deployment.objects() if "/bad-split/" in k]
+
+
 def transform_output(deployment: Deployment, run_id: str, answers: list[str]) -> None:
     """What the batch transform writes: one endpoint answer a line, in the input's order."""
     files = RunFiles(BUCKET, "acme", run_id)

@@ -1,7 +1,7 @@
 """The collection's filters on traces built by hand: a raw PII value the tenant's masking let
 through drops the example (never unmasked into a dataset); another tenant's trace, a cache hit,
 a redacted answer, a failed task, an eval run's request and a replay are left out; the split is
-by time."""
+by time, in the shares the caller gives."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from llm_gateway.config import parse_config
-from llm_gateway.distill.collect import CollectionRefused, collect
+from llm_gateway.distill.collect import CollectionRefused, collect, split_shares
 from llm_gateway.ports import Feedback, StepTrace, Trace
 
 CONFIG = parse_config(
@@ -100,3 +100,24 @@ def test_what_the_filters_leave_out() -> None:
 def test_a_teacher_without_licence_refuses_the_whole_collection() -> None:
     with pytest.raises(CollectionRefused, match="other are not stated to allow training"):
         collect(CONFIG, "acme", "default", [trace(0, "q", model="other")], embed)
+
+
+def test_the_caller_chooses_the_shares_and_the_newest_stay_the_test() -> None:
+    traces = [trace(i, f"question {i}") for i in range(40)]
+    found = collect(CONFIG, "acme", "default", reversed(traces), embed, split=(70, 10, 20))
+    assert [len(found.train), len(found.validation), len(found.test)] == [28, 4, 8]
+    assert [e.request_id for e in found.test] == [f"r{i}" for i in range(32, 40)]
+    assert found.split == (70, 10, 20)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "80,10", "80,10,10,0", "0,50,50", "90,10,10", "-10,60,50", "a,b,c", "80.5,9.5,10", "1e2,0,0", "80,,20"],
+)
+def test_shares_that_are_not_three_whole_percentages_adding_up_to_100_are_refused(raw: str) -> None:
+    with pytest.raises(ValueError, match="three whole percentages"):
+        split_shares(raw)
+
+
+def test_shares_are_read_with_commas_or_slashes() -> None:
+    assert split_shares("70,10,20") == split_shares("70/10/20") == split_shares(" 70, 10 ,20 ") == (70, 10, 20)

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ..config import GatewayConfig
-from ..distill.collect import CollectionRefused, collect
+from ..distill.collect import CollectionRefused, collect, split_shares
 from ..distill.dataset import SPLITS, card, split_lines
 from ..endpoint_contract import EndpointMessage, InvocationRequest
 from ..experiments.scorers import EvalCase
@@ -96,7 +96,8 @@ def collect_run(
         raise CollectionRefused(
             f"tenant {start.tenant} keeps no content in its traces (`traces.store_content`): nothing to learn from"
         )
-    found = collect(config, start.tenant, start.route, traces.with_content(start.tenant, since, until), embed)
+    contents = traces.with_content(start.tenant, since, until)
+    found = collect(config, start.tenant, start.route, contents, embed, split_shares(start.split))
     counts = {name: len(getattr(found, name)) for name in SPLITS}
     if not all(counts.values()):
         raise CollectionRefused(

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PREFIX = "distill/"
 SPLIT_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl")
@@ -53,9 +53,10 @@ def settings() -> DistillSettings:
 
 
 class RunStart(BaseModel):
-    """The workflow's input: `{"tenant", "route", "since", "until"?, "run_id"}`. `since` and `until`
-    are epoch seconds or what `distill collect --since` takes (`30d`, an ISO date); `until`
-    defaults to now. `run_id` names the run's folder and, with the tenant, its SageMaker jobs."""
+    """The workflow's input: `{"tenant", "route", "since", "until"?, "split"?, "run_id"}`. `since`
+    and `until` are epoch seconds or what `distill collect --since` takes (`30d`, an ISO date);
+    `until` defaults to now. `split` is what `distill collect --split` takes (`80,10,10`, the
+    default). `run_id` names the run's folder and, with the tenant, its SageMaker jobs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -63,7 +64,16 @@ class RunStart(BaseModel):
     route: str = Field(min_length=1, max_length=128)
     since: float | str
     until: float | str | None = None
+    split: str = Field(default="80,10,10", max_length=32)
     run_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,23}$")
+
+    @field_validator("split")
+    @classmethod
+    def _three_shares(cls, value: str) -> str:
+        from ..distill.collect import split_shares
+
+        split_shares(value)  # ValueError saying what is wrong
+        return value
 
 
 @dataclass(frozen=True)

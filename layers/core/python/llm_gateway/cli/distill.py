@@ -55,6 +55,12 @@ def add_parser(
     collect.add_argument("--route", required=True)
     collect.add_argument("--since", default="30d", help="30m, 24h, 7d, 2w back, or an ISO date or date-time (30d)")
     collect.add_argument("--out", type=Path, required=True, help="the dataset's folder")
+    collect.add_argument(
+        "--split",
+        default="80,10,10",
+        help="%% of the examples for train, validation and test, oldest to newest (80,10,10); a larger test "
+        "share gives the rollout's eval gate (distill register --route) more cases to confirm the bar with",
+    )
 
     train = actions.add_parser("train", help="fine-tune a student on a collection", parents=parents)
     train.add_argument("data", type=Path, help="a collection's folder (distill collect --out)")
@@ -102,10 +108,14 @@ def distill(args: argparse.Namespace) -> int:
 
 def _collect(args: argparse.Namespace) -> int:
     from ..adapters.local.traces import SqliteTraceStore
-    from ..distill.collect import CollectionRefused, collect
+    from ..distill.collect import CollectionRefused, collect, split_shares
     from ..distill.dataset import write
     from ..semantic.embeddings import default_embedder
 
+    try:
+        split = split_shares(args.split)
+    except ValueError as exc:
+        raise ConfigError(f"--split: {exc}") from None
     config = load_local_config(args.config)
     now = time.time()
     since = since_bound(args.since, now)
@@ -118,7 +128,12 @@ def _collect(args: argparse.Namespace) -> int:
     store = SqliteTraceStore(existing_store(config))
     try:
         found = collect(
-            config, args.tenant, args.route, store.with_content(args.tenant, since, now), default_embedder().embed
+            config,
+            args.tenant,
+            args.route,
+            store.with_content(args.tenant, since, now),
+            default_embedder().embed,
+            split,
         )
     except CollectionRefused as exc:
         raise ConfigError(str(exc)) from None

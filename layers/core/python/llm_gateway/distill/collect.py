@@ -18,9 +18,9 @@ saw). Kept, in this order of filters (each counted in the data card):
 - it is not a near-duplicate of an example kept before it (the semantic cache's embedding of the
   conversation's user and assistant turns, cosine at least `DUPLICATE_COSINE`).
 
-The kept examples are split by time: the oldest `TRAIN` share for training, the next `VALIDATION`
-share for validation, the newest for the test split (traffic that came after anything the
-student learned from).
+The kept examples are split by time: the oldest share for training, the next for validation, the
+newest for the test split (traffic that came after anything the student learned from); `SPLIT`
+(80 / 10 / 10 %) unless the caller gives its own shares.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..ports import Trace
 
 DUPLICATE_COSINE = 0.95
-TRAIN, VALIDATION = 0.8, 0.1
+SPLIT = (80, 10, 10)  # % of the kept examples: train, validation, test
 _BAD_RATINGS = (1, 2)
 
 
@@ -65,6 +65,23 @@ class Collected:
     removed: dict[str, int] = field(default_factory=dict)  # filter -> examples it removed
     read: int = 0
     models: list[str] = field(default_factory=list)
+    split: tuple[int, int, int] = SPLIT
+
+
+def split_shares(raw: str) -> tuple[int, int, int]:
+    """Train, validation and test shares from `80,10,10` (whole percentages, each at least 1,
+    adding up to 100); ValueError saying what is wrong."""
+    parts = raw.replace("/", ",").split(",")
+    try:
+        shares = tuple(int(part.strip()) for part in parts)
+    except ValueError:
+        shares = ()
+    if len(shares) != 3 or min(shares) < 1 or sum(shares) != 100:
+        raise ValueError(
+            f"split {raw!r}: three whole percentages for train, validation and test, each at least 1, "
+            "adding up to 100 (80,10,10)"
+        )
+    return shares[0], shares[1], shares[2]
 
 
 def _finished(trace: Trace) -> bool:
@@ -130,9 +147,11 @@ def collect(
     route: str,
     traces: Iterable[Trace],
     embed: Callable[[list[str]], Any],
+    split: tuple[int, int, int] = SPLIT,
 ) -> Collected:
     """The tenant's examples on the route from its traces (oldest first), filtered, deduplicated
-    and split by time. `embed`: texts -> unit vectors (rows), for the near-duplicate check."""
+    and split by time (`split`: % train, validation, test). `embed`: texts -> unit vectors (rows),
+    for the near-duplicate check."""
     policy = config.tenants.get(tenant)
     if policy is None:
         raise CollectionRefused(f"tenant {tenant} is not in this configuration")
@@ -174,9 +193,9 @@ def collect(
     removed["near-duplicate"] = len(kept) - len(unique)
     unique.sort(key=lambda e: (e.ts, e.request_id))
     n = len(unique)
-    cut_train, cut_validation = round(n * TRAIN), round(n * (TRAIN + VALIDATION))
+    cut_train, cut_validation = round(n * split[0] / 100), round(n * (split[0] + split[1]) / 100)
     return Collected(
-        unique[:cut_train], unique[cut_train:cut_validation], unique[cut_validation:], removed, read, models
+        unique[:cut_train], unique[cut_train:cut_validation], unique[cut_validation:], removed, read, models, split
     )
 
 

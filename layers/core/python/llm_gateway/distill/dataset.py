@@ -30,7 +30,9 @@ def card(collected: Collected, **about: Any) -> dict[str, Any]:
         "teachers": collected.models,
         "from": _when(min(e.ts for e in everything)) if everything else None,
         "to": _when(max(e.ts for e in everything)) if everything else None,
-        "split": "by time: the oldest 80 % train, the next 10 % validation, the newest 10 % test",
+        "split": "by time: the oldest {} % train, the next {} % validation, the newest {} % test".format(
+            *collected.split
+        ),
         "format": "chat fine-tuning JSONL (messages, the teacher's answer last); PII as the tenant's placeholders",
     }
 
