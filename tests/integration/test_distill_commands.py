@@ -132,6 +132,28 @@ def test_a_provider_fine_tune_is_evaluated_registered_and_rolled_out(
     assert config.read_text() == edited
 
 
+def test_a_baseline_may_run_on_the_first_cases_only_and_the_report_says_on_how_many(
+    workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, data, root = workspace["config"], workspace["data"], workspace["root"]
+    student, evaluated = root / "student", root / "eval"
+    assert (
+        distill(
+            "train", data, "--out", student, "--provider-model", "teacher", "--poll-s", "0.01", *("--config", config)
+        )
+        == 0
+    )
+    evaluate = ("eval", data, "--student", student, "--name", "support-ft", "--out", evaluated, "--config", config)
+    assert distill(*evaluate, "--baseline", "support", "--baseline-limit", "4") == 0
+    capsys.readouterr()
+    found = json.loads((evaluated / "report.json").read_text())
+    cases = {name: (run["cases"], run["passed"]) for name, run in found["runs"].items()}
+    assert cases == {"teacher": (30, 30), "student": (30, 30 - WRONG), "baseline": (4, 4)}
+    assert json.loads((evaluated / "baseline" / "report.json").read_text())["cases"] == 4
+    assert found["quality_ratio"] == round((30 - WRONG) / 30, 4)  # the student against the teacher on all 30
+    assert "| baseline | support | 100.0% (4/4) |" in (evaluated / "report.md").read_text()
+
+
 def local_eval(root: Path, quality: float) -> tuple[Path, Path]:
     """A local student's eval folder as `distill eval` writes it, and its weights."""
     weights = root / "student"
@@ -199,6 +221,24 @@ def test_a_flow_layout_is_left_untouched_with_the_lines_to_add(
         (("eval", "{data}", "--student", "{root}", "--name", "a\nb", "--out", "{root}/e"), "--name"),
         (("eval", "{data}", "--student", "{root}", "--name", "x", "--teacher", "nope", "--out", "{root}/e"), "nope"),
         (("register", "{root}", "--config", "{config}"), "not a distill eval's folder"),
+        (
+            ("eval", "{data}", "--student", "{root}", "--name", "x", "--baseline-limit", "3", "--out", "{root}/e"),
+            "no --b",
+        ),
+        (
+            (
+                "eval",
+                "{data}",
+                "--student",
+                "{root}",
+                "--name",
+                "x",
+                "--baseline=support",
+                "--baseline-limit=0",
+                "--out=e",
+            ),
+            "--baseline-limit is at least 1",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_with_the_reason(

@@ -91,6 +91,11 @@ def add_parser(
     evaluate.add_argument("--like", help="the model whose price and limits a local student takes (the packaged one)")
     evaluate.add_argument("--scoring", choices=("auto", "json", "exact", "similarity"), default="auto")
     evaluate.add_argument("--limit", type=int, help="only the first N test examples")
+    evaluate.add_argument(
+        "--baseline-limit",
+        type=int,
+        help="the baseline on only the first N of them (a slow or priced baseline: enough to show where it stands)",
+    )
 
     register = actions.add_parser("register", help="a student that met its bar into the configuration")
     register.add_argument("eval", type=Path, help="the eval command's --out")
@@ -274,8 +279,11 @@ def _eval_targets(args: argparse.Namespace, card: dict[str, Any], config: Any) -
     for role, target in (("teacher", teacher), ("baseline", args.baseline)):
         if target is not None and target not in policy.routes and target not in policy.allowed_models:
             raise ConfigError(f"--{role} {target} is neither a route nor a model (allowed_models) of tenant {tenant}")
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit is at least 1")
+    for option, value in (("--limit", args.limit), ("--baseline-limit", args.baseline_limit)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{option} is at least 1")
+    if args.baseline_limit is not None and args.baseline is None:
+        raise ConfigError("--baseline-limit: there is no --baseline")
     if not MODEL_NAME.fullmatch(args.name):
         raise ConfigError(f"--name {args.name!r}: letters, digits and . _ : - only (at most 128), as in a header")
     if args.name in policy.routes:  # a request for it would reach the route, never the student
@@ -318,8 +326,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack, Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         gateway = Gateway(local_deps(chain_config(config, stack), stack), tenant)
         for name, target in targets.items():
-            task = bar.add_task(name, total=len(cases))
-            results = run_suite(cases, gateway, target, None, functools.partial(bar.advance, task))
+            asked = cases[: args.baseline_limit] if name == "baseline" else cases
+            task = bar.add_task(name, total=len(asked))
+            results = run_suite(asked, gateway, target, None, functools.partial(bar.advance, task))
             runs[name] = report(results, suite=suite, target=target, tenant=tenant, judge=None)
             write_run(args.out / name, runs[name])
     found = summary(

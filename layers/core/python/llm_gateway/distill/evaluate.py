@@ -141,6 +141,7 @@ def summary(runs: dict[str, dict[str, Any]], bar: float, **about: Any) -> dict[s
         "runs": {
             name: {
                 "target": run["target"],
+                "cases": run["cases"],
                 "pass_rate": run["pass_rate"],
                 "passed": run["passed"],
                 "cost_usd": run["cost_usd"],
@@ -170,7 +171,8 @@ def render(found: dict[str, Any]) -> str:
     for name, run in found["runs"].items():
         p50 = run["latency_ms"].get("p50")
         lines.append(
-            f"| {name} | {run['target']} | {run['pass_rate']:.1%} ({run['passed']}) | {run['cost_usd']:.6g} | "
+            f"| {name} | {run['target']} | {run['pass_rate']:.1%} ({run['passed']}/{run['cases']}) | "
+            f"{run['cost_usd']:.6g} | "
             f"{'-' if p50 is None else f'{p50:.0f}'} |"
         )
     quality = found["quality_ratio"]
