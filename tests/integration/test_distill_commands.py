@@ -91,15 +91,20 @@ def distill(*args: str | Path) -> int:
     return main(["distill", *(str(a) for a in args)])
 
 
+def fine_tuned(workspace: dict[str, Path]) -> tuple[Path, Path, Path, Path]:
+    """The configuration, the collection, the provider fine-tune's student folder (trained at the
+    fake provider) and the folder for its eval."""
+    config, data, root = workspace["config"], workspace["data"], workspace["root"]
+    student = root / "student"
+    train = ("train", data, "--out", student, "--provider-model", "teacher", "--poll-s", "0.01")
+    assert distill(*train, "--config", config) == 0
+    return config, data, student, root / "eval"
+
+
 def test_a_provider_fine_tune_is_evaluated_registered_and_rolled_out(
     workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config, data, root = workspace["config"], workspace["data"], workspace["root"]
-    student, evaluated = root / "student", root / "eval"
-    assert (
-        distill("train", data, "--out", student, "--provider-model", "teacher", "--poll-s", "0.01", "--config", config)
-        == 0
-    )
+    config, data, student, evaluated = fine_tuned(workspace)
     job = json.loads((student / "job.json").read_text())
     assert job["status"] == "succeeded" and job["fine_tuned_model"].startswith(f"ft:{BASE}")
     capsys.readouterr()
@@ -135,14 +140,7 @@ def test_a_provider_fine_tune_is_evaluated_registered_and_rolled_out(
 def test_a_baseline_may_run_on_the_first_cases_only_and_the_report_says_on_how_many(
     workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config, data, root = workspace["config"], workspace["data"], workspace["root"]
-    student, evaluated = root / "student", root / "eval"
-    assert (
-        distill(
-            "train", data, "--out", student, "--provider-model", "teacher", "--poll-s", "0.01", *("--config", config)
-        )
-        == 0
-    )
+    config, data, student, evaluated = fine_tuned(workspace)
     evaluate = ("eval", data, "--student", student, "--name", "support-ft", "--out", evaluated, "--config", config)
     assert distill(*evaluate, "--baseline", "support", "--baseline-limit", "4") == 0
     capsys.readouterr()
