@@ -91,9 +91,15 @@ def test_a_catastrophic_pattern_ends_quickly_and_other_connections_stay_fast(gat
             latencies.append(time.perf_counter() - started)
         caller.join()
 
-    # Then each answer came within 50 ms, and the request ended with the documented 502 (the
+    # Then no answer waited on the pattern: run by a backtracking engine, in the event loop or in
+    # a thread holding the GIL, it would hold every connection for hours. The typical answer comes
+    # in a few milliseconds; the bounds leave room for a busy CI machine's pauses (a chain step
+    # working in its thread, a scheduler's slice, a collection) — one answer took 71 ms on one
+    # such machine — and still tell a stall apart. The request ended with the documented 502 (the
     # answer fails the pattern, the repair's answer is not JSON) in seconds, not hours
-    assert max(latencies) < 0.05, f"/healthz took {max(latencies) * 1000:.0f} ms"
+    typical = sorted(latencies)[len(latencies) // 2]
+    assert typical < 0.05, f"/healthz took {typical * 1000:.0f} ms typically: {latencies}"
+    assert max(latencies) < 1.0, f"/healthz took {max(latencies) * 1000:.0f} ms once: {latencies}"
     response = outcome["response"]
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "response_format_mismatch"
