@@ -91,8 +91,12 @@ def traffic(upstream: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     deps = make_deps(load_config(str(path)), db=db, traces=traces)
     ids: dict[str, str] = {}
     with serve(create_app(InProcessRunner(deps))) as url:
+        # sixty distinct tickets, no two with both customer and product alike: their cosines stay
+        # under 0.93 (0.920 at most, measured), clear of the 0.95 near-duplicate bar whatever the
+        # CPU's int8 kernels (tickets alike but for their numbers came out just under the bar on
+        # one machine and just over it, 0.951, on an Intel AMX one)
         for i in range(60):
-            who, product = CUSTOMERS[i % len(CUSTOMERS)], PRODUCTS[i % len(PRODUCTS)]
+            who, product = CUSTOMERS[i % len(CUSTOMERS)], PRODUCTS[(i // len(CUSTOMERS) + i) % len(PRODUCTS)]
             question = f"Ticket {i}: {who} writes that the {product} bought in week {i} stopped working. Which product?"
             assert ask(url, ACME_KEY, question).status_code == 200
         # a near-duplicate of ticket 0 (one character apart)
